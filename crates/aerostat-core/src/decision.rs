@@ -1,0 +1,107 @@
+//! What the controller decides: actions, each with the rule that chose it and a
+//! sentence a person can read.
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Bytes, Millis};
+
+/// The rule behind an action. Stable snake_case names: scripts and tests match on them,
+/// `docs/policy.md` lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    // --- oVirt MoM (`policy/mom.rs`)
+    MomShrink,
+    MomGrow,
+    MomMinGuarantee,
+    // --- Proxmox VE (`policy/proxmox.rs`)
+    ProxmoxGrow,
+    ProxmoxShrink,
+    // --- aerostat (`policy/aerostat.rs`)
+    /// Give memory back to a guest whose demand or pressure grew.
+    Deflate,
+    /// A guest swaps in, stalls or kills processes: give memory at once.
+    DeflatePressure,
+    /// Take idle memory from a guest, down toward its estimated working set.
+    Reclaim,
+    /// Host below its reserve (or heading there): take memory, cheapest guest first.
+    HostShort,
+    /// Balloon does not follow its target: stop pushing, give some back.
+    BalloonStalled,
+    /// Move the target to the floor or maximum it violated.
+    Bounds,
+    // --- guards (`controller.rs`)
+    /// Target raised to the floor.
+    GuardFloor,
+    /// Target lowered to the configured maximum.
+    GuardMax,
+    /// Growth cut or shrink forced to keep the host reserve.
+    GuardReserve,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::MomShrink => "mom_shrink",
+            Rule::MomGrow => "mom_grow",
+            Rule::MomMinGuarantee => "mom_min_guarantee",
+            Rule::ProxmoxGrow => "proxmox_grow",
+            Rule::ProxmoxShrink => "proxmox_shrink",
+            Rule::Deflate => "deflate",
+            Rule::DeflatePressure => "deflate_pressure",
+            Rule::Reclaim => "reclaim",
+            Rule::HostShort => "host_short",
+            Rule::BalloonStalled => "balloon_stalled",
+            Rule::Bounds => "bounds",
+            Rule::GuardFloor => "guard_floor",
+            Rule::GuardMax => "guard_max",
+            Rule::GuardReserve => "guard_reserve",
+        }
+    }
+}
+
+/// What to do to a VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Set the balloon target, expressed as guest memory (QMP `balloon value=`).
+    Balloon { from: Bytes, to: Bytes },
+}
+
+/// One action with its explanation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    pub vm: String,
+    #[serde(flatten)]
+    pub kind: ActionKind,
+    pub rule: Rule,
+    pub reason: String,
+}
+
+impl Action {
+    /// The new balloon target, when this is a balloon action.
+    pub fn balloon_target(&self) -> Option<Bytes> {
+        match self.kind {
+            ActionKind::Balloon { to, .. } => Some(to),
+        }
+    }
+}
+
+/// A situation the controller wants a person (or the migration escape) to know about,
+/// which no balloon action can fix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Alert {
+    /// Σ floors + overheads exceed what the host can give guests: only migration helps.
+    FloorsDoNotFit { need: Bytes, capacity: Bytes },
+}
+
+/// One tick's output.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub time: Millis,
+    pub policy: String,
+    pub actions: Vec<Action>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<Alert>,
+}

@@ -1,0 +1,211 @@
+//! What a driver tells the controller each tick: one host sample and one sample per VM.
+//!
+//! Host-side fields are facts the host measured itself (meminfo, vmstat, PSI, the
+//! balloon's `actual` as QEMU reports it). Everything under [`GuestStats`] was
+//! reported by guest software and is **untrusted**: every field is optional, and
+//! the policies clamp it before use (see `docs/trust-model.md`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Bytes, Millis};
+
+/// One control-loop input. `vms` is sorted by name (drivers guarantee it; the
+/// controller re-sorts defensively when it is not).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observation {
+    /// Monotonic time of the sample (virtual in the simulator, wall-clock in the daemon).
+    pub time: Millis,
+    pub host: HostSample,
+    #[serde(default)]
+    pub vms: Vec<VmSample>,
+}
+
+/// Host memory as the host sees it (or as a memory cgroup that stands for the host sees it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSample {
+    /// MemTotal, or the cgroup's limit.
+    pub total: Bytes,
+    /// MemFree.
+    pub free: Bytes,
+    /// MemAvailable (free plus what the kernel can reclaim without swapping).
+    pub available: Bytes,
+    /// Buffers + Cached: oVirt MoM counts these as free.
+    #[serde(default)]
+    pub buffers_cached: Bytes,
+    #[serde(default)]
+    pub swap_total: Bytes,
+    #[serde(default)]
+    pub swap_free: Bytes,
+    /// Cumulative bytes swapped in since boot (vmstat `pswpin` × page size).
+    #[serde(default)]
+    pub swap_in: Bytes,
+    /// Cumulative bytes swapped out since boot (vmstat `pswpout` × page size).
+    #[serde(default)]
+    pub swap_out: Bytes,
+    /// Cumulative memory "some" stall time in microseconds (PSI `total=`), when known.
+    #[serde(default)]
+    pub psi_some_us: Option<u64>,
+    /// Cumulative memory "full" stall time in microseconds, when known.
+    #[serde(default)]
+    pub psi_full_us: Option<u64>,
+    /// Memory saved by same-page merging (KSM), when known.
+    #[serde(default)]
+    pub ksm_saved: Option<Bytes>,
+}
+
+/// What an operator told us about a VM's importance. Profiles differ in how much
+/// headroom they keep and how fast they are squeezed (`docs/policy.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmClass {
+    #[default]
+    General,
+    Stateless,
+    Database,
+    Batch,
+    Interactive,
+}
+
+impl VmClass {
+    pub const ALL: [VmClass; 5] = [
+        VmClass::General,
+        VmClass::Stateless,
+        VmClass::Database,
+        VmClass::Batch,
+        VmClass::Interactive,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmClass::General => "general",
+            VmClass::Stateless => "stateless",
+            VmClass::Database => "database",
+            VmClass::Batch => "batch",
+            VmClass::Interactive => "interactive",
+        }
+    }
+}
+
+/// One VM at one instant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSample {
+    /// Stable identity (the QMP socket's file stem in the daemon).
+    pub name: String,
+    /// Configured (maximum) guest memory: the balloon can give back at most this.
+    pub configured: Bytes,
+    /// Operator floor ("balloon_min" in MoM and Proxmox). `None`: not set.
+    #[serde(default)]
+    pub min: Option<Bytes>,
+    /// Whether the VM has a working balloon device. Without one it is never targeted.
+    #[serde(default = "default_true")]
+    pub balloon: bool,
+    /// Current guest memory as QEMU reports it (`query-balloon` → `actual`): configured − balloon.
+    pub actual: Bytes,
+    /// Hypervisor overhead of this VM on the host beyond its guest memory (QEMU, page tables).
+    #[serde(default)]
+    pub overhead: Bytes,
+    /// Guest memory that is pinned (huge pages, VFIO): a balloon cannot take it back.
+    #[serde(default)]
+    pub pinned: Bytes,
+    /// Relative importance; higher is more important. 1.0 when not set.
+    #[serde(default = "default_priority")]
+    pub priority: f64,
+    /// Proxmox-style shares (0 excludes the VM from auto-ballooning). 1000 when not set.
+    #[serde(default = "default_shares")]
+    pub shares: u32,
+    #[serde(default)]
+    pub class: VmClass,
+    /// A migration of this VM is in progress.
+    #[serde(default)]
+    pub migrating: bool,
+    /// Host-measured resident memory of the VM's process, when known.
+    #[serde(default)]
+    pub rss: Option<Bytes>,
+    /// Guest-reported statistics. Untrusted.
+    #[serde(default)]
+    pub stats: GuestStats,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_priority() -> f64 {
+    1.0
+}
+fn default_shares() -> u32 {
+    1000
+}
+
+impl VmSample {
+    /// A VM with defaults, handy for tests and examples.
+    pub fn new(name: impl Into<String>, configured: Bytes, actual: Bytes) -> VmSample {
+        VmSample {
+            name: name.into(),
+            configured,
+            min: None,
+            balloon: true,
+            actual,
+            overhead: Bytes::ZERO,
+            pinned: Bytes::ZERO,
+            priority: 1.0,
+            shares: 1000,
+            class: VmClass::General,
+            migrating: false,
+            rss: None,
+            stats: GuestStats::default(),
+        }
+    }
+
+    /// The lowest target the controller may set: the operator floor, never below the pinned
+    /// memory, never above the configured size.
+    pub fn floor(&self) -> Bytes {
+        self.min
+            .unwrap_or(Bytes::ZERO)
+            .max(self.pinned)
+            .min(self.configured)
+    }
+
+    /// Balloon size (memory handed back to the host).
+    pub fn balloon_size(&self) -> Bytes {
+        self.configured - self.actual
+    }
+}
+
+/// Guest-reported balloon statistics (virtio-balloon stats as QEMU's `guest-stats`).
+/// Counters are cumulative since the guest booted. Every field may be missing or false.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestStats {
+    /// MemTotal inside the guest.
+    #[serde(default)]
+    pub total: Option<Bytes>,
+    /// MemFree inside the guest (MoM's `mem_unused`).
+    #[serde(default)]
+    pub free: Option<Bytes>,
+    /// MemAvailable inside the guest.
+    #[serde(default)]
+    pub available: Option<Bytes>,
+    /// Page cache inside the guest.
+    #[serde(default)]
+    pub disk_caches: Option<Bytes>,
+    /// Cumulative bytes swapped in.
+    #[serde(default)]
+    pub swap_in: Option<Bytes>,
+    /// Cumulative bytes swapped out.
+    #[serde(default)]
+    pub swap_out: Option<Bytes>,
+    #[serde(default)]
+    pub major_faults: Option<u64>,
+    #[serde(default)]
+    pub minor_faults: Option<u64>,
+    #[serde(default)]
+    pub oom_kills: Option<u64>,
+    /// Direct-reclaim allocation stalls (Linux ≥ 6.12 guests).
+    #[serde(default)]
+    pub alloc_stalls: Option<u64>,
+    /// When the guest last refreshed these (host clock, same base as `Observation::time`).
+    #[serde(default)]
+    pub last_update: Option<Millis>,
+}

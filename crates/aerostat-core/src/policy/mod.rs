@@ -1,0 +1,130 @@
+//! Policies propose balloon targets; the [`crate::Controller`] guards them.
+//!
+//! A policy is a deterministic state machine over observations: it may remember
+//! earlier observations (MoM averages the last ten samples, aerostat keeps trends),
+//! but it never reads a clock, a file or a random source.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::controller::GuardConfig;
+use crate::decision::Rule;
+use crate::observation::Observation;
+use crate::units::{Bytes, Millis};
+
+pub mod aerostat;
+pub mod mom;
+pub mod proxmox;
+pub mod static_policy;
+
+/// A policy's wish for one VM, before the guards.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Proposal {
+    /// Index into `Observation::vms`.
+    pub vm: usize,
+    /// Desired guest memory (balloon target).
+    pub target: Bytes,
+    pub rule: Rule,
+    pub reason: String,
+}
+
+/// The interface every policy implements.
+pub trait Policy: Send + fmt::Debug {
+    /// The name users type (`--policy NAME`).
+    fn name(&self) -> &'static str;
+    /// The guards this policy is designed to run under. Baselines run with the
+    /// guards their originals have (floor and maximum only) so that they are
+    /// reproduced rule for rule.
+    fn guards(&self) -> GuardConfig;
+    /// Propose targets for this observation. VMs without a proposal keep their target.
+    fn propose(&mut self, obs: &Observation) -> Vec<Proposal>;
+}
+
+/// Settings shared by all policies, from the config or scenario file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicySettings {
+    /// Memory kept for the hypervisor and host, never given to guests.
+    pub reserve: Bytes,
+    /// How often the driver calls the controller.
+    pub interval: Millis,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            reserve: Bytes::gib(1),
+            interval: Millis::secs(2),
+        }
+    }
+}
+
+/// The policies aerostat ships.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    Static,
+    Mom,
+    Proxmox,
+    Aerostat,
+}
+
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 4] = [
+        PolicyKind::Static,
+        PolicyKind::Mom,
+        PolicyKind::Proxmox,
+        PolicyKind::Aerostat,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::Static => "static",
+            PolicyKind::Mom => "mom",
+            PolicyKind::Proxmox => "proxmox",
+            PolicyKind::Aerostat => "aerostat",
+        }
+    }
+
+    /// The interval the original system samples at; drivers use it unless told otherwise.
+    pub fn native_interval(self) -> Millis {
+        match self {
+            PolicyKind::Static => Millis::secs(10),
+            // vdsm runs MoM's policy every 15 s.
+            PolicyKind::Mom => Millis::secs(15),
+            // pvestatd's cycle.
+            PolicyKind::Proxmox => Millis::secs(10),
+            PolicyKind::Aerostat => Millis::secs(2),
+        }
+    }
+
+    pub fn build(self, settings: &PolicySettings) -> Box<dyn Policy> {
+        match self {
+            PolicyKind::Static => Box::new(static_policy::StaticPolicy),
+            PolicyKind::Mom => Box::new(mom::MomPolicy::new()),
+            PolicyKind::Proxmox => Box::new(proxmox::ProxmoxPolicy::new()),
+            PolicyKind::Aerostat => Box::new(aerostat::AerostatPolicy::new(settings.clone())),
+        }
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy `{0}` (expected static, mom, proxmox or aerostat)")]
+pub struct UnknownPolicy(pub String);
+
+impl FromStr for PolicyKind {
+    type Err = UnknownPolicy;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PolicyKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownPolicy(s.to_string()))
+    }
+}

@@ -1,0 +1,20 @@
+//! `static`: never balloons. The "no overcommit management" baseline.
+
+use crate::controller::GuardConfig;
+use crate::observation::Observation;
+use crate::policy::{Policy, Proposal};
+
+#[derive(Debug, Default, Clone)]
+pub struct StaticPolicy;
+
+impl Policy for StaticPolicy {
+    fn name(&self) -> &'static str {
+        "static"
+    }
+    fn guards(&self) -> GuardConfig {
+        GuardConfig::passthrough()
+    }
+    fn propose(&mut self, _obs: &Observation) -> Vec<Proposal> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,1 @@
+//! aerostat-qemu
