@@ -44,6 +44,7 @@ pub trait Policy: Send + fmt::Debug {
 
 /// Settings shared by all policies, from the config or scenario file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PolicySettings {
     /// Memory kept for the hypervisor and host, never given to guests.
     pub reserve: Bytes,

@@ -1,0 +1,81 @@
+//! The command-line surface: one enum of commands, parsing kept apart from running.
+
+use std::path::PathBuf;
+
+use aerostat_core::PolicyKind;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "aerostat", version, about = "Memory-overcommit controller for KVM/QEMU hosts, with a deterministic simulator")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Simulate a host with a policy (default: the built-in demo scenario).
+    Sim(SimArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Print a policy's decision for one observation (or a history of them) as JSON.
+    Decide(DecideArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Scenario file (TOML). Without one, the built-in demo scenario runs.
+    pub scenario: Option<PathBuf>,
+    #[arg(long, default_value = "aerostat")]
+    pub policy: PolicyKind,
+    /// Override the scenario's seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Directory for summary.json, timeseries.csv and the SVG plots.
+    #[arg(long, default_value = "out/sim")]
+    pub out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Every policy on every scenario: one comparison table, bench.json and bench.md.
+    Policies(BenchPoliciesArgs),
+    /// Simulator speed: VM-ticks per second, single host and fleet.
+    Sim(BenchSimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchPoliciesArgs {
+    /// Scenario files (default: every *.toml in scenarios/).
+    pub scenarios: Vec<PathBuf>,
+    /// Output directory for bench.json and bench.md.
+    #[arg(long, default_value = "out/bench")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSimArgs {
+    /// Hosts in the fleet run.
+    #[arg(long, default_value_t = 64)]
+    pub hosts: usize,
+    /// Simulated duration of each run.
+    #[arg(long, default_value = "6h")]
+    pub duration: String,
+    /// Worker threads for the fleet run (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    #[arg(long)]
+    pub policy: PolicyKind,
+    /// JSON: one observation, an array of observations (oldest first), or
+    /// `{"settings": {...}, "observations": [...]}`.
+    #[arg(long)]
+    pub observation: PathBuf,
+}

@@ -1,0 +1,21 @@
+//! One module per command.
+
+use std::process::ExitCode;
+
+use crate::cli::{BenchCommand, Cli, Command};
+
+mod decide;
+
+/// Bad input (file, flag): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Decide(args) => decide::run(&args),
+        Command::Sim(_) | Command::Bench(BenchCommand::Policies(_) | BenchCommand::Sim(_)) => {
+            anyhow::bail!("not built yet")
+        }
+    }
+}
