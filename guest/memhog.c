@@ -5,7 +5,9 @@
  *
  * Allocates SIZE_MIB MiB of anonymous memory, touches every page (each page gets a distinct,
  * non-zero word, so neither the zero-page checks of migration nor KSM can drop it), then holds
- * it until killed, or for SECONDS with --hold.
+ * it until killed, or for SECONDS with --hold. The mapping is MAP_NORESERVE: a size above what
+ * the guest has is not refused up front (heuristic overcommit would), it ends in the OOM killer
+ * while touching, as a real workload would.
  *
  *   --dirty      after the first pass, keep rewriting every page continuously (live-migration
  *                tests); prints a line about every 5 s. Dirtying means writing one word in
@@ -175,7 +177,7 @@ int main(int argc, char **argv)
     size_t len = (size_t)size_mib << 20;
     unsigned char *buf = NULL;
     if (len) {
-        buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (buf == MAP_FAILED) {
             fprintf(stderr, "memhog: mmap %ld MiB: %s\n", size_mib, strerror(errno));
             return 1;

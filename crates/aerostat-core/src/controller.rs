@@ -121,8 +121,11 @@ impl Controller {
         };
 
         // Forget departed VMs; adopt new ones at their current size.
-        self.vms
-            .retain(|name, _| obs.vms.binary_search_by(|v| v.name.as_str().cmp(name)).is_ok());
+        self.vms.retain(|name, _| {
+            obs.vms
+                .binary_search_by(|v| v.name.as_str().cmp(name))
+                .is_ok()
+        });
         for vm in &obs.vms {
             self.vms
                 .entry(vm.name.clone())
@@ -229,9 +232,9 @@ impl Controller {
                 }
                 let state = &self.vms[&vm.name];
                 if p.target < from
-                    && state.last_deflate.is_some_and(|t| {
-                        obs.time.saturating_sub(t) < self.guards.inflate_hold
-                    })
+                    && state
+                        .last_deflate
+                        .is_some_and(|t| obs.time.saturating_sub(t) < self.guards.inflate_hold)
                 {
                     continue;
                 }

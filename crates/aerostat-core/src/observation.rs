@@ -205,6 +205,17 @@ pub struct GuestStats {
     /// Direct-reclaim allocation stalls (Linux ≥ 6.12 guests).
     #[serde(default)]
     pub alloc_stalls: Option<u64>,
+    /// Pages scanned by kswapd / by direct reclaim (Linux ≥ 6.12 guests).
+    #[serde(default)]
+    pub async_scans: Option<u64>,
+    #[serde(default)]
+    pub direct_scans: Option<u64>,
+    /// Pages reclaimed by kswapd / by direct reclaim (Linux ≥ 6.12 guests). Reclaimed ÷
+    /// scanned is the guest LRU's reclaim efficiency: it falls as only hot pages remain.
+    #[serde(default)]
+    pub async_reclaims: Option<u64>,
+    #[serde(default)]
+    pub direct_reclaims: Option<u64>,
     /// When the guest last refreshed these (host clock, same base as `Observation::time`).
     #[serde(default)]
     pub last_update: Option<Millis>,

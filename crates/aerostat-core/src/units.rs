@@ -267,7 +267,10 @@ mod tests {
             Err(UnitError::UnknownUnit { .. })
         ));
         assert!(matches!("".parse::<Bytes>(), Err(UnitError::Empty)));
-        assert!(matches!("GiB".parse::<Bytes>(), Err(UnitError::BadNumber(_))));
+        assert!(matches!(
+            "GiB".parse::<Bytes>(),
+            Err(UnitError::BadNumber(_))
+        ));
         assert!(matches!("-1GiB".parse::<Bytes>(), Err(_)));
         assert!(matches!(
             "99999999999TiB".parse::<Bytes>(),

@@ -6,7 +6,11 @@ use aerostat_core::PolicyKind;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "aerostat", version, about = "Memory-overcommit controller for KVM/QEMU hosts, with a deterministic simulator")]
+#[command(
+    name = "aerostat",
+    version,
+    about = "Memory-overcommit controller for KVM/QEMU hosts, with a deterministic simulator"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

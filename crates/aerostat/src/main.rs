@@ -9,6 +9,8 @@ use clap::Parser;
 
 mod cli;
 mod cmd;
+mod plots;
+mod report;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

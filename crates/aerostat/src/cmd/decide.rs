@@ -9,13 +9,12 @@ use serde::Deserialize;
 use crate::cli::DecideArgs;
 use crate::cmd::InputError;
 
-
 pub fn run(args: &DecideArgs) -> anyhow::Result<ExitCode> {
     let path = &args.observation;
     let text = std::fs::read_to_string(path)
         .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
-    let (settings, observations) = parse(&text)
-        .map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+    let (settings, observations) =
+        parse(&text).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
     if observations.is_empty() {
         return Err(InputError(format!("{}: no observations", path.display())).into());
     }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use crate::cli::{BenchCommand, Cli, Command};
 
 mod decide;
+mod sim;
 
 /// Bad input (file, flag): exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -14,7 +15,8 @@ pub struct InputError(pub String);
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Decide(args) => decide::run(&args),
-        Command::Sim(_) | Command::Bench(BenchCommand::Policies(_) | BenchCommand::Sim(_)) => {
+        Command::Sim(args) => sim::run(&args),
+        Command::Bench(BenchCommand::Policies(_) | BenchCommand::Sim(_)) => {
             anyhow::bail!("not built yet")
         }
     }

@@ -1,0 +1,395 @@
+//! The simulation loop: virtual time, the same [`Controller`] the daemon runs.
+//!
+//! Every tick: VMs whose start time has come join; on policy ticks the host and guests
+//! are *observed* (host counters, balloon `actual`, guest stats — never the hidden
+//! truth), the controller decides and the actions become balloon targets; then every
+//! guest and the host advance by one tick and the metrics integrate.
+//!
+//! One host runs on one thread, in VM order, so a scenario and seed give identical
+//! numbers on every machine; fleets run hosts in parallel (see [`crate::fleet`]).
+
+use aerostat_core::{
+    Action, Bytes, Controller, Millis, Observation, PolicyKind, PolicySettings, VmSample,
+};
+
+use crate::guest::Guest;
+use crate::host::{Host, gib};
+use crate::metrics::{HostRow, Summary, TimeSeries, VmRow, VmSummary};
+use crate::scenario::Scenario;
+
+/// How a run is set up beyond the scenario.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub policy: PolicyKind,
+    /// Overrides the scenario's seed.
+    pub seed: Option<u64>,
+    /// Overrides the policy interval (default: the scenario's, else the policy's own).
+    pub interval: Option<Millis>,
+    /// Samples kept for plots (0: none).
+    pub samples: usize,
+    /// Keep every action for the decision log (bounded by [`MAX_LOGGED_ACTIONS`]).
+    pub log_actions: bool,
+}
+
+impl RunOptions {
+    pub fn new(policy: PolicyKind) -> RunOptions {
+        RunOptions {
+            policy,
+            seed: None,
+            interval: None,
+            samples: 1000,
+            log_actions: false,
+        }
+    }
+}
+
+/// The decision log keeps at most this many actions: a long run must not fill memory.
+pub const MAX_LOGGED_ACTIONS: usize = 1_000_000;
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunResult {
+    pub summary: Summary,
+    pub series: TimeSeries,
+    /// (time, action), when `log_actions` was set.
+    pub actions: Vec<(Millis, Action)>,
+}
+
+/// One host and its guests under one policy.
+#[derive(Debug)]
+pub struct Simulation {
+    scenario: Scenario,
+    options: RunOptions,
+    controller: Controller,
+    host: Host,
+    guests: Vec<Guest>,
+    alive: Vec<bool>,
+    lost: Vec<bool>,
+    obs: Observation,
+    /// Guest index of each entry in `obs.vms`.
+    obs_index: Vec<usize>,
+    membership_changed: bool,
+    interval_ticks: u64,
+    tick: u64,
+    ticks: u64,
+    stalls: Vec<f64>,
+    // Accumulators.
+    vm: Vec<VmAcc>,
+    window_stall: Vec<f64>,
+    summary: Summary,
+    series: TimeSeries,
+    sample_every: u64,
+    actions_log: Vec<(Millis, Action)>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct VmAcc {
+    reclaimed: f64,
+    oracle: f64,
+    stall: f64,
+    swap_in: f64,
+    actions: u64,
+    seconds: f64,
+}
+
+impl Simulation {
+    pub fn new(scenario: Scenario, options: RunOptions) -> Simulation {
+        let seed = options.seed.unwrap_or(scenario.seed);
+        let interval = options
+            .interval
+            .or(scenario.interval)
+            .unwrap_or_else(|| options.policy.native_interval());
+        let settings = PolicySettings {
+            reserve: scenario.host.reserve,
+            interval,
+        };
+        let controller = Controller::new(options.policy.build(&settings));
+        let guests: Vec<Guest> = scenario
+            .vms
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                Guest::new(
+                    spec.clone(),
+                    seed,
+                    i as u64,
+                    scenario.host.free_page_reporting,
+                )
+            })
+            .collect();
+        let n = guests.len();
+        let ticks = scenario.duration.0 / scenario.tick.0;
+        let interval_ticks = (interval.0 / scenario.tick.0).max(1);
+        let sample_every = if options.samples == 0 {
+            u64::MAX
+        } else {
+            (ticks / options.samples as u64).max(1)
+        };
+        let series = TimeSeries {
+            vm_names: scenario.vms.iter().map(|v| v.name.clone()).collect(),
+            configured: scenario.vms.iter().map(|v| v.memory.as_f64()).collect(),
+            reserve: scenario.host.reserve.as_f64(),
+            host_memory: scenario.host.memory.as_f64(),
+            ..TimeSeries::default()
+        };
+        let summary = Summary {
+            scenario: scenario.name.clone(),
+            policy: options.policy.as_str().to_string(),
+            seed,
+            duration_s: scenario.duration.as_secs_f64(),
+            vms: n,
+            ..Summary::default()
+        };
+        Simulation {
+            host: Host::new(scenario.host.clone()),
+            obs: Observation {
+                time: Millis::ZERO,
+                host: Default::default(),
+                vms: Vec::new(),
+            },
+            obs_index: Vec::new(),
+            membership_changed: true,
+            alive: vec![false; n],
+            lost: vec![false; n],
+            stalls: vec![0.0; n],
+            vm: vec![VmAcc::default(); n],
+            window_stall: vec![0.0; n],
+            guests,
+            controller,
+            interval_ticks,
+            tick: 0,
+            ticks,
+            summary,
+            series,
+            sample_every,
+            actions_log: Vec::new(),
+            scenario,
+            options,
+        }
+    }
+
+    pub fn total_ticks(&self) -> u64 {
+        self.ticks
+    }
+
+    pub fn done(&self) -> bool {
+        self.tick >= self.ticks
+    }
+
+    /// VM-ticks simulated so far (a VM-tick is one VM advanced by one tick).
+    pub fn vm_ticks(&self) -> u64 {
+        self.tick * self.guests.len() as u64
+    }
+
+    /// Runs up to `n` ticks.
+    pub fn advance(&mut self, n: u64) {
+        let end = (self.tick + n).min(self.ticks);
+        while self.tick < end {
+            self.step();
+        }
+    }
+
+    /// Runs to the end and returns the result.
+    pub fn run(mut self) -> RunResult {
+        self.advance(u64::MAX);
+        self.finish()
+    }
+
+    fn now(&self) -> Millis {
+        Millis(self.tick * self.scenario.tick.0)
+    }
+
+    fn step(&mut self) {
+        let now = self.now();
+        let dt_s = self.scenario.tick.as_secs_f64();
+        for (i, g) in self.guests.iter().enumerate() {
+            let should = !self.lost[i] && now >= g.spec.start;
+            if should != self.alive[i] {
+                self.alive[i] = should;
+                self.membership_changed = true;
+            }
+        }
+        if self.tick % self.interval_ticks == 0 {
+            self.control(now);
+        }
+        self.stalls.iter_mut().for_each(|s| *s = 0.0);
+        for (i, g) in self.guests.iter_mut().enumerate() {
+            if !self.alive[i] {
+                continue;
+            }
+            let fx = g.step(now.saturating_sub(g.spec.start), now, dt_s);
+            self.stalls[i] = fx.stall_s;
+            self.vm[i].swap_in += fx.swap_in;
+            if fx.oom_killed {
+                self.summary.guest_oom_kills += 1;
+            }
+        }
+        let hfx = self
+            .host
+            .step(&mut self.guests, &self.alive, &mut self.stalls, dt_s);
+        if let Some(k) = hfx.killed {
+            self.lost[k] = true;
+            self.alive[k] = false;
+            self.membership_changed = true;
+            self.summary.host_oom_kills += 1;
+        }
+        // Integrate the metrics.
+        let reserve = self.scenario.host.reserve.as_f64();
+        let host_free = self.scenario.host.memory.as_f64() - self.host.used;
+        if host_free < reserve {
+            self.summary.seconds_below_reserve += dt_s;
+        }
+        self.summary.peak_host_used_gib = self.summary.peak_host_used_gib.max(gib(self.host.used));
+        for (i, g) in self.guests.iter().enumerate() {
+            if !self.alive[i] {
+                continue;
+            }
+            let acc = &mut self.vm[i];
+            let stall = self.stalls[i].min(dt_s);
+            if g.spec.balloon {
+                acc.reclaimed += (g.configured() - g.actual) * dt_s;
+            }
+            acc.oracle += g.oracle_reclaimable() * dt_s;
+            acc.stall += stall;
+            acc.seconds += dt_s;
+            self.window_stall[i] += stall;
+        }
+        self.tick += 1;
+        if self.tick % self.sample_every == 0 {
+            self.sample(now);
+        }
+    }
+
+    /// Observe, decide, act.
+    fn control(&mut self, now: Millis) {
+        if self.membership_changed {
+            self.obs.vms.clear();
+            self.obs_index.clear();
+            for (i, g) in self.guests.iter().enumerate() {
+                if !self.alive[i] {
+                    continue;
+                }
+                let s = &g.spec;
+                let mut vm = VmSample::new(s.name.clone(), s.memory, s.memory);
+                vm.min = s.min;
+                vm.balloon = s.balloon;
+                vm.overhead = self.scenario.host.vm_overhead;
+                vm.pinned = s.pinned;
+                vm.priority = s.priority;
+                vm.shares = s.shares;
+                vm.class = s.class;
+                self.obs.vms.push(vm);
+                self.obs_index.push(i);
+            }
+            self.membership_changed = false;
+        }
+        self.obs.time = now;
+        self.obs.host = self.host.sample();
+        for (vm, &i) in self.obs.vms.iter_mut().zip(&self.obs_index) {
+            let g = &self.guests[i];
+            vm.actual = Bytes::from_f64(g.actual);
+            vm.rss = Some(Bytes::from_f64(g.touched) + self.scenario.host.vm_overhead);
+            vm.stats = g.stats(now);
+        }
+        let decision = self.controller.tick(&self.obs);
+        for action in decision.actions {
+            let Some(target) = action.balloon_target() else {
+                continue;
+            };
+            let Ok(k) = self
+                .obs
+                .vms
+                .binary_search_by(|v| v.name.as_str().cmp(&action.vm))
+            else {
+                continue;
+            };
+            let i = self.obs_index[k];
+            self.guests[i].target = target.as_f64();
+            self.vm[i].actions += 1;
+            self.summary.actions += 1;
+            if self.options.log_actions && self.actions_log.len() < MAX_LOGGED_ACTIONS {
+                self.actions_log.push((now, action));
+            }
+        }
+    }
+
+    fn sample(&mut self, now: Millis) {
+        let mut guests_mem = 0.0;
+        let mut reclaimed = 0.0;
+        let mut oracle = 0.0;
+        let mut stall = 0.0;
+        for (i, g) in self.guests.iter().enumerate() {
+            let alive = self.alive[i];
+            if alive {
+                guests_mem += g.touched - g.host_swapped_cold - g.host_swapped_hot;
+                reclaimed += g.configured() - g.actual;
+                oracle += g.oracle_reclaimable();
+            }
+            stall += self.window_stall[i];
+            self.series.vm_rows.push(VmRow {
+                actual: if alive { g.actual } else { 0.0 },
+                target: if alive { g.target } else { 0.0 },
+                true_ws: if alive { g.true_working_set() } else { 0.0 },
+                stall_s: self.window_stall[i],
+            });
+            self.window_stall[i] = 0.0;
+        }
+        self.series.rows.push(HostRow {
+            t_s: now.as_secs_f64(),
+            used: self.host.used,
+            guests: guests_mem,
+            free: (self.scenario.host.memory.as_f64() - self.host.used).max(0.0),
+            swap_used: self.host.swap_used,
+            reclaimed,
+            oracle,
+            stall_s: stall,
+        });
+    }
+
+    pub fn finish(mut self) -> RunResult {
+        let s = &mut self.summary;
+        const H: f64 = 3600.0;
+        let mut vm_seconds = 0.0;
+        for (i, acc) in self.vm.iter().enumerate() {
+            s.reclaimed_gib_hours += gib(acc.reclaimed) / H;
+            s.oracle_reclaimable_gib_hours += gib(acc.oracle) / H;
+            s.guest_stall_seconds += acc.stall;
+            s.guest_swap_in_gib += gib(acc.swap_in);
+            vm_seconds += acc.seconds;
+            let g = &self.guests[i];
+            s.per_vm.push(VmSummary {
+                name: g.spec.name.clone(),
+                reclaimed_gib_hours: gib(acc.reclaimed) / H,
+                oracle_reclaimable_gib_hours: gib(acc.oracle) / H,
+                stall_seconds: acc.stall,
+                swap_in_gib: gib(acc.swap_in),
+                oom_kills: g.oom_kills,
+                actions: acc.actions,
+                lost: self.lost[i],
+            });
+        }
+        s.vm_hours = vm_seconds / H;
+        s.oracle_ratio = if s.oracle_reclaimable_gib_hours > 0.0 {
+            s.reclaimed_gib_hours / s.oracle_reclaimable_gib_hours
+        } else {
+            0.0
+        };
+        s.stall_percent = if vm_seconds > 0.0 {
+            100.0 * s.guest_stall_seconds / vm_seconds
+        } else {
+            0.0
+        };
+        s.host_swap_out_gib = gib(self.host.swap_out_total);
+        s.host_swap_in_gib = gib(self.host.swap_in_total);
+        RunResult {
+            summary: self.summary.rounded(),
+            series: self.series,
+            actions: self.actions_log,
+        }
+    }
+}
+
+/// Runs a scenario with a policy, start to end.
+pub fn run(scenario: &Scenario, options: RunOptions) -> RunResult {
+    Simulation::new(scenario.clone(), options).run()
+}

@@ -1,0 +1,405 @@
+//! One simulated guest: its memory, its balloon driver and the stalls it suffers.
+//!
+//! Memory inside the guest (all in bytes, as `f64` for speed):
+//! `actual` = configured − balloon; of it, `kernel + pinned` is never reclaimable; the
+//! rest ("usable") holds anonymous memory (hot and cold) and page cache (hot and cold).
+//! When usable memory is short, the guest's LRU reclaims in order of cost: cold cache,
+//! cold anon (to guest swap), hot cache, hot anon (to guest swap); when nothing is left
+//! the guest OOM-kills its workload (or, with deflate-on-oom, the balloon gives way).
+//!
+//! Stalls (PSI-like "some" seconds) come from bringing back what was evicted while
+//! still wanted: refaults of hot page cache (disk reads) and swap-ins of hot anon.
+//! Hot data is re-touched at [`HOT_ACCESS_PER_S`] of its missing part per second.
+//!
+//! The hidden truth (true working set, what is hot) stays in here; the policy sees only
+//! [`Guest::stats`], shaped like virtio-balloon statistics.
+
+use aerostat_core::{Bytes, GuestStats, Millis};
+
+use crate::scenario::{StatsMode, VmSpec};
+use crate::workload::{Demand, Workload};
+
+/// Fraction of the missing hot set touched (and faulted back) per second.
+pub const HOT_ACCESS_PER_S: f64 = 0.1;
+/// Bandwidth of refault reads from the guest's disk.
+pub const DISK_BANDWIDTH: f64 = 200.0 * 1048576.0;
+/// New page cache is read in at most this fast (plain reads, not stalls).
+pub const CACHE_FILL_RATE: f64 = 100.0 * 1048576.0;
+/// Deflation is several times faster than inflation (measured: 0.15 s vs 1 s per 256 MiB).
+pub const DEFLATE_SPEEDUP: f64 = 4.0;
+/// A workload killed by the OOM killer is restarted after this long.
+pub const RESTART_AFTER: Millis = Millis(60_000);
+/// CLOCK scans at most this many pages per page reclaimed before giving up on a pass.
+const MAX_SCAN_RATIO: f64 = 32.0;
+const PAGE: f64 = 4096.0;
+
+/// Counters a tick adds to the run's metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TickEffects {
+    pub stall_s: f64,
+    pub swap_in: f64,
+    pub oom_killed: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Guest {
+    pub spec: VmSpec,
+    workload: Workload,
+    // Sizes and rates from the spec, in f64 bytes.
+    configured: f64,
+    fixed: f64,
+    swap_size: f64,
+    swap_bw: f64,
+    inflate_rate: f64,
+    free_page_reporting: bool,
+    // Balloon.
+    pub actual: f64,
+    pub target: f64,
+    // Guest memory.
+    anon_hot: f64,
+    anon_cold: f64,
+    swap_hot: f64,
+    swap_cold: f64,
+    cache_hot: f64,
+    cache_cold: f64,
+    /// Hot cache evicted while still wanted: it will refault.
+    evicted_hot: f64,
+    /// Guest memory the host has backed with RAM (touched, not yet handed back).
+    pub touched: f64,
+    // Host swap of this guest's memory (owned by the host model).
+    pub host_swapped_cold: f64,
+    pub host_swapped_hot: f64,
+    // Cumulative counters (what stats report).
+    swap_in_total: f64,
+    swap_out_total: f64,
+    major_faults: f64,
+    scans: f64,
+    reclaims: f64,
+    pub oom_kills: u64,
+    restart_at: Option<Millis>,
+    /// Last demand: the hidden truth the metrics (never the policy) read.
+    demand: Demand,
+}
+
+impl Guest {
+    pub fn new(spec: VmSpec, seed: u64, stream: u64, free_page_reporting: bool) -> Guest {
+        let workload = Workload::new(spec.workload.clone(), seed, stream);
+        let configured = spec.memory.as_f64();
+        let fixed = (spec.kernel + spec.pinned).as_f64().min(configured);
+        let d = workload.demand(Millis::ZERO);
+        let usable = configured - fixed;
+        // Guests start warm: their working set and page cache already resident.
+        let anon_hot = d.hot_anon.min(usable);
+        let anon_cold = d.cold_anon.min(usable - anon_hot);
+        let cache_hot = d.hot_cache.min(usable - anon_hot - anon_cold);
+        let cache_cold = (d.cache - d.hot_cache).min(usable - anon_hot - anon_cold - cache_hot);
+        Guest {
+            configured,
+            fixed,
+            swap_size: spec.swap.as_f64(),
+            swap_bw: spec.swap_bandwidth.as_f64(),
+            inflate_rate: spec.balloon_rate.as_f64(),
+            free_page_reporting,
+            actual: configured,
+            target: configured,
+            anon_hot,
+            anon_cold,
+            swap_hot: 0.0,
+            swap_cold: 0.0,
+            cache_hot,
+            cache_cold,
+            evicted_hot: 0.0,
+            touched: fixed + anon_hot + anon_cold + cache_hot + cache_cold,
+            host_swapped_cold: 0.0,
+            host_swapped_hot: 0.0,
+            swap_in_total: 0.0,
+            swap_out_total: 0.0,
+            major_faults: 0.0,
+            scans: 0.0,
+            reclaims: 0.0,
+            oom_kills: 0,
+            restart_at: None,
+            demand: d,
+            spec,
+            workload,
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.restart_at.is_none()
+    }
+
+    fn usable(&self) -> f64 {
+        (self.actual - self.fixed).max(0.0)
+    }
+
+    fn resident(&self) -> f64 {
+        self.anon_hot + self.anon_cold + self.cache_hot + self.cache_cold
+    }
+
+    fn swap_room(&self) -> f64 {
+        (self.swap_size - self.swap_hot - self.swap_cold).max(0.0)
+    }
+
+    /// The guest's true working set: memory it needs resident to run without stalls.
+    /// Cold anon counts when there is no swap to put it in.
+    pub fn true_working_set(&self) -> f64 {
+        let d = &self.demand;
+        let cold = if self.swap_size > 0.0 {
+            0.0
+        } else {
+            d.cold_anon
+        };
+        self.fixed + d.hot_anon + d.hot_cache + cold
+    }
+
+    /// Oracle: what could be handed back without hurting this guest.
+    pub fn oracle_reclaimable(&self) -> f64 {
+        (self.configured - self.true_working_set()).max(0.0)
+    }
+
+    /// Bytes of the guest's host-resident memory the host LRU sees as hot.
+    pub fn host_hot(&self) -> f64 {
+        (self.fixed + self.anon_hot + self.cache_hot).min(self.touched)
+    }
+
+    pub fn configured(&self) -> f64 {
+        self.configured
+    }
+
+    /// Advances the guest by `dt_s` seconds; `t` is time since the VM started.
+    pub fn step(&mut self, t: Millis, now: Millis, dt_s: f64) -> TickEffects {
+        let mut fx = TickEffects::default();
+        if let Some(at) = self.restart_at {
+            if now < at {
+                return fx;
+            }
+            self.restart_at = None;
+        }
+        let d = self.workload.demand(t);
+        self.demand = d;
+
+        // 1. The balloon moves toward its target. Inflation takes only what the guest
+        //    can give (free, cache, anon that fits in swap): the driver's allocations
+        //    fail rather than OOM-kill, so a balloon stalls when nothing is left.
+        if self.target > self.actual {
+            self.actual =
+                (self.actual + self.inflate_rate * DEFLATE_SPEEDUP * dt_s).min(self.target);
+        } else if self.target < self.actual {
+            let free = (self.usable() - self.resident()).max(0.0);
+            let reclaimable = free
+                + self.cache_hot
+                + self.cache_cold
+                + (self.anon_hot + self.anon_cold).min(self.swap_room());
+            let take = (self.actual - self.target)
+                .min(self.inflate_rate * dt_s)
+                .min(reclaimable);
+            self.actual -= take;
+        }
+
+        // 2. The workload allocates or frees.
+        let hot_total = self.anon_hot + self.swap_hot;
+        if d.hot_anon >= hot_total {
+            self.anon_hot += d.hot_anon - hot_total;
+        } else {
+            let mut drop = hot_total - d.hot_anon;
+            let s = drop.min(self.swap_hot);
+            self.swap_hot -= s;
+            drop -= s;
+            self.anon_hot -= drop.min(self.anon_hot);
+        }
+        let cold_total = self.anon_cold + self.swap_cold;
+        if d.cold_anon >= cold_total {
+            self.anon_cold += d.cold_anon - cold_total;
+        } else {
+            let mut drop = cold_total - d.cold_anon;
+            let s = drop.min(self.swap_cold);
+            self.swap_cold -= s;
+            drop -= s;
+            self.anon_cold -= drop.min(self.anon_cold);
+        }
+        // Page cache: hot data that is wanted and neither resident nor evicted is read in
+        // (plain reads); data no longer hot lingers as cold cache; cold cache fills up.
+        let hot_known = self.cache_hot + self.evicted_hot;
+        if d.hot_cache > hot_known {
+            self.cache_hot += (d.hot_cache - hot_known).min(CACHE_FILL_RATE * dt_s);
+        } else {
+            let mut drop = hot_known - d.hot_cache;
+            let e = drop.min(self.evicted_hot);
+            self.evicted_hot -= e;
+            drop -= e;
+            let moved = drop.min(self.cache_hot);
+            self.cache_hot -= moved;
+            self.cache_cold += moved;
+        }
+        let cold_want = (d.cache - d.hot_cache).max(0.0);
+        if cold_want > self.cache_cold {
+            let room = (self.usable() - self.resident()).max(0.0);
+            self.cache_cold += (cold_want - self.cache_cold)
+                .min(CACHE_FILL_RATE * dt_s)
+                .min(room);
+        }
+
+        // 3. Missing hot data is touched and comes back: refaults and swap-ins stall.
+        if self.evicted_hot > 0.0 {
+            let r = (self.evicted_hot * HOT_ACCESS_PER_S * dt_s).min(self.evicted_hot);
+            self.evicted_hot -= r;
+            self.cache_hot += r;
+            self.major_faults += r / PAGE;
+            fx.stall_s += r / DISK_BANDWIDTH;
+        }
+        if self.swap_hot > 0.0 {
+            let s = (self.swap_hot * HOT_ACCESS_PER_S * dt_s)
+                .min(self.swap_hot)
+                .min(self.swap_bw * dt_s);
+            self.swap_hot -= s;
+            self.anon_hot += s;
+            self.swap_in_total += s;
+            self.major_faults += s / PAGE;
+            fx.swap_in += s;
+            fx.stall_s += s / self.swap_bw;
+        }
+
+        // 4. Fit resident memory into usable memory.
+        let over = self.resident() - self.usable();
+        if over > 0.0 {
+            fx.stall_s += self.reclaim(over, dt_s, &mut fx.oom_killed, now);
+        }
+
+        // 5. Host backing: touched pages stay backed until the balloon takes them
+        //    (or free page reporting returns them).
+        let used = self.fixed + self.resident();
+        self.touched = if self.free_page_reporting {
+            used
+        } else {
+            self.touched.max(used)
+        }
+        .min(self.actual);
+        fx.stall_s = fx.stall_s.min(dt_s);
+        fx
+    }
+
+    /// Reclaims `over` bytes in LRU order; returns stall seconds from direct reclaim.
+    fn reclaim(&mut self, mut over: f64, dt_s: f64, oom: &mut bool, now: Millis) -> f64 {
+        let mut stall = 0.0;
+        let cache = self.cache_hot + self.cache_cold;
+        // (a) cold cache: CLOCK skips hot pages, so each reclaimed page costs
+        //     (hot + cold) / cold scans.
+        let x = over.min(self.cache_cold);
+        if x > 0.0 {
+            let ratio = (cache / self.cache_cold.max(1.0)).min(MAX_SCAN_RATIO);
+            self.scans += x / PAGE * ratio;
+            self.reclaims += x / PAGE;
+            self.cache_cold -= x;
+            over -= x;
+        }
+        // (b) cold anon to swap.
+        let x = over.min(self.anon_cold).min(self.swap_room());
+        if x > 0.0 {
+            self.anon_cold -= x;
+            self.swap_cold += x;
+            self.swap_out_total += x;
+            self.scans += x / PAGE;
+            self.reclaims += x / PAGE;
+            stall += ((x - self.swap_bw * dt_s) / self.swap_bw).max(0.0);
+            over -= x;
+        }
+        // (c) hot cache: evicted while wanted, it will refault.
+        let x = over.min(self.cache_hot);
+        if x > 0.0 {
+            self.scans += x / PAGE * MAX_SCAN_RATIO;
+            self.reclaims += x / PAGE;
+            self.cache_hot -= x;
+            self.evicted_hot += x;
+            over -= x;
+        }
+        // (d) hot anon to swap: thrashing.
+        let x = over.min(self.anon_hot).min(self.swap_room());
+        if x > 0.0 {
+            self.anon_hot -= x;
+            self.swap_hot += x;
+            self.swap_out_total += x;
+            self.scans += x / PAGE * MAX_SCAN_RATIO;
+            self.reclaims += x / PAGE;
+            stall += x / self.swap_bw;
+            over -= x;
+        }
+        if over > 1.0 {
+            if self.spec.deflate_on_oom && self.actual < self.configured {
+                // The driver hands pages back rather than let the guest OOM.
+                self.actual = (self.actual + over).min(self.configured);
+                over = self.resident() - self.usable();
+            }
+            if over > 1.0 {
+                // Out of memory: the workload dies and restarts later.
+                self.oom_kills += 1;
+                *oom = true;
+                self.anon_hot = 0.0;
+                self.anon_cold = 0.0;
+                self.swap_hot = 0.0;
+                self.swap_cold = 0.0;
+                let usable = self.usable();
+                self.cache_hot = self.cache_hot.min(usable);
+                self.cache_cold = self.cache_cold.min(usable - self.cache_hot);
+                self.restart_at = Some(now + RESTART_AFTER);
+            }
+        }
+        stall
+    }
+
+    /// What the guest reports, per its stats mode.
+    pub fn stats(&self, now: Millis) -> GuestStats {
+        let b = |v: f64| Some(Bytes::from_f64(v));
+        let total = if self.spec.deflate_on_oom {
+            self.configured
+        } else {
+            self.actual
+        };
+        let balloon_in_total = total - self.actual;
+        let cache = self.cache_hot + self.cache_cold;
+        let free = (total - balloon_in_total - self.fixed - self.resident()).max(0.0);
+        let full = GuestStats {
+            total: b(total),
+            free: b(free),
+            // MemAvailable: free plus most of the page cache (the kernel cannot tell hot from cold).
+            available: b(free + 0.9 * cache),
+            disk_caches: b(cache),
+            swap_in: b(self.swap_in_total),
+            swap_out: b(self.swap_out_total),
+            major_faults: Some(self.major_faults as u64),
+            minor_faults: Some(0),
+            oom_kills: Some(self.oom_kills),
+            alloc_stalls: Some(0),
+            async_scans: Some(self.scans as u64),
+            direct_scans: Some(0),
+            async_reclaims: Some(self.reclaims as u64),
+            direct_reclaims: Some(0),
+            last_update: Some(now),
+        };
+        match self.spec.stats {
+            StatsMode::Full => full,
+            StatsMode::Classic => GuestStats {
+                oom_kills: None,
+                alloc_stalls: None,
+                async_scans: None,
+                direct_scans: None,
+                async_reclaims: None,
+                direct_reclaims: None,
+                ..full
+            },
+            StatsMode::None => GuestStats::default(),
+            StatsMode::Lying => GuestStats {
+                free: b(total - self.fixed),
+                available: b(total - self.fixed),
+                disk_caches: b(0.0),
+                swap_in: b(0.0),
+                swap_out: b(0.0),
+                major_faults: Some(0),
+                oom_kills: Some(0),
+                async_scans: Some(0),
+                async_reclaims: Some(0),
+                ..full
+            },
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The host: RAM, a reserve-sized slice for its own processes, per-VM QEMU overhead,
+//! KSM sharing and swap with a bandwidth limit.
+//!
+//! The host's LRU cannot see inside guests, but it sees which guest pages are touched:
+//! when RAM runs out it swaps out guests' cold pages (free-but-touched, cold cache, cold
+//! anon) first, proportionally across guests, then hot pages, which the guests fault
+//! straight back (host-level thrashing). When swap is full too, the host OOM killer
+//! kills the VM with the most resident memory: a lost VM.
+
+use aerostat_core::{Bytes, HostSample};
+
+use crate::guest::{Guest, HOT_ACCESS_PER_S};
+use crate::scenario::HostSpec;
+
+#[derive(Clone, Debug, Default)]
+pub struct HostEffects {
+    pub swap_out: f64,
+    pub swap_in: f64,
+    /// Index of a VM the host OOM killer killed this tick.
+    pub killed: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub spec: HostSpec,
+    memory: f64,
+    swap: f64,
+    bw: f64,
+    overhead: f64,
+    pub used: f64,
+    pub swap_used: f64,
+    pub swap_in_total: f64,
+    pub swap_out_total: f64,
+    pub psi_some_us: f64,
+}
+
+impl Host {
+    pub fn new(spec: HostSpec) -> Host {
+        Host {
+            memory: spec.memory.as_f64(),
+            swap: spec.swap.as_f64(),
+            bw: spec.swap_bandwidth.as_f64(),
+            overhead: spec.vm_overhead.as_f64(),
+            used: spec.system.as_f64(),
+            swap_used: 0.0,
+            swap_in_total: 0.0,
+            swap_out_total: 0.0,
+            psi_some_us: 0.0,
+            spec,
+        }
+    }
+
+    fn guest_resident(&self, g: &Guest) -> f64 {
+        (g.touched - g.host_swapped_cold - g.host_swapped_hot).max(0.0) * (1.0 - self.spec.ksm)
+    }
+
+    /// Host memory in use now.
+    pub fn compute_used(&self, guests: &[Guest], alive: &[bool]) -> f64 {
+        let mut used = self.spec.system.as_f64();
+        for (g, _) in guests.iter().zip(alive).filter(|(_, a)| **a) {
+            used += self.overhead + self.guest_resident(g);
+        }
+        used
+    }
+
+    /// Balances host memory after the guests moved; adds host-swap stalls to `stalls`.
+    pub fn step(
+        &mut self,
+        guests: &mut [Guest],
+        alive: &[bool],
+        stalls: &mut [f64],
+        dt_s: f64,
+    ) -> HostEffects {
+        let mut fx = HostEffects::default();
+        // Swapped pages the guest no longer backs are dropped; hot ones are touched back.
+        let mut swap_used = 0.0;
+        for (i, g) in guests.iter_mut().enumerate() {
+            if !alive[i] {
+                continue;
+            }
+            let hot = g.host_hot();
+            let cold = (g.touched - hot).max(0.0);
+            g.host_swapped_cold = g.host_swapped_cold.min(cold);
+            g.host_swapped_hot = g.host_swapped_hot.min(hot);
+            if g.host_swapped_hot > 0.0 {
+                let s = (g.host_swapped_hot * HOT_ACCESS_PER_S * dt_s).min(g.host_swapped_hot);
+                g.host_swapped_hot -= s;
+                fx.swap_in += s;
+                stalls[i] += s / self.bw;
+            }
+            swap_used += g.host_swapped_cold + g.host_swapped_hot;
+        }
+        self.swap_used = swap_used;
+
+        let mut excess = self.compute_used(guests, alive) - self.memory;
+        if excess > 0.0 {
+            // Cold pages first, then hot, proportionally to what each guest has.
+            for hot_pass in [false, true] {
+                if excess <= 0.0 {
+                    break;
+                }
+                let avail = |g: &Guest| -> f64 {
+                    let hot = g.host_hot();
+                    if hot_pass {
+                        (hot - g.host_swapped_hot).max(0.0)
+                    } else {
+                        (g.touched - hot - g.host_swapped_cold).max(0.0)
+                    }
+                };
+                let total: f64 = guests
+                    .iter()
+                    .zip(alive)
+                    .filter(|(_, a)| **a)
+                    .map(|(g, _)| avail(g))
+                    .sum();
+                let room = (self.swap - self.swap_used).max(0.0);
+                // Resident bytes freed per swapped byte: KSM-merged pages free less.
+                let take = (excess / (1.0 - self.spec.ksm)).min(total).min(room);
+                if take <= 0.0 || total <= 0.0 {
+                    continue;
+                }
+                for (i, g) in guests.iter_mut().enumerate() {
+                    if !alive[i] {
+                        continue;
+                    }
+                    let share = take * avail(g) / total;
+                    if hot_pass {
+                        g.host_swapped_hot += share;
+                    } else {
+                        g.host_swapped_cold += share;
+                    }
+                }
+                self.swap_used += take;
+                fx.swap_out += take;
+                excess -= take * (1.0 - self.spec.ksm);
+            }
+            // Writing faster than the swap device allows stalls whoever allocates.
+            let late = (fx.swap_out - self.bw * dt_s) / self.bw;
+            if late > 0.0 {
+                for (s, a) in stalls.iter_mut().zip(alive) {
+                    if *a {
+                        *s += late;
+                    }
+                }
+            }
+            if excess > 1.0 {
+                // RAM and swap are full: the OOM killer takes the biggest VM.
+                fx.killed = guests
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| alive[*i])
+                    .max_by(|a, b| {
+                        self.guest_resident(a.1)
+                            .total_cmp(&self.guest_resident(b.1))
+                    })
+                    .map(|(i, _)| i);
+            }
+        }
+        self.swap_in_total += fx.swap_in;
+        self.swap_out_total += fx.swap_out;
+        let worst = stalls.iter().cloned().fold(0.0, f64::max).min(dt_s);
+        self.psi_some_us += worst * 1e6;
+        self.used = self.compute_used(guests, alive);
+        fx
+    }
+
+    /// What the host's probes would report.
+    pub fn sample(&self) -> HostSample {
+        let free = Bytes::from_f64(self.memory - self.used);
+        HostSample {
+            total: Bytes::from_f64(self.memory),
+            free,
+            available: free,
+            buffers_cached: Bytes::ZERO,
+            swap_total: Bytes::from_f64(self.swap),
+            swap_free: Bytes::from_f64(self.swap - self.swap_used),
+            swap_in: Bytes::from_f64(self.swap_in_total),
+            swap_out: Bytes::from_f64(self.swap_out_total),
+            psi_some_us: Some(self.psi_some_us as u64),
+            psi_full_us: None,
+            ksm_saved: None,
+        }
+    }
+}
+
+/// Convenience for reports.
+pub fn gib(v: f64) -> f64 {
+    v / Bytes::GIB as f64
+}

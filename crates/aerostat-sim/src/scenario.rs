@@ -1,0 +1,710 @@
+//! Scenario files (TOML): parsing in two stages, raw then validated.
+//!
+//! Stage one is serde with `deny_unknown_fields` and units parsed while deserializing,
+//! so a misspelt key or a bad unit is reported by the TOML parser with its line and
+//! column. Stage two, [`RawScenario::validate`], checks what spans several keys
+//! (working set above configured memory, reserve above host memory, ...) and names the
+//! key path and the line of the `[[vm]]` table it concerns.
+
+use std::path::{Path, PathBuf};
+
+use aerostat_core::{Bytes, Millis, VmClass};
+use serde::{Deserialize, Deserializer};
+
+/// A bad scenario file: which file, where, what.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}:{line}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+fn human<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn human_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    human(d).map(Some)
+}
+
+/// `"500MiB/s"` → bytes per second.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate(pub Bytes);
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Rate, String> {
+        let Some(bytes) = s.trim().strip_suffix("/s") else {
+            return Err(format!("`{s}` is not a rate (write it like \"500MiB/s\")"));
+        };
+        bytes.parse().map(Rate).map_err(|e| e.to_string())
+    }
+}
+
+/// `"100MiB/h"` → bytes per hour, for leaks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PerHour(pub Bytes);
+
+impl std::str::FromStr for PerHour {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PerHour, String> {
+        let Some(bytes) = s.trim().strip_suffix("/h") else {
+            return Err(format!(
+                "`{s}` is not a rate per hour (write it like \"100MiB/h\")"
+            ));
+        };
+        bytes.parse().map(PerHour).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScenario {
+    pub scenario: RawMeta,
+    pub host: RawHost,
+    #[serde(default)]
+    pub vm: Vec<toml::Spanned<RawVm>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMeta {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(deserialize_with = "human")]
+    pub duration: Millis,
+    #[serde(default)]
+    pub seed: u64,
+    /// Simulation step (default 1 s).
+    #[serde(default, deserialize_with = "human_opt")]
+    pub tick: Option<Millis>,
+    /// Policy interval (default: the policy's own).
+    #[serde(default, deserialize_with = "human_opt")]
+    pub interval: Option<Millis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    #[serde(deserialize_with = "human")]
+    pub memory: Bytes,
+    #[serde(deserialize_with = "human")]
+    pub reserve: Bytes,
+    #[serde(default, deserialize_with = "human_opt")]
+    pub swap: Option<Bytes>,
+    #[serde(default, deserialize_with = "human_opt")]
+    pub swap_bandwidth: Option<Rate>,
+    /// Memory the host's own processes use (default: half the reserve).
+    #[serde(default, deserialize_with = "human_opt")]
+    pub system: Option<Bytes>,
+    /// QEMU's overhead per VM beyond guest memory (default 64 MiB).
+    #[serde(default, deserialize_with = "human_opt")]
+    pub vm_overhead: Option<Bytes>,
+    /// Fraction of guest anonymous memory KSM merges away (default 0: KSM off).
+    #[serde(default)]
+    pub ksm: Option<f64>,
+    /// Guests report freed pages to the host (virtio-balloon free page reporting).
+    #[serde(default)]
+    pub free_page_reporting: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVm {
+    pub name: String,
+    #[serde(default)]
+    pub count: Option<u32>,
+    #[serde(deserialize_with = "human")]
+    pub memory: Bytes,
+    #[serde(default, deserialize_with = "human_opt")]
+    pub min: Option<Bytes>,
+    #[serde(default, deserialize_with = "human_opt")]
+    pub swap: Option<Bytes>,
+    #[serde(default, deserialize_with = "human_opt")]
+    pub swap_bandwidth: Option<Rate>,
+    #[serde(default)]
+    pub priority: Option<f64>,
+    #[serde(default)]
+    pub shares: Option<u32>,
+    #[serde(default)]
+    pub class: Option<VmClass>,
+    /// When the VM starts (default: at once); replicas start `stagger` apart.
+    #[serde(default, deserialize_with = "human_opt")]
+    pub start: Option<Millis>,
+    #[serde(default, deserialize_with = "human_opt")]
+    pub stagger: Option<Millis>,
+    #[serde(default)]
+    pub balloon: Option<bool>,
+    #[serde(default)]
+    pub deflate_on_oom: bool,
+    /// What the guest reports: "full" (Linux ≥ 6.12), "classic" (older kernels), "none",
+    /// or "lying" (claims to be idle).
+    #[serde(default)]
+    pub stats: Option<StatsMode>,
+    /// Balloon inflation rate (default 1GiB/s, as measured on KVM).
+    #[serde(default, deserialize_with = "human_opt")]
+    pub balloon_rate: Option<Rate>,
+    /// Guest memory the balloon can never take (kernel, page tables); default 96 MiB + 1.5 %.
+    #[serde(default, deserialize_with = "human_opt")]
+    pub kernel: Option<Bytes>,
+    /// Pinned memory (huge pages, VFIO): not balloonable.
+    #[serde(default, deserialize_with = "human_opt")]
+    pub pinned: Option<Bytes>,
+    pub workload: RawWorkload,
+}
+
+/// What a simulated guest reports through its balloon's statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatsMode {
+    /// All stats including reclaim scans (Linux ≥ 6.12).
+    #[default]
+    Full,
+    /// Classic stats only (free, available, caches, swap, faults).
+    Classic,
+    /// No stats at all (no polling, or a guest without the driver's stats queue).
+    None,
+    /// Reports that it is idle and has everything free, whatever it does.
+    Lying,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadKind {
+    Steady,
+    Diurnal,
+    Burst,
+    Ramp,
+    Leak,
+    Idle,
+    Boot,
+    Phases,
+    Trace,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkload {
+    pub kind: WorkloadKind,
+    #[serde(default, deserialize_with = "human_opt")]
+    pub working_set: Option<Bytes>,
+    #[serde(default, deserialize_with = "human_opt")]
+    pub peak: Option<Bytes>,
+    #[serde(default, deserialize_with = "human_opt")]
+    pub period: Option<Millis>,
+    #[serde(default, deserialize_with = "human_opt")]
+    pub page_cache: Option<Bytes>,
+    /// Fraction of the page cache that is re-read (part of the working set); default 0.3.
+    #[serde(default)]
+    pub cache_hot: Option<f64>,
+    /// Anonymous memory allocated and then never touched again.
+    #[serde(default, deserialize_with = "human_opt")]
+    pub cold: Option<Bytes>,
+    /// Burst: when it starts (default: a third into the run).
+    #[serde(default, deserialize_with = "human_opt")]
+    pub at: Option<Millis>,
+    /// Burst: how long the rise takes (default 60 s).
+    #[serde(default, deserialize_with = "human_opt")]
+    pub rise: Option<Millis>,
+    /// Burst: how long the peak holds (default 1 h). Boot: how long boot lasts (default 2 min).
+    #[serde(default, deserialize_with = "human_opt")]
+    pub hold: Option<Millis>,
+    /// Leak: growth of cold anonymous memory.
+    #[serde(default, deserialize_with = "human_opt")]
+    pub rate: Option<PerHour>,
+    /// Relative noise on the working set (default 0.02).
+    #[serde(default)]
+    pub noise: Option<f64>,
+    /// Diurnal: phase shift.
+    #[serde(default, deserialize_with = "human_opt")]
+    pub phase: Option<Millis>,
+    /// Phases: `[{ at = "1h", working_set = "2GiB", page_cache = "1GiB" }, ...]`.
+    #[serde(default)]
+    pub phases: Vec<RawPhase>,
+    /// Trace: CSV with `time_s,working_set_mib,page_cache_mib` rows (relative to the scenario file).
+    #[serde(default)]
+    pub trace: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPhase {
+    #[serde(deserialize_with = "human")]
+    pub at: Millis,
+    #[serde(deserialize_with = "human")]
+    pub working_set: Bytes,
+    #[serde(default, deserialize_with = "human_opt")]
+    pub page_cache: Option<Bytes>,
+}
+
+/// A validated scenario, ready to run.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub duration: Millis,
+    pub seed: u64,
+    pub tick: Millis,
+    pub interval: Option<Millis>,
+    pub host: HostSpec,
+    /// One entry per VM (replicas expanded, named `name-0`, `name-1`, ...; sorted by name).
+    pub vms: Vec<VmSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    pub memory: Bytes,
+    pub reserve: Bytes,
+    pub swap: Bytes,
+    pub swap_bandwidth: Bytes,
+    pub system: Bytes,
+    pub vm_overhead: Bytes,
+    pub ksm: f64,
+    pub free_page_reporting: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub name: String,
+    pub memory: Bytes,
+    pub min: Option<Bytes>,
+    pub swap: Bytes,
+    pub swap_bandwidth: Bytes,
+    pub priority: f64,
+    pub shares: u32,
+    pub class: VmClass,
+    pub start: Millis,
+    pub balloon: bool,
+    pub deflate_on_oom: bool,
+    pub stats: StatsMode,
+    pub balloon_rate: Bytes,
+    pub kernel: Bytes,
+    pub pinned: Bytes,
+    pub workload: WorkloadSpec,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    pub kind: WorkloadKind,
+    pub working_set: Bytes,
+    pub peak: Bytes,
+    pub period: Millis,
+    pub page_cache: Bytes,
+    pub cache_hot: f64,
+    pub cold: Bytes,
+    pub at: Millis,
+    pub rise: Millis,
+    pub hold: Millis,
+    pub leak_per_hour: Bytes,
+    pub noise: f64,
+    pub phase: Millis,
+    /// Phases, or trace points: (time, working set, page cache), sorted by time.
+    pub points: Vec<(Millis, Bytes, Bytes)>,
+}
+
+/// The default guest kernel footprint: 96 MiB plus 1.5 % (struct pages, slab, page tables).
+pub fn default_kernel(memory: Bytes) -> Bytes {
+    Bytes::mib(96) + Bytes::from_f64(memory.as_f64() * 0.015)
+}
+
+/// The most VMs one scenario may expand to: keeps a typo (`count = 100000`) from eating RAM.
+pub const MAX_VMS: usize = 10_000;
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Scenario::parse(&text, path)
+    }
+
+    /// Parses scenario text; `path` names the file in errors and anchors trace files.
+    pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
+        let raw: RawScenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        raw.validate(text, path)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+impl RawScenario {
+    pub fn validate(self, text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
+        let invalid = |line: usize, key: String, message: String| ScenarioError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            key,
+            message,
+        };
+        let host_line = text.find("[host]").map_or(1, |o| line_of(text, o));
+        let meta_line = text.find("[scenario]").map_or(1, |o| line_of(text, o));
+        let h = &self.host;
+        if self.scenario.duration == Millis::ZERO {
+            return Err(invalid(
+                meta_line,
+                "scenario.duration".into(),
+                "must be positive".into(),
+            ));
+        }
+        let tick = self.scenario.tick.unwrap_or(Millis::secs(1));
+        if tick == Millis::ZERO || tick > Millis::secs(60) {
+            return Err(invalid(
+                meta_line,
+                "scenario.tick".into(),
+                "must be between 1ms and 60s".into(),
+            ));
+        }
+        if self.scenario.duration.0 / tick.0 > 100_000_000 {
+            return Err(invalid(
+                meta_line,
+                "scenario.duration".into(),
+                "more than 10^8 ticks".into(),
+            ));
+        }
+        if h.memory == Bytes::ZERO {
+            return Err(invalid(
+                host_line,
+                "host.memory".into(),
+                "must be positive".into(),
+            ));
+        }
+        if h.reserve >= h.memory {
+            return Err(invalid(
+                host_line,
+                "host.reserve".into(),
+                format!(
+                    "reserve {} is not below host memory {}",
+                    h.reserve, h.memory
+                ),
+            ));
+        }
+        let system = h.system.unwrap_or(Bytes(h.reserve.0 / 2));
+        if system >= h.memory {
+            return Err(invalid(
+                host_line,
+                "host.system".into(),
+                "not below host memory".into(),
+            ));
+        }
+        let ksm = h.ksm.unwrap_or(0.0);
+        if !(0.0..=0.9).contains(&ksm) {
+            return Err(invalid(
+                host_line,
+                "host.ksm".into(),
+                "must be a fraction in [0, 0.9]".into(),
+            ));
+        }
+        let swap_bandwidth = h.swap_bandwidth.map_or(Bytes::mib(200), |r| r.0);
+        if swap_bandwidth == Bytes::ZERO {
+            return Err(invalid(
+                host_line,
+                "host.swap_bandwidth".into(),
+                "must be positive".into(),
+            ));
+        }
+        let host = HostSpec {
+            memory: h.memory,
+            reserve: h.reserve,
+            swap: h.swap.unwrap_or(Bytes::ZERO),
+            swap_bandwidth,
+            system,
+            vm_overhead: h.vm_overhead.unwrap_or(Bytes::mib(64)),
+            ksm,
+            free_page_reporting: h.free_page_reporting,
+        };
+
+        let mut vms = Vec::new();
+        for (i, spanned) in self.vm.into_iter().enumerate() {
+            let line = line_of(text, spanned.span().start);
+            let v = spanned.into_inner();
+            let key = |k: &str| format!("vm[{i}] ({}).{k}", v.name);
+            if v.name.is_empty()
+                || !v
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    line,
+                    format!("vm[{i}].name"),
+                    "must be non-empty [A-Za-z0-9_-]".into(),
+                ));
+            }
+            if v.memory < Bytes::mib(128) {
+                return Err(invalid(
+                    line,
+                    key("memory"),
+                    "must be at least 128MiB".into(),
+                ));
+            }
+            let kernel = v.kernel.unwrap_or_else(|| default_kernel(v.memory));
+            if kernel >= v.memory {
+                return Err(invalid(line, key("kernel"), "must be below memory".into()));
+            }
+            if let Some(min) = v.min
+                && min > v.memory
+            {
+                return Err(invalid(
+                    line,
+                    key("min"),
+                    format!("floor {min} is above memory {}", v.memory),
+                ));
+            }
+            let priority = v.priority.unwrap_or(1.0);
+            if !(priority.is_finite() && priority > 0.0) {
+                return Err(invalid(
+                    line,
+                    key("priority"),
+                    "must be a positive number".into(),
+                ));
+            }
+            let pinned = v.pinned.unwrap_or(Bytes::ZERO);
+            if pinned > v.memory {
+                return Err(invalid(line, key("pinned"), "is above memory".into()));
+            }
+            let mut workload = validate_workload(&v.workload, v.memory, kernel, path)
+                .map_err(|(k, m)| invalid(line, key(&format!("workload.{k}")), m))?;
+            if workload.at == Millis(u64::MAX) {
+                workload.at = Millis(self.scenario.duration.0 / 3);
+            }
+            let count = v.count.unwrap_or(1);
+            if count == 0 {
+                return Err(invalid(line, key("count"), "must be at least 1".into()));
+            }
+            if vms.len() + count as usize > MAX_VMS {
+                return Err(invalid(
+                    line,
+                    key("count"),
+                    format!("more than {MAX_VMS} VMs in all"),
+                ));
+            }
+            let start = v.start.unwrap_or(Millis::ZERO);
+            let stagger = v.stagger.unwrap_or(Millis::ZERO);
+            for r in 0..count {
+                let name = if v.count.is_some() {
+                    format!("{}-{r}", v.name)
+                } else {
+                    v.name.clone()
+                };
+                vms.push(VmSpec {
+                    name,
+                    memory: v.memory,
+                    min: v.min,
+                    swap: v.swap.unwrap_or(Bytes::ZERO),
+                    swap_bandwidth: v.swap_bandwidth.map_or(Bytes::mib(200), |r| r.0),
+                    priority,
+                    shares: v.shares.unwrap_or(1000),
+                    class: v.class.unwrap_or_default(),
+                    start: Millis(start.0 + stagger.0 * u64::from(r)),
+                    balloon: v.balloon.unwrap_or(true),
+                    deflate_on_oom: v.deflate_on_oom,
+                    stats: v.stats.unwrap_or_default(),
+                    balloon_rate: v.balloon_rate.map_or(Bytes::gib(1), |r| r.0),
+                    kernel,
+                    pinned,
+                    workload: workload.clone(),
+                });
+            }
+        }
+        if vms.is_empty() {
+            return Err(invalid(
+                1,
+                "vm".into(),
+                "a scenario needs at least one [[vm]]".into(),
+            ));
+        }
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(w) = vms.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(invalid(
+                1,
+                "vm.name".into(),
+                format!("duplicate VM name `{}`", w[0].name),
+            ));
+        }
+        let kernels: Bytes = vms.iter().map(|v| v.kernel.min(v.memory)).sum();
+        let floors: Bytes = vms
+            .iter()
+            .map(|v| v.min.unwrap_or(Bytes::ZERO).max(v.kernel) + host.vm_overhead)
+            .sum();
+        if host.reserve + floors > host.memory + host.swap {
+            return Err(invalid(
+                host_line,
+                "host.memory".into(),
+                format!(
+                    "the guests' floors ({floors}, kernels {kernels}) plus the reserve {} exceed host memory {} + swap {}",
+                    host.reserve, host.memory, host.swap
+                ),
+            ));
+        }
+        Ok(Scenario {
+            name: self.scenario.name,
+            description: self.scenario.description.unwrap_or_default(),
+            duration: self.scenario.duration,
+            seed: self.scenario.seed,
+            tick,
+            interval: self.scenario.interval,
+            host,
+            vms,
+        })
+    }
+}
+
+fn validate_workload(
+    w: &RawWorkload,
+    memory: Bytes,
+    kernel: Bytes,
+    scenario_path: &Path,
+) -> Result<WorkloadSpec, (String, String)> {
+    let err = |k: &str, m: String| Err((k.to_string(), m));
+    let usable = memory - kernel;
+    let working_set = w.working_set.unwrap_or(Bytes::ZERO);
+    let needs_ws = !matches!(w.kind, WorkloadKind::Trace | WorkloadKind::Phases);
+    if needs_ws && w.working_set.is_none() {
+        return err("working_set", "required for this workload kind".into());
+    }
+    if working_set > usable {
+        return err(
+            "working_set",
+            format!(
+                "{working_set} is above the configured memory {memory} minus the guest kernel {kernel}"
+            ),
+        );
+    }
+    let needs_peak = matches!(
+        w.kind,
+        WorkloadKind::Diurnal | WorkloadKind::Burst | WorkloadKind::Ramp | WorkloadKind::Boot
+    );
+    let peak = match w.peak {
+        Some(p) => p,
+        None if needs_peak => return err("peak", "required for this workload kind".into()),
+        None => working_set,
+    };
+    if peak > usable {
+        return err(
+            "peak",
+            format!(
+                "{peak} is above the configured memory {memory} minus the guest kernel {kernel}"
+            ),
+        );
+    }
+    if needs_peak && peak < working_set {
+        return err("peak", format!("{peak} is below working_set {working_set}"));
+    }
+    let cache_hot = w.cache_hot.unwrap_or(0.3);
+    if !(0.0..=1.0).contains(&cache_hot) {
+        return err("cache_hot", "must be a fraction in [0, 1]".into());
+    }
+    let noise = w.noise.unwrap_or(0.02);
+    if !(0.0..=0.5).contains(&noise) {
+        return err("noise", "must be a fraction in [0, 0.5]".into());
+    }
+    let period = w.period.unwrap_or(Millis::secs(86_400));
+    if period == Millis::ZERO {
+        return err("period", "must be positive".into());
+    }
+    let cold = w.cold.unwrap_or(Bytes::ZERO);
+    if cold + peak.max(working_set) > usable {
+        return err(
+            "cold",
+            format!("cold {cold} + working set exceed usable memory {usable}"),
+        );
+    }
+    let leak_per_hour = w.rate.map_or(Bytes::ZERO, |r| r.0);
+    if w.kind == WorkloadKind::Leak && leak_per_hour == Bytes::ZERO {
+        return err("rate", "required for a leak (e.g. \"100MiB/h\")".into());
+    }
+    let mut points = Vec::new();
+    match w.kind {
+        WorkloadKind::Phases => {
+            if w.phases.is_empty() {
+                return err("phases", "at least one phase is required".into());
+            }
+            for (i, p) in w.phases.iter().enumerate() {
+                if p.working_set > usable {
+                    return err(
+                        &format!("phases[{i}].working_set"),
+                        format!("{} is above usable memory {usable}", p.working_set),
+                    );
+                }
+                points.push((
+                    p.at,
+                    p.working_set,
+                    p.page_cache.unwrap_or(w.page_cache.unwrap_or(Bytes::ZERO)),
+                ));
+            }
+            if !points.windows(2).all(|p| p[0].0 < p[1].0) {
+                return err("phases", "phases must be in increasing `at` order".into());
+            }
+        }
+        WorkloadKind::Trace => {
+            let Some(trace) = &w.trace else {
+                return err(
+                    "trace",
+                    "a trace workload needs `trace = \"file.csv\"`".into(),
+                );
+            };
+            let file = scenario_path.parent().unwrap_or(Path::new(".")).join(trace);
+            points = crate::workload::load_trace(&file).map_err(|m| ("trace".to_string(), m))?;
+            if let Some((t, ws, _)) = points.iter().find(|p| p.1 > usable) {
+                return err(
+                    "trace",
+                    format!(
+                        "{}: working set {ws} at {t} is above usable memory {usable}",
+                        file.display()
+                    ),
+                );
+            }
+        }
+        _ => {}
+    }
+    Ok(WorkloadSpec {
+        kind: w.kind,
+        working_set,
+        peak,
+        period,
+        page_cache: w.page_cache.unwrap_or(Bytes::ZERO),
+        cache_hot,
+        cold,
+        at: w.at.unwrap_or(Millis(u64::MAX)),
+        rise: w.rise.unwrap_or(Millis::secs(60)),
+        hold: w.hold.unwrap_or(if w.kind == WorkloadKind::Boot {
+            Millis::secs(120)
+        } else {
+            Millis::secs(3600)
+        }),
+        leak_per_hour,
+        noise,
+        phase: w.phase.unwrap_or(Millis::ZERO),
+        points,
+    })
+}

@@ -1,0 +1,239 @@
+//! Workloads: what a guest's applications want, as a pure function of time.
+//!
+//! A workload gives the guest's *demand*: hot anonymous memory (touched all the time),
+//! cold anonymous memory (allocated and then left alone: leaks, idle caches in the
+//! heap), and page cache, a `cache_hot` fraction of which is re-read. Noise is value
+//! noise from a hash of (seed, VM, time bucket), so it is the same on every machine
+//! and thread count and needs no random-number state.
+
+use std::f64::consts::PI;
+use std::path::Path;
+
+use aerostat_core::{Bytes, Millis};
+
+use crate::scenario::{WorkloadKind, WorkloadSpec};
+
+/// What the guest's applications want at one instant, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Demand {
+    pub hot_anon: f64,
+    pub cold_anon: f64,
+    pub cache: f64,
+    pub hot_cache: f64,
+}
+
+/// SplitMix64: a well-known 64-bit mixing function, used as a stateless hash for noise.
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Uniform in [-1, 1), a pure function of its inputs.
+fn unit_noise(seed: u64, stream: u64, bucket: u64) -> f64 {
+    let h = splitmix64(seed ^ splitmix64(stream ^ splitmix64(bucket)));
+    (h >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+}
+
+/// Noise buckets are five minutes apart; values between are interpolated linearly.
+const NOISE_BUCKET_MS: u64 = 300_000;
+
+/// Smooth noise in [-1, 1].
+pub fn smooth_noise(seed: u64, stream: u64, t: Millis) -> f64 {
+    let k = t.0 / NOISE_BUCKET_MS;
+    let frac = (t.0 % NOISE_BUCKET_MS) as f64 / NOISE_BUCKET_MS as f64;
+    let a = unit_noise(seed, stream, k);
+    let b = unit_noise(seed, stream, k + 1);
+    a + (b - a) * frac
+}
+
+/// A workload bound to one VM.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    spec: WorkloadSpec,
+    seed: u64,
+    stream: u64,
+}
+
+impl Workload {
+    pub fn new(spec: WorkloadSpec, seed: u64, stream: u64) -> Workload {
+        Workload { spec, seed, stream }
+    }
+
+    pub fn spec(&self) -> &WorkloadSpec {
+        &self.spec
+    }
+
+    /// Demand at `t` (time since the VM started).
+    pub fn demand(&self, t: Millis) -> Demand {
+        let s = &self.spec;
+        let ws = s.working_set.as_f64();
+        let peak = s.peak.as_f64();
+        let mut cache = s.page_cache.as_f64();
+        let mut cold = s.cold.as_f64();
+        let hot = match s.kind {
+            WorkloadKind::Steady | WorkloadKind::Idle => ws,
+            WorkloadKind::Diurnal => {
+                let x = (t.0 + s.phase.0) as f64 / s.period.0 as f64;
+                ws + (peak - ws) * 0.5 * (1.0 - (2.0 * PI * x).cos())
+            }
+            WorkloadKind::Burst => {
+                let (at, rise, hold) = (s.at.0, s.rise.0.max(1), s.hold.0);
+                let now = t.0;
+                let frac = if now < at {
+                    0.0
+                } else if now < at + rise {
+                    (now - at) as f64 / rise as f64
+                } else if now < at + rise + hold {
+                    1.0
+                } else if now < at + 2 * rise + hold {
+                    1.0 - (now - at - rise - hold) as f64 / rise as f64
+                } else {
+                    0.0
+                };
+                ws + (peak - ws) * frac
+            }
+            WorkloadKind::Ramp => {
+                let (at, rise) = (s.at.0, s.rise.0.max(1));
+                let frac = if t.0 < at {
+                    0.0
+                } else {
+                    ((t.0 - at) as f64 / rise as f64).min(1.0)
+                };
+                ws + (peak - ws) * frac
+            }
+            WorkloadKind::Leak => {
+                cold += s.leak_per_hour.as_f64() * t.0 as f64 / 3_600_000.0;
+                ws
+            }
+            WorkloadKind::Boot => {
+                if t < s.hold {
+                    peak
+                } else {
+                    ws
+                }
+            }
+            WorkloadKind::Phases => {
+                let p = s
+                    .points
+                    .iter()
+                    .rev()
+                    .find(|p| p.0 <= t)
+                    .unwrap_or(&s.points[0]);
+                cache = p.2.as_f64();
+                p.1.as_f64()
+            }
+            WorkloadKind::Trace => {
+                let (w, c) = interpolate(&s.points, t);
+                cache = c;
+                w
+            }
+        };
+        let noisy = hot * (1.0 + s.noise * smooth_noise(self.seed, self.stream, t));
+        Demand {
+            hot_anon: noisy.max(0.0),
+            cold_anon: cold,
+            cache,
+            hot_cache: cache * s.cache_hot,
+        }
+    }
+}
+
+fn interpolate(points: &[(Millis, Bytes, Bytes)], t: Millis) -> (f64, f64) {
+    let i = points.partition_point(|p| p.0 <= t);
+    if i == 0 {
+        return (points[0].1.as_f64(), points[0].2.as_f64());
+    }
+    if i == points.len() {
+        let p = points[i - 1];
+        return (p.1.as_f64(), p.2.as_f64());
+    }
+    let (a, b) = (points[i - 1], points[i]);
+    let f = (t.0 - a.0.0) as f64 / (b.0.0 - a.0.0).max(1) as f64;
+    (
+        a.1.as_f64() + (b.1.as_f64() - a.1.as_f64()) * f,
+        a.2.as_f64() + (b.2.as_f64() - a.2.as_f64()) * f,
+    )
+}
+
+/// Largest trace accepted, in rows: a trace is replayed from memory.
+pub const MAX_TRACE_ROWS: usize = 10_000_000;
+
+/// Reads a trace CSV: a header line, then `time_s,working_set_mib,page_cache_mib` rows in
+/// increasing time. Errors name the file and line.
+pub fn load_trace(path: &Path) -> Result<Vec<(Millis, Bytes, Bytes)>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read trace {}: {e}", path.display()))?;
+    let mut points = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let lineno = n + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || (n == 0 && line.starts_with("time")) {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let bad = |what: &str| format!("{}:{lineno}: {what}", path.display());
+        if fields.len() < 2 || fields.len() > 3 {
+            return Err(bad("expected time_s,working_set_mib[,page_cache_mib]"));
+        }
+        let num = |s: &str, name: &str| -> Result<f64, String> {
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| bad(&format!("{name} `{s}` is not a non-negative number")))
+        };
+        let t = num(fields[0], "time_s")?;
+        let ws = num(fields[1], "working_set_mib")?;
+        let pc = if fields.len() == 3 {
+            num(fields[2], "page_cache_mib")?
+        } else {
+            0.0
+        };
+        let t = Millis((t * 1000.0) as u64);
+        if points
+            .last()
+            .is_some_and(|p: &(Millis, Bytes, Bytes)| p.0 >= t)
+        {
+            return Err(bad("times must increase"));
+        }
+        points.push((
+            t,
+            Bytes::from_f64(ws * Bytes::MIB as f64),
+            Bytes::from_f64(pc * Bytes::MIB as f64),
+        ));
+        if points.len() > MAX_TRACE_ROWS {
+            return Err(bad("trace too long"));
+        }
+    }
+    if points.is_empty() {
+        return Err(format!("{}: trace has no rows", path.display()));
+    }
+    Ok(points)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_is_bounded_and_pure() {
+        for t in (0..10_000_000).step_by(7_777) {
+            let n = smooth_noise(7, 3, Millis(t));
+            assert!((-1.0..=1.0).contains(&n));
+            assert_eq!(n, smooth_noise(7, 3, Millis(t)));
+        }
+        assert_ne!(smooth_noise(7, 3, Millis(0)), smooth_noise(8, 3, Millis(0)));
+    }
+
+    #[test]
+    fn trace_errors_name_the_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("t.csv");
+        std::fs::write(&f, "time_s,ws,pc\n0,100,10\n5,abc,1\n").expect("write");
+        let e = load_trace(&f).expect_err("bad number");
+        assert!(e.contains("t.csv:3"), "{e}");
+        std::fs::write(&f, "0,100\n0,200\n").expect("write");
+        assert!(load_trace(&f).expect_err("order").contains(":2"));
+    }
+}
