@@ -122,7 +122,7 @@ if [ "$rc" = 0 ] && [ "$out" = 2 ]; then ok "virtio_balloon and virtio_mem loade
 
 # a background command must not block the loop; memhog works
 guest 'memhog 64 --hold 600 >/tmp/memhog.log 2>&1 &' 10
-[ "$rc" = 0 ] && ok "background command returns at once" || bad "background command rc=$rc"
+if [ "$rc" = 0 ]; then ok "background command returns at once"; else bad "background command rc=$rc"; fi
 guest 'for i in $(seq 100); do grep -q holding /tmp/memhog.log && break; sleep 0.1; done; cat /tmp/memhog.log; kill $(pidof memhog)'
 if [ "$rc" = 0 ] && grep -q 'holding 64 MiB' <<<"$out"; then ok "memhog 64 MiB"; else bad "memhog: rc=$rc $out"; fi
 

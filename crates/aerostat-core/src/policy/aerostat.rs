@@ -1,15 +1,203 @@
-//! `aerostat`: the default policy (placeholder).
+//! `aerostat`: the default policy. Reclaim what each guest does not use, give it back
+//! before the guest feels the lack, and keep the host out of swap.
+//!
+//! Per VM, each tick (see `docs/policy.md` for the full story):
+//! - **need** = `used` (guest MemTotal − MemAvailable, i.e. memory it cannot drop without
+//!   swapping) + `cache_keep` (the page cache we let it keep) + `headroom` (room to grow
+//!   until the next tick: a class minimum, or the recent growth rate × reaction time).
+//! - `cache_keep` starts at the whole cache and is *probed* down slowly. The guest's LRU
+//!   gives up cold cache first; the probe stops when the guest's reclaim efficiency
+//!   (pages reclaimed ÷ pages scanned, Linux ≥ 6.12 stats) falls — only hot pages are
+//!   left — or when refaults (major faults) appear, and resumes later.
+//! - **pressure** (guest swap-ins, refaults, OOM kills): deflate at once by a boost and
+//!   stop probing for a while.
+//! - **stalled balloon** (target far below `actual` and not moving): stop pushing, give a
+//!   little back, block inflation for a while (ChromeOS concierge's rule).
+//! - targets move only when they leave a band around the need (fewer actions).
+//!
+//! Host-wide: when Σ need + overheads exceeds host total − reserve, memory is taken where
+//! it costs least first — headroom, then the cache allowance, from the least important
+//! guests first (an idle-memory-tax flavour of ESX's shares) — and never below `used`.
+//!
+//! Trust: guest numbers are clamped to [0, configured] and only ever *raise* a guest's
+//! own target or order who is asked first; taking memory from others is bounded by the
+//! controller's guards (floors, steps, reserve), which use host facts only.
+
+use std::collections::HashMap;
 
 use crate::controller::GuardConfig;
-use crate::observation::Observation;
-use crate::policy::{Policy, Proposal};
+use crate::decision::Rule;
+use crate::observation::{GuestStats, Observation, VmClass, VmSample};
+use crate::policy::{Policy, PolicySettings, Proposal};
+use crate::units::{Bytes, Millis};
 
-#[derive(Debug, Default, Clone)]
-pub struct AerostatPolicy;
+const MIB: f64 = 1048576.0;
+const PAGE: f64 = 4096.0;
+
+/// Stats older than this many intervals are ignored (the guest stopped reporting).
+const STALE_INTERVALS: u64 = 5;
+/// A guest swapping in faster than this is under pressure.
+const SWAP_IN_PRESSURE_BPS: f64 = 1.0 * MIB;
+/// A guest major-faulting faster than this (pages/s) is refaulting its working set.
+const REFAULT_PRESSURE_PPS: f64 = 256.0;
+/// Reclaim efficiency below which the guest's LRU has only hot pages left.
+const MIN_RECLAIM_EFFICIENCY: f64 = 0.25;
+/// How long probing pauses after it found the bottom or caused pressure.
+const PROBE_PAUSE: Millis = Millis(30 * 60 * 1000);
+/// Balloon stall: target this far below `actual` ...
+const STALL_GAP: f64 = 64.0 * MIB;
+/// ... while `actual` moved slower than this (ChromeOS: 15 MB/s) ...
+const STALL_RATE_BPS: f64 = 15e6;
+/// ... for this long (ChromeOS ignores the first 4 s).
+const STALL_AFTER: Millis = Millis(6_000);
+/// After a stall, give this much back and block inflation this long.
+const STALL_GIVEBACK: f64 = 128.0 * MIB;
+const STALL_BLOCK: Millis = Millis(5 * 60 * 1000);
+
+/// What each class of VM gets: headroom, probe speed, and how much of its cache is sacred.
+#[derive(Clone, Copy, Debug)]
+struct Profile {
+    /// Minimum headroom as a fraction of configured memory ...
+    headroom_frac: f64,
+    /// ... and in bytes.
+    headroom_min: f64,
+    /// Cache probe speed, fraction of configured memory per minute.
+    probe_per_min: f64,
+    /// Fraction of the page cache never probed away.
+    cache_floor_frac: f64,
+    /// Weight in the host-short order: higher gives memory later.
+    weight: f64,
+}
+
+fn profile(class: VmClass) -> Profile {
+    match class {
+        VmClass::General => Profile {
+            headroom_frac: 0.04,
+            headroom_min: 128.0 * MIB,
+            probe_per_min: 0.02,
+            cache_floor_frac: 0.0,
+            weight: 1.0,
+        },
+        VmClass::Stateless => Profile {
+            headroom_frac: 0.03,
+            headroom_min: 128.0 * MIB,
+            probe_per_min: 0.03,
+            cache_floor_frac: 0.0,
+            weight: 0.8,
+        },
+        VmClass::Database => Profile {
+            headroom_frac: 0.08,
+            headroom_min: 256.0 * MIB,
+            probe_per_min: 0.01,
+            cache_floor_frac: 0.5,
+            weight: 2.0,
+        },
+        VmClass::Batch => Profile {
+            headroom_frac: 0.03,
+            headroom_min: 96.0 * MIB,
+            probe_per_min: 0.03,
+            cache_floor_frac: 0.0,
+            weight: 0.5,
+        },
+        VmClass::Interactive => Profile {
+            headroom_frac: 0.06,
+            headroom_min: 192.0 * MIB,
+            probe_per_min: 0.01,
+            cache_floor_frac: 0.25,
+            weight: 1.5,
+        },
+    }
+}
+
+/// What the policy remembers about one VM.
+#[derive(Clone, Debug, Default)]
+struct Memo {
+    last_time: Option<Millis>,
+    last_stats: GuestStats,
+    last_actual: f64,
+    last_used: f64,
+    /// Growth rate of `used`, bytes/s: rises at once, decays slowly.
+    growth_bps: f64,
+    /// Page cache we let the guest keep; `None` until first seen.
+    cache_keep: Option<f64>,
+    probe_paused_until: Millis,
+    /// Since when the balloon has lagged its target without moving.
+    stall_since: Option<Millis>,
+    inflate_blocked_until: Millis,
+}
+
+/// The `aerostat` policy.
+#[derive(Debug)]
+pub struct AerostatPolicy {
+    settings: PolicySettings,
+    memos: HashMap<String, Memo>,
+}
+
+/// Guest numbers after clamping, and what changed since the last tick.
+#[derive(Debug, Default, Clone, Copy)]
+struct Reading {
+    used: f64,
+    cache: f64,
+    swap_in_bps: f64,
+    refault_pps: f64,
+    new_ooms: u64,
+    /// Reclaimed ÷ scanned over the last interval, when the guest reclaimed anything.
+    efficiency: Option<f64>,
+    has_scan_stats: bool,
+}
 
 impl AerostatPolicy {
-    pub fn new(_s: crate::policy::PolicySettings) -> AerostatPolicy {
-        AerostatPolicy
+    pub fn new(settings: PolicySettings) -> AerostatPolicy {
+        AerostatPolicy {
+            settings,
+            memos: HashMap::new(),
+        }
+    }
+
+    fn read(vm: &VmSample, memo: &Memo, now: Millis, interval: Millis) -> Option<Reading> {
+        let s = &vm.stats;
+        let interval_ok = |t: Millis| now.saturating_sub(t).0 <= STALE_INTERVALS * interval.0.max(1000);
+        if s.last_update.is_some_and(|t| !interval_ok(t)) {
+            return None;
+        }
+        let configured = vm.configured.as_f64();
+        let clamp = |b: Option<Bytes>| b.map(|b| b.as_f64().clamp(0.0, configured));
+        let total = clamp(s.total).unwrap_or(vm.actual.as_f64());
+        let available = clamp(s.available).or_else(|| {
+            // Older guests: free + caches approximates MemAvailable.
+            Some(clamp(s.free)? + clamp(s.disk_caches).unwrap_or(0.0))
+        })?;
+        let available = available.min(total);
+        // With deflate-on-oom the balloon's pages count as used inside the guest.
+        let balloon_inside = (total - vm.actual.as_f64()).max(0.0);
+        let used = (total - available - balloon_inside).max(0.0);
+        let cache = clamp(s.disk_caches).unwrap_or(0.0).min(total);
+        let mut r = Reading {
+            used,
+            cache,
+            has_scan_stats: s.async_scans.is_some(),
+            ..Reading::default()
+        };
+        if let Some(t0) = memo.last_time {
+            let dt = now.saturating_sub(t0).as_secs_f64().max(1e-3);
+            let p = &memo.last_stats;
+            let delta = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                // Counters that go backwards (guest reboot, lies) count as zero.
+                (Some(a), Some(b)) => a.saturating_sub(b) as f64,
+                _ => 0.0,
+            };
+            let bytes = |b: Option<Bytes>| b.map(|b| b.0);
+            r.swap_in_bps = delta(bytes(s.swap_in), bytes(p.swap_in)) / dt;
+            r.refault_pps = delta(s.major_faults, p.major_faults) / dt;
+            r.new_ooms = delta(s.oom_kills, p.oom_kills) as u64;
+            let scans = delta(s.async_scans, p.async_scans) + delta(s.direct_scans, p.direct_scans);
+            let reclaims =
+                delta(s.async_reclaims, p.async_reclaims) + delta(s.direct_reclaims, p.direct_reclaims);
+            if scans >= 64.0 {
+                r.efficiency = Some((reclaims / scans).min(1.0));
+            }
+        }
+        Some(r)
     }
 }
 
@@ -17,10 +205,249 @@ impl Policy for AerostatPolicy {
     fn name(&self) -> &'static str {
         "aerostat"
     }
+
     fn guards(&self) -> GuardConfig {
-        GuardConfig::passthrough()
+        GuardConfig {
+            reserve: Some(self.settings.reserve),
+            max_inflate_step: Some(Bytes::mib(512)),
+            max_deflate_step: Some(Bytes::gib(4)),
+            min_change: Bytes::mib(16),
+            inflate_hold: Millis::secs(30),
+        }
     }
-    fn propose(&mut self, _obs: &Observation) -> Vec<Proposal> {
-        Vec::new()
+
+    fn propose(&mut self, obs: &Observation) -> Vec<Proposal> {
+        let now = obs.time;
+        let interval_s = self.settings.interval.as_secs_f64().max(0.1);
+        self.memos
+            .retain(|name, _| obs.vms.binary_search_by(|v| v.name.as_str().cmp(name)).is_ok());
+
+        // Per-VM wishes: (index, need, lowest acceptable under host pressure, rule, reason).
+        let mut wishes: Vec<Wish> = Vec::with_capacity(obs.vms.len());
+        for (i, vm) in obs.vms.iter().enumerate() {
+            if !vm.balloon || vm.migrating {
+                continue;
+            }
+            let memo = self.memos.entry(vm.name.clone()).or_default();
+            let prof = profile(vm.class);
+            let configured = vm.configured.as_f64();
+            let actual = vm.actual.as_f64();
+            let Some(r) = Self::read(vm, memo, now, self.settings.interval) else {
+                // Blind: no (fresh) stats. Hold the VM where it is; host pressure is
+                // handled by the guards from host facts alone.
+                memo.last_time = None;
+                continue;
+            };
+
+            // Growth rate of `used`: fast up, slow down (ESX's working-set estimator habit).
+            if memo.last_time.is_some() {
+                let dt = now.saturating_sub(memo.last_time.unwrap_or(now)).as_secs_f64().max(1e-3);
+                let rate = ((r.used - memo.last_used) / dt).max(0.0);
+                memo.growth_bps = if rate > memo.growth_bps {
+                    rate
+                } else {
+                    memo.growth_bps * 0.9 + rate * 0.1
+                };
+            }
+            let reaction_s = 3.0 * interval_s + 2.0;
+            let headroom = (prof.headroom_frac * configured)
+                .max(prof.headroom_min)
+                .max(memo.growth_bps * reaction_s);
+
+            let pressure = r.swap_in_bps > SWAP_IN_PRESSURE_BPS
+                || r.refault_pps > REFAULT_PRESSURE_PPS
+                || r.new_ooms > 0;
+            let cache_floor = prof.cache_floor_frac * r.cache;
+            let mut keep = memo.cache_keep.unwrap_or(r.cache).min(r.cache.max(cache_floor));
+            let mut rule = Rule::Reclaim;
+            let mut why;
+            if pressure {
+                // Give back what the guest is missing, with margin, and stop probing.
+                let missing = r.swap_in_bps.max(r.refault_pps * PAGE) * interval_s * 10.0;
+                let boost = missing.max(256.0 * MIB);
+                keep = (keep + boost).min(configured);
+                memo.probe_paused_until = now + PROBE_PAUSE;
+                rule = Rule::DeflatePressure;
+                why = format!(
+                    "guest under pressure (swap-in {:.1} MiB/s, major faults {:.0}/s, {} new OOM kills): +{:.0} MiB",
+                    r.swap_in_bps / MIB,
+                    r.refault_pps,
+                    r.new_ooms,
+                    boost / MIB
+                );
+            } else if r.efficiency.is_some_and(|e| e < MIN_RECLAIM_EFFICIENCY) {
+                // The guest's LRU is scanning hot pages: stop here, keep what is left.
+                keep = r.cache.max(cache_floor);
+                memo.probe_paused_until = now + PROBE_PAUSE;
+                why = format!(
+                    "guest reclaim efficiency {:.0}% < {:.0}%: only hot page cache left, keeping {:.0} MiB",
+                    100.0 * r.efficiency.unwrap_or(0.0),
+                    100.0 * MIN_RECLAIM_EFFICIENCY,
+                    keep / MIB
+                );
+            } else if now >= memo.probe_paused_until && (r.has_scan_stats || keep > 0.5 * r.cache) {
+                let step = prof.probe_per_min * configured * interval_s / 60.0;
+                // Without scan statistics we cannot see the bottom coming: probe only
+                // down to half the cache and let refaults stop us.
+                let probe_floor = if r.has_scan_stats { cache_floor } else { cache_floor.max(0.5 * r.cache) };
+                keep = (keep - step).max(probe_floor);
+                why = format!("probing page cache: keep {:.0} MiB of {:.0} MiB", keep / MIB, r.cache / MIB);
+            } else {
+                why = format!("keeping {:.0} MiB of page cache", keep / MIB);
+            }
+            memo.cache_keep = Some(keep);
+
+            let need = (r.used + keep + headroom).min(configured);
+            let current = memo_target(vm);
+            why = format!(
+                "need {:.0} MiB = used {:.0} + cache {:.0} + headroom {:.0}; {}",
+                need / MIB,
+                r.used / MIB,
+                keep / MIB,
+                headroom / MIB,
+                why
+            );
+
+            // Balloon stall: the target is well below actual and actual is not moving.
+            let moved_bps = (memo.last_actual - actual).max(0.0)
+                / now.saturating_sub(memo.last_time.unwrap_or(now)).as_secs_f64().max(1e-3);
+            if current + STALL_GAP < actual && moved_bps < STALL_RATE_BPS && memo.last_time.is_some() {
+                let since = *memo.stall_since.get_or_insert(now);
+                if now.saturating_sub(since) >= STALL_AFTER && now >= memo.inflate_blocked_until {
+                    memo.inflate_blocked_until = now + STALL_BLOCK;
+                    memo.stall_since = None;
+                    let t = (actual + STALL_GIVEBACK).min(configured);
+                    wishes.push(Wish {
+                        vm: i,
+                        target: t,
+                        lowest: t,
+                        weight: prof.weight * vm.priority,
+                        rule: Rule::BalloonStalled,
+                        reason: format!(
+                            "balloon stalled: actual {:.0} MiB, target {:.0} MiB, moving {:.1} MB/s; giving {:.0} MiB back, no inflation for {}",
+                            actual / MIB,
+                            current / MIB,
+                            moved_bps / 1e6,
+                            STALL_GIVEBACK / MIB,
+                            STALL_BLOCK
+                        ),
+                    });
+                    memo.last_time = Some(now);
+                    memo.last_stats = vm.stats.clone();
+                    memo.last_actual = actual;
+                    memo.last_used = r.used;
+                    continue;
+                }
+            } else {
+                memo.stall_since = None;
+            }
+
+            // Band: grow at once when below need; shrink only when well above it.
+            let band = (0.5 * headroom).max(64.0 * MIB);
+            let blocked = now < memo.inflate_blocked_until;
+            let target = if need > current || rule == Rule::DeflatePressure {
+                if rule == Rule::Reclaim {
+                    rule = Rule::Deflate;
+                }
+                need.max(current)
+            } else if need + band < current && !blocked {
+                need
+            } else {
+                current
+            };
+            wishes.push(Wish {
+                vm: i,
+                target,
+                // Under host pressure, never below what the guest uses plus a sliver of
+                // room: squeezing further only moves the stall into the guest.
+                lowest: (r.used + prof.headroom_min.min(headroom)).min(target),
+                weight: prof.weight * vm.priority,
+                rule,
+                reason: why,
+            });
+            memo.last_time = Some(now);
+            memo.last_stats = vm.stats.clone();
+            memo.last_actual = actual;
+            memo.last_used = r.used;
+        }
+
+        self.fit_host(obs, &mut wishes);
+
+        wishes
+            .into_iter()
+            .filter(|w| Bytes::from_f64(w.target) != memo_target_bytes(&obs.vms[w.vm]) || w.rule != Rule::Reclaim)
+            .map(|w| Proposal {
+                vm: w.vm,
+                target: Bytes::from_f64(w.target).align_down(Bytes::mib(1)),
+                rule: w.rule,
+                reason: w.reason,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Wish {
+    vm: usize,
+    target: f64,
+    lowest: f64,
+    weight: f64,
+    rule: Rule,
+    reason: String,
+}
+
+/// The policy compares against `actual`: the controller owns the last target, and the
+/// balloon's `actual` is the host-side fact of where the guest is.
+fn memo_target(vm: &VmSample) -> f64 {
+    vm.actual.as_f64()
+}
+
+fn memo_target_bytes(vm: &VmSample) -> Bytes {
+    vm.actual
+}
+
+impl AerostatPolicy {
+    /// When Σ wishes + overheads exceed host total − reserve, lower wishes toward their
+    /// `lowest`, cheapest first: lowest weight × room, proportionally.
+    fn fit_host(&self, obs: &Observation, wishes: &mut [Wish]) {
+        let capacity = obs.host.total.saturating_sub(self.settings.reserve).as_f64();
+        let mut committed: f64 = obs.vms.iter().map(|v| (v.overhead + v.actual).as_f64()).sum();
+        for w in wishes.iter() {
+            committed += w.target - obs.vms[w.vm].actual.as_f64();
+        }
+        let excess = committed - capacity;
+        if excess <= 0.0 {
+            return;
+        }
+        // Take in proportion to room ÷ weight: idle room of unimportant guests goes first.
+        let total_room: f64 = wishes
+            .iter()
+            .map(|w| (w.target - w.lowest).max(0.0) / w.weight.max(1e-3))
+            .sum();
+        if total_room <= 0.0 {
+            return;
+        }
+        let short = excess;
+        for w in wishes.iter_mut() {
+            let room = (w.target - w.lowest).max(0.0);
+            if room <= 0.0 {
+                continue;
+            }
+            let take = (short * (room / w.weight.max(1e-3)) / total_room).min(room);
+            if take < 1.0 {
+                continue;
+            }
+            w.target -= take;
+            w.rule = Rule::HostShort;
+            w.reason = format!(
+                "host short by {:.0} MiB (total {} − reserve {}): giving up {:.0} MiB of room, weighted by class and priority {:.1}; {}",
+                short / MIB,
+                obs.host.total,
+                self.settings.reserve,
+                take / MIB,
+                w.weight,
+                w.reason
+            );
+        }
     }
 }
