@@ -276,11 +276,12 @@ impl Policy for AerostatPolicy {
                     boost / MIB
                 );
             } else if r.efficiency.is_some_and(|e| e < MIN_RECLAIM_EFFICIENCY) {
-                // The guest's LRU is scanning hot pages: stop here, keep what is left.
-                keep = r.cache.max(cache_floor);
+                // The guest's LRU is scanning hot pages: step back once and stay there.
+                let step = prof.probe_per_min * configured * interval_s / 60.0;
+                keep = (keep + 2.0 * step).min(r.cache).max(cache_floor);
                 memo.probe_paused_until = now + PROBE_PAUSE;
                 why = format!(
-                    "guest reclaim efficiency {:.0}% < {:.0}%: only hot page cache left, keeping {:.0} MiB",
+                    "guest reclaim efficiency {:.0}% < {:.0}%: only hot page cache left, keeping {:.0} MiB of it",
                     100.0 * r.efficiency.unwrap_or(0.0),
                     100.0 * MIN_RECLAIM_EFFICIENCY,
                     keep / MIB
