@@ -45,12 +45,14 @@
 //!   computes every VM from the same sums), so VMs are taken in observation order here.
 //! * The pass loop is capped at [`MAX_PASSES`] passes, far beyond anything observed; the
 //!   original would loop for ever in a case that needed more (none is known).
-//! * Since pve-manager 2025 `memused` is `MemTotal − MemAvailable` (before: MemFree + Buffers +
-//!   Cached); this follows the current code.
+//! * Since 2025 pve-common's `read_meminfo` sets `memused = MemTotal − MemAvailable` (before:
+//!   MemTotal − MemFree − Buffers − Cached); this follows the current code.
 //!
-//! The policy runs under [`GuardConfig::passthrough`] (floor and configured maximum only): the
-//! original's targets already lie in `[balloon_min, maxmem]`, so the controller passes them
-//! through unchanged.
+//! The policy runs under [`GuardConfig::passthrough`] (floor and configured maximum only), and
+//! its proposals are the original's targets. One difference appears only through the
+//! controller: a VM below its `balloon_min` climbs back by ≤ 100 MiB per cycle in the original,
+//! so its target can be below the minimum, and the controller's floor guard raises it to the
+//! minimum at once (see `docs/baselines.md`).
 //!
 //! [`HostSample::total`]: crate::observation::HostSample::total
 //! [`HostSample::available`]: crate::observation::HostSample::available
@@ -535,6 +537,15 @@ mod tests {
         );
         let out = p.propose(&o);
         assert_eq!(targets(&out), vec![(0, 4 * GIB - 100 * MIB as u64)]);
+    }
+
+    #[test]
+    fn target_setting_defaults_to_80() {
+        let s: PolicySettings = serde_json::from_str(r#"{"reserve": 0}"#).expect("settings");
+        assert_eq!(s.proxmox_ballooning_target, 80);
+        let s: PolicySettings =
+            serde_json::from_str(r#"{"proxmox_ballooning_target": 70}"#).expect("settings");
+        assert_eq!(ProxmoxPolicy::with_settings(&s).target_percent, 70);
     }
 
     #[test]
