@@ -50,6 +50,9 @@ pub struct PolicySettings {
     pub reserve: Bytes,
     /// How often the driver calls the controller.
     pub interval: Millis,
+    /// `proxmox` only: the host memory usage to aim for, in percent of total memory
+    /// (pvestatd's node option `ballooning-target`, 0-100, default 80).
+    pub proxmox_ballooning_target: u32,
 }
 
 impl Default for PolicySettings {
@@ -57,6 +60,7 @@ impl Default for PolicySettings {
         PolicySettings {
             reserve: Bytes::gib(1),
             interval: Millis::secs(2),
+            proxmox_ballooning_target: proxmox::DEFAULT_TARGET_PERCENT,
         }
     }
 }
@@ -104,7 +108,7 @@ impl PolicyKind {
         match self {
             PolicyKind::Static => Box::new(static_policy::StaticPolicy),
             PolicyKind::Mom => Box::new(mom::MomPolicy::new()),
-            PolicyKind::Proxmox => Box::new(proxmox::ProxmoxPolicy::new()),
+            PolicyKind::Proxmox => Box::new(proxmox::ProxmoxPolicy::with_settings(settings)),
             PolicyKind::Aerostat => Box::new(aerostat::AerostatPolicy::new(settings.clone())),
         }
     }
