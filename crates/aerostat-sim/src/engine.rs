@@ -102,6 +102,7 @@ impl Simulation {
         let settings = PolicySettings {
             reserve: scenario.host.reserve,
             interval,
+            ..PolicySettings::default()
         };
         let controller = Controller::new(options.policy.build(&settings));
         let guests: Vec<Guest> = scenario
