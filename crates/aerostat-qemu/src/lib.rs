@@ -1,1 +1,2 @@
 //! aerostat-qemu
+pub mod qmp;
