@@ -30,6 +30,12 @@ pub enum QmpError {
     /// The connection is closed (QEMU exited, or the socket was shut down).
     #[error("QMP connection closed")]
     Closed,
+    /// The VM has no device of the kind an operation needs (e.g. no virtio-balloon).
+    #[error("the VM has no {what}")]
+    NoDevice { what: &'static str },
+    /// The caller passed something we refuse to send (e.g. a device id that is not a QEMU id).
+    #[error("invalid argument: {detail}")]
+    InvalidArgument { detail: String },
 }
 
 impl QmpError {
