@@ -25,6 +25,11 @@ pub enum VmEvent {
     Migration {
         status: MigrationStatus,
     },
+    /// A pre-copy pass began (`pass` counts from 1); also needs the `events` capability.
+    /// "Switch to post-copy after the first pass" keys off this.
+    MigrationPass {
+        pass: u64,
+    },
     /// A virtio-mem device's plugged size changed.
     MemoryDeviceSizeChange {
         id: Option<String>,
@@ -62,6 +67,9 @@ fn decode(ev: &QmpEvent) -> Option<VmEvent> {
         "RESUME" => VmEvent::Resume,
         "MIGRATION" => VmEvent::Migration {
             status: MigrationStatus::parse(data.get("status")?.as_str()?),
+        },
+        "MIGRATION_PASS" => VmEvent::MigrationPass {
+            pass: data.get("pass")?.as_u64()?,
         },
         "MEMORY_DEVICE_SIZE_CHANGE" => VmEvent::MemoryDeviceSizeChange {
             id: data.get("id").and_then(Value::as_str).map(str::to_string),
@@ -103,6 +111,10 @@ mod tests {
             }
         );
         assert_eq!(VmEvent::from(&ev("STOP", Value::Null)), VmEvent::Stop);
+        assert_eq!(
+            VmEvent::from(&ev("MIGRATION_PASS", json!({"pass": 2}))),
+            VmEvent::MigrationPass { pass: 2 }
+        );
         assert_eq!(
             VmEvent::from(&ev("MIGRATION", json!({"status": "postcopy-active"}))),
             VmEvent::Migration {
