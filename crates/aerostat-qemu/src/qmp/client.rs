@@ -1,10 +1,11 @@
 //! The connection: handshake, command execution with ids and deadlines, event collection.
 //!
 //! One reader task owns the socket's read half. It routes each reply to the command waiting
-//! for its id and appends each event to a bounded buffer. Commands may be issued concurrently
-//! from several tasks; writes are serialized by a mutex, replies are matched by id, so a reply
-//! that arrives after its command timed out is recognised and dropped instead of being taken
-//! for the answer to the next command.
+//! for its id and appends each event to a bounded buffer. One writer task owns the write half
+//! and writes whole lines from a queue, so a caller that gives up (timeout, `select!`) can never
+//! leave half a command on the wire. Commands may be issued concurrently from several tasks;
+//! replies are matched by id, so a reply that arrives after its command timed out is recognised
+//! and dropped instead of being taken for the answer to the next command.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -17,7 +18,7 @@ use serde_json::Value;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::error::QmpError;
@@ -29,6 +30,10 @@ use super::wire::{
 /// slow consumer drains them (a guest toggling its balloon triggers one `BALLOON_CHANGE` per
 /// step); a bound keeps memory flat, and [`QmpClient::dropped_events`] says when it bit.
 pub const MAX_BUFFERED_EVENTS: usize = 1024;
+
+/// Command lines queued for the writer task. When QEMU stops reading, the queue fills and
+/// further commands wait for room until their deadline.
+const WRITE_QUEUE: usize = 64;
 
 /// Deadlines for the handshake and for commands that do not name their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,9 +82,10 @@ impl Shared {
 #[derive(Debug)]
 pub struct QmpClient {
     shared: Arc<Shared>,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writes: mpsc::Sender<Vec<u8>>,
     next_id: AtomicU64,
     reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
     greeting: QmpGreeting,
     peer_pid: Option<u32>,
     options: QmpOptions,
@@ -88,6 +94,7 @@ pub struct QmpClient {
 impl Drop for QmpClient {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
     }
 }
 
@@ -134,11 +141,14 @@ impl QmpClient {
 
         let shared = Arc::new(Shared::default());
         let reader = tokio::spawn(read_loop(lines, Arc::clone(&shared)));
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let writer = tokio::spawn(write_loop(write, queue, Arc::clone(&shared)));
         let client = QmpClient {
             shared,
-            writer: tokio::sync::Mutex::new(write),
+            writes,
             next_id: AtomicU64::new(1),
             reader,
+            writer,
             greeting,
             peer_pid,
             options,
@@ -215,19 +225,14 @@ impl QmpClient {
         };
 
         let line = encode_command(command, arguments.as_ref(), id);
-        let write = async {
-            let mut w = self.writer.lock().await;
-            w.write_all(&line).await?;
-            w.flush().await
-        };
         let deadline = tokio::time::Instant::now() + timeout;
         let timed_out = || QmpError::Timeout {
             command: command.to_string(),
             after: timeout,
         };
-        match tokio::time::timeout_at(deadline, write).await {
+        match tokio::time::timeout_at(deadline, self.writes.send(line)).await {
             Err(_) => return Err(timed_out()),
-            Ok(Err(e)) => return Err(e.into()),
+            Ok(Err(_)) => return Err(QmpError::Closed),
             Ok(Ok(())) => {}
         }
         match tokio::time::timeout_at(deadline, rx).await {
@@ -380,6 +385,31 @@ async fn read_loop(mut lines: LineReader<BufReader<OwnedReadHalf>>, shared: Arc<
     state.pending.clear();
     drop(state);
     shared.event_ready.notify_waiters();
+}
+
+/// Writes queued lines whole. A write error means the peer is gone: the connection is marked
+/// closed and every waiting command fails with `Closed`.
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    shared: Arc<Shared>,
+) {
+    while let Some(line) = queue.recv().await {
+        let result = async {
+            write.write_all(&line).await?;
+            write.flush().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "QMP: write failed; closing");
+            let mut state = shared.lock();
+            state.closed = true;
+            state.pending.clear();
+            drop(state);
+            shared.event_ready.notify_waiters();
+            return;
+        }
+    }
 }
 
 fn deliver(state: &mut State, id: &Option<Value>, reply: Reply) {
