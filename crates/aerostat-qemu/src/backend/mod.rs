@@ -1,0 +1,89 @@
+//! The QEMU backend: typed operations on one VM over its QMP connection.
+//!
+//! Mechanism only: every method does exactly what it is told and reports what QEMU said.
+//! Choosing targets, rates and when to migrate is the core's job.
+//!
+//! Replies are decoded leniently where QEMU may add or rename things between versions
+//! (unknown fields are ignored, unknown enum values are kept as `Other(..)`), and strictly
+//! where a missing field would be a lie (`actual`, migration byte counts): those are
+//! `Protocol` errors, never zeros.
+
+mod balloon;
+mod events;
+mod json;
+mod migration;
+mod process;
+mod status;
+mod virtio_mem;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::qmp::{QmpClient, QmpError, QmpOptions};
+
+pub use balloon::{
+    MAX_GUEST_COUNTER, MAX_GUEST_CUMULATIVE_BYTES, MAX_GUEST_MEMORY, parse_guest_stats,
+};
+pub use events::VmEvent;
+pub use migration::{
+    DirtyRateInfo, DirtyRateStatus, MigrationCapability, MigrationInfo, MigrationParameters,
+    MigrationStatus, RamStats, parse_dirty_rate, parse_migration_info,
+};
+pub use process::{parse_vm_rss, read_rss};
+pub use status::{RunState, VmStatus};
+pub use virtio_mem::{VirtioMemDevice, parse_memory_devices};
+
+/// One QEMU VM, reached over its QMP socket.
+#[derive(Debug)]
+pub struct QemuVm {
+    client: QmpClient,
+    /// QOM path of the virtio-balloon device, found once and then reused.
+    balloon_path: Mutex<Option<String>>,
+}
+
+impl QemuVm {
+    /// Connects to the VM's QMP socket with default deadlines.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<QemuVm, QmpError> {
+        Ok(QemuVm::new(QmpClient::connect(path).await?))
+    }
+
+    /// Connects with explicit deadlines.
+    pub async fn connect_with(
+        path: impl AsRef<Path>,
+        options: QmpOptions,
+    ) -> Result<QemuVm, QmpError> {
+        Ok(QemuVm::new(QmpClient::connect_with(path, options).await?))
+    }
+
+    /// Wraps an already negotiated client.
+    pub fn new(client: QmpClient) -> QemuVm {
+        QemuVm {
+            client,
+            balloon_path: Mutex::new(None),
+        }
+    }
+
+    /// The underlying client, for events and for commands this type does not wrap.
+    pub fn client(&self) -> &QmpClient {
+        &self.client
+    }
+
+    /// The QEMU process's pid (`SO_PEERCRED` on the QMP socket).
+    pub fn pid(&self) -> Option<u32> {
+        self.client.peer_pid()
+    }
+
+    /// Resident memory of the QEMU process (`VmRSS` in `/proc/PID/status`): a host-side fact.
+    pub fn query_rss(&self) -> Result<aerostat_core::Bytes, QmpError> {
+        let pid = self.pid().ok_or_else(|| {
+            QmpError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the QMP peer's pid is unknown (SO_PEERCRED failed)",
+            ))
+        })?;
+        read_rss(pid)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! Backend round trips against the fake QMP server: the right commands go out, replies come
+//! back typed.
+
+use std::time::Duration;
+
+use aerostat_core::Bytes;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::qmp::testing::{FakeQmp, err, ok};
+
+/// A fake QEMU with a balloon under `/machine/peripheral-anon` only.
+fn fake_vm() -> FakeQmp {
+    FakeQmp::qemu(|cmd| {
+        let args = &cmd["arguments"];
+        match cmd["execute"].as_str().unwrap_or("") {
+            "query-balloon" => vec![ok(cmd, json!({"actual": 536870912}))],
+            "balloon" => vec![ok(cmd, json!({}))],
+            "qom-list" if args["path"] == "/machine/peripheral" => {
+                vec![ok(cmd, json!([{"name": "type", "type": "string"}]))]
+            }
+            "qom-list" if args["path"] == "/machine/peripheral-anon" => vec![ok(
+                cmd,
+                json!([{"name": "type", "type": "string"},
+                       {"name": "device[0]", "type": "child<virtio-balloon-pci>"}]),
+            )],
+            "qom-set" => vec![ok(cmd, json!({}))],
+            "qom-get" if args["property"] == "guest-stats" => vec![ok(
+                cmd,
+                json!({"stats": {"stat-free-memory": 1000, "stat-total-memory": u64::MAX},
+                       "last-update": 5}),
+            )],
+            "query-status" => vec![ok(cmd, json!({"status": "prelaunch", "running": false}))],
+            "query-migrate" => vec![ok(cmd, json!({}))],
+            "query-memory-devices" => vec![ok(cmd, json!([]))],
+            "migrate-set-capabilities"
+            | "migrate-set-parameters"
+            | "migrate"
+            | "migrate_cancel"
+            | "calc-dirty-rate" => vec![ok(cmd, json!({}))],
+            "migrate-start-postcopy" => vec![err(
+                cmd,
+                "GenericError",
+                "Enable postcopy with migrate_set_capability before the start of migration",
+            )],
+            "query-dirty-rate" => vec![ok(cmd, json!({"status": "measuring"}))],
+            _ => vec![err(cmd, "CommandNotFound", "no")],
+        }
+    })
+}
+
+async fn vm(fake: &FakeQmp) -> QemuVm {
+    let opts = QmpOptions {
+        handshake_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(2),
+    };
+    QemuVm::connect_with(&fake.path, opts)
+        .await
+        .expect("connect")
+}
+
+fn sent(fake: &FakeQmp, command: &str) -> Vec<Value> {
+    fake.received
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|c| c["execute"] == command)
+        .map(|c| c["arguments"].clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn balloon_round_trip() {
+    let fake = fake_vm();
+    let vm = vm(&fake).await;
+    assert_eq!(vm.query_balloon().await.expect("actual"), Bytes::mib(512));
+    vm.set_balloon(Bytes::mib(400)).await.expect("balloon");
+    assert_eq!(sent(&fake, "balloon"), vec![json!({"value": 419430400})]);
+    assert!(matches!(
+        vm.set_balloon(Bytes(u64::MAX)).await,
+        Err(QmpError::InvalidArgument { .. })
+    ));
+}
+
+#[tokio::test]
+async fn balloon_path_is_found_once_and_used() {
+    let fake = fake_vm();
+    let vm = vm(&fake).await;
+    assert_eq!(
+        vm.find_balloon_path().await.expect("qom-list").as_deref(),
+        Some("/machine/peripheral-anon/device[0]")
+    );
+    vm.enable_stats_polling(2).await.expect("polling");
+    let stats = vm.guest_stats().await.expect("stats");
+    assert_eq!(stats.free, Some(Bytes(1000)));
+    assert_eq!(stats.total, None);
+    assert_eq!(stats.last_update, Some(aerostat_core::Millis(5000)));
+    assert_eq!(sent(&fake, "qom-list").len(), 2, "found once, then cached");
+    assert_eq!(
+        sent(&fake, "qom-set"),
+        vec![json!({"path": "/machine/peripheral-anon/device[0]",
+                    "property": "guest-stats-polling-interval", "value": 2})]
+    );
+}
+
+#[tokio::test]
+async fn no_balloon_is_no_device() {
+    let fake = FakeQmp::qemu(|cmd| vec![ok(cmd, json!([{"name": "type", "type": "string"}]))]);
+    let vm = vm(&fake).await;
+    assert_eq!(vm.find_balloon_path().await.expect("qom-list"), None);
+    assert!(matches!(
+        vm.guest_stats().await,
+        Err(QmpError::NoDevice { .. })
+    ));
+}
+
+#[tokio::test]
+async fn virtio_mem_resize_targets_the_device() {
+    let fake = fake_vm();
+    let vm = vm(&fake).await;
+    assert!(vm.query_memory_devices().await.expect("devices").is_empty());
+    vm.set_virtio_mem_requested("vm0", Bytes::mib(256))
+        .await
+        .expect("resize");
+    assert_eq!(
+        sent(&fake, "qom-set"),
+        vec![
+            json!({"path": "/machine/peripheral/vm0", "property": "requested-size",
+                    "value": 268435456})
+        ]
+    );
+    assert!(matches!(
+        vm.set_virtio_mem_requested("../balloon0", Bytes::mib(1))
+            .await,
+        Err(QmpError::InvalidArgument { .. })
+    ));
+}
+
+#[tokio::test]
+async fn status_and_pid() {
+    let fake = fake_vm();
+    let vm = vm(&fake).await;
+    let st = vm.query_status().await.expect("status");
+    assert_eq!(st.status, RunState::Prelaunch);
+    assert!(!st.running);
+    // The fake server runs in this process, so the peer is us.
+    assert_eq!(vm.pid(), Some(std::process::id()));
+    assert!(vm.query_rss().expect("rss") > Bytes::ZERO);
+}
+
+#[tokio::test]
+async fn migration_commands_go_out_as_qmp_names() {
+    let fake = fake_vm();
+    let vm = vm(&fake).await;
+    vm.migrate_set_capabilities(&[
+        (MigrationCapability::PostcopyRam, true),
+        (MigrationCapability::Events, true),
+        (MigrationCapability::Other("x-new".into()), false),
+    ])
+    .await
+    .expect("caps");
+    assert_eq!(
+        sent(&fake, "migrate-set-capabilities"),
+        vec![json!({"capabilities": [
+            {"capability": "postcopy-ram", "state": true},
+            {"capability": "events", "state": true},
+            {"capability": "x-new", "state": false}]})]
+    );
+    vm.migrate_set_parameters(&MigrationParameters {
+        downtime_limit_ms: Some(300),
+        ..Default::default()
+    })
+    .await
+    .expect("params");
+    assert_eq!(
+        sent(&fake, "migrate-set-parameters"),
+        vec![json!({"downtime-limit": 300})]
+    );
+    vm.migrate("unix:/tmp/x.sock").await.expect("migrate");
+    assert_eq!(
+        sent(&fake, "migrate"),
+        vec![json!({"uri": "unix:/tmp/x.sock"})]
+    );
+    assert_eq!(
+        vm.query_migrate().await.expect("query").status,
+        MigrationStatus::None
+    );
+    let e = vm.migrate_start_postcopy().await.expect_err("refused");
+    assert_eq!(e.command_class(), Some("GenericError"));
+    vm.migrate_cancel().await.expect("cancel");
+    vm.calc_dirty_rate(1).await.expect("calc");
+    assert_eq!(
+        sent(&fake, "calc-dirty-rate"),
+        vec![json!({"calc-time": 1})]
+    );
+    assert_eq!(
+        vm.query_dirty_rate().await.expect("dirty").status,
+        DirtyRateStatus::Measuring
+    );
+}
+
+#[tokio::test]
+async fn wrong_reply_shape_is_protocol() {
+    let fake = FakeQmp::qemu(|cmd| vec![ok(cmd, json!({"actual": "lots"}))]);
+    let vm = vm(&fake).await;
+    let e = vm.query_balloon().await.expect_err("bad shape");
+    assert!(matches!(e, QmpError::Protocol { .. }), "{e:?}");
+    assert!(e.to_string().contains("actual"), "{e}");
+}
