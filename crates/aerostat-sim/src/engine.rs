@@ -210,7 +210,7 @@ impl Simulation {
                 self.membership_changed = true;
             }
         }
-        if self.tick % self.interval_ticks == 0 {
+        if self.tick.is_multiple_of(self.interval_ticks) {
             self.control(now);
         }
         self.stalls.iter_mut().for_each(|s| *s = 0.0);
@@ -256,7 +256,7 @@ impl Simulation {
             self.window_stall[i] += stall;
         }
         self.tick += 1;
-        if self.tick % self.sample_every == 0 {
+        if self.tick.is_multiple_of(self.sample_every) {
             self.sample(now);
         }
     }

@@ -156,7 +156,8 @@ impl AerostatPolicy {
 
     fn read(vm: &VmSample, memo: &Memo, now: Millis, interval: Millis) -> Option<Reading> {
         let s = &vm.stats;
-        let interval_ok = |t: Millis| now.saturating_sub(t).0 <= STALE_INTERVALS * interval.0.max(1000);
+        let interval_ok =
+            |t: Millis| now.saturating_sub(t).0 <= STALE_INTERVALS * interval.0.max(1000);
         if s.last_update.is_some_and(|t| !interval_ok(t)) {
             return None;
         }
@@ -191,8 +192,8 @@ impl AerostatPolicy {
             r.refault_pps = delta(s.major_faults, p.major_faults) / dt;
             r.new_ooms = delta(s.oom_kills, p.oom_kills) as u64;
             let scans = delta(s.async_scans, p.async_scans) + delta(s.direct_scans, p.direct_scans);
-            let reclaims =
-                delta(s.async_reclaims, p.async_reclaims) + delta(s.direct_reclaims, p.direct_reclaims);
+            let reclaims = delta(s.async_reclaims, p.async_reclaims)
+                + delta(s.direct_reclaims, p.direct_reclaims);
             if scans >= 64.0 {
                 r.efficiency = Some((reclaims / scans).min(1.0));
             }
@@ -219,8 +220,11 @@ impl Policy for AerostatPolicy {
     fn propose(&mut self, obs: &Observation) -> Vec<Proposal> {
         let now = obs.time;
         let interval_s = self.settings.interval.as_secs_f64().max(0.1);
-        self.memos
-            .retain(|name, _| obs.vms.binary_search_by(|v| v.name.as_str().cmp(name)).is_ok());
+        self.memos.retain(|name, _| {
+            obs.vms
+                .binary_search_by(|v| v.name.as_str().cmp(name))
+                .is_ok()
+        });
 
         // Per-VM wishes: (index, need, lowest acceptable under host pressure, rule, reason).
         let mut wishes: Vec<Wish> = Vec::with_capacity(obs.vms.len());
@@ -241,7 +245,10 @@ impl Policy for AerostatPolicy {
 
             // Growth rate of `used`: fast up, slow down (ESX's working-set estimator habit).
             if memo.last_time.is_some() {
-                let dt = now.saturating_sub(memo.last_time.unwrap_or(now)).as_secs_f64().max(1e-3);
+                let dt = now
+                    .saturating_sub(memo.last_time.unwrap_or(now))
+                    .as_secs_f64()
+                    .max(1e-3);
                 let rate = ((r.used - memo.last_used) / dt).max(0.0);
                 memo.growth_bps = if rate > memo.growth_bps {
                     rate
@@ -258,7 +265,10 @@ impl Policy for AerostatPolicy {
                 || r.refault_pps > REFAULT_PRESSURE_PPS
                 || r.new_ooms > 0;
             let cache_floor = prof.cache_floor_frac * r.cache;
-            let mut keep = memo.cache_keep.unwrap_or(r.cache).min(r.cache.max(cache_floor));
+            let mut keep = memo
+                .cache_keep
+                .unwrap_or(r.cache)
+                .min(r.cache.max(cache_floor));
             let mut rule = Rule::Reclaim;
             let mut why;
             if pressure {
@@ -290,9 +300,17 @@ impl Policy for AerostatPolicy {
                 let step = prof.probe_per_min * configured * interval_s / 60.0;
                 // Without scan statistics we cannot see the bottom coming: probe only
                 // down to half the cache and let refaults stop us.
-                let probe_floor = if r.has_scan_stats { cache_floor } else { cache_floor.max(0.5 * r.cache) };
+                let probe_floor = if r.has_scan_stats {
+                    cache_floor
+                } else {
+                    cache_floor.max(0.5 * r.cache)
+                };
                 keep = (keep - step).max(probe_floor);
-                why = format!("probing page cache: keep {:.0} MiB of {:.0} MiB", keep / MIB, r.cache / MIB);
+                why = format!(
+                    "probing page cache: keep {:.0} MiB of {:.0} MiB",
+                    keep / MIB,
+                    r.cache / MIB
+                );
             } else {
                 why = format!("keeping {:.0} MiB of page cache", keep / MIB);
             }
@@ -311,8 +329,14 @@ impl Policy for AerostatPolicy {
 
             // Balloon stall: the target is well below actual and actual is not moving.
             let moved_bps = (memo.last_actual - actual).max(0.0)
-                / now.saturating_sub(memo.last_time.unwrap_or(now)).as_secs_f64().max(1e-3);
-            if current + STALL_GAP < actual && moved_bps < STALL_RATE_BPS && memo.last_time.is_some() {
+                / now
+                    .saturating_sub(memo.last_time.unwrap_or(now))
+                    .as_secs_f64()
+                    .max(1e-3);
+            if current + STALL_GAP < actual
+                && moved_bps < STALL_RATE_BPS
+                && memo.last_time.is_some()
+            {
                 let since = *memo.stall_since.get_or_insert(now);
                 if now.saturating_sub(since) >= STALL_AFTER && now >= memo.inflate_blocked_until {
                     memo.inflate_blocked_until = now + STALL_BLOCK;
@@ -376,7 +400,10 @@ impl Policy for AerostatPolicy {
 
         wishes
             .into_iter()
-            .filter(|w| Bytes::from_f64(w.target) != memo_target_bytes(&obs.vms[w.vm]) || w.rule != Rule::Reclaim)
+            .filter(|w| {
+                Bytes::from_f64(w.target) != memo_target_bytes(&obs.vms[w.vm])
+                    || w.rule != Rule::Reclaim
+            })
             .map(|w| Proposal {
                 vm: w.vm,
                 target: Bytes::from_f64(w.target).align_down(Bytes::mib(1)),
@@ -411,8 +438,16 @@ impl AerostatPolicy {
     /// When Σ wishes + overheads exceed host total − reserve, lower wishes toward their
     /// `lowest`, cheapest first: lowest weight × room, proportionally.
     fn fit_host(&self, obs: &Observation, wishes: &mut [Wish]) {
-        let capacity = obs.host.total.saturating_sub(self.settings.reserve).as_f64();
-        let mut committed: f64 = obs.vms.iter().map(|v| (v.overhead + v.actual).as_f64()).sum();
+        let capacity = obs
+            .host
+            .total
+            .saturating_sub(self.settings.reserve)
+            .as_f64();
+        let mut committed: f64 = obs
+            .vms
+            .iter()
+            .map(|v| (v.overhead + v.actual).as_f64())
+            .sum();
         for w in wishes.iter() {
             committed += w.target - obs.vms[w.vm].actual.as_f64();
         }

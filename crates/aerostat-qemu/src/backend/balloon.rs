@@ -156,6 +156,10 @@ pub fn parse_guest_stats(v: &Value) -> Result<GuestStats, QmpError> {
         minor_faults: counter("stat-minor-faults"),
         oom_kills: counter("stat-oom-kills"),
         alloc_stalls: counter("stat-alloc-stalls"),
+        async_scans: counter("stat-async-scans"),
+        direct_scans: counter("stat-direct-scans"),
+        async_reclaims: counter("stat-async-reclaims"),
+        direct_reclaims: counter("stat-direct-reclaims"),
         last_update,
     })
 }
