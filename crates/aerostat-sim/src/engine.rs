@@ -127,6 +127,7 @@ impl Simulation {
             (ticks / options.samples as u64).max(1)
         };
         let series = TimeSeries {
+            policy: options.policy.as_str().to_string(),
             vm_names: scenario.vms.iter().map(|v| v.name.clone()).collect(),
             configured: scenario.vms.iter().map(|v| v.memory.as_f64()).collect(),
             reserve: scenario.host.reserve.as_f64(),

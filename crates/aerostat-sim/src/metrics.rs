@@ -85,6 +85,8 @@ impl Summary {
 /// Sampled time series for plots and `timeseries.csv`, stored flat for speed.
 #[derive(Clone, Debug, Default)]
 pub struct TimeSeries {
+    /// The policy that ran, for plot titles.
+    pub policy: String,
     pub vm_names: Vec<String>,
     pub configured: Vec<f64>,
     pub reserve: f64,
