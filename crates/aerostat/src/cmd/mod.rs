@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use crate::cli::{BenchCommand, Cli, Command};
 
+mod bench;
 mod decide;
 mod sim;
 
@@ -16,8 +17,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Decide(args) => decide::run(&args),
         Command::Sim(args) => sim::run(&args),
-        Command::Bench(BenchCommand::Policies(_) | BenchCommand::Sim(_)) => {
-            anyhow::bail!("not built yet")
-        }
+        Command::Bench(BenchCommand::Policies(args)) => bench::policies(&args),
+        Command::Bench(BenchCommand::Sim(args)) => bench::sim(&args),
     }
 }

@@ -1,0 +1,194 @@
+//! `aerostat bench policies` (every policy × every scenario) and `aerostat bench sim`
+//! (simulator speed).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use aerostat_core::{Millis, PolicyKind};
+use aerostat_sim::fleet::run_fleet;
+use aerostat_sim::{RunOptions, Scenario, Simulation, Summary};
+use anyhow::Context;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::cli::{BenchPoliciesArgs, BenchSimArgs};
+use crate::cmd::InputError;
+use crate::cmd::sim::load_scenario;
+use crate::report;
+
+/// Every `*.toml` in `scenarios/`, sorted.
+fn default_scenarios() -> Result<Vec<PathBuf>, InputError> {
+    let dir = Path::new("scenarios");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| InputError(format!("cannot list {}: {e} (run from the repository root or name scenarios)", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// One scenario's row group in bench.json.
+#[derive(Debug, Serialize)]
+struct ScenarioResult {
+    scenario: String,
+    file: String,
+    runs: Vec<Summary>,
+    /// Does `aerostat` reclaim at least as much as each baseline while stalling no more, with
+    /// zero OOM kills?
+    aerostat_dominates: bool,
+}
+
+pub fn policies(args: &BenchPoliciesArgs) -> anyhow::Result<ExitCode> {
+    let files = if args.scenarios.is_empty() {
+        default_scenarios()?
+    } else {
+        args.scenarios.clone()
+    };
+    let scenarios: Vec<(PathBuf, Scenario)> = files
+        .iter()
+        .map(|f| load_scenario(Some(f)).map(|s| (f.clone(), s)))
+        .collect::<Result<_, _>>()?;
+    let jobs: Vec<(usize, PolicyKind)> = (0..scenarios.len())
+        .flat_map(|i| PolicyKind::ALL.into_iter().map(move |p| (i, p)))
+        .collect();
+    let bar = report::progress_bar(jobs.len() as u64, "bench policies", false);
+    let started = Instant::now();
+    let summaries: Vec<Summary> = jobs
+        .par_iter()
+        .map(|&(i, policy)| {
+            let mut opts = RunOptions::new(policy);
+            opts.samples = 0;
+            let s = Simulation::new(scenarios[i].1.clone(), opts).run().summary;
+            bar.inc(1);
+            s
+        })
+        .collect();
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+
+    let mut results = Vec::new();
+    for (i, (file, scenario)) in scenarios.iter().enumerate() {
+        let runs: Vec<Summary> = summaries[i * PolicyKind::ALL.len()..(i + 1) * PolicyKind::ALL.len()].to_vec();
+        results.push(ScenarioResult {
+            scenario: scenario.name.clone(),
+            file: file.display().to_string(),
+            aerostat_dominates: dominates(&runs),
+            runs,
+        });
+    }
+    let all: Vec<Summary> = results.iter().flat_map(|r| r.runs.clone()).collect();
+    println!("{}", report::summary_table(&all));
+    for r in &results {
+        println!(
+            "{:<16} aerostat dominates mom and proxmox: {}",
+            r.scenario,
+            if r.aerostat_dominates { "yes" } else { "NO" }
+        );
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let json = serde_json::to_string_pretty(&results)? + "\n";
+    std::fs::write(args.out.join("bench.json"), json)?;
+    std::fs::write(args.out.join("bench.md"), markdown(&results))?;
+    println!(
+        "{} runs in {:.1} s; wrote {}/{{bench.json,bench.md}}",
+        jobs.len(),
+        elapsed.as_secs_f64(),
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn find<'a>(runs: &'a [Summary], policy: PolicyKind) -> Option<&'a Summary> {
+    runs.iter().find(|s| s.policy == policy.as_str())
+}
+
+/// The bar: zero OOM kills, and against each baseline at least as much reclaimed with no
+/// more stall (strict comparison on the rounded figures).
+fn dominates(runs: &[Summary]) -> bool {
+    let Some(a) = find(runs, PolicyKind::Aerostat) else {
+        return false;
+    };
+    a.guest_oom_kills == 0
+        && a.host_oom_kills == 0
+        && [PolicyKind::Mom, PolicyKind::Proxmox].iter().all(|&b| {
+            find(runs, b).is_some_and(|b| {
+                a.reclaimed_gib_hours >= b.reclaimed_gib_hours
+                    && a.guest_stall_seconds <= b.guest_stall_seconds
+            })
+        })
+}
+
+fn markdown(results: &[ScenarioResult]) -> String {
+    let mut s = String::from(
+        "| scenario | policy | reclaimed GiB·h | oracle GiB·h | % of oracle | stall s | stall % of VM-time | guest swap-in GiB | host swap-out GiB | guest OOM | host OOM | actions |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for r in results {
+        for x in &r.runs {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.4} | {:.2} | {:.2} | {} | {} | {} |",
+                x.scenario,
+                x.policy,
+                x.reclaimed_gib_hours,
+                x.oracle_reclaimable_gib_hours,
+                100.0 * x.oracle_ratio,
+                x.guest_stall_seconds,
+                x.stall_percent,
+                x.guest_swap_in_gib,
+                x.host_swap_out_gib,
+                x.guest_oom_kills,
+                x.host_oom_kills,
+                x.actions
+            );
+        }
+    }
+    s.push_str("\n| scenario | aerostat dominates mom and proxmox |\n|---|---|\n");
+    for r in results {
+        let _ = writeln!(s, "| {} | {} |", r.scenario, if r.aerostat_dominates { "yes" } else { "**no**" });
+    }
+    s
+}
+
+/// Simulator speed: VM-ticks per second, one host on one thread, then a fleet on all threads.
+pub fn sim(args: &BenchSimArgs) -> anyhow::Result<ExitCode> {
+    let duration: Millis = args
+        .duration
+        .parse()
+        .map_err(|e| InputError(format!("--duration: {e}")))?;
+    let mut scenario = load_scenario(None)?;
+    scenario.duration = duration;
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("building the thread pool")?;
+    }
+    let threads = rayon::current_num_threads();
+    for policy in [PolicyKind::Static, PolicyKind::Aerostat] {
+        let mut opts = RunOptions::new(policy);
+        opts.samples = 0;
+        let started = Instant::now();
+        let mut one = Simulation::new(scenario.clone(), opts.clone());
+        one.advance(u64::MAX);
+        let single_ticks = one.vm_ticks();
+        let single = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let (_, fleet_ticks) = run_fleet(&scenario, &opts, args.hosts);
+        let fleet = started.elapsed().as_secs_f64();
+        println!(
+            "policy {:<8} single host ({} VMs, {}): {:>7.1} M VM-ticks/s | fleet of {} hosts on {} threads: {:>7.1} M VM-ticks/s ({:.2} s)",
+            policy.as_str(),
+            scenario.vms.len(),
+            duration,
+            single_ticks as f64 / single / 1e6,
+            args.hosts,
+            threads,
+            fleet_ticks as f64 / fleet / 1e6,
+            fleet
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
