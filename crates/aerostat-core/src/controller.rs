@@ -323,49 +323,59 @@ impl Controller {
         let mut order: Vec<usize> = (0..obs.vms.len())
             .filter(|&i| obs.vms[i].balloon && !obs.vms[i].migrating)
             .collect();
-        let lowest = |i: usize| {
+        // Two passes: first only down to what the guest has touched (host-measured RSS
+        // minus overhead: taking untouched memory costs nobody anything), then to floors.
+        let lowest_in = |i: usize, pass: usize| {
             let vm = &obs.vms[i];
             let mut lo = vm.floor();
             if let Some(step) = self.guards.max_inflate_step {
                 lo = lo.max(vm.actual - step);
             }
+            if pass == 0
+                && let Some(rss) = vm.rss
+            {
+                lo = lo.max((rss - vm.overhead).min(vm.actual));
+            }
             lo
         };
-        order.sort_by(|&a, &b| {
-            let room = |i: usize| final_of(i, pending) - lowest(i);
-            obs.vms[a]
-                .priority
-                .total_cmp(&obs.vms[b].priority)
-                .then(room(b).cmp(&room(a)))
-                .then(a.cmp(&b))
-        });
-        for i in order {
-            if excess == Bytes::ZERO {
-                break;
-            }
-            let t = final_of(i, pending);
-            let lo = lowest(i);
-            if t <= lo {
-                continue;
-            }
-            let take = (t - lo).min(excess);
-            let new = t - take;
-            excess = excess - take;
-            let vm = &obs.vms[i];
-            pending[i] = Some(Pending {
-                target: new,
-                rule: Rule::GuardReserve,
-                reason: format!(
-                    "host total {} − reserve {} cannot hold every guest's target; {} shrunk \
-                     from {} to {} (priority {})",
-                    obs.host.total,
-                    self.guards.reserve.unwrap_or_default(),
-                    vm.name,
-                    t,
-                    new,
-                    vm.priority
-                ),
+        for pass in 0..2 {
+            let lowest = |i: usize| lowest_in(i, pass);
+            order.sort_by(|&a, &b| {
+                let room = |i: usize| final_of(i, pending) - lowest(i);
+                obs.vms[a]
+                    .priority
+                    .total_cmp(&obs.vms[b].priority)
+                    .then(room(b).cmp(&room(a)))
+                    .then(a.cmp(&b))
             });
+            for &i in &order {
+                if excess == Bytes::ZERO {
+                    break;
+                }
+                let t = final_of(i, pending);
+                let lo = lowest(i);
+                if t <= lo {
+                    continue;
+                }
+                let take = (t - lo).min(excess);
+                let new = t - take;
+                excess = excess - take;
+                let vm = &obs.vms[i];
+                pending[i] = Some(Pending {
+                    target: new,
+                    rule: Rule::GuardReserve,
+                    reason: format!(
+                        "host total {} − reserve {} cannot hold every guest's target; {} shrunk \
+                     from {} to {} (priority {})",
+                        obs.host.total,
+                        self.guards.reserve.unwrap_or_default(),
+                        vm.name,
+                        t,
+                        new,
+                        vm.priority
+                    ),
+                });
+            }
         }
     }
 }

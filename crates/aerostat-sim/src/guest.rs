@@ -29,6 +29,9 @@ pub const CACHE_FILL_RATE: f64 = 100.0 * 1048576.0;
 pub const DEFLATE_SPEEDUP: f64 = 4.0;
 /// A workload killed by the OOM killer is restarted after this long.
 pub const RESTART_AFTER: Millis = Millis(60_000);
+/// Applications fault in new anonymous memory at most this fast (page faults + zeroing);
+/// a step in demand becomes a steep ramp, as it does on a real machine.
+pub const ALLOC_RATE: f64 = 512.0 * 1048576.0;
 /// CLOCK scans at most this many pages per page reclaimed before giving up on a pass.
 const MAX_SCAN_RATIO: f64 = 32.0;
 const PAGE: f64 = 4096.0;
@@ -199,8 +202,11 @@ impl Guest {
 
         // 2. The workload allocates or frees.
         let hot_total = self.anon_hot + self.swap_hot;
+        let mut alloc_budget = ALLOC_RATE * dt_s;
         if d.hot_anon >= hot_total {
-            self.anon_hot += d.hot_anon - hot_total;
+            let grow = (d.hot_anon - hot_total).min(alloc_budget);
+            alloc_budget -= grow;
+            self.anon_hot += grow;
         } else {
             let mut drop = hot_total - d.hot_anon;
             let s = drop.min(self.swap_hot);
@@ -210,7 +216,7 @@ impl Guest {
         }
         let cold_total = self.anon_cold + self.swap_cold;
         if d.cold_anon >= cold_total {
-            self.anon_cold += d.cold_anon - cold_total;
+            self.anon_cold += (d.cold_anon - cold_total).min(alloc_budget);
         } else {
             let mut drop = cold_total - d.cold_anon;
             let s = drop.min(self.swap_cold);

@@ -41,7 +41,7 @@ const SWAP_IN_PRESSURE_BPS: f64 = 1.0 * MIB;
 /// A guest major-faulting faster than this (pages/s) is refaulting its working set.
 const REFAULT_PRESSURE_PPS: f64 = 256.0;
 /// Reclaim efficiency below which the guest's LRU has only hot pages left.
-const MIN_RECLAIM_EFFICIENCY: f64 = 0.25;
+const MIN_RECLAIM_EFFICIENCY: f64 = 0.5;
 /// How long probing pauses after it found the bottom or caused pressure.
 const PROBE_PAUSE: Millis = Millis(30 * 60 * 1000);
 /// Balloon stall: target this far below `actual` ...
@@ -53,6 +53,8 @@ const STALL_AFTER: Millis = Millis(6_000);
 /// After a stall, give this much back and block inflation this long.
 const STALL_GIVEBACK: f64 = 128.0 * MIB;
 const STALL_BLOCK: Millis = Millis(5 * 60 * 1000);
+/// Largest reclaim of non-free memory (page cache) per tick.
+const RECLAIM_BITE: f64 = 64.0 * MIB;
 
 /// What each class of VM gets: headroom, probe speed, and how much of its cache is sacred.
 #[derive(Clone, Copy, Debug)]
@@ -137,6 +139,7 @@ pub struct AerostatPolicy {
 #[derive(Debug, Default, Clone, Copy)]
 struct Reading {
     used: f64,
+    free: f64,
     cache: f64,
     swap_in_bps: f64,
     refault_pps: f64,
@@ -175,6 +178,7 @@ impl AerostatPolicy {
         let cache = clamp(s.disk_caches).unwrap_or(0.0).min(total);
         let mut r = Reading {
             used,
+            free: clamp(s.free).unwrap_or(0.0).min(total),
             cache,
             has_scan_stats: s.async_scans.is_some(),
             ..Reading::default()
@@ -376,7 +380,10 @@ impl Policy for AerostatPolicy {
                 }
                 need.max(current)
             } else if need + band < current && !blocked {
-                need
+                // Free memory goes in one step; cache only in small bites, so the probe
+                // cannot overshoot into hot pages between two readings.
+                let chunk = (r.free - headroom).max(0.0) + RECLAIM_BITE;
+                need.max(current - chunk)
             } else {
                 current
             };

@@ -22,7 +22,12 @@ use crate::report;
 fn default_scenarios() -> Result<Vec<PathBuf>, InputError> {
     let dir = Path::new("scenarios");
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| InputError(format!("cannot list {}: {e} (run from the repository root or name scenarios)", dir.display())))?
+        .map_err(|e| {
+            InputError(format!(
+                "cannot list {}: {e} (run from the repository root or name scenarios)",
+                dir.display()
+            ))
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
@@ -71,7 +76,8 @@ pub fn policies(args: &BenchPoliciesArgs) -> anyhow::Result<ExitCode> {
 
     let mut results = Vec::new();
     for (i, (file, scenario)) in scenarios.iter().enumerate() {
-        let runs: Vec<Summary> = summaries[i * PolicyKind::ALL.len()..(i + 1) * PolicyKind::ALL.len()].to_vec();
+        let runs: Vec<Summary> =
+            summaries[i * PolicyKind::ALL.len()..(i + 1) * PolicyKind::ALL.len()].to_vec();
         results.push(ScenarioResult {
             scenario: scenario.name.clone(),
             file: file.display().to_string(),
@@ -88,7 +94,8 @@ pub fn policies(args: &BenchPoliciesArgs) -> anyhow::Result<ExitCode> {
             if r.aerostat_dominates { "yes" } else { "NO" }
         );
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let json = serde_json::to_string_pretty(&results)? + "\n";
     std::fs::write(args.out.join("bench.json"), json)?;
     std::fs::write(args.out.join("bench.md"), markdown(&results))?;
@@ -147,7 +154,16 @@ fn markdown(results: &[ScenarioResult]) -> String {
     }
     s.push_str("\n| scenario | aerostat dominates mom and proxmox |\n|---|---|\n");
     for r in results {
-        let _ = writeln!(s, "| {} | {} |", r.scenario, if r.aerostat_dominates { "yes" } else { "**no**" });
+        let _ = writeln!(
+            s,
+            "| {} | {} |",
+            r.scenario,
+            if r.aerostat_dominates {
+                "yes"
+            } else {
+                "**no**"
+            }
+        );
     }
     s
 }
