@@ -100,7 +100,7 @@ impl PolicyKind {
             PolicyKind::Mom => Millis::secs(15),
             // pvestatd's cycle.
             PolicyKind::Proxmox => Millis::secs(10),
-            PolicyKind::Aerostat => Millis::secs(2),
+            PolicyKind::Aerostat => Millis::secs(1),
         }
     }
 
