@@ -236,7 +236,10 @@ impl Policy for AerostatPolicy {
             if !vm.balloon || vm.migrating {
                 continue;
             }
-            let memo = self.memos.entry(vm.name.clone()).or_default();
+            if !self.memos.contains_key(&vm.name) {
+                self.memos.insert(vm.name.clone(), Memo::default());
+            }
+            let memo = self.memos.get_mut(&vm.name).expect("inserted just above");
             let prof = profile(vm.class);
             let configured = vm.configured.as_f64();
             let actual = vm.actual.as_f64();
@@ -274,7 +277,7 @@ impl Policy for AerostatPolicy {
                 .unwrap_or(r.cache)
                 .min(r.cache.max(cache_floor));
             let mut rule = Rule::Reclaim;
-            let mut why;
+            let detail;
             if pressure {
                 // Give back what the guest is missing, with margin, and stop probing.
                 let missing = r.swap_in_bps.max(r.refault_pps * PAGE) * interval_s * 10.0;
@@ -282,24 +285,18 @@ impl Policy for AerostatPolicy {
                 keep = (keep + boost).min(configured);
                 memo.probe_paused_until = now + PROBE_PAUSE;
                 rule = Rule::DeflatePressure;
-                why = format!(
-                    "guest under pressure (swap-in {:.1} MiB/s, major faults {:.0}/s, {} new OOM kills): +{:.0} MiB",
-                    r.swap_in_bps / MIB,
-                    r.refault_pps,
-                    r.new_ooms,
-                    boost / MIB
-                );
+                detail = Detail::Pressure {
+                    swap_in_bps: r.swap_in_bps,
+                    refault_pps: r.refault_pps,
+                    new_ooms: r.new_ooms,
+                    boost,
+                };
             } else if r.efficiency.is_some_and(|e| e < MIN_RECLAIM_EFFICIENCY) {
                 // The guest's LRU is scanning hot pages: step back once and stay there.
                 let step = prof.probe_per_min * configured * interval_s / 60.0;
                 keep = (keep + 2.0 * step).min(r.cache).max(cache_floor);
                 memo.probe_paused_until = now + PROBE_PAUSE;
-                why = format!(
-                    "guest reclaim efficiency {:.0}% < {:.0}%: only hot page cache left, keeping {:.0} MiB of it",
-                    100.0 * r.efficiency.unwrap_or(0.0),
-                    100.0 * MIN_RECLAIM_EFFICIENCY,
-                    keep / MIB
-                );
+                detail = Detail::Efficiency(r.efficiency.unwrap_or(0.0));
             } else if now >= memo.probe_paused_until && (r.has_scan_stats || keep > 0.5 * r.cache) {
                 let step = prof.probe_per_min * configured * interval_s / 60.0;
                 // Without scan statistics we cannot see the bottom coming: probe only
@@ -310,26 +307,22 @@ impl Policy for AerostatPolicy {
                     cache_floor.max(0.5 * r.cache)
                 };
                 keep = (keep - step).max(probe_floor);
-                why = format!(
-                    "probing page cache: keep {:.0} MiB of {:.0} MiB",
-                    keep / MIB,
-                    r.cache / MIB
-                );
+                detail = Detail::Probing;
             } else {
-                why = format!("keeping {:.0} MiB of page cache", keep / MIB);
+                detail = Detail::Keeping;
             }
             memo.cache_keep = Some(keep);
 
             let need = (r.used + keep + headroom).min(configured);
             let current = memo_target(vm);
-            why = format!(
-                "need {:.0} MiB = used {:.0} + cache {:.0} + headroom {:.0}; {}",
-                need / MIB,
-                r.used / MIB,
-                keep / MIB,
-                headroom / MIB,
-                why
-            );
+            let explain = Explain {
+                need,
+                used: r.used,
+                keep,
+                cache: r.cache,
+                headroom,
+                detail,
+            };
 
             // Balloon stall: the target is well below actual and actual is not moving.
             let moved_bps = (memo.last_actual - actual).max(0.0)
@@ -352,7 +345,9 @@ impl Policy for AerostatPolicy {
                         lowest: t,
                         weight: prof.weight * vm.priority,
                         rule: Rule::BalloonStalled,
-                        reason: format!(
+                        explain: None,
+                        host_short: None,
+                        stall_text: format!(
                             "balloon stalled: actual {:.0} MiB, target {:.0} MiB, moving {:.1} MB/s; giving {:.0} MiB back, no inflation for {}",
                             actual / MIB,
                             current / MIB,
@@ -395,7 +390,9 @@ impl Policy for AerostatPolicy {
                 lowest: (r.used + prof.headroom_min.min(headroom)).min(target),
                 weight: prof.weight * vm.priority,
                 rule,
-                reason: why,
+                explain: Some(explain),
+                host_short: None,
+                stall_text: String::new(),
             });
             memo.last_time = Some(now);
             memo.last_stats = vm.stats.clone();
@@ -408,6 +405,9 @@ impl Policy for AerostatPolicy {
         wishes
             .into_iter()
             .filter(|w| {
+                (w.target - obs.vms[w.vm].actual.as_f64()).abs() >= MIB || w.rule != Rule::Reclaim
+            })
+            .filter(|w| {
                 Bytes::from_f64(w.target) != memo_target_bytes(&obs.vms[w.vm])
                     || w.rule != Rule::Reclaim
             })
@@ -415,7 +415,7 @@ impl Policy for AerostatPolicy {
                 vm: w.vm,
                 target: Bytes::from_f64(w.target).align_down(Bytes::mib(1)),
                 rule: w.rule,
-                reason: w.reason,
+                reason: w.text(&self.settings, &obs.vms[w.vm], obs.host.total),
             })
             .collect()
     }
@@ -428,7 +428,89 @@ struct Wish {
     lowest: f64,
     weight: f64,
     rule: Rule,
-    reason: String,
+    explain: Option<Explain>,
+    /// (host short by, taken from this VM), when the host was short.
+    host_short: Option<(f64, f64)>,
+    stall_text: String,
+}
+
+/// The numbers behind a wish; turned into text only for the proposals that are sent
+/// (formatting every VM's reason every tick would dominate the simulator's time).
+#[derive(Debug, Clone, Copy)]
+struct Explain {
+    need: f64,
+    used: f64,
+    keep: f64,
+    cache: f64,
+    headroom: f64,
+    detail: Detail,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Detail {
+    Pressure {
+        swap_in_bps: f64,
+        refault_pps: f64,
+        new_ooms: u64,
+        boost: f64,
+    },
+    Efficiency(f64),
+    Probing,
+    Keeping,
+}
+
+impl Wish {
+    fn text(&self, settings: &PolicySettings, vm: &VmSample, host_total: Bytes) -> String {
+        let mut text = String::new();
+        if let Some((short, take)) = self.host_short {
+            text = format!(
+                "host short by {:.0} MiB (total {} − reserve {}): {} gives up {:.0} MiB of room (weight {:.1}); ",
+                short / MIB,
+                host_total,
+                settings.reserve,
+                vm.name,
+                take / MIB,
+                self.weight
+            );
+        }
+        let Some(e) = self.explain else {
+            return text + &self.stall_text;
+        };
+        text += &format!(
+            "need {:.0} MiB = used {:.0} + cache {:.0} + headroom {:.0}; ",
+            e.need / MIB,
+            e.used / MIB,
+            e.keep / MIB,
+            e.headroom / MIB
+        );
+        text += &match e.detail {
+            Detail::Pressure {
+                swap_in_bps,
+                refault_pps,
+                new_ooms,
+                boost,
+            } => format!(
+                "guest under pressure (swap-in {:.1} MiB/s, major faults {:.0}/s, {} new OOM kills): +{:.0} MiB",
+                swap_in_bps / MIB,
+                refault_pps,
+                new_ooms,
+                boost / MIB
+            ),
+            Detail::Efficiency(eff) => format!(
+                "guest reclaim efficiency {:.0}% < {:.0}%: only hot page cache left, keeping {:.0} MiB of it",
+                100.0 * eff,
+                100.0 * MIN_RECLAIM_EFFICIENCY,
+                e.keep / MIB
+            ),
+            Detail::Probing => format!(
+                "probing page cache: keep {:.0} MiB of {:.0} MiB",
+                e.keep / MIB,
+                e.cache / MIB
+            ),
+            Detail::Keeping => format!("keeping {:.0} MiB of page cache", e.keep / MIB),
+        };
+        text
+    }
 }
 
 /// The policy compares against `actual`: the controller owns the last target, and the
@@ -482,15 +564,7 @@ impl AerostatPolicy {
             }
             w.target -= take;
             w.rule = Rule::HostShort;
-            w.reason = format!(
-                "host short by {:.0} MiB (total {} − reserve {}): giving up {:.0} MiB of room, weighted by class and priority {:.1}; {}",
-                short / MIB,
-                obs.host.total,
-                self.settings.reserve,
-                take / MIB,
-                w.weight,
-                w.reason
-            );
+            w.host_short = Some((short, take));
         }
     }
 }
