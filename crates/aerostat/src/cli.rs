@@ -25,6 +25,30 @@ pub enum Command {
     Bench(BenchCommand),
     /// Print a policy's decision for one observation (or a history of them) as JSON.
     Decide(DecideArgs),
+    /// The daemon: drive real QEMU guests through QMP.
+    Run(RunArgs),
+    /// Ask the running daemon what it sees, as a table.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Daemon configuration (TOML); see docs/config.md.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Decide and log, but never touch a balloon.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The daemon's API address.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub api: String,
+    /// Print the raw JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ use clap::Parser;
 
 mod cli;
 mod cmd;
+mod daemon;
 mod plots;
 mod report;
 

@@ -6,6 +6,7 @@ use crate::cli::{BenchCommand, Cli, Command};
 
 mod bench;
 mod decide;
+mod run;
 mod sim;
 
 /// Bad input (file, flag): exit code 2.
@@ -16,6 +17,8 @@ pub struct InputError(pub String);
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Decide(args) => decide::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Status(args) => run::status(&args),
         Command::Sim(args) => sim::run(&args),
         Command::Bench(BenchCommand::Policies(args)) => bench::policies(&args),
         Command::Bench(BenchCommand::Sim(args)) => bench::sim(&args),

@@ -1,0 +1,104 @@
+//! `aerostat run` (the daemon) and `aerostat status` (ask it).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{RunArgs, StatusArgs};
+use crate::cmd::InputError;
+use crate::daemon::{self, Config, Status};
+
+pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config).map_err(|e| InputError(e.to_string()))?;
+    // Logs go to stderr; stdout carries only decision lines (one JSON object each).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(daemon::run(config, args.dry_run))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let url = format!("http://{}/status", args.api);
+    let body = ureq::get(&url)
+        .call()
+        .with_context(|| format!("asking the daemon at {url} (is `aerostat run` running?)"))?
+        .body_mut()
+        .read_to_string()
+        .context("reading /status")?;
+    if args.json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status: Status = serde_json::from_str(&body).context("parsing /status")?;
+    println!("{}", table(&status));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mib(b: u64) -> Cell {
+    Cell::new(format!("{}", b >> 20)).set_alignment(CellAlignment::Right)
+}
+
+fn table(s: &Status) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "vm",
+        "configured MiB",
+        "current MiB",
+        "target MiB",
+        "floor MiB",
+        "ok",
+        "last rule",
+        "last reason",
+    ]);
+    for v in &s.vms {
+        let mut reason = v
+            .last_error
+            .clone()
+            .map(|e| format!("error: {e}"))
+            .or(v.last_reason.clone())
+            .unwrap_or_default();
+        if reason.chars().count() > 90 {
+            reason = reason.chars().take(89).collect::<String>() + "…";
+        }
+        t.add_row(vec![
+            Cell::new(&v.name),
+            mib(v.configured),
+            mib(v.actual),
+            v.target.map_or(Cell::new("-"), mib),
+            mib(v.floor),
+            Cell::new(if v.responsive { "yes" } else { "NO" }),
+            Cell::new(v.last_rule.as_deref().unwrap_or("-")),
+            Cell::new(reason),
+        ]);
+    }
+    let host = s
+        .host
+        .as_ref()
+        .map_or(String::from("host: not read yet"), |h| {
+            format!(
+                "host: total {} MiB, available {} MiB, capacity for guests {} MiB",
+                h.total.0 >> 20,
+                h.available.0 >> 20,
+                s.capacity >> 20
+            )
+        });
+    format!(
+        "policy {} every {} ms{} — tick {}\n{host}\n{t}",
+        s.policy,
+        s.interval_ms,
+        if s.dry_run { " (dry run)" } else { "" },
+        s.ticks
+    )
+}

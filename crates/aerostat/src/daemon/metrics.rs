@@ -1,0 +1,154 @@
+//! Prometheus metrics (prometheus-client). Names and units: `docs/metrics.md`.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use aerostat_core::Bytes;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VmLabels {
+    pub vm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub vm: String,
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub vm: String,
+    pub kind: String,
+}
+
+/// Every metric the daemon exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub balloon_target: Family<VmLabels, Gauge>,
+    pub balloon_actual: Family<VmLabels, Gauge>,
+    pub configured: Family<VmLabels, Gauge>,
+    pub host_available: Gauge,
+    pub host_total: Gauge,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub tick_errors: Counter,
+    pub tick_seconds: Gauge<f64, AtomicU64>,
+    known_vms: Mutex<BTreeSet<String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            balloon_target: Family::default(),
+            balloon_actual: Family::default(),
+            configured: Family::default(),
+            host_available: Gauge::default(),
+            host_total: Gauge::default(),
+            decisions: Family::default(),
+            errors: Family::default(),
+            tick_errors: Counter::default(),
+            tick_seconds: Gauge::default(),
+            known_vms: Mutex::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "aerostat_vm_balloon_target_bytes",
+            "Balloon target last set (guest memory), bytes",
+            m.balloon_target.clone(),
+        );
+        registry.register(
+            "aerostat_vm_balloon_actual_bytes",
+            "Guest memory as QEMU reports it (query-balloon actual), bytes",
+            m.balloon_actual.clone(),
+        );
+        registry.register(
+            "aerostat_vm_configured_bytes",
+            "Configured (maximum) guest memory, bytes",
+            m.configured.clone(),
+        );
+        registry.register(
+            "aerostat_host_available_bytes",
+            "Host (or host cgroup) available memory, bytes",
+            m.host_available.clone(),
+        );
+        registry.register(
+            "aerostat_host_total_bytes",
+            "Host memory (or the host cgroup's limit), bytes",
+            m.host_total.clone(),
+        );
+        registry.register(
+            "aerostat_decisions",
+            "Balloon actions decided, by VM and rule",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "aerostat_vm_errors",
+            "Errors talking to a VM, by kind",
+            m.errors.clone(),
+        );
+        registry.register(
+            "aerostat_tick_errors",
+            "Control ticks that failed as a whole (host unreadable)",
+            m.tick_errors.clone(),
+        );
+        registry.register(
+            "aerostat_tick_duration_seconds",
+            "Wall time of the last control tick, seconds",
+            m.tick_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn set_vm(&self, vm: &str, actual: Bytes, target: Option<Bytes>, configured: Bytes) {
+        let l = VmLabels { vm: vm.to_string() };
+        self.balloon_actual.get_or_create(&l).set(actual.0 as i64);
+        self.configured.get_or_create(&l).set(configured.0 as i64);
+        if let Some(t) = target {
+            self.balloon_target.get_or_create(&l).set(t.0 as i64);
+        }
+    }
+
+    /// Drops per-VM gauges of VMs that are gone (counters stay: they are history).
+    pub fn forget_vms_except(&self, names: &[String]) {
+        let mut known = self.known_vms.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in known.iter().filter(|n| !names.contains(n)) {
+            let l = VmLabels { vm: gone.clone() };
+            for fam in [&self.balloon_target, &self.balloon_actual, &self.configured] {
+                fam.remove(&l);
+            }
+        }
+        *known = names.iter().cloned().collect();
+    }
+
+    pub fn count_error(&self, vm: &str, kind: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                vm: vm.to_string(),
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

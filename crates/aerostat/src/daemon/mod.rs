@@ -1,0 +1,250 @@
+//! `aerostat run`: the daemon. Every `interval`: discover QMP sockets, observe the host
+//! and every VM, let the same [`Controller`] the simulator runs decide, apply its actions
+//! through QMP, and publish what happened (decision lines on stdout, `/metrics`, `/status`).
+//!
+//! A failure for one VM never stops the loop: it is logged, counted, and retried next
+//! tick. A VM that does not answer this tick stays in the observation with its last known
+//! sample and `balloon = false` (so it counts toward the host's memory but gets no action).
+//! On SIGTERM or Ctrl-C the loop stops and the process exits 0, leaving every balloon where
+//! it is; a restart adopts them (the controller starts from each balloon's `actual` and
+//! moves it at most one step per tick).
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+mod vms;
+
+use std::io::Write as _;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aerostat_core::{Controller, HostSample, Millis, Observation, PolicySettings, VmSample};
+use aerostat_host::{CgroupHost, ProcHost};
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::signal::unix::{SignalKind, signal};
+
+pub use config::Config;
+use metrics::Metrics;
+use vms::VmRegistry;
+
+/// What `/status` returns (schema in `docs/status.md`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub policy: String,
+    pub interval_ms: u64,
+    pub dry_run: bool,
+    pub ticks: u64,
+    /// Epoch milliseconds of the last tick.
+    pub time: u64,
+    pub host: Option<HostSample>,
+    /// Host total − reserve: what guests (and their overheads) may hold.
+    pub capacity: u64,
+    pub vms: Vec<VmStatus>,
+    pub alerts: Vec<aerostat_core::Alert>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub name: String,
+    pub socket: String,
+    pub configured: u64,
+    pub actual: u64,
+    pub target: Option<u64>,
+    pub floor: u64,
+    pub responsive: bool,
+    pub last_rule: Option<String>,
+    pub last_reason: Option<String>,
+    pub last_error: Option<String>,
+    pub errors: u64,
+    pub stats: aerostat_core::GuestStats,
+}
+
+/// Where host memory comes from: the machine, or a memory cgroup standing for the host.
+enum HostProbe {
+    Proc(ProcHost),
+    Cgroup(CgroupHost),
+}
+
+impl HostProbe {
+    fn sample(&self) -> anyhow::Result<HostSample> {
+        Ok(match self {
+            HostProbe::Proc(p) => p.sample()?,
+            HostProbe::Cgroup(c) => c.sample()?.host,
+        })
+    }
+}
+
+fn epoch_ms() -> Millis {
+    Millis(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    )
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
+    let host = match &config.cgroup {
+        Some(path) => HostProbe::Cgroup(
+            CgroupHost::open(path).with_context(|| format!("host.cgroup {}", path.display()))?,
+        ),
+        None => HostProbe::Proc(ProcHost::default()),
+    };
+    host.sample().context("reading host memory")?;
+    let settings = PolicySettings {
+        reserve: config.reserve,
+        interval: config.interval,
+        ..PolicySettings::default()
+    };
+    let mut controller = Controller::new(config.policy.build(&settings));
+    let metrics = Arc::new(Metrics::new());
+    let status = Arc::new(RwLock::new(Status {
+        policy: config.policy.as_str().to_string(),
+        interval_ms: config.interval.0,
+        dry_run,
+        ..Status::default()
+    }));
+    let server = match config.listen {
+        Some(addr) => Some(api::serve(addr, status.clone(), metrics.clone()).await?),
+        None => None,
+    };
+    tracing::info!(
+        policy = config.policy.as_str(),
+        interval = %config.interval,
+        glob = %config.qmp_glob,
+        dry_run,
+        "aerostat daemon started"
+    );
+
+    let mut registry = VmRegistry::new(&config);
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut ticker = tokio::time::interval(Duration::from_millis(config.interval.0));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let started = Instant::now();
+        ticks += 1;
+        if let Err(err) = tick(
+            &config,
+            &host,
+            &mut registry,
+            &mut controller,
+            &metrics,
+            &status,
+            dry_run,
+            ticks,
+        )
+        .await
+        {
+            metrics.tick_errors.inc();
+            tracing::warn!(error = %format!("{err:#}"), "tick failed; retrying next interval");
+        }
+        metrics.tick_seconds.set(started.elapsed().as_secs_f64());
+    }
+    tracing::info!("shutting down; balloons stay where they are");
+    if let Some(server) = server {
+        server.abort();
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn tick(
+    config: &Config,
+    host: &HostProbe,
+    registry: &mut VmRegistry,
+    controller: &mut Controller,
+    metrics: &Metrics,
+    status: &RwLock<Status>,
+    dry_run: bool,
+    ticks: u64,
+) -> anyhow::Result<()> {
+    registry.discover(config, metrics).await;
+    let host_sample = host.sample().context("reading host memory")?;
+    let now = epoch_ms();
+    let samples = registry.observe(config, metrics).await;
+    let obs = Observation {
+        time: now,
+        host: host_sample.clone(),
+        vms: samples.iter().map(|s| s.sample.clone()).collect(),
+    };
+    let decision = controller.tick(&obs);
+
+    let mut stdout = std::io::stdout().lock();
+    for action in &decision.actions {
+        let mut line = serde_json::to_value(action)?;
+        line["time"] = serde_json::json!(now.0);
+        line["policy"] = serde_json::json!(decision.policy);
+        line["dry_run"] = serde_json::json!(dry_run);
+        // A closed stdout (daemon piped into a pager that quit) must not stop the loop.
+        let _ = writeln!(stdout, "{line}");
+        metrics
+            .decisions
+            .get_or_create(&metrics::DecisionLabels {
+                vm: action.vm.clone(),
+                rule: action.rule.as_str().to_string(),
+            })
+            .inc();
+    }
+    let _ = stdout.flush();
+    drop(stdout);
+    if !dry_run {
+        registry.apply(&decision.actions, config, metrics).await;
+    }
+    for alert in &decision.alerts {
+        tracing::warn!(?alert, "memory alert");
+    }
+    registry.remember(&decision.actions);
+
+    // Publish.
+    metrics.host_available.set(host_sample.available.0 as i64);
+    metrics.host_total.set(host_sample.total.0 as i64);
+    let mut vms = Vec::new();
+    for s in &samples {
+        let target = controller.target_of(&s.sample.name);
+        metrics.set_vm(&s.sample.name, s.sample.actual, target, s.sample.configured);
+        let conn = registry.get(&s.sample.name);
+        vms.push(VmStatus {
+            name: s.sample.name.clone(),
+            socket: s.socket.clone(),
+            configured: s.sample.configured.0,
+            actual: s.sample.actual.0,
+            target: target.map(|t| t.0),
+            floor: s.sample.floor().0,
+            responsive: s.responsive,
+            last_rule: conn.and_then(|c| c.last_rule.clone()),
+            last_reason: conn.and_then(|c| c.last_reason.clone()),
+            last_error: conn.and_then(|c| c.last_error.clone()),
+            errors: conn.map_or(0, |c| c.errors),
+            stats: s.sample.stats.clone(),
+        });
+    }
+    metrics.forget_vms_except(&vms.iter().map(|v| v.name.clone()).collect::<Vec<_>>());
+    let mut st = status.write().unwrap_or_else(|p| p.into_inner());
+    st.ticks = ticks;
+    st.time = now.0;
+    st.capacity = (host_sample.total - config.reserve).0;
+    st.host = Some(host_sample);
+    st.vms = vms;
+    st.alerts = decision.alerts;
+    Ok(())
+}
+
+/// One VM's input to a tick.
+#[derive(Debug, Clone)]
+pub struct ObservedVm {
+    pub sample: VmSample,
+    pub socket: String,
+    pub responsive: bool,
+}
+
+/// Names of VMs from sockets: the file stem.
+pub fn vm_name(path: &std::path::Path) -> Option<String> {
+    path.file_stem()?.to_str().map(str::to_string)
+}

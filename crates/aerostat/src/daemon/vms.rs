@@ -1,0 +1,235 @@
+//! The VMs the daemon drives: discovered from the QMP socket glob every tick, one QMP
+//! connection each, observed concurrently with per-command timeouts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aerostat_core::{Action, Bytes, VmSample};
+use aerostat_qemu::{QemuVm, QmpError, QmpOptions};
+use tokio::task::JoinSet;
+
+use super::config::Config;
+use super::metrics::Metrics;
+use super::{ObservedVm, vm_name};
+
+/// One connected VM.
+#[derive(Debug)]
+pub struct VmConn {
+    pub socket: PathBuf,
+    qemu: Arc<QemuVm>,
+    configured: Bytes,
+    /// Last good sample, reused (as unresponsive) when the VM does not answer.
+    last: Option<VmSample>,
+    pub last_rule: Option<String>,
+    pub last_reason: Option<String>,
+    pub last_error: Option<String>,
+    pub errors: u64,
+}
+
+/// Every VM by name.
+#[derive(Debug)]
+pub struct VmRegistry {
+    vms: BTreeMap<String, VmConn>,
+    /// Sockets that failed to connect, and when to try again.
+    retry_at: BTreeMap<PathBuf, tokio::time::Instant>,
+    options: QmpOptions,
+}
+
+/// How long a socket that would not connect is left alone.
+const RECONNECT_AFTER: Duration = Duration::from_secs(5);
+
+impl VmRegistry {
+    pub fn new(config: &Config) -> VmRegistry {
+        let timeout = Duration::from_millis(config.command_timeout.0);
+        VmRegistry {
+            vms: BTreeMap::new(),
+            retry_at: BTreeMap::new(),
+            options: QmpOptions {
+                handshake_timeout: timeout,
+                command_timeout: timeout,
+            },
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&VmConn> {
+        self.vms.get(name)
+    }
+
+    /// Connects to new sockets, forgets vanished ones.
+    pub async fn discover(&mut self, config: &Config, metrics: &Metrics) {
+        let paths: Vec<PathBuf> = match glob::glob(&config.qmp_glob) {
+            Ok(paths) => paths.filter_map(Result::ok).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "bad qmp_glob");
+                return;
+            }
+        };
+        let live: BTreeMap<String, PathBuf> = paths
+            .into_iter()
+            .filter_map(|p| Some((vm_name(&p)?, p)))
+            .collect();
+        self.vms.retain(|name, conn| {
+            let keep = live.get(name) == Some(&conn.socket) && !conn.qemu.client().is_closed();
+            if !keep {
+                tracing::info!(vm = %name, "VM gone");
+            }
+            keep
+        });
+        let now = tokio::time::Instant::now();
+        for (name, path) in live {
+            if self.vms.contains_key(&name) || self.retry_at.get(&path).is_some_and(|t| *t > now) {
+                continue;
+            }
+            match self.connect(&name, &path, config).await {
+                Ok(conn) => {
+                    tracing::info!(vm = %name, socket = %path.display(), configured = %conn.configured, "VM adopted");
+                    self.retry_at.remove(&path);
+                    self.vms.insert(name, conn);
+                }
+                Err(e) => {
+                    metrics.count_error(&name, "connect");
+                    tracing::warn!(vm = %name, socket = %path.display(), error = %e, "cannot connect; will retry");
+                    self.retry_at.insert(path, now + RECONNECT_AFTER);
+                }
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        name: &str,
+        path: &PathBuf,
+        config: &Config,
+    ) -> Result<VmConn, QmpError> {
+        let qemu = QemuVm::connect_with(path, self.options.clone()).await?;
+        // aerostat turns guest statistics on itself, whatever the VM was started with.
+        if let Err(e) = qemu.enable_stats_polling(config.stats_interval_s).await {
+            tracing::warn!(vm = %name, error = %e, "cannot enable guest statistics");
+        }
+        let summary = qemu
+            .client()
+            .execute("query-memory-size-summary", None)
+            .await?;
+        let configured = summary
+            .get("base-memory")
+            .and_then(serde_json::Value::as_u64)
+            .map(Bytes)
+            .ok_or_else(|| QmpError::Protocol {
+                detail: "query-memory-size-summary: no base-memory".into(),
+            })?;
+        Ok(VmConn {
+            socket: path.clone(),
+            qemu: Arc::new(qemu),
+            configured,
+            last: None,
+            last_rule: None,
+            last_reason: None,
+            last_error: None,
+            errors: 0,
+        })
+    }
+
+    /// Samples every VM concurrently. A VM that fails keeps its last sample, marked
+    /// without balloon so it counts toward host memory but gets no action this tick.
+    pub async fn observe(&mut self, config: &Config, metrics: &Metrics) -> Vec<ObservedVm> {
+        let mut set = JoinSet::new();
+        for (name, conn) in &self.vms {
+            let qemu = conn.qemu.clone();
+            let name = name.clone();
+            set.spawn(async move {
+                let actual = qemu.query_balloon().await;
+                let stats = qemu.guest_stats().await;
+                let rss = qemu.query_rss().ok();
+                (name, actual, stats, rss)
+            });
+        }
+        let mut results = BTreeMap::new();
+        while let Some(joined) = set.join_next().await {
+            if let Ok((name, actual, stats, rss)) = joined {
+                results.insert(name, (actual, stats, rss));
+            }
+        }
+        let mut out = Vec::new();
+        for (name, conn) in self.vms.iter_mut() {
+            let settings = config.vm(name);
+            let mut responsive = false;
+            let sample = match results.remove(name) {
+                Some((Ok(actual), stats, rss)) => {
+                    responsive = true;
+                    let stats = match stats {
+                        Ok(s) => s,
+                        Err(e) => {
+                            conn.note_error(name, "stats", &e, metrics);
+                            Default::default()
+                        }
+                    };
+                    let mut s =
+                        VmSample::new(name.clone(), conn.configured, actual.min(conn.configured));
+                    s.min = Some(settings.min.min(conn.configured));
+                    s.overhead = settings.overhead;
+                    s.priority = settings.priority;
+                    s.class = settings.class;
+                    s.rss = rss;
+                    s.stats = stats;
+                    conn.last = Some(s.clone());
+                    Some(s)
+                }
+                Some((Err(e), _, _)) => {
+                    conn.note_error(name, "query-balloon", &e, metrics);
+                    conn.last.clone().map(|mut s| {
+                        s.balloon = false;
+                        s
+                    })
+                }
+                None => conn.last.clone(),
+            };
+            if let Some(sample) = sample {
+                out.push(ObservedVm {
+                    sample,
+                    socket: conn.socket.display().to_string(),
+                    responsive,
+                });
+            }
+        }
+        out
+    }
+
+    /// Sends balloon targets.
+    pub async fn apply(&mut self, actions: &[Action], _config: &Config, metrics: &Metrics) {
+        for action in actions {
+            let Some(target) = action.balloon_target() else {
+                continue;
+            };
+            let Some(conn) = self.vms.get_mut(&action.vm) else {
+                continue;
+            };
+            if let Err(e) = conn.qemu.set_balloon(target).await {
+                conn.note_error(&action.vm, "balloon", &e, metrics);
+            }
+        }
+    }
+
+    /// Keeps the last rule and reason per VM for `/status`.
+    pub fn remember(&mut self, actions: &[Action]) {
+        for a in actions {
+            if let Some(conn) = self.vms.get_mut(&a.vm) {
+                conn.last_rule = Some(a.rule.as_str().to_string());
+                conn.last_reason = Some(a.reason.clone());
+            }
+        }
+    }
+}
+
+impl VmConn {
+    fn note_error(&mut self, vm: &str, what: &'static str, e: &QmpError, metrics: &Metrics) {
+        self.errors += 1;
+        self.last_error = Some(format!("{what}: {e}"));
+        metrics.count_error(vm, what);
+        // Logs a guest can trigger are rate-limited: the first few, then every 100th.
+        if self.errors <= 3 || self.errors % 100 == 0 {
+            tracing::warn!(vm, what, error = %e, errors = self.errors, "VM error");
+        }
+    }
+}
