@@ -480,6 +480,12 @@ impl RawScenario {
                     format!("floor {min} is above memory {}", v.memory),
                 ));
             }
+            if v.swap_bandwidth.is_some_and(|r| r.0 == Bytes::ZERO) {
+                return Err(invalid(line, key("swap_bandwidth"), "must be positive".into()));
+            }
+            if v.balloon_rate.is_some_and(|r| r.0 == Bytes::ZERO) {
+                return Err(invalid(line, key("balloon_rate"), "must be positive".into()));
+            }
             let priority = v.priority.unwrap_or(1.0);
             if !(priority.is_finite() && priority > 0.0) {
                 return Err(invalid(
