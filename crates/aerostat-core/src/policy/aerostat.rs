@@ -94,9 +94,11 @@ fn profile(class: VmClass) -> Profile {
             cache_floor_frac: 0.5,
             weight: 2.0,
         },
+        // Batch jobs start by allocating at full speed: keep one second of a fast
+        // allocator (≈ 512 MiB) free so a job start is not met by evicting the hot cache.
         VmClass::Batch => Profile {
             headroom_frac: 0.03,
-            headroom_min: 96.0 * MIB,
+            headroom_min: 512.0 * MIB,
             probe_per_min: 0.03,
             cache_floor_frac: 0.0,
             weight: 0.5,
@@ -343,6 +345,7 @@ impl Policy for AerostatPolicy {
                         vm: i,
                         target: t,
                         lowest: t,
+                        idle_floor: t,
                         weight: prof.weight * vm.priority,
                         rule: Rule::BalloonStalled,
                         explain: None,
@@ -366,6 +369,7 @@ impl Policy for AerostatPolicy {
                 memo.stall_since = None;
             }
 
+            let growing = memo.growth_bps * reaction_s > prof.headroom_min;
             // Band: grow at once when below need; shrink only when well above it.
             let band = (0.5 * headroom).max(64.0 * MIB);
             let blocked = now < memo.inflate_blocked_until;
@@ -388,6 +392,7 @@ impl Policy for AerostatPolicy {
                 // Under host pressure, never below what the guest uses plus a sliver of
                 // room: squeezing further only moves the stall into the guest.
                 lowest: (r.used + prof.headroom_min.min(headroom)).min(target),
+                idle_floor: if growing { target } else { (r.used + keep).min(target) },
                 weight: prof.weight * vm.priority,
                 rule,
                 explain: Some(explain),
@@ -426,6 +431,9 @@ struct Wish {
     vm: usize,
     target: f64,
     lowest: f64,
+    /// Down to here the wish is idle headroom of a guest that is not growing: taken first
+    /// when the host is short (ESX's idle-memory tax, in spirit).
+    idle_floor: f64,
     weight: f64,
     rule: Rule,
     explain: Option<Explain>,
@@ -544,27 +552,34 @@ impl AerostatPolicy {
         if excess <= 0.0 {
             return;
         }
-        // Take in proportion to room ÷ weight: idle room of unimportant guests goes first.
-        let total_room: f64 = wishes
-            .iter()
-            .map(|w| (w.target - w.lowest).max(0.0) / w.weight.max(1e-3))
-            .sum();
-        if total_room <= 0.0 {
-            return;
-        }
-        let short = excess;
-        for w in wishes.iter_mut() {
-            let room = (w.target - w.lowest).max(0.0);
-            if room <= 0.0 {
+        // Two tiers: idle headroom of guests that are not growing first, then anything above
+        // each guest's `lowest`; within a tier, in proportion to room ÷ weight.
+        let mut left = excess;
+        for tier in 0..2 {
+            let floor_of = |w: &Wish| if tier == 0 { w.idle_floor } else { w.lowest };
+            let total_room: f64 = wishes
+                .iter()
+                .map(|w| (w.target - floor_of(w)).max(0.0) / w.weight.max(1e-3))
+                .sum();
+            if total_room <= 0.0 || left <= 0.0 {
                 continue;
             }
-            let take = (short * (room / w.weight.max(1e-3)) / total_room).min(room);
-            if take < 1.0 {
-                continue;
+            let short = left;
+            for w in wishes.iter_mut() {
+                let room = (w.target - floor_of(w)).max(0.0);
+                if room <= 0.0 {
+                    continue;
+                }
+                let take = (short * (room / w.weight.max(1e-3)) / total_room).min(room);
+                if take < 1.0 {
+                    continue;
+                }
+                w.target -= take;
+                left -= take;
+                w.rule = Rule::HostShort;
+                let (_, taken) = w.host_short.unwrap_or((0.0, 0.0));
+                w.host_short = Some((excess, taken + take));
             }
-            w.target -= take;
-            w.rule = Rule::HostShort;
-            w.host_short = Some((short, take));
         }
     }
 }
