@@ -1,1 +1,947 @@
+//! Property tests for the guarded [`Controller`]: a scripted policy proposes arbitrary
+//! targets for arbitrary observations, and every emitted action must respect the guards.
+//! Then the real policies under constant input must settle (a fixed point), and decisions
+//! must survive a JSON round trip.
 
+use std::sync::{Arc, Mutex};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::decision::{Action, ActionKind, Alert, Decision, Rule};
+use crate::observation::{GuestStats, HostSample, Observation, VmClass, VmSample};
+use crate::policy::{PolicyKind, PolicySettings, Proposal};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// The guard profile of the `aerostat` policy (reserve set by the test).
+fn aerostat_guards(reserve: Bytes) -> GuardConfig {
+    GuardConfig {
+        reserve: Some(reserve),
+        max_inflate_step: Some(Bytes::mib(512)),
+        max_deflate_step: Some(Bytes::gib(4)),
+        min_change: Bytes::mib(16),
+        inflate_hold: Millis::secs(30),
+    }
+}
+
+/// A policy that proposes whatever the test put in its script for this tick.
+#[derive(Debug, Clone, Default)]
+struct Scripted {
+    next: Arc<Mutex<Vec<(usize, Bytes)>>>,
+}
+
+impl Policy for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    fn guards(&self) -> GuardConfig {
+        GuardConfig::passthrough()
+    }
+    fn propose(&mut self, _obs: &Observation) -> Vec<Proposal> {
+        let next = std::mem::take(&mut *self.next.lock().expect("script lock"));
+        next.into_iter()
+            .map(|(vm, target)| Proposal {
+                vm,
+                target,
+                rule: Rule::Reclaim,
+                reason: "scripted".into(),
+            })
+            .collect()
+    }
+}
+
+/// A VM's fixed configuration.
+#[derive(Clone, Debug)]
+struct VmSpec {
+    configured: u64,
+    min: Option<u64>,
+    pinned: u64,
+    overhead: u64,
+    priority: f64,
+    balloon: bool,
+    migrating: bool,
+    actual: u64,
+}
+
+/// What happens to one VM in one tick.
+#[derive(Clone, Debug)]
+struct VmTick {
+    /// 0: balloon followed the last target; 1: actual stays; 2: actual jumps to `raw`.
+    actual_mode: u8,
+    /// What the policy proposes: see `proposal_for`.
+    proposal_kind: u8,
+    raw: u64,
+    /// Whether the migrating flag flips this tick.
+    flip_migrating: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    vms: Vec<VmSpec>,
+    total: u64,
+    reserve: u64,
+    ticks: Vec<(u64, Vec<VmTick>)>,
+}
+
+fn size() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        1 => Just(0u64),
+        1 => Just(1u64),
+        2 => (0u64..=64).prop_map(|g| g * GIB),
+        6 => 0u64..=(64 * GIB),
+    ]
+}
+
+fn vm_spec() -> impl Strategy<Value = VmSpec> {
+    (
+        size(),
+        prop::option::of(0u64..=100),
+        prop_oneof![3 => Just(0u64), 1 => 0u64..=100],
+        0u64..=(256 * MIB),
+        prop_oneof![Just(1.0f64), 0.0f64..10.0],
+        prop::bool::weighted(0.85),
+        prop::bool::weighted(0.1),
+        0u64..=110,
+    )
+        .prop_map(
+            |(configured, min_pct, pinned_pct, overhead, priority, balloon, migrating, act_pct)| {
+                // Percentages of configured, up to above it: floors above configured and
+                // actuals above configured are legal inputs.
+                let pct = |p: u64| (configured as u128 * p as u128 / 100) as u64;
+                VmSpec {
+                    configured,
+                    min: min_pct.map(|p| pct(p + p / 5)),
+                    pinned: pct(pinned_pct),
+                    overhead,
+                    priority,
+                    balloon,
+                    migrating,
+                    actual: pct(act_pct),
+                }
+            },
+        )
+}
+
+fn vm_tick() -> impl Strategy<Value = VmTick> {
+    (0u8..3, 0u8..8, any::<u64>(), prop::bool::weighted(0.05)).prop_map(
+        |(actual_mode, proposal_kind, raw, flip_migrating)| VmTick {
+            actual_mode,
+            proposal_kind,
+            raw,
+            flip_migrating,
+        },
+    )
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    prop::collection::vec(vm_spec(), 1..=12)
+        .prop_flat_map(|vms| {
+            let n = vms.len();
+            let sum: u64 = vms.iter().map(|v| v.configured + v.overhead).sum();
+            (
+                Just(vms),
+                // Host from far too small to roomy.
+                (0u64..=150).prop_map(move |pct| (sum as u128 * pct as u128 / 100) as u64),
+                prop_oneof![Just(0u64), 0u64..=(8 * GIB), Just(GIB), Just(u64::MAX / 4)],
+                prop::collection::vec(
+                    (0u64..=40_000, prop::collection::vec(vm_tick(), n..=n)),
+                    1..=6,
+                ),
+            )
+        })
+        .prop_map(|(vms, total, reserve, ticks)| Case {
+            vms,
+            total,
+            reserve,
+            ticks,
+        })
+}
+
+fn sample(i: usize, s: &VmSpec) -> VmSample {
+    let mut vm = VmSample::new(format!("vm-{i:02}"), Bytes(s.configured), Bytes(s.actual));
+    vm.min = s.min.map(Bytes);
+    vm.pinned = Bytes(s.pinned);
+    vm.overhead = Bytes(s.overhead);
+    vm.priority = s.priority;
+    vm.balloon = s.balloon;
+    vm.migrating = s.migrating;
+    vm
+}
+
+/// An arbitrary proposal: 0, huge, the floor, just around `actual`, anything up to twice
+/// the configured size — or none.
+fn proposal_for(vm: &VmSample, t: &VmTick) -> Option<Bytes> {
+    let c = vm.configured.0;
+    Some(Bytes(match t.proposal_kind {
+        0 => 0,
+        1 => u64::MAX,
+        2 => vm.floor().0,
+        3 => vm.actual.0.saturating_sub(t.raw % (64 * MIB)),
+        4 => vm.actual.0.saturating_add(t.raw % (64 * MIB)),
+        5 | 6 => t.raw % (c.saturating_mul(2).saturating_add(1)),
+        _ => return None,
+    }))
+}
+
+/// The lowest target the reserve guard may push a VM to this tick.
+fn lowest_allowed(vm: &VmSample, g: &GuardConfig) -> Bytes {
+    let mut lo = vm.floor();
+    if let Some(step) = g.max_inflate_step {
+        lo = lo.max(vm.actual - step);
+    }
+    lo
+}
+
+/// Runs one case under `guards`, checking every guard on every tick. `strict: false`
+/// tolerates the known bugs (see the `#[ignore]`d regression tests below), each under its
+/// precise signature only.
+fn check_case(case: &Case, guards: GuardConfig, strict: bool) -> Result<(), TestCaseError> {
+    let script = Scripted::default();
+    let next = script.next.clone();
+    let mut ctl = Controller::with_guards(Box::new(script), guards.clone());
+    let mut vms: Vec<VmSample> = case
+        .vms
+        .iter()
+        .enumerate()
+        .map(|(i, s)| sample(i, s))
+        .collect();
+    // The model of the controller's memory: the last target sent (adoption: actual).
+    let mut prev: Vec<Option<Bytes>> = vec![None; vms.len()];
+    let mut time = Millis::ZERO;
+    for (k, (dt, ticks)) in case.ticks.iter().enumerate() {
+        time = time + Millis(*dt);
+        for (i, (vm, t)) in vms.iter_mut().zip(ticks).enumerate() {
+            match t.actual_mode {
+                0 => {
+                    if let Some(p) = prev[i] {
+                        vm.actual = p;
+                    }
+                }
+                1 => {}
+                _ => vm.actual = Bytes(t.raw % vm.configured.0.saturating_add(GIB)),
+            }
+            if t.flip_migrating {
+                vm.migrating = !vm.migrating;
+            }
+        }
+        let proposals: Vec<(usize, Bytes)> = vms
+            .iter()
+            .zip(ticks)
+            .enumerate()
+            .filter_map(|(i, (vm, t))| proposal_for(vm, t).map(|p| (i, p)))
+            .collect();
+        *next.lock().expect("script lock") = proposals.clone();
+        let obs = Observation {
+            time,
+            host: HostSample {
+                total: Bytes(case.total),
+                free: Bytes(case.total / 2),
+                available: Bytes(case.total / 2),
+                ..HostSample::default()
+            },
+            vms: vms.clone(),
+        };
+        let before: Vec<Bytes> = vms
+            .iter()
+            .enumerate()
+            .map(|(i, vm)| prev[i].unwrap_or(vm.actual))
+            .collect();
+        let d = ctl.tick(&obs);
+        let ctx = || format!("tick {k}, proposals {proposals:?}");
+
+        let mut seen = vec![false; vms.len()];
+        for a in &d.actions {
+            let i = vms
+                .iter()
+                .position(|v| v.name == a.vm)
+                .ok_or_else(|| TestCaseError::fail(format!("action for unknown VM {a:?}")))?;
+            prop_assert!(!seen[i], "two actions for {} ({})", a.vm, ctx());
+            seen[i] = true;
+            let vm = &vms[i];
+            let ActionKind::Balloon { from, to } = a.kind;
+            prop_assert!(
+                vm.balloon && !vm.migrating,
+                "action for a VM without balloon or migrating: {a:?} ({})",
+                ctx()
+            );
+            prop_assert_eq!(from, before[i], "`from` is not the last target ({})", ctx());
+            prop_assert_ne!(from, to, "no-op action {:?}", a);
+            let floor = vm.floor();
+            // Known bug 1: the reserve guard's growth cut lowers a floor-raised target
+            // toward the previous target, below the floor.
+            let growth_cut_below_floor =
+                a.rule == Rule::GuardReserve && floor > before[i] && to > before[i];
+            prop_assert!(
+                to >= floor || (!strict && growth_cut_below_floor),
+                "{} target {} below floor {} (rule {:?}, {}; vm {:?})",
+                a.vm,
+                to.0,
+                floor.0,
+                a.rule,
+                ctx(),
+                vm
+            );
+            // Known bug 3: the reserve guard shrinks a VM whose last target is above its
+            // configured size (adopted at an `actual` above it) without the configured cap.
+            let reserve_shrink_above_max =
+                a.rule == Rule::GuardReserve && to < before[i] && before[i] > vm.configured;
+            prop_assert!(
+                to <= vm.configured || (!strict && reserve_shrink_above_max),
+                "{} target {} above configured {} ({})",
+                a.vm,
+                to.0,
+                vm.configured.0,
+                ctx()
+            );
+            if to != floor && (strict || !growth_cut_below_floor) {
+                if let Some(step) = guards.max_inflate_step {
+                    // The configured maximum wins over the step (an `actual` above it).
+                    let lo = (vm.actual - step).min(before[i]).min(vm.configured);
+                    prop_assert!(
+                        to >= lo,
+                        "{} target {} below min(actual − step, previous, configured) = {} ({})",
+                        a.vm,
+                        to.0,
+                        lo.0,
+                        ctx()
+                    );
+                }
+                if let Some(step) = guards.max_deflate_step {
+                    let hi = (vm.actual + step).max(before[i]);
+                    prop_assert!(
+                        to <= hi,
+                        "{} target {} above max(actual + step, previous) = {} ({})",
+                        a.vm,
+                        to.0,
+                        hi.0,
+                        ctx()
+                    );
+                }
+            }
+            if guards == GuardConfig::passthrough() {
+                let p = proposals.iter().find(|p| p.0 == i).map(|p| p.1);
+                prop_assert_eq!(
+                    Some(to),
+                    p.map(|p| p.max(floor).min(vm.configured)),
+                    "passthrough must send the clamped proposal"
+                );
+            }
+            prev[i] = Some(to);
+        }
+        // Adopted VMs start at their actual.
+        for (i, vm) in vms.iter().enumerate() {
+            if prev[i].is_none() {
+                prev[i] = Some(vm.actual);
+            }
+            prop_assert_eq!(ctl.target_of(&vm.name), prev[i]);
+        }
+        if guards == GuardConfig::passthrough() {
+            // Every clamped proposal that differs from the last target is sent.
+            for &(i, p) in &proposals {
+                let vm = &vms[i];
+                let want = p.max(vm.floor()).min(vm.configured);
+                if vm.balloon && !vm.migrating && want != before[i] {
+                    prop_assert!(seen[i], "passthrough dropped {}'s {:?}", vm.name, want);
+                }
+            }
+        }
+
+        // Guard 3: the reserve is kept whenever the floors fit, or every VM that may be
+        // squeezed is at the lowest target allowed this tick.
+        if let Some(reserve) = guards.reserve {
+            let capacity = Bytes(case.total) - reserve;
+            let floors: Bytes = vms
+                .iter()
+                .map(|vm| vm.overhead + if vm.balloon { vm.floor() } else { vm.actual })
+                .sum();
+            let committed: Bytes = vms
+                .iter()
+                .enumerate()
+                .map(|(i, vm)| {
+                    vm.overhead
+                        + if vm.balloon {
+                            prev[i].unwrap_or(vm.actual)
+                        } else {
+                            vm.actual
+                        }
+                })
+                .sum();
+            let all_lowest = vms.iter().enumerate().all(|(i, vm)| {
+                !vm.balloon
+                    || vm.migrating
+                    || prev[i].unwrap_or(vm.actual) <= lowest_allowed(vm, &guards)
+            });
+            let alerted = d
+                .alerts
+                .iter()
+                .any(|a| matches!(a, Alert::FloorsDoNotFit { .. }));
+            prop_assert_eq!(
+                alerted,
+                floors > capacity,
+                "FloorsDoNotFit alert iff floors > capacity"
+            );
+            // Known bug 2: guard 4 drops a policy shrink that guard 3 counted on.
+            let dropped_shrink = proposals.iter().any(|&(i, p)| {
+                let vm = &vms[i];
+                vm.balloon
+                    && !vm.migrating
+                    && !seen[i]
+                    && p.max(vm.floor()).min(vm.configured) < before[i]
+            });
+            if floors <= capacity {
+                prop_assert!(
+                    committed <= capacity || all_lowest || (!strict && dropped_shrink),
+                    "reserve broken: committed {} > capacity {} (floors {}) and some VM is \
+                     above its lowest allowed target; {}; actions {:?}",
+                    committed.0,
+                    capacity.0,
+                    floors.0,
+                    ctx(),
+                    d.actions
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 2000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn guards_hold_under_aerostat_profile(case in case()) {
+        let reserve = Bytes(case.reserve);
+        check_case(&case, aerostat_guards(reserve), false)?;
+    }
+
+    #[test]
+    fn guards_hold_under_passthrough(case in case()) {
+        check_case(&case, GuardConfig::passthrough(), true)?;
+    }
+
+    /// The same properties without the known-bug allowances.
+    #[test]
+    #[ignore = "BUG: fails on the three guard bugs pinned by `growth_cut_never_goes_below_floor`, \
+                `hysteresis_does_not_undo_the_reserve` and \
+                `reserve_shrink_never_goes_above_configured`"]
+    fn guards_hold_under_aerostat_profile_strict(case in case()) {
+        let reserve = Bytes(case.reserve);
+        check_case(&case, aerostat_guards(reserve), true)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Found by the properties above, kept as plain regression cases.
+
+fn one_tick(
+    guards: GuardConfig,
+    total: Bytes,
+    vms: Vec<VmSample>,
+    proposals: Vec<(usize, Bytes)>,
+) -> Decision {
+    let script = Scripted::default();
+    *script.next.lock().expect("script lock") = proposals;
+    let mut ctl = Controller::with_guards(Box::new(script), guards);
+    ctl.tick(&Observation {
+        time: Millis::secs(100),
+        host: HostSample {
+            total,
+            ..HostSample::default()
+        },
+        vms,
+    })
+}
+
+/// A VM whose balloon sits below its (raised) floor is lifted to the floor; when the host
+/// is tight the reserve guard cuts that "growth" proportionally like any other and sends a
+/// target *below the floor* — although other guests could give the memory instead.
+#[test]
+#[ignore = "BUG: guard_reserve's growth cut lowers a floor-raised target below the VM's floor \
+            (controller.rs, `Growth first: cut every growth proportionally`: the cut is bounded \
+            by current[i], not by vm.floor())"]
+fn growth_cut_never_goes_below_floor() {
+    // a: 2 GiB actual, floor 4 GiB → the floor guard raises it to 4 GiB (+2 GiB growth).
+    let mut a = VmSample::new("a", Bytes::gib(8), Bytes::gib(2));
+    a.min = Some(Bytes::gib(4));
+    // b: 8 GiB, no floor: plenty to give.
+    let b = VmSample::new("b", Bytes::gib(8), Bytes::gib(8));
+    // Host: 12 GiB − 1 GiB reserve = 11 GiB; floors (4 GiB) fit; a at 4 + b at 8 = 12 GiB:
+    // 1 GiB excess, half of a's 2 GiB "growth" is cut → a gets 3 GiB, below its floor.
+    // (With 2 GiB excess the whole raise is cut and a silently stays at 2 GiB, below its
+    // floor, with no action at all.)
+    let d = one_tick(
+        aerostat_guards(Bytes::gib(1)),
+        Bytes::gib(12),
+        vec![a, b],
+        vec![(0, Bytes::gib(2))],
+    );
+    for act in &d.actions {
+        if act.vm == "a" {
+            let to = act.balloon_target().unwrap_or_default();
+            assert!(
+                to >= Bytes::gib(4),
+                "a sent {} below its floor 4 GiB: {act:?}",
+                to
+            );
+        }
+    }
+}
+
+/// The reserve guard counts a policy's small (or held) shrink as done, then the hysteresis
+/// guard drops it: the host ends above total − reserve although every VM could still give.
+#[test]
+#[ignore = "BUG: guard 4 (min_change / inflate_hold) drops non-safety shrinks that guard 3 \
+            counted on to keep the reserve, so Σ targets + overheads > total − reserve while \
+            VMs are above their lowest allowed target"]
+fn hysteresis_does_not_undo_the_reserve() {
+    // Two 8 GiB VMs at 8 GiB; capacity 16 GiB − 8 MiB. The policy asks a for −8 MiB (below
+    // min_change): guard 3 sees Σ = capacity and does nothing; guard 4 drops the shrink.
+    let a = VmSample::new("a", Bytes::gib(8), Bytes::gib(8));
+    let b = VmSample::new("b", Bytes::gib(8), Bytes::gib(8));
+    let guards = aerostat_guards(Bytes::ZERO);
+    let total = Bytes(16 * GIB - 8 * MIB);
+    let d = one_tick(
+        guards,
+        total,
+        vec![a.clone(), b.clone()],
+        vec![(0, Bytes(8 * GIB - 8 * MIB))],
+    );
+    let mut targets = [a.actual, b.actual];
+    for act in &d.actions {
+        let i = usize::from(act.vm == "b");
+        targets[i] = act.balloon_target().unwrap_or_default();
+    }
+    let committed = targets[0] + targets[1];
+    assert!(
+        committed <= total,
+        "Σ targets {} > capacity {} with room left: {:?}",
+        committed.0,
+        total.0,
+        d.actions
+    );
+}
+
+/// QEMU reports `actual` above the configured size (the operator lowered `configured`, or
+/// the balloon misreports): the reserve guard shrinks only down to `actual − step`, and sends
+/// that target although it is above the configured maximum the bounds guard enforced.
+#[test]
+#[ignore = "BUG: guard_reserve's `lowest` (max(floor, actual − max_inflate_step)) is not capped \
+            at vm.configured, so a reserve shrink can emit a target above configured when \
+            actual > configured + step"]
+fn reserve_shrink_never_goes_above_configured() {
+    let vm = VmSample::new("a", Bytes::gib(4), Bytes::gib(6));
+    let d = one_tick(
+        aerostat_guards(Bytes::ZERO),
+        Bytes::gib(2),
+        vec![vm],
+        vec![],
+    );
+    for act in &d.actions {
+        let to = act.balloon_target().unwrap_or_default();
+        assert!(
+            to <= Bytes::gib(4),
+            "target {to} above configured 4 GiB: {act:?}"
+        );
+    }
+}
+
+#[test]
+fn balloonless_and_migrating_vms_are_never_touched() {
+    let mut a = VmSample::new("a", Bytes::gib(8), Bytes::gib(8));
+    a.balloon = false;
+    let mut b = VmSample::new("b", Bytes::gib(8), Bytes::gib(8));
+    b.migrating = true;
+    let c = VmSample::new("c", Bytes::gib(8), Bytes::gib(8));
+    // Host far too small: the reserve guard must squeeze c only.
+    let d = one_tick(
+        aerostat_guards(Bytes::gib(1)),
+        Bytes::gib(8),
+        vec![a, b, c],
+        vec![(0, Bytes::gib(1)), (1, Bytes::gib(1)), (2, Bytes::gib(8))],
+    );
+    assert!(!d.actions.is_empty());
+    assert!(d.actions.iter().all(|a| a.vm == "c"), "{:?}", d.actions);
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixed point: real policies under constant input settle and stay put.
+
+/// A guest whose used memory and page cache do not change. `follow`: its stats are
+/// consistent with the balloon (MemTotal = actual, available = actual − used); otherwise
+/// free / available / disk_caches are the same numbers every tick.
+#[derive(Clone, Debug)]
+struct SteadyGuest {
+    configured: u64,
+    min: Option<u64>,
+    used: u64,
+    cache: u64,
+    class: VmClass,
+    priority: f64,
+    scan_stats: bool,
+}
+
+fn steady_guest() -> impl Strategy<Value = SteadyGuest> {
+    (
+        (1u64..=16).prop_map(|g| g * GIB),
+        prop::option::of(0u64..=50),
+        0u64..=80,
+        0u64..=40,
+        prop::sample::select(VmClass::ALL.to_vec()),
+        prop_oneof![Just(1.0f64), 0.1f64..5.0],
+        any::<bool>(),
+    )
+        .prop_map(
+            |(configured, min, used, cache, class, priority, scan_stats)| {
+                let pct = |p: u64| configured / 100 * p;
+                SteadyGuest {
+                    configured,
+                    min: min.map(pct),
+                    used: pct(used),
+                    cache: pct(cache).min(configured - pct(used)),
+                    class,
+                    priority,
+                    scan_stats,
+                }
+            },
+        )
+}
+
+fn steady_stats(g: &SteadyGuest, actual: Bytes, follow: bool) -> GuestStats {
+    let counters = |on: bool| on.then_some(1000u64);
+    let mut s = GuestStats {
+        swap_in: Some(Bytes::ZERO),
+        swap_out: Some(Bytes::ZERO),
+        major_faults: Some(10),
+        minor_faults: Some(1000),
+        oom_kills: Some(0),
+        async_scans: counters(g.scan_stats),
+        direct_scans: counters(g.scan_stats),
+        async_reclaims: counters(g.scan_stats),
+        direct_reclaims: counters(g.scan_stats),
+        ..GuestStats::default()
+    };
+    if follow {
+        let total = actual.0;
+        let used = g.used.min(total);
+        let cache = g.cache.min(total - used);
+        s.total = Some(Bytes(total));
+        s.available = Some(Bytes(total - used));
+        s.free = Some(Bytes(total - used - cache));
+        s.disk_caches = Some(Bytes(cache));
+    } else {
+        s.available = Some(Bytes(g.configured - g.used));
+        s.free = Some(Bytes(g.configured - g.used - g.cache));
+        s.disk_caches = Some(Bytes(g.cache));
+    }
+    s
+}
+
+/// What the host reports while the guests settle.
+#[derive(Clone, Copy, Debug)]
+enum HostInput {
+    /// The same free / available bytes every tick (the brief's "constant observation").
+    Constant { free: u64 },
+    /// Free = available = total − Σ (actual + overhead): the host sees the balloons move.
+    Follows,
+}
+
+/// Ticks `kind` on a constant observation, the balloon following every target, for
+/// `ticks` ticks; returns the index of the last tick that sent anything.
+fn last_active_tick(
+    kind: PolicyKind,
+    guests: &[SteadyGuest],
+    host_total: u64,
+    host: HostInput,
+    reserve: u64,
+    follow: bool,
+    ticks: usize,
+) -> Option<usize> {
+    let interval = kind.native_interval();
+    let settings = PolicySettings {
+        reserve: Bytes(reserve),
+        interval,
+        ..PolicySettings::default()
+    };
+    let mut ctl = Controller::new(kind.build(&settings));
+    let mut vms: Vec<VmSample> = guests
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let mut vm = VmSample::new(
+                format!("vm-{i:02}"),
+                Bytes(g.configured),
+                Bytes(g.configured),
+            );
+            vm.min = g.min.map(Bytes);
+            vm.class = g.class;
+            vm.priority = g.priority;
+            vm.overhead = Bytes::mib(64);
+            vm
+        })
+        .collect();
+    let mut last = None;
+    for k in 0..ticks {
+        for (vm, g) in vms.iter_mut().zip(guests) {
+            vm.stats = steady_stats(g, vm.actual, follow);
+        }
+        let free = match host {
+            HostInput::Constant { free } => Bytes(free),
+            HostInput::Follows => {
+                Bytes(host_total) - vms.iter().map(|v| v.actual + v.overhead).sum::<Bytes>()
+            }
+        };
+        let obs = Observation {
+            time: Millis(interval.0 * k as u64),
+            host: HostSample {
+                total: Bytes(host_total),
+                free,
+                available: free,
+                ..HostSample::default()
+            },
+            vms: vms.clone(),
+        };
+        let d = ctl.tick(&obs);
+        if !d.actions.is_empty() {
+            last = Some(k);
+        }
+        for a in &d.actions {
+            if let (Some(to), Some(vm)) =
+                (a.balloon_target(), vms.iter_mut().find(|v| v.name == a.vm))
+            {
+                vm.actual = to;
+            }
+        }
+    }
+    last
+}
+
+/// Ticks after which `aerostat` under constant input must be quiet: its slowest cache probe
+/// (1 % of configured memory per minute, over at most 40 % of it) takes 40 minutes, i.e.
+/// 1200 ticks of 2 s; the rest is margin.
+const AEROSTAT_SETTLE: usize = 1800;
+/// Ticks after which the baselines must be quiet (MoM moves ≤ 5 % per 15 s cycle and as
+/// little as ~1 % when squeezing below guest_used, Proxmox 100 MiB per 10 s cycle: 16 GiB
+/// takes 164 cycles).
+const BASELINE_SETTLE: usize = 1000;
+/// Quiet ticks checked after that.
+const QUIET: usize = 300;
+
+fn host_total_for(guests: &[SteadyGuest], pct: u64) -> u64 {
+    let sum: u64 = guests.iter().map(|g| g.configured + 64 * MIB).sum();
+    sum / 100 * pct
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn aerostat_settles_under_constant_input(
+        guests in prop::collection::vec(steady_guest(), 1..=12),
+        host_pct in 30u64..=150,
+        reserve_gib in 0u64..=4,
+        follow in any::<bool>(),
+    ) {
+        let total = host_total_for(&guests, host_pct);
+        let n = AEROSTAT_SETTLE + QUIET;
+        for host in [HostInput::Constant { free: total / 3 }, HostInput::Follows] {
+            let last = last_active_tick(
+                PolicyKind::Aerostat, &guests, total, host, reserve_gib * GIB, follow, n,
+            );
+            prop_assert!(
+                last.is_none_or(|k| k < AEROSTAT_SETTLE),
+                "aerostat still acting at tick {:?} of {} (host {:?})", last, n, host
+            );
+        }
+    }
+
+    #[test]
+    fn mom_settles_under_constant_input(
+        guests in prop::collection::vec(steady_guest(), 1..=12),
+        host_pct in 30u64..=150,
+        // Host free in (0 %, 5 %] makes MoM squeeze at −(5 % − free) of the guest per
+        // cycle plus its averaging lag: monotone, but arbitrarily slow as free → 5 %.
+        free_pct in prop_oneof![Just(0u64), 6u64..=100],
+        follow in any::<bool>(),
+    ) {
+        // When host free is ≤ 5 %, MoM squeezes every guest below its own used memory down
+        // to balloon_min, by about 1 % per cycle (its averaged guest_used lags): monotone,
+        // but thousands of cycles to a floor near 0. vdsm always sets a floor; keep it ≥ 10 %.
+        let guests: Vec<SteadyGuest> = guests
+            .into_iter()
+            .map(|g| SteadyGuest { min: Some(g.min.unwrap_or(0).max(g.configured / 10)), ..g })
+            .collect();
+        let total = host_total_for(&guests, host_pct);
+        let n = BASELINE_SETTLE + QUIET;
+        // Only a constant host: when the host follows the balloons, MoM's 20 % threshold
+        // without hysteresis makes it oscillate around the threshold, as the original does.
+        let host = HostInput::Constant { free: total / 100 * free_pct };
+        for kind in [PolicyKind::Mom, PolicyKind::Static] {
+            let last = last_active_tick(kind, &guests, total, host, GIB, follow, n);
+            prop_assert!(
+                last.is_none_or(|k| k < BASELINE_SETTLE),
+                "{} still acting at tick {:?} of {}", kind, last, n
+            );
+        }
+    }
+
+    /// Proxmox settles under a constant host when its VMs are alike (same size, floor and
+    /// shares). With unlike VMs it need not: see `proxmox_cycles_when_its_grow_goal_cannot_be_met`.
+    #[test]
+    fn proxmox_settles_under_constant_input_with_alike_vms(
+        guest in steady_guest(),
+        n_vms in 1usize..=12,
+        host_pct in 30u64..=150,
+        free_pct in 0u64..=100,
+        follow in any::<bool>(),
+    ) {
+        let guests = vec![guest; n_vms];
+        let total = host_total_for(&guests, host_pct);
+        let n = BASELINE_SETTLE + QUIET;
+        let host = HostInput::Constant { free: total / 100 * free_pct };
+        let last = last_active_tick(PolicyKind::Proxmox, &guests, total, host, GIB, follow, n);
+        prop_assert!(
+            last.is_none_or(|k| k < BASELINE_SETTLE),
+            "proxmox still acting at tick {:?} of {}", last, n
+        );
+    }
+}
+
+/// Characterisation, not a bug in aerostat: Proxmox's `compute_alg1` (reproduced rule for
+/// rule) shrinks a VM above its share-proportional size by 100 MiB even while the host wants
+/// to grow, then grows it back by the goal. When the host's numbers never change (the grow
+/// goal can never be met) this is a limit cycle: 2 GiB → 1.90 GiB → … → 2 GiB, every 7 cycles.
+#[test]
+fn proxmox_cycles_when_its_grow_goal_cannot_be_met() {
+    let g = |configured: u64| SteadyGuest {
+        configured,
+        min: Some(configured / 100),
+        used: 0,
+        cache: 0,
+        class: VmClass::General,
+        priority: 1.0,
+        scan_stats: false,
+    };
+    let guests = [g(GIB), g(2 * GIB)];
+    let total = host_total_for(&guests, 30);
+    let free = total / 100 * 22; // used 78 % < target 80 %: goal ≈ +19 MiB, never met
+    let last = last_active_tick(
+        PolicyKind::Proxmox,
+        &guests,
+        total,
+        HostInput::Constant { free },
+        GIB,
+        false,
+        BASELINE_SETTLE + QUIET,
+    );
+    assert_eq!(last, Some(BASELINE_SETTLE + QUIET - 1), "the cycle stopped");
+}
+
+// ---------------------------------------------------------------------------------------
+// Decisions as JSON.
+
+fn rule() -> impl Strategy<Value = Rule> {
+    prop::sample::select(vec![
+        Rule::MomShrink,
+        Rule::MomGrow,
+        Rule::MomMinGuarantee,
+        Rule::ProxmoxGrow,
+        Rule::ProxmoxShrink,
+        Rule::Deflate,
+        Rule::DeflatePressure,
+        Rule::Reclaim,
+        Rule::HostShort,
+        Rule::BalloonStalled,
+        Rule::Bounds,
+        Rule::GuardFloor,
+        Rule::GuardMax,
+        Rule::GuardReserve,
+    ])
+}
+
+fn decision() -> impl Strategy<Value = Decision> {
+    let action = (
+        any::<String>(),
+        any::<u64>(),
+        any::<u64>(),
+        rule(),
+        any::<String>(),
+    )
+        .prop_map(|(vm, from, to, rule, reason)| Action {
+            vm,
+            kind: ActionKind::Balloon {
+                from: Bytes(from),
+                to: Bytes(to),
+            },
+            rule,
+            reason,
+        });
+    let alert = (any::<u64>(), any::<u64>()).prop_map(|(n, c)| Alert::FloorsDoNotFit {
+        need: Bytes(n),
+        capacity: Bytes(c),
+    });
+    (
+        any::<u64>(),
+        any::<String>(),
+        prop::collection::vec(action, 0..6),
+        prop::collection::vec(alert, 0..3),
+    )
+        .prop_map(|(time, policy, actions, alerts)| Decision {
+            time: Millis(time),
+            policy,
+            actions,
+            alerts,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn decision_json_round_trips(d in decision()) {
+        let json = serde_json::to_string(&d).expect("serialize");
+        let back: Decision = serde_json::from_str(&json).expect("deserialize");
+        prop_assert_eq!(&back, &d);
+        let pretty = serde_json::to_string_pretty(&d).expect("serialize");
+        prop_assert_eq!(serde_json::from_str::<Decision>(&pretty).expect("deserialize"), d);
+    }
+
+    #[test]
+    fn rule_names_are_the_serde_names(r in rule()) {
+        prop_assert_eq!(
+            serde_json::to_string(&r).expect("serialize"),
+            format!("\"{}\"", r.as_str())
+        );
+    }
+}
+
+#[test]
+fn decision_json_shape_is_stable() {
+    let d = Decision {
+        time: Millis(2000),
+        policy: "aerostat".into(),
+        actions: vec![Action {
+            vm: "web-0".into(),
+            kind: ActionKind::Balloon {
+                from: Bytes(2),
+                to: Bytes(1),
+            },
+            rule: Rule::Reclaim,
+            reason: "r".into(),
+        }],
+        alerts: vec![],
+    };
+    assert_eq!(
+        serde_json::to_string(&d).expect("serialize"),
+        r#"{"time":2000,"policy":"aerostat","actions":[{"vm":"web-0","action":"balloon","from":2,"to":1,"rule":"reclaim","reason":"r"}]}"#
+    );
+}

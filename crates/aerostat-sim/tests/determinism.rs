@@ -1,0 +1,116 @@
+//! Same scenario and seed → byte-identical summaries, whatever the thread count; another
+//! seed → another result.
+
+use std::path::{Path, PathBuf};
+
+use aerostat_core::PolicyKind;
+use aerostat_sim::fleet::run_fleet;
+use aerostat_sim::{RunOptions, Scenario, Summary, run};
+
+fn scenario_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scenarios")
+        .join(name)
+}
+
+/// A shipped scenario with its `duration` line replaced.
+fn shortened(name: &str, duration: &str) -> Scenario {
+    let path = scenario_path(name);
+    let text = std::fs::read_to_string(&path).expect("scenario file");
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("duration") {
+                format!("duration = \"{duration}\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    Scenario::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn summary_json(s: &Summary) -> String {
+    serde_json::to_string(s).expect("summary serializes")
+}
+
+fn run_json(scenario: &Scenario, policy: PolicyKind, seed: u64) -> String {
+    let mut opts = RunOptions::new(policy);
+    opts.seed = Some(seed);
+    summary_json(&run(scenario, opts).summary)
+}
+
+#[test]
+fn same_seed_same_bytes_other_seed_other_bytes() {
+    let scenario = shortened("web-diurnal.toml", "6h");
+    for policy in PolicyKind::ALL {
+        for seed in [scenario.seed, 12345] {
+            let a = run_json(&scenario, policy, seed);
+            let b = run_json(&scenario, policy, seed);
+            assert!(
+                a == b,
+                "policy {policy}, seed {seed}: two runs differ\n{a}\n{b}"
+            );
+        }
+        let a = run_json(&scenario, policy, 1);
+        let b = run_json(&scenario, policy, 2);
+        assert!(
+            a != b,
+            "policy {policy}: seeds 1 and 2 gave identical summaries (the seed is ignored?)\n{a}"
+        );
+    }
+}
+
+#[test]
+fn scenario_seed_is_the_default() {
+    let scenario = shortened("web-diurnal.toml", "2h");
+    let default = summary_json(&run(&scenario, RunOptions::new(PolicyKind::Aerostat)).summary);
+    let explicit = run_json(&scenario, PolicyKind::Aerostat, scenario.seed);
+    assert!(
+        default == explicit,
+        "seed {}: default and explicit seed differ",
+        scenario.seed
+    );
+}
+
+fn fleet_on(threads: usize, scenario: &Scenario, opts: &RunOptions, hosts: usize) -> String {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("rayon pool");
+    let (summaries, ticks) = pool.install(|| run_fleet(scenario, opts, hosts));
+    assert_eq!(summaries.len(), hosts);
+    format!(
+        "{ticks}\n{}",
+        summaries
+            .iter()
+            .map(summary_json)
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+#[test]
+fn fleet_does_not_depend_on_thread_count() {
+    let scenario = shortened("web-diurnal.toml", "3h");
+    for policy in [PolicyKind::Aerostat, PolicyKind::Mom] {
+        let mut opts = RunOptions::new(policy);
+        let seed = 99;
+        opts.seed = Some(seed);
+        let one = fleet_on(1, &scenario, &opts, 4);
+        let two = fleet_on(2, &scenario, &opts, 4);
+        assert!(
+            one == two,
+            "policy {policy}, seed {seed}: fleets on 1 and 2 threads differ\n{one}\n---\n{two}"
+        );
+        // Host h runs with seed + h, exactly like a single run with that seed.
+        let host2 = run_json(&scenario, policy, seed + 2);
+        let fleet_host2 = one.lines().nth(3).expect("host 2");
+        assert!(
+            host2 == fleet_host2,
+            "policy {policy}, seed {}: fleet host 2 differs from a single run",
+            seed + 2
+        );
+    }
+}

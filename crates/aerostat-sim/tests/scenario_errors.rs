@@ -1,0 +1,342 @@
+//! Scenario files: the schema from the issue parses, and every error names the file, the
+//! key path and the line (`file:LINE: `key`: message`).
+
+use std::path::{Path, PathBuf};
+
+use aerostat_core::{Bytes, Millis, VmClass};
+use aerostat_sim::Scenario;
+use aerostat_sim::scenario::WorkloadKind;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The schema as the issue gives it (a copy of `scenarios/web-diurnal.toml`).
+const ISSUE_SCHEMA: &str = r#"# A web fleet whose load follows the day: quiet at night, busy in the afternoon.
+[scenario]
+name = "web-diurnal"
+description = "12 stateless web VMs on a 64 GiB host; working sets follow a 24 h cycle"
+duration = "24h"
+seed = 7
+
+[host]
+memory = "64GiB"
+reserve = "4GiB"          # kept for the hypervisor, never given to guests
+swap = "32GiB"
+swap_bandwidth = "500MiB/s"
+
+[[vm]]
+name = "web"
+count = 12                # replicas named web-0..web-11
+memory = "6GiB"           # configured (maximum) guest memory
+min = "1GiB"              # operator floor (optional)
+swap = "2GiB"             # guest swap (optional, default none)
+priority = 1.0            # higher = more important (optional)
+class = "stateless"       # or "database", "batch", ... (optional)
+stagger = "0s"
+[vm.workload]
+kind = "diurnal"          # steady | diurnal | burst | ramp | leak | idle | trace
+working_set = "1.5GiB"    # baseline anonymous working set
+peak = "4GiB"             # for diurnal/burst/ramp
+period = "24h"            # for diurnal
+page_cache = "1GiB"
+"#;
+
+const PATH: &str = "scenarios/under-test.toml";
+
+/// The 1-based line of the first line of `text` that starts with `prefix` (after spaces).
+fn line_of(text: &str, prefix: &str) -> usize {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starts with {prefix:?}"))
+        + 1
+}
+
+/// Replaces the first line starting with `prefix` by `with` (which may hold several lines).
+fn replace_line(text: &str, prefix: &str, with: &str) -> String {
+    let n = line_of(text, prefix) - 1;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| if i == n { with } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn error_of(text: &str, path: &Path) -> String {
+    match Scenario::parse(text, path) {
+        Ok(s) => panic!("scenario {} was accepted: {s:?}", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The error names the file and line as `file:LINE:` and mentions `key`.
+#[track_caller]
+fn assert_names(err: &str, path: &Path, line: usize, key: &str) {
+    let at = format!("{}:{line}:", path.display());
+    assert!(err.contains(&at), "error does not start at `{at}`:\n{err}");
+    assert!(err.contains(key), "error does not name `{key}`:\n{err}");
+}
+
+#[test]
+fn the_issue_schema_parses() {
+    let s = Scenario::parse(ISSUE_SCHEMA, Path::new(PATH)).expect("the issue's schema parses");
+    assert_eq!(s.name, "web-diurnal");
+    assert_eq!(s.duration, Millis(24 * 3_600_000));
+    assert_eq!(s.seed, 7);
+    assert_eq!(s.tick, Millis::secs(1));
+    assert_eq!(s.host.memory, Bytes::gib(64));
+    assert_eq!(s.host.reserve, Bytes::gib(4));
+    assert_eq!(s.host.swap, Bytes::gib(32));
+    assert_eq!(s.host.swap_bandwidth, Bytes::mib(500));
+    assert_eq!(s.vms.len(), 12);
+    let mut names: Vec<String> = (0..12).map(|i| format!("web-{i}")).collect();
+    names.sort();
+    assert_eq!(
+        s.vms.iter().map(|v| v.name.clone()).collect::<Vec<_>>(),
+        names
+    );
+    for v in &s.vms {
+        assert_eq!(v.memory, Bytes::gib(6));
+        assert_eq!(v.min, Some(Bytes::gib(1)));
+        assert_eq!(v.swap, Bytes::gib(2));
+        assert_eq!(v.priority, 1.0);
+        assert_eq!(v.class, VmClass::Stateless);
+        assert_eq!(v.start, Millis::ZERO);
+        assert!(v.balloon);
+        assert_eq!(v.workload.kind, WorkloadKind::Diurnal);
+        assert_eq!(v.workload.working_set, Bytes(3 * Bytes::GIB / 2));
+        assert_eq!(v.workload.peak, Bytes::gib(4));
+        assert_eq!(v.workload.period, Millis(24 * 3_600_000));
+        assert_eq!(v.workload.page_cache, Bytes::gib(1));
+    }
+    // The shipped file is the same scenario.
+    let shipped = Scenario::load(&repo_root().join("scenarios/web-diurnal.toml"))
+        .expect("scenarios/web-diurnal.toml");
+    assert_eq!(format!("{shipped:?}"), format!("{s:?}"));
+}
+
+#[test]
+fn every_shipped_scenario_parses() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(repo_root().join("scenarios")).expect("scenarios/") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "only {n} scenarios found");
+}
+
+// --- Errors found by the TOML parser (stage one) ---------------------------------------
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let text = replace_line(ISSUE_SCHEMA, "min =", "min = \"1GiB\"\nminn = \"1GiB\"");
+    let line = line_of(&text, "minn");
+    let err = error_of(&text, Path::new(PATH));
+    assert!(err.starts_with(PATH), "{err}");
+    assert!(err.contains(&format!("line {line}")), "{err}");
+    assert!(err.contains("unknown field `minn`"), "{err}");
+}
+
+#[test]
+fn bad_unit_names_file_line_and_value() {
+    let text = replace_line(ISSUE_SCHEMA, "memory = \"6GiB\"", "memory = \"4GB\"");
+    let line = line_of(&text, "memory = \"4GB\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert!(err.starts_with(PATH), "{err}");
+    assert!(err.contains(&format!("line {line}")), "{err}");
+    assert!(err.contains("unknown unit `GB` in `4GB`"), "{err}");
+    assert!(err.contains("memory = \"4GB\""), "{err}");
+}
+
+/// What the brief asks of every error: `file:LINE:` and the key path. The TOML parser's
+/// errors give `file: TOML parse error at line N, column C` and the bare field name.
+#[test]
+#[ignore = "BUG: parse-stage errors (unknown key, bad unit) are `file: TOML parse error at line \
+            N, column C ...` — no `file:N:` prefix and no key path (`vm[0].minn`, \
+            `vm[0].memory`), unlike the validation errors"]
+fn parse_errors_use_the_file_line_key_format() {
+    let text = replace_line(ISSUE_SCHEMA, "min =", "min = \"1GiB\"\nminn = \"1GiB\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(&err, Path::new(PATH), line_of(&text, "minn"), "vm[0].minn");
+    let text = replace_line(ISSUE_SCHEMA, "memory = \"6GiB\"", "memory = \"4GB\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "memory = \"4GB\""),
+        "vm[0].memory",
+    );
+}
+
+// --- Errors found by validation (stage two) --------------------------------------------
+
+#[test]
+fn working_set_above_memory() {
+    let text = replace_line(ISSUE_SCHEMA, "working_set =", "working_set = \"8GiB\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[[vm]]"),
+        "`vm[0] (web).workload.working_set`",
+    );
+    assert!(err.contains("above the configured memory"), "{err}");
+}
+
+#[test]
+fn reserve_not_below_host_memory() {
+    for reserve in ["64GiB", "65GiB"] {
+        let text = replace_line(
+            ISSUE_SCHEMA,
+            "reserve =",
+            &format!("reserve = \"{reserve}\""),
+        );
+        let err = error_of(&text, Path::new(PATH));
+        assert_names(
+            &err,
+            Path::new(PATH),
+            line_of(&text, "[host]"),
+            "`host.reserve`",
+        );
+    }
+}
+
+#[test]
+fn floors_and_reserve_above_host() {
+    // 12 floors of 6 GiB + overheads + 4 GiB reserve > 64 GiB + 1 GiB swap.
+    let text = replace_line(ISSUE_SCHEMA, "min =", "min = \"6GiB\"");
+    let text = replace_line(&text, "swap = \"32GiB\"", "swap = \"1GiB\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[host]"),
+        "`host.memory`",
+    );
+    assert!(err.contains("floors"), "{err}");
+}
+
+#[test]
+fn count_zero() {
+    let text = replace_line(ISSUE_SCHEMA, "count =", "count = 0");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[[vm]]"),
+        "`vm[0] (web).count`",
+    );
+}
+
+/// A second `[[vm]]` table, appended at the end of `text`.
+fn second_vm(name: &str, workload: &str) -> String {
+    format!("\n[[vm]]\nname = \"{name}\"\nmemory = \"1GiB\"\n[vm.workload]\n{workload}\n")
+}
+
+#[test]
+fn duplicate_vm_name_names_file_and_key() {
+    // `web` with count 12 expands to web-0..web-11; a VM named web-3 collides.
+    let text =
+        ISSUE_SCHEMA.to_string() + &second_vm("web-3", "kind = \"idle\"\nworking_set = \"100MiB\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert!(err.starts_with(&format!("{PATH}:")), "{err}");
+    assert!(err.contains("`vm.name`"), "{err}");
+    assert!(err.contains("duplicate VM name `web-3`"), "{err}");
+}
+
+#[test]
+#[ignore = "BUG: a duplicate VM name is reported at line 1 (scenario.rs: `invalid(1, \"vm.name\", \
+            ...)` after sorting), not at the `[[vm]]` table that repeats the name"]
+fn duplicate_vm_name_names_its_line() {
+    let text =
+        ISSUE_SCHEMA.to_string() + &second_vm("web-3", "kind = \"idle\"\nworking_set = \"100MiB\"");
+    let second = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("[[vm]]"))
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .expect("two [[vm]] tables");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(&err, Path::new(PATH), second, "vm[1]");
+}
+
+// --- Trace files -------------------------------------------------------------------------
+
+fn trace_scenario(dir: &Path, trace: &str) -> (PathBuf, String) {
+    let text = ISSUE_SCHEMA.to_string()
+        + &second_vm("replay", &format!("kind = \"trace\"\ntrace = \"{trace}\""));
+    let path = dir.join("replay.toml");
+    std::fs::write(&path, &text).expect("write scenario");
+    (path, text)
+}
+
+/// The line of the second `[[vm]]` table in `text`.
+fn second_vm_line(text: &str) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("[[vm]]"))
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .expect("two [[vm]] tables")
+}
+
+#[test]
+fn missing_trace_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, text) = trace_scenario(dir.path(), "nowhere.csv");
+    let err = Scenario::load(&path)
+        .expect_err("missing trace accepted")
+        .to_string();
+    assert_names(
+        &err,
+        &path,
+        second_vm_line(&text),
+        "`vm[1] (replay).workload.trace`",
+    );
+    assert!(err.contains("cannot read trace"), "{err}");
+    assert!(err.contains("nowhere.csv"), "{err}");
+}
+
+#[test]
+fn bad_trace_line_is_reported_with_its_number() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("load.csv");
+    // Line 1 header, 2 good, 3 comment, 4 bad.
+    std::fs::write(
+        &csv,
+        "time_s,working_set_mib,page_cache_mib\n0,100,50\n# quiet\n60,lots,50\n",
+    )
+    .expect("write trace");
+    let (path, text) = trace_scenario(dir.path(), "load.csv");
+    let err = Scenario::load(&path)
+        .expect_err("bad trace accepted")
+        .to_string();
+    assert_names(
+        &err,
+        &path,
+        second_vm_line(&text),
+        "`vm[1] (replay).workload.trace`",
+    );
+    assert!(
+        err.contains(&format!("{}:4:", csv.display())),
+        "trace line 4 not named:\n{err}"
+    );
+    assert!(err.contains("working_set_mib `lots`"), "{err}");
+
+    // Times that go backwards, on line 3.
+    std::fs::write(&csv, "0,100\n60,100\n30,100\n").expect("write trace");
+    let err = Scenario::load(&path)
+        .expect_err("bad trace accepted")
+        .to_string();
+    assert!(err.contains(&format!("{}:3:", csv.display())), "{err}");
+    assert!(err.contains("times must increase"), "{err}");
+
+    // A good trace loads.
+    std::fs::write(&csv, "0,100,50\n60,200,50\n").expect("write trace");
+    Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+}
