@@ -1,6 +1,7 @@
 //! The controller: runs a policy and guards what it proposes.
 //!
-//! Guards, in order (each one explained in the action's reason when it changes a target):
+//! Guards (each one explained in the action's reason when it changes a target); 4 runs
+//! before 3 so the reserve guard sees exactly what will be sent:
 //! 1. **bounds**: never below the VM's floor (operator minimum, pinned memory), never above
 //!    its configured size;
 //! 2. **step**: a target moves at most `max_inflate_step` below / `max_deflate_step` above
@@ -194,6 +195,24 @@ impl Controller {
             p.target = t;
         }
 
+        // Guard 4 (hysteresis) runs before guard 3, so that the reserve guard sees exactly
+        // the changes that will be sent and its own changes are never dropped.
+        for (i, vm) in obs.vms.iter().enumerate() {
+            let Some(p) = pending[i].as_ref() else {
+                continue;
+            };
+            let safety = matches!(p.rule, Rule::GuardFloor | Rule::GuardMax);
+            let from = current[i];
+            let churn = p.target.abs_diff(from) < self.guards.min_change;
+            let held = p.target < from
+                && self.vms[&vm.name]
+                    .last_deflate
+                    .is_some_and(|t| obs.time.saturating_sub(t) < self.guards.inflate_hold);
+            if p.target == from || (!safety && (churn || held)) {
+                pending[i] = None;
+            }
+        }
+
         // Guard 3: the host reserve.
         let mut alerts = Vec::new();
         if let Some(reserve) = self.guards.reserve {
@@ -212,7 +231,7 @@ impl Controller {
             self.guard_reserve(obs, &current, &mut pending, capacity);
         }
 
-        // Guard 4: hysteresis; then emit.
+        // Emit.
         let mut actions = Vec::new();
         for (i, vm) in obs.vms.iter().enumerate() {
             let Some(p) = pending[i].take() else {
@@ -221,23 +240,6 @@ impl Controller {
             let from = current[i];
             if p.target == from {
                 continue;
-            }
-            let safety = matches!(
-                p.rule,
-                Rule::GuardFloor | Rule::GuardMax | Rule::GuardReserve
-            );
-            if !safety {
-                if p.target.abs_diff(from) < self.guards.min_change {
-                    continue;
-                }
-                let state = &self.vms[&vm.name];
-                if p.target < from
-                    && state
-                        .last_deflate
-                        .is_some_and(|t| obs.time.saturating_sub(t) < self.guards.inflate_hold)
-                {
-                    continue;
-                }
             }
             let state = self
                 .vms
@@ -294,18 +296,20 @@ impl Controller {
             return;
         }
 
-        // Growth first: cut every growth proportionally.
+        // Growth first: cut every growth proportionally — but never below the floor (a
+        // raise *to* the floor is not growth the reserve may take back).
+        let base = |i: usize| current[i].max(obs.vms[i].floor());
         let growth: Bytes = (0..obs.vms.len())
-            .map(|i| final_of(i, pending) - current[i])
+            .map(|i| final_of(i, pending) - base(i))
             .sum();
         if growth > Bytes::ZERO {
             let cut_fraction = (excess.as_f64() / growth.as_f64()).min(1.0);
             for (i, slot) in pending.iter_mut().enumerate() {
                 let Some(p) = slot.as_mut() else { continue };
-                if p.target <= current[i] {
+                if p.target <= base(i) {
                     continue;
                 }
-                let g = p.target - current[i];
+                let g = p.target - base(i);
                 // Round the cut up so the sum of cuts covers the excess.
                 let cut = Bytes(((g.as_f64() * cut_fraction).ceil() as u64).min(g.0));
                 let new = p.target - cut;
@@ -336,7 +340,7 @@ impl Controller {
             {
                 lo = lo.max((rss - vm.overhead).min(vm.actual));
             }
-            lo
+            lo.min(vm.configured)
         };
         for pass in 0..2 {
             let lowest = |i: usize| lowest_in(i, pass);

@@ -346,9 +346,17 @@ impl Scenario {
 
     /// Parses scenario text; `path` names the file in errors and anchors trace files.
     pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
-        let raw: RawScenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+        let raw: RawScenario = toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => ScenarioError::Invalid {
+                path: path.to_path_buf(),
+                line: line_of(text, span.start),
+                key: key_path_at(text, span.start),
+                message: e.message().trim_end().to_string(),
+            },
+            None => ScenarioError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string().trim_end().to_string(),
+            },
         })?;
         raw.validate(text, path)
     }
@@ -356,6 +364,39 @@ impl Scenario {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The dotted key path at byte `offset` (`vm[0].workload.peak`, `host.memory`), from the
+/// table headers above it and the key on its line; for errors of the TOML stage.
+fn key_path_at(text: &str, offset: usize) -> String {
+    let line_no = line_of(text, offset);
+    let mut table = String::new();
+    let mut vms = 0usize;
+    let mut key = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if n + 1 == line_no {
+            if let Some((k, _)) = t.split_once('=') {
+                key = k.trim().to_string();
+            }
+            break;
+        }
+        if t == "[[vm]]" {
+            table = format!("vm[{vms}]");
+            vms += 1;
+        } else if let Some(h) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            let h = h.trim();
+            table = match h.strip_prefix("vm.") {
+                Some(rest) if vms > 0 => format!("vm[{}].{rest}", vms - 1),
+                _ => h.to_string(),
+            };
+        }
+    }
+    match (table.is_empty(), key.is_empty()) {
+        (_, true) => table,
+        (true, false) => key,
+        (false, false) => format!("{table}.{key}"),
+    }
 }
 
 impl RawScenario {
@@ -444,6 +485,7 @@ impl RawScenario {
         };
 
         let mut vms = Vec::new();
+        let mut declared: std::collections::HashSet<String> = Default::default();
         for (i, spanned) in self.vm.into_iter().enumerate() {
             let line = line_of(text, spanned.span().start);
             let v = spanned.into_inner();
@@ -481,10 +523,18 @@ impl RawScenario {
                 ));
             }
             if v.swap_bandwidth.is_some_and(|r| r.0 == Bytes::ZERO) {
-                return Err(invalid(line, key("swap_bandwidth"), "must be positive".into()));
+                return Err(invalid(
+                    line,
+                    key("swap_bandwidth"),
+                    "must be positive".into(),
+                ));
             }
             if v.balloon_rate.is_some_and(|r| r.0 == Bytes::ZERO) {
-                return Err(invalid(line, key("balloon_rate"), "must be positive".into()));
+                return Err(invalid(
+                    line,
+                    key("balloon_rate"),
+                    "must be positive".into(),
+                ));
             }
             let priority = v.priority.unwrap_or(1.0);
             if !(priority.is_finite() && priority > 0.0) {
@@ -522,6 +572,13 @@ impl RawScenario {
                 } else {
                     v.name.clone()
                 };
+                if !declared.insert(name.clone()) {
+                    return Err(invalid(
+                        line,
+                        format!("vm[{i}].name"),
+                        format!("duplicate VM name `{name}`"),
+                    ));
+                }
                 vms.push(VmSpec {
                     name,
                     memory: v.memory,

@@ -392,7 +392,11 @@ impl Policy for AerostatPolicy {
                 // Under host pressure, never below what the guest uses plus a sliver of
                 // room: squeezing further only moves the stall into the guest.
                 lowest: (r.used + prof.headroom_min.min(headroom)).min(target),
-                idle_floor: if growing { target } else { (r.used + keep).min(target) },
+                idle_floor: if growing {
+                    target
+                } else {
+                    (r.used + keep).min(target)
+                },
                 weight: prof.weight * vm.priority,
                 rule,
                 explain: Some(explain),
