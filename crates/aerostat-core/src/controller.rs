@@ -136,7 +136,12 @@ impl Controller {
                 });
         }
 
-        let proposals = self.policy.propose(obs);
+        let current: Vec<Bytes> = obs
+            .vms
+            .iter()
+            .map(|vm| self.vms.get(&vm.name).map_or(vm.actual, |s| s.target))
+            .collect();
+        let proposals = self.policy.propose(obs, &current);
         let mut pending: Vec<Option<Pending>> = vec![None; obs.vms.len()];
         for p in proposals {
             if let Some(slot) = pending.get_mut(p.vm) {
@@ -147,12 +152,6 @@ impl Controller {
                 });
             }
         }
-
-        let current: Vec<Bytes> = obs
-            .vms
-            .iter()
-            .map(|vm| self.vms.get(&vm.name).map_or(vm.actual, |s| s.target))
-            .collect();
 
         // Guards 1 and 2: bounds and step, per VM.
         for (i, vm) in obs.vms.iter().enumerate() {
@@ -362,7 +361,8 @@ impl Controller {
                     continue;
                 }
                 let take = (t - lo).min(excess);
-                let new = t - take;
+                // A VM whose actual is above its configured size (misreport) is clamped too.
+                let new = (t - take).min(obs.vms[i].configured);
                 excess = excess - take;
                 let vm = &obs.vms[i];
                 pending[i] = Some(Pending {

@@ -74,7 +74,7 @@ fn replay(policy: &mut dyn Policy, obs: &[Observation]) -> Vec<BTreeMap<String, 
     obs.iter()
         .map(|o| {
             policy
-                .propose(o)
+                .propose(o, &[])
                 .into_iter()
                 .map(|p| (o.vms[p.vm].name.clone(), p.target))
                 .collect()

@@ -39,7 +39,7 @@ impl Policy for Scripted {
     fn guards(&self) -> GuardConfig {
         GuardConfig::passthrough()
     }
-    fn propose(&mut self, _obs: &Observation) -> Vec<Proposal> {
+    fn propose(&mut self, _obs: &Observation, _targets: &[Bytes]) -> Vec<Proposal> {
         let next = std::mem::take(&mut *self.next.lock().expect("script lock"));
         next.into_iter()
             .map(|(vm, target)| Proposal {

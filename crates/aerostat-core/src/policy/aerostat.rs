@@ -223,7 +223,7 @@ impl Policy for AerostatPolicy {
         }
     }
 
-    fn propose(&mut self, obs: &Observation) -> Vec<Proposal> {
+    fn propose(&mut self, obs: &Observation, targets: &[Bytes]) -> Vec<Proposal> {
         let now = obs.time;
         let interval_s = self.settings.interval.as_secs_f64().max(0.1);
         self.memos.retain(|name, _| {
@@ -316,7 +316,7 @@ impl Policy for AerostatPolicy {
             memo.cache_keep = Some(keep);
 
             let need = (r.used + keep + headroom).min(configured);
-            let current = memo_target(vm);
+            let current = targets.get(i).map_or(actual, |t| t.as_f64());
             let explain = Explain {
                 need,
                 used: r.used,
@@ -414,10 +414,15 @@ impl Policy for AerostatPolicy {
         wishes
             .into_iter()
             .filter(|w| {
-                (w.target - obs.vms[w.vm].actual.as_f64()).abs() >= MIB || w.rule != Rule::Reclaim
+                let current = targets
+                    .get(w.vm)
+                    .map_or(obs.vms[w.vm].actual, |t| *t)
+                    .as_f64();
+                (w.target - current).abs() >= MIB || w.rule != Rule::Reclaim
             })
             .filter(|w| {
-                Bytes::from_f64(w.target) != memo_target_bytes(&obs.vms[w.vm])
+                Bytes::from_f64(w.target)
+                    != targets.get(w.vm).copied().unwrap_or(obs.vms[w.vm].actual)
                     || w.rule != Rule::Reclaim
             })
             .map(|w| Proposal {
@@ -525,16 +530,6 @@ impl Wish {
     }
 }
 
-/// The policy compares against `actual`: the controller owns the last target, and the
-/// balloon's `actual` is the host-side fact of where the guest is.
-fn memo_target(vm: &VmSample) -> f64 {
-    vm.actual.as_f64()
-}
-
-fn memo_target_bytes(vm: &VmSample) -> Bytes {
-    vm.actual
-}
-
 impl AerostatPolicy {
     /// When Σ wishes + overheads exceed host total − reserve, lower wishes toward their
     /// `lowest`, cheapest first: lowest weight × room, proportionally.
@@ -585,5 +580,176 @@ impl AerostatPolicy {
                 w.host_short = Some((excess, taken + take));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observation::HostSample;
+
+    const GIB: u64 = 1 << 30;
+
+    fn settings() -> PolicySettings {
+        PolicySettings {
+            reserve: Bytes::gib(1),
+            interval: Millis::secs(1),
+            ..PolicySettings::default()
+        }
+    }
+
+    fn host(total_gib: u64, free_gib: u64) -> HostSample {
+        HostSample {
+            total: Bytes::gib(total_gib),
+            free: Bytes::gib(free_gib),
+            available: Bytes::gib(free_gib),
+            ..HostSample::default()
+        }
+    }
+
+    /// A guest of `configured` GiB at `actual` using `used` MiB with `cache` MiB of cache.
+    fn vm(
+        name: &str,
+        configured: u64,
+        actual: u64,
+        used_mib: u64,
+        cache_mib: u64,
+        t: u64,
+    ) -> VmSample {
+        let mut v = VmSample::new(name, Bytes(configured), Bytes(actual));
+        let free = actual.saturating_sub((used_mib + cache_mib) << 20);
+        v.stats = GuestStats {
+            total: Some(Bytes(actual)),
+            free: Some(Bytes(free)),
+            available: Some(Bytes(free + (cache_mib << 20))),
+            disk_caches: Some(Bytes::mib(cache_mib)),
+            swap_in: Some(Bytes(0)),
+            major_faults: Some(0),
+            oom_kills: Some(0),
+            async_scans: Some(0),
+            async_reclaims: Some(0),
+            last_update: Some(Millis::secs(t)),
+            ..GuestStats::default()
+        };
+        v
+    }
+
+    fn obs(t: u64, vms: Vec<VmSample>) -> Observation {
+        Observation {
+            time: Millis::secs(t),
+            host: host(64, 32),
+            vms,
+        }
+    }
+
+    #[test]
+    fn an_idle_guest_is_reclaimed_toward_its_need() {
+        let mut p = AerostatPolicy::new(settings());
+        let props = p.propose(&obs(0, vec![vm("a", 8 * GIB, 8 * GIB, 1024, 0, 0)]), &[]);
+        assert_eq!(props.len(), 1);
+        let t = props[0].target;
+        assert_eq!(props[0].rule, Rule::Reclaim);
+        // need = 1 GiB used + 0 cache + max(4 % of 8 GiB, 128 MiB) headroom ≈ 1.33 GiB; the
+        // free memory above the headroom goes in one step.
+        assert!(t < Bytes::gib(2) && t > Bytes::gib(1), "{t}");
+        assert!(props[0].reason.contains("need"), "{}", props[0].reason);
+    }
+
+    #[test]
+    fn swap_ins_deflate_at_once() {
+        let mut p = AerostatPolicy::new(settings());
+        let a = 2 * GIB;
+        p.propose(&obs(0, vec![vm("a", 8 * GIB, a, 1800, 100, 0)]), &[]);
+        let mut v = vm("a", 8 * GIB, a, 1800, 100, 1);
+        v.stats.swap_in = Some(Bytes::mib(50));
+        let props = p.propose(&obs(1, vec![v]), &[]);
+        assert_eq!(props[0].rule, Rule::DeflatePressure);
+        assert!(
+            props[0].target >= Bytes(a) + Bytes::mib(256),
+            "{}",
+            props[0].target
+        );
+    }
+
+    #[test]
+    fn a_stalled_balloon_is_detected_and_given_back() {
+        let mut p = AerostatPolicy::new(settings());
+        // Actual stays at 4 GiB although the controller asked for 2 GiB.
+        let mut last = Vec::new();
+        for t in 0..20 {
+            let v = vm("a", 8 * GIB, 4 * GIB, 1024, 0, t);
+            last = p.propose(&obs(t, vec![v]), &[Bytes::gib(2)]);
+            if last.iter().any(|x| x.rule == Rule::BalloonStalled) {
+                break;
+            }
+        }
+        let stalled = last.iter().find(|x| x.rule == Rule::BalloonStalled);
+        assert!(stalled.is_some(), "no stall detected: {last:?}");
+        assert_eq!(
+            stalled.map(|s| s.target),
+            Some(Bytes(4 * GIB) + Bytes::mib(128))
+        );
+    }
+
+    #[test]
+    fn stale_or_missing_stats_hold_the_guest() {
+        let mut p = AerostatPolicy::new(settings());
+        let mut v = vm("a", 8 * GIB, 8 * GIB, 1024, 0, 0);
+        v.stats = GuestStats::default();
+        assert!(
+            p.propose(&obs(0, vec![v]), &[]).is_empty(),
+            "blind guest must be held"
+        );
+        let v = vm("a", 8 * GIB, 8 * GIB, 1024, 0, 0);
+        // Stats 10 minutes old at t = 600 s.
+        assert!(
+            p.propose(&obs(600, vec![v]), &[]).is_empty(),
+            "stale stats must be ignored"
+        );
+    }
+
+    #[test]
+    fn counters_going_backwards_are_not_pressure() {
+        let mut p = AerostatPolicy::new(settings());
+        let mut v = vm("a", 8 * GIB, 2 * GIB, 1500, 100, 0);
+        v.stats.swap_in = Some(Bytes::gib(100));
+        v.stats.major_faults = Some(1 << 40);
+        p.propose(&obs(0, vec![v]), &[]);
+        // The guest rebooted (or lies): counters fall. That is not a reason to act.
+        let v = vm("a", 8 * GIB, 2 * GIB, 1500, 100, 1);
+        let props = p.propose(&obs(1, vec![v]), &[]);
+        assert!(
+            props.iter().all(|x| x.rule != Rule::DeflatePressure),
+            "{props:?}"
+        );
+    }
+
+    #[test]
+    fn absurd_guest_numbers_are_clamped() {
+        let mut p = AerostatPolicy::new(settings());
+        let mut v = vm("a", 4 * GIB, 4 * GIB, 1024, 0, 0);
+        v.stats.available = Some(Bytes(u64::MAX));
+        v.stats.free = Some(Bytes(u64::MAX));
+        v.stats.disk_caches = Some(Bytes(u64::MAX));
+        for x in p.propose(&obs(0, vec![v]), &[]) {
+            assert!(x.target <= Bytes(4 * GIB), "{x:?}");
+        }
+    }
+
+    #[test]
+    fn when_the_host_is_short_important_guests_give_last() {
+        let mut p = AerostatPolicy::new(settings());
+        let mut a = vm("a", 8 * GIB, 8 * GIB, 4096, 2048, 0);
+        a.priority = 4.0;
+        let b = vm("b", 8 * GIB, 8 * GIB, 4096, 2048, 0);
+        let mut o = obs(0, vec![a, b]);
+        o.host = host(12, 0);
+        let props = p.propose(&o, &[]);
+        let t = |n: usize| props.iter().find(|x| x.vm == n).map(|x| x.target);
+        let (ta, tb) = (t(0).expect("a"), t(1).expect("b"));
+        assert!(ta > tb, "a (priority 4) {ta} should keep more than b {tb}");
+        assert!(props.iter().any(|x| x.rule == Rule::HostShort));
+        // Never below what the guests use.
+        assert!(tb >= Bytes::gib(4), "{tb}");
     }
 }

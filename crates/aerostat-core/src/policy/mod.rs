@@ -38,8 +38,11 @@ pub trait Policy: Send + fmt::Debug {
     /// guards their originals have (floor and maximum only) so that they are
     /// reproduced rule for rule.
     fn guards(&self) -> GuardConfig;
-    /// Propose targets for this observation. VMs without a proposal keep their target.
-    fn propose(&mut self, obs: &Observation) -> Vec<Proposal>;
+    /// Propose targets for this observation. `targets[i]` is the balloon target the
+    /// controller last sent to `obs.vms[i]` (its `actual` when never sent): a balloon that
+    /// lags its target is visible only by comparing the two. VMs without a proposal keep
+    /// their target.
+    fn propose(&mut self, obs: &Observation, targets: &[Bytes]) -> Vec<Proposal>;
 }
 
 /// Settings shared by all policies, from the config or scenario file.

@@ -303,7 +303,7 @@ impl Policy for MomPolicy {
         GuardConfig::passthrough()
     }
 
-    fn propose(&mut self, obs: &Observation) -> Vec<Proposal> {
+    fn propose(&mut self, obs: &Observation, _targets: &[Bytes]) -> Vec<Proposal> {
         self.record(obs);
         let Some(host) = self.host.back().copied() else {
             return Vec::new();
@@ -420,7 +420,7 @@ mod tests {
             host(16, 16 * GIB_KIB / 10),
             vec![vm("web-3", 4 * GIB_KIB, 0, 4 * GIB_KIB, Some(3 * GIB_KIB))],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].rule, Rule::MomShrink);
         assert_eq!(
@@ -446,7 +446,7 @@ mod tests {
             host(16, 16 * GIB_KIB / 10),
             vec![vm("db", cur, 0, cur, Some(cur / 20))],
         );
-        assert!(p.propose(&o).is_empty());
+        assert!(p.propose(&o, &[]).is_empty());
         // 1 GiB free: used 3 GiB; floor = 3 GiB + 0.1 × 4 GiB = 3.4 GiB < 0.95 × 4 GiB → 3.8 GiB.
         let mut p = MomPolicy::new();
         let o = obs(
@@ -454,7 +454,7 @@ mod tests {
             host(16, 16 * GIB_KIB / 10),
             vec![vm("db", cur, 0, cur, Some(GIB_KIB))],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(kib_target(&out[0]), (cur as f64 * 0.95) as u64);
         // 0.6 GiB free: used 3.4; floor 3.4 + 0.4 = 3.8...; use 0.5 GiB free: floor 3.5+0.4=3.9.
         let mut p = MomPolicy::new();
@@ -463,7 +463,7 @@ mod tests {
             host(16, 16 * GIB_KIB / 10),
             vec![vm("db", cur, 0, cur, Some(GIB_KIB / 2))],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         let hfp = (16 * GIB_KIB / 10) as f64 / (16 * GIB_KIB) as f64;
         let gfp = 0.2 * (hfp / 0.2);
         let expect = (cur as f64 - (GIB_KIB / 2) as f64) + gfp * cur as f64;
@@ -485,7 +485,7 @@ mod tests {
             host(16, 16 * GIB_KIB / 50),
             vec![vm("db", cur, 0, cur, Some(free))],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         let hfp = (16 * GIB_KIB / 50) as f64 / (16 * GIB_KIB) as f64;
         let expect = ((cur - free) as f64) + (-0.05 + hfp) * cur as f64;
         assert_eq!(kib_target(&out[0]), expect as u64);
@@ -503,7 +503,7 @@ mod tests {
             host(16, GIB_KIB),
             vec![vm("a", cur, min, cur, Some(3 * GIB_KIB))],
         );
-        assert!(p.propose(&o).is_empty());
+        assert!(p.propose(&o, &[]).is_empty());
         // min at 3.9 GiB: target is the minimum.
         let mut p = MomPolicy::new();
         let min = cur - cur / 40;
@@ -512,7 +512,7 @@ mod tests {
             host(16, GIB_KIB),
             vec![vm("a", cur, min, cur, Some(3 * GIB_KIB))],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(kib_target(&out[0]), min);
         assert!(out[0].reason.contains("minimum"), "{}", out[0].reason);
     }
@@ -528,7 +528,7 @@ mod tests {
             host(16, 8 * GIB_KIB),
             vec![vm("a", cur, 0, max, Some(GIB_KIB))],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(out[0].rule, Rule::MomGrow);
         assert_eq!(kib_target(&out[0]), (cur as f64 * 1.05) as u64);
         // Host half free: guest_free_percent 0.5; no guest free: used 2 GiB + 1 GiB = 3 GiB.
@@ -538,7 +538,7 @@ mod tests {
             host(16, 8 * GIB_KIB),
             vec![vm("a", cur, 0, max, Some(0))],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(kib_target(&out[0]), 3 * GIB_KIB);
         // Host 90 % free: 2 GiB + 0.9 × 2 GiB = 3.8 GiB; with max 3 GiB the target jumps to max.
         let mut p = MomPolicy::new();
@@ -547,7 +547,7 @@ mod tests {
             host(10, 9 * GIB_KIB),
             vec![vm("a", cur, 0, 3 * GIB_KIB, Some(0))],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(kib_target(&out[0]), 3 * GIB_KIB);
         assert!(out[0].reason.contains("maximum"));
         // At max: nothing.
@@ -557,7 +557,7 @@ mod tests {
             host(16, 8 * GIB_KIB),
             vec![vm("a", max, 0, max, Some(0))],
         );
-        assert!(p.propose(&o).is_empty());
+        assert!(p.propose(&o, &[]).is_empty());
     }
 
     #[test]
@@ -570,7 +570,7 @@ mod tests {
             host(16, 8 * GIB_KIB),
             vec![vm("a", cur, 0, cur + cur / 1000, Some(0))],
         );
-        assert!(p.propose(&o).is_empty());
+        assert!(p.propose(&o, &[]).is_empty());
     }
 
     #[test]
@@ -581,7 +581,7 @@ mod tests {
             host(16, GIB_KIB),
             vec![vm("a", GIB_KIB, 2 * GIB_KIB, 4 * GIB_KIB, None)],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].rule, Rule::MomMinGuarantee);
         assert_eq!(kib_target(&out[0]), 2 * GIB_KIB);
@@ -595,7 +595,7 @@ mod tests {
             host(16, GIB_KIB),
             vec![vm("a", 4 * GIB_KIB, 0, 4 * GIB_KIB, None)],
         );
-        assert!(p.propose(&o).is_empty());
+        assert!(p.propose(&o, &[]).is_empty());
     }
 
     #[test]
@@ -608,7 +608,7 @@ mod tests {
             host(16, GIB_KIB),
             vec![vm("a", 4 * GIB_KIB, 0, 4 * GIB_KIB, Some(3 * GIB_KIB)), nb],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].vm, 0);
     }
@@ -625,25 +625,34 @@ mod tests {
             } else {
                 16 * GIB_KIB / 10
             };
-            last = p.propose(&obs(
-                t,
-                host(16, free),
-                vec![vm("a", cur, 0, cur, Some(3 * GIB_KIB))],
-            ));
+            last = p.propose(
+                &obs(
+                    t,
+                    host(16, free),
+                    vec![vm("a", cur, 0, cur, Some(3 * GIB_KIB))],
+                ),
+                &[],
+            );
         }
         assert_eq!(last[0].rule, Rule::MomShrink);
         // Two samples: (100 % + 10 %) / 2 = 55 % → grow branch (nothing: at max).
         let mut p = MomPolicy::new();
-        p.propose(&obs(
-            0,
-            host(16, 16 * GIB_KIB),
-            vec![vm("a", cur, 0, cur, Some(0))],
-        ));
-        let out = p.propose(&obs(
-            1,
-            host(16, 16 * GIB_KIB / 10),
-            vec![vm("a", cur, 0, cur, Some(0))],
-        ));
+        p.propose(
+            &obs(
+                0,
+                host(16, 16 * GIB_KIB),
+                vec![vm("a", cur, 0, cur, Some(0))],
+            ),
+            &[],
+        );
+        let out = p.propose(
+            &obs(
+                1,
+                host(16, 16 * GIB_KIB / 10),
+                vec![vm("a", cur, 0, cur, Some(0))],
+            ),
+            &[],
+        );
         assert!(out.is_empty());
         assert!(
             (stat_avg(&p.host, |r| Some(r.mem_free)) - 0.55 * (16 * GIB_KIB) as f64).abs() < 1.0
@@ -657,11 +666,14 @@ mod tests {
         let max = 8 * GIB_KIB;
         // mem_unused: 2 GiB, missing, 0 → average 1 GiB; balloon_cur 4 GiB: used 3 GiB.
         for (t, unused) in [Some(2 * GIB_KIB), None, Some(0)].into_iter().enumerate() {
-            let out = p.propose(&obs(
-                t as u64,
-                host(16, 8 * GIB_KIB),
-                vec![vm("a", cur, 0, max, unused)],
-            ));
+            let out = p.propose(
+                &obs(
+                    t as u64,
+                    host(16, 8 * GIB_KIB),
+                    vec![vm("a", cur, 0, max, unused)],
+                ),
+                &[],
+            );
             if t == 2 {
                 // host 50 % free → guest_free_percent 0.5: 3 GiB + 2 GiB = 5 GiB.
                 assert_eq!(kib_target(&out[0]), 5 * GIB_KIB);
@@ -673,15 +685,15 @@ mod tests {
     fn departed_and_migrating_guests_are_forgotten() {
         let mut p = MomPolicy::new();
         let a = vm("a", 4 * GIB_KIB, 0, 8 * GIB_KIB, Some(0));
-        p.propose(&obs(0, host(16, 8 * GIB_KIB), vec![a.clone()]));
+        p.propose(&obs(0, host(16, 8 * GIB_KIB), vec![a.clone()]), &[]);
         assert_eq!(p.guests["a"].len(), 1);
-        p.propose(&obs(1, host(16, 8 * GIB_KIB), vec![]));
+        p.propose(&obs(1, host(16, 8 * GIB_KIB), vec![]), &[]);
         assert!(!p.guests.contains_key("a"));
-        p.propose(&obs(2, host(16, 8 * GIB_KIB), vec![a.clone()]));
+        p.propose(&obs(2, host(16, 8 * GIB_KIB), vec![a.clone()]), &[]);
         let mut m = a.clone();
         m.migrating = true;
         assert!(
-            p.propose(&obs(3, host(16, 8 * GIB_KIB), vec![m]))
+            p.propose(&obs(3, host(16, 8 * GIB_KIB), vec![m]), &[])
                 .is_empty()
         );
         assert!(!p.guests.contains_key("a"));
@@ -695,7 +707,7 @@ mod tests {
             HostSample::default(),
             vec![vm("a", GIB_KIB, 2 * GIB_KIB, 4 * GIB_KIB, None)],
         );
-        assert!(p.propose(&o).is_empty());
+        assert!(p.propose(&o, &[]).is_empty());
     }
 
     #[test]

@@ -243,7 +243,7 @@ impl Policy for ProxmoxPolicy {
         GuardConfig::passthrough()
     }
 
-    fn propose(&mut self, obs: &Observation) -> Vec<Proposal> {
+    fn propose(&mut self, obs: &Observation, _targets: &[Bytes]) -> Vec<Proposal> {
         let total = signed(obs.host.total);
         let memused = total - signed(obs.host.available);
         let goal = ((i128::from(total) * i128::from(self.target_percent)) as f64 / 100.0
@@ -386,7 +386,7 @@ mod tests {
                 host(total, used),
                 vec![vm("a", 4 * GIB, GIB, 8 * GIB, Some(2 * GIB))],
             );
-            assert_eq!(!p.propose(&o).is_empty(), moves, "used {used}");
+            assert_eq!(!p.propose(&o, &[]).is_empty(), moves, "used {used}");
         }
     }
 
@@ -398,7 +398,7 @@ mod tests {
             host(100 * GIB, 50 * GIB),
             vec![vm("a", 2 * GIB, GIB, 8 * GIB, None)],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(targets(&out), vec![(0, 2 * GIB + 100 * MIB as u64)]);
         assert_eq!(out[0].rule, Rule::ProxmoxGrow);
         assert!(
@@ -418,7 +418,7 @@ mod tests {
         let mut b = vm("b", GIB, GIB, 8 * GIB, None);
         b.shares = 2000;
         let o = obs(host(total, used), vec![vm("a", GIB, GIB, 8 * GIB, None), b]);
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(
             targets(&out),
             vec![(0, GIB + 10 * MIB as u64), (1, GIB + 20 * MIB as u64)]
@@ -438,7 +438,7 @@ mod tests {
                 vm("b", 4 * GIB, GIB, 4 * GIB, Some(0)),
             ],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(targets(&out), vec![(0, 4 * GIB - 50 * MIB as u64)]);
         assert_eq!(out[0].rule, Rule::ProxmoxShrink);
     }
@@ -456,7 +456,7 @@ mod tests {
                 vm("b", 4 * GIB, GIB, 4 * GIB, None),
             ],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(
             targets(&out),
             vec![
@@ -479,7 +479,7 @@ mod tests {
                 vm("b", GIB, GIB, 8 * GIB, None),
             ],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].rule, Rule::ProxmoxShrink);
         assert_eq!(out[0].target.0, 6 * GIB - 100 * MIB as u64);
@@ -514,13 +514,13 @@ mod tests {
         for v in cases {
             let mut p = ProxmoxPolicy::new();
             assert!(
-                p.propose(&obs(host(total, used), vec![v.clone()]))
+                p.propose(&obs(host(total, used), vec![v.clone()]), &[])
                     .is_empty(),
                 "{v:?}"
             );
         }
         let mut p = ProxmoxPolicy::new();
-        assert_eq!(p.propose(&obs(host(total, used), vec![base])).len(), 1);
+        assert_eq!(p.propose(&obs(host(total, used), vec![base]), &[]).len(), 1);
     }
 
     #[test]
@@ -535,7 +535,7 @@ mod tests {
             host(100 * GIB, 60 * GIB),
             vec![vm("a", 4 * GIB, GIB, 4 * GIB, Some(2 * GIB))],
         );
-        let out = p.propose(&o);
+        let out = p.propose(&o, &[]);
         assert_eq!(targets(&out), vec![(0, 4 * GIB - 100 * MIB as u64)]);
     }
 
@@ -556,6 +556,6 @@ mod tests {
             host(100 * GIB, 95 * GIB),
             vec![vm("a", 4 * GIB, min, 4 * GIB, Some(2 * GIB))],
         );
-        assert_eq!(targets(&p.propose(&o)), vec![(0, min)]);
+        assert_eq!(targets(&p.propose(&o, &[])), vec![(0, min)]);
     }
 }

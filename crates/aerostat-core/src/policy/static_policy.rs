@@ -3,6 +3,7 @@
 use crate::controller::GuardConfig;
 use crate::observation::Observation;
 use crate::policy::{Policy, Proposal};
+use crate::units::Bytes;
 
 #[derive(Debug, Default, Clone)]
 pub struct StaticPolicy;
@@ -14,7 +15,7 @@ impl Policy for StaticPolicy {
     fn guards(&self) -> GuardConfig {
         GuardConfig::passthrough()
     }
-    fn propose(&mut self, _obs: &Observation) -> Vec<Proposal> {
+    fn propose(&mut self, _obs: &Observation, _targets: &[Bytes]) -> Vec<Proposal> {
         Vec::new()
     }
 }
