@@ -155,7 +155,8 @@ fn balloon_round_trip() {
     assert_eq!(actual(), Bytes::gib(1));
     let total0 = vm.meminfo_kb("MemTotal");
 
-    rt.block_on(q.enable_stats_polling(1)).expect("stats polling");
+    rt.block_on(q.enable_stats_polling(1))
+        .expect("stats polling");
     rt.block_on(q.set_balloon(Bytes::mib(768)))
         .expect("balloon 768M");
     let took = wait_until(Duration::from_secs(60), "inflation to 768 MiB", || {
@@ -263,10 +264,14 @@ fn overcommit_memory_flows_to_the_guest_that_needs_it() {
     let mut daemon = Daemon::start(work.path(), 1, &config);
 
     // 1. Idle guests get inflated well below their configured size.
-    let squeeze = wait_until(Duration::from_secs(90), "idle guests to be squeezed", || {
-        vms.iter()
-            .all(|vm| vm.balloon_actual() <= (GUEST_MIB - 256) * MIB)
-    });
+    let squeeze = wait_until(
+        Duration::from_secs(90),
+        "idle guests to be squeezed",
+        || {
+            vms.iter()
+                .all(|vm| vm.balloon_actual() <= (GUEST_MIB - 256) * MIB)
+        },
+    );
     println!("idle guests squeezed in {:.1} s", squeeze.as_secs_f64());
     let decisions = daemon.decisions();
     for n in names {
@@ -294,7 +299,10 @@ fn overcommit_memory_flows_to_the_guest_that_needs_it() {
     //    balloon by design, but it only finishes if the daemon gives memory back).
     const CHUNKS: u32 = 16;
     let grow_mib = CHUNKS as u64 * 32;
-    assert!(grow_mib * MIB > a_squeezed, "the workload is past a's current size");
+    assert!(
+        grow_mib * MIB > a_squeezed,
+        "the workload is past a's current size"
+    );
     let ramp = format!(
         "(i=0; while [ $i -lt {CHUNKS} ]; do \
          a=$(awk '/^MemAvailable:/{{print $2}}' /proc/meminfo); \
@@ -310,28 +318,32 @@ fn overcommit_memory_flows_to_the_guest_that_needs_it() {
         let out = vms[0].run_ok("grep -l holding /tmp/hog*.log 2>/dev/null | wc -l");
         out.trim().parse().unwrap_or(0)
     };
-    wait_until(Duration::from_secs(180), "the workload to reach its size", || {
-        std::thread::sleep(Duration::from_millis(400));
-        for vm in vms.iter_mut() {
-            assert!(vm.alive(), "QEMU of {} died", vm.name);
-        }
-        let s = cg_host.sample().expect("cgroup sample");
-        assert_eq!(s.oom_kills, Some(0), "no OOM kill in the host cgroup");
-        if last_check.elapsed() > Duration::from_secs(5) {
-            last_check = Instant::now();
-            println!(
-                "t+{:5.1}s holding {}/{CHUNKS} chunks; actual {:?} MiB; cgroup usage {} MiB",
-                ramp_t0.elapsed().as_secs_f64(),
-                holding(&mut vms),
-                vms.iter()
-                    .map(|v| mib(v.balloon_actual()))
-                    .collect::<Vec<_>>(),
-                mib(s.usage.0)
-            );
-        }
-        cost.sample(&daemon);
-        holding(&mut vms) == CHUNKS
-    });
+    wait_until(
+        Duration::from_secs(180),
+        "the workload to reach its size",
+        || {
+            std::thread::sleep(Duration::from_millis(400));
+            for vm in vms.iter_mut() {
+                assert!(vm.alive(), "QEMU of {} died", vm.name);
+            }
+            let s = cg_host.sample().expect("cgroup sample");
+            assert_eq!(s.oom_kills, Some(0), "no OOM kill in the host cgroup");
+            if last_check.elapsed() > Duration::from_secs(5) {
+                last_check = Instant::now();
+                println!(
+                    "t+{:5.1}s holding {}/{CHUNKS} chunks; actual {:?} MiB; cgroup usage {} MiB",
+                    ramp_t0.elapsed().as_secs_f64(),
+                    holding(&mut vms),
+                    vms.iter()
+                        .map(|v| mib(v.balloon_actual()))
+                        .collect::<Vec<_>>(),
+                    mib(s.usage.0)
+                );
+            }
+            cost.sample(&daemon);
+            holding(&mut vms) == CHUNKS
+        },
+    );
     println!(
         "workload of {grow_mib} MiB holding after {:.1} s",
         ramp_t0.elapsed().as_secs_f64()
@@ -359,7 +371,12 @@ fn overcommit_memory_flows_to_the_guest_that_needs_it() {
         wait_until(Duration::from_secs(10), "guest stats", || {
             vm.guest_oom_kills().is_some()
         });
-        assert_eq!(vm.guest_oom_kills(), Some(0), "{}: no OOM kill in the guest", vm.name);
+        assert_eq!(
+            vm.guest_oom_kills(),
+            Some(0),
+            "{}: no OOM kill in the guest",
+            vm.name
+        );
     }
     let s = cg.host().sample().expect("cgroup sample");
     assert_eq!(s.oom_kills, Some(0), "no OOM kill in the host cgroup");
@@ -406,9 +423,11 @@ fn faults_vm_killed_and_daemon_restarted() {
     // (b) Kill one VM's QEMU.
     let killed_at = daemon.decisions().len();
     vms[1].kill();
-    wait_until(Duration::from_secs(20), "the killed VM to leave /status", || {
-        daemon.vm_status("victim").is_none()
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "the killed VM to leave /status",
+        || daemon.vm_status("victim").is_none(),
+    );
     let m = parse_prometheus(&daemon.metrics()).expect("metrics parse");
     let victim_errors: f64 = m
         .samples_of("aerostat_vm_errors_total")
@@ -416,14 +435,18 @@ fn faults_vm_killed_and_daemon_restarted() {
         .map(|s| s.value)
         .sum();
     // The stale socket stays (SIGKILL leaves it): reconnects fail and are counted.
-    wait_until(Duration::from_secs(20), "errors counted for the killed VM", || {
-        let m = parse_prometheus(&daemon.metrics()).expect("metrics parse");
-        m.samples_of("aerostat_vm_errors_total")
-            .filter(|s| s.label("vm") == Some("victim"))
-            .map(|s| s.value)
-            .sum::<f64>()
-            >= 1.0
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "errors counted for the killed VM",
+        || {
+            let m = parse_prometheus(&daemon.metrics()).expect("metrics parse");
+            m.samples_of("aerostat_vm_errors_total")
+                .filter(|s| s.label("vm") == Some("victim"))
+                .map(|s| s.value)
+                .sum::<f64>()
+                >= 1.0
+        },
+    );
     println!("victim errors at removal: {victim_errors}");
     assert!(
         m.value("aerostat_vm_balloon_actual_bytes", &[("vm", "victim")])
@@ -434,13 +457,17 @@ fn faults_vm_killed_and_daemon_restarted() {
     // the daemon takes it again.
     let steady = &vms[0];
     steady.qmp("balloon", Some(serde_json::json!({"value": 1024 * MIB})));
-    wait_until(Duration::from_secs(30), "steady to be reclaimed again", || {
-        let d = daemon.decisions();
-        decisions_for(&d[killed_at..], "steady")
-            .iter()
-            .any(|d| from_to(d).1 < 1024 * MIB - 256 * MIB)
-            && steady.balloon_actual() < 1024 * MIB - 256 * MIB
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "steady to be reclaimed again",
+        || {
+            let d = daemon.decisions();
+            decisions_for(&d[killed_at..], "steady")
+                .iter()
+                .any(|d| from_to(d).1 < 1024 * MIB - 256 * MIB)
+                && steady.balloon_actual() < 1024 * MIB - 256 * MIB
+        },
+    );
     let st = daemon.status();
     assert_eq!(st["vms"].as_array().map(Vec::len), Some(1), "{st}");
     assert_eq!(st["vms"][0]["responsive"], true);
@@ -448,12 +475,16 @@ fn faults_vm_killed_and_daemon_restarted() {
     // (c) SIGKILL the daemon, then move the balloon far from where it left it (an operator
     // or a crash-restart of QEMU), then restart: targets start from `actual` and move at
     // most one inflate step (512 MiB) per tick.
-    wait_until(Duration::from_secs(30), "steady's balloon to settle", || {
-        daemon
-            .vm_status("steady")
-            .and_then(|v| v["target"].as_u64())
-            .is_some_and(|t| t == steady.balloon_actual())
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "steady's balloon to settle",
+        || {
+            daemon
+                .vm_status("steady")
+                .and_then(|v| v["target"].as_u64())
+                .is_some_and(|t| t == steady.balloon_actual())
+        },
+    );
     daemon.kill();
     steady.qmp("balloon", Some(serde_json::json!({"value": 1024 * MIB})));
     wait_until(Duration::from_secs(30), "steady back to 1 GiB", || {
@@ -469,7 +500,10 @@ fn faults_vm_killed_and_daemon_restarted() {
     let first = decisions_for(&after, "steady");
     let first = first.first().expect("a decision for steady");
     let (from, to) = from_to(first);
-    assert_eq!(from, actual_before, "the restarted daemon starts from actual");
+    assert_eq!(
+        from, actual_before,
+        "the restarted daemon starts from actual"
+    );
     assert!(
         from.abs_diff(to) <= 512 * MIB,
         "first move {} → {} MiB is within one inflate step",
@@ -614,11 +648,16 @@ fn metrics_status_and_sigterm() {
             "# HELP of {family}"
         );
     }
-    let host_total = m.value("aerostat_host_total_bytes", &[]).expect("host total");
+    let host_total = m
+        .value("aerostat_host_total_bytes", &[])
+        .expect("host total");
     let host_avail = m
         .value("aerostat_host_available_bytes", &[])
         .expect("host available");
-    assert!(host_avail > 0.0 && host_avail <= host_total, "{host_avail} of {host_total}");
+    assert!(
+        host_avail > 0.0 && host_avail <= host_total,
+        "{host_avail} of {host_total}"
+    );
     for vm in &vms {
         let l = [("vm", vm.name.as_str())];
         let target = m
@@ -627,11 +666,21 @@ fn metrics_status_and_sigterm() {
         let actual = m
             .value("aerostat_vm_balloon_actual_bytes", &l)
             .expect("actual");
-        let configured = m.value("aerostat_vm_configured_bytes", &l).expect("configured");
+        let configured = m
+            .value("aerostat_vm_configured_bytes", &l)
+            .expect("configured");
         assert_eq!(configured, (vm.mem_mib * MIB) as f64);
-        assert!(target >= (200 * MIB) as f64 && target <= configured, "{target}");
+        assert!(
+            target >= (200 * MIB) as f64 && target <= configured,
+            "{target}"
+        );
         assert!(actual > 0.0 && actual <= configured, "{actual}");
-        assert_eq!(actual, vm.balloon_actual() as f64, "{}: actual is QEMU's", vm.name);
+        assert_eq!(
+            actual,
+            vm.balloon_actual() as f64,
+            "{}: actual is QEMU's",
+            vm.name
+        );
         let decided: f64 = m
             .samples_of("aerostat_decisions_total")
             .filter(|s| s.label("vm") == Some(&vm.name))
@@ -644,7 +693,9 @@ fn metrics_status_and_sigterm() {
         .map(|s| s.value)
         .sum();
     assert_eq!(total_decisions as usize, daemon.decisions().len());
-    let tick = m.value("aerostat_tick_duration_seconds", &[]).expect("tick");
+    let tick = m
+        .value("aerostat_tick_duration_seconds", &[])
+        .expect("tick");
     assert!(tick > 0.0 && tick < 1.0, "tick duration {tick} s");
 
     let st = daemon.status();
@@ -652,8 +703,16 @@ fn metrics_status_and_sigterm() {
     assert_eq!(st["interval_ms"], 1000);
     assert_eq!(st["dry_run"], false);
     assert!(st["ticks"].as_u64().is_some_and(|t| t > 5));
-    assert!(st["host"]["total"].as_u64().is_some_and(|t| t as f64 == host_total));
-    assert!(st["capacity"].as_u64().is_some_and(|c| c as f64 == host_total - (512 * MIB) as f64));
+    assert!(
+        st["host"]["total"]
+            .as_u64()
+            .is_some_and(|t| t as f64 == host_total)
+    );
+    assert!(
+        st["capacity"]
+            .as_u64()
+            .is_some_and(|c| c as f64 == host_total - (512 * MIB) as f64)
+    );
     let listed: Vec<&str> = st["vms"]
         .as_array()
         .expect("vms")
@@ -684,5 +743,8 @@ fn metrics_status_and_sigterm() {
     std::thread::sleep(Duration::from_secs(2));
     let after: Vec<u64> = vms.iter().map(|v| v.balloon_actual()).collect();
     assert_eq!(before, after, "balloons are left where they were");
-    println!("metrics_status_and_sigterm: {:.1} s", t0.elapsed().as_secs_f64());
+    println!(
+        "metrics_status_and_sigterm: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 }

@@ -108,7 +108,7 @@ pub fn policies(args: &BenchPoliciesArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn find<'a>(runs: &'a [Summary], policy: PolicyKind) -> Option<&'a Summary> {
+fn find(runs: &[Summary], policy: PolicyKind) -> Option<&Summary> {
     runs.iter().find(|s| s.policy == policy.as_str())
 }
 

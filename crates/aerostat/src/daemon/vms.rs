@@ -103,7 +103,7 @@ impl VmRegistry {
         path: &PathBuf,
         config: &Config,
     ) -> Result<VmConn, QmpError> {
-        let qemu = QemuVm::connect_with(path, self.options.clone()).await?;
+        let qemu = QemuVm::connect_with(path, self.options).await?;
         // aerostat turns guest statistics on itself, whatever the VM was started with.
         if let Err(e) = qemu.enable_stats_polling(config.stats_interval_s).await {
             tracing::warn!(vm = %name, error = %e, "cannot enable guest statistics");
@@ -228,7 +228,7 @@ impl VmConn {
         self.last_error = Some(format!("{what}: {e}"));
         metrics.count_error(vm, what);
         // Logs a guest can trigger are rate-limited: the first few, then every 100th.
-        if self.errors <= 3 || self.errors % 100 == 0 {
+        if self.errors <= 3 || self.errors.is_multiple_of(100) {
             tracing::warn!(vm, what, error = %e, errors = self.errors, "VM error");
         }
     }

@@ -113,7 +113,12 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
         .arg("CLK_TCK")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u64>().ok())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .unwrap_or(100);
     Some(Duration::from_millis(ticks * 1000 / hz))
 }
@@ -128,7 +133,8 @@ pub fn vm_rss(pid: u32) -> Option<Bytes> {
 /// One short QMP session: connect, negotiate, run one command, close. A QMP socket serves one
 /// client at a time; the daemon has its own socket.
 pub fn qmp(path: &Path, command: &str, arguments: Option<Value>) -> Result<Value, String> {
-    let stream = UnixStream::connect(path).map_err(|e| format!("connect {}: {e}", path.display()))?;
+    let stream =
+        UnixStream::connect(path).map_err(|e| format!("connect {}: {e}", path.display()))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
@@ -425,7 +431,8 @@ impl Drop for TestVm {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            let qemu = std::fs::read_to_string(self.dir.path().join("qemu.log")).unwrap_or_default();
+            let qemu =
+                std::fs::read_to_string(self.dir.path().join("qemu.log")).unwrap_or_default();
             eprintln!(
                 "--- {} (pid {}): qemu log ---\n{qemu}--- console tail ---\n{}\n---",
                 self.name,
@@ -489,7 +496,10 @@ impl TestCgroup {
         let cg = match CgroupHost::create(parent.path(), &name) {
             Ok(cg) => cg,
             Err(e) => {
-                println!("SKIP: {test}: cannot create a memory cgroup below {}: {e}", parent.path().display());
+                println!(
+                    "SKIP: {test}: cannot create a memory cgroup below {}: {e}",
+                    parent.path().display()
+                );
                 return None;
             }
         };
@@ -654,10 +664,14 @@ impl Daemon {
     /// Waits until `n` more ticks have run.
     pub fn wait_ticks(&self, n: u64) {
         let start = self.ticks();
-        wait_until(Duration::from_secs(10 + 5 * n), &format!("{n} daemon ticks"), || {
-            self.assert_running();
-            self.ticks() >= start + n
-        });
+        wait_until(
+            Duration::from_secs(10 + 5 * n),
+            &format!("{n} daemon ticks"),
+            || {
+                self.assert_running();
+                self.ticks() >= start + n
+            },
+        );
     }
 
     /// SIGTERM; asserts exit status 0 within `within`. Returns how long it took.
@@ -723,7 +737,7 @@ impl Drop for Daemon {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromSample {
     pub name: String,
-    pub labels: Vec<(String, String)>,
+    pub labels: Labels,
     pub value: f64,
 }
 
@@ -781,12 +795,16 @@ fn parse_value(s: &str) -> Result<f64, String> {
         "+Inf" => Ok(f64::INFINITY),
         "-Inf" => Ok(f64::NEG_INFINITY),
         "NaN" => Ok(f64::NAN),
-        _ => s.parse::<f64>().map_err(|e| format!("bad value `{s}`: {e}")),
+        _ => s
+            .parse::<f64>()
+            .map_err(|e| format!("bad value `{s}`: {e}")),
     }
 }
 
+type Labels = Vec<(String, String)>;
+
 /// Parses `{k="v",...}`; returns the labels and the rest of the line.
-fn parse_labels(s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn parse_labels(s: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     let mut rest = s.strip_prefix('{').ok_or("expected `{`")?;
     loop {
@@ -853,8 +871,15 @@ pub fn parse_prometheus(text: &str) -> Result<PromText, String> {
                 "TYPE" => {
                     if !matches!(
                         arg,
-                        "counter" | "gauge" | "histogram" | "summary" | "untyped" | "unknown"
-                            | "info" | "stateset" | "gaugehistogram"
+                        "counter"
+                            | "gauge"
+                            | "histogram"
+                            | "summary"
+                            | "untyped"
+                            | "unknown"
+                            | "info"
+                            | "stateset"
+                            | "gaugehistogram"
                     ) {
                         return Err(err(format!("bad type `{arg}`")));
                     }
@@ -899,9 +924,12 @@ pub fn parse_prometheus(text: &str) -> Result<PromText, String> {
         // histograms `_bucket`/`_sum`/`_count`, etc.).
         let declared = out.types.iter().any(|(family, _)| {
             name == family
-                || name
-                    .strip_prefix(family.as_str())
-                    .is_some_and(|s| matches!(s, "_total" | "_created" | "_bucket" | "_sum" | "_count" | "_info"))
+                || name.strip_prefix(family.as_str()).is_some_and(|s| {
+                    matches!(
+                        s,
+                        "_total" | "_created" | "_bucket" | "_sum" | "_count" | "_info"
+                    )
+                })
         });
         if !declared {
             return Err(err(format!("sample `{name}` before its # TYPE")));
