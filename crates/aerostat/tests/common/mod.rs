@@ -1,0 +1,944 @@
+//! Fixtures for the real-VM tests: QEMU guests (`TestVm`), the `aerostat run` daemon
+//! (`Daemon`), a memory cgroup standing for a small host (`TestCgroup`), a blocking QMP
+//! client for the test's own socket, a strict Prometheus text parser, and `wait_until`.
+//!
+//! Guests are the ones `guest/build.sh` builds (a 6.12 kernel and a busybox initramfs with a
+//! serial command loop, see `guest/README.md`). Everything runs under TCG: the machines this
+//! project runs on have a nested KVM that cannot run a stock kernel.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use aerostat_core::Bytes;
+use aerostat_host::{CgroupHost, own_memory_cgroup};
+use serde_json::{Value, json};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+pub const MIB: u64 = 1 << 20;
+/// Boots take 7-16 s here under TCG (more while cargo builds run on the same 2 cores).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Guests under TCG on 2 cores must not overlap: every test holds this for its whole body.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial_lock() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The guest kernel and initramfs.
+#[derive(Debug, Clone)]
+pub struct GuestFiles {
+    pub vmlinuz: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// QEMU and the guest files, or `None` after a `SKIP:` line.
+pub fn prerequisites(test: &str) -> Option<GuestFiles> {
+    let found = Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        println!("SKIP: {test}: {QEMU} is not installed (see guest/install-host-deps.sh)");
+        return None;
+    }
+    let dir = std::env::var_os("AEROSTAT_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/aerostat-guest"));
+    let files = GuestFiles {
+        vmlinuz: dir.join("vmlinuz"),
+        initrd: dir.join("initramfs.cpio.gz"),
+    };
+    if !files.vmlinuz.is_file() || !files.initrd.is_file() {
+        println!(
+            "SKIP: {test}: guest files missing in {} (run `bash guest/build.sh`)",
+            dir.display()
+        );
+        return None;
+    }
+    Some(files)
+}
+
+/// Polls `check` every 100 ms until it returns true; panics naming `what` after `timeout`.
+/// Returns how long it took.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if check() {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped) is not alive.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string))
+        })
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// `kill -SIG PID` (the workspace denies `unsafe`, so no libc).
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// CPU time (user + system) a process has used, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the comm: state is field 3, utime 14, stime 15 (1-based) → indexes 11, 12.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(100);
+    Some(Duration::from_millis(ticks * 1000 / hz))
+}
+
+pub fn vm_rss(pid: u32) -> Option<Bytes> {
+    aerostat_qemu::backend::read_rss(pid).ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// QMP (blocking, for the test's own socket)
+
+/// One short QMP session: connect, negotiate, run one command, close. A QMP socket serves one
+/// client at a time; the daemon has its own socket.
+pub fn qmp(path: &Path, command: &str, arguments: Option<Value>) -> Result<Value, String> {
+    let stream =
+        UnixStream::connect(path).map_err(|e| format!("connect {}: {e}", path.display()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(|e| e.to_string())?;
+    if !line.contains("\"QMP\"") {
+        return Err(format!("no QMP greeting: {line}"));
+    }
+    let mut call = |msg: Value| -> Result<Value, String> {
+        writer
+            .write_all(format!("{msg}\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("QMP connection closed".into());
+            }
+            let v: Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))?;
+            if v.get("event").is_some() {
+                continue;
+            }
+            if let Some(err) = v.get("error") {
+                return Err(format!("QMP {}: {err}", msg["execute"]));
+            }
+            return Ok(v.get("return").cloned().unwrap_or(Value::Null));
+        }
+    };
+    call(json!({"execute": "qmp_capabilities"}))?;
+    let mut msg = json!({ "execute": command });
+    if let Some(a) = arguments {
+        msg["arguments"] = a;
+    }
+    call(msg)
+}
+
+// ---------------------------------------------------------------------------------------------
+// TestVm
+
+/// How to start a guest.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub name: String,
+    pub mem_mib: u64,
+    pub deflate_on_oom: bool,
+    /// Directory the daemon's `qmp_glob` watches: a second QMP socket `<name>.qmp` goes there.
+    pub daemon_qmp_dir: Option<PathBuf>,
+    /// Memory cgroup (the "host") the QEMU process is moved into right after spawn.
+    pub cgroup: Option<PathBuf>,
+}
+
+impl VmSpec {
+    pub fn new(name: &str, mem_mib: u64) -> VmSpec {
+        VmSpec {
+            name: name.into(),
+            mem_mib,
+            deflate_on_oom: false,
+            daemon_qmp_dir: None,
+            cgroup: None,
+        }
+    }
+
+    pub fn daemon_dir(mut self, dir: &Path) -> VmSpec {
+        self.daemon_qmp_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    pub fn in_cgroup(mut self, cg: &Path) -> VmSpec {
+        self.cgroup = Some(cg.to_path_buf());
+        self
+    }
+}
+
+/// A QEMU guest in its own temp dir. `Drop` kills QEMU by pid (and reaps it) and, if the test
+/// is failing, prints the tail of the guest console.
+#[derive(Debug)]
+pub struct TestVm {
+    pub name: String,
+    pub mem_mib: u64,
+    dir: tempfile::TempDir,
+    child: Child,
+    pub serial: PathBuf,
+    /// The test's own QMP socket.
+    pub qmp: PathBuf,
+    /// The daemon's QMP socket, if any.
+    pub daemon_qmp: Option<PathBuf>,
+    pub console: PathBuf,
+    pub boot_time: Option<Duration>,
+    started: Instant,
+}
+
+impl TestVm {
+    /// Spawns QEMU (does not wait for the guest).
+    pub fn spawn(files: &GuestFiles, spec: &VmSpec) -> TestVm {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("aerostat-vm-{}-", spec.name))
+            .tempdir()
+            .expect("temp dir");
+        let serial = dir.path().join("serial.sock");
+        let qmp = dir.path().join("qmp.sock");
+        let console = dir.path().join("console.log");
+        let daemon_qmp = spec
+            .daemon_qmp_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.qmp", spec.name)));
+        let log = std::fs::File::create(dir.path().join("qemu.log")).expect("qemu log");
+        let mut balloon = String::from("virtio-balloon-pci,id=balloon0,free-page-reporting=on");
+        if spec.deflate_on_oom {
+            balloon.push_str(",deflate-on-oom=on");
+        }
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-nodefaults", "-no-user-config", "-machine", "pc"])
+            // A small translation cache: TCG's default (up to 1 GiB) would dwarf the guests.
+            .args(["-accel", "tcg,tb-size=32", "-cpu", "max", "-smp", "1"])
+            .args(["-m", &format!("{}M", spec.mem_mib)])
+            .args(["-display", "none", "-vga", "none", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&files.vmlinuz)
+            .arg("-initrd")
+            .arg(&files.initrd)
+            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=ser0,path={},server=on,wait=off,logfile={}",
+                serial.display(),
+                console.display()
+            ))
+            .args(["-serial", "chardev:ser0"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        if let Some(d) = &daemon_qmp {
+            cmd.arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", d.display()));
+        }
+        cmd.args(["-device", &balloon])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn qemu-system-x86_64");
+        if let Some(cg) = &spec.cgroup {
+            CgroupHost::open(cg)
+                .and_then(|c| c.add_pid(child.id()))
+                .expect("move QEMU into the host cgroup");
+        }
+        TestVm {
+            name: spec.name.clone(),
+            mem_mib: spec.mem_mib,
+            dir,
+            child,
+            serial,
+            qmp,
+            daemon_qmp,
+            console,
+            boot_time: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Spawns and waits for the guest's command loop.
+    pub fn start(files: &GuestFiles, spec: &VmSpec) -> TestVm {
+        let mut vm = TestVm::spawn(files, spec);
+        vm.wait_ready();
+        vm
+    }
+
+    /// Waits for `@@AEROSTAT-READY@@` in the console log (which records everything, even
+    /// what is said while no client is connected), then keeps kernel messages off the console.
+    pub fn wait_ready(&mut self) {
+        let console = self.console.clone();
+        let pid = self.pid();
+        let name = self.name.clone();
+        wait_until(BOOT_TIMEOUT, &format!("guest {name} to boot"), || {
+            assert!(pid_alive(pid), "QEMU of {name} exited during boot");
+            std::fs::read(&console)
+                .map(|b| b.windows(18).any(|w| w == b"@@AEROSTAT-READY@@"))
+                .unwrap_or(false)
+        });
+        self.boot_time = Some(self.started.elapsed());
+        self.run_ok("dmesg -n 1");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Runs one command line in the guest; returns (exit code, output).
+    pub fn run(&self, command: &str) -> (i32, String) {
+        self.run_timeout(command, Duration::from_secs(60))
+    }
+
+    pub fn run_timeout(&self, command: &str, timeout: Duration) -> (i32, String) {
+        assert!(!command.contains('\n'), "one line per command");
+        let mut sock = UnixStream::connect(&self.serial)
+            .unwrap_or_else(|e| panic!("{}: serial connect: {e}", self.name));
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        sock.write_all(format!("{command}\n").as_bytes())
+            .expect("serial write");
+        let deadline = Instant::now() + timeout;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        loop {
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(at) = text.find("@@AEROSTAT-DONE ") {
+                let rest = &text[at + 16..];
+                if let Some(end) = rest.find("@@") {
+                    let rc = rest[..end].trim().parse().unwrap_or(-1);
+                    return (rc, text[..at].to_string());
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = sock.write_all(b"\x03");
+                panic!(
+                    "{}: no answer to `{command}` after {timeout:?}; output: {text}",
+                    self.name
+                );
+            }
+            match sock.read(&mut chunk) {
+                Ok(0) => panic!("{}: serial socket closed", self.name),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("{}: serial read: {e}", self.name),
+            }
+        }
+    }
+
+    /// Runs a command that must succeed; returns its output.
+    pub fn run_ok(&self, command: &str) -> String {
+        let (rc, out) = self.run(command);
+        assert_eq!(rc, 0, "{}: `{command}` failed: {out}", self.name);
+        out
+    }
+
+    /// A `/proc/meminfo` field in kB.
+    pub fn meminfo_kb(&self, field: &str) -> u64 {
+        let out = self.run_ok(&format!("grep '^{field}:' /proc/meminfo"));
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no {field} in {out:?}", self.name))
+    }
+
+    /// QMP over the test's own socket.
+    pub fn qmp(&self, command: &str, arguments: Option<Value>) -> Value {
+        qmp(&self.qmp, command, arguments).unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+
+    /// `query-balloon` → `actual`, bytes.
+    pub fn balloon_actual(&self) -> u64 {
+        self.qmp("query-balloon", None)["actual"]
+            .as_u64()
+            .expect("actual")
+    }
+
+    /// The guest's balloon statistics (`stats` object of `guest-stats`).
+    pub fn guest_stats(&self) -> Value {
+        self.qmp(
+            "qom-get",
+            Some(json!({"path": "/machine/peripheral/balloon0", "property": "guest-stats"})),
+        )
+    }
+
+    /// `stat-oom-kills` as the guest reports it (None: not reported yet / unsupported).
+    pub fn guest_oom_kills(&self) -> Option<u64> {
+        self.guest_stats()["stats"]["stat-oom-kills"]
+            .as_u64()
+            .filter(|&v| v != u64::MAX)
+    }
+
+    /// Kills QEMU now (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn console_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.console).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let qemu =
+                std::fs::read_to_string(self.dir.path().join("qemu.log")).unwrap_or_default();
+            eprintln!(
+                "--- {} (pid {}): qemu log ---\n{qemu}--- console tail ---\n{}\n---",
+                self.name,
+                self.pid(),
+                self.console_tail(40)
+            );
+        }
+    }
+}
+
+/// Spawns every guest first, then waits for all of them: boots overlap.
+pub fn start_all(files: &GuestFiles, specs: &[VmSpec]) -> Vec<TestVm> {
+    let mut vms: Vec<TestVm> = specs.iter().map(|s| TestVm::spawn(files, s)).collect();
+    for vm in &mut vms {
+        vm.wait_ready();
+    }
+    vms
+}
+
+// ---------------------------------------------------------------------------------------------
+// TestCgroup
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|u| u.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A memory cgroup below this process's own (so it stays inside whatever limits the test run
+/// has), standing for a small host. `Drop` removes it (VMs must be gone first: declare it
+/// before them).
+#[derive(Debug)]
+pub struct TestCgroup {
+    cg: Option<CgroupHost>,
+}
+
+impl TestCgroup {
+    /// `None` after a `SKIP:` line when not root or there is no memory controller.
+    pub fn create(test: &str, limit: Bytes) -> Option<TestCgroup> {
+        if !is_root() {
+            println!("SKIP: {test}: needs root to create a memory cgroup");
+            return None;
+        }
+        let parent = match own_memory_cgroup() {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                println!("SKIP: {test}: no cgroup v1 or v2 memory controller here");
+                return None;
+            }
+            Err(e) => {
+                println!("SKIP: {test}: cannot find this process's memory cgroup: {e}");
+                return None;
+            }
+        };
+        let name = format!("aerostat-realvm-{}-{test}", std::process::id());
+        let cg = match CgroupHost::create(parent.path(), &name) {
+            Ok(cg) => cg,
+            Err(e) => {
+                println!(
+                    "SKIP: {test}: cannot create a memory cgroup below {}: {e}",
+                    parent.path().display()
+                );
+                return None;
+            }
+        };
+        cg.set_limit(limit).expect("set the cgroup limit");
+        Some(TestCgroup { cg: Some(cg) })
+    }
+
+    pub fn host(&self) -> &CgroupHost {
+        self.cg.as_ref().expect("present until drop")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.host().path()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Some(cg) = self.cg.take() {
+            let path = cg.path().to_path_buf();
+            if let Err(e) = cg.remove() {
+                eprintln!("could not remove test cgroup {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Daemon
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `aerostat run --config F`: stdout (decision lines) and stderr (logs) go to files in its
+/// temp dir. `Drop` kills it by pid and, if the test is failing, prints its log.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    pid: u32,
+    dir: PathBuf,
+    pub config: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub port: u16,
+    started: Instant,
+}
+
+impl Daemon {
+    /// Starts the daemon. `config` is the TOML without an `[api]` table: one is added with a
+    /// free port. `dir` holds the config and output files; `run` numbers them (restarts).
+    pub fn start(dir: &Path, run: u32, config: &str) -> Daemon {
+        let port = free_port();
+        let config_path = dir.join(format!("aerostat-{run}.toml"));
+        std::fs::write(
+            &config_path,
+            format!("{config}\n[api]\nlisten = \"127.0.0.1:{port}\"\n"),
+        )
+        .expect("write config");
+        let stdout = dir.join(format!("decisions-{run}.jsonl"));
+        let stderr = dir.join(format!("daemon-{run}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_aerostat"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn aerostat run");
+        let pid = child.id();
+        let d = Daemon {
+            child: Some(child),
+            pid,
+            dir: dir.to_path_buf(),
+            config: config_path,
+            stdout,
+            stderr,
+            port,
+            started: Instant::now(),
+        };
+        wait_until(Duration::from_secs(20), "the daemon's /status", || {
+            d.assert_running();
+            d.get("/status").is_ok()
+        });
+        d
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn assert_running(&self) {
+        assert!(
+            pid_alive(self.pid),
+            "aerostat run exited; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Every decision line so far, parsed.
+    pub fn decisions(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.stdout)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("decision line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Decision lines as written.
+    pub fn decision_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.stdout)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn get(&self, path: &str) -> Result<String, String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        ureq::get(&url)
+            .call()
+            .map_err(|e| format!("GET {url}: {e}"))?
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("GET {url}: {e}"))
+    }
+
+    pub fn status(&self) -> Value {
+        let body = self.get("/status").expect("GET /status");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").expect("GET /metrics")
+    }
+
+    /// `/status` → `ticks`.
+    pub fn ticks(&self) -> u64 {
+        self.status()["ticks"].as_u64().unwrap_or(0)
+    }
+
+    /// The VM entry of `/status`, if listed.
+    pub fn vm_status(&self, name: &str) -> Option<Value> {
+        self.status()["vms"]
+            .as_array()?
+            .iter()
+            .find(|v| v["name"] == name)
+            .cloned()
+    }
+
+    /// Waits until `n` more ticks have run.
+    pub fn wait_ticks(&self, n: u64) {
+        let start = self.ticks();
+        wait_until(
+            Duration::from_secs(10 + 5 * n),
+            &format!("{n} daemon ticks"),
+            || {
+                self.assert_running();
+                self.ticks() >= start + n
+            },
+        );
+    }
+
+    /// SIGTERM; asserts exit status 0 within `within`. Returns how long it took.
+    pub fn terminate(&mut self, within: Duration) -> Duration {
+        let mut child = self.child.take().expect("daemon running");
+        let t0 = Instant::now();
+        signal(self.pid, "TERM");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                assert!(
+                    status.success(),
+                    "aerostat run exited with {status} after SIGTERM; log:\n{}",
+                    self.log()
+                );
+                return t0.elapsed();
+            }
+            if t0.elapsed() > within {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("aerostat run did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- aerostat run (pid {}) log tail ---\n{}\n--- decisions ---\n{}\n---",
+                self.pid,
+                tail[tail.len().saturating_sub(60)..].join("\n"),
+                self.decision_lines().join("\n")
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus text exposition, parsed strictly
+
+/// One sample line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromSample {
+    pub name: String,
+    pub labels: Labels,
+    pub value: f64,
+}
+
+impl PromSample {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A parsed exposition: metric families' types and help, and the samples.
+#[derive(Debug, Clone, Default)]
+pub struct PromText {
+    pub types: Vec<(String, String)>,
+    pub help: Vec<(String, String)>,
+    pub samples: Vec<PromSample>,
+    pub eof: bool,
+}
+
+impl PromText {
+    pub fn type_of(&self, family: &str) -> Option<&str> {
+        self.types
+            .iter()
+            .find(|(n, _)| n == family)
+            .map(|(_, t)| t.as_str())
+    }
+
+    pub fn samples_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a PromSample> + 'a {
+        self.samples.iter().filter(move |s| s.name == name)
+    }
+
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples_of(name)
+            .find(|s| labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+            .map(|s| s.value)
+    }
+}
+
+fn valid_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn valid_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn parse_value(s: &str) -> Result<f64, String> {
+    match s {
+        "+Inf" => Ok(f64::INFINITY),
+        "-Inf" => Ok(f64::NEG_INFINITY),
+        "NaN" => Ok(f64::NAN),
+        _ => s
+            .parse::<f64>()
+            .map_err(|e| format!("bad value `{s}`: {e}")),
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Parses `{k="v",...}`; returns the labels and the rest of the line.
+fn parse_labels(s: &str) -> Result<(Labels, &str), String> {
+    let mut labels = Vec::new();
+    let mut rest = s.strip_prefix('{').ok_or("expected `{`")?;
+    loop {
+        if let Some(r) = rest.strip_prefix('}') {
+            return Ok((labels, r));
+        }
+        let eq = rest.find('=').ok_or("label without `=`")?;
+        let key = &rest[..eq];
+        if !valid_label_name(key) {
+            return Err(format!("bad label name `{key}`"));
+        }
+        rest = rest[eq + 1..]
+            .strip_prefix('"')
+            .ok_or("label value not quoted")?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next() {
+                None => return Err("unterminated label value".into()),
+                Some((i, '"')) => break i,
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, '\\')) => value.push('\\'),
+                    Some((_, '"')) => value.push('"'),
+                    other => return Err(format!("bad escape {other:?}")),
+                },
+                Some((_, c)) => value.push(c),
+            }
+        };
+        labels.push((key.to_string(), value));
+        rest = &rest[end + 1..];
+        if let Some(r) = rest.strip_prefix(',') {
+            rest = r;
+        } else if !rest.starts_with('}') {
+            return Err("expected `,` or `}` after a label".into());
+        }
+    }
+}
+
+/// Parses the Prometheus / OpenMetrics text format strictly: every line must be `# HELP`,
+/// `# TYPE`, `# UNIT`, `# EOF` (last) or a sample `name{labels} value [timestamp]` whose
+/// family was declared by a `# TYPE` line before it. Anything else is an error naming the line.
+pub fn parse_prometheus(text: &str) -> Result<PromText, String> {
+    let mut out = PromText::default();
+    for (n, line) in text.lines().enumerate() {
+        let err = |e: String| format!("line {}: {e}: {line:?}", n + 1);
+        if out.eof {
+            return Err(err("content after # EOF".into()));
+        }
+        if line == "# EOF" {
+            out.eof = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let kind = parts.next().unwrap_or("");
+            let name = parts.next().ok_or_else(|| err("no metric name".into()))?;
+            let arg = parts.next().unwrap_or("");
+            if !valid_metric_name(name) {
+                return Err(err(format!("bad metric name `{name}`")));
+            }
+            match kind {
+                "HELP" => out.help.push((name.into(), arg.into())),
+                "TYPE" => {
+                    if !matches!(
+                        arg,
+                        "counter"
+                            | "gauge"
+                            | "histogram"
+                            | "summary"
+                            | "untyped"
+                            | "unknown"
+                            | "info"
+                            | "stateset"
+                            | "gaugehistogram"
+                    ) {
+                        return Err(err(format!("bad type `{arg}`")));
+                    }
+                    if out.type_of(name).is_some() {
+                        return Err(err(format!("second # TYPE for `{name}`")));
+                    }
+                    out.types.push((name.into(), arg.into()));
+                }
+                "UNIT" => {}
+                _ => return Err(err(format!("unknown comment `# {kind}`"))),
+            }
+            continue;
+        }
+        if line.is_empty() || line.starts_with('#') {
+            return Err(err("empty line or stray comment".into()));
+        }
+        let name_end = line
+            .find(['{', ' '])
+            .ok_or_else(|| err("no value".into()))?;
+        let name = &line[..name_end];
+        if !valid_metric_name(name) {
+            return Err(err(format!("bad metric name `{name}`")));
+        }
+        let (labels, rest) = if line[name_end..].starts_with('{') {
+            parse_labels(&line[name_end..]).map_err(err)?
+        } else {
+            (Vec::new(), &line[name_end..])
+        };
+        let rest = rest
+            .strip_prefix(' ')
+            .ok_or_else(|| err("no space before the value".into()))?;
+        let mut fields = rest.split(' ');
+        let value = parse_value(fields.next().unwrap_or("")).map_err(err)?;
+        if let Some(ts) = fields.next() {
+            ts.parse::<f64>()
+                .map_err(|e| err(format!("bad timestamp: {e}")))?;
+        }
+        if fields.next().is_some() {
+            return Err(err("trailing fields".into()));
+        }
+        // The sample must belong to a declared family (counters carry a `_total` suffix,
+        // histograms `_bucket`/`_sum`/`_count`, etc.).
+        let declared = out.types.iter().any(|(family, _)| {
+            name == family
+                || name.strip_prefix(family.as_str()).is_some_and(|s| {
+                    matches!(
+                        s,
+                        "_total" | "_created" | "_bucket" | "_sum" | "_count" | "_info"
+                    )
+                })
+        });
+        if !declared {
+            return Err(err(format!("sample `{name}` before its # TYPE")));
+        }
+        out.samples.push(PromSample {
+            name: name.into(),
+            labels,
+            value,
+        });
+    }
+    Ok(out)
+}
