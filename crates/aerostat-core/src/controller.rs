@@ -36,6 +36,10 @@ pub struct GuardConfig {
     pub min_change: Bytes,
     /// No inflation of a VM within this long after it was deflated.
     pub inflate_hold: Millis,
+    /// After a `balloon_stalled` action, the reserve guard leaves that VM alone this long:
+    /// its balloon cannot give more, so pushing it only repeats the stall.
+    #[serde(default)]
+    pub stall_block: Millis,
 }
 
 impl GuardConfig {
@@ -47,6 +51,7 @@ impl GuardConfig {
             max_deflate_step: None,
             min_change: Bytes::ZERO,
             inflate_hold: Millis::ZERO,
+            stall_block: Millis::ZERO,
         }
     }
 }
@@ -58,6 +63,9 @@ pub struct VmGuardState {
     pub target: Bytes,
     /// When the VM was last given memory.
     pub last_deflate: Option<Millis>,
+    /// Until when the VM's balloon is known stalled (not to be pushed).
+    #[serde(default)]
+    pub stalled_until: Option<Millis>,
 }
 
 /// Runs one policy under its guards. One `Controller` per host.
@@ -133,6 +141,7 @@ impl Controller {
                 .or_insert_with(|| VmGuardState {
                     target: vm.actual,
                     last_deflate: None,
+                    stalled_until: None,
                 });
         }
 
@@ -227,7 +236,20 @@ impl Controller {
                     capacity,
                 });
             }
-            self.guard_reserve(obs, &current, &mut pending, capacity);
+            let stalled: Vec<bool> = obs
+                .vms
+                .iter()
+                .enumerate()
+                .map(|(i, vm)| {
+                    pending[i]
+                        .as_ref()
+                        .is_some_and(|p| p.rule == Rule::BalloonStalled)
+                        || self.vms[&vm.name]
+                            .stalled_until
+                            .is_some_and(|t| obs.time < t)
+                })
+                .collect();
+            self.guard_reserve(obs, &current, &stalled, &mut pending, capacity);
         }
 
         // Emit.
@@ -247,6 +269,9 @@ impl Controller {
             state.target = p.target;
             if p.target > from {
                 state.last_deflate = Some(obs.time);
+            }
+            if p.rule == Rule::BalloonStalled {
+                state.stalled_until = Some(obs.time + self.guards.stall_block);
             }
             actions.push(Action {
                 vm: vm.name.clone(),
@@ -270,6 +295,7 @@ impl Controller {
         &self,
         obs: &Observation,
         current: &[Bytes],
+        stalled: &[bool],
         pending: &mut [Option<Pending>],
         capacity: Bytes,
     ) {
@@ -299,13 +325,16 @@ impl Controller {
         // raise *to* the floor is not growth the reserve may take back).
         let base = |i: usize| current[i].max(obs.vms[i].floor());
         let growth: Bytes = (0..obs.vms.len())
+            .filter(|&i| !stalled[i])
             .map(|i| final_of(i, pending) - base(i))
             .sum();
         if growth > Bytes::ZERO {
             let cut_fraction = (excess.as_f64() / growth.as_f64()).min(1.0);
             for (i, slot) in pending.iter_mut().enumerate() {
                 let Some(p) = slot.as_mut() else { continue };
-                if p.target <= base(i) {
+                // A stalled balloon's give-back is not growth: the memory is the guest's
+                // whatever we ask.
+                if p.target <= base(i) || stalled[i] {
                     continue;
                 }
                 let g = p.target - base(i);
@@ -324,7 +353,7 @@ impl Controller {
 
         // Then shrink guests above their floor: lowest priority first, most room first.
         let mut order: Vec<usize> = (0..obs.vms.len())
-            .filter(|&i| obs.vms[i].balloon && !obs.vms[i].migrating)
+            .filter(|&i| obs.vms[i].balloon && !obs.vms[i].migrating && !stalled[i])
             .collect();
         // Two passes: first only down to what the guest has touched (host-measured RSS
         // minus overhead: taking untouched memory costs nobody anything), then to floors.

@@ -519,12 +519,7 @@ fn faults_vm_killed_and_daemon_restarted() {
 /// Fault (a): a guest whose memory is mlock()ed cannot give it to the balloon. The host is
 /// made short (large reserve) so the reserve guard pushes that guest's target below what it
 /// holds; the daemon must notice the stalled balloon (rule `balloon_stalled`) and stop pushing.
-///
-/// Ignored: in aerostat-core the stall rule compares the target with `actual`
-/// (`memo_target()` returns `vm.actual`), so `current + STALL_GAP < actual` is never true
-/// and `balloon_stalled` cannot fire. Run with `--ignored` once that is fixed.
 #[test]
-#[ignore = "aerostat-core: balloon_stalled cannot fire (the policy's memo_target() is actual)"]
 fn fault_stalled_balloon_is_detected() {
     const TEST: &str = "stalled";
     let _serial = serial_lock();

@@ -23,6 +23,7 @@ fn aerostat_guards(reserve: Bytes) -> GuardConfig {
         max_deflate_step: Some(Bytes::gib(4)),
         min_change: Bytes::mib(16),
         inflate_hold: Millis::secs(30),
+        stall_block: Millis::ZERO,
     }
 }
 

@@ -120,8 +120,10 @@ struct Memo {
     last_stats: GuestStats,
     last_actual: f64,
     last_used: f64,
-    /// Growth rate of `used`, bytes/s: rises at once, decays slowly.
+    /// Growth rate of `used`, bytes/s: rises when two readings agree, decays slowly.
     growth_bps: f64,
+    /// The rate of `used` seen last tick.
+    last_rate: f64,
     /// Page cache we let the guest keep; `None` until first seen.
     cache_keep: Option<f64>,
     probe_paused_until: Millis,
@@ -174,8 +176,15 @@ impl AerostatPolicy {
             Some(clamp(s.free)? + clamp(s.disk_caches).unwrap_or(0.0))
         })?;
         let available = available.min(total);
-        // With deflate-on-oom the balloon's pages count as used inside the guest.
-        let balloon_inside = (total - vm.actual.as_f64()).max(0.0);
+        // With deflate-on-oom MemTotal stays at the configured size and the balloon's pages
+        // count as used inside the guest; without it MemTotal shrinks with the balloon. Stats
+        // lag the live `actual` while a balloon moves, so only a MemTotal at the configured
+        // size is read as "balloon inside".
+        let balloon_inside = if total >= 0.99 * configured {
+            (total - vm.actual.as_f64()).max(0.0)
+        } else {
+            0.0
+        };
         let used = (total - available - balloon_inside).max(0.0);
         let cache = clamp(s.disk_caches).unwrap_or(0.0).min(total);
         let mut r = Reading {
@@ -220,6 +229,7 @@ impl Policy for AerostatPolicy {
             max_deflate_step: Some(Bytes::gib(4)),
             min_change: Bytes::mib(16),
             inflate_hold: Millis::secs(30),
+            stall_block: STALL_BLOCK,
         }
     }
 
@@ -259,10 +269,20 @@ impl Policy for AerostatPolicy {
                     .as_secs_f64()
                     .max(1e-3);
                 let rate = ((r.used - memo.last_used) / dt).max(0.0);
-                memo.growth_bps = if rate > memo.growth_bps {
-                    rate
+                // Stats taken while the balloon moved are noisy (they lag `actual`): then a
+                // rise counts only once it is seen twice in a row, so one noisy sample cannot
+                // buy an idle guest headroom. With a still balloon it counts at once.
+                let balloon_moved = (actual - memo.last_actual).abs() > 16.0 * MIB;
+                let rise = if balloon_moved {
+                    rate.min(memo.last_rate)
                 } else {
-                    memo.growth_bps * 0.9 + rate * 0.1
+                    rate
+                };
+                memo.last_rate = rate;
+                memo.growth_bps = if rise > memo.growth_bps {
+                    rise
+                } else {
+                    memo.growth_bps * 0.9 + rise * 0.1
                 };
             }
             let reaction_s = 3.0 * interval_s + 2.0;
