@@ -195,10 +195,8 @@ fn lowest_allowed(vm: &VmSample, g: &GuardConfig) -> Bytes {
     lo
 }
 
-/// Runs one case under `guards`, checking every guard on every tick. `strict: false`
-/// tolerates the known bugs (see the `#[ignore]`d regression tests below), each under its
-/// precise signature only.
-fn check_case(case: &Case, guards: GuardConfig, strict: bool) -> Result<(), TestCaseError> {
+/// Runs one case under `guards`, checking every guard on every tick.
+fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
     let script = Scripted::default();
     let next = script.next.clone();
     let mut ctl = Controller::with_guards(Box::new(script), guards.clone());
@@ -270,12 +268,8 @@ fn check_case(case: &Case, guards: GuardConfig, strict: bool) -> Result<(), Test
             prop_assert_eq!(from, before[i], "`from` is not the last target ({})", ctx());
             prop_assert_ne!(from, to, "no-op action {:?}", a);
             let floor = vm.floor();
-            // Known bug 1: the reserve guard's growth cut lowers a floor-raised target
-            // toward the previous target, below the floor.
-            let growth_cut_below_floor =
-                a.rule == Rule::GuardReserve && floor > before[i] && to > before[i];
             prop_assert!(
-                to >= floor || (!strict && growth_cut_below_floor),
+                to >= floor,
                 "{} target {} below floor {} (rule {:?}, {}; vm {:?})",
                 a.vm,
                 to.0,
@@ -284,19 +278,15 @@ fn check_case(case: &Case, guards: GuardConfig, strict: bool) -> Result<(), Test
                 ctx(),
                 vm
             );
-            // Known bug 3: the reserve guard shrinks a VM whose last target is above its
-            // configured size (adopted at an `actual` above it) without the configured cap.
-            let reserve_shrink_above_max =
-                a.rule == Rule::GuardReserve && to < before[i] && before[i] > vm.configured;
             prop_assert!(
-                to <= vm.configured || (!strict && reserve_shrink_above_max),
+                to <= vm.configured,
                 "{} target {} above configured {} ({})",
                 a.vm,
                 to.0,
                 vm.configured.0,
                 ctx()
             );
-            if to != floor && (strict || !growth_cut_below_floor) {
+            if to != floor {
                 if let Some(step) = guards.max_inflate_step {
                     // The configured maximum wins over the step (an `actual` above it).
                     let lo = (vm.actual - step).min(before[i]).min(vm.configured);
@@ -383,17 +373,9 @@ fn check_case(case: &Case, guards: GuardConfig, strict: bool) -> Result<(), Test
                 floors > capacity,
                 "FloorsDoNotFit alert iff floors > capacity"
             );
-            // Known bug 2: guard 4 drops a policy shrink that guard 3 counted on.
-            let dropped_shrink = proposals.iter().any(|&(i, p)| {
-                let vm = &vms[i];
-                vm.balloon
-                    && !vm.migrating
-                    && !seen[i]
-                    && p.max(vm.floor()).min(vm.configured) < before[i]
-            });
             if floors <= capacity {
                 prop_assert!(
-                    committed <= capacity || all_lowest || (!strict && dropped_shrink),
+                    committed <= capacity || all_lowest,
                     "reserve broken: committed {} > capacity {} (floors {}) and some VM is \
                      above its lowest allowed target; {}; actions {:?}",
                     committed.0,
@@ -418,19 +400,12 @@ proptest! {
     #[test]
     fn guards_hold_under_aerostat_profile(case in case()) {
         let reserve = Bytes(case.reserve);
-        check_case(&case, aerostat_guards(reserve), false)?;
+        check_case(&case, aerostat_guards(reserve))?;
     }
 
     #[test]
     fn guards_hold_under_passthrough(case in case()) {
-        check_case(&case, GuardConfig::passthrough(), true)?;
-    }
-
-    /// The same properties without the known-bug allowances.
-    #[test]
-    fn guards_hold_under_aerostat_profile_strict(case in case()) {
-        let reserve = Bytes(case.reserve);
-        check_case(&case, aerostat_guards(reserve), true)?;
+        check_case(&case, GuardConfig::passthrough())?;
     }
 }
 
