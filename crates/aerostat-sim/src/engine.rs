@@ -183,6 +183,46 @@ impl Simulation {
         self.tick * self.guests.len() as u64
     }
 
+    /// Virtual time now.
+    pub fn time(&self) -> Millis {
+        self.now()
+    }
+
+    fn guest_index(&self, vm: &str) -> Option<usize> {
+        self.guests.iter().position(|g| g.spec.name == vm)
+    }
+
+    /// A VM's balloon `actual` (guest memory now).
+    pub fn actual_of(&self, vm: &str) -> Option<Bytes> {
+        self.guest_index(vm)
+            .map(|i| Bytes::from_f64(self.guests[i].actual))
+    }
+
+    /// Hot anonymous memory resident in a VM (hidden truth: for tests, never the policy).
+    pub fn hot_anon_of(&self, vm: &str) -> Option<Bytes> {
+        self.guest_index(vm)
+            .map(|i| Bytes::from_f64(self.guests[i].hot_anon_resident()))
+    }
+
+    /// Drives a VM's working set from outside, like a test starting a workload in a real guest.
+    pub fn set_working_set(&mut self, vm: &str, ws: Option<Bytes>) -> bool {
+        let Some(i) = self.guest_index(vm) else {
+            return false;
+        };
+        self.guests[i].override_working_set(ws);
+        true
+    }
+
+    /// Guest plus host OOM kills so far.
+    pub fn oom_kills(&self) -> u64 {
+        self.summary.guest_oom_kills + self.summary.host_oom_kills
+    }
+
+    /// Actions so far (when `log_actions` was set).
+    pub fn actions(&self) -> &[(Millis, Action)] {
+        &self.actions_log
+    }
+
     /// Runs up to `n` ticks.
     pub fn advance(&mut self, n: u64) {
         let end = (self.tick + n).min(self.ticks);

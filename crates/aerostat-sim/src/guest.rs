@@ -82,6 +82,8 @@ pub struct Guest {
     restart_at: Option<Millis>,
     /// Last demand: the hidden truth the metrics (never the policy) read.
     demand: Demand,
+    /// A hot working set imposed from outside (tests that drive a guest like a real one).
+    working_set_override: Option<f64>,
 }
 
 impl Guest {
@@ -123,6 +125,7 @@ impl Guest {
             oom_kills: 0,
             restart_at: None,
             demand: d,
+            working_set_override: None,
             spec,
             workload,
         }
@@ -170,6 +173,16 @@ impl Guest {
         self.configured
     }
 
+    /// Replaces the workload's hot working set from now on (`None`: the workload again).
+    pub fn override_working_set(&mut self, ws: Option<Bytes>) {
+        self.working_set_override = ws.map(Bytes::as_f64);
+    }
+
+    /// Hot anonymous memory resident now (what a growing workload has managed to touch).
+    pub fn hot_anon_resident(&self) -> f64 {
+        self.anon_hot
+    }
+
     /// Advances the guest by `dt_s` seconds; `t` is time since the VM started.
     pub fn step(&mut self, t: Millis, now: Millis, dt_s: f64) -> TickEffects {
         let mut fx = TickEffects::default();
@@ -179,7 +192,10 @@ impl Guest {
             }
             self.restart_at = None;
         }
-        let d = self.workload.demand(t);
+        let mut d = self.workload.demand(t);
+        if let Some(ws) = self.working_set_override {
+            d.hot_anon = ws;
+        }
         self.demand = d;
 
         // 1. The balloon moves toward its target. Inflation takes only what the guest

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use aerostat_core::Bytes;
 use aerostat_qemu::QemuVm;
+use common::overcommit::overcommit_body;
 use common::*;
 use serde_json::Value;
 
@@ -211,6 +212,94 @@ fn balloon_round_trip() {
 /// Three 768 MiB guests in a memory cgroup well below Σ configured + overheads. Idle guests
 /// are squeezed; then one guest's workload grows past its current size and the daemon gives
 /// it memory, taken from the others, with no OOM kill anywhere.
+/// The real-guest arm of the shared overcommit body: guests in a memory cgroup, the daemon
+/// driving them. Every poll also checks that no QEMU died and the cgroup saw no OOM kill.
+struct RealArm<'a> {
+    vms: Vec<TestVm>,
+    daemon: &'a Daemon,
+    cgroup: aerostat_host::CgroupHost,
+    chunks: u32,
+    cost: CostMeter,
+    last_report: Instant,
+    t0: Instant,
+}
+
+impl RealArm<'_> {
+    fn holding(&self, vm: usize) -> u32 {
+        let out = self.vms[vm].run_ok("grep -l holding /tmp/hog*.log 2>/dev/null | wc -l");
+        out.trim().parse().unwrap_or(0)
+    }
+}
+
+impl common::overcommit::OvercommitArm for RealArm<'_> {
+    fn names(&self) -> Vec<String> {
+        self.vms.iter().map(|v| v.name.clone()).collect()
+    }
+    fn actual(&mut self, vm: usize) -> u64 {
+        self.vms[vm].balloon_actual()
+    }
+    fn wait(&mut self, timeout: Duration, what: &str, done: &mut dyn FnMut(&mut Self) -> bool) {
+        wait_until(timeout, what, || {
+            std::thread::sleep(Duration::from_millis(400));
+            for vm in self.vms.iter_mut() {
+                assert!(vm.alive(), "QEMU of {} died", vm.name);
+            }
+            let s = self.cgroup.sample().expect("cgroup sample");
+            assert_eq!(s.oom_kills, Some(0), "no OOM kill in the host cgroup");
+            if self.last_report.elapsed() > Duration::from_secs(5) {
+                self.last_report = Instant::now();
+                println!(
+                    "t+{:5.1}s actual {:?} MiB; cgroup usage {} MiB",
+                    self.t0.elapsed().as_secs_f64(),
+                    self.vms
+                        .iter()
+                        .map(|v| mib(v.balloon_actual()))
+                        .collect::<Vec<_>>(),
+                    mib(s.usage.0)
+                );
+            }
+            self.cost.sample(self.daemon);
+            done(self)
+        });
+    }
+    fn settle(&mut self) {
+        // Let the squeeze settle (the balloons reach their targets) before the workload.
+        self.daemon.wait_ticks(3);
+    }
+    fn start_growth(&mut self, vm: usize, mib: u64) {
+        // 32 MiB a second (memhogs of 32 MiB; each starts once the guest has 48 MiB
+        // available, so the test never outruns the balloon by design, but it only finishes
+        // if the daemon gives memory back).
+        self.chunks = (mib / 32) as u32;
+        let chunks = self.chunks;
+        let ramp = format!(
+            "(i=0; while [ $i -lt {chunks} ]; do \
+             a=$(awk '/^MemAvailable:/{{print $2}}' /proc/meminfo); \
+             if [ $a -gt 49152 ]; then memhog 32 >/tmp/hog$i.log 2>&1 & i=$((i+1)); fi; \
+             sleep 1; done; echo started) >/tmp/ramp.log 2>&1 &"
+        );
+        self.t0 = Instant::now();
+        self.vms[vm].run_ok(&ramp);
+    }
+    fn growth_done(&mut self, vm: usize) -> bool {
+        self.holding(vm) == self.chunks
+    }
+    fn decisions(&mut self) -> Vec<Value> {
+        self.daemon.decisions()
+    }
+    fn oom_kills(&mut self) -> u64 {
+        let mut kills = 0;
+        for vm in self.vms.iter_mut() {
+            wait_until(Duration::from_secs(10), "guest stats", || {
+                vm.guest_oom_kills().is_some()
+            });
+            kills += vm.guest_oom_kills().unwrap_or(0);
+        }
+        let s = self.cgroup.sample().expect("cgroup sample");
+        kills + s.oom_kills.unwrap_or(0)
+    }
+}
+
 #[test]
 fn overcommit_memory_flows_to_the_guest_that_needs_it() {
     const TEST: &str = "overcommit";
@@ -243,7 +332,7 @@ fn overcommit_memory_flows_to_the_guest_that_needs_it() {
                 .in_cgroup(cg.path())
         })
         .collect();
-    let mut vms = start_all(&files, &specs);
+    let vms = start_all(&files, &specs);
     for vm in &vms {
         println!(
             "{}: boot {:.1} s, idle QEMU RSS {} MiB",
@@ -263,121 +352,27 @@ fn overcommit_memory_flows_to_the_guest_that_needs_it() {
     let config = daemon_config(&qmp_dir, Some(cg.path()), "128MiB", "");
     let mut daemon = Daemon::start(work.path(), 1, &config);
 
-    // 1. Idle guests get inflated well below their configured size.
-    let squeeze = wait_until(
-        Duration::from_secs(90),
-        "idle guests to be squeezed",
-        || {
-            vms.iter()
-                .all(|vm| vm.balloon_actual() <= (GUEST_MIB - 256) * MIB)
-        },
-    );
-    println!("idle guests squeezed in {:.1} s", squeeze.as_secs_f64());
-    let decisions = daemon.decisions();
-    for n in names {
-        let d = decisions_for(&decisions, n);
-        assert!(
-            d.iter().any(|d| {
-                let (from, to) = from_to(d);
-                to < from && matches!(rule_of(d), "reclaim" | "host_short" | "guard_reserve")
-            }),
-            "{n} was inflated by reclaim/host_short: {d:?}"
-        );
-    }
-    // Let the squeeze settle (the balloons reach their targets) before the workload starts.
-    daemon.wait_ticks(3);
-    let a_squeezed = vms[0].balloon_actual();
-    println!(
-        "after squeeze: actual {:?} MiB",
-        vms.iter()
-            .map(|v| mib(v.balloon_actual()))
-            .collect::<Vec<_>>()
-    );
-
-    // 2. A workload in `a` grows past its current size, 32 MiB a second (16 memhogs of 32 MiB;
-    //    each starts once the guest has 48 MiB available, so the test never outruns the
-    //    balloon by design, but it only finishes if the daemon gives memory back).
-    const CHUNKS: u32 = 16;
-    let grow_mib = CHUNKS as u64 * 32;
-    assert!(
-        grow_mib * MIB > a_squeezed,
-        "the workload is past a's current size"
-    );
-    let ramp = format!(
-        "(i=0; while [ $i -lt {CHUNKS} ]; do \
-         a=$(awk '/^MemAvailable:/{{print $2}}' /proc/meminfo); \
-         if [ $a -gt 49152 ]; then memhog 32 >/tmp/hog$i.log 2>&1 & i=$((i+1)); fi; \
-         sleep 1; done; echo started) >/tmp/ramp.log 2>&1 &"
-    );
-    let mut cost = CostMeter::start(&daemon);
-    let ramp_t0 = Instant::now();
-    vms[0].run_ok(&ramp);
-    let cg_host = cg.host().clone();
-    let mut last_check = Instant::now();
-    let holding = |vms: &mut Vec<TestVm>| -> u32 {
-        let out = vms[0].run_ok("grep -l holding /tmp/hog*.log 2>/dev/null | wc -l");
-        out.trim().parse().unwrap_or(0)
+    // The body is shared with the simulator arm (tests/overcommit_sim.rs).
+    let cost = CostMeter::start(&daemon);
+    let mut arm = RealArm {
+        vms,
+        daemon: &daemon,
+        cgroup: cg.host().clone(),
+        chunks: 0,
+        cost,
+        last_report: Instant::now(),
+        t0: Instant::now(),
     };
-    wait_until(
-        Duration::from_secs(180),
-        "the workload to reach its size",
-        || {
-            std::thread::sleep(Duration::from_millis(400));
-            for vm in vms.iter_mut() {
-                assert!(vm.alive(), "QEMU of {} died", vm.name);
-            }
-            let s = cg_host.sample().expect("cgroup sample");
-            assert_eq!(s.oom_kills, Some(0), "no OOM kill in the host cgroup");
-            if last_check.elapsed() > Duration::from_secs(5) {
-                last_check = Instant::now();
-                println!(
-                    "t+{:5.1}s holding {}/{CHUNKS} chunks; actual {:?} MiB; cgroup usage {} MiB",
-                    ramp_t0.elapsed().as_secs_f64(),
-                    holding(&mut vms),
-                    vms.iter()
-                        .map(|v| mib(v.balloon_actual()))
-                        .collect::<Vec<_>>(),
-                    mib(s.usage.0)
-                );
-            }
-            cost.sample(&daemon);
-            holding(&mut vms) == CHUNKS
-        },
-    );
+    let (squeezed, grown) = overcommit_body(&mut arm);
     println!(
-        "workload of {grow_mib} MiB holding after {:.1} s",
-        ramp_t0.elapsed().as_secs_f64()
+        "real arm: a squeezed to {} MiB, grown to {} MiB after {:.1} s",
+        mib(squeezed),
+        mib(grown),
+        arm.t0.elapsed().as_secs_f64()
     );
-    cost.report(&daemon, "overcommit (ramp)", vms.len());
-
+    arm.cost.report(&daemon, "overcommit (ramp)", arm.vms.len());
+    let vms = arm.vms;
     let decisions = daemon.decisions();
-    let a = decisions_for(&decisions, "a");
-    assert!(
-        a.iter().any(|d| {
-            let (from, to) = from_to(d);
-            to > from && matches!(rule_of(d), "deflate" | "deflate_pressure")
-        }),
-        "a was deflated (rule deflate/deflate_pressure): {a:?}"
-    );
-    let a_final = vms[0].balloon_actual();
-    assert!(
-        a_final >= a_squeezed + grow_mib * MIB / 2,
-        "memory flowed to a: {} → {} MiB",
-        mib(a_squeezed),
-        mib(a_final)
-    );
-    for vm in vms.iter_mut() {
-        assert!(vm.alive(), "QEMU of {} is alive", vm.name);
-        wait_until(Duration::from_secs(10), "guest stats", || {
-            vm.guest_oom_kills().is_some()
-        });
-        assert_eq!(
-            vm.guest_oom_kills(),
-            Some(0),
-            "{}: no OOM kill in the guest",
-            vm.name
-        );
-    }
     let s = cg.host().sample().expect("cgroup sample");
     assert_eq!(s.oom_kills, Some(0), "no OOM kill in the host cgroup");
     println!(

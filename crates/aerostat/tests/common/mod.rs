@@ -18,6 +18,8 @@ use aerostat_core::Bytes;
 use aerostat_host::{CgroupHost, own_memory_cgroup};
 use serde_json::{Value, json};
 
+pub mod overcommit;
+
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const MIB: u64 = 1 << 20;
 /// Boots take 7-16 s here under TCG (more while cargo builds run on the same 2 cores).
