@@ -86,7 +86,7 @@ pub struct Guest {
 
 impl Guest {
     pub fn new(spec: VmSpec, seed: u64, stream: u64, free_page_reporting: bool) -> Guest {
-        let workload = Workload::new(spec.workload.clone(), seed, stream);
+        let mut workload = Workload::new(spec.workload.clone(), seed, stream);
         let configured = spec.memory.as_f64();
         let fixed = (spec.kernel + spec.pinned).as_f64().min(configured);
         let d = workload.demand(Millis::ZERO);
