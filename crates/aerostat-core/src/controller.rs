@@ -13,13 +13,15 @@
 //!
 //! Guards 1-3 are safety; they win over the policy. Guard 4 only suppresses churn.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
 use crate::decision::{Action, ActionKind, Alert, Decision, Rule};
 use crate::observation::Observation;
-use crate::policy::Policy;
+use crate::per_vm::PerVm;
+use crate::policy::{Policy, Proposal, Reason};
 use crate::units::{Bytes, Millis};
 
 /// Which guards run, and their bounds.
@@ -73,15 +75,49 @@ pub struct VmGuardState {
 pub struct Controller {
     policy: Box<dyn Policy>,
     guards: GuardConfig,
-    vms: BTreeMap<String, VmGuardState>,
+    /// Per VM of the last observation, in its order.
+    vms: PerVm<VmGuardState>,
+    /// Buffers reused every tick: the simulator ticks a controller millions of times.
+    scratch: Scratch,
 }
 
-/// A target in the making: value plus the rule and reason that will explain it.
-#[derive(Clone, Debug)]
+#[derive(Debug, Default)]
+struct Scratch {
+    proposals: Vec<Proposal>,
+    pending: Vec<Option<Pending>>,
+    current: Vec<Bytes>,
+    stalled: Vec<bool>,
+    order: Vec<usize>,
+}
+
+/// A target in the making: value plus the rule and what will explain it.
+#[derive(Debug)]
 struct Pending {
     target: Bytes,
     rule: Rule,
-    reason: String,
+    why: Why,
+}
+
+/// The makings of an action's reason. Most pending targets are dropped (dead band,
+/// unchanged), so the text is written only for the actions that are sent.
+#[derive(Debug)]
+enum Why {
+    /// The policy's reason, plus what the guards did to its target, in order.
+    Policy {
+        reason: Reason,
+        bound: Option<Bound>,
+        /// (from, to) when the reserve guard cut the growth.
+        growth_cut: Option<(Bytes, Bytes)>,
+    },
+    /// The reserve guard shrank the VM from `from` to `to`.
+    Shrunk { from: Bytes, to: Bytes },
+}
+
+/// A bound guard that moved the policy's target.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    Floor { proposed: Bytes, floor: Bytes },
+    Max { proposed: Bytes, configured: Bytes },
 }
 
 impl Controller {
@@ -95,7 +131,8 @@ impl Controller {
         Controller {
             policy,
             guards,
-            vms: BTreeMap::new(),
+            vms: PerVm::new(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -113,14 +150,15 @@ impl Controller {
     }
 
     /// Every known VM's state, by name.
-    pub fn states(&self) -> &BTreeMap<String, VmGuardState> {
-        &self.vms
+    pub fn states(&self) -> impl Iterator<Item = (&str, &VmGuardState)> {
+        self.vms.iter()
     }
 
     /// One control tick: observe → propose → guard → decide.
     pub fn tick(&mut self, obs: &Observation) -> Decision {
         let sorted;
-        let obs = if obs.vms.windows(2).all(|w| w[0].name <= w[1].name) {
+        // The same VMs as last tick were sorted then (the usual case, checked cheaply).
+        let obs = if self.vms.matches(&obs.vms) || obs.vms.is_sorted_by(|a, b| a.name <= b.name) {
             obs
         } else {
             let mut o = obs.clone();
@@ -130,34 +168,35 @@ impl Controller {
         };
 
         // Forget departed VMs; adopt new ones at their current size.
-        self.vms.retain(|name, _| {
-            obs.vms
-                .binary_search_by(|v| v.name.as_str().cmp(name))
-                .is_ok()
+        self.vms.sync(&obs.vms, |vm| VmGuardState {
+            target: vm.actual,
+            last_deflate: None,
+            stalled_until: None,
         });
-        for vm in &obs.vms {
-            self.vms
-                .entry(vm.name.clone())
-                .or_insert_with(|| VmGuardState {
-                    target: vm.actual,
-                    last_deflate: None,
-                    stalled_until: None,
-                });
-        }
 
-        let current: Vec<Bytes> = obs
-            .vms
-            .iter()
-            .map(|vm| self.vms.get(&vm.name).map_or(vm.actual, |s| s.target))
-            .collect();
-        let proposals = self.policy.propose(obs, &current);
-        let mut pending: Vec<Option<Pending>> = vec![None; obs.vms.len()];
-        for p in proposals {
+        let Scratch {
+            mut proposals,
+            mut pending,
+            mut current,
+            mut stalled,
+            mut order,
+        } = std::mem::take(&mut self.scratch);
+        current.clear();
+        current.extend((0..obs.vms.len()).map(|i| self.vms[i].target));
+        proposals.clear();
+        self.policy.propose_into(obs, &current, &mut proposals);
+        pending.clear();
+        pending.resize_with(obs.vms.len(), || None);
+        for p in proposals.drain(..) {
             if let Some(slot) = pending.get_mut(p.vm) {
                 *slot = Some(Pending {
                     target: p.target,
                     rule: p.rule,
-                    reason: p.reason,
+                    why: Why::Policy {
+                        reason: p.reason,
+                        bound: None,
+                        growth_cut: None,
+                    },
                 });
             }
         }
@@ -180,24 +219,29 @@ impl Controller {
                 t = t.min((vm.actual + step).max(current[i]));
             }
             let floor = vm.floor();
+            let mut bound = None;
             if t < floor {
                 t = floor;
                 if proposed < floor {
-                    p.rule = Rule::GuardFloor;
-                    p.reason = format!(
-                        "{} (raised from {} to the floor {})",
-                        p.reason, proposed, floor
-                    );
+                    bound = Some((Rule::GuardFloor, Bound::Floor { proposed, floor }));
                 }
             }
             if t > vm.configured {
                 t = vm.configured;
                 if proposed > vm.configured {
-                    p.rule = Rule::GuardMax;
-                    p.reason = format!(
-                        "{} (lowered from {} to the configured {})",
-                        p.reason, proposed, vm.configured
-                    );
+                    bound = Some((
+                        Rule::GuardMax,
+                        Bound::Max {
+                            proposed,
+                            configured: vm.configured,
+                        },
+                    ));
+                }
+            }
+            if let Some((rule, b)) = bound {
+                p.rule = rule;
+                if let Why::Policy { bound, .. } = &mut p.why {
+                    *bound = Some(b);
                 }
             }
             p.target = t;
@@ -205,7 +249,7 @@ impl Controller {
 
         // Guard 4 (hysteresis) runs before guard 3, so that the reserve guard sees exactly
         // the changes that will be sent and its own changes are never dropped.
-        for (i, vm) in obs.vms.iter().enumerate() {
+        for i in 0..obs.vms.len() {
             let Some(p) = pending[i].as_ref() else {
                 continue;
             };
@@ -213,7 +257,7 @@ impl Controller {
             let from = current[i];
             let churn = p.target.abs_diff(from) < self.guards.min_change;
             let held = p.target < from
-                && self.vms[&vm.name]
+                && self.vms[i]
                     .last_deflate
                     .is_some_and(|t| obs.time.saturating_sub(t) < self.guards.inflate_hold);
             if p.target == from || (!safety && (churn || held)) {
@@ -236,20 +280,14 @@ impl Controller {
                     capacity,
                 });
             }
-            let stalled: Vec<bool> = obs
-                .vms
-                .iter()
-                .enumerate()
-                .map(|(i, vm)| {
-                    pending[i]
-                        .as_ref()
-                        .is_some_and(|p| p.rule == Rule::BalloonStalled)
-                        || self.vms[&vm.name]
-                            .stalled_until
-                            .is_some_and(|t| obs.time < t)
-                })
-                .collect();
-            self.guard_reserve(obs, &current, &stalled, &mut pending, capacity);
+            stalled.clear();
+            stalled.extend((0..obs.vms.len()).map(|i| {
+                pending[i]
+                    .as_ref()
+                    .is_some_and(|p| p.rule == Rule::BalloonStalled)
+                    || self.vms[i].stalled_until.is_some_and(|t| obs.time < t)
+            }));
+            self.guard_reserve(obs, &current, &stalled, &mut pending, &mut order, capacity);
         }
 
         // Emit.
@@ -262,10 +300,7 @@ impl Controller {
             if p.target == from {
                 continue;
             }
-            let state = self
-                .vms
-                .get_mut(&vm.name)
-                .expect("every observed VM was adopted above");
+            let state = &mut self.vms[i];
             state.target = p.target;
             if p.target > from {
                 state.last_deflate = Some(obs.time);
@@ -277,15 +312,73 @@ impl Controller {
                 vm: vm.name.clone(),
                 kind: ActionKind::Balloon { from, to: p.target },
                 rule: p.rule,
-                reason: p.reason,
+                reason: self.reason_text(obs, i, p.why),
             });
         }
 
+        self.scratch = Scratch {
+            proposals,
+            pending,
+            current,
+            stalled,
+            order,
+        };
         Decision {
             time: obs.time,
-            policy: self.policy.name().to_string(),
+            policy: Cow::Borrowed(self.policy.name()),
             actions,
             alerts,
+        }
+    }
+
+    /// Writes the reason of an action that is sent.
+    fn reason_text(&self, obs: &Observation, i: usize, why: Why) -> String {
+        match why {
+            Why::Policy {
+                reason,
+                bound,
+                growth_cut,
+            } => {
+                let mut text = match reason {
+                    Reason::Text(text) => text,
+                    Reason::Deferred => self.policy.explain(obs, i),
+                };
+                match bound {
+                    Some(Bound::Floor { proposed, floor }) => {
+                        let _ = write!(text, " (raised from {proposed} to the floor {floor})");
+                    }
+                    Some(Bound::Max {
+                        proposed,
+                        configured,
+                    }) => {
+                        let _ = write!(
+                            text,
+                            " (lowered from {proposed} to the configured {configured})"
+                        );
+                    }
+                    None => {}
+                }
+                if let Some((from, to)) = growth_cut {
+                    let _ = write!(
+                        text,
+                        " (growth cut from {from} to {to} to keep the host reserve)"
+                    );
+                }
+                text
+            }
+            Why::Shrunk { from, to } => {
+                let vm = &obs.vms[i];
+                format!(
+                    "host total {} − reserve {} cannot hold every guest's target; {} shrunk \
+                     from {} to {} (priority {})",
+                    obs.host.total,
+                    self.guards.reserve.unwrap_or_default(),
+                    vm.name,
+                    from,
+                    to,
+                    vm.priority
+                )
+            }
         }
     }
 
@@ -297,6 +390,7 @@ impl Controller {
         current: &[Bytes],
         stalled: &[bool],
         pending: &mut [Option<Pending>],
+        order: &mut Vec<usize>,
         capacity: Bytes,
     ) {
         let final_of = |i: usize, pending: &[Option<Pending>]| {
@@ -341,10 +435,9 @@ impl Controller {
                 // Round the cut up so the sum of cuts covers the excess.
                 let cut = Bytes(((g.as_f64() * cut_fraction).ceil() as u64).min(g.0));
                 let new = p.target - cut;
-                p.reason = format!(
-                    "{} (growth cut from {} to {} to keep the host reserve)",
-                    p.reason, p.target, new
-                );
+                if let Why::Policy { growth_cut, .. } = &mut p.why {
+                    *growth_cut = Some((p.target, new));
+                }
                 p.rule = Rule::GuardReserve;
                 p.target = new;
             }
@@ -352,9 +445,11 @@ impl Controller {
         }
 
         // Then shrink guests above their floor: lowest priority first, most room first.
-        let mut order: Vec<usize> = (0..obs.vms.len())
-            .filter(|&i| obs.vms[i].balloon && !obs.vms[i].migrating && !stalled[i])
-            .collect();
+        order.clear();
+        order.extend(
+            (0..obs.vms.len())
+                .filter(|&i| obs.vms[i].balloon && !obs.vms[i].migrating && !stalled[i]),
+        );
         // Two passes: first only down to what the guest has touched (host-measured RSS
         // minus overhead: taking untouched memory costs nobody anything), then to floors.
         let lowest_in = |i: usize, pass: usize| {
@@ -380,7 +475,7 @@ impl Controller {
                     .then(room(b).cmp(&room(a)))
                     .then(a.cmp(&b))
             });
-            for &i in &order {
+            for &i in order.iter() {
                 if excess == Bytes::ZERO {
                     break;
                 }
@@ -393,20 +488,10 @@ impl Controller {
                 // A VM whose actual is above its configured size (misreport) is clamped too.
                 let new = (t - take).min(obs.vms[i].configured);
                 excess = excess - take;
-                let vm = &obs.vms[i];
                 pending[i] = Some(Pending {
                     target: new,
                     rule: Rule::GuardReserve,
-                    reason: format!(
-                        "host total {} − reserve {} cannot hold every guest's target; {} shrunk \
-                     from {} to {} (priority {})",
-                        obs.host.total,
-                        self.guards.reserve.unwrap_or_default(),
-                        vm.name,
-                        t,
-                        new,
-                        vm.priority
-                    ),
+                    why: Why::Shrunk { from: t, to: new },
                 });
             }
         }

@@ -1,6 +1,8 @@
 //! What the controller decides: actions, each with the rule that chose it and a
 //! sentence a person can read.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::units::{Bytes, Millis};
@@ -100,7 +102,8 @@ pub enum Alert {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub time: Millis,
-    pub policy: String,
+    /// The policy's name (borrowed: a controller does not allocate it every tick).
+    pub policy: Cow<'static, str>,
     pub actions: Vec<Action>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<Alert>,

@@ -16,11 +16,12 @@
 pub mod controller;
 pub mod decision;
 pub mod observation;
+mod per_vm;
 pub mod policy;
 pub mod units;
 
 pub use controller::{Controller, GuardConfig};
 pub use decision::{Action, ActionKind, Alert, Decision, Rule};
 pub use observation::{GuestStats, HostSample, Observation, VmClass, VmSample};
-pub use policy::{Policy, PolicyKind, PolicySettings, Proposal};
+pub use policy::{Policy, PolicyKind, PolicySettings, Proposal, Reason};
 pub use units::{Bytes, Millis, UnitError};

@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct Bytes(pub u64);
 
+/// 2^63: below it a float converts to and from `i64` as it would to and from `u64`.
+const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+
 impl Bytes {
     pub const ZERO: Bytes = Bytes(0);
     pub const KIB: u64 = 1 << 10;
@@ -36,14 +39,23 @@ impl Bytes {
     }
     /// Converts a float number of bytes, clamping negatives and NaN to zero.
     pub fn from_f64(v: f64) -> Bytes {
-        if v.is_finite() && v > 0.0 {
+        // The simulator converts millions of times a second. Below 2^63 the signed
+        // conversion (one instruction on x86-64, the unsigned one takes a dozen) truncates
+        // to the same integer.
+        if v > 0.0 && v < TWO_POW_63 {
+            Bytes(v as i64 as u64)
+        } else if v.is_finite() && v > 0.0 {
             Bytes(v.min(u64::MAX as f64) as u64)
         } else {
             Bytes(0)
         }
     }
     pub fn as_f64(self) -> f64 {
-        self.0 as f64
+        // As in `from_f64`: below 2^63 the signed conversion rounds to the same value.
+        match i64::try_from(self.0) {
+            Ok(v) => v as f64,
+            Err(_) => self.0 as f64,
+        }
     }
     pub fn as_mib_f64(self) -> f64 {
         self.0 as f64 / Self::MIB as f64
@@ -296,6 +308,44 @@ mod tests {
         #[test]
         fn mib_strings_round_trip(n in 0u64..10_000_000) {
             prop_assert_eq!(format!("{n}MiB").parse::<Bytes>(), Ok(Bytes::mib(n)));
+        }
+
+        /// The fast conversions agree with the plain unsigned ones everywhere.
+        #[test]
+        fn float_conversions_match_unsigned_casts(bits in any::<u64>(), n in any::<u64>()) {
+            let plain = |v: f64| if v.is_finite() && v > 0.0 { v.min(u64::MAX as f64) as u64 } else { 0 };
+            for v in [f64::from_bits(bits), n as f64, (n >> 11) as f64 + 0.5] {
+                prop_assert_eq!(Bytes::from_f64(v).0, plain(v));
+            }
+            prop_assert_eq!(Bytes(n).as_f64().to_bits(), (n as f64).to_bits());
+            prop_assert_eq!(Bytes(n >> 1).as_f64().to_bits(), ((n >> 1) as f64).to_bits());
+        }
+    }
+
+    #[test]
+    fn float_conversion_edges() {
+        for v in [
+            0.0,
+            -0.0,
+            -1.0,
+            0.5,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            TWO_POW_63,
+            TWO_POW_63 - 1024.0,
+            u64::MAX as f64,
+            1e30,
+        ] {
+            let plain = if v.is_finite() && v > 0.0 {
+                v.min(u64::MAX as f64) as u64
+            } else {
+                0
+            };
+            assert_eq!(Bytes::from_f64(v).0, plain, "{v}");
+        }
+        for n in [0, 1, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+            assert_eq!(Bytes(n).as_f64().to_bits(), (n as f64).to_bits(), "{n}");
         }
     }
 }

@@ -88,7 +88,7 @@ pub struct Guest {
 
 impl Guest {
     pub fn new(spec: VmSpec, seed: u64, stream: u64, free_page_reporting: bool) -> Guest {
-        let workload = Workload::new(spec.workload.clone(), seed, stream);
+        let mut workload = Workload::new(spec.workload.clone(), seed, stream);
         let configured = spec.memory.as_f64();
         let fixed = (spec.kernel + spec.pinned).as_f64().min(configured);
         let d = workload.demand(Millis::ZERO);
@@ -377,10 +377,36 @@ impl Guest {
         } else {
             self.actual
         };
+        let full = match self.spec.stats {
+            StatsMode::None => return GuestStats::default(),
+            StatsMode::Lying => {
+                return GuestStats {
+                    total: b(total),
+                    free: b(total - self.fixed),
+                    available: b(total - self.fixed),
+                    disk_caches: b(0.0),
+                    swap_in: b(0.0),
+                    swap_out: b(0.0),
+                    major_faults: Some(0),
+                    minor_faults: Some(0),
+                    oom_kills: Some(0),
+                    alloc_stalls: Some(0),
+                    async_scans: Some(0),
+                    direct_scans: Some(0),
+                    async_reclaims: Some(0),
+                    direct_reclaims: Some(0),
+                    last_update: Some(now),
+                };
+            }
+            StatsMode::Full => true,
+            StatsMode::Classic => false,
+        };
+        // Classic stats lack the OOM and reclaim counters (Linux < 6.12).
+        let recent = |v: u64| full.then_some(v);
         let balloon_in_total = total - self.actual;
         let cache = self.cache_hot + self.cache_cold;
         let free = (total - balloon_in_total - self.fixed - self.resident()).max(0.0);
-        let full = GuestStats {
+        GuestStats {
             total: b(total),
             free: b(free),
             // MemAvailable: free plus most of the page cache (the kernel cannot tell hot from cold).
@@ -390,38 +416,13 @@ impl Guest {
             swap_out: b(self.swap_out_total),
             major_faults: Some(self.major_faults as u64),
             minor_faults: Some(0),
-            oom_kills: Some(self.oom_kills),
-            alloc_stalls: Some(0),
-            async_scans: Some(self.scans as u64),
-            direct_scans: Some(0),
-            async_reclaims: Some(self.reclaims as u64),
-            direct_reclaims: Some(0),
+            oom_kills: recent(self.oom_kills),
+            alloc_stalls: recent(0),
+            async_scans: recent(self.scans as u64),
+            direct_scans: recent(0),
+            async_reclaims: recent(self.reclaims as u64),
+            direct_reclaims: recent(0),
             last_update: Some(now),
-        };
-        match self.spec.stats {
-            StatsMode::Full => full,
-            StatsMode::Classic => GuestStats {
-                oom_kills: None,
-                alloc_stalls: None,
-                async_scans: None,
-                direct_scans: None,
-                async_reclaims: None,
-                direct_reclaims: None,
-                ..full
-            },
-            StatsMode::None => GuestStats::default(),
-            StatsMode::Lying => GuestStats {
-                free: b(total - self.fixed),
-                available: b(total - self.fixed),
-                disk_caches: b(0.0),
-                swap_in: b(0.0),
-                swap_out: b(0.0),
-                major_faults: Some(0),
-                oom_kills: Some(0),
-                async_scans: Some(0),
-                async_reclaims: Some(0),
-                ..full
-            },
         }
     }
 }

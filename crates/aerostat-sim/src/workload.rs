@@ -41,11 +41,31 @@ const NOISE_BUCKET_MS: u64 = 300_000;
 
 /// Smooth noise in [-1, 1].
 pub fn smooth_noise(seed: u64, stream: u64, t: Millis) -> f64 {
-    let k = t.0 / NOISE_BUCKET_MS;
-    let frac = (t.0 % NOISE_BUCKET_MS) as f64 / NOISE_BUCKET_MS as f64;
-    let a = unit_noise(seed, stream, k);
-    let b = unit_noise(seed, stream, k + 1);
-    a + (b - a) * frac
+    NoiseBucket::new(seed, stream, t.0 / NOISE_BUCKET_MS).at(t)
+}
+
+/// The noise at both ends of one bucket: hashed once per bucket, not once per tick.
+#[derive(Clone, Copy, Debug)]
+struct NoiseBucket {
+    k: u64,
+    a: f64,
+    b: f64,
+}
+
+impl NoiseBucket {
+    fn new(seed: u64, stream: u64, k: u64) -> NoiseBucket {
+        NoiseBucket {
+            k,
+            a: unit_noise(seed, stream, k),
+            b: unit_noise(seed, stream, k + 1),
+        }
+    }
+
+    /// The noise at `t`, which must lie in this bucket.
+    fn at(&self, t: Millis) -> f64 {
+        let frac = (t.0 % NOISE_BUCKET_MS) as f64 / NOISE_BUCKET_MS as f64;
+        self.a + (self.b - self.a) * frac
+    }
 }
 
 /// A workload bound to one VM.
@@ -54,11 +74,27 @@ pub struct Workload {
     spec: WorkloadSpec,
     seed: u64,
     stream: u64,
+    /// The bucket of the last noise read.
+    noise: NoiseBucket,
 }
 
 impl Workload {
     pub fn new(spec: WorkloadSpec, seed: u64, stream: u64) -> Workload {
-        Workload { spec, seed, stream }
+        Workload {
+            spec,
+            seed,
+            stream,
+            noise: NoiseBucket::new(seed, stream, 0),
+        }
+    }
+
+    /// [`smooth_noise`] at `t`, rehashing only when `t` enters another bucket.
+    fn noise(&mut self, t: Millis) -> f64 {
+        let k = t.0 / NOISE_BUCKET_MS;
+        if k != self.noise.k {
+            self.noise = NoiseBucket::new(self.seed, self.stream, k);
+        }
+        self.noise.at(t)
     }
 
     pub fn spec(&self) -> &WorkloadSpec {
@@ -66,7 +102,8 @@ impl Workload {
     }
 
     /// Demand at `t` (time since the VM started).
-    pub fn demand(&self, t: Millis) -> Demand {
+    pub fn demand(&mut self, t: Millis) -> Demand {
+        let noise = self.noise(t);
         let s = &self.spec;
         let ws = s.working_set.as_f64();
         let peak = s.peak.as_f64();
@@ -130,7 +167,7 @@ impl Workload {
                 w
             }
         };
-        let noisy = hot * (1.0 + s.noise * smooth_noise(self.seed, self.stream, t));
+        let noisy = hot * (1.0 + s.noise * noise);
         Demand {
             hot_anon: noisy.max(0.0),
             cold_anon: cold,

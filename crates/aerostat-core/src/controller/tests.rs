@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::decision::{Action, ActionKind, Alert, Decision, Rule};
 use crate::observation::{GuestStats, HostSample, Observation, VmClass, VmSample};
-use crate::policy::{PolicyKind, PolicySettings, Proposal};
+use crate::policy::{PolicyKind, PolicySettings, Proposal, Reason};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -40,16 +40,14 @@ impl Policy for Scripted {
     fn guards(&self) -> GuardConfig {
         GuardConfig::passthrough()
     }
-    fn propose(&mut self, _obs: &Observation, _targets: &[Bytes]) -> Vec<Proposal> {
+    fn propose_into(&mut self, _obs: &Observation, _targets: &[Bytes], out: &mut Vec<Proposal>) {
         let next = std::mem::take(&mut *self.next.lock().expect("script lock"));
-        next.into_iter()
-            .map(|(vm, target)| Proposal {
-                vm,
-                target,
-                rule: Rule::Reclaim,
-                reason: "scripted".into(),
-            })
-            .collect()
+        out.extend(next.into_iter().map(|(vm, target)| Proposal {
+            vm,
+            target,
+            rule: Rule::Reclaim,
+            reason: Reason::Text("scripted".into()),
+        }));
     }
 }
 
@@ -862,7 +860,7 @@ fn decision() -> impl Strategy<Value = Decision> {
     )
         .prop_map(|(time, policy, actions, alerts)| Decision {
             time: Millis(time),
-            policy,
+            policy: policy.into(),
             actions,
             alerts,
         })
@@ -909,4 +907,108 @@ fn decision_json_shape_is_stable() {
         serde_json::to_string(&d).expect("serialize"),
         r#"{"time":2000,"policy":"aerostat","actions":[{"vm":"web-0","action":"balloon","from":2,"to":1,"rule":"reclaim","reason":"r"}]}"#
     );
+}
+
+// Reasons written up front or deferred, and per-VM state kept by name.
+
+/// Proposes fixed targets, with reasons written up front or deferred.
+#[derive(Debug)]
+struct Fixed {
+    targets: Vec<(usize, Bytes)>,
+    deferred: bool,
+}
+
+impl Policy for Fixed {
+    fn name(&self) -> &'static str {
+        "fixed"
+    }
+    fn guards(&self) -> GuardConfig {
+        GuardConfig::passthrough()
+    }
+    fn propose_into(&mut self, _obs: &Observation, _targets: &[Bytes], out: &mut Vec<Proposal>) {
+        out.extend(self.targets.iter().map(|&(vm, target)| Proposal {
+            vm,
+            target,
+            rule: Rule::Reclaim,
+            reason: if self.deferred {
+                Reason::Deferred
+            } else {
+                Reason::Text(format!("wish {vm}"))
+            },
+        }));
+    }
+    fn explain(&self, _obs: &Observation, vm: usize) -> String {
+        format!("deferred wish {vm}")
+    }
+}
+
+fn obs(vms: Vec<VmSample>) -> Observation {
+    Observation {
+        time: Millis::ZERO,
+        host: HostSample {
+            total: Bytes::gib(64),
+            ..HostSample::default()
+        },
+        vms,
+    }
+}
+
+fn vm(name: &str) -> VmSample {
+    let mut v = VmSample::new(name, Bytes::gib(4), Bytes::gib(2));
+    v.min = Some(Bytes::gib(1));
+    v
+}
+
+#[test]
+fn bound_guards_explain_themselves() {
+    for deferred in [false, true] {
+        let policy = Fixed {
+            targets: vec![(0, Bytes::mib(512)), (1, Bytes::gib(8)), (2, Bytes::gib(3))],
+            deferred,
+        };
+        let mut c = Controller::new(Box::new(policy));
+        let d = c.tick(&obs(vec![vm("a"), vm("b"), vm("c")]));
+        let prefix = if deferred { "deferred wish" } else { "wish" };
+        let reasons: Vec<(&str, Rule, &str)> = d
+            .actions
+            .iter()
+            .map(|a| (a.vm.as_str(), a.rule, a.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (
+                    "a",
+                    Rule::GuardFloor,
+                    format!("{prefix} 0 (raised from 512 MiB to the floor 1.00 GiB)").as_str()
+                ),
+                (
+                    "b",
+                    Rule::GuardMax,
+                    format!("{prefix} 1 (lowered from 8.00 GiB to the configured 4.00 GiB)")
+                        .as_str()
+                ),
+                ("c", Rule::Reclaim, format!("{prefix} 2").as_str()),
+            ]
+        );
+        assert_eq!(d.policy, "fixed");
+    }
+}
+
+#[test]
+fn state_follows_the_vms_by_name() {
+    let policy = Fixed {
+        targets: vec![(0, Bytes::gib(3))],
+        deferred: false,
+    };
+    let mut c = Controller::new(Box::new(policy));
+    c.tick(&obs(vec![vm("b"), vm("a")]));
+    assert_eq!(c.target_of("a"), Some(Bytes::gib(3)));
+    assert_eq!(c.target_of("b"), Some(Bytes::gib(2)));
+    // `a` leaves, `c` arrives: `b` keeps its state, `a`'s is forgotten.
+    c.tick(&obs(vec![vm("c"), vm("b")]));
+    let names: Vec<&str> = c.states().map(|(n, _)| n).collect();
+    assert_eq!(names, ["b", "c"]);
+    assert_eq!(c.target_of("b"), Some(Bytes::gib(3)));
+    assert_eq!(c.target_of("a"), None);
 }

@@ -23,12 +23,13 @@
 //! own target or order who is asked first; taking memory from others is bounded by the
 //! controller's guards (floors, steps, reserve), which use host facts only.
 
-use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use crate::controller::GuardConfig;
 use crate::decision::Rule;
 use crate::observation::{GuestStats, Observation, VmClass, VmSample};
-use crate::policy::{Policy, PolicySettings, Proposal};
+use crate::per_vm::PerVm;
+use crate::policy::{Policy, PolicySettings, Proposal, Reason};
 use crate::units::{Bytes, Millis};
 
 const MIB: f64 = 1048576.0;
@@ -117,7 +118,7 @@ fn profile(class: VmClass) -> Profile {
 #[derive(Clone, Debug, Default)]
 struct Memo {
     last_time: Option<Millis>,
-    last_stats: GuestStats,
+    last_counters: Counters,
     last_actual: f64,
     last_used: f64,
     /// Growth rate of `used`, bytes/s: rises when two readings agree, decays slowly.
@@ -132,11 +133,40 @@ struct Memo {
     inflate_blocked_until: Millis,
 }
 
+/// The cumulative guest counters that are compared from one reading to the next.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    swap_in: Option<u64>,
+    major_faults: Option<u64>,
+    oom_kills: Option<u64>,
+    async_scans: Option<u64>,
+    direct_scans: Option<u64>,
+    async_reclaims: Option<u64>,
+    direct_reclaims: Option<u64>,
+}
+
+impl Counters {
+    fn of(s: &GuestStats) -> Counters {
+        Counters {
+            swap_in: s.swap_in.map(|b| b.0),
+            major_faults: s.major_faults,
+            oom_kills: s.oom_kills,
+            async_scans: s.async_scans,
+            direct_scans: s.direct_scans,
+            async_reclaims: s.async_reclaims,
+            direct_reclaims: s.direct_reclaims,
+        }
+    }
+}
+
 /// The `aerostat` policy.
 #[derive(Debug)]
 pub struct AerostatPolicy {
     settings: PolicySettings,
-    memos: HashMap<String, Memo>,
+    /// Per VM of the last observation, in its order.
+    memos: PerVm<Memo>,
+    /// The last tick's wishes, in VM order: [`Policy::explain`] writes reasons from them.
+    wishes: Vec<Wish>,
 }
 
 /// Guest numbers after clamping, and what changed since the last tick.
@@ -157,11 +187,13 @@ impl AerostatPolicy {
     pub fn new(settings: PolicySettings) -> AerostatPolicy {
         AerostatPolicy {
             settings,
-            memos: HashMap::new(),
+            memos: PerVm::new(),
+            wishes: Vec::new(),
         }
     }
 
-    fn read(vm: &VmSample, memo: &Memo, now: Millis, interval: Millis) -> Option<Reading> {
+    /// Reads the guest's stats; `dt` is the time since the last reading (`memo.last_time`).
+    fn read(vm: &VmSample, memo: &Memo, now: Millis, dt: f64, interval: Millis) -> Option<Reading> {
         let s = &vm.stats;
         let interval_ok =
             |t: Millis| now.saturating_sub(t).0 <= STALE_INTERVALS * interval.0.max(1000);
@@ -194,16 +226,14 @@ impl AerostatPolicy {
             has_scan_stats: s.async_scans.is_some(),
             ..Reading::default()
         };
-        if let Some(t0) = memo.last_time {
-            let dt = now.saturating_sub(t0).as_secs_f64().max(1e-3);
-            let p = &memo.last_stats;
+        if memo.last_time.is_some() {
+            let p = &memo.last_counters;
             let delta = |a: Option<u64>, b: Option<u64>| match (a, b) {
                 // Counters that go backwards (guest reboot, lies) count as zero.
                 (Some(a), Some(b)) => a.saturating_sub(b) as f64,
                 _ => 0.0,
             };
-            let bytes = |b: Option<Bytes>| b.map(|b| b.0);
-            r.swap_in_bps = delta(bytes(s.swap_in), bytes(p.swap_in)) / dt;
+            r.swap_in_bps = delta(s.swap_in.map(|b| b.0), p.swap_in) / dt;
             r.refault_pps = delta(s.major_faults, p.major_faults) / dt;
             r.new_ooms = delta(s.oom_kills, p.oom_kills) as u64;
             let scans = delta(s.async_scans, p.async_scans) + delta(s.direct_scans, p.direct_scans);
@@ -233,29 +263,28 @@ impl Policy for AerostatPolicy {
         }
     }
 
-    fn propose(&mut self, obs: &Observation, targets: &[Bytes]) -> Vec<Proposal> {
+    fn propose_into(&mut self, obs: &Observation, targets: &[Bytes], out: &mut Vec<Proposal>) {
         let now = obs.time;
         let interval_s = self.settings.interval.as_secs_f64().max(0.1);
-        self.memos.retain(|name, _| {
-            obs.vms
-                .binary_search_by(|v| v.name.as_str().cmp(name))
-                .is_ok()
-        });
+        self.memos.sync(&obs.vms, |_| Memo::default());
 
         // Per-VM wishes: (index, need, lowest acceptable under host pressure, rule, reason).
-        let mut wishes: Vec<Wish> = Vec::with_capacity(obs.vms.len());
+        let wishes = &mut self.wishes;
+        wishes.clear();
         for (i, vm) in obs.vms.iter().enumerate() {
             if !vm.balloon || vm.migrating {
                 continue;
             }
-            if !self.memos.contains_key(&vm.name) {
-                self.memos.insert(vm.name.clone(), Memo::default());
-            }
-            let memo = self.memos.get_mut(&vm.name).expect("inserted just above");
+            let memo = &mut self.memos[i];
             let prof = profile(vm.class);
             let configured = vm.configured.as_f64();
             let actual = vm.actual.as_f64();
-            let Some(r) = Self::read(vm, memo, now, self.settings.interval) else {
+            // Seconds since the last reading (at least 1 ms; 1 ms when there was none).
+            let dt = now
+                .saturating_sub(memo.last_time.unwrap_or(now))
+                .as_secs_f64()
+                .max(1e-3);
+            let Some(r) = Self::read(vm, memo, now, dt, self.settings.interval) else {
                 // Blind: no (fresh) stats. Hold the VM where it is; host pressure is
                 // handled by the guards from host facts alone.
                 memo.last_time = None;
@@ -264,10 +293,6 @@ impl Policy for AerostatPolicy {
 
             // Growth rate of `used`: fast up, slow down (ESX's working-set estimator habit).
             if memo.last_time.is_some() {
-                let dt = now
-                    .saturating_sub(memo.last_time.unwrap_or(now))
-                    .as_secs_f64()
-                    .max(1e-3);
                 let rate = ((r.used - memo.last_used) / dt).max(0.0);
                 // Stats taken while the balloon moved are noisy (they lag `actual`): then a
                 // rise counts only once it is seen twice in a row, so one noisy sample cannot
@@ -337,7 +362,7 @@ impl Policy for AerostatPolicy {
 
             let need = (r.used + keep + headroom).min(configured);
             let current = targets.get(i).map_or(actual, |t| t.as_f64());
-            let explain = Explain {
+            let explain = Explain::Need {
                 need,
                 used: r.used,
                 keep,
@@ -347,11 +372,7 @@ impl Policy for AerostatPolicy {
             };
 
             // Balloon stall: the target is well below actual and actual is not moving.
-            let moved_bps = (memo.last_actual - actual).max(0.0)
-                / now
-                    .saturating_sub(memo.last_time.unwrap_or(now))
-                    .as_secs_f64()
-                    .max(1e-3);
+            let moved_bps = (memo.last_actual - actual).max(0.0) / dt;
             if current + STALL_GAP < actual
                 && moved_bps < STALL_RATE_BPS
                 && memo.last_time.is_some()
@@ -368,19 +389,15 @@ impl Policy for AerostatPolicy {
                         idle_floor: t,
                         weight: prof.weight * vm.priority,
                         rule: Rule::BalloonStalled,
-                        explain: None,
+                        explain: Explain::Stalled {
+                            actual,
+                            target: current,
+                            moved_bps,
+                        },
                         host_short: None,
-                        stall_text: format!(
-                            "balloon stalled: actual {:.0} MiB, target {:.0} MiB, moving {:.1} MB/s; giving {:.0} MiB back, no inflation for {}",
-                            actual / MIB,
-                            current / MIB,
-                            moved_bps / 1e6,
-                            STALL_GIVEBACK / MIB,
-                            STALL_BLOCK
-                        ),
                     });
                     memo.last_time = Some(now);
-                    memo.last_stats = vm.stats.clone();
+                    memo.last_counters = Counters::of(&vm.stats);
                     memo.last_actual = actual;
                     memo.last_used = r.used;
                     continue;
@@ -419,39 +436,39 @@ impl Policy for AerostatPolicy {
                 },
                 weight: prof.weight * vm.priority,
                 rule,
-                explain: Some(explain),
+                explain,
                 host_short: None,
-                stall_text: String::new(),
             });
             memo.last_time = Some(now);
-            memo.last_stats = vm.stats.clone();
+            memo.last_counters = Counters::of(&vm.stats);
             memo.last_actual = actual;
             memo.last_used = r.used;
         }
 
-        self.fit_host(obs, &mut wishes);
+        Self::fit_host(&self.settings, obs, wishes);
 
-        wishes
-            .into_iter()
-            .filter(|w| {
-                let current = targets
-                    .get(w.vm)
-                    .map_or(obs.vms[w.vm].actual, |t| *t)
-                    .as_f64();
-                (w.target - current).abs() >= MIB || w.rule != Rule::Reclaim
-            })
-            .filter(|w| {
-                Bytes::from_f64(w.target)
-                    != targets.get(w.vm).copied().unwrap_or(obs.vms[w.vm].actual)
-                    || w.rule != Rule::Reclaim
-            })
-            .map(|w| Proposal {
-                vm: w.vm,
-                target: Bytes::from_f64(w.target).align_down(Bytes::mib(1)),
-                rule: w.rule,
-                reason: w.text(&self.settings, &obs.vms[w.vm], obs.host.total),
-            })
-            .collect()
+        for w in wishes.iter() {
+            let current = targets.get(w.vm).copied().unwrap_or(obs.vms[w.vm].actual);
+            // A reclaim that would not move the VM by a MiB is not worth proposing.
+            let worth = w.rule != Rule::Reclaim
+                || ((w.target - current.as_f64()).abs() >= MIB
+                    && Bytes::from_f64(w.target) != current);
+            if worth {
+                out.push(Proposal {
+                    vm: w.vm,
+                    target: Bytes::from_f64(w.target).align_down(Bytes::mib(1)),
+                    rule: w.rule,
+                    reason: Reason::Deferred,
+                });
+            }
+        }
+    }
+
+    fn explain(&self, obs: &Observation, vm: usize) -> String {
+        match self.wishes.binary_search_by_key(&vm, |w| w.vm) {
+            Ok(k) => self.wishes[k].text(&self.settings, &obs.vms[vm], obs.host.total),
+            Err(_) => String::new(),
+        }
     }
 }
 
@@ -465,22 +482,30 @@ struct Wish {
     idle_floor: f64,
     weight: f64,
     rule: Rule,
-    explain: Option<Explain>,
+    explain: Explain,
     /// (host short by, taken from this VM), when the host was short.
     host_short: Option<(f64, f64)>,
-    stall_text: String,
 }
 
-/// The numbers behind a wish; turned into text only for the proposals that are sent
-/// (formatting every VM's reason every tick would dominate the simulator's time).
+/// The numbers behind a wish; turned into text only for the proposals the controller
+/// sends (formatting every VM's reason every tick would dominate the simulator's time).
 #[derive(Debug, Clone, Copy)]
-struct Explain {
-    need: f64,
-    used: f64,
-    keep: f64,
-    cache: f64,
-    headroom: f64,
-    detail: Detail,
+enum Explain {
+    /// The usual case: the guest's need and how it was found.
+    Need {
+        need: f64,
+        used: f64,
+        keep: f64,
+        cache: f64,
+        headroom: f64,
+        detail: Detail,
+    },
+    /// The balloon did not follow its target (`target`, bytes) and moved `moved_bps`.
+    Stalled {
+        actual: f64,
+        target: f64,
+        moved_bps: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -499,8 +524,10 @@ enum Detail {
 impl Wish {
     fn text(&self, settings: &PolicySettings, vm: &VmSample, host_total: Bytes) -> String {
         let mut text = String::new();
+        // Writing to a String cannot fail.
         if let Some((short, take)) = self.host_short {
-            text = format!(
+            let _ = write!(
+                text,
                 "host short by {:.0} MiB (total {} − reserve {}): {} gives up {:.0} MiB of room (weight {:.1}); ",
                 short / MIB,
                 host_total,
@@ -510,41 +537,68 @@ impl Wish {
                 self.weight
             );
         }
-        let Some(e) = self.explain else {
-            return text + &self.stall_text;
+        let (need, used, keep, cache, headroom, detail) = match self.explain {
+            Explain::Need {
+                need,
+                used,
+                keep,
+                cache,
+                headroom,
+                detail,
+            } => (need, used, keep, cache, headroom, detail),
+            Explain::Stalled {
+                actual,
+                target,
+                moved_bps,
+            } => {
+                let _ = write!(
+                    text,
+                    "balloon stalled: actual {:.0} MiB, target {:.0} MiB, moving {:.1} MB/s; giving {:.0} MiB back, no inflation for {}",
+                    actual / MIB,
+                    target / MIB,
+                    moved_bps / 1e6,
+                    STALL_GIVEBACK / MIB,
+                    STALL_BLOCK
+                );
+                return text;
+            }
         };
-        text += &format!(
+        let _ = write!(
+            text,
             "need {:.0} MiB = used {:.0} + cache {:.0} + headroom {:.0}; ",
-            e.need / MIB,
-            e.used / MIB,
-            e.keep / MIB,
-            e.headroom / MIB
+            need / MIB,
+            used / MIB,
+            keep / MIB,
+            headroom / MIB
         );
-        text += &match e.detail {
+        let _ = match detail {
             Detail::Pressure {
                 swap_in_bps,
                 refault_pps,
                 new_ooms,
                 boost,
-            } => format!(
+            } => write!(
+                text,
                 "guest under pressure (swap-in {:.1} MiB/s, major faults {:.0}/s, {} new OOM kills): +{:.0} MiB",
                 swap_in_bps / MIB,
                 refault_pps,
                 new_ooms,
                 boost / MIB
             ),
-            Detail::Efficiency(eff) => format!(
+            Detail::Efficiency(eff) => write!(
+                text,
                 "guest reclaim efficiency {:.0}% < {:.0}%: only hot page cache left, keeping {:.0} MiB of it",
                 100.0 * eff,
                 100.0 * MIN_RECLAIM_EFFICIENCY,
-                e.keep / MIB
+                keep / MIB
             ),
-            Detail::Probing => format!(
+            Detail::Probing => write!(
+                text,
                 "probing page cache: keep {:.0} MiB of {:.0} MiB",
-                e.keep / MIB,
-                e.cache / MIB
+                keep / MIB,
+                cache / MIB
             ),
-            Detail::Keeping => format!("keeping {:.0} MiB of page cache", e.keep / MIB),
+            Detail::Keeping => write!(text, "keeping {:.0} MiB of page cache", keep / MIB),
         };
         text
     }
@@ -553,12 +607,8 @@ impl Wish {
 impl AerostatPolicy {
     /// When Σ wishes + overheads exceed host total − reserve, lower wishes toward their
     /// `lowest`, cheapest first: lowest weight × room, proportionally.
-    fn fit_host(&self, obs: &Observation, wishes: &mut [Wish]) {
-        let capacity = obs
-            .host
-            .total
-            .saturating_sub(self.settings.reserve)
-            .as_f64();
+    fn fit_host(settings: &PolicySettings, obs: &Observation, wishes: &mut [Wish]) {
+        let capacity = obs.host.total.saturating_sub(settings.reserve).as_f64();
         let mut committed: f64 = obs
             .vms
             .iter()
@@ -672,7 +722,8 @@ mod tests {
         // need = 1 GiB used + 0 cache + max(4 % of 8 GiB, 128 MiB) headroom ≈ 1.33 GiB; the
         // free memory above the headroom goes in one step.
         assert!(t < Bytes::gib(2) && t > Bytes::gib(1), "{t}");
-        assert!(props[0].reason.contains("need"), "{}", props[0].reason);
+        let reason = props[0].reason.text().expect("written out by propose");
+        assert!(reason.contains("need"), "{reason}");
     }
 
     #[test]

@@ -27,7 +27,30 @@ pub struct Proposal {
     /// Desired guest memory (balloon target).
     pub target: Bytes,
     pub rule: Rule,
-    pub reason: String,
+    pub reason: Reason,
+}
+
+/// Why a policy proposes a target.
+///
+/// Most proposals never become actions: the controller drops those within its dead band
+/// or equal to the current target. Writing a reason (formatting floats) is the costliest
+/// thing a policy does each tick, so a policy may defer it: the controller then asks
+/// [`Policy::explain`] for the text of the proposals it sends, and only of those.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reason {
+    Text(String),
+    /// Written on demand by [`Policy::explain`].
+    Deferred,
+}
+
+impl Reason {
+    /// The text, when it was written up front.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Reason::Text(s) => Some(s),
+            Reason::Deferred => None,
+        }
+    }
 }
 
 /// The interface every policy implements.
@@ -38,11 +61,31 @@ pub trait Policy: Send + fmt::Debug {
     /// guards their originals have (floor and maximum only) so that they are
     /// reproduced rule for rule.
     fn guards(&self) -> GuardConfig;
-    /// Propose targets for this observation. `targets[i]` is the balloon target the
-    /// controller last sent to `obs.vms[i]` (its `actual` when never sent): a balloon that
-    /// lags its target is visible only by comparing the two. VMs without a proposal keep
-    /// their target.
-    fn propose(&mut self, obs: &Observation, targets: &[Bytes]) -> Vec<Proposal>;
+    /// Propose targets for this observation into `out` (empty on entry), at most one per
+    /// VM, in VM order. `targets[i]` is the balloon target the controller last sent to
+    /// `obs.vms[i]` (its `actual` when never sent): a balloon that lags its target is
+    /// visible only by comparing the two. VMs without a proposal keep their target. `out`
+    /// is the caller's buffer so that a controller ticking millions of times does not
+    /// allocate each time.
+    fn propose_into(&mut self, obs: &Observation, targets: &[Bytes], out: &mut Vec<Proposal>);
+    /// The reason for the proposal for `obs.vms[vm]` that the last
+    /// [`Policy::propose_into`] (on this same `obs`) made with [`Reason::Deferred`].
+    /// Policies that never defer need not implement it.
+    fn explain(&self, obs: &Observation, vm: usize) -> String {
+        let _ = (obs, vm);
+        String::new()
+    }
+    /// [`Policy::propose_into`] into a new `Vec`, with every deferred reason written out.
+    fn propose(&mut self, obs: &Observation, targets: &[Bytes]) -> Vec<Proposal> {
+        let mut out = Vec::new();
+        self.propose_into(obs, targets, &mut out);
+        for p in &mut out {
+            if p.reason == Reason::Deferred {
+                p.reason = Reason::Text(self.explain(obs, p.vm));
+            }
+        }
+        out
+    }
 }
 
 /// Settings shared by all policies, from the config or scenario file.

@@ -79,7 +79,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::controller::GuardConfig;
 use crate::decision::Rule;
 use crate::observation::{Observation, VmSample};
-use crate::policy::{Policy, Proposal};
+use crate::policy::{Policy, Proposal, Reason};
 use crate::units::Bytes;
 
 /// vdsm `mom.conf`: `sample-history-length`.
@@ -303,30 +303,28 @@ impl Policy for MomPolicy {
         GuardConfig::passthrough()
     }
 
-    fn propose(&mut self, obs: &Observation, _targets: &[Bytes]) -> Vec<Proposal> {
+    fn propose_into(&mut self, obs: &Observation, _targets: &[Bytes], out: &mut Vec<Proposal>) {
         self.record(obs);
         let Some(host) = self.host.back().copied() else {
-            return Vec::new();
+            return;
         };
         if host.mem_available == 0 {
             // The original divides by zero and sends nothing.
-            return Vec::new();
+            return;
         }
         let host_free_percent =
             stat_avg(&self.host, |r| Some(r.mem_free)) / host.mem_available as f64;
 
-        let mut out = Vec::new();
         for (i, vm) in obs.vms.iter().enumerate() {
             if let Some((target, rule, reason)) = self.decide_guest(vm, host_free_percent) {
                 out.push(Proposal {
                     vm: i,
                     target,
                     rule,
-                    reason,
+                    reason: Reason::Text(reason),
                 });
             }
         }
-        out
     }
 }
 
@@ -371,6 +369,10 @@ impl MomPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reason(p: &Proposal) -> &str {
+        p.reason.text().expect("written up front")
+    }
     use crate::observation::{HostSample, VmSample};
     use crate::units::Millis;
 
@@ -428,11 +430,11 @@ mod tests {
             (4.0 * GIB_KIB as f64 * (1.0 - 0.05)) as u64
         );
         assert!(
-            out[0].reason.contains("host free 10.0% < 20.0%"),
+            reason(&out[0]).contains("host free 10.0% < 20.0%"),
             "{}",
-            out[0].reason
+            reason(&out[0])
         );
-        assert!(out[0].reason.contains("web-3"));
+        assert!(reason(&out[0]).contains("web-3"));
     }
 
     #[test]
@@ -468,7 +470,11 @@ mod tests {
         let gfp = 0.2 * (hfp / 0.2);
         let expect = (cur as f64 - (GIB_KIB / 2) as f64) + gfp * cur as f64;
         assert_eq!(kib_target(&out[0]), expect as u64);
-        assert!(out[0].reason.contains("guest used"), "{}", out[0].reason);
+        assert!(
+            reason(&out[0]).contains("guest used"),
+            "{}",
+            reason(&out[0])
+        );
     }
 
     #[test]
@@ -514,7 +520,7 @@ mod tests {
         );
         let out = p.propose(&o, &[]);
         assert_eq!(kib_target(&out[0]), min);
-        assert!(out[0].reason.contains("minimum"), "{}", out[0].reason);
+        assert!(reason(&out[0]).contains("minimum"), "{}", reason(&out[0]));
     }
 
     #[test]
@@ -549,7 +555,7 @@ mod tests {
         );
         let out = p.propose(&o, &[]);
         assert_eq!(kib_target(&out[0]), 3 * GIB_KIB);
-        assert!(out[0].reason.contains("maximum"));
+        assert!(reason(&out[0]).contains("maximum"));
         // At max: nothing.
         let mut p = MomPolicy::new();
         let o = obs(

@@ -68,7 +68,7 @@
 use crate::controller::GuardConfig;
 use crate::decision::Rule;
 use crate::observation::{Observation, VmSample};
-use crate::policy::{Policy, PolicySettings, Proposal};
+use crate::policy::{Policy, PolicySettings, Proposal, Reason};
 use crate::units::Bytes;
 
 /// pvestatd's default `ballooning-target` (percent of host memory in use).
@@ -243,7 +243,7 @@ impl Policy for ProxmoxPolicy {
         GuardConfig::passthrough()
     }
 
-    fn propose(&mut self, obs: &Observation, _targets: &[Bytes]) -> Vec<Proposal> {
+    fn propose_into(&mut self, obs: &Observation, _targets: &[Bytes], out: &mut Vec<Proposal>) {
         let total = signed(obs.host.total);
         let memused = total - signed(obs.host.available);
         let goal = ((i128::from(total) * i128::from(self.target_percent)) as f64 / 100.0
@@ -278,7 +278,7 @@ impl Policy for ProxmoxPolicy {
                 change_func(&vms, &mut res, &all, rest);
             }
         } else {
-            return Vec::new();
+            return;
         }
 
         let used_pct = if total > 0 {
@@ -292,7 +292,6 @@ impl Policy for ProxmoxPolicy {
             self.target_percent,
             signed_bytes(goal)
         );
-        let mut out = Vec::new();
         for (k, d) in vms.iter().enumerate() {
             let Some(target) = res[k].target else {
                 continue;
@@ -325,16 +324,19 @@ impl Policy for ProxmoxPolicy {
                 } else {
                     Rule::ProxmoxShrink
                 },
-                reason,
+                reason: Reason::Text(reason),
             });
         }
-        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reason(p: &Proposal) -> &str {
+        p.reason.text().expect("written up front")
+    }
     use crate::observation::HostSample;
     use crate::units::Millis;
 
@@ -402,11 +404,11 @@ mod tests {
         assert_eq!(targets(&out), vec![(0, 2 * GIB + 100 * MIB as u64)]);
         assert_eq!(out[0].rule, Rule::ProxmoxGrow);
         assert!(
-            out[0].reason.contains("under pressure"),
+            reason(&out[0]).contains("under pressure"),
             "{}",
-            out[0].reason
+            reason(&out[0])
         );
-        assert!(out[0].reason.contains("host used 50.0% (target 80%)"));
+        assert!(reason(&out[0]).contains("host used 50.0% (target 80%)"));
     }
 
     #[test]

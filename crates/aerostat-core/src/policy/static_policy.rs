@@ -15,7 +15,5 @@ impl Policy for StaticPolicy {
     fn guards(&self) -> GuardConfig {
         GuardConfig::passthrough()
     }
-    fn propose(&mut self, _obs: &Observation, _targets: &[Bytes]) -> Vec<Proposal> {
-        Vec::new()
-    }
+    fn propose_into(&mut self, _obs: &Observation, _targets: &[Bytes], _out: &mut Vec<Proposal>) {}
 }
