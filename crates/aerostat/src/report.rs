@@ -10,6 +10,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::plots;
 
+/// `println!` that does not panic when stdout is closed (`aerostat sim | head`): the output
+/// is lost, the run is not.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// A progress bar over simulated ticks (hidden when quiet or not a terminal).
 pub fn progress_bar(total: u64, label: &str, quiet: bool) -> ProgressBar {
     if quiet {

@@ -86,9 +86,9 @@ pub fn policies(args: &BenchPoliciesArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let all: Vec<Summary> = results.iter().flat_map(|r| r.runs.clone()).collect();
-    println!("{}", report::summary_table(&all));
+    crate::say!("{}", report::summary_table(&all));
     for r in &results {
-        println!(
+        crate::say!(
             "{:<16} aerostat dominates mom and proxmox: {}",
             r.scenario,
             if r.aerostat_dominates { "yes" } else { "NO" }
@@ -99,7 +99,7 @@ pub fn policies(args: &BenchPoliciesArgs) -> anyhow::Result<ExitCode> {
     let json = serde_json::to_string_pretty(&results)? + "\n";
     std::fs::write(args.out.join("bench.json"), json)?;
     std::fs::write(args.out.join("bench.md"), markdown(&results))?;
-    println!(
+    crate::say!(
         "{} runs in {:.1} s; wrote {}/{{bench.json,bench.md}}",
         jobs.len(),
         elapsed.as_secs_f64(),
@@ -194,7 +194,7 @@ pub fn sim(args: &BenchSimArgs) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         let (_, fleet_ticks) = run_fleet(&scenario, &opts, args.hosts);
         let fleet = started.elapsed().as_secs_f64();
-        println!(
+        crate::say!(
             "policy {:<8} single host ({} VMs, {}): {:>7.1} M VM-ticks/s | fleet of {} hosts on {} threads: {:>7.1} M VM-ticks/s ({:.2} s)",
             policy.as_str(),
             scenario.vms.len(),

@@ -24,7 +24,7 @@ pub fn run(args: &DecideArgs) -> anyhow::Result<ExitCode> {
         last = Some(controller.tick(obs));
     }
     let decision = last.expect("observations is not empty");
-    println!("{}", serde_json::to_string_pretty(&decision)?);
+    crate::say!("{}", serde_json::to_string_pretty(&decision)?);
     Ok(ExitCode::SUCCESS)
 }
 

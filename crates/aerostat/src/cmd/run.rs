@@ -37,11 +37,11 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         .read_to_string()
         .context("reading /status")?;
     if args.json {
-        println!("{body}");
+        crate::say!("{body}");
         return Ok(ExitCode::SUCCESS);
     }
     let status: Status = serde_json::from_str(&body).context("parsing /status")?;
-    println!("{}", table(&status));
+    crate::say!("{}", table(&status));
     Ok(ExitCode::SUCCESS)
 }
 

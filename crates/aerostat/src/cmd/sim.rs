@@ -41,11 +41,11 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     report::write_run(&args.out, &scenario, &result)?;
-    println!(
+    crate::say!(
         "{}",
         report::summary_table(std::slice::from_ref(&result.summary))
     );
-    println!(
+    crate::say!(
         "wrote {}/{{summary.json,timeseries.csv,decisions.jsonl,*.svg}}",
         args.out.display()
     );
