@@ -16,6 +16,7 @@
 pub mod controller;
 pub mod decision;
 pub mod observation;
+pub mod planner;
 pub mod policy;
 pub mod units;
 
