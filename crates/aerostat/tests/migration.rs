@@ -133,7 +133,7 @@ fn summary(label: &str, rc: i32, r: &Value) -> String {
     let mib = |b: Option<u64>| b.map_or("-".into(), |b| format!("{} MiB", b >> 20));
     let msf = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
     format!(
-        "| {label} | {} (rc {rc}) | {} | {} | {} | {} | {} | {} | {} |",
+        "| {label} | {} (rc {rc}) | {} | {} | {} | {} | {} | {} | {} | {} |",
         r["outcome"].as_str().unwrap_or("?"),
         r["strategy"].as_str().unwrap_or("-"),
         msf(u(r, "predicted_total_ms")),
@@ -142,6 +142,7 @@ fn summary(label: &str, rc: i32, r: &Value) -> String {
         msf(u(r, "postcopy_blocktime_ms")),
         mib(u(r, "bytes_sent")),
         u(r, "passes").map_or("-".into(), |p| p.to_string()),
+        u(r, "max_cpu_throttle").map_or("-".into(), |t| format!("{t} %")),
     )
 }
 
@@ -154,6 +155,18 @@ fn print_report(label: &str, rc: i32, r: &Value) {
             s["at_ms"],
             s["action"].as_str().unwrap_or(""),
             s["reason"].as_str().unwrap_or("")
+        );
+    }
+    for l in r["pass_log"].as_array().into_iter().flatten() {
+        println!(
+            "pass: t+{} ms sync {} sent {} MiB remaining {} MiB dirty {} MiB/s {:.0} Mbit/s: {}",
+            l["at_ms"],
+            l["dirty_sync_count"],
+            l["transferred"].as_u64().unwrap_or(0) >> 20,
+            l["remaining"].as_u64().unwrap_or(0) >> 20,
+            l["dirty_rate"].as_u64().unwrap_or(0) >> 20,
+            l["mbps"].as_f64().unwrap_or(0.0),
+            l["reason"].as_str().unwrap_or("")
         );
     }
     for n in r["notes"].as_array().into_iter().flatten() {
@@ -267,9 +280,9 @@ fn rewriting_guest_lands_through_postcopy_where_precopy_does_not() {
     print_report("aerostat plan", rc, &r);
     lines.push(summary("aerostat plan", rc, &r));
     println!(
-        "| run | outcome | strategy | predicted total | total | downtime | post-copy blocktime | sent | syncs |"
+        "| run | outcome | strategy | predicted total | total | downtime | post-copy blocktime | sent | syncs | max throttle |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for l in &lines {
         println!("{l}");
     }

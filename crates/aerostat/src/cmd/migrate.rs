@@ -45,6 +45,8 @@ pub struct Report {
     pub bytes_sent: Option<u64>,
     /// `dirty-sync-count` at the end.
     pub passes: Option<u64>,
+    /// Highest auto-converge throttle seen, percent.
+    pub max_cpu_throttle: Option<u64>,
     pub switches: Vec<Switch>,
     pub pass_log: Vec<PassLine>,
     pub notes: Vec<String>,
@@ -235,6 +237,9 @@ async fn measure_dirty_rate(
         notes.push("dirty rate not measured (--measure-secs 0): assumed 0".into());
         return Ok(Bytes::ZERO);
     }
+    // A new measurement has a new start time; until QEMU's thread has started, the previous
+    // result is still reported as `measured`.
+    let before = vm.query_dirty_rate().await?.start_time_secs;
     vm.calc_dirty_rate(secs).await?;
     let deadline = Instant::now() + Duration::from_secs(u64::from(secs) + 10);
     loop {
@@ -242,6 +247,8 @@ async fn measure_dirty_rate(
         let info = vm.query_dirty_rate().await?;
         if let (aerostat_qemu::backend::DirtyRateStatus::Measured, Some(r)) =
             (&info.status, info.dirty_rate_mib_per_sec)
+            && info.start_time_secs != before
+            && info.calc_time == Some(u64::from(secs))
         {
             return Ok(Bytes::mib(r));
         }
@@ -339,6 +346,24 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
     let memory = guest_memory(&vm).await?;
     let dirty_rate = measure_dirty_rate(&vm, args.measure_secs, &mut notes).await?;
     let mut inputs = MigrationInputs::new(memory, dirty_rate, s.bandwidth, s.downtime, s.max_time);
+    // Page sampling counts distinct pages changed over the window. If twice the window does
+    // not find clearly more, the guest rewrites a bounded set: that is the working set.
+    if args.measure_secs > 0 && dirty_rate.0 > 0 {
+        let window = args.measure_secs.saturating_mul(2);
+        let rate2 = measure_dirty_rate(&vm, window, &mut notes).await?;
+        let distinct1 = dirty_rate.as_f64() * f64::from(args.measure_secs);
+        let distinct2 = rate2.as_f64() * f64::from(window);
+        if distinct2 < 1.5 * distinct1 {
+            let ws = Bytes::from_f64(distinct1.max(distinct2)).min(memory);
+            notes.push(format!(
+                "working set ≈ {ws}: {} changed in {} s, {} in {window} s",
+                Bytes::from_f64(distinct1),
+                args.measure_secs,
+                Bytes::from_f64(distinct2)
+            ));
+            inputs.working_set = Some(ws);
+        }
+    }
     // Pages the host never backed are zero; QEMU's RSS (an upper bound on the guest's
     // non-zero memory) gives a lower bound on the zero fraction.
     if let Ok(rss) = vm.query_rss() {
@@ -405,6 +430,7 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
         postcopy_blocktime_ms: None,
         bytes_sent: None,
         passes: None,
+        max_cpu_throttle: None,
         switches: Vec::new(),
         pass_log: Vec::new(),
         notes,
@@ -412,6 +438,7 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
         destination_status: None,
     };
     let mut last_sync = 0;
+    let mut last_ram: Option<aerostat_qemu::backend::RamStats> = None;
     let mut switched = false;
     let mut cancelled_by_us = false;
     let hard_stop = Duration::from_millis(s.max_time.0.saturating_mul(10).max(60_000));
@@ -436,6 +463,12 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
             }
         };
         let elapsed = t0.elapsed();
+        if let Some(t) = info.cpu_throttle_percent {
+            report.max_cpu_throttle = report.max_cpu_throttle.max(Some(t));
+        }
+        if info.ram.is_some() {
+            last_ram.clone_from(&info.ram);
+        }
         match info.status {
             MigrationStatus::Completed | MigrationStatus::Failed | MigrationStatus::Cancelled => {
                 break Some(info);
@@ -538,8 +571,10 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
             .filter(|t| *t > 0)
             .or(Some(report.wall_time_ms));
         report.downtime_ms = info.downtime_ms;
-        report.bytes_sent = info.ram.as_ref().map(|r| r.transferred.0);
-        report.passes = info.ram.as_ref().map(|r| r.dirty_sync_count);
+        // A cancelled migration's reply has no `ram`: keep what was last seen.
+        let ram = info.ram.as_ref().or(last_ram.as_ref());
+        report.bytes_sent = ram.map(|r| r.transferred.0);
+        report.passes = ram.map(|r| r.dirty_sync_count);
         if let Some(e) = &info.error_desc {
             report.error.get_or_insert_with(|| e.clone());
         }
@@ -629,6 +664,9 @@ fn text(r: &Report) -> String {
     for n in &r.notes {
         let _ = writeln!(o, "note: {n}");
     }
+    if let Some(t) = r.max_cpu_throttle {
+        let _ = writeln!(o, "auto-converge throttle reached {t} %");
+    }
     let _ = writeln!(
         o,
         "outcome: {} | total {} (predicted {}) | downtime {} (predicted {}) | post-copy blocktime {} | sent {} | passes {}",
@@ -648,4 +686,50 @@ fn text(r: &Report) -> String {
         let _ = writeln!(o, "error: {e}");
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> MigrateArgs {
+        let mut argv = vec!["aerostat", "migrate", "/tmp/src.qmp", "--to", "tcp:h:1"];
+        argv.extend(extra);
+        match crate::cli::Cli::parse_from(argv).command {
+            crate::cli::Command::Migrate(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_qemus() {
+        let s = parse_settings(&args(&[])).expect("defaults parse");
+        assert_eq!(s.downtime, Millis(300));
+        assert_eq!(s.max_time, Millis::secs(60));
+        assert_eq!(s.bandwidth, Bytes::mib(128));
+        assert_eq!(s.forced, None);
+    }
+
+    #[test]
+    fn bad_flags_are_input_errors() {
+        for bad in [
+            &["--bandwidth", "128MiB"][..],
+            &["--bandwidth", "0MiB/s"],
+            &["--downtime", "300"],
+            &["--max-time", "soon"],
+            &["--strategy", "teleport"],
+        ] {
+            assert!(parse_settings(&args(bad)).is_err(), "{bad:?}");
+        }
+        let s = parse_settings(&args(&[
+            "--strategy",
+            "auto-converge",
+            "--bandwidth",
+            "32MiB/s",
+        ]))
+        .expect("parses");
+        assert_eq!(s.forced, Some(Strategy::AutoConverge));
+        assert_eq!(s.bandwidth, Bytes::mib(32));
+    }
 }
