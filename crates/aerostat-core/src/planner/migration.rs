@@ -522,8 +522,15 @@ pub fn replan(
         .bandwidth
         .filter(|b| b.0 > 0)
         .unwrap_or(planned.bandwidth);
-    // Before the first sync QEMU's rate is 0 (not measured yet): keep the planned one.
-    let dirty_rate = if live.first_pass_done() {
+    // Before the first sync QEMU's rate is 0 (not measured yet): keep the planned one. After
+    // it, QEMU's rate counts distinct pages per pass, so a guest that rewrites its whole
+    // working set within one pass reads as `W / pass time`, however fast it writes: when the
+    // pending set is (nearly) the whole working set, the planned probe is the better lower
+    // bound.
+    let saturated = planned
+        .working_set
+        .is_some_and(|w| live.remaining.as_f64() >= 0.9 * w.as_f64());
+    let dirty_rate = if live.first_pass_done() && !saturated {
         live.dirty_rate
     } else {
         live.dirty_rate.max(planned.dirty_rate)

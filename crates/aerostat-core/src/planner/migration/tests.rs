@@ -218,6 +218,21 @@ fn replan_follows_the_plan_and_the_deadline() {
     assert_eq!(r.step, Step::SwitchToPostcopy);
 }
 
+#[test]
+fn replan_keeps_the_probe_rate_while_the_working_set_is_saturated() {
+    // Measured: 262 MiB/s over a 262 MiB working set; after pass 1 QEMU reports 26 MiB/s
+    // (262 MiB per 10 s pass) with 255 MiB pending: the guest did not slow down.
+    let mut inp = inputs(512, 262, 32);
+    inp.working_set = Some(Bytes::mib(262));
+    let plan = Some(Strategy::PreCopy);
+    let r = replan(&inp, plan, Allowed::ALL, &live(9900, 255, 26, 2));
+    assert_eq!(r.step, Step::SwitchToPostcopy, "{}", r.reason);
+    assert!(!r.precopy.converges);
+    // Pending well below the working set: the live rate is believed.
+    let r = replan(&inp, plan, Allowed::ALL, &live(9900, 40, 2, 2));
+    assert_eq!(r.step, Step::Continue, "{}", r.reason);
+}
+
 fn arb_inputs() -> impl Gen<Value = MigrationInputs> {
     (
         1u64..=64 * 1024, // memory MiB
