@@ -17,6 +17,7 @@ pub mod controller;
 pub mod decision;
 pub mod observation;
 mod per_vm;
+pub mod planner;
 pub mod policy;
 pub mod units;
 

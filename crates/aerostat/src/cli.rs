@@ -29,6 +29,44 @@ pub enum Command {
     Run(RunArgs),
     /// Ask the running daemon what it sees, as a table.
     Status(StatusArgs),
+    /// Live-migrate a QEMU guest, switching to post-copy when pre-copy will not land.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The source VM's QMP socket.
+    pub vm: PathBuf,
+    /// Migration URI for QEMU's `migrate` (`tcp:HOST:PORT`, `unix:PATH`).
+    #[arg(long)]
+    pub to: String,
+    /// The destination's QMP socket: enables post-copy (set on both sides) and lets the
+    /// switch check that the destination is alive first. Without it, pre-copy only.
+    #[arg(long)]
+    pub dest_qmp: Option<PathBuf>,
+    /// Longest acceptable pause of the guest (QEMU's `downtime-limit`).
+    #[arg(long, default_value = "300ms")]
+    pub downtime: String,
+    /// Budget for the whole migration; pre-copy that cannot switch is cancelled at it.
+    #[arg(long, default_value = "60s")]
+    pub max_time: String,
+    /// Bandwidth cap for both pre-copy and post-copy (`max-bandwidth`,
+    /// `max-postcopy-bandwidth`).
+    #[arg(long, default_value = "128MiB/s")]
+    pub bandwidth: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// `quit` the source QEMU once the migration completed.
+    #[arg(long)]
+    pub quit_source: bool,
+    /// Force a strategy instead of the planner's choice (for comparisons):
+    /// pre-copy, auto-converge, post-copy-after-first-pass, post-copy-at-once.
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Dirty-rate measurement before planning, seconds (0: skip, assume 0).
+    #[arg(long, default_value_t = 1)]
+    pub measure_secs: u32,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ use crate::cli::{BenchCommand, Cli, Command};
 
 mod bench;
 mod decide;
+mod migrate;
 mod run;
 mod sim;
 
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Decide(args) => decide::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Status(args) => run::status(&args),
+        Command::Migrate(args) => migrate::run(&args),
         Command::Sim(args) => sim::run(&args),
         Command::Bench(BenchCommand::Policies(args)) => bench::policies(&args),
         Command::Bench(BenchCommand::Sim(args)) => bench::sim(&args),

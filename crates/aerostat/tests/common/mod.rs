@@ -28,8 +28,31 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Guests under TCG on 2 cores must not overlap: every test holds this for its whole body.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-pub fn serial_lock() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+/// Held for a real-VM test's whole body: the in-process mutex (tests of one binary run on
+/// threads) and an exclusive `flock` on a file in the temp dir, so that the test binaries
+/// (`real_vm`, `migration`) and concurrent `cargo test` runs on the same machine never boot
+/// guests at the same time either.
+#[derive(Debug)]
+pub struct SerialGuard {
+    _file: std::fs::File,
+    _guard: MutexGuard<'static, ()>,
+}
+
+pub fn serial_lock() -> SerialGuard {
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let path = std::env::temp_dir().join("aerostat-real-vm.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("flock {}: {e}", path.display()));
+    SerialGuard {
+        _file: file,
+        _guard: guard,
+    }
 }
 
 /// The guest kernel and initramfs.
@@ -188,6 +211,9 @@ pub struct VmSpec {
     pub daemon_qmp_dir: Option<PathBuf>,
     /// Memory cgroup (the "host") the QEMU process is moved into right after spawn.
     pub cgroup: Option<PathBuf>,
+    /// `-incoming URI`: a migration destination (same command line otherwise). Its guest
+    /// never prints the ready marker: it arrives already running.
+    pub incoming: Option<String>,
 }
 
 impl VmSpec {
@@ -198,7 +224,13 @@ impl VmSpec {
             deflate_on_oom: false,
             daemon_qmp_dir: None,
             cgroup: None,
+            incoming: None,
         }
+    }
+
+    pub fn incoming(mut self, uri: &str) -> VmSpec {
+        self.incoming = Some(uri.to_string());
+        self
     }
 
     pub fn daemon_dir(mut self, dir: &Path) -> VmSpec {
@@ -273,8 +305,11 @@ impl TestVm {
             cmd.arg("-qmp")
                 .arg(format!("unix:{},server=on,wait=off", d.display()));
         }
-        cmd.args(["-device", &balloon])
-            .stdin(Stdio::null())
+        cmd.args(["-device", &balloon]);
+        if let Some(uri) = &spec.incoming {
+            cmd.args(["-incoming", uri]);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
         let child = cmd.spawn().expect("spawn qemu-system-x86_64");

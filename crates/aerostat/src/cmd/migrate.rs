@@ -1,0 +1,735 @@
+//! `aerostat migrate VM --to URI`: a live migration that lands.
+//!
+//! Plans with `aerostat_core::planner::migration` (dirty rate measured with `calc-dirty-rate`),
+//! starts pre-copy, re-plans from `query-migrate` every ~200 ms, and switches to post-copy when
+//! pre-copy will not land within the budget — only after checking that the destination
+//! answers, since a post-copy cannot be cancelled. Without post-copy, a pre-copy that has not
+//! landed by `--max-time` is cancelled (the source keeps running) and the exit code is 1.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use aerostat_core::planner::migration::{
+    Allowed, LiveStats, MigrationInputs, Plan, Prediction, Step, Strategy, choose, predict_all,
+    replan,
+};
+use aerostat_core::{Bytes, Millis};
+use aerostat_qemu::backend::{MigrationCapability, MigrationParameters, MigrationStatus};
+use aerostat_qemu::{QemuVm, QmpError, QmpOptions, VmEvent};
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::cli::MigrateArgs;
+use crate::cmd::InputError;
+
+const POLL: Duration = Duration::from_millis(200);
+
+/// What happened, printed as text or JSON.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub outcome: String,
+    pub completed: bool,
+    pub inputs: MigrationInputs,
+    pub plan: Plan,
+    /// The strategy the planner chose, or the one forced with `--strategy`.
+    pub strategy: Option<Strategy>,
+    pub predicted_total_ms: Option<u64>,
+    pub predicted_downtime_ms: Option<u64>,
+    /// QEMU's `total-time`, or the wall clock when QEMU reports 0 (seen on QEMU 7.2).
+    pub total_time_ms: Option<u64>,
+    pub wall_time_ms: u64,
+    pub downtime_ms: Option<u64>,
+    pub postcopy_blocktime_ms: Option<u64>,
+    pub bytes_sent: Option<u64>,
+    /// `dirty-sync-count` at the end.
+    pub passes: Option<u64>,
+    /// Highest auto-converge throttle seen, percent.
+    pub max_cpu_throttle: Option<u64>,
+    pub switches: Vec<Switch>,
+    pub pass_log: Vec<PassLine>,
+    pub notes: Vec<String>,
+    pub error: Option<String>,
+    pub destination_status: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Switch {
+    pub at_ms: u64,
+    pub action: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PassLine {
+    pub at_ms: u64,
+    pub dirty_sync_count: u64,
+    pub transferred: u64,
+    pub remaining: u64,
+    pub dirty_rate: u64,
+    pub mbps: f64,
+    pub step: Step,
+    pub reason: String,
+}
+
+struct Settings {
+    downtime: Millis,
+    max_time: Millis,
+    bandwidth: Bytes,
+    forced: Option<Strategy>,
+}
+
+fn parse_settings(args: &MigrateArgs) -> Result<Settings, InputError> {
+    let bad = |what: &str, e: String| InputError(format!("--{what}: {e}"));
+    let downtime: Millis = args
+        .downtime
+        .parse()
+        .map_err(|e: aerostat_core::UnitError| bad("downtime", e.to_string()))?;
+    let max_time: Millis = args
+        .max_time
+        .parse()
+        .map_err(|e: aerostat_core::UnitError| bad("max-time", e.to_string()))?;
+    let bandwidth: Bytes = args
+        .bandwidth
+        .trim()
+        .strip_suffix("/s")
+        .ok_or_else(|| bad("bandwidth", "write it like 128MiB/s".into()))?
+        .parse()
+        .map_err(|e: aerostat_core::UnitError| bad("bandwidth", e.to_string()))?;
+    if bandwidth.0 == 0 {
+        return Err(bad("bandwidth", "must be more than 0".into()));
+    }
+    let forced = match args.strategy.as_deref() {
+        None => None,
+        Some(s) => Some(
+            Strategy::ALL
+                .into_iter()
+                .find(|k| k.as_str() == s)
+                .ok_or_else(|| {
+                    bad(
+                        "strategy",
+                        format!("`{s}`: use pre-copy, auto-converge, post-copy-after-first-pass or post-copy-at-once"),
+                    )
+                })?,
+        ),
+    };
+    Ok(Settings {
+        downtime,
+        max_time,
+        bandwidth,
+        forced,
+    })
+}
+
+pub fn run(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    let settings = parse_settings(args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let report = runtime.block_on(migrate(args, &settings))?;
+    if args.json {
+        crate::say!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", text(&report));
+    }
+    Ok(if report.completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn connect(path: &Path) -> Result<QemuVm, QmpError> {
+    QemuVm::connect_with(
+        path,
+        QmpOptions {
+            handshake_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+        },
+    )
+    .await
+}
+
+async fn guest_memory(vm: &QemuVm) -> anyhow::Result<Bytes> {
+    let v = vm
+        .client()
+        .execute("query-memory-size-summary", None)
+        .await?;
+    let base = v.get("base-memory").and_then(Value::as_u64).unwrap_or(0);
+    let plugged = v.get("plugged-memory").and_then(Value::as_u64).unwrap_or(0);
+    if base == 0 {
+        anyhow::bail!("query-memory-size-summary: no base-memory in {v}");
+    }
+    Ok(Bytes(base + plugged))
+}
+
+/// The known-unsafe combination (docs/migration.md): virtio-mem + a balloon with free page
+/// reporting, migrated by post-copy. `Some(reason)` when post-copy must not be used.
+async fn postcopy_hazard(vm: &QemuVm, notes: &mut Vec<String>) -> Option<String> {
+    let mems = match vm.query_memory_devices().await {
+        Ok(m) => m,
+        Err(e) => {
+            return Some(format!(
+                "cannot list memory devices ({e}); post-copy not risked"
+            ));
+        }
+    };
+    if mems.is_empty() {
+        return None;
+    }
+    let balloon = match vm.find_balloon_path().await {
+        Ok(None) => return None,
+        Ok(Some(p)) => p,
+        Err(e) => {
+            return Some(format!(
+                "virtio-mem present and the balloon cannot be inspected ({e})"
+            ));
+        }
+    };
+    let fpr = vm
+        .client()
+        .execute(
+            "qom-get",
+            Some(json!({"path": balloon, "property": "free-page-reporting"})),
+        )
+        .await;
+    match fpr {
+        Ok(Value::Bool(false)) => None,
+        Ok(_) | Err(_) => {
+            // Try to turn it off; QEMU refuses for a realized device, which is the usual case.
+            let off = vm
+                .client()
+                .execute(
+                    "qom-set",
+                    Some(
+                        json!({"path": balloon, "property": "free-page-reporting", "value": false}),
+                    ),
+                )
+                .await;
+            match off {
+                Ok(_) => {
+                    notes.push(format!(
+                        "turned free-page-reporting off on {balloon} (virtio-mem present)"
+                    ));
+                    None
+                }
+                Err(e) => Some(format!(
+                    "virtio-mem + balloon free-page-reporting + post-copy corrupted guests in the \
+                     lab (3 of 8 runs); free-page-reporting cannot be turned off at run time ({e})"
+                )),
+            }
+        }
+    }
+}
+
+async fn measure_dirty_rate(
+    vm: &QemuVm,
+    secs: u32,
+    notes: &mut Vec<String>,
+) -> Result<Bytes, QmpError> {
+    if secs == 0 {
+        notes.push("dirty rate not measured (--measure-secs 0): assumed 0".into());
+        return Ok(Bytes::ZERO);
+    }
+    // A new measurement has a new start time; until QEMU's thread has started, the previous
+    // result is still reported as `measured`.
+    let before = vm.query_dirty_rate().await?.start_time_secs;
+    vm.calc_dirty_rate(secs).await?;
+    let deadline = Instant::now() + Duration::from_secs(u64::from(secs) + 10);
+    loop {
+        tokio::time::sleep(POLL).await;
+        let info = vm.query_dirty_rate().await?;
+        if let (aerostat_qemu::backend::DirtyRateStatus::Measured, Some(r)) =
+            (&info.status, info.dirty_rate_mib_per_sec)
+            && info.start_time_secs != before
+            && info.calc_time == Some(u64::from(secs))
+        {
+            return Ok(Bytes::mib(r));
+        }
+        if Instant::now() > deadline {
+            notes.push("calc-dirty-rate did not finish: dirty rate assumed 0".into());
+            return Ok(Bytes::ZERO);
+        }
+    }
+}
+
+/// The destination answers QMP and is waiting for the incoming migration.
+async fn destination_healthy(dest: Option<&QemuVm>) -> Result<(), String> {
+    let Some(dest) = dest else {
+        return Err("no destination QMP socket (--dest-qmp)".into());
+    };
+    if dest.client().is_closed() {
+        return Err("the destination's QMP connection is closed (destination gone?)".into());
+    }
+    match dest
+        .client()
+        .execute_with_timeout("query-status", None, Duration::from_secs(1))
+        .await
+    {
+        Ok(v) => {
+            let status = v.get("status").and_then(Value::as_str).unwrap_or("?");
+            if matches!(status, "inmigrate" | "paused" | "prelaunch" | "postmigrate") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "destination is `{status}`, not waiting for the migration"
+                ))
+            }
+        }
+        Err(e) => Err(format!("destination does not answer: {e}")),
+    }
+}
+
+async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
+    let vm = connect(&args.vm)
+        .await
+        .with_context(|| format!("connecting to the source QMP {}", args.vm.display()))?;
+    let mut notes = Vec::new();
+    let current = vm.query_migrate().await?;
+    if matches!(
+        current.status,
+        MigrationStatus::Active
+            | MigrationStatus::Setup
+            | MigrationStatus::PostcopyActive
+            | MigrationStatus::Device
+    ) {
+        anyhow::bail!("a migration is already running ({:?})", current.status);
+    }
+
+    // What may be done.
+    let mut allowed = Allowed::ALL;
+    let dest = match &args.dest_qmp {
+        None => {
+            allowed.postcopy = false;
+            notes.push("no --dest-qmp: post-copy not possible".into());
+            None
+        }
+        Some(p) => match connect(p).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                allowed.postcopy = false;
+                notes.push(format!(
+                    "destination QMP {}: {e}: post-copy not possible",
+                    p.display()
+                ));
+                None
+            }
+        },
+    };
+    if allowed.postcopy
+        && let Some(reason) = postcopy_hazard(&vm, &mut notes).await
+    {
+        allowed.postcopy = false;
+        notes.push(format!("post-copy refused: {reason}"));
+    }
+    if let (true, Some(d)) = (allowed.postcopy, &dest)
+        && let Err(e) = d
+            .migrate_set_capabilities(&[
+                (MigrationCapability::PostcopyRam, true),
+                (MigrationCapability::PostcopyBlocktime, true),
+            ])
+            .await
+    {
+        allowed.postcopy = false;
+        notes.push(format!(
+            "destination refused postcopy-ram ({e}): post-copy not possible"
+        ));
+    }
+
+    // Plan.
+    let memory = guest_memory(&vm).await?;
+    let dirty_rate = measure_dirty_rate(&vm, args.measure_secs, &mut notes).await?;
+    let mut inputs = MigrationInputs::new(memory, dirty_rate, s.bandwidth, s.downtime, s.max_time);
+    // Page sampling counts distinct pages changed over the window. If twice the window does
+    // not find clearly more, the guest rewrites a bounded set: that is the working set.
+    if args.measure_secs > 0 && dirty_rate.0 > 0 {
+        let window = args.measure_secs.saturating_mul(2);
+        let rate2 = measure_dirty_rate(&vm, window, &mut notes).await?;
+        let distinct1 = dirty_rate.as_f64() * f64::from(args.measure_secs);
+        let distinct2 = rate2.as_f64() * f64::from(window);
+        if distinct2 < 1.5 * distinct1 {
+            let ws = Bytes::from_f64(distinct1.max(distinct2)).min(memory);
+            notes.push(format!(
+                "working set ≈ {ws}: {} changed in {} s, {} in {window} s",
+                Bytes::from_f64(distinct1),
+                args.measure_secs,
+                Bytes::from_f64(distinct2)
+            ));
+            inputs.working_set = Some(ws);
+        }
+    }
+    // Pages the host never backed are zero; QEMU's RSS (an upper bound on the guest's
+    // non-zero memory) gives a lower bound on the zero fraction.
+    if let Ok(rss) = vm.query_rss() {
+        inputs.zero_fraction = Some(1.0 - rss.min(memory).as_f64() / memory.as_f64());
+    }
+    let plan = choose(&inputs, allowed);
+    let strategy = match s.forced {
+        Some(f) => {
+            if f.is_postcopy() && !allowed.postcopy {
+                anyhow::bail!(
+                    "--strategy {f}: post-copy is not possible here ({})",
+                    notes.join("; ")
+                );
+            }
+            notes.push(format!(
+                "strategy forced to {f} (planner chose {:?})",
+                plan.chosen
+            ));
+            // A forced pre-copy variant never switches.
+            if !f.is_postcopy() {
+                allowed.postcopy = false;
+            }
+            Some(f)
+        }
+        None => plan.chosen,
+    };
+    let predicted = strategy.map(|st| predict_all(&inputs).into_iter().find(|p| p.strategy == st));
+    let predicted: Option<Prediction> = predicted.flatten();
+
+    // Configure and start.
+    vm.migrate_set_capabilities(&[
+        (MigrationCapability::Events, true),
+        (MigrationCapability::PostcopyRam, allowed.postcopy),
+        (
+            MigrationCapability::AutoConverge,
+            strategy == Some(Strategy::AutoConverge),
+        ),
+    ])
+    .await
+    .context("migrate-set-capabilities on the source")?;
+    vm.migrate_set_parameters(&MigrationParameters {
+        downtime_limit_ms: Some(s.downtime.0),
+        max_bandwidth_bytes_per_sec: Some(s.bandwidth.0),
+        max_postcopy_bandwidth_bytes_per_sec: Some(s.bandwidth.0),
+        ..MigrationParameters::default()
+    })
+    .await
+    .context("migrate-set-parameters on the source")?;
+    vm.client().drain_events();
+    let t0 = Instant::now();
+    vm.migrate(&args.to).await.context("migrate")?;
+
+    let mut report = Report {
+        outcome: String::new(),
+        completed: false,
+        inputs: inputs.clone(),
+        plan,
+        strategy,
+        predicted_total_ms: predicted.as_ref().and_then(|p| p.total_time).map(|m| m.0),
+        predicted_downtime_ms: predicted.as_ref().and_then(|p| p.downtime).map(|m| m.0),
+        total_time_ms: None,
+        wall_time_ms: 0,
+        downtime_ms: None,
+        postcopy_blocktime_ms: None,
+        bytes_sent: None,
+        passes: None,
+        max_cpu_throttle: None,
+        switches: Vec::new(),
+        pass_log: Vec::new(),
+        notes,
+        error: None,
+        destination_status: None,
+    };
+    let mut last_sync = 0;
+    let mut last_ram: Option<aerostat_qemu::backend::RamStats> = None;
+    let mut switched = false;
+    let mut cancelled_by_us = false;
+    let hard_stop = Duration::from_millis(s.max_time.0.saturating_mul(10).max(60_000));
+    let final_info = loop {
+        tokio::time::sleep(POLL).await;
+        for ev in vm.client().drain_events() {
+            match VmEvent::from(&ev) {
+                VmEvent::Migration { status } => report
+                    .notes
+                    .push(format!("t+{} ms: MIGRATION {status:?}", ms(t0.elapsed()))),
+                VmEvent::MigrationPass { pass } => report
+                    .notes
+                    .push(format!("t+{} ms: MIGRATION_PASS {pass}", ms(t0.elapsed()))),
+                _ => {}
+            }
+        }
+        let info = match vm.query_migrate().await {
+            Ok(i) => i,
+            Err(e) => {
+                report.error = Some(format!("query-migrate on the source: {e}"));
+                break None;
+            }
+        };
+        let elapsed = t0.elapsed();
+        if let Some(t) = info.cpu_throttle_percent {
+            report.max_cpu_throttle = report.max_cpu_throttle.max(Some(t));
+        }
+        if info.ram.is_some() {
+            last_ram.clone_from(&info.ram);
+        }
+        match info.status {
+            MigrationStatus::Completed | MigrationStatus::Failed | MigrationStatus::Cancelled => {
+                break Some(info);
+            }
+            MigrationStatus::PostcopyPaused | MigrationStatus::PostcopyRecoverSetup => {
+                report.error = Some(
+                    "post-copy paused: the link or the destination failed after the switch; the \
+                     guest is paused until `migrate-recover`/`migrate --resume`"
+                        .into(),
+                );
+                break Some(info);
+            }
+            _ => {}
+        }
+        if elapsed > hard_stop {
+            report.error = Some(format!(
+                "still {:?} after {elapsed:?}; giving up watching",
+                info.status
+            ));
+            break Some(info);
+        }
+        if switched || cancelled_by_us || info.status != MigrationStatus::Active {
+            continue;
+        }
+        let Some(ram) = &info.ram else { continue };
+        let page = ram.page_size.unwrap_or(Bytes(4096));
+        let live = LiveStats {
+            elapsed: Millis(ms(elapsed)),
+            transferred: ram.transferred,
+            remaining: ram.remaining,
+            dirty_rate: Bytes(ram.dirty_pages_per_sec.saturating_mul(page.0)),
+            bandwidth: (ram.mbps > 0.0).then(|| Bytes::from_f64(ram.mbps * 1e6 / 8.0)),
+            dirty_sync_count: ram.dirty_sync_count,
+        };
+        let r = replan(&inputs, strategy, allowed, &live);
+        if ram.dirty_sync_count != last_sync {
+            last_sync = ram.dirty_sync_count;
+            report.pass_log.push(PassLine {
+                at_ms: live.elapsed.0,
+                dirty_sync_count: ram.dirty_sync_count,
+                transferred: ram.transferred.0,
+                remaining: ram.remaining.0,
+                dirty_rate: live.dirty_rate.0,
+                mbps: ram.mbps,
+                step: r.step,
+                reason: r.reason.clone(),
+            });
+        }
+        match r.step {
+            Step::Continue => {}
+            Step::SwitchToPostcopy => match destination_healthy(dest.as_ref()).await {
+                Ok(()) => match vm.migrate_start_postcopy().await {
+                    Ok(()) => {
+                        switched = true;
+                        report.switches.push(Switch {
+                            at_ms: ms(t0.elapsed()),
+                            action: "migrate-start-postcopy".into(),
+                            reason: r.reason,
+                        });
+                    }
+                    Err(e) => {
+                        allowed.postcopy = false;
+                        report.notes.push(format!(
+                            "migrate-start-postcopy failed ({e}): pre-copy only"
+                        ));
+                    }
+                },
+                Err(why) => {
+                    allowed.postcopy = false;
+                    report.notes.push(format!(
+                        "t+{} ms: wanted post-copy ({}) but {why}: not switching",
+                        live.elapsed.0, r.reason
+                    ));
+                }
+            },
+            Step::Cancel => {
+                cancelled_by_us = true;
+                report.switches.push(Switch {
+                    at_ms: live.elapsed.0,
+                    action: "migrate_cancel".into(),
+                    reason: r.reason,
+                });
+                if let Err(e) = vm.migrate_cancel().await {
+                    report.error = Some(format!("migrate_cancel: {e}"));
+                }
+            }
+        }
+    };
+    report.wall_time_ms = ms(t0.elapsed());
+
+    if let Some(info) = &final_info {
+        report.completed = info.status == MigrationStatus::Completed && report.error.is_none();
+        report.outcome = match &info.status {
+            MigrationStatus::Completed => "completed".into(),
+            MigrationStatus::Cancelled if cancelled_by_us => "cancelled at the budget".into(),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        report.total_time_ms = info
+            .total_time_ms
+            .filter(|t| *t > 0)
+            .or(Some(report.wall_time_ms));
+        report.downtime_ms = info.downtime_ms;
+        // A cancelled migration's reply has no `ram`: keep what was last seen.
+        let ram = info.ram.as_ref().or(last_ram.as_ref());
+        report.bytes_sent = ram.map(|r| r.transferred.0);
+        report.passes = ram.map(|r| r.dirty_sync_count);
+        if let Some(e) = &info.error_desc {
+            report.error.get_or_insert_with(|| e.clone());
+        }
+    } else {
+        report.outcome = "unknown".into();
+    }
+    if info_is_completed(&final_info)
+        && let Some(d) = &dest
+    {
+        // The destination reports the post-copy blocktime once it has finished.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match d.query_migrate().await {
+                Ok(i) if i.status == MigrationStatus::Completed => {
+                    if switched {
+                        report.postcopy_blocktime_ms = i.postcopy_blocktime_ms;
+                    }
+                    break;
+                }
+                Ok(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+                _ => break,
+            }
+        }
+        report.destination_status = d
+            .query_status()
+            .await
+            .ok()
+            .map(|st| format!("{:?}", st.status).to_lowercase());
+    }
+    if report.completed
+        && args.quit_source
+        && let Err(e) = vm.client().execute("quit", None).await
+    {
+        report.notes.push(format!("quit on the source: {e}"));
+    }
+    Ok(report)
+}
+
+fn info_is_completed(info: &Option<aerostat_qemu::backend::MigrationInfo>) -> bool {
+    info.as_ref()
+        .is_some_and(|i| i.status == MigrationStatus::Completed)
+}
+
+fn opt_ms(v: Option<u64>) -> String {
+    v.map_or("-".into(), |v| format!("{v} ms"))
+}
+
+fn text(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "plan: {}", r.plan.reason);
+    for p in &r.plan.predictions {
+        let _ = writeln!(
+            o,
+            "  {:28} converges {:5} lands {:5} total {:>9} downtime {:>8} sent {:>10} passes {}",
+            p.strategy.as_str(),
+            p.converges,
+            p.lands,
+            p.total_time.map_or("-".into(), |t| t.to_string()),
+            p.downtime.map_or("-".into(), |t| t.to_string()),
+            p.bytes_sent.map_or("-".into(), |b| b.to_string()),
+            p.passes
+        );
+    }
+    let _ = writeln!(
+        o,
+        "strategy: {}",
+        r.strategy.map_or("none".into(), |s| s.to_string())
+    );
+    for line in &r.pass_log {
+        let _ = writeln!(
+            o,
+            "  t+{:>6} ms sync {:>3} sent {:>10} remaining {:>10} dirty {:>9}/s {:>7.1} Mbit/s: {:?} — {}",
+            line.at_ms,
+            line.dirty_sync_count,
+            Bytes(line.transferred).to_string(),
+            Bytes(line.remaining).to_string(),
+            Bytes(line.dirty_rate).to_string(),
+            line.mbps,
+            line.step,
+            line.reason
+        );
+    }
+    for s in &r.switches {
+        let _ = writeln!(o, "switch at t+{} ms: {} — {}", s.at_ms, s.action, s.reason);
+    }
+    for n in &r.notes {
+        let _ = writeln!(o, "note: {n}");
+    }
+    if let Some(t) = r.max_cpu_throttle {
+        let _ = writeln!(o, "auto-converge throttle reached {t} %");
+    }
+    let _ = writeln!(
+        o,
+        "outcome: {} | total {} (predicted {}) | downtime {} (predicted {}) | post-copy blocktime {} | sent {} | passes {}",
+        r.outcome,
+        opt_ms(r.total_time_ms),
+        opt_ms(r.predicted_total_ms),
+        opt_ms(r.downtime_ms),
+        opt_ms(r.predicted_downtime_ms),
+        opt_ms(r.postcopy_blocktime_ms),
+        r.bytes_sent.map_or("-".into(), |b| Bytes(b).to_string()),
+        r.passes.map_or("-".into(), |p| p.to_string()),
+    );
+    if let Some(st) = &r.destination_status {
+        let _ = writeln!(o, "destination: {st}");
+    }
+    if let Some(e) = &r.error {
+        let _ = writeln!(o, "error: {e}");
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> MigrateArgs {
+        let mut argv = vec!["aerostat", "migrate", "/tmp/src.qmp", "--to", "tcp:h:1"];
+        argv.extend(extra);
+        match crate::cli::Cli::parse_from(argv).command {
+            crate::cli::Command::Migrate(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_qemus() {
+        let s = parse_settings(&args(&[])).expect("defaults parse");
+        assert_eq!(s.downtime, Millis(300));
+        assert_eq!(s.max_time, Millis::secs(60));
+        assert_eq!(s.bandwidth, Bytes::mib(128));
+        assert_eq!(s.forced, None);
+    }
+
+    #[test]
+    fn bad_flags_are_input_errors() {
+        for bad in [
+            &["--bandwidth", "128MiB"][..],
+            &["--bandwidth", "0MiB/s"],
+            &["--downtime", "300"],
+            &["--max-time", "soon"],
+            &["--strategy", "teleport"],
+        ] {
+            assert!(parse_settings(&args(bad)).is_err(), "{bad:?}");
+        }
+        let s = parse_settings(&args(&[
+            "--strategy",
+            "auto-converge",
+            "--bandwidth",
+            "32MiB/s",
+        ]))
+        .expect("parses");
+        assert_eq!(s.forced, Some(Strategy::AutoConverge));
+        assert_eq!(s.bandwidth, Bytes::mib(32));
+    }
+}
