@@ -26,25 +26,8 @@ reserve = "128MiB"
 system = "0B"
 vm_overhead = "96MiB"
 [[vm]]
-name = "a"
-memory = "768MiB"
-min = "200MiB"
-[vm.workload]
-kind = "steady"
-working_set = "40MiB"
-page_cache = "16MiB"
-noise = 0.0
-[[vm]]
-name = "b"
-memory = "768MiB"
-min = "200MiB"
-[vm.workload]
-kind = "steady"
-working_set = "40MiB"
-page_cache = "16MiB"
-noise = 0.0
-[[vm]]
-name = "c"
+name = "vm"
+count = 3
 memory = "768MiB"
 min = "200MiB"
 [vm.workload]
