@@ -125,7 +125,7 @@ fn overcommit_simulator_arm() {
     let mut arm = SimArm::new();
     let (squeezed, grown) = overcommit_body(&mut arm);
     println!(
-        "simulator arm: a squeezed to {} MiB, grown to {} MiB at t = {}",
+        "simulator arm: first guest squeezed to {} MiB, grown to {} MiB at t = {}",
         squeezed >> 20,
         grown >> 20,
         arm.sim.time()
