@@ -733,6 +733,37 @@ fn metrics_status_and_sigterm() {
     std::thread::sleep(Duration::from_secs(2));
     let after: Vec<u64> = vms.iter().map(|v| v.balloon_actual()).collect();
     assert_eq!(before, after, "balloons are left where they were");
+
+    // --dry-run decides and logs, but never touches a balloon: give `web` all its memory
+    // back behind the daemon's back; a dry-run daemon wants to reclaim it and must not.
+    let web = &vms[0];
+    let configured = 512 * MIB;
+    web.qmp("balloon", Some(serde_json::json!({ "value": configured })));
+    wait_until(Duration::from_secs(30), "web to deflate", || {
+        web.balloon_actual() == configured
+    });
+    let mut dry = Daemon::start_with(work.path(), 2, &config, &["--dry-run"]);
+    wait_until(
+        Duration::from_secs(30),
+        "a dry-run decision for web",
+        || {
+            std::thread::sleep(Duration::from_millis(300));
+            dry.decisions()
+                .iter()
+                .any(|d| d["vm"] == "web" && d["dry_run"] == true)
+        },
+    );
+    dry.wait_ticks(3);
+    assert_eq!(
+        web.balloon_actual(),
+        configured,
+        "a dry run left the balloon alone"
+    );
+    println!(
+        "dry run: {} decisions logged, none applied",
+        dry.decisions().len()
+    );
+    dry.terminate(Duration::from_secs(5));
     println!(
         "metrics_status_and_sigterm: {:.1} s",
         t0.elapsed().as_secs_f64()

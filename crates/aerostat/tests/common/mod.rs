@@ -593,6 +593,11 @@ impl Daemon {
     /// Starts the daemon. `config` is the TOML without an `[api]` table: one is added with a
     /// free port. `dir` holds the config and output files; `run` numbers them (restarts).
     pub fn start(dir: &Path, run: u32, config: &str) -> Daemon {
+        Daemon::start_with(dir, run, config, &[])
+    }
+
+    /// `start` with extra arguments for `aerostat run` (e.g. `--dry-run`).
+    pub fn start_with(dir: &Path, run: u32, config: &str, args: &[&str]) -> Daemon {
         let port = free_port();
         let config_path = dir.join(format!("aerostat-{run}.toml"));
         std::fs::write(
@@ -606,6 +611,7 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(&config_path)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
