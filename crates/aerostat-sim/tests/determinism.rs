@@ -1,34 +1,18 @@
 //! Same scenario and seed → byte-identical summaries, whatever the thread count; another
 //! seed → another result.
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use aerostat_core::PolicyKind;
 use aerostat_sim::fleet::run_fleet;
 use aerostat_sim::{RunOptions, Scenario, Summary, run};
 
-fn scenario_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scenarios")
-        .join(name)
-}
-
 /// A shipped scenario with its `duration` line replaced.
 fn shortened(name: &str, duration: &str) -> Scenario {
-    let path = scenario_path(name);
+    let path = common::scenarios_dir().join(name);
     let text = std::fs::read_to_string(&path).expect("scenario file");
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with("duration") {
-                format!("duration = \"{duration}\"")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    Scenario::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"))
+    Scenario::parse(&common::with_duration(&text, duration), &path)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn summary_json(s: &Summary) -> String {

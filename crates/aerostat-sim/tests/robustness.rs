@@ -1,6 +1,8 @@
 //! No policy panics on any shipped scenario, and guests that lie about their memory cannot
 //! push anyone below a floor or the host into swap: the guards use host facts only.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use aerostat_core::PolicyKind;
@@ -8,23 +10,7 @@ use aerostat_sim::{RunOptions, RunResult, Scenario, run};
 
 const MIB: f64 = 1048576.0;
 
-fn scenarios_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios")
-}
-
-/// `text` with its `duration` line replaced.
-fn with_duration(text: &str, duration: &str) -> String {
-    text.lines()
-        .map(|l| {
-            if l.trim_start().starts_with("duration") {
-                format!("duration = \"{duration}\"")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+use common::{scenarios_dir, with_duration};
 
 #[test]
 fn no_policy_panics_on_any_shipped_scenario() {
