@@ -332,6 +332,19 @@ pub fn own_memory_cgroup() -> Result<Option<CgroupHost>, HostError> {
     Ok(CgroupHost::open(dir).ok().filter(|c| c.version == version))
 }
 
+/// Whether this process runs as root (effective uid 0, from `/proc/self/status`): creating
+/// memory cgroups needs it. `false` when the file cannot be read.
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|u| u.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

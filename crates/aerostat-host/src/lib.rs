@@ -25,7 +25,7 @@ mod proc;
 
 pub use cgroup::{
     CgroupHost, CgroupSample, CgroupStat, CgroupVersion, V1_MEMORY_MOUNT, V2_MOUNT,
-    own_memory_cgroup, parse_proc_cgroup, parse_v1_stat, parse_v2_stat,
+    own_memory_cgroup, parse_proc_cgroup, parse_v1_stat, parse_v2_stat, running_as_root,
 };
 pub use error::HostError;
 pub use parse::{Pressure, parse_pressure};

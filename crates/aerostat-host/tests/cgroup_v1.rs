@@ -9,22 +9,11 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aerostat_core::Bytes;
-use aerostat_host::{CgroupHost, CgroupVersion, own_memory_cgroup};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|u| u.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
+use aerostat_host::{CgroupHost, CgroupVersion, own_memory_cgroup, running_as_root};
 
 /// The parent for test cgroups, or `None` (with a SKIP line) when this machine cannot run them.
 fn v1_parent(test: &str) -> Option<CgroupHost> {
-    if !is_root() {
+    if !running_as_root() {
         println!("SKIP {test}: needs root to create memory cgroups");
         return None;
     }

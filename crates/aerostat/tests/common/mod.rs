@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use aerostat_core::Bytes;
-use aerostat_host::{CgroupHost, own_memory_cgroup};
+use aerostat_host::{CgroupHost, own_memory_cgroup, running_as_root};
 use serde_json::{Value, json};
 
 pub mod overcommit;
@@ -492,17 +492,6 @@ pub fn start_all(files: &GuestFiles, specs: &[VmSpec]) -> Vec<TestVm> {
 // ---------------------------------------------------------------------------------------------
 // TestCgroup
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|u| u.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
 /// A memory cgroup below this process's own (so it stays inside whatever limits the test run
 /// has), standing for a small host. `Drop` removes it (VMs must be gone first: declare it
 /// before them).
@@ -514,7 +503,7 @@ pub struct TestCgroup {
 impl TestCgroup {
     /// `None` after a `SKIP:` line when not root or there is no memory controller.
     pub fn create(test: &str, limit: Bytes) -> Option<TestCgroup> {
-        if !is_root() {
+        if !running_as_root() {
             println!("SKIP: {test}: needs root to create a memory cgroup");
             return None;
         }
