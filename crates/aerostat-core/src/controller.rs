@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::decision::{Action, ActionKind, Alert, Decision, Rule};
 use crate::observation::Observation;
 use crate::per_vm::PerVm;
+use crate::planner::escape::floor_demand;
 use crate::policy::{Policy, Proposal, Reason};
 use crate::units::{Bytes, Millis};
 
@@ -269,11 +270,8 @@ impl Controller {
         let mut alerts = Vec::new();
         if let Some(reserve) = self.guards.reserve {
             let capacity = obs.host.total - reserve;
-            let floors: Bytes = obs
-                .vms
-                .iter()
-                .map(|vm| vm.overhead + if vm.balloon { vm.floor() } else { vm.actual })
-                .sum();
+            // Guests on their way out still hold their memory here until they have left.
+            let floors: Bytes = obs.vms.iter().map(floor_demand).sum();
             if floors > capacity {
                 alerts.push(Alert::FloorsDoNotFit {
                     need: floors,

@@ -1,0 +1,229 @@
+//! The memory-pressure escape: which guest to move away when the host can no longer hold the
+//! guests' floors, and when.
+//!
+//! Ballooning cannot go below a guest's floor (operator minimum or pinned memory). When the
+//! floors alone no longer fit the host minus its reserve, nothing the balloon policy does can
+//! help: one guest has to leave. [`choose_escape`] ranks the guests that can leave by
+//! *relief per cost*:
+//!
+//! - **relief**: the floor demand the host sheds (`overhead + floor`, where the floor already
+//!   includes pinned memory — exactly the memory no balloon can ever return), and whether the
+//!   remaining floors then fit;
+//! - **cost**: the planner's predicted migration time ([`super::migration::choose`], from the
+//!   guest's memory, measured dirty rate and non-zero memory) weighted by the guest's priority
+//!   (moving a guest costs *that guest* a pause and post-copy faults; the less important guest
+//!   should pay it).
+//!
+//! Order: first the guests whose departure makes the rest fit, then those whose plan lands
+//! within budget, then the best relief per cost; ties by name, so the choice is deterministic.
+//! [`EscapeTimer`] holds the grace period: a shortfall must persist before anything moves.
+
+use serde::{Deserialize, Serialize};
+
+use super::migration::{Allowed, MigrationInputs, Plan, choose};
+use crate::observation::{Observation, VmSample};
+use crate::units::{Bytes, Millis};
+
+/// Host memory one guest claims that no balloon can return: QEMU's overhead plus the floor
+/// (or, for a guest without a balloon, all of its current memory).
+pub fn floor_demand(vm: &VmSample) -> Bytes {
+    vm.overhead + if vm.balloon { vm.floor() } else { vm.actual }
+}
+
+/// Σ [`floor_demand`] over the host's guests, leaving out the ones already on their way out.
+pub fn floors_need(obs: &Observation) -> Bytes {
+    obs.vms
+        .iter()
+        .filter(|vm| !vm.migrating)
+        .map(floor_demand)
+        .sum()
+}
+
+/// How a migration away from this host would be run.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EscapeSettings {
+    /// Link bandwidth to the peer (or the configured cap), bytes per second.
+    pub bandwidth: Bytes,
+    pub downtime_limit: Millis,
+    pub max_time: Millis,
+    /// The peer can be prepared for post-copy.
+    pub postcopy: bool,
+}
+
+/// One guest that could leave, as ranked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EscapeCandidate {
+    /// Index into `Observation::vms`.
+    pub vm: usize,
+    pub name: String,
+    /// Floor demand the host sheds when it leaves.
+    pub relief: Bytes,
+    /// The remaining guests' floors fit once it has left.
+    pub fits_after: bool,
+    /// The dirty rate used for the plan; `None`: not measured (the link rate was assumed).
+    pub dirty_rate: Option<Bytes>,
+    pub plan: Plan,
+    /// The chosen strategy's predicted total time.
+    pub predicted_time: Millis,
+    /// Relief (GiB) per priority-weighted second of migration: higher is better.
+    pub score: f64,
+}
+
+/// The escape's choice and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Escape {
+    /// Floors + overheads of the guests staying, and what the host can give them.
+    pub need: Bytes,
+    pub capacity: Bytes,
+    /// Best first; empty when no guest can leave.
+    pub ranking: Vec<EscapeCandidate>,
+    pub reason: String,
+}
+
+impl Escape {
+    pub fn chosen(&self) -> Option<&EscapeCandidate> {
+        self.ranking.first()
+    }
+}
+
+/// Ranks the guests that could leave. `dirty_rates[i]` is guest `i`'s measured dirty rate
+/// (`None`: not measured; the plan then assumes it dirties memory as fast as the link sends —
+/// pessimistic on purpose, so an unmeasured guest never looks cheap). `capacity` is host
+/// memory minus the reserve. Guests already migrating, without a plan that completes, or
+/// whose memory size is unknown (0) are not candidates.
+pub fn choose_escape(
+    obs: &Observation,
+    capacity: Bytes,
+    dirty_rates: &[Option<Bytes>],
+    settings: &EscapeSettings,
+) -> Escape {
+    let need = floors_need(obs);
+    let allowed = Allowed {
+        postcopy: settings.postcopy,
+        auto_converge: true,
+    };
+    let mut ranking: Vec<EscapeCandidate> = obs
+        .vms
+        .iter()
+        .enumerate()
+        .filter(|(_, vm)| !vm.migrating && vm.configured > Bytes::ZERO)
+        .filter_map(|(i, vm)| {
+            let dirty_rate = dirty_rates.get(i).copied().flatten();
+            let mut inputs = MigrationInputs::new(
+                vm.configured,
+                dirty_rate.unwrap_or(settings.bandwidth),
+                settings.bandwidth,
+                settings.downtime_limit,
+                settings.max_time,
+            );
+            // Pages the host never backed are zero: RSS minus QEMU's own overhead bounds the
+            // guest's non-zero memory from above.
+            if let Some(rss) = vm.rss {
+                let guest = (rss - vm.overhead).min(vm.configured);
+                inputs.zero_fraction = Some(1.0 - guest.as_f64() / vm.configured.as_f64());
+            }
+            let plan = choose(&inputs, allowed);
+            let predicted_time = plan.chosen_prediction()?.total_time?;
+            let relief = floor_demand(vm);
+            let seconds = predicted_time.as_secs_f64().max(0.001);
+            let weight = if vm.priority.is_finite() && vm.priority > 0.0 {
+                vm.priority
+            } else {
+                1.0
+            };
+            Some(EscapeCandidate {
+                vm: i,
+                name: vm.name.clone(),
+                relief,
+                fits_after: need - relief <= capacity,
+                dirty_rate,
+                predicted_time,
+                score: relief.as_gib_f64() / (weight * seconds),
+                plan,
+            })
+        })
+        .collect();
+    ranking.sort_by(|a, b| {
+        b.fits_after
+            .cmp(&a.fits_after)
+            .then(b.plan.within_budget.cmp(&a.plan.within_budget))
+            .then(b.score.total_cmp(&a.score))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let reason = describe(need, capacity, &ranking, obs);
+    Escape {
+        need,
+        capacity,
+        ranking,
+        reason,
+    }
+}
+
+fn describe(
+    need: Bytes,
+    capacity: Bytes,
+    ranking: &[EscapeCandidate],
+    obs: &Observation,
+) -> String {
+    let situation = format!("floors need {need}, the host gives {capacity}");
+    let Some(best) = ranking.first() else {
+        return format!("{situation}: no guest can leave (all migrating, or no plan completes)");
+    };
+    let line = |c: &EscapeCandidate| {
+        let strategy = c.plan.chosen.map(|s| s.as_str()).unwrap_or("no strategy");
+        format!(
+            "{} frees {}{}, {strategy} in ~{} (dirty {}), priority {}, score {:.3}",
+            c.name,
+            c.relief,
+            if c.fits_after {
+                " (the rest then fit)"
+            } else {
+                " (not enough alone)"
+            },
+            c.predicted_time,
+            c.dirty_rate
+                .map(|d| format!("{d}/s"))
+                .unwrap_or_else(|| "unmeasured, assumed = link".into()),
+            obs.vms[c.vm].priority,
+            c.score
+        )
+    };
+    let mut s = format!("{situation}: move {}", line(best));
+    if let Some(next) = ranking.get(1) {
+        s.push_str(&format!("; next best: {}", line(next)));
+    }
+    s
+}
+
+/// Holds the grace period: [`EscapeTimer::observe`] says `true` once the floors have not fit
+/// for `grace` without a break.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscapeTimer {
+    since: Option<Millis>,
+}
+
+impl EscapeTimer {
+    /// `short`: the floors do not fit at `now`. Returns whether the shortfall has lasted
+    /// `grace` (a tick where they fit restarts the wait).
+    pub fn observe(&mut self, now: Millis, short: bool, grace: Millis) -> bool {
+        if !short {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.saturating_sub(since) >= grace
+    }
+
+    /// Since when the floors have not fit, if they do not.
+    pub fn since(&self) -> Option<Millis> {
+        self.since
+    }
+
+    /// After an escape was started: wait a full grace period again before the next.
+    pub fn reset(&mut self) {
+        self.since = None;
+    }
+}
+
+#[cfg(test)]
+mod tests;

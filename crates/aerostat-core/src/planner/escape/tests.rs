@@ -1,0 +1,185 @@
+use super::*;
+use crate::observation::HostSample;
+use proptest::prelude::{prop_assert, proptest};
+
+fn vm(name: &str, configured_gib: u64, min_gib: u64) -> VmSample {
+    let mut v = VmSample::new(name, Bytes::gib(configured_gib), Bytes::gib(configured_gib));
+    v.min = Some(Bytes::gib(min_gib));
+    v.overhead = Bytes::mib(256);
+    v
+}
+
+fn host(vms: Vec<VmSample>) -> Observation {
+    Observation {
+        time: Millis::ZERO,
+        host: HostSample {
+            total: Bytes::gib(16),
+            ..HostSample::default()
+        },
+        vms,
+    }
+}
+
+fn settings() -> EscapeSettings {
+    EscapeSettings {
+        bandwidth: Bytes::mib(128),
+        downtime_limit: Millis(300),
+        max_time: Millis::secs(120),
+        postcopy: true,
+    }
+}
+
+#[test]
+fn floor_demand_counts_pinned_memory_and_balloonless_guests_whole() {
+    let mut a = vm("a", 4, 1);
+    a.pinned = Bytes::gib(3);
+    assert_eq!(floor_demand(&a), Bytes::gib(3) + Bytes::mib(256));
+    let mut b = vm("b", 4, 1);
+    b.balloon = false;
+    b.actual = Bytes::gib(2);
+    assert_eq!(floor_demand(&b), Bytes::gib(2) + Bytes::mib(256));
+}
+
+#[test]
+fn prefers_the_guest_whose_departure_makes_the_rest_fit() {
+    // Floors: 128 MiB + 128 MiB + 6 GiB 128 MiB = 6.375 GiB over a 6 GiB host: only `big`
+    // leaving makes the rest fit, though the small ones migrate faster.
+    let mut vms = vec![vm("small-0", 2, 0), vm("small-1", 2, 0), vm("big", 8, 6)];
+    for v in &mut vms {
+        v.overhead = Bytes::mib(128);
+    }
+    let obs = host(vms);
+    let e = choose_escape(&obs, Bytes::gib(6), &[Some(Bytes::ZERO); 3], &settings());
+    let best = e.chosen().expect("a candidate");
+    assert_eq!(best.name, "big", "{}", e.reason);
+    assert!(best.fits_after);
+    assert!(!e.ranking[1].fits_after);
+    assert!(e.reason.contains("move big"), "{}", e.reason);
+    assert!(e.reason.contains("the rest then fit"), "{}", e.reason);
+}
+
+#[test]
+fn among_sufficient_guests_the_cheaper_migration_wins() {
+    // Both shed enough; `busy` dirties memory at the link rate, `quiet` does not.
+    let obs = host(vec![vm("busy", 4, 3), vm("quiet", 4, 3)]);
+    let rates = [Some(Bytes::mib(200)), Some(Bytes::mib(1))];
+    let e = choose_escape(&obs, Bytes::gib(5), &rates, &settings());
+    assert_eq!(
+        e.chosen().map(|c| c.name.as_str()),
+        Some("quiet"),
+        "{}",
+        e.reason
+    );
+    assert!(e.ranking[0].predicted_time < e.ranking[1].predicted_time);
+}
+
+#[test]
+fn priority_makes_a_guest_dearer_to_move() {
+    let mut important = vm("important", 4, 3);
+    important.priority = 10.0;
+    let obs = host(vec![important, vm("ordinary", 4, 3)]);
+    let e = choose_escape(&obs, Bytes::gib(5), &[Some(Bytes::ZERO); 2], &settings());
+    assert_eq!(e.chosen().map(|c| c.name.as_str()), Some("ordinary"));
+}
+
+#[test]
+fn unmeasured_dirty_rate_is_assumed_pessimistic() {
+    let obs = host(vec![vm("unknown", 4, 3), vm("measured", 4, 3)]);
+    let e = choose_escape(
+        &obs,
+        Bytes::gib(5),
+        &[None, Some(Bytes::mib(8))],
+        &settings(),
+    );
+    assert_eq!(e.chosen().map(|c| c.name.as_str()), Some("measured"));
+    assert!(
+        e.reason.contains("unmeasured, assumed = link"),
+        "{}",
+        e.reason
+    );
+}
+
+#[test]
+fn migrating_guests_are_neither_counted_nor_candidates() {
+    let mut leaving = vm("leaving", 8, 8);
+    leaving.migrating = true;
+    let obs = host(vec![leaving, vm("staying", 4, 1)]);
+    assert_eq!(floors_need(&obs), Bytes::gib(1) + Bytes::mib(256));
+    let e = choose_escape(&obs, Bytes::gib(1), &[None, None], &settings());
+    assert_eq!(e.ranking.len(), 1);
+    assert_eq!(e.ranking[0].name, "staying");
+}
+
+#[test]
+fn no_candidate_says_so() {
+    let mut leaving = vm("leaving", 8, 8);
+    leaving.migrating = true;
+    let obs = host(vec![leaving]);
+    let e = choose_escape(&obs, Bytes::gib(1), &[None], &settings());
+    assert!(e.chosen().is_none());
+    assert!(e.reason.contains("no guest can leave"), "{}", e.reason);
+}
+
+#[test]
+fn rss_below_memory_shortens_the_plan() {
+    let mut touched = vm("touched", 4, 3);
+    touched.rss = Some(Bytes::gib(4) + Bytes::mib(256));
+    let mut fresh = vm("fresh", 4, 3);
+    fresh.rss = Some(Bytes::mib(256) + Bytes::mib(512));
+    let obs = host(vec![touched, fresh]);
+    let e = choose_escape(&obs, Bytes::gib(5), &[Some(Bytes::ZERO); 2], &settings());
+    assert_eq!(e.chosen().map(|c| c.name.as_str()), Some("fresh"));
+    // 512 MiB of non-zero memory at 128 MiB/s.
+    assert_eq!(e.ranking[0].predicted_time, Millis(4000));
+}
+
+#[test]
+fn timer_waits_for_an_unbroken_grace_period() {
+    let grace = Millis::secs(30);
+    let mut t = EscapeTimer::default();
+    assert!(!t.observe(Millis::secs(0), true, grace));
+    assert!(!t.observe(Millis::secs(29), true, grace));
+    assert!(t.observe(Millis::secs(30), true, grace));
+    assert!(!t.observe(Millis::secs(31), false, grace));
+    assert_eq!(t.since(), None);
+    assert!(!t.observe(Millis::secs(40), true, grace));
+    assert!(t.observe(Millis::secs(70), true, grace));
+    t.reset();
+    assert!(!t.observe(Millis::secs(71), true, grace));
+}
+
+proptest! {
+    #[test]
+    fn ranking_is_complete_sorted_and_deterministic(
+        specs in proptest::collection::vec((1u64..64, 0u64..64, 0u64..400, 1u32..40), 1..8),
+        capacity_gib in 1u64..64,
+    ) {
+        let vms: Vec<VmSample> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, (cfg, min, _, prio))| {
+                let mut v = vm(&format!("vm-{i}"), *cfg, (*min).min(*cfg));
+                v.priority = f64::from(*prio) / 4.0;
+                v
+            })
+            .collect();
+        let rates: Vec<Option<Bytes>> = specs.iter().map(|s| Some(Bytes::mib(s.2))).collect();
+        let obs = host(vms);
+        let capacity = Bytes::gib(capacity_gib);
+        let a = choose_escape(&obs, capacity, &rates, &settings());
+        let b = choose_escape(&obs, capacity, &rates, &settings());
+        prop_assert!(a == b);
+        // Post-copy always completes, so every guest is a candidate.
+        prop_assert!(a.ranking.len() == obs.vms.len());
+        for w in a.ranking.windows(2) {
+            let key = |c: &EscapeCandidate| (c.fits_after, c.plan.within_budget);
+            prop_assert!(key(&w[0]) >= key(&w[1]));
+            if key(&w[0]) == key(&w[1]) {
+                prop_assert!(w[0].score >= w[1].score);
+            }
+        }
+        for c in &a.ranking {
+            prop_assert!(c.fits_after == (a.need - c.relief <= capacity));
+        }
+    }
+}
