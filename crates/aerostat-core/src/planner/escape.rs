@@ -195,6 +195,73 @@ fn describe(
     s
 }
 
+/// Why the host cannot hold its guests, as a real controller sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Pressure {
+    /// Σ floors + overheads exceed what the host gives guests: no balloon can fix it.
+    FloorsDoNotFit { need: Bytes, capacity: Bytes },
+    /// The host is paging guest memory back in faster than `limit` per second: the guests'
+    /// working sets no longer fit, whatever the floors say.
+    HostThrashing {
+        swap_in_per_sec: Bytes,
+        limit: Bytes,
+    },
+}
+
+impl std::fmt::Display for Pressure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pressure::FloorsDoNotFit { need, capacity } => {
+                write!(f, "floors need {need}, the host gives {capacity}")
+            }
+            Pressure::HostThrashing {
+                swap_in_per_sec,
+                limit,
+            } => write!(
+                f,
+                "the host swaps guest memory in at {swap_in_per_sec}/s (limit {limit}/s)"
+            ),
+        }
+    }
+}
+
+/// Turns successive observations into [`Pressure`]: the floors check needs one observation,
+/// the swap-in rate two (the host's counter is cumulative).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PressureWatch {
+    last: Option<(Millis, Bytes)>,
+}
+
+impl PressureWatch {
+    /// `thrash_limit`: host swap-in rate (bytes/s) that counts as thrashing; `None` watches
+    /// the floors only.
+    pub fn observe(
+        &mut self,
+        obs: &Observation,
+        capacity: Bytes,
+        thrash_limit: Option<Bytes>,
+    ) -> Option<Pressure> {
+        let now = (obs.time, obs.host.swap_in);
+        let last = self.last.replace(now);
+        let need = floors_need(obs);
+        if need > capacity {
+            return Some(Pressure::FloorsDoNotFit { need, capacity });
+        }
+        let (limit, (t0, in0)) = (thrash_limit?, last?);
+        let dt = obs.time.saturating_sub(t0).as_secs_f64();
+        // A counter that went backwards (host reboot, sampler restart) says nothing.
+        if dt <= 0.0 || obs.host.swap_in < in0 {
+            return None;
+        }
+        let rate = Bytes::from_f64((obs.host.swap_in - in0).as_f64() / dt);
+        (rate > limit).then_some(Pressure::HostThrashing {
+            swap_in_per_sec: rate,
+            limit,
+        })
+    }
+}
+
 /// Holds the grace period: [`EscapeTimer::observe`] says `true` once the floors have not fit
 /// for `grace` without a break.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -148,6 +148,44 @@ fn timer_waits_for_an_unbroken_grace_period() {
     assert!(!t.observe(Millis::secs(71), true, grace));
 }
 
+#[test]
+fn pressure_sees_floors_at_once_and_thrashing_from_the_swap_in_rate() {
+    let mut w = PressureWatch::default();
+    let limit = Some(Bytes::mib(16));
+    let mut obs = host(vec![vm("a", 4, 2)]);
+    obs.host.swap_in = Bytes::gib(1);
+    assert_eq!(
+        w.observe(&obs, Bytes::gib(8), limit),
+        None,
+        "first sample: no rate yet"
+    );
+    obs.time = Millis::secs(10);
+    obs.host.swap_in = Bytes::gib(1) + Bytes::mib(100);
+    assert_eq!(
+        w.observe(&obs, Bytes::gib(8), limit),
+        None,
+        "10 MiB/s is under the limit"
+    );
+    obs.time = Millis::secs(20);
+    obs.host.swap_in = Bytes::gib(1) + Bytes::mib(400);
+    let p = w.observe(&obs, Bytes::gib(8), limit).expect("30 MiB/s");
+    assert_eq!(
+        p,
+        Pressure::HostThrashing {
+            swap_in_per_sec: Bytes::mib(30),
+            limit: Bytes::mib(16)
+        }
+    );
+    assert!(p.to_string().contains("30 MiB/s"), "{p}");
+    obs.time = Millis::secs(30);
+    obs.host.swap_in = Bytes::ZERO;
+    assert_eq!(w.observe(&obs, Bytes::gib(8), limit), None, "counter reset");
+    assert!(matches!(
+        w.observe(&obs, Bytes::gib(2), None),
+        Some(Pressure::FloorsDoNotFit { .. })
+    ));
+}
+
 proptest! {
     #[test]
     fn ranking_is_complete_sorted_and_deterministic(
