@@ -29,7 +29,7 @@ pub use migration::{
     DirtyRateInfo, DirtyRateStatus, MigrationCapability, MigrationInfo, MigrationParameters,
     MigrationStatus, RamStats, parse_dirty_rate, parse_migration_info,
 };
-pub use process::{parse_vm_rss, read_rss};
+pub use process::{parse_smaps_ram_rss, parse_vm_rss, read_guest_ram_rss, read_rss};
 pub use status::{RunState, VmStatus};
 pub use virtio_mem::{VirtioMemDevice, parse_memory_devices};
 
@@ -71,6 +71,18 @@ impl QemuVm {
     /// The QEMU process's pid (`SO_PEERCRED` on the QMP socket).
     pub fn pid(&self) -> Option<u32> {
         self.client.peer_pid()
+    }
+
+    /// Resident memory of the guest's `ram`-sized RAM mapping inside QEMU (see
+    /// [`read_guest_ram_rss`]): an upper bound on the guest memory that is not zero.
+    pub fn query_guest_ram_rss(
+        &self,
+        ram: aerostat_core::Bytes,
+    ) -> Result<Option<aerostat_core::Bytes>, QmpError> {
+        match self.pid() {
+            Some(pid) => read_guest_ram_rss(pid, ram),
+            None => Ok(None),
+        }
     }
 
     /// Resident memory of the QEMU process (`VmRSS` in `/proc/PID/status`): a host-side fact.

@@ -27,9 +27,70 @@ pub fn parse_vm_rss(status: &str) -> Option<Bytes> {
     kib.checked_mul(1024).map(Bytes)
 }
 
+/// Resident memory of the guest's RAM inside QEMU: the `Rss:` of the mapping in
+/// `/proc/PID/smaps` whose `Size:` is exactly `ram` (QEMU maps `-m` RAM as one anonymous
+/// region). `None` when no mapping has that size (memory backends split across NUMA nodes,
+/// hugepages): callers fall back to [`read_rss`].
+pub fn read_guest_ram_rss(pid: u32, ram: Bytes) -> Result<Option<Bytes>, QmpError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(QmpError::Io)?;
+    Ok(parse_smaps_ram_rss(&text, ram))
+}
+
+/// See [`read_guest_ram_rss`]. When several mappings have that size, the most resident one
+/// is the RAM (the others are reservations QEMU has not touched).
+pub fn parse_smaps_ram_rss(smaps: &str, ram: Bytes) -> Option<Bytes> {
+    let kib = |rest: &str| -> Option<u64> {
+        rest.trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse::<u64>()
+            .ok()?
+            .checked_mul(1024)
+    };
+    let mut size = None;
+    let mut best: Option<Bytes> = None;
+    for line in smaps.lines() {
+        if let Some(rest) = line.strip_prefix("Size:") {
+            size = kib(rest);
+        } else if let Some(rest) = line.strip_prefix("Rss:")
+            && size == Some(ram.0)
+            && let Some(rss) = kib(rest)
+        {
+            best = best.max(Some(Bytes(rss)));
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_guest_ram_mapping_by_size() {
+        let smaps = "\
+55d0c0000000-55d0c0100000 r-xp 00000000 08:01 123 /usr/bin/qemu-system-x86_64
+Size:               1024 kB
+Rss:                 900 kB
+7f3497e00000-7f34b7e00000 rw-p 00000000 00:00 0
+Size:             524288 kB
+KernelPageSize:        4 kB
+Rss:              118784 kB
+Pss:              118784 kB
+7f3500000000-7f3520000000 ---p 00000000 00:00 0
+Size:             524288 kB
+Rss:                   0 kB
+";
+        assert_eq!(
+            parse_smaps_ram_rss(smaps, Bytes::mib(512)),
+            Some(Bytes::kib(118784))
+        );
+        assert_eq!(parse_smaps_ram_rss(smaps, Bytes::mib(1024)), None);
+        assert_eq!(
+            parse_smaps_ram_rss("Size: lots kB\nRss: 1 kB\n", Bytes(0)),
+            None
+        );
+    }
 
     #[test]
     fn parses_vm_rss() {

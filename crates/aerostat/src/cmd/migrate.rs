@@ -16,6 +16,7 @@ use aerostat_core::planner::migration::{
 };
 use aerostat_core::{Bytes, Millis};
 use aerostat_qemu::backend::{MigrationCapability, MigrationParameters, MigrationStatus};
+use aerostat_qemu::qmp::EventTimestamp;
 use aerostat_qemu::{QemuVm, QmpError, QmpOptions, VmEvent};
 use anyhow::Context;
 use serde::Serialize;
@@ -41,6 +42,10 @@ pub struct Report {
     pub total_time_ms: Option<u64>,
     pub wall_time_ms: u64,
     pub downtime_ms: Option<u64>,
+    /// The guest's whole pause: the source's `STOP` event to the destination's `RESUME`
+    /// (QEMU's event timestamps; the two hosts' clocks must agree — here they are one host).
+    /// Needs `--dest-qmp`.
+    pub paused_ms: Option<u64>,
     pub postcopy_blocktime_ms: Option<u64>,
     pub bytes_sent: Option<u64>,
     /// `dirty-sync-count` at the end.
@@ -344,6 +349,19 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
 
     // Plan.
     let memory = guest_memory(&vm).await?;
+    // The guest's free memory sharpens the zero-page estimate below; ask for statistics now
+    // so that they have arrived by the time the dirty-rate probes are done.
+    // Statistics from before now (QEMU keeps the guest's last report, possibly from boot) say
+    // nothing about the memory the guest holds now.
+    let fresh_after = epoch_ms().saturating_sub(1000);
+    if !vm
+        .guest_stats()
+        .await
+        .is_ok_and(|st| st.last_update.is_some_and(|t| t.0 >= fresh_after))
+        && vm.enable_stats_polling(1).await.is_ok()
+    {
+        notes.push("guest statistics polling turned on (1 s) for the zero-page estimate".into());
+    }
     let dirty_rate = measure_dirty_rate(&vm, args.measure_secs, &mut notes).await?;
     let mut inputs = MigrationInputs::new(memory, dirty_rate, s.bandwidth, s.downtime, s.max_time);
     // Page sampling counts distinct pages changed over the window. If twice the window does
@@ -364,10 +382,8 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
             inputs.working_set = Some(ws);
         }
     }
-    // Pages the host never backed are zero; QEMU's RSS (an upper bound on the guest's
-    // non-zero memory) gives a lower bound on the zero fraction.
-    if let Ok(rss) = vm.query_rss() {
-        inputs.zero_fraction = Some(1.0 - rss.min(memory).as_f64() / memory.as_f64());
+    if let Some(nonzero) = estimate_nonzero(&vm, memory, fresh_after, &mut notes).await {
+        inputs.zero_fraction = Some(1.0 - nonzero.min(memory).as_f64() / memory.as_f64());
     }
     let plan = choose(&inputs, allowed);
     let strategy = match s.forced {
@@ -413,6 +429,10 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
     .await
     .context("migrate-set-parameters on the source")?;
     vm.client().drain_events();
+    if let Some(d) = &dest {
+        d.client().drain_events();
+    }
+    let mut stopped_at: Option<EventTimestamp> = None;
     let t0 = Instant::now();
     vm.migrate(&args.to).await.context("migrate")?;
 
@@ -427,6 +447,7 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
         total_time_ms: None,
         wall_time_ms: 0,
         downtime_ms: None,
+        paused_ms: None,
         postcopy_blocktime_ms: None,
         bytes_sent: None,
         passes: None,
@@ -446,6 +467,10 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
         tokio::time::sleep(POLL).await;
         for ev in vm.client().drain_events() {
             match VmEvent::from(&ev) {
+                // The first STOP after the start is the stop-and-copy or the post-copy switch.
+                VmEvent::Stop => {
+                    stopped_at = stopped_at.or(ev.timestamp);
+                }
                 VmEvent::Migration { status } => report
                     .notes
                     .push(format!("t+{} ms: MIGRATION {status:?}", ms(t0.elapsed()))),
@@ -598,6 +623,7 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
                 _ => break,
             }
         }
+        report.paused_ms = pause_ms(stopped_at, d);
         report.destination_status = d
             .query_status()
             .await
@@ -611,6 +637,73 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
         report.notes.push(format!("quit on the source: {e}"));
     }
     Ok(report)
+}
+
+/// What the guest holds that is not zero, for the first pass's size: at most the resident
+/// part of its RAM mapping in QEMU (a host fact: pages never touched are not resident), and —
+/// when the guest reports its free memory — about what its balloon leaves it minus what it
+/// calls free (`actual − free`: kernel, programs, cache). That second number is the guest's
+/// claim and may be wrong (free pages can hold stale data, a guest can lie); it only sets the
+/// first prediction: the re-plan from QEMU's live counters corrects it pass by pass.
+async fn estimate_nonzero(
+    vm: &QemuVm,
+    memory: Bytes,
+    fresh_after_ms: u64,
+    notes: &mut Vec<String>,
+) -> Option<Bytes> {
+    let host_bound = match vm.query_guest_ram_rss(memory) {
+        Ok(Some(r)) => Some(("the guest RAM mapping's RSS", r)),
+        _ => vm.query_rss().ok().map(|r| ("QEMU's RSS", r)),
+    };
+    // Wait briefly for a report newer than the probes' start (1 s polling).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let free = loop {
+        match vm.guest_stats().await {
+            Ok(st) if st.last_update.is_some_and(|t| t.0 >= fresh_after_ms) => break st.free,
+            Ok(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+            _ => {
+                notes.push("no fresh guest statistics: zero pages estimated from RSS".into());
+                break None;
+            }
+        }
+    };
+    let guest_claim = match (free, vm.query_balloon().await) {
+        (Some(free), Ok(actual)) => Some(actual - free),
+        _ => None,
+    };
+    let (why, bound) = match (host_bound, guest_claim) {
+        (Some((what, h)), Some(g)) if g < h => {
+            notes.push(format!(
+                "non-zero memory ≈ {g} (balloon actual − guest free; {what} {h})"
+            ));
+            return Some(g);
+        }
+        (Some((what, h)), _) => (what, h),
+        (None, Some(g)) => ("balloon actual − guest free", g),
+        (None, None) => return None,
+    };
+    notes.push(format!("non-zero memory ≤ {bound} ({why})"));
+    Some(bound)
+}
+
+/// Host wall clock, milliseconds since the epoch: QEMU stamps guest statistics with it.
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The source's `STOP` to the destination's `RESUME`, from QEMU's own event timestamps.
+fn pause_ms(stopped: Option<EventTimestamp>, dest: &QemuVm) -> Option<u64> {
+    let stop = stopped?;
+    let resume = dest
+        .client()
+        .drain_events()
+        .into_iter()
+        .filter(|ev| ev.name == "RESUME")
+        .find_map(|ev| ev.timestamp)?;
+    let us = |t: EventTimestamp| t.seconds * 1_000_000 + u64::from(t.microseconds);
+    Some(us(resume).checked_sub(us(stop))? / 1000)
 }
 
 fn info_is_completed(info: &Option<aerostat_qemu::backend::MigrationInfo>) -> bool {
@@ -669,12 +762,13 @@ fn text(r: &Report) -> String {
     }
     let _ = writeln!(
         o,
-        "outcome: {} | total {} (predicted {}) | downtime {} (predicted {}) | post-copy blocktime {} | sent {} | passes {}",
+        "outcome: {} | total {} (predicted {}) | downtime {} (predicted {}) | paused STOP→RESUME {} | post-copy blocktime {} | sent {} | passes {}",
         r.outcome,
         opt_ms(r.total_time_ms),
         opt_ms(r.predicted_total_ms),
         opt_ms(r.downtime_ms),
         opt_ms(r.predicted_downtime_ms),
+        opt_ms(r.paused_ms),
         opt_ms(r.postcopy_blocktime_ms),
         r.bytes_sent.map_or("-".into(), |b| Bytes(b).to_string()),
         r.passes.map_or("-".into(), |p| p.to_string()),
