@@ -375,3 +375,140 @@ fn destination_killed_before_the_switch_leaves_the_source_running() {
     assert_eq!(run_state(&p.src), "running");
     assert_guest_alive(&p.src, true);
 }
+
+/// (d) The daemon's escape: two guests in a memory cgroup standing for a host that their
+/// floors no longer fit. `--dry-run` names the guest it would move and why, and moves nothing;
+/// then the daemon moves that guest (the lower-priority one) to a destination its `prepare`
+/// hook names, quits the source, and the floors of the guest that stays fit again.
+#[test]
+fn daemon_escape_moves_a_guest_off_a_host_its_floors_no_longer_fit() {
+    const TEST: &str = "escape";
+    let _serial = serial_lock();
+    let Some(files) = prerequisites(TEST) else {
+        return;
+    };
+    // Floors: 2 × (448 MiB min + 96 MiB overhead) = 1088 MiB; the host gives 1024 − 64 = 960.
+    let Some(cg) = TestCgroup::create(TEST, aerostat_core::Bytes::mib(1024)) else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("work dir");
+    let qmp_dir = work.path().join("qmp");
+    let dest_dir = work.path().join("dest");
+    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    std::fs::create_dir(&dest_dir).expect("dest dir");
+    let specs: Vec<VmSpec> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            VmSpec::new(n, 512)
+                .daemon_dir(&qmp_dir)
+                .in_cgroup(cg.path())
+        })
+        .collect();
+    let mut vms = start_all(&files, &specs);
+    // A destination ready for each guest (another host: outside the cgroup); the hook prints
+    // the one prepared for the guest it is asked about.
+    let mut dests = Vec::new();
+    for vm in &vms {
+        let (dst, port) = destination(&files, vm, &dest_dir, 1);
+        std::fs::write(
+            work.path().join(format!("{}.dest", vm.name)),
+            format!(
+                "preparing {}\nuri=tcp:127.0.0.1:{port}\ndest_qmp={}\n",
+                vm.name,
+                dest_dir.join(format!("{}.qmp", dst.name)).display()
+            ),
+        )
+        .expect("write destination file");
+        dests.push(dst);
+    }
+    let hook = work.path().join("prepare.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nset -e\ntest -n \"$AEROSTAT_VM_MEMORY\"\ncat {}/\"$AEROSTAT_VM\".dest\n",
+            work.path().display()
+        ),
+    )
+    .expect("write hook");
+    let config = format!(
+        "[host]\nreserve = \"64MiB\"\ncgroup = \"{}\"\n\
+         [policy]\nname = \"aerostat\"\ninterval = \"1s\"\n\
+         [qemu]\nqmp_glob = \"{}/*.qmp\"\nstats_interval = \"1s\"\n\
+         [vm_defaults]\nmin = \"448MiB\"\noverhead = \"96MiB\"\n\
+         [vm.a]\npriority = 2.0\n\
+         [migration]\nescape = true\nprepare = [\"/bin/sh\", \"{}\"]\ngrace = \"5s\"\n\
+         bandwidth = \"128MiB/s\"\nmax_time = \"60s\"\n",
+        cg.path().display(),
+        qmp_dir.display(),
+        hook.display()
+    );
+    let escape_lines = |d: &Daemon, event: &str| -> Vec<Value> {
+        d.decisions()
+            .into_iter()
+            .filter(|l| l["event"] == event)
+            .collect()
+    };
+
+    // Dry run: the choice and its reason, nothing moves.
+    let mut dry = Daemon::start_with(work.path(), 1, &config, &["--dry-run"]);
+    wait_until(Duration::from_secs(60), "a dry-run escape line", || {
+        !escape_lines(&dry, "escape").is_empty()
+    });
+    let line = escape_lines(&dry, "escape").remove(0);
+    println!("dry run: {line:#}");
+    assert_eq!(line["dry_run"], true);
+    assert_eq!(line["guest"], "b", "the lower-priority guest: {line:#}");
+    let reason = line["reason"].as_str().expect("reason");
+    assert!(reason.contains("floors need"), "{reason}");
+    assert!(reason.contains("move b"), "{reason}");
+    dry.terminate(Duration::from_secs(5));
+    assert!(escape_lines(&dry, "escape_finished").is_empty());
+    assert_eq!(run_state(&vms[1]), "running", "dry run moved nothing");
+    assert_eq!(dests[1].qmp("query-status", None)["status"], "inmigrate");
+
+    // For real.
+    let t0 = Instant::now();
+    let mut daemon = Daemon::start(work.path(), 2, &config);
+    wait_until(Duration::from_secs(180), "the escape to finish", || {
+        !escape_lines(&daemon, "escape_finished").is_empty()
+    });
+    let chosen = escape_lines(&daemon, "escape").remove(0);
+    let done = escape_lines(&daemon, "escape_finished").remove(0);
+    println!(
+        "escape: {chosen:#}\nfinished after {:.1} s: {done:#}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(chosen["guest"], "b");
+    assert_eq!(done["guest"], "b");
+    assert_eq!(done["completed"], true, "{done:#}");
+    assert!(
+        done["paused_ms"].as_u64().expect("paused") <= 300,
+        "{done:#}"
+    );
+    // The source quit (its memory left the host), the guest runs on the destination.
+    wait_until(
+        Duration::from_secs(30),
+        "the source QEMU of b to exit",
+        || !vms[1].alive(),
+    );
+    assert_eq!(dests[1].qmp("query-status", None)["status"], "running");
+    assert_guest_alive(&dests[1], false);
+    // The daemon forgets b; a's floor fits; a stays and runs.
+    wait_until(
+        Duration::from_secs(30),
+        "the daemon to drop b and its alert",
+        || {
+            let st = daemon.status();
+            st["vms"].as_array().is_some_and(|v| v.len() == 1)
+                && st["alerts"].as_array().is_some_and(Vec::is_empty)
+        },
+    );
+    assert_eq!(run_state(&vms[0]), "running");
+    assert_guest_alive(&vms[0], false);
+    assert_eq!(cg.host().sample().expect("cgroup").oom_kills, Some(0));
+    daemon.terminate(Duration::from_secs(5));
+    vms[0].kill();
+    for d in &mut dests {
+        d.kill();
+    }
+}

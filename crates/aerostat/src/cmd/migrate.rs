@@ -78,11 +78,18 @@ pub struct PassLine {
     pub reason: String,
 }
 
-struct Settings {
-    downtime: Millis,
-    max_time: Millis,
-    bandwidth: Bytes,
-    forced: Option<Strategy>,
+/// How one migration is run: `aerostat migrate`'s flags, or the daemon's `[migration]`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub downtime: Millis,
+    pub max_time: Millis,
+    pub bandwidth: Bytes,
+    /// `--strategy`: instead of the planner's choice (a forced pre-copy never switches).
+    pub forced: Option<Strategy>,
+    /// `calc-dirty-rate` window, seconds (0: not measured).
+    pub measure_secs: u32,
+    /// `quit` the source once the migration has completed.
+    pub quit_source: bool,
 }
 
 fn parse_settings(args: &MigrateArgs) -> Result<Settings, InputError> {
@@ -124,6 +131,8 @@ fn parse_settings(args: &MigrateArgs) -> Result<Settings, InputError> {
         max_time,
         bandwidth,
         forced,
+        measure_secs: args.measure_secs,
+        quit_source: args.quit_source,
     })
 }
 
@@ -295,6 +304,49 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
     let vm = connect(&args.vm)
         .await
         .with_context(|| format!("connecting to the source QMP {}", args.vm.display()))?;
+    let dest = Destination::connect(args.dest_qmp.as_deref()).await;
+    migrate_vm(&vm, dest, &args.to, s).await
+}
+
+/// The destination's QMP connection, when there is one; post-copy needs it.
+pub struct Destination {
+    qmp: Option<QemuVm>,
+    /// Why there is none.
+    note: Option<String>,
+}
+
+impl Destination {
+    pub async fn connect(path: Option<&Path>) -> Destination {
+        match path {
+            None => Destination {
+                qmp: None,
+                note: Some("no destination QMP socket: post-copy not possible".into()),
+            },
+            Some(p) => match connect(p).await {
+                Ok(d) => Destination {
+                    qmp: Some(d),
+                    note: None,
+                },
+                Err(e) => Destination {
+                    qmp: None,
+                    note: Some(format!(
+                        "destination QMP {}: {e}: post-copy not possible",
+                        p.display()
+                    )),
+                },
+            },
+        }
+    }
+}
+
+/// Migrates the VM behind `vm` (a connection the caller may share: the daemon keeps observing
+/// the VM through it) to `to`, as planned; see the module docs.
+pub async fn migrate_vm(
+    vm: &QemuVm,
+    dest: Destination,
+    to: &str,
+    s: &Settings,
+) -> anyhow::Result<Report> {
     let mut notes = Vec::new();
     let current = vm.query_migrate().await?;
     if matches!(
@@ -309,26 +361,13 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
 
     // What may be done.
     let mut allowed = Allowed::ALL;
-    let dest = match &args.dest_qmp {
-        None => {
-            allowed.postcopy = false;
-            notes.push("no --dest-qmp: post-copy not possible".into());
-            None
-        }
-        Some(p) => match connect(p).await {
-            Ok(d) => Some(d),
-            Err(e) => {
-                allowed.postcopy = false;
-                notes.push(format!(
-                    "destination QMP {}: {e}: post-copy not possible",
-                    p.display()
-                ));
-                None
-            }
-        },
-    };
+    if let Some(note) = dest.note {
+        allowed.postcopy = false;
+        notes.push(note);
+    }
+    let dest = dest.qmp;
     if allowed.postcopy
-        && let Some(reason) = postcopy_hazard(&vm, &mut notes).await
+        && let Some(reason) = postcopy_hazard(vm, &mut notes).await
     {
         allowed.postcopy = false;
         notes.push(format!("post-copy refused: {reason}"));
@@ -348,7 +387,7 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
     }
 
     // Plan.
-    let memory = guest_memory(&vm).await?;
+    let memory = guest_memory(vm).await?;
     // The guest's free memory sharpens the zero-page estimate below; ask for statistics now
     // so that they have arrived by the time the dirty-rate probes are done.
     // Statistics from before now (QEMU keeps the guest's last report, possibly from boot) say
@@ -362,27 +401,27 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
     {
         notes.push("guest statistics polling turned on (1 s) for the zero-page estimate".into());
     }
-    let dirty_rate = measure_dirty_rate(&vm, args.measure_secs, &mut notes).await?;
+    let dirty_rate = measure_dirty_rate(vm, s.measure_secs, &mut notes).await?;
     let mut inputs = MigrationInputs::new(memory, dirty_rate, s.bandwidth, s.downtime, s.max_time);
     // Page sampling counts distinct pages changed over the window. If twice the window does
     // not find clearly more, the guest rewrites a bounded set: that is the working set.
-    if args.measure_secs > 0 && dirty_rate.0 > 0 {
-        let window = args.measure_secs.saturating_mul(2);
-        let rate2 = measure_dirty_rate(&vm, window, &mut notes).await?;
-        let distinct1 = dirty_rate.as_f64() * f64::from(args.measure_secs);
+    if s.measure_secs > 0 && dirty_rate.0 > 0 {
+        let window = s.measure_secs.saturating_mul(2);
+        let rate2 = measure_dirty_rate(vm, window, &mut notes).await?;
+        let distinct1 = dirty_rate.as_f64() * f64::from(s.measure_secs);
         let distinct2 = rate2.as_f64() * f64::from(window);
         if distinct2 < 1.5 * distinct1 {
             let ws = Bytes::from_f64(distinct1.max(distinct2)).min(memory);
             notes.push(format!(
                 "working set ≈ {ws}: {} changed in {} s, {} in {window} s",
                 Bytes::from_f64(distinct1),
-                args.measure_secs,
+                s.measure_secs,
                 Bytes::from_f64(distinct2)
             ));
             inputs.working_set = Some(ws);
         }
     }
-    if let Some(nonzero) = estimate_nonzero(&vm, memory, fresh_after, &mut notes).await {
+    if let Some(nonzero) = estimate_nonzero(vm, memory, fresh_after, &mut notes).await {
         inputs.zero_fraction = Some(1.0 - nonzero.min(memory).as_f64() / memory.as_f64());
     }
     let plan = choose(&inputs, allowed);
@@ -434,7 +473,7 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
     }
     let mut stopped_at: Option<EventTimestamp> = None;
     let t0 = Instant::now();
-    vm.migrate(&args.to).await.context("migrate")?;
+    vm.migrate(to).await.context("migrate")?;
 
     let mut report = Report {
         outcome: String::new(),
@@ -631,7 +670,7 @@ async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
             .map(|st| format!("{:?}", st.status).to_lowercase());
     }
     if report.completed
-        && args.quit_source
+        && s.quit_source
         && let Err(e) = vm.client().execute("quit", None).await
     {
         report.notes.push(format!("quit on the source: {e}"));

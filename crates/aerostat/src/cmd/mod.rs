@@ -6,7 +6,7 @@ use crate::cli::{BenchCommand, Cli, Command};
 
 mod bench;
 mod decide;
-mod migrate;
+pub mod migrate;
 mod run;
 mod sim;
 

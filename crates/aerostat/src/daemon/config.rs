@@ -36,6 +36,29 @@ struct RawConfig {
     /// Per-VM settings, by VM name (the QMP socket's file stem).
     #[serde(default)]
     vm: BTreeMap<String, RawVm>,
+    #[serde(default)]
+    migration: RawMigration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMigration {
+    #[serde(default)]
+    escape: bool,
+    #[serde(default)]
+    peers: Vec<String>,
+    #[serde(default)]
+    prepare: Option<Vec<String>>,
+    #[serde(default)]
+    grace: Option<String>,
+    #[serde(default)]
+    bandwidth: Option<String>,
+    #[serde(default)]
+    downtime: Option<String>,
+    #[serde(default)]
+    max_time: Option<String>,
+    #[serde(default)]
+    thrash_limit: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +123,24 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     pub defaults: VmSettings,
     pub vms: BTreeMap<String, VmSettings>,
+    /// `[migration]`: the memory-pressure escape; `None` when off (the default).
+    pub escape: Option<EscapeConfig>,
+}
+
+/// `[migration]` with `escape = true`: move a guest away when the host cannot hold them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EscapeConfig {
+    /// Destination URIs (`tcp:HOST:PORT`), tried in turn.
+    pub peers: Vec<String>,
+    /// A command (argv) that prepares the destination; see docs/migration.md.
+    pub prepare: Option<Vec<String>>,
+    /// How long the pressure must last before a guest is moved (default 60s).
+    pub grace: Millis,
+    pub bandwidth: Bytes,
+    pub downtime: Millis,
+    pub max_time: Millis,
+    /// Host swap-in rate that counts as pressure too (default: off, floors only).
+    pub thrash_limit: Option<Bytes>,
 }
 
 /// What the operator says about a VM.
@@ -214,6 +255,60 @@ impl Config {
         for (name, v) in &raw.vm {
             vms.insert(name.clone(), settle(&format!("vm.{name}"), v, &defaults)?);
         }
+        let escape = if raw.migration.escape {
+            let m = &raw.migration;
+            let rate = |key: &str, v: &str| -> Result<Bytes, ConfigError> {
+                let b: Bytes = v
+                    .trim()
+                    .strip_suffix("/s")
+                    .ok_or_else(|| invalid(format!("`{key}`: write it like 128MiB/s")))?
+                    .parse()
+                    .map_err(|e| invalid(format!("`{key}`: {e}")))?;
+                if b.0 == 0 {
+                    return Err(invalid(format!("`{key}`: must be more than 0")));
+                }
+                Ok(b)
+            };
+            if m.peers.is_empty() && m.prepare.is_none() {
+                return Err(invalid(
+                    "`migration.peers`: the escape needs at least one peer (or a `prepare` command that names one)".into(),
+                ));
+            }
+            if let Some(p) = m.peers.iter().find(|p| !p.contains(':')) {
+                return Err(invalid(format!(
+                    "`migration.peers`: `{p}` is not a migration URI (tcp:HOST:PORT)"
+                )));
+            }
+            if m.prepare
+                .as_ref()
+                .is_some_and(|argv| argv.is_empty() || argv[0].is_empty())
+            {
+                return Err(invalid(
+                    "`migration.prepare`: give the command as a non-empty argv list".into(),
+                ));
+            }
+            let opt_millis = |key: &str, v: &Option<String>, default: Millis| match v {
+                Some(v) => millis(key, v),
+                None => Ok(default),
+            };
+            Some(EscapeConfig {
+                peers: m.peers.clone(),
+                prepare: m.prepare.clone(),
+                grace: opt_millis("migration.grace", &m.grace, Millis::secs(60))?,
+                bandwidth: match &m.bandwidth {
+                    Some(v) => rate("migration.bandwidth", v)?,
+                    None => Bytes::mib(128),
+                },
+                downtime: opt_millis("migration.downtime", &m.downtime, Millis(300))?,
+                max_time: opt_millis("migration.max_time", &m.max_time, Millis::secs(120))?,
+                thrash_limit: match &m.thrash_limit {
+                    Some(v) => Some(rate("migration.thrash_limit", v)?),
+                    None => None,
+                },
+            })
+        } else {
+            None
+        };
         Ok(Config {
             reserve,
             cgroup: raw.host.cgroup,
@@ -225,6 +320,7 @@ impl Config {
             listen,
             defaults,
             vms,
+            escape,
         })
     }
 
@@ -246,6 +342,38 @@ mod tests {
         assert_eq!(c.reserve, Bytes::mib(512));
         assert_eq!(c.interval, Millis::secs(2));
         assert_eq!(c.listen, Some("127.0.0.1:9464".parse().expect("addr")));
+        let e = c.escape.expect("the example turns the escape on");
+        assert_eq!(e.peers, ["tcp:10.0.0.2:4444"]);
+        assert_eq!(e.grace, Millis::secs(60));
+        assert_eq!(e.bandwidth, Bytes::mib(128));
+    }
+
+    #[test]
+    fn escape_settings_are_checked() {
+        let base = "[host]\nreserve = \"512MiB\"\n[qemu]\nqmp_glob = \"/tmp/*.qmp\"\n[migration]\n";
+        let err = |extra: &str| {
+            Config::parse(&format!("{base}{extra}"), Path::new("a.toml"))
+                .expect_err(extra)
+                .to_string()
+        };
+        assert!(err("escape = true\n").contains("migration.peers"));
+        assert!(err("escape = true\npeers = [\"host\"]\n").contains("not a migration URI"));
+        assert!(
+            err("escape = true\npeers = [\"tcp:h:1\"]\nbandwidth = \"1GiB\"\n")
+                .contains("migration.bandwidth")
+        );
+        assert!(err("escape = true\nprepare = []\n").contains("migration.prepare"));
+        assert!(
+            err("escape = true\npeers = [\"tcp:h:1\"]\ngrace = \"soon\"\n")
+                .contains("migration.grace")
+        );
+        assert!(err("escape = true\npeer = [\"tcp:h:1\"]\n").contains("peer"));
+        let off = Config::parse(
+            &format!("{base}peers = [\"tcp:h:1\"]\n"),
+            Path::new("a.toml"),
+        )
+        .expect("off is fine");
+        assert_eq!(off.escape, None);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod config;
+mod escape;
 pub mod metrics;
 mod vms;
 
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 
 pub use config::Config;
+use escape::EscapeRunner;
 use metrics::Metrics;
 use vms::VmRegistry;
 
@@ -53,6 +55,9 @@ pub struct VmStatus {
     pub target: Option<u64>,
     pub floor: u64,
     pub responsive: bool,
+    /// On its way out (the memory-pressure escape is migrating it).
+    #[serde(default)]
+    pub migrating: bool,
     pub last_rule: Option<String>,
     pub last_reason: Option<String>,
     pub last_error: Option<String>,
@@ -118,6 +123,7 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     );
 
     let mut registry = VmRegistry::new(&config);
+    let mut escape = config.escape.clone().map(EscapeRunner::new);
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut ticker = tokio::time::interval(Duration::from_millis(config.interval.0));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -135,6 +141,7 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
             &host,
             &mut registry,
             &mut controller,
+            escape.as_mut(),
             &metrics,
             &status,
             dry_run,
@@ -160,6 +167,7 @@ async fn tick(
     host: &HostProbe,
     registry: &mut VmRegistry,
     controller: &mut Controller,
+    escape: Option<&mut EscapeRunner>,
     metrics: &Metrics,
     status: &RwLock<Status>,
     dry_run: bool,
@@ -169,12 +177,24 @@ async fn tick(
     let host_sample = host.sample().context("reading host memory")?;
     let now = epoch_ms();
     let samples = registry.observe(config, metrics).await;
-    let obs = Observation {
+    let mut obs = Observation {
         time: now,
         host: host_sample.clone(),
         vms: samples.iter().map(|s| s.sample.clone()).collect(),
     };
+    let leaving = escape
+        .as_deref()
+        .and_then(EscapeRunner::migrating)
+        .map(str::to_string);
+    for vm in &mut obs.vms {
+        vm.migrating = leaving.as_deref() == Some(vm.name.as_str());
+    }
     let decision = controller.tick(&obs);
+    let capacity = host_sample.total - config.reserve;
+    let escape_lines = match escape {
+        Some(e) => e.tick(&obs, capacity, registry, dry_run).await,
+        None => Vec::new(),
+    };
 
     let mut stdout = std::io::stdout().lock();
     for action in &decision.actions {
@@ -191,6 +211,9 @@ async fn tick(
                 rule: action.rule.as_str().to_string(),
             })
             .inc();
+    }
+    for line in &escape_lines {
+        let _ = writeln!(stdout, "{line}");
     }
     let _ = stdout.flush();
     drop(stdout);
@@ -218,6 +241,10 @@ async fn tick(
             target: target.map(|t| t.0),
             floor: s.sample.floor().0,
             responsive: s.responsive,
+            migrating: obs
+                .vms
+                .iter()
+                .any(|v| v.name == s.sample.name && v.migrating),
             last_rule: conn.and_then(|c| c.last_rule.clone()),
             last_reason: conn.and_then(|c| c.last_reason.clone()),
             last_error: conn.and_then(|c| c.last_error.clone()),
@@ -229,7 +256,7 @@ async fn tick(
     let mut st = status.write().unwrap_or_else(|p| p.into_inner());
     st.ticks = ticks;
     st.time = now.0;
-    st.capacity = (host_sample.total - config.reserve).0;
+    st.capacity = capacity.0;
     st.host = Some(host_sample);
     st.vms = vms;
     st.alerts = decision.alerts;

@@ -57,6 +57,11 @@ impl VmRegistry {
         self.vms.get(name)
     }
 
+    /// The VM's QMP connection, shared (the escape migrates through it while the loop goes on).
+    pub fn qemu(&self, name: &str) -> Option<Arc<QemuVm>> {
+        self.vms.get(name).map(|c| c.qemu.clone())
+    }
+
     /// Connects to new sockets, forgets vanished ones.
     pub async fn discover(&mut self, config: &Config, metrics: &Metrics) {
         let paths: Vec<PathBuf> = match glob::glob(&config.qmp_glob) {
