@@ -164,9 +164,18 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // Messages start with the key in backticks (`host.reserve`: …); the key's line is
+        // added so that every error points into the file.
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
-            message,
+            message: match message
+                .strip_prefix('`')
+                .and_then(|m| m.split_once('`'))
+                .and_then(|(key, _)| key_line(text, key))
+            {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            },
         };
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
@@ -330,6 +339,25 @@ impl Config {
     }
 }
 
+/// The line (1-based) where dotted `key` (`host.reserve`, `vm.db.min`) is set: the `key =` line
+/// under its `[table]` header.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let (table, name) = key.rsplit_once('.')?;
+    let mut current = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            current = h.trim().to_string();
+        } else if current == table
+            && let Some((k, _)) = t.split_once('=')
+            && k.trim() == name
+        {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,7 +393,7 @@ mod tests {
         assert!(err("escape = true\nprepare = []\n").contains("migration.prepare"));
         assert!(
             err("escape = true\npeers = [\"tcp:h:1\"]\ngrace = \"soon\"\n")
-                .contains("migration.grace")
+                .contains("line 8: `migration.grace`")
         );
         assert!(err("escape = true\npeer = [\"tcp:h:1\"]\n").contains("peer"));
         let off = Config::parse(
@@ -393,6 +421,7 @@ mod tests {
             .expect_err("bad unit")
             .to_string();
         assert!(e.contains("host.reserve") && e.contains("MB"), "{e}");
+        assert!(e.contains("a.toml: line 2: `host.reserve`"), "{e}");
         let text = "[host]\nreserve = \"512MiB\"\n[policy]\nname = \"magic\"\n[qemu]\nqmp_glob = \"/tmp/*.qmp\"\n";
         let e = Config::parse(text, Path::new("a.toml"))
             .expect_err("bad policy")
