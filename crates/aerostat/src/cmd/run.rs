@@ -78,7 +78,11 @@ fn table(s: &Status) -> String {
             mib(v.actual),
             v.target.map_or(Cell::new("-"), mib),
             mib(v.floor),
-            Cell::new(if v.responsive { "yes" } else { "NO" }),
+            Cell::new(match (v.responsive, v.migrating) {
+                (_, true) => "migrating",
+                (true, false) => "yes",
+                (false, false) => "NO",
+            }),
             Cell::new(v.last_rule.as_deref().unwrap_or("-")),
             Cell::new(reason),
         ]);
