@@ -129,8 +129,11 @@ fn rss_below_memory_shortens_the_plan() {
     let obs = host(vec![touched, fresh]);
     let e = choose_escape(&obs, Bytes::gib(5), &[Some(Bytes::ZERO); 2], &settings());
     assert_eq!(e.chosen().map(|c| c.name.as_str()), Some("fresh"));
-    // 512 MiB of non-zero memory at 128 MiB/s.
-    assert_eq!(e.ranking[0].predicted_time, Millis(4000));
+    // 512 MiB of non-zero memory at 128 MiB/s, then the fixed stop-and-copy pause.
+    assert_eq!(
+        e.ranking[0].predicted_time,
+        Millis(4000) + crate::planner::migration::DEFAULT_STOP_AND_COPY
+    );
 }
 
 #[test]

@@ -6,14 +6,39 @@ fn mib_s(n: u64) -> Bytes {
     Bytes::mib(n)
 }
 
+/// The pure geometric model: no fixed stop-and-copy pause (that one has its own test).
 fn inputs(mem_mib: u64, dirty_mib_s: u64, bw_mib_s: u64) -> MigrationInputs {
-    MigrationInputs::new(
+    let mut inp = MigrationInputs::new(
         Bytes::mib(mem_mib),
         mib_s(dirty_mib_s),
         mib_s(bw_mib_s),
         Millis(300),
         Millis::secs(60),
-    )
+    );
+    inp.stop_and_copy = Millis::ZERO;
+    inp
+}
+
+#[test]
+fn the_fixed_stop_and_copy_pause_adds_to_downtime_and_shrinks_the_threshold() {
+    // 1 GiB, dirty 64 MiB/s, 128 MiB/s, limit 300 ms, 100 ms fixed: the last pass may leave
+    // 128 MiB/s × 0.2 s = 25.6 MiB; passes send 1024 … 32 MiB, 16 MiB is the stop-and-copy.
+    let mut inp = inputs(1024, 64, 128);
+    inp.stop_and_copy = Millis(100);
+    let p = predict(&inp, Strategy::PreCopy);
+    assert_eq!(p.passes, 6);
+    assert_eq!(p.downtime, Some(Millis(125 + 100)));
+    assert_eq!(
+        p.bytes_sent,
+        Some(Bytes::mib(1024 + 512 + 256 + 128 + 64 + 32 + 16))
+    );
+    // A fixed part at or above the limit: nothing with dirty pages left lands.
+    inp.stop_and_copy = Millis(300);
+    assert!(!predict(&inp, Strategy::PreCopy).lands);
+    assert_eq!(
+        MigrationInputs::new(Bytes(1), Bytes(0), Bytes(1), Millis(1), Millis(1)).stop_and_copy,
+        DEFAULT_STOP_AND_COPY
+    );
 }
 
 #[test]
@@ -242,8 +267,9 @@ fn arb_inputs() -> impl Gen<Value = MigrationInputs> {
         1u64..=3600,      // budget s
         proptest::option::of(0.0f64..=1.0),
         proptest::option::of(1u64..=64 * 1024),
+        0u64..=200, // fixed stop-and-copy ms
     )
-        .prop_map(|(m, d, b, dt, budget, z, w)| MigrationInputs {
+        .prop_map(|(m, d, b, dt, budget, z, w, fixed)| MigrationInputs {
             memory: Bytes::mib(m),
             dirty_rate: Bytes::mib(d),
             bandwidth: Bytes::mib(b),
@@ -252,6 +278,7 @@ fn arb_inputs() -> impl Gen<Value = MigrationInputs> {
             zero_fraction: z,
             working_set: w.map(Bytes::mib),
             postcopy_switch: DEFAULT_POSTCOPY_SWITCH,
+            stop_and_copy: Millis(fixed),
         })
 }
 
@@ -275,7 +302,8 @@ proptest! {
         let mut inp = inp;
         inp.working_set = None;
         let first = inp.first_pass_bytes();
-        let thr = inp.bandwidth.as_f64() * inp.downtime_limit.as_secs_f64();
+        let thr = inp.bandwidth.as_f64()
+            * (inp.downtime_limit.as_secs_f64() - inp.stop_and_copy.as_secs_f64());
         // The interesting case: the memory does not fit in one downtime.
         prop_assume!(thr > 0.0 && first > thr);
         let p = predict(&inp, Strategy::PreCopy);
