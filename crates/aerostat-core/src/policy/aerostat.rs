@@ -99,7 +99,7 @@ fn profile(class: VmClass) -> Profile {
         // allocator (≈ 512 MiB) free so a job start is not met by evicting the hot cache.
         VmClass::Batch => Profile {
             headroom_frac: 0.03,
-            headroom_min: 512.0 * MIB,
+            headroom_min: 768.0 * MIB,
             probe_per_min: 0.03,
             cache_floor_frac: 0.0,
             weight: 0.5,
