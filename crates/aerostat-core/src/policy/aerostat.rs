@@ -99,8 +99,9 @@ fn profile(class: VmClass) -> Profile {
             cache_floor_frac: 0.5,
             weight: 2.0,
         },
-        // Batch jobs start by allocating at full speed: keep one second of a fast
-        // allocator (≈ 512 MiB) free so a job start is not met by evicting the hot cache.
+        // Batch jobs start by allocating at full speed, and a 1 s loop sees a job start only
+        // after its first second: keep that second of a fast allocator (512 MiB) plus the page
+        // cache a new job reads free, so a job start is not met by evicting the hot cache.
         VmClass::Batch => Profile {
             headroom_frac: 0.03,
             headroom_min: 768.0 * MIB,
@@ -811,6 +812,37 @@ mod tests {
         for x in p.propose(&obs(0, vec![v]), &[]) {
             assert!(x.target <= Bytes(4 * GIB), "{x:?}");
         }
+    }
+
+    #[test]
+    fn batch_guests_keep_room_for_a_job_start() {
+        let mut p = AerostatPolicy::new(settings());
+        let mut v = vm("b", 8 * GIB, 8 * GIB, 1024, 0, 0);
+        v.class = VmClass::Batch;
+        let props = p.propose(&obs(0, vec![v]), &[]);
+        // One second of a 512 MiB/s allocator plus the cache a new job reads: 768 MiB.
+        assert_eq!(props[0].target, Bytes::mib(1024 + 768));
+    }
+
+    /// The target proposed after a probe bite that reclaimed `reclaimed` of 1000 scanned pages.
+    fn target_after_efficiency(reclaimed: u64) -> Bytes {
+        let mut p = AerostatPolicy::new(settings());
+        let a = 4 * GIB;
+        p.propose(&obs(0, vec![vm("a", 8 * GIB, a, 1024, 2048, 0)]), &[]);
+        let mut v = vm("a", 8 * GIB, a, 1024, 2048, 1);
+        v.stats.async_scans = Some(1000);
+        v.stats.async_reclaims = Some(reclaimed);
+        p.propose(&obs(1, vec![v]), &[])[0].target
+    }
+
+    #[test]
+    fn the_cache_probe_goes_on_at_45_percent_efficiency_and_stops_below_40() {
+        let on = target_after_efficiency(450);
+        let stopped = target_after_efficiency(350);
+        assert!(
+            on < stopped,
+            "probing {on} should ask less than stopped {stopped}"
+        );
     }
 
     #[test]
