@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod guest;
 pub mod host;
 pub mod metrics;
+pub mod migration;
 pub mod scenario;
 pub mod workload;
 
