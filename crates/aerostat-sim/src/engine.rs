@@ -512,7 +512,11 @@ impl Simulation {
                     .filter(|m| m.outcome == Outcome::Completed)
                     .count() as u64,
             );
-            s.migrated_gib = Some(gib(migrations.iter().map(|m| m.bytes_sent as f64).sum()));
+            // A fold from +0.0: an empty f64 `sum()` is −0.0, which JSON would show.
+            let sent = migrations
+                .iter()
+                .fold(0.0, |acc, m| acc + m.bytes_sent as f64);
+            s.migrated_gib = Some(gib(sent));
         }
         self.series.events = migrations
             .iter()
