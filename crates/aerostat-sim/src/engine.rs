@@ -15,6 +15,7 @@ use aerostat_core::{
 use crate::guest::Guest;
 use crate::host::{Host, gib};
 use crate::metrics::{HostRow, Summary, TimeSeries, VmRow, VmSummary};
+use crate::migration::{Escape, MigrationRecord, Outcome};
 use crate::scenario::Scenario;
 
 /// How a run is set up beyond the scenario.
@@ -29,6 +30,9 @@ pub struct RunOptions {
     pub samples: usize,
     /// Keep every action for the decision log (bounded by [`MAX_LOGGED_ACTIONS`]).
     pub log_actions: bool,
+    /// Run the scenario's live-migration escape when its `[migration]` table turns it on
+    /// (default true; false: the same host without it, for comparisons).
+    pub escape: bool,
 }
 
 impl RunOptions {
@@ -39,6 +43,7 @@ impl RunOptions {
             interval: None,
             samples: 1000,
             log_actions: false,
+            escape: true,
         }
     }
 }
@@ -53,6 +58,8 @@ pub struct RunResult {
     pub series: TimeSeries,
     /// (time, action), when `log_actions` was set.
     pub actions: Vec<(Millis, Action)>,
+    /// Every migration the escape started, in start order.
+    pub migrations: Vec<MigrationRecord>,
 }
 
 /// One host and its guests under one policy.
@@ -65,6 +72,10 @@ pub struct Simulation {
     guests: Vec<Guest>,
     alive: Vec<bool>,
     lost: Vec<bool>,
+    /// Left the host by live migration.
+    migrated: Vec<bool>,
+    /// The host's migration escape, when the scenario turns it on.
+    escape: Option<Escape>,
     obs: Observation,
     /// Guest index of each entry in `obs.vms`.
     obs_index: Vec<usize>,
@@ -90,6 +101,7 @@ struct VmAcc {
     swap_in: f64,
     actions: u64,
     seconds: f64,
+    migrated_at: Option<f64>,
 }
 
 impl Simulation {
@@ -134,14 +146,23 @@ impl Simulation {
             host_memory: scenario.host.memory.as_f64(),
             ..TimeSeries::default()
         };
+        let has_migration = scenario.migration.is_some();
         let summary = Summary {
             scenario: scenario.name.clone(),
             policy: options.policy.as_str().to_string(),
             seed,
             duration_s: scenario.duration.as_secs_f64(),
             vms: n,
+            migrations: has_migration.then_some(0),
+            migration_downtime_seconds: has_migration.then_some(0.0),
+            migrated_gib: has_migration.then_some(0.0),
             ..Summary::default()
         };
+        let escape = scenario
+            .migration
+            .as_ref()
+            .filter(|m| m.escape && options.escape)
+            .map(|m| Escape::new(m.clone(), seed));
         Simulation {
             host: Host::new(scenario.host.clone()),
             obs: Observation {
@@ -153,6 +174,8 @@ impl Simulation {
             membership_changed: true,
             alive: vec![false; n],
             lost: vec![false; n],
+            migrated: vec![false; n],
+            escape,
             stalls: vec![0.0; n],
             vm: vec![VmAcc::default(); n],
             window_stall: vec![0.0; n],
@@ -213,6 +236,38 @@ impl Simulation {
         true
     }
 
+    /// The guest migrating now, by name.
+    pub fn migrating(&self) -> Option<&str> {
+        let i = self.escape.as_ref()?.migrating()?;
+        Some(&self.guests[i].spec.name)
+    }
+
+    /// Whether a VM has left the host by live migration.
+    pub fn migrated(&self, vm: &str) -> bool {
+        self.guest_index(vm).is_some_and(|i| self.migrated[i])
+    }
+
+    /// Host memory in use now (system, overheads, guest-resident memory).
+    pub fn host_used(&self) -> Bytes {
+        Bytes::from_f64(self.host.used)
+    }
+
+    /// A VM's balloon target now.
+    pub fn target_of(&self, vm: &str) -> Option<Bytes> {
+        self.guest_index(vm)
+            .map(|i| Bytes::from_f64(self.guests[i].target))
+    }
+
+    /// A VM's stall seconds so far (guest, host and migration stalls).
+    pub fn stall_of(&self, vm: &str) -> Option<f64> {
+        self.guest_index(vm).map(|i| self.vm[i].stall)
+    }
+
+    /// The migrations started so far.
+    pub fn migrations(&self) -> &[MigrationRecord] {
+        self.escape.as_ref().map_or(&[], |e| &e.records)
+    }
+
     /// Guest plus host OOM kills so far.
     pub fn oom_kills(&self) -> u64 {
         self.summary.guest_oom_kills + self.summary.host_oom_kills
@@ -245,7 +300,7 @@ impl Simulation {
         let now = self.now();
         let dt_s = self.scenario.tick.as_secs_f64();
         for (i, g) in self.guests.iter().enumerate() {
-            let should = !self.lost[i] && now >= g.spec.start;
+            let should = !self.lost[i] && !self.migrated[i] && now >= g.spec.start;
             if should != self.alive[i] {
                 self.alive[i] = should;
                 self.membership_changed = true;
@@ -274,7 +329,14 @@ impl Simulation {
             self.alive[k] = false;
             self.membership_changed = true;
             self.summary.host_oom_kills += 1;
+            if let Some(e) = self.escape.as_mut() {
+                e.lost(k);
+            }
         }
+        let efx = match self.escape.as_mut() {
+            Some(e) => e.tick(now, dt_s, &mut self.stalls),
+            None => Default::default(),
+        };
         // Integrate the metrics.
         let reserve = self.scenario.host.reserve.as_f64();
         let host_free = self.scenario.host.memory.as_f64() - self.host.used;
@@ -295,6 +357,20 @@ impl Simulation {
             acc.stall += stall;
             acc.seconds += dt_s;
             self.window_stall[i] += stall;
+        }
+        // The pause of a migration is a stall of that guest, beyond the tick's cap.
+        if let Some((i, downtime)) = efx.downtime {
+            self.vm[i].stall += downtime;
+            self.window_stall[i] += downtime;
+            *self.summary.migration_downtime_seconds.get_or_insert(0.0) += downtime;
+        }
+        // A completed migration frees the guest's memory here: its metrics stop.
+        if let Some(i) = efx.departed {
+            self.migrated[i] = true;
+            self.alive[i] = false;
+            self.membership_changed = true;
+            self.vm[i].migrated_at = Some(now.as_secs_f64() + dt_s);
+            self.host.used = self.host.compute_used(&self.guests, &self.alive);
         }
         self.tick += 1;
         if self.tick.is_multiple_of(self.sample_every) {
@@ -332,6 +408,10 @@ impl Simulation {
             vm.actual = Bytes::from_f64(g.actual);
             vm.rss = Some(Bytes::from_f64(g.touched) + self.scenario.host.vm_overhead);
             vm.stats = g.stats(now);
+        }
+        if let Some(e) = self.escape.as_mut() {
+            let capacity = self.scenario.host.memory - self.scenario.host.reserve;
+            e.control(now, &mut self.obs, &self.obs_index, &self.guests, capacity);
         }
         let decision = self.controller.tick(&self.obs);
         for action in decision.actions {
@@ -408,6 +488,7 @@ impl Simulation {
                 oom_kills: g.oom_kills,
                 actions: acc.actions,
                 lost: self.lost[i],
+                migrated_at: acc.migrated_at,
             });
         }
         s.vm_hours = vm_seconds / H;
@@ -423,10 +504,29 @@ impl Simulation {
         };
         s.host_swap_out_gib = gib(self.host.swap_out_total);
         s.host_swap_in_gib = gib(self.host.swap_in_total);
+        let migrations = self.escape.map(|e| e.records).unwrap_or_default();
+        if s.migrations.is_some() {
+            s.migrations = Some(
+                migrations
+                    .iter()
+                    .filter(|m| m.outcome == Outcome::Completed)
+                    .count() as u64,
+            );
+            // A fold from +0.0: an empty f64 `sum()` is −0.0, which JSON would show.
+            let sent = migrations
+                .iter()
+                .fold(0.0, |acc, m| acc + m.bytes_sent as f64);
+            s.migrated_gib = Some(gib(sent));
+        }
+        self.series.events = migrations
+            .iter()
+            .map(|m| (m.started_s, m.ended_s, m.vm.clone()))
+            .collect();
         RunResult {
             summary: self.summary.rounded(),
             series: self.series,
             actions: self.actions_log,
+            migrations,
         }
     }
 }

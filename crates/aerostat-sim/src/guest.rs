@@ -16,7 +16,7 @@
 
 use aerostat_core::{Bytes, GuestStats, Millis};
 
-use crate::scenario::{StatsMode, VmSpec};
+use crate::scenario::{DEFAULT_DIRTY_FRACTION_PER_S, StatsMode, VmSpec};
 use crate::workload::{Demand, Workload};
 
 /// Fraction of the missing hot set touched (and faulted back) per second.
@@ -176,6 +176,18 @@ impl Guest {
     /// Replaces the workload's hot working set from now on (`None`: the workload again).
     pub fn override_working_set(&mut self, ws: Option<Bytes>) {
         self.working_set_override = ws.map(Bytes::as_f64);
+    }
+
+    /// Distinct bytes the guest dirties per second now (hidden truth: the escape sees only a
+    /// noisy measurement of it). A guest whose workload waits to restart dirties nothing.
+    pub fn dirty_rate(&self) -> f64 {
+        if !self.is_running() {
+            return 0.0;
+        }
+        match self.spec.workload.dirty_rate {
+            Some(rate) => rate.as_f64(),
+            None => DEFAULT_DIRTY_FRACTION_PER_S * self.anon_hot,
+        }
     }
 
     /// Hot anonymous memory resident now (what a growing workload has managed to touch).

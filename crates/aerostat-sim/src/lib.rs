@@ -2,7 +2,8 @@
 //!
 //! **Owns** the host model (RAM, reserve, QEMU overhead, KSM, swap with a bandwidth
 //! limit, OOM killer), the guest model (balloon driver, LRU reclaim of cache and anon,
-//! guest swap, OOM, stalls), workloads, scenario files, metrics and fleets.
+//! guest swap, OOM, stalls), workloads, scenario files, metrics and fleets, and the host's
+//! live-migration escape in simulated time ([`migration`]).
 //!
 //! **Does not** decide anything: it drives `aerostat_core::Controller` exactly as the
 //! daemon does, through [`aerostat_core::Observation`]s built only from what a real
@@ -18,6 +19,7 @@ pub mod fleet;
 pub mod guest;
 pub mod host;
 pub mod metrics;
+pub mod migration;
 pub mod scenario;
 pub mod workload;
 

@@ -33,6 +33,16 @@ pub struct Summary {
     pub peak_host_used_gib: f64,
     /// Seconds during which host free memory was below the reserve.
     pub seconds_below_reserve: f64,
+    /// Live migrations that completed (the guest left the host). These three are present
+    /// only when the scenario has a `[migration]` table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<u64>,
+    /// Σ downtime of those migrations (also counted in `guest_stall_seconds`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration_downtime_seconds: Option<f64>,
+    /// Bytes sent by every migration started, cancelled ones included, in GiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrated_gib: Option<f64>,
     pub per_vm: Vec<VmSummary>,
 }
 
@@ -46,6 +56,9 @@ pub struct VmSummary {
     pub oom_kills: u64,
     pub actions: u64,
     pub lost: bool,
+    /// When it left the host by live migration, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrated_at: Option<f64>,
 }
 
 impl Summary {
@@ -66,6 +79,12 @@ impl Summary {
             &mut self.peak_host_used_gib,
             &mut self.seconds_below_reserve,
         ] {
+            r(v);
+        }
+        for v in [&mut self.migration_downtime_seconds, &mut self.migrated_gib]
+            .into_iter()
+            .flatten()
+        {
             r(v);
         }
         for vm in &mut self.per_vm {
@@ -94,6 +113,8 @@ pub struct TimeSeries {
     pub rows: Vec<HostRow>,
     /// `rows.len() × vm_names.len()` entries, row-major.
     pub vm_rows: Vec<VmRow>,
+    /// Migrations: (started, ended (if it did), VM), seconds; for plot markers.
+    pub events: Vec<(f64, Option<f64>, String)>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]

@@ -87,6 +87,39 @@ pub struct RawScenario {
     pub host: RawHost,
     #[serde(default)]
     pub vm: Vec<toml::Spanned<RawVm>>,
+    /// The host's live-migration escape (default: off).
+    #[serde(default)]
+    pub migration: Option<RawMigration>,
+}
+
+/// `[migration]`: when the guests' floors no longer fit, move one away to a peer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMigration {
+    /// Run the escape at all (default false).
+    #[serde(default)]
+    pub escape: bool,
+    /// How long the pressure must last before a guest is moved (default 60 s).
+    #[serde(default, deserialize_with = "human_opt")]
+    pub grace: Option<Millis>,
+    /// Link to the peers (default 1 GiB/s, about 10 GbE).
+    #[serde(default, deserialize_with = "human_opt")]
+    pub bandwidth: Option<Rate>,
+    /// Longest acceptable pause (default 300 ms, QEMU's `downtime-limit`).
+    #[serde(default, deserialize_with = "human_opt")]
+    pub downtime: Option<Millis>,
+    /// Budget for one migration (default 5 min); pre-copy still running then is cancelled.
+    #[serde(default, deserialize_with = "human_opt")]
+    pub max_time: Option<Millis>,
+    /// The peers can take post-copy (default true).
+    #[serde(default)]
+    pub postcopy: Option<bool>,
+    /// Host swap-in rate that counts as thrashing (default: watch the floors only).
+    #[serde(default, deserialize_with = "human_opt")]
+    pub thrash_limit: Option<Rate>,
+    /// How many guests the host may send away in the run (default 1).
+    #[serde(default)]
+    pub peers: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +281,11 @@ pub struct RawWorkload {
     /// Trace: CSV with `time_s,working_set_mib,page_cache_mib` rows (relative to the scenario file).
     #[serde(default)]
     pub trace: Option<PathBuf>,
+    /// Distinct memory the guest dirties per second while it runs (what QEMU's
+    /// `calc-dirty-rate` measures); default: [`DEFAULT_DIRTY_FRACTION_PER_S`] of its
+    /// resident hot anonymous memory per second.
+    #[serde(default, deserialize_with = "human_opt")]
+    pub dirty_rate: Option<Rate>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -273,7 +311,43 @@ pub struct Scenario {
     pub host: HostSpec,
     /// One entry per VM (replicas expanded, named `name-0`, `name-1`, ...; sorted by name).
     pub vms: Vec<VmSpec>,
+    /// The live-migration escape; `None` when the scenario has no `[migration]` table.
+    pub migration: Option<MigrationSpec>,
 }
+
+/// The host's live-migration escape, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationSpec {
+    pub escape: bool,
+    pub grace: Millis,
+    /// Bytes per second, for both pre-copy and post-copy.
+    pub bandwidth: Bytes,
+    pub downtime: Millis,
+    pub max_time: Millis,
+    pub postcopy: bool,
+    /// Bytes per second of host swap-in.
+    pub thrash_limit: Option<Bytes>,
+    pub peers: u32,
+}
+
+impl Default for MigrationSpec {
+    fn default() -> MigrationSpec {
+        MigrationSpec {
+            escape: false,
+            grace: Millis::secs(60),
+            bandwidth: Bytes::gib(1),
+            downtime: Millis(300),
+            max_time: Millis::secs(300),
+            postcopy: true,
+            thrash_limit: None,
+            peers: 1,
+        }
+    }
+}
+
+/// The default dirty rate: this fraction of the guest's resident hot anonymous memory is
+/// rewritten per second (a 2 GiB working set dirties ~100 MiB/s).
+pub const DEFAULT_DIRTY_FRACTION_PER_S: f64 = 0.05;
 
 #[derive(Debug, Clone)]
 pub struct HostSpec {
@@ -324,6 +398,8 @@ pub struct WorkloadSpec {
     pub phase: Millis,
     /// Phases, or trace points: (time, working set, page cache), sorted by time.
     pub points: Vec<(Millis, Bytes, Bytes)>,
+    /// Bytes per second; `None`: [`DEFAULT_DIRTY_FRACTION_PER_S`] of resident hot anon.
+    pub dirty_rate: Option<Bytes>,
 }
 
 /// The default guest kernel footprint: 96 MiB plus 1.5 % (struct pages, slab, page tables).
@@ -408,6 +484,7 @@ impl RawScenario {
             message,
         };
         let host_line = text.find("[host]").map_or(1, |o| line_of(text, o));
+        let migration_line = text.find("[migration]").map_or(1, |o| line_of(text, o));
         let meta_line = text.find("[scenario]").map_or(1, |o| line_of(text, o));
         let h = &self.host;
         if self.scenario.duration == Millis::ZERO {
@@ -629,7 +706,15 @@ impl RawScenario {
                 ),
             ));
         }
+        let migration = match &self.migration {
+            None => None,
+            Some(m) => Some(
+                validate_migration(m)
+                    .map_err(|(k, msg)| invalid(migration_line, format!("migration.{k}"), msg))?,
+            ),
+        };
         Ok(Scenario {
+            migration,
             name: self.scenario.name,
             description: self.scenario.description.unwrap_or_default(),
             duration: self.scenario.duration,
@@ -640,6 +725,49 @@ impl RawScenario {
             vms,
         })
     }
+}
+
+fn validate_migration(m: &RawMigration) -> Result<MigrationSpec, (String, String)> {
+    let d = MigrationSpec::default();
+    let bandwidth = m.bandwidth.map_or(d.bandwidth, |r| r.0);
+    if bandwidth == Bytes::ZERO {
+        return Err(("bandwidth".into(), "must be positive".into()));
+    }
+    let downtime = m.downtime.unwrap_or(d.downtime);
+    if downtime == Millis::ZERO {
+        return Err(("downtime".into(), "must be positive".into()));
+    }
+    let max_time = m.max_time.unwrap_or(d.max_time);
+    if max_time == Millis::ZERO {
+        return Err(("max_time".into(), "must be positive".into()));
+    }
+    if max_time < downtime {
+        return Err((
+            "max_time".into(),
+            format!("{max_time} is below the downtime limit {downtime}"),
+        ));
+    }
+    let thrash_limit = m.thrash_limit.map(|r| r.0);
+    if thrash_limit == Some(Bytes::ZERO) {
+        return Err(("thrash_limit".into(), "must be positive".into()));
+    }
+    let peers = m.peers.unwrap_or(d.peers);
+    if peers == 0 {
+        return Err((
+            "peers".into(),
+            "must be at least 1 (turn the escape off with `escape = false`)".into(),
+        ));
+    }
+    Ok(MigrationSpec {
+        escape: m.escape,
+        grace: m.grace.unwrap_or(d.grace),
+        bandwidth,
+        downtime,
+        max_time,
+        postcopy: m.postcopy.unwrap_or(d.postcopy),
+        thrash_limit,
+        peers,
+    })
 }
 
 fn validate_workload(
@@ -769,5 +897,6 @@ fn validate_workload(
         noise,
         phase: w.phase.unwrap_or(Millis::ZERO),
         points,
+        dirty_rate: w.dirty_rate.map(|r| r.0),
     })
 }

@@ -31,7 +31,7 @@ fn splitmix64(mut x: u64) -> u64 {
 }
 
 /// Uniform in [-1, 1), a pure function of its inputs.
-fn unit_noise(seed: u64, stream: u64, bucket: u64) -> f64 {
+pub(crate) fn unit_noise(seed: u64, stream: u64, bucket: u64) -> f64 {
     let h = splitmix64(seed ^ splitmix64(stream ^ splitmix64(bucket)));
     (h >> 11) as f64 / (1u64 << 52) as f64 - 1.0
 }

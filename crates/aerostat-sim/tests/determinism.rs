@@ -98,3 +98,42 @@ fn fleet_does_not_depend_on_thread_count() {
         );
     }
 }
+
+/// The escape's scenario: same seed, same summary and the same migrations (measured dirty
+/// rates come from a hash, not an RNG); fleets on 1 and 2 threads agree.
+#[test]
+fn the_escape_is_deterministic() {
+    let path = common::scenarios_dir().join("unabsorbable-surge.toml");
+    let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    for policy in PolicyKind::ALL {
+        for seed in [scenario.seed, 77] {
+            let once = || {
+                let mut opts = RunOptions::new(policy);
+                opts.seed = Some(seed);
+                let r = run(&scenario, opts);
+                format!(
+                    "{}\n{}",
+                    summary_json(&r.summary),
+                    serde_json::to_string(&r.migrations).expect("records serialize")
+                )
+            };
+            let (a, b) = (once(), once());
+            assert!(
+                a == b,
+                "policy {policy}, seed {seed}: two runs differ\n{a}\n{b}"
+            );
+            assert!(
+                a.contains("\"migrations\":1"),
+                "policy {policy}, seed {seed}: {a}"
+            );
+        }
+    }
+    let mut opts = RunOptions::new(PolicyKind::Aerostat);
+    opts.seed = Some(5);
+    let one = fleet_on(1, &scenario, &opts, 3);
+    let two = fleet_on(2, &scenario, &opts, 3);
+    assert!(
+        one == two,
+        "seed 5: fleets on 1 and 2 threads differ\n{one}\n---\n{two}"
+    );
+}

@@ -332,3 +332,130 @@ fn bad_trace_line_is_reported_with_its_number() {
     std::fs::write(&csv, "0,100,50\n60,200,50\n").expect("write trace");
     Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
 }
+
+// --- The live-migration escape: `[migration]` and `dirty_rate` ---------------------------
+
+/// The issue's schema with a `[migration]` table (`body`) after `[host]`.
+fn with_migration(body: &str) -> String {
+    replace_line(
+        ISSUE_SCHEMA,
+        "swap_bandwidth =",
+        &format!("swap_bandwidth = \"500MiB/s\"\n\n[migration]\n{body}"),
+    )
+}
+
+#[test]
+fn migration_table_parses_with_its_defaults() {
+    let s = Scenario::parse(ISSUE_SCHEMA, Path::new(PATH)).expect("parses");
+    assert!(s.migration.is_none(), "no table, no escape");
+    let s = Scenario::parse(&with_migration("escape = true"), Path::new(PATH)).expect("parses");
+    let m = s.migration.expect("[migration]");
+    assert_eq!(
+        m,
+        aerostat_sim::scenario::MigrationSpec {
+            escape: true,
+            ..Default::default()
+        }
+    );
+    assert_eq!(m.grace, Millis::secs(60));
+    assert_eq!(m.bandwidth, Bytes::gib(1));
+    assert_eq!(m.downtime, Millis(300));
+    assert_eq!(m.max_time, Millis::secs(300));
+    assert!(m.postcopy);
+    assert_eq!(m.thrash_limit, None);
+    assert_eq!(m.peers, 1);
+    let text = with_migration(
+        "escape = true\ngrace = \"2m\"\nbandwidth = \"512MiB/s\"\ndowntime = \"100ms\"\nmax_time = \"90s\"\npostcopy = false\nthrash_limit = \"16MiB/s\"\npeers = 2",
+    );
+    let text = replace_line(
+        &text,
+        "page_cache =",
+        "page_cache = \"1GiB\"\ndirty_rate = \"64MiB/s\"",
+    );
+    let s = Scenario::parse(&text, Path::new(PATH)).expect("parses");
+    let m = s.migration.expect("[migration]");
+    assert_eq!(m.grace, Millis::secs(120));
+    assert_eq!(m.bandwidth, Bytes::mib(512));
+    assert_eq!(m.downtime, Millis(100));
+    assert_eq!(m.max_time, Millis::secs(90));
+    assert!(!m.postcopy);
+    assert_eq!(m.thrash_limit, Some(Bytes::mib(16)));
+    assert_eq!(m.peers, 2);
+    assert!(
+        s.vms
+            .iter()
+            .all(|v| v.workload.dirty_rate == Some(Bytes::mib(64)))
+    );
+}
+
+#[test]
+fn unknown_migration_key_names_file_line_and_key() {
+    let text = with_migration("escape = true\ngrase = \"60s\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "grase"),
+        "migration.grase",
+    );
+    assert!(err.contains("unknown field `grase`"), "{err}");
+}
+
+#[test]
+fn bad_migration_units_name_file_line_and_key() {
+    for (line, key) in [
+        ("bandwidth = \"1GB/s\"", "migration.bandwidth"),
+        ("bandwidth = \"1GiB\"", "migration.bandwidth"),
+        ("grace = \"60\"", "migration.grace"),
+        ("downtime = \"300\"", "migration.downtime"),
+        ("thrash_limit = \"16MiB\"", "migration.thrash_limit"),
+        ("peers = \"one\"", "migration.peers"),
+        ("escape = \"yes\"", "migration.escape"),
+    ] {
+        let text = with_migration(line);
+        let err = error_of(&text, Path::new(PATH));
+        assert_names(&err, Path::new(PATH), line_of(&text, line), key);
+    }
+    let text = replace_line(
+        ISSUE_SCHEMA,
+        "page_cache =",
+        "page_cache = \"1GiB\"\ndirty_rate = \"64MiB\"",
+    );
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "dirty_rate"),
+        "vm[0].workload.dirty_rate",
+    );
+    assert!(err.contains("not a rate"), "{err}");
+}
+
+#[test]
+fn invalid_migration_values_name_the_table() {
+    for (body, key, what) in [
+        (
+            "bandwidth = \"0MiB/s\"",
+            "`migration.bandwidth`",
+            "positive",
+        ),
+        ("downtime = \"0s\"", "`migration.downtime`", "positive"),
+        ("max_time = \"0s\"", "`migration.max_time`", "positive"),
+        (
+            "max_time = \"100ms\"",
+            "`migration.max_time`",
+            "below the downtime",
+        ),
+        (
+            "thrash_limit = \"0B/s\"",
+            "`migration.thrash_limit`",
+            "positive",
+        ),
+        ("peers = 0", "`migration.peers`", "at least 1"),
+    ] {
+        let text = with_migration(&format!("escape = true\n{body}"));
+        let err = error_of(&text, Path::new(PATH));
+        assert_names(&err, Path::new(PATH), line_of(&text, "[migration]"), key);
+        assert!(err.contains(what), "{body}: {err}");
+    }
+}

@@ -104,6 +104,10 @@ pub struct SimArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Run the host without the scenario's live-migration escape (`[migration] escape`),
+    /// to see what it avoided.
+    #[arg(long)]
+    pub no_escape: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -82,18 +82,46 @@ fn host_memory(path: &Path, name: &str, s: &TimeSeries) -> anyhow::Result<()> {
     ))?;
     let swap = s.rows.iter().map(|r| (hours(r.t_s), r.swap_used / GIB));
     chart.draw_series(LineSeries::new(swap, PALETTE[3].stroke_width(2)))?;
+    // The escape's migrations: a dashed line where each started, a solid one where it ended.
+    for (start, end, _) in &s.events {
+        let top = chart.y_range().end;
+        chart.draw_series(DashedLineSeries::new(
+            [(hours(*start), 0.0), (hours(*start), top)],
+            4,
+            4,
+            PALETTE[4].stroke_width(2),
+        ))?;
+        if let Some(end) = end {
+            chart.draw_series(LineSeries::new(
+                [(hours(*end), 0.0), (hours(*end), top)],
+                PALETTE[4].stroke_width(2),
+            ))?;
+        }
+    }
 
-    draw_legend(
-        &legend,
-        &[
-            Entry::new("free", tint(PALETTE[2]), Stroke::Fill),
-            Entry::new("guest-resident", tint(PALETTE[0]), Stroke::Fill),
-            Entry::new("host system + overhead", tint(GREY), Stroke::Fill),
-            Entry::new(format!("host memory ({host:.0} GiB)"), BLACK, Stroke::Solid),
-            Entry::new("host memory − reserve", BLACK, Stroke::Dashed),
-            Entry::new("host swap used", PALETTE[3], Stroke::Solid),
-        ],
-    )?;
+    let mut entries = vec![
+        Entry::new("free", tint(PALETTE[2]), Stroke::Fill),
+        Entry::new("guest-resident", tint(PALETTE[0]), Stroke::Fill),
+        Entry::new("host system + overhead", tint(GREY), Stroke::Fill),
+        Entry::new(format!("host memory ({host:.0} GiB)"), BLACK, Stroke::Solid),
+        Entry::new("host memory − reserve", BLACK, Stroke::Dashed),
+        Entry::new("host swap used", PALETTE[3], Stroke::Solid),
+    ];
+    for (_, end, vm) in &s.events {
+        entries.push(Entry::new(
+            format!("{vm} migrates away"),
+            PALETTE[4],
+            Stroke::Dashed,
+        ));
+        if end.is_some() {
+            entries.push(Entry::new(
+                format!("{vm} has left"),
+                PALETTE[4],
+                Stroke::Solid,
+            ));
+        }
+    }
+    draw_legend(&legend, &entries)?;
     plot.present()?;
     Ok(())
 }
@@ -460,6 +488,26 @@ mod tests {
             }
             std::fs::remove_dir_all(&dir).expect("cleanup");
         }
+    }
+
+    #[test]
+    fn migrations_are_marked_on_the_host_plot() {
+        let scenario = scenario();
+        let mut series = synthetic(12, 3);
+        let dir = temp_dir("events");
+        write_all(&dir, &scenario, &series).expect("plots are written");
+        let plain = std::fs::read_to_string(dir.join("host-memory.svg")).expect("plot");
+        assert!(!plain.contains("migrates away"));
+        series.events = vec![
+            (3600.0, Some(3620.0), "vm-1".into()),
+            (7200.0, None, "vm-2".into()),
+        ];
+        write_all(&dir, &scenario, &series).expect("plots are written");
+        let marked = std::fs::read_to_string(dir.join("host-memory.svg")).expect("plot");
+        assert!(marked.contains("vm-1 migrates away"), "legend entry");
+        assert!(marked.contains("vm-1 has left"), "legend entry");
+        assert!(!marked.contains("vm-2 has left"), "vm-2 never left");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

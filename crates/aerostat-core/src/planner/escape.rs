@@ -86,6 +86,34 @@ impl Escape {
     }
 }
 
+/// The planner's inputs for moving `vm` away: its configured memory, the dirty rate
+/// (`None`: assumed equal to the link rate, so an unmeasured guest never looks cheap), the
+/// settings' link and limits, and the zero fraction bounded from below by its RSS. Public so
+/// that a driver (the simulator) can run the migration it chose with the same inputs and the
+/// rate it then really sees.
+pub fn escape_inputs(
+    vm: &VmSample,
+    dirty_rate: Option<Bytes>,
+    settings: &EscapeSettings,
+) -> MigrationInputs {
+    let mut inputs = MigrationInputs::new(
+        vm.configured,
+        dirty_rate.unwrap_or(settings.bandwidth),
+        settings.bandwidth,
+        settings.downtime_limit,
+        settings.max_time,
+    );
+    // Pages the host never backed are zero: RSS minus QEMU's own overhead bounds the
+    // guest's non-zero memory from above.
+    if let Some(rss) = vm.rss
+        && vm.configured > Bytes::ZERO
+    {
+        let guest = (rss - vm.overhead).min(vm.configured);
+        inputs.zero_fraction = Some(1.0 - guest.as_f64() / vm.configured.as_f64());
+    }
+    inputs
+}
+
 /// Ranks the guests that could leave. `dirty_rates[i]` is guest `i`'s measured dirty rate
 /// (`None`: not measured; the plan then assumes it dirties memory as fast as the link sends —
 /// pessimistic on purpose, so an unmeasured guest never looks cheap). `capacity` is host
@@ -109,19 +137,7 @@ pub fn choose_escape(
         .filter(|(_, vm)| !vm.migrating && vm.configured > Bytes::ZERO)
         .filter_map(|(i, vm)| {
             let dirty_rate = dirty_rates.get(i).copied().flatten();
-            let mut inputs = MigrationInputs::new(
-                vm.configured,
-                dirty_rate.unwrap_or(settings.bandwidth),
-                settings.bandwidth,
-                settings.downtime_limit,
-                settings.max_time,
-            );
-            // Pages the host never backed are zero: RSS minus QEMU's own overhead bounds the
-            // guest's non-zero memory from above.
-            if let Some(rss) = vm.rss {
-                let guest = (rss - vm.overhead).min(vm.configured);
-                inputs.zero_fraction = Some(1.0 - guest.as_f64() / vm.configured.as_f64());
-            }
+            let inputs = escape_inputs(vm, dirty_rate, settings);
             let plan = choose(&inputs, allowed);
             let predicted_time = plan.chosen_prediction()?.total_time?;
             let relief = floor_demand(vm);

@@ -29,6 +29,7 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let mut options = RunOptions::new(args.policy);
     options.seed = args.seed;
     options.log_actions = true;
+    options.escape = !args.no_escape;
     let mut sim = Simulation::new(scenario.clone(), options);
     let bar = report::progress_bar(sim.total_ticks(), &scenario.name, args.quiet);
     let chunk = (sim.total_ticks() / 200).max(1);
@@ -45,6 +46,11 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
         "{}",
         report::summary_table(std::slice::from_ref(&result.summary))
     );
+    if let Some(text) = report::migrations(&result) {
+        crate::say!("{text}");
+    } else if args.no_escape && scenario.migration.as_ref().is_some_and(|m| m.escape) {
+        crate::say!("live-migration escape: off (--no-escape)");
+    }
     crate::say!(
         "wrote {}/{{summary.json,timeseries.csv,decisions.jsonl,*.svg}}",
         args.out.display()

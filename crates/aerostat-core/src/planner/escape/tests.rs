@@ -224,3 +224,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn escape_inputs_are_the_ones_the_ranking_plans_with() {
+    let mut v = vm("a", 8, 1);
+    v.rss = Some(Bytes::gib(2) + v.overhead);
+    let s = settings();
+    let measured = escape_inputs(&v, Some(Bytes::mib(64)), &s);
+    assert_eq!(measured.memory, Bytes::gib(8));
+    assert_eq!(measured.dirty_rate, Bytes::mib(64));
+    assert_eq!(measured.zero_fraction, Some(0.75));
+    // Unmeasured: the link rate, pessimistic on purpose.
+    assert_eq!(escape_inputs(&v, None, &s).dirty_rate, s.bandwidth);
+    let e = choose_escape(
+        &host(vec![v.clone()]),
+        Bytes::gib(1),
+        &[Some(Bytes::mib(64))],
+        &s,
+    );
+    let plan = choose(
+        &measured,
+        Allowed {
+            postcopy: true,
+            auto_converge: true,
+        },
+    );
+    assert_eq!(e.chosen().expect("a candidate").plan, plan);
+}

@@ -1,0 +1,100 @@
+//! The live-migration escape on `scenarios/unabsorbable-surge.toml`: a VM with 13 GiB pinned
+//! arrives on a full host at 30 min, the floors no longer fit, and exactly one migration lands
+//! a grace period later; the same host without the escape thrashes for the rest of the run.
+
+mod common;
+
+use aerostat_core::PolicyKind;
+use aerostat_sim::migration::Outcome;
+use aerostat_sim::{RunOptions, RunResult, Scenario, run};
+
+fn scenario() -> Scenario {
+    Scenario::load(&common::scenarios_dir().join("unabsorbable-surge.toml"))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run_with(policy: PolicyKind, escape: bool) -> RunResult {
+    let mut o = RunOptions::new(policy);
+    o.escape = escape;
+    o.samples = 0;
+    run(&scenario(), o)
+}
+
+#[test]
+fn the_escape_moves_the_pinned_newcomer_once_after_the_grace_period() {
+    let s = scenario();
+    let m = s.migration.clone().expect("[migration]");
+    assert!(m.escape);
+    let gpu = s.vms.iter().find(|v| v.name == "gpu").expect("gpu");
+    let pressure_from = gpu.start.as_secs_f64();
+    for policy in PolicyKind::ALL {
+        let r = run_with(policy, true);
+        let seed = r.summary.seed;
+        assert_eq!(
+            r.migrations.len(),
+            1,
+            "{policy}, seed {seed}: {:?}",
+            r.migrations
+        );
+        let mig = &r.migrations[0];
+        assert_eq!(mig.vm, "gpu", "{policy}, seed {seed}: {}", mig.reason);
+        assert_eq!(mig.outcome, Outcome::Completed, "{policy}: {mig:?}");
+        assert!(mig.trigger.contains("floors need"), "{}", mig.trigger);
+        // Not before the grace period, and within a few policy intervals after it.
+        let waited = mig.started_s - pressure_from;
+        let grace = m.grace.as_secs_f64();
+        assert!(
+            (grace..=grace + 30.0).contains(&waited),
+            "{policy}, seed {seed}: started {waited} s after the pressure (grace {grace} s)"
+        );
+        // Well within its budget, with a pause within the limit.
+        assert!(mig.total_time_s < 60.0, "{mig:?}");
+        assert!(mig.downtime_s > 0.0 && mig.downtime_s <= m.downtime.as_secs_f64());
+        let sum = &r.summary;
+        assert_eq!(sum.migrations, Some(1));
+        assert_eq!(sum.migration_downtime_seconds, Some(mig.downtime_s));
+        assert!(sum.migrated_gib.is_some_and(|g| g > 10.0), "{sum:?}");
+        let gpu = sum.per_vm.iter().find(|v| v.name == "gpu").expect("gpu");
+        let at = gpu.migrated_at.expect("gpu migrated");
+        assert!(at >= mig.ended_s.expect("ended") && at < mig.ended_s.expect("ended") + 1.0);
+        assert!(!gpu.lost);
+        assert_eq!(sum.host_oom_kills, 0, "{policy}");
+    }
+}
+
+#[test]
+fn with_the_escape_aerostat_has_no_oom_and_the_stalls_end_with_the_migration_without_it_they_never_do()
+ {
+    let on = run_with(PolicyKind::Aerostat, true);
+    let off = run_with(PolicyKind::Aerostat, false);
+    let (a, b) = (&on.summary, &off.summary);
+    assert_eq!(a.guest_oom_kills + a.host_oom_kills, 0, "{a:?}");
+    assert!(off.migrations.is_empty());
+    assert_eq!(b.migrations, Some(0));
+    assert_eq!(b.migrated_gib, Some(0.0));
+    assert!(
+        b.migrated_gib.is_some_and(|g| g.is_sign_positive()),
+        "no −0 in JSON"
+    );
+    // Without it the host never stops swapping: every guest stalls most of the time.
+    assert!(b.stall_percent > 50.0, "without the escape: {b:?}");
+    // The escape bounds the pressure to grace + migration: ~80 s per guest, against hours.
+    assert!(
+        a.guest_stall_seconds * 20.0 < b.guest_stall_seconds,
+        "stall with {} s, without {} s",
+        a.guest_stall_seconds,
+        b.guest_stall_seconds
+    );
+    let end = on.migrations[0].ended_s.expect("completed");
+    let s = scenario();
+    let arrival = s.vms.iter().find(|v| v.name == "gpu").expect("gpu").start;
+    for vm in &a.per_vm {
+        // Each guest stalled at most for the pressure's length, plus a little recovery.
+        assert!(
+            vm.stall_seconds < end - arrival.as_secs_f64() + 15.0,
+            "{}: {} s of stall",
+            vm.name,
+            vm.stall_seconds
+        );
+    }
+}
