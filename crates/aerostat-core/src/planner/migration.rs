@@ -178,6 +178,24 @@ pub struct Prediction {
     pub max_throttle: u8,
 }
 
+impl Prediction {
+    /// A strategy that does not complete: `passes` run within the budget, `max_throttle`
+    /// reached.
+    fn never(strategy: Strategy, passes: u64, max_throttle: u8) -> Prediction {
+        Prediction {
+            strategy,
+            converges: false,
+            lands: false,
+            total_time: None,
+            downtime: None,
+            bytes_sent: None,
+            passes,
+            postcopy_time: Millis::ZERO,
+            max_throttle,
+        }
+    }
+}
+
 fn secs_to_millis(s: f64) -> Millis {
     if s.is_finite() && s > 0.0 {
         Millis((s * 1000.0).round().min(u64::MAX as f64 / 2.0) as u64)
@@ -207,16 +225,8 @@ fn simulate_precopy(inp: &MigrationInputs, pending: f64, auto_converge: bool) ->
     let (mut t, mut sent, mut passes) = (0.0_f64, 0.0_f64, 0_u64);
     let (mut throttle, mut high) = (0_u8, 0_u8);
     let mut passes_in_budget = 0_u64;
-    let diverged = |passes_in_budget: u64, throttle: u8| Prediction {
-        strategy,
-        converges: false,
-        lands: false,
-        total_time: None,
-        downtime: None,
-        bytes_sent: None,
-        passes: passes_in_budget,
-        postcopy_time: Millis::ZERO,
-        max_throttle: throttle,
+    let diverged = |passes_in_budget: u64, throttle: u8| {
+        Prediction::never(strategy, passes_in_budget, throttle)
     };
     if b <= 0.0 {
         return diverged(0, 0);
@@ -307,17 +317,7 @@ fn postcopy_prediction(
 ) -> Prediction {
     let b = inp.bandwidth.as_f64();
     if b <= 0.0 {
-        return Prediction {
-            strategy,
-            converges: false,
-            lands: false,
-            total_time: None,
-            downtime: None,
-            bytes_sent: None,
-            passes: 0,
-            postcopy_time: Millis::ZERO,
-            max_throttle: 0,
-        };
+        return Prediction::never(strategy, 0, 0);
     }
     let pre = precopy_bytes / b;
     let post = pending / b;
