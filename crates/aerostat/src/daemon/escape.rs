@@ -8,7 +8,7 @@
 //! the background while the control loop goes on (the moving guest is marked `migrating`, so
 //! the controller leaves its balloon alone), and reports each step as a JSON line on stdout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,9 @@ pub struct EscapeRunner {
     running: Option<Running>,
     /// Index of the peer the next escape goes to (advanced after a failure).
     next_peer: usize,
+    /// Guests whose migration completed: they run elsewhere now. Their source QEMU normally
+    /// quits and disappears from discovery; if it did not, it must not count or move again.
+    departed: BTreeSet<String>,
 }
 
 impl EscapeRunner {
@@ -57,12 +60,14 @@ impl EscapeRunner {
             probing: false,
             running: None,
             next_peer: 0,
+            departed: BTreeSet::new(),
         }
     }
 
-    /// The guest on its way out, if any: the controller must leave its balloon alone.
-    pub fn migrating(&self) -> Option<&str> {
-        self.running.as_ref().map(|r| r.vm.as_str())
+    /// The guest is on its way out (or gone): the controller must leave its balloon alone,
+    /// and its floor no longer counts against this host.
+    pub fn is_leaving(&self, vm: &str) -> bool {
+        self.running.as_ref().is_some_and(|r| r.vm == vm) || self.departed.contains(vm)
     }
 
     /// One tick. Returns the lines to print (escape chosen, escape finished).
@@ -74,6 +79,9 @@ impl EscapeRunner {
         dry_run: bool,
     ) -> Vec<Value> {
         let mut lines = Vec::new();
+        // A departed guest's source is normally gone by now; a new guest may reuse the name.
+        self.departed
+            .retain(|name| obs.vms.iter().any(|v| &v.name == name));
         if let Some(done) = self.finished().await {
             lines.push(done);
         }
@@ -185,7 +193,9 @@ impl EscapeRunner {
         self.timer.reset();
         let line = match result {
             Ok(report) => {
-                if !report.completed {
+                if report.completed {
+                    self.departed.insert(r.vm.clone());
+                } else {
                     self.next_peer += 1;
                 }
                 tracing::warn!(vm = %r.vm, peer = %r.peer, outcome = %report.outcome, "escape finished");

@@ -182,12 +182,10 @@ async fn tick(
         host: host_sample.clone(),
         vms: samples.iter().map(|s| s.sample.clone()).collect(),
     };
-    let leaving = escape
-        .as_deref()
-        .and_then(EscapeRunner::migrating)
-        .map(str::to_string);
-    for vm in &mut obs.vms {
-        vm.migrating = leaving.as_deref() == Some(vm.name.as_str());
+    if let Some(e) = escape.as_deref() {
+        for vm in &mut obs.vms {
+            vm.migrating = e.is_leaving(&vm.name);
+        }
     }
     let decision = controller.tick(&obs);
     let capacity = host_sample.total - config.reserve;
