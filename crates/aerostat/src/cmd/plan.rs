@@ -139,6 +139,9 @@ fn parse_ratios(text: &str) -> Result<Vec<f64>, InputError> {
 struct Predicted {
     deficit_gib: f64,
     swap_io_mib_s: f64,
+    /// One line each: where the two numbers come from.
+    deficit: String,
+    swap_io: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -319,6 +322,11 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         .zip(&summaries)
         .map(|((r, counts), s)| {
             let (ratio, deficit, io) = inputs.at_counts(counts);
+            // The same numbers through the model's own functions, for their explanations.
+            let mut at = inputs.clone();
+            for (g, &c) in at.groups.iter_mut().zip(counts) {
+                g.count = c;
+            }
             let safe = s.stall_percent <= SAFE_STALL_PERCENT
                 && s.guest_oom_kills == 0
                 && s.host_oom_kills == 0;
@@ -331,6 +339,8 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
                 predicted: Predicted {
                     deficit_gib: deficit / GIB,
                     swap_io_mib_s: io / MIB,
+                    deficit: at.deficit(at.ratio()).explanation,
+                    swap_io: at.swap_io(at.ratio()).explanation,
                 },
                 simulated: Simulated {
                     reclaimed_gib_hours: s.reclaimed_gib_hours,
