@@ -31,6 +31,40 @@ pub enum Command {
     Status(StatusArgs),
     /// Live-migrate a QEMU guest, switching to post-copy when pre-copy will not land.
     Migrate(MigrateArgs),
+    /// Capacity planning: the largest safe overcommit ratio R_max (working-set deficit
+    /// model), checked by simulating the scenario scaled to several ratios.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Scenario file (TOML). Without one, the built-in demo scenario (as `aerostat sim`).
+    pub scenario: Option<PathBuf>,
+    /// Overcommit ratios to simulate (Σ configured ÷ (host memory − reserve)), comma-separated.
+    #[arg(long, default_value = "1.0,1.25,1.5,1.75,2.0")]
+    pub ratios: String,
+    /// Simulated duration of each run (default: the scenario's own).
+    #[arg(long)]
+    pub duration: Option<String>,
+    #[arg(long, default_value = "aerostat")]
+    pub policy: PolicyKind,
+    /// Directory for plan.json and plan.svg.
+    #[arg(long, default_value = "out/plan")]
+    pub out: PathBuf,
+    /// Swap device bandwidth (default: the scenario's `host.swap_bandwidth`); also used by
+    /// the simulated runs.
+    #[arg(long)]
+    pub swap_bandwidth: Option<String>,
+    /// Fraction of the swap bandwidth that swap I/O may use and stay safe.
+    #[arg(long, default_value = "0.5")]
+    pub safe_fraction: String,
+    /// Swap I/O per second caused by one byte of working-set deficit (default 0.2: a
+    /// missing hot page is re-touched at 10 %/s, and each read pushes one page out).
+    #[arg(long)]
+    pub swap_io_per_deficit: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -229,6 +229,131 @@ fn stalls(path: &Path, name: &str, s: &TimeSeries) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One simulated ratio of `aerostat plan`.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanPoint {
+    pub ratio: f64,
+    pub stall_percent: f64,
+    pub predicted_io_mib_s: f64,
+    pub simulated_io_mib_s: f64,
+}
+
+/// `aerostat plan`: stall % (top) and swap I/O (bottom) against the overcommit ratio, with
+/// the safe limits dashed and the analytic R_max as a vertical line.
+pub fn plan(
+    path: &Path,
+    name: &str,
+    points: &[PlanPoint],
+    r_max: f64,
+    safe_io_mib_s: f64,
+    safe_stall_percent: f64,
+) -> anyhow::Result<()> {
+    let (plot, legend) = canvas(path, &format!("Overcommit sweep — {name}"))?;
+    let (top, bottom) = plot.split_vertically(plot.dim_in_pixel().1 / 2);
+    let (top_legend, bottom_legend) = legend.split_vertically(legend.dim_in_pixel().1 / 2);
+    let lo = points.iter().map(|p| p.ratio).fold(r_max, f64::min);
+    let hi = points.iter().map(|p| p.ratio).fold(r_max, f64::max);
+    let pad = ((hi - lo) * 0.05).max(0.05);
+    let x = (lo - pad).max(0.0)..hi + pad;
+    let r_max_line = |chart: &mut Chart<'_, '_>| -> anyhow::Result<()> {
+        let top = chart.y_range().end;
+        chart.draw_series(LineSeries::new(
+            [(r_max, 0.0), (r_max, top)],
+            PALETTE[2].stroke_width(2),
+        ))?;
+        Ok(())
+    };
+    let hline = |chart: &mut Chart<'_, '_>, y: f64| -> anyhow::Result<()> {
+        chart.draw_series(DashedLineSeries::new(
+            [(x.start, y), (x.end, y)],
+            8,
+            5,
+            BLACK.stroke_width(1),
+        ))?;
+        Ok(())
+    };
+    let mark = |chart: &mut Chart<'_, '_>, pts: Vec<(f64, f64)>, c: RGBColor| {
+        chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+        anyhow::Ok(())
+    };
+
+    let stall: Vec<(f64, f64)> = points.iter().map(|p| (p.ratio, p.stall_percent)).collect();
+    let y = y_range(stall.iter().map(|p| p.1).chain([safe_stall_percent]));
+    let mut chart = xy_chart(
+        &top,
+        x.clone(),
+        y,
+        "overcommit ratio R",
+        "stall % of VM-time",
+    )?;
+    hline(&mut chart, safe_stall_percent)?;
+    r_max_line(&mut chart)?;
+    mark(&mut chart, stall, PALETTE[3])?;
+    draw_legend(
+        &top_legend,
+        &[
+            Entry::new("simulated stall %", PALETTE[3], Stroke::Solid),
+            Entry::new(
+                format!("safe: {safe_stall_percent} %"),
+                BLACK,
+                Stroke::Dashed,
+            ),
+            Entry::new(
+                format!("analytic R_max = {r_max:.2}"),
+                PALETTE[2],
+                Stroke::Solid,
+            ),
+        ],
+    )?;
+
+    let predicted: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| (p.ratio, p.predicted_io_mib_s))
+        .collect();
+    let simulated: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| (p.ratio, p.simulated_io_mib_s))
+        .collect();
+    let y = y_range(
+        predicted
+            .iter()
+            .chain(&simulated)
+            .map(|p| p.1)
+            .chain([safe_io_mib_s]),
+    );
+    let mut chart = xy_chart(
+        &bottom,
+        x.clone(),
+        y,
+        "overcommit ratio R",
+        "swap I/O MiB/s",
+    )?;
+    hline(&mut chart, safe_io_mib_s)?;
+    r_max_line(&mut chart)?;
+    mark(&mut chart, predicted, PALETTE[0])?;
+    mark(&mut chart, simulated, PALETTE[1])?;
+    draw_legend(
+        &bottom_legend,
+        &[
+            Entry::new("predicted (model, peak)", PALETTE[0], Stroke::Solid),
+            Entry::new("simulated swap I/O, mean", PALETTE[1], Stroke::Solid),
+            Entry::new(
+                format!("safe: {safe_io_mib_s:.0} MiB/s"),
+                BLACK,
+                Stroke::Dashed,
+            ),
+            Entry::new(
+                format!("analytic R_max = {r_max:.2}"),
+                PALETTE[2],
+                Stroke::Solid,
+            ),
+        ],
+    )?;
+    plot.present()?;
+    Ok(())
+}
+
 /// Cumulative host memory layers: system + overhead, + guest-resident, + free.
 fn stack(r: &HostRow) -> [f64; 3] {
     let system = (r.used - r.guests).max(0.0);
@@ -252,6 +377,17 @@ fn time_chart<'a, 'b>(
     y: Range<f64>,
     y_desc: &str,
 ) -> anyhow::Result<Chart<'a, 'b>> {
+    xy_chart(area, x, y, "hours", y_desc)
+}
+
+/// A chart with a mesh and axis descriptions.
+fn xy_chart<'a, 'b>(
+    area: &'a Area<'b>,
+    x: Range<f64>,
+    y: Range<f64>,
+    x_desc: &str,
+    y_desc: &str,
+) -> anyhow::Result<Chart<'a, 'b>> {
     let mut chart = ChartBuilder::on(area)
         .margin(12)
         .x_label_area_size(40)
@@ -259,7 +395,7 @@ fn time_chart<'a, 'b>(
         .build_cartesian_2d(x, y)?;
     chart
         .configure_mesh()
-        .x_desc("hours")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .light_line_style(BLACK.mix(0.05))
         .label_style((FONT, 14))

@@ -7,6 +7,7 @@ use crate::cli::{BenchCommand, Cli, Command};
 mod bench;
 mod decide;
 pub mod migrate;
+mod plan;
 mod run;
 mod sim;
 
@@ -22,6 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => run::status(&args),
         Command::Migrate(args) => migrate::run(&args),
         Command::Sim(args) => sim::run(&args),
+        Command::Plan(args) => plan::run(&args),
         Command::Bench(BenchCommand::Policies(args)) => bench::policies(&args),
         Command::Bench(BenchCommand::Sim(args)) => bench::sim(&args),
     }
