@@ -501,7 +501,13 @@ pub async fn migrate_vm(
     let mut last_ram: Option<aerostat_qemu::backend::RamStats> = None;
     let mut switched = false;
     let mut cancelled_by_us = false;
+    // The watch's own limits: past `hard_stop` a pre-copy still running is cancelled (the
+    // budget's cancel should have come long before); a post-copy cannot be cancelled and is
+    // watched until `2 × hard_stop`. A failed `query-migrate` is retried until then: QEMU may
+    // hold its lock for seconds (disk flush at the switch), and giving up watching while QEMU
+    // goes on migrating would leave the caller believing the guest stayed.
     let hard_stop = Duration::from_millis(s.max_time.0.saturating_mul(10).max(60_000));
+    let mut query_failures = 0u32;
     let final_info = loop {
         tokio::time::sleep(POLL).await;
         for ev in vm.client().drain_events() {
@@ -520,10 +526,23 @@ pub async fn migrate_vm(
             }
         }
         let info = match vm.query_migrate().await {
-            Ok(i) => i,
+            Ok(i) => {
+                query_failures = 0;
+                i
+            }
             Err(e) => {
-                report.error = Some(format!("query-migrate on the source: {e}"));
-                break None;
+                query_failures += 1;
+                if vm.client().is_closed() || t0.elapsed() > hard_stop * 2 {
+                    report.error = Some(format!("query-migrate on the source: {e}"));
+                    break None;
+                }
+                if query_failures == 1 {
+                    report.notes.push(format!(
+                        "t+{} ms: query-migrate failed ({e}); still watching",
+                        ms(t0.elapsed())
+                    ));
+                }
+                continue;
             }
         };
         let elapsed = t0.elapsed();
@@ -548,11 +567,33 @@ pub async fn migrate_vm(
             _ => {}
         }
         if elapsed > hard_stop {
-            report.error = Some(format!(
-                "still {:?} after {elapsed:?}; giving up watching",
-                info.status
-            ));
-            break Some(info);
+            let precopy = matches!(
+                info.status,
+                MigrationStatus::Setup | MigrationStatus::Active | MigrationStatus::PreSwitchover
+            );
+            if precopy && !cancelled_by_us {
+                cancelled_by_us = true;
+                report.switches.push(Switch {
+                    at_ms: ms(elapsed),
+                    action: "migrate_cancel".into(),
+                    reason: format!(
+                        "still {:?} after {elapsed:?}, the watch's limit: cancelled so that the \
+                         guest stays where it is",
+                        info.status
+                    ),
+                });
+                if let Err(e) = vm.migrate_cancel().await {
+                    report.error = Some(format!("migrate_cancel: {e}"));
+                }
+                continue;
+            }
+            if elapsed > hard_stop * 2 {
+                report.error = Some(format!(
+                    "still {:?} after {elapsed:?}; giving up watching (QEMU goes on)",
+                    info.status
+                ));
+                break Some(info);
+            }
         }
         if switched || cancelled_by_us || info.status != MigrationStatus::Active {
             continue;

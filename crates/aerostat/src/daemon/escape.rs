@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aerostat_core::planner::escape::{EscapeSettings, EscapeTimer, PressureWatch, choose_escape};
-use aerostat_core::{Bytes, Observation};
+use aerostat_core::{Bytes, Millis, Observation};
 use aerostat_qemu::QemuVm;
-use aerostat_qemu::backend::DirtyRateStatus;
+use aerostat_qemu::backend::{DirtyRateStatus, MigrationStatus};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -28,6 +28,9 @@ use crate::cmd::migrate::{Destination, Report, Settings, migrate_vm};
 const DIRTY_PROBE_SECS: u32 = 1;
 /// The `prepare` hook must have answered by then.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A guest whose escape failed is not chosen again for this many grace periods (the next one
+/// in the ranking is), so one guest that cannot move does not block the rest.
+const FAILED_BACKOFF_GRACES: u64 = 10;
 
 /// One escape under way.
 struct Running {
@@ -49,6 +52,8 @@ pub struct EscapeRunner {
     /// Guests whose migration completed: they run elsewhere now. Their source QEMU normally
     /// quits and disappears from discovery; if it did not, it must not count or move again.
     departed: BTreeSet<String>,
+    /// Guests whose escape failed, and when.
+    failed_at: BTreeMap<String, Millis>,
 }
 
 impl EscapeRunner {
@@ -61,6 +66,7 @@ impl EscapeRunner {
             running: None,
             next_peer: 0,
             departed: BTreeSet::new(),
+            failed_at: BTreeMap::new(),
         }
     }
 
@@ -82,7 +88,7 @@ impl EscapeRunner {
         // A departed guest's source is normally gone by now; a new guest may reuse the name.
         self.departed
             .retain(|name| obs.vms.iter().any(|v| &v.name == name));
-        if let Some(done) = self.finished().await {
+        if let Some(done) = self.finished(obs.time, registry).await {
             lines.push(done);
         }
         let pressure = self.watch.observe(obs, capacity, self.config.thrash_limit);
@@ -115,13 +121,27 @@ impl EscapeRunner {
             postcopy: self.config.prepare.is_some(),
         };
         let escape = choose_escape(obs, capacity, &rates, &settings);
+        let backoff = Millis(self.config.grace.0.saturating_mul(FAILED_BACKOFF_GRACES));
+        let now = obs.time;
+        self.failed_at
+            .retain(|_, at| now.saturating_sub(*at) < backoff);
+        let skipped: Vec<&str> = escape
+            .ranking
+            .iter()
+            .map(|c| c.name.as_str())
+            .take_while(|n| self.failed_at.contains_key(*n))
+            .collect();
         let peer = self
             .config
             .peers
             .get(self.next_peer % self.config.peers.len().max(1))
             .cloned()
             .unwrap_or_default();
-        let chosen = escape.chosen().map(|c| c.name.clone());
+        let chosen = escape
+            .ranking
+            .iter()
+            .find(|c| !self.failed_at.contains_key(&c.name))
+            .map(|c| c.name.clone());
         let pressure_text = pressure.map(|p| p.to_string()).unwrap_or_default();
         tracing::warn!(pressure = %pressure_text, chosen = ?chosen, dry_run, reason = %escape.reason, "memory-pressure escape");
         lines.push(json!({
@@ -131,6 +151,7 @@ impl EscapeRunner {
             "guest": chosen,
             "peer": peer,
             "reason": escape.reason,
+            "skipped_after_failure": skipped,
             "ranking": escape.ranking.iter().map(|c| json!({
                 "guest": c.name,
                 "relief": c.relief.0,
@@ -180,8 +201,34 @@ impl EscapeRunner {
         lines
     }
 
+    /// On shutdown: a pre-copy under way is cancelled (the guest stays, as after any failed
+    /// escape); a post-copy cannot be, and QEMU finishes it without us.
+    pub async fn shutdown(&mut self, registry: &VmRegistry) {
+        let Some(r) = self.running.take() else { return };
+        r.handle.abort();
+        let Some(qemu) = registry.qemu(&r.vm) else {
+            return;
+        };
+        match qemu.query_migrate().await.map(|i| i.status) {
+            Ok(
+                MigrationStatus::Setup | MigrationStatus::Active | MigrationStatus::PreSwitchover,
+            ) => match qemu.migrate_cancel().await {
+                Ok(()) => {
+                    tracing::warn!(vm = %r.vm, "shutting down: escape cancelled, the guest stays")
+                }
+                Err(e) => {
+                    tracing::warn!(vm = %r.vm, error = %e, "shutting down: could not cancel the escape")
+                }
+            },
+            Ok(status) => {
+                tracing::warn!(vm = %r.vm, ?status, "shutting down during an escape; QEMU carries on")
+            }
+            Err(e) => tracing::warn!(vm = %r.vm, error = %e, "shutting down during an escape"),
+        }
+    }
+
     /// The line for an escape that has just finished.
-    async fn finished(&mut self) -> Option<Value> {
+    async fn finished(&mut self, now: Millis, registry: &VmRegistry) -> Option<Value> {
         if !self.running.as_ref()?.handle.is_finished() {
             return None;
         }
@@ -191,19 +238,44 @@ impl EscapeRunner {
             Err(join) => Err(anyhow::anyhow!("the migration task failed: {join}")),
         };
         self.timer.reset();
+        // What QEMU says now, whatever the report says: a watch that gave up may have left a
+        // migration that completed (or is still going) behind it.
+        let source = match registry.qemu(&r.vm) {
+            Some(q) => q.query_migrate().await.ok().map(|i| i.status),
+            None => None,
+        };
+        let gone = match (&result, &source) {
+            (Ok(report), _) if report.completed => true,
+            (_, Some(MigrationStatus::Completed)) => {
+                // Completed after all: the source is paused for good; free its memory.
+                if let Some(q) = registry.qemu(&r.vm)
+                    && let Err(e) = q.client().execute("quit", None).await
+                {
+                    tracing::warn!(vm = %r.vm, error = %e, "quit on the migrated source");
+                }
+                true
+            }
+            (_, Some(s)) if !s.is_finished() && *s != MigrationStatus::None => {
+                tracing::warn!(vm = %r.vm, status = ?s, "escape still under way in QEMU; the guest counts as leaving");
+                true
+            }
+            _ => false,
+        };
+        if gone {
+            self.departed.insert(r.vm.clone());
+        } else {
+            self.next_peer += 1;
+            self.failed_at.insert(r.vm.clone(), now);
+        }
         let line = match result {
             Ok(report) => {
-                if report.completed {
-                    self.departed.insert(r.vm.clone());
-                } else {
-                    self.next_peer += 1;
-                }
                 tracing::warn!(vm = %r.vm, peer = %r.peer, outcome = %report.outcome, "escape finished");
                 json!({
                     "event": "escape_finished",
                     "guest": r.vm,
                     "peer": r.peer,
                     "completed": report.completed,
+                    "departed": gone,
                     "outcome": report.outcome,
                     "strategy": report.strategy.map(|s| s.as_str()),
                     "predicted_total_ms": report.predicted_total_ms,
@@ -216,13 +288,13 @@ impl EscapeRunner {
                 })
             }
             Err(e) => {
-                self.next_peer += 1;
                 tracing::warn!(vm = %r.vm, peer = %r.peer, error = %format!("{e:#}"), "escape failed; the guest stays");
                 json!({
                     "event": "escape_finished",
                     "guest": r.vm,
                     "peer": r.peer,
                     "completed": false,
+                    "departed": gone,
                     "outcome": "not started",
                     "error": format!("{e:#}"),
                 })

@@ -154,6 +154,9 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
         }
         metrics.tick_seconds.set(started.elapsed().as_secs_f64());
     }
+    if let Some(e) = escape.as_mut() {
+        e.shutdown(&registry).await;
+    }
     tracing::info!("shutting down; balloons stay where they are");
     if let Some(server) = server {
         server.abort();
