@@ -218,8 +218,10 @@ fn simulate_precopy(inp: &MigrationInputs, pending: f64, auto_converge: bool) ->
     let d = inp.dirty_rate.as_f64();
     let w = inp.working_set_bytes();
     let fixed = inp.stop_and_copy.as_secs_f64();
-    // What may still be dirty at the stop: the limit minus the fixed part, over the link.
-    let thr = b * (inp.downtime_limit.as_secs_f64() - fixed).max(0.0);
+    // QEMU's rule: stop when what is dirty can be sent within the limit. The real pause is
+    // that plus the fixed part, which QEMU does not count: it may exceed the limit, and then
+    // the prediction converges but does not land.
+    let thr = b * inp.downtime_limit.as_secs_f64();
     let budget = inp.max_time.as_secs_f64();
     let mut p = pending;
     let (mut t, mut sent, mut passes) = (0.0_f64, 0.0_f64, 0_u64);
@@ -232,7 +234,7 @@ fn simulate_precopy(inp: &MigrationInputs, pending: f64, auto_converge: bool) ->
         return diverged(0, 0);
     }
     loop {
-        if p <= thr || (thr <= 0.0 && p <= 0.0) {
+        if p <= thr {
             let downtime = p / b + fixed;
             let total = t + downtime;
             let dt = secs_to_millis(downtime);
