@@ -183,9 +183,15 @@ impl Escape {
             vm.migrating = migrating == Some(i);
         }
         let pressure = self.watch.observe(obs, capacity, self.spec.thrash_limit);
+        // As in the daemon: one migration at a time, and a full grace period after it ends
+        // before the next (the timer does not run while a migration is in flight).
+        if migrating.is_some() {
+            self.timer.reset();
+            return None;
+        }
         let expired = self.timer.observe(now, pressure.is_some(), self.spec.grace);
         let pressure = pressure?;
-        if !expired || migrating.is_some() || self.departures_left == 0 {
+        if !expired || self.departures_left == 0 {
             return None;
         }
         // Whatever happens next, wait a full grace period before the next attempt.

@@ -233,6 +233,10 @@ fn no_escape_runs_the_same_host_without_migrations() {
 
 /// Four guests with 3 GiB floors (12.25 GiB with overheads) on 7 GiB: two must leave.
 fn four_guests(peers: u32) -> Scenario {
+    four_guests_over(peers, "1GiB/s")
+}
+
+fn four_guests_over(peers: u32, bandwidth: &str) -> Scenario {
     let text = format!(
         r#"
 [scenario]
@@ -245,6 +249,7 @@ swap = "8GiB"
 [migration]
 escape = true
 grace = "5s"
+bandwidth = "{bandwidth}"
 peers = {peers}
 [[vm]]
 name = "g"
@@ -275,6 +280,23 @@ fn departures_are_bounded_by_the_peers_and_run_one_at_a_time() {
             assert!(w[1].started_s >= ended + 5.0 - 1.0, "{m:?}");
         }
     }
+}
+
+/// Migrations longer than the grace period: the next one still waits a full grace period
+/// after the first has ended (the timer does not run during a migration).
+#[test]
+fn a_full_grace_period_follows_a_long_migration() {
+    let mut s = sim(four_guests_over(2, "128MiB/s"));
+    s.advance(u64::MAX);
+    let m = s.migrations().to_vec();
+    assert_eq!(m.len(), 2, "{m:?}");
+    let first = m[0].ended_s.expect("completed") - m[0].started_s;
+    assert!(
+        first > 5.0,
+        "the first migration outlasts the grace period: {m:?}"
+    );
+    let ended = m[0].ended_s.expect("completed");
+    assert!(m[1].started_s >= ended + 5.0 - 1.0, "{m:?}");
 }
 
 #[test]
