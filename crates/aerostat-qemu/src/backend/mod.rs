@@ -85,7 +85,8 @@ impl QemuVm {
         }
     }
 
-    /// Resident memory of the QEMU process (`VmRSS` in `/proc/PID/status`): a host-side fact.
+    /// Memory the QEMU process has touched (`VmRSS + VmSwap + HugetlbPages` in
+    /// `/proc/PID/status`): a host-side fact.
     pub fn query_rss(&self) -> Result<aerostat_core::Bytes, QmpError> {
         let pid = self.pid().ok_or_else(|| {
             QmpError::Io(std::io::Error::new(
