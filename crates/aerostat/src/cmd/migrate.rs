@@ -782,8 +782,12 @@ fn pause_ms(stopped: Option<EventTimestamp>, dest: &QemuVm) -> Option<u64> {
         .into_iter()
         .filter(|ev| ev.name == "RESUME")
         .find_map(|ev| ev.timestamp)?;
-    let us = |t: EventTimestamp| t.seconds * 1_000_000 + u64::from(t.microseconds);
-    Some(us(resume).checked_sub(us(stop))? / 1000)
+    let us = |t: EventTimestamp| {
+        t.seconds
+            .checked_mul(1_000_000)?
+            .checked_add(u64::from(t.microseconds))
+    };
+    Some(us(resume)?.checked_sub(us(stop)?)? / 1000)
 }
 
 fn info_is_completed(info: &Option<aerostat_qemu::backend::MigrationInfo>) -> bool {

@@ -264,7 +264,9 @@ impl Config {
         for (name, v) in &raw.vm {
             vms.insert(name.clone(), settle(&format!("vm.{name}"), v, &defaults)?);
         }
-        let escape = if raw.migration.escape {
+        // `[migration]` is checked whether or not the escape is on, so that turning it on
+        // later does not reveal an error.
+        let escape = {
             let m = &raw.migration;
             let rate = |key: &str, v: &str| -> Result<Bytes, ConfigError> {
                 let b: Bytes = v
@@ -278,7 +280,7 @@ impl Config {
                 }
                 Ok(b)
             };
-            if m.peers.is_empty() && m.prepare.is_none() {
+            if m.escape && m.peers.is_empty() && m.prepare.is_none() {
                 return Err(invalid(
                     "`migration.peers`: the escape needs at least one peer (or a `prepare` command that names one)".into(),
                 ));
@@ -300,7 +302,7 @@ impl Config {
                 Some(v) => millis(key, v),
                 None => Ok(default),
             };
-            Some(EscapeConfig {
+            let escape = EscapeConfig {
                 peers: m.peers.clone(),
                 prepare: m.prepare.clone(),
                 grace: opt_millis("migration.grace", &m.grace, Millis::secs(60))?,
@@ -314,9 +316,8 @@ impl Config {
                     Some(v) => Some(rate("migration.thrash_limit", v)?),
                     None => None,
                 },
-            })
-        } else {
-            None
+            };
+            m.escape.then_some(escape)
         };
         Ok(Config {
             reserve,
@@ -370,7 +371,10 @@ mod tests {
         assert_eq!(c.reserve, Bytes::mib(512));
         assert_eq!(c.interval, Millis::secs(2));
         assert_eq!(c.listen, Some("127.0.0.1:9464".parse().expect("addr")));
-        let e = c.escape.expect("the example turns the escape on");
+        assert_eq!(c.escape, None, "the example leaves the escape off");
+        let on = EXAMPLE.replace("escape = false", "escape = true");
+        let c = Config::parse(&on, Path::new("aerostat.toml")).expect("escape on is valid");
+        let e = c.escape.expect("escape on");
         assert_eq!(e.peers, ["tcp:10.0.0.2:4444"]);
         assert_eq!(e.grace, Millis::secs(60));
         assert_eq!(e.bandwidth, Bytes::mib(128));
@@ -402,6 +406,8 @@ mod tests {
         )
         .expect("off is fine");
         assert_eq!(off.escape, None);
+        // Checked even while off.
+        assert!(err("grace = \"soon\"\n").contains("migration.grace"));
     }
 
     #[test]
