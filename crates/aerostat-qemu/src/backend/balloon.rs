@@ -99,6 +99,21 @@ impl QemuVm {
         Ok(())
     }
 
+    /// The statistics polling interval QEMU uses now, seconds (0: off).
+    pub async fn stats_polling_interval(&self) -> Result<u32, QmpError> {
+        let path = self.balloon_path().await?;
+        let v = self
+            .client
+            .execute(
+                "qom-get",
+                Some(json!({ "path": path, "property": "guest-stats-polling-interval" })),
+            )
+            .await?;
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| QmpError::protocol(format!("guest-stats-polling-interval: {v}")))
+    }
+
     /// The guest's latest balloon statistics. Untrusted: see [`parse_guest_stats`].
     pub async fn guest_stats(&self) -> Result<GuestStats, QmpError> {
         let path = self.balloon_path().await?;

@@ -393,13 +393,20 @@ pub async fn migrate_vm(
     // Statistics from before now (QEMU keeps the guest's last report, possibly from boot) say
     // nothing about the memory the guest holds now.
     let fresh_after = epoch_ms().saturating_sub(1000);
+    // The interval to put back afterwards, when this changes it.
+    let mut restore_polling = None;
     if !vm
         .guest_stats()
         .await
         .is_ok_and(|st| st.last_update.is_some_and(|t| t.0 >= fresh_after))
+        && let Ok(before) = vm.stats_polling_interval().await
+        && before != 1
         && vm.enable_stats_polling(1).await.is_ok()
     {
-        notes.push("guest statistics polling turned on (1 s) for the zero-page estimate".into());
+        restore_polling = Some(before);
+        notes.push(format!(
+            "guest statistics polling set to 1 s for the zero-page estimate (was {before} s)"
+        ));
     }
     let dirty_rate = measure_dirty_rate(vm, s.measure_secs, &mut notes).await?;
     let mut inputs = MigrationInputs::new(memory, dirty_rate, s.bandwidth, s.downtime, s.max_time);
@@ -423,6 +430,13 @@ pub async fn migrate_vm(
     }
     if let Some(nonzero) = estimate_nonzero(vm, memory, fresh_after, &mut notes).await {
         inputs.zero_fraction = Some(1.0 - nonzero.min(memory).as_f64() / memory.as_f64());
+    }
+    if let Some(before) = restore_polling
+        && let Err(e) = vm.enable_stats_polling(before).await
+    {
+        notes.push(format!(
+            "could not put guest statistics polling back to {before} s: {e}"
+        ));
     }
     let plan = choose(&inputs, allowed);
     let strategy = match s.forced {

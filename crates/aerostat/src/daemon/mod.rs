@@ -80,12 +80,29 @@ impl HostProbe {
     }
 }
 
-fn epoch_ms() -> Millis {
-    Millis(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-    )
+/// The daemon's clock: wall-clock milliseconds at start, advanced by a monotonic clock. The
+/// controller's holds and the escape's grace period are durations between observations; an
+/// NTP step of the wall clock must not shorten or stretch them.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    epoch_at_start: u64,
+    start: Instant,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            epoch_at_start: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            start: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Millis {
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Millis(self.epoch_at_start.saturating_add(elapsed))
+    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -128,6 +145,7 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(Duration::from_millis(config.interval.0));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
+    let clock = Clock::start();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -146,6 +164,7 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
             &status,
             dry_run,
             ticks,
+            clock,
         )
         .await
         {
@@ -175,10 +194,11 @@ async fn tick(
     status: &RwLock<Status>,
     dry_run: bool,
     ticks: u64,
+    clock: Clock,
 ) -> anyhow::Result<()> {
     registry.discover(config, metrics).await;
     let host_sample = host.sample().context("reading host memory")?;
-    let now = epoch_ms();
+    let now = clock.now();
     let samples = registry.observe(config, metrics).await;
     let mut obs = Observation {
         time: now,
