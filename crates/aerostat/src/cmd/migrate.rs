@@ -18,6 +18,7 @@ use aerostat_core::{Bytes, Millis};
 use aerostat_qemu::backend::{MigrationCapability, MigrationParameters, MigrationStatus};
 use aerostat_qemu::qmp::EventTimestamp;
 use aerostat_qemu::{QemuVm, QmpError, QmpOptions, VmEvent};
+use aerostat_sim::scenario::Rate;
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -102,13 +103,7 @@ fn parse_settings(args: &MigrateArgs) -> Result<Settings, InputError> {
         .max_time
         .parse()
         .map_err(|e: aerostat_core::UnitError| bad("max-time", e.to_string()))?;
-    let bandwidth: Bytes = args
-        .bandwidth
-        .trim()
-        .strip_suffix("/s")
-        .ok_or_else(|| bad("bandwidth", "write it like 128MiB/s".into()))?
-        .parse()
-        .map_err(|e: aerostat_core::UnitError| bad("bandwidth", e.to_string()))?;
+    let Rate(bandwidth) = args.bandwidth.parse().map_err(|e| bad("bandwidth", e))?;
     if bandwidth.0 == 0 {
         return Err(bad("bandwidth", "must be more than 0".into()));
     }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use aerostat_core::{Bytes, Millis, PolicyKind, VmClass};
+use aerostat_sim::scenario::Rate;
 use serde::Deserialize;
 
 /// A bad config file.
@@ -269,12 +270,7 @@ impl Config {
         let escape = {
             let m = &raw.migration;
             let rate = |key: &str, v: &str| -> Result<Bytes, ConfigError> {
-                let b: Bytes = v
-                    .trim()
-                    .strip_suffix("/s")
-                    .ok_or_else(|| invalid(format!("`{key}`: write it like 128MiB/s")))?
-                    .parse()
-                    .map_err(|e| invalid(format!("`{key}`: {e}")))?;
+                let Rate(b) = v.parse().map_err(|e| invalid(format!("`{key}`: {e}")))?;
                 if b.0 == 0 {
                     return Err(invalid(format!("`{key}`: must be more than 0")));
                 }
