@@ -278,6 +278,18 @@ pub fn plan(
         anyhow::Ok(())
     };
 
+    // Both panels end their legend with the safe line and the analytic R_max.
+    let reference = |safe: String| {
+        [
+            Entry::new(safe, BLACK, Stroke::Dashed),
+            Entry::new(
+                format!("analytic R_max = {r_max:.2}"),
+                PALETTE[2],
+                Stroke::Solid,
+            ),
+        ]
+    };
+
     let stall: Vec<(f64, f64)> = points.iter().map(|p| (p.ratio, p.stall_percent)).collect();
     let y = y_range(stall.iter().map(|p| p.1).chain([safe_stall_percent]));
     let mut chart = xy_chart(
@@ -290,20 +302,13 @@ pub fn plan(
     hline(&mut chart, safe_stall_percent)?;
     r_max_line(&mut chart)?;
     mark(&mut chart, stall, PALETTE[3])?;
+    let [safe, rmax] = reference(format!("safe: {safe_stall_percent} %"));
     draw_legend(
         &top_legend,
         &[
             Entry::new("simulated stall %", PALETTE[3], Stroke::Solid),
-            Entry::new(
-                format!("safe: {safe_stall_percent} %"),
-                BLACK,
-                Stroke::Dashed,
-            ),
-            Entry::new(
-                format!("analytic R_max = {r_max:.2}"),
-                PALETTE[2],
-                Stroke::Solid,
-            ),
+            safe,
+            rmax,
         ],
     )?;
 
@@ -333,21 +338,14 @@ pub fn plan(
     r_max_line(&mut chart)?;
     mark(&mut chart, predicted, PALETTE[0])?;
     mark(&mut chart, simulated, PALETTE[1])?;
+    let [safe, rmax] = reference(format!("safe: {safe_io_mib_s:.0} MiB/s"));
     draw_legend(
         &bottom_legend,
         &[
             Entry::new("predicted (model, peak)", PALETTE[0], Stroke::Solid),
             Entry::new("simulated swap I/O, mean", PALETTE[1], Stroke::Solid),
-            Entry::new(
-                format!("safe: {safe_io_mib_s:.0} MiB/s"),
-                BLACK,
-                Stroke::Dashed,
-            ),
-            Entry::new(
-                format!("analytic R_max = {r_max:.2}"),
-                PALETTE[2],
-                Stroke::Solid,
-            ),
+            safe,
+            rmax,
         ],
     )?;
     plot.present()?;
