@@ -7,7 +7,9 @@
 //! 2. **step**: a target moves at most `max_inflate_step` below / `max_deflate_step` above
 //!    the balloon's `actual` per tick (so a restart or a lying balloon cannot cause a jump);
 //! 3. **reserve**: Σ targets + overheads ≤ host total − reserve whenever the floors allow it —
-//!    growth is cut first, then guests above their floor are shrunk (lowest priority first);
+//!    growth is cut first, then guests above their floor are shrunk (lowest priority first;
+//!    untouched memory first, touched memory only when the untouched memory the step bound
+//!    holds back, or the host's available memory, cannot cover the excess);
 //! 4. **hysteresis**: changes smaller than `min_change` are dropped, and a guest that was just
 //!    given memory is not squeezed again within `inflate_hold`.
 //!
@@ -380,6 +382,39 @@ impl Controller {
         }
     }
 
+    /// Whether the reserve guard may leave `excess` for the next ticks instead of taking
+    /// it from memory guests have touched (its second pass). Yes when both hold:
+    /// - the host has that much available now, so even if every guest touched all it may
+    ///   this tick the host would not swap;
+    /// - the guests in `order` (those the guard may shrink) hold at least that much
+    ///   memory they have not touched (host-measured RSS) which only the step bound keeps
+    ///   this tick from taking: the next ticks take it without evicting anyone's cache.
+    ///
+    /// This is what a daemon starting on a full host meets: squeezing the most important
+    /// guest into its page cache would close, a tick or two early, a gap that the idle
+    /// memory of the others closes anyway.
+    fn can_wait(
+        obs: &Observation,
+        current: &[Bytes],
+        pending: &[Option<Pending>],
+        order: &[usize],
+        excess: Bytes,
+    ) -> bool {
+        if obs.host.available < excess {
+            return false;
+        }
+        let untouched: Bytes = order
+            .iter()
+            .filter_map(|&i| {
+                let vm = &obs.vms[i];
+                let rss = vm.rss?;
+                let target = pending[i].as_ref().map_or(current[i], |p| p.target);
+                Some(target - vm.floor().max(rss - vm.overhead))
+            })
+            .sum();
+        untouched >= excess
+    }
+
     /// Cuts growth, then shrinks guests above their floor, until Σ targets + overheads fits
     /// `capacity` or nothing more may be taken this tick.
     fn guard_reserve(
@@ -464,6 +499,9 @@ impl Controller {
             lo.min(vm.configured)
         };
         for pass in 0..2 {
+            if pass == 1 && Self::can_wait(obs, current, pending, order, excess) {
+                break;
+            }
             let lowest = |i: usize| lowest_in(i, pass);
             order.sort_by(|&a, &b| {
                 let room = |i: usize| final_of(i, pending) - lowest(i);

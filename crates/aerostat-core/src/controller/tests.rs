@@ -62,6 +62,8 @@ struct VmSpec {
     balloon: bool,
     migrating: bool,
     actual: u64,
+    /// Host-measured RSS of the VM's process, when known.
+    rss: Option<u64>,
 }
 
 /// What happens to one VM in one tick.
@@ -81,6 +83,8 @@ struct Case {
     vms: Vec<VmSpec>,
     total: u64,
     reserve: u64,
+    /// The host's MemAvailable.
+    available: u64,
     ticks: Vec<(u64, Vec<VmTick>)>,
 }
 
@@ -103,9 +107,20 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
         prop::bool::weighted(0.85),
         prop::bool::weighted(0.1),
         0u64..=110,
+        prop::option::of(0u64..=110),
     )
         .prop_map(
-            |(configured, min_pct, pinned_pct, overhead, priority, balloon, migrating, act_pct)| {
+            |(
+                configured,
+                min_pct,
+                pinned_pct,
+                overhead,
+                priority,
+                balloon,
+                migrating,
+                act_pct,
+                rss_pct,
+            )| {
                 // Percentages of configured, up to above it: floors above configured and
                 // actuals above configured are legal inputs.
                 let pct = |p: u64| (configured as u128 * p as u128 / 100) as u64;
@@ -118,6 +133,7 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
                     balloon,
                     migrating,
                     actual: pct(act_pct),
+                    rss: rss_pct.map(|p| pct(p) + overhead),
                 }
             },
         )
@@ -144,16 +160,18 @@ fn case() -> impl Strategy<Value = Case> {
                 // Host from far too small to roomy.
                 (0u64..=150).prop_map(move |pct| (sum as u128 * pct as u128 / 100) as u64),
                 prop_oneof![Just(0u64), 0u64..=(8 * GIB), Just(GIB), Just(u64::MAX / 4)],
+                prop_oneof![Just(0u64), 0u64..=(64 * GIB)],
                 prop::collection::vec(
                     (0u64..=40_000, prop::collection::vec(vm_tick(), n..=n)),
                     1..=6,
                 ),
             )
         })
-        .prop_map(|(vms, total, reserve, ticks)| Case {
+        .prop_map(|(vms, total, reserve, available, ticks)| Case {
             vms,
             total,
             reserve,
+            available,
             ticks,
         })
 }
@@ -166,6 +184,7 @@ fn sample(i: usize, s: &VmSpec) -> VmSample {
     vm.priority = s.priority;
     vm.balloon = s.balloon;
     vm.migrating = s.migrating;
+    vm.rss = s.rss.map(Bytes);
     vm
 }
 
@@ -235,7 +254,7 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
             host: HostSample {
                 total: Bytes(case.total),
                 free: Bytes(case.total / 2),
-                available: Bytes(case.total / 2),
+                available: Bytes(case.available),
                 ..HostSample::default()
             },
             vms: vms.clone(),
@@ -371,9 +390,23 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                 floors > capacity,
                 "FloorsDoNotFit alert iff floors > capacity"
             );
+            // The one exception: the guard may leave the excess to the next ticks when
+            // the host has it available now and the guests it may shrink hold that much
+            // untouched memory (RSS) that only the step bound keeps it from taking.
+            let excess = committed - capacity;
+            let untouched: Bytes = vms
+                .iter()
+                .enumerate()
+                .filter(|(_, vm)| vm.balloon && !vm.migrating)
+                .filter_map(|(i, vm)| {
+                    let rss = vm.rss?;
+                    Some(prev[i].unwrap_or(vm.actual) - vm.floor().max(rss - vm.overhead))
+                })
+                .sum();
+            let waiting = Bytes(case.available) >= excess && untouched >= excess;
             if floors <= capacity {
                 prop_assert!(
-                    committed <= capacity || all_lowest,
+                    committed <= capacity || all_lowest || waiting,
                     "reserve broken: committed {} > capacity {} (floors {}) and some VM is \
                      above its lowest allowed target; {}; actions {:?}",
                     committed.0,
@@ -1011,4 +1044,54 @@ fn state_follows_the_vms_by_name() {
     assert_eq!(names, ["b", "c"]);
     assert_eq!(c.target_of("b"), Some(Bytes::gib(3)));
     assert_eq!(c.target_of("a"), None);
+}
+
+/// A daemon starting on a full host: the most important guest has touched all of its
+/// memory, the others hold gigabytes they never touched but may give only a step per tick.
+/// With the excess available on the host, the guard takes the untouched memory over the
+/// next ticks and leaves the important guest's cache alone; without it, it squeezes.
+#[test]
+fn reserve_waits_for_untouched_memory_only_while_the_host_has_room() {
+    let vms = || {
+        let mut db = VmSample::new("db", Bytes::gib(12), Bytes::gib(12));
+        db.priority = 3.0;
+        db.min = Some(Bytes::gib(11));
+        db.rss = Some(Bytes::gib(12));
+        let webs = (0..4).map(|i| {
+            let mut w = VmSample::new(format!("web-{i}"), Bytes::gib(6), Bytes::gib(6));
+            w.rss = Some(Bytes::mib(3584));
+            w
+        });
+        std::iter::once(db).chain(webs).collect::<Vec<_>>()
+    };
+    let tick = |available: Bytes| {
+        let mut ctl = Controller::with_guards(
+            Box::new(Scripted::default()),
+            aerostat_guards(Bytes::gib(2)),
+        );
+        ctl.tick(&Observation {
+            time: Millis::secs(100),
+            host: HostSample {
+                total: Bytes::gib(32),
+                available,
+                ..HostSample::default()
+            },
+            vms: vms(),
+        })
+    };
+    // 36 GiB committed, 30 GiB capacity: the webs give 512 MiB each this tick (2 GiB);
+    // 4 GiB are left, and the webs hold 8 GiB more untouched memory.
+    let roomy = tick(Bytes::gib(5));
+    assert!(
+        roomy.actions.iter().all(|a| a.vm != "db"),
+        "{:?}",
+        roomy.actions
+    );
+    assert_eq!(roomy.actions.len(), 4, "{:?}", roomy.actions);
+    let tight = tick(Bytes::gib(3));
+    assert!(
+        tight.actions.iter().any(|a| a.vm == "db"),
+        "{:?}",
+        tight.actions
+    );
 }

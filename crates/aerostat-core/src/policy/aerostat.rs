@@ -47,6 +47,10 @@ const REFAULT_PRESSURE_PPS: f64 = 256.0;
 const MIN_RECLAIM_EFFICIENCY: f64 = 0.4;
 /// How long probing pauses after it found the bottom or caused pressure.
 const PROBE_PAUSE: Millis = Millis(30 * 60 * 1000);
+/// Pressure or a low reclaim efficiency this soon after the guest was held below its
+/// need (by the host-short fit or the controller's reserve guard) is the hold's doing,
+/// not a sign the cache probe went too far.
+const SQUEEZE_EXPLAINS: Millis = Millis(120_000);
 /// Balloon stall: target this far below `actual` ...
 const STALL_GAP: f64 = 64.0 * MIB;
 /// ... while `actual` moved slower than this (ChromeOS: 15 MB/s) ...
@@ -136,6 +140,10 @@ struct Memo {
     /// Since when the balloon has lagged its target without moving.
     stall_since: Option<Millis>,
     inflate_blocked_until: Millis,
+    /// The target this policy asked for last tick, and when the guest was last held below
+    /// its need — by the host-short fit or by the controller's reserve guard.
+    last_wish: f64,
+    squeezed_at: Option<Millis>,
 }
 
 /// The cumulative guest counters that are compared from one reading to the next.
@@ -316,7 +324,10 @@ impl Policy for AerostatPolicy {
                 };
             }
             let reaction_s = 3.0 * interval_s + 2.0;
-            let headroom = (prof.headroom_frac * configured)
+            // Pinned memory (huge pages, VFIO) is neither grown into nor ballooned: the
+            // class fraction applies to the part of the guest that can move.
+            let movable = (configured - vm.pinned.as_f64()).max(0.0);
+            let headroom = (prof.headroom_frac * movable)
                 .max(prof.headroom_min)
                 .max(memo.growth_bps * reaction_s);
 
@@ -330,12 +341,26 @@ impl Policy for AerostatPolicy {
                 .min(r.cache.max(cache_floor));
             let mut rule = Rule::Reclaim;
             let detail;
+            let current = targets.get(i).map_or(actual, |t| t.as_f64());
+            if memo.last_time.is_some() && current + MIN_BAND < memo.last_wish {
+                memo.squeezed_at = Some(now);
+            }
+            let squeezed = memo
+                .squeezed_at
+                .is_some_and(|t| now.saturating_sub(t) <= SQUEEZE_EXPLAINS);
             if pressure {
                 // Give back what the guest is missing, with margin, and stop probing.
                 let missing = r.swap_in_bps.max(r.refault_pps * PAGE) * interval_s * 10.0;
-                let boost = missing.max(256.0 * MIB);
+                // Pages coming back land in the guest's free memory first: only what that
+                // cannot hold is added (a guest still faulting in what the last boost made
+                // room for is not short again).
+                let boost = (missing.max(256.0 * MIB) - r.free).max(0.0);
                 keep = (keep + boost).min(configured);
-                memo.probe_paused_until = now + PROBE_PAUSE;
+                // Pressure right after a hold below the need says nothing about the
+                // probe: it goes on once the pressure is gone.
+                if !squeezed {
+                    memo.probe_paused_until = now + PROBE_PAUSE;
+                }
                 rule = Rule::DeflatePressure;
                 detail = Detail::Pressure {
                     swap_in_bps: r.swap_in_bps,
@@ -344,10 +369,14 @@ impl Policy for AerostatPolicy {
                     boost,
                 };
             } else if r.efficiency.is_some_and(|e| e < MIN_RECLAIM_EFFICIENCY) {
-                // The guest's LRU is scanning hot pages: step back once and stay there.
+                // The guest's LRU is scanning hot pages: step back once and stay there —
+                // unless the guest was held below its wish: then that is what the LRU
+                // shows, not the bottom of the cache.
                 let step = prof.probe_per_min * configured * interval_s / 60.0;
                 keep = (keep + 2.0 * step).min(r.cache).max(cache_floor);
-                memo.probe_paused_until = now + PROBE_PAUSE;
+                if !squeezed {
+                    memo.probe_paused_until = now + PROBE_PAUSE;
+                }
                 detail = Detail::Efficiency(r.efficiency.unwrap_or(0.0));
             } else if now >= memo.probe_paused_until && (r.has_scan_stats || keep > 0.5 * r.cache) {
                 let step = prof.probe_per_min * configured * interval_s / 60.0;
@@ -366,7 +395,6 @@ impl Policy for AerostatPolicy {
             memo.cache_keep = Some(keep);
 
             let need = (r.used + keep + headroom).min(configured);
-            let current = targets.get(i).map_or(actual, |t| t.as_f64());
             let explain = Explain::Need {
                 need,
                 used: r.used,
@@ -455,6 +483,11 @@ impl Policy for AerostatPolicy {
         Self::fit_host(&self.settings, obs, wishes);
 
         for w in wishes.iter() {
+            let memo = &mut self.memos[w.vm];
+            memo.last_wish = w.target;
+            if w.host_short.is_some() {
+                memo.squeezed_at = Some(obs.time);
+            }
             let current = targets.get(w.vm).copied().unwrap_or(obs.vms[w.vm].actual);
             // A reclaim that would not move the VM by a MiB is not worth proposing.
             let worth = w.rule != Rule::Reclaim
@@ -747,6 +780,60 @@ mod tests {
             "{}",
             props[0].target
         );
+    }
+
+    #[test]
+    fn pinned_memory_earns_no_headroom() {
+        let need = |pinned: u64| {
+            let mut p = AerostatPolicy::new(settings());
+            let mut v = vm("db", 12 * GIB, 12 * GIB, 10240, 0, 0);
+            v.class = VmClass::Database;
+            v.pinned = Bytes::gib(pinned);
+            p.propose(&obs(0, vec![v]), &[])[0].target
+        };
+        // Database headroom is 8 %: of 12 GiB without pinned memory, of 4 GiB with 8 pinned.
+        assert_eq!(need(0), Bytes::mib(10240 + 983));
+        assert_eq!(need(8), Bytes::mib(10240 + 327));
+    }
+
+    #[test]
+    fn pressure_adds_only_what_free_memory_cannot_hold() {
+        let mut p = AerostatPolicy::new(settings());
+        let a = 4 * GIB;
+        // 1 GiB used, 100 MiB cache: ~2.9 GiB free, already far more than comes back.
+        p.propose(&obs(0, vec![vm("a", 8 * GIB, a, 1024, 100, 0)]), &[]);
+        let mut v = vm("a", 8 * GIB, a, 1024, 100, 1);
+        v.stats.swap_in = Some(Bytes::mib(10));
+        let props = p.propose(&obs(1, vec![v]), &[Bytes(a)]);
+        assert_eq!(props[0].rule, Rule::DeflatePressure);
+        assert_eq!(props[0].target, Bytes(a), "no boost on top of free memory");
+    }
+
+    /// Runs three ticks of a guest whose LRU shows 10 % reclaim efficiency at tick 1,
+    /// after the controller sent `held_below` MiB less than the policy asked at tick 0;
+    /// returns the reason of tick 2.
+    fn reason_after_low_efficiency(held_below: u64) -> String {
+        let mut p = AerostatPolicy::new(settings());
+        let (c, a) = (8 * GIB, 4 * GIB);
+        let wish = p.propose(&obs(0, vec![vm("a", c, a, 1024, 2048, 0)]), &[])[0].target;
+        let sent = wish - Bytes::mib(held_below);
+        let mut v = vm("a", c, a, 1024, 2048, 1);
+        v.stats.async_scans = Some(1000);
+        v.stats.async_reclaims = Some(100);
+        p.propose(&obs(1, vec![v.clone()]), &[sent]);
+        v.stats.last_update = Some(Millis::secs(2));
+        let props = p.propose(&obs(2, vec![v]), &[sent]);
+        let reason = props.first().and_then(|x| x.reason.text());
+        reason.map(str::to_owned).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_hold_by_the_reserve_guard_does_not_end_the_probe() {
+        // Unheld: low efficiency is the bottom of the cache; the probe pauses.
+        assert!(!reason_after_low_efficiency(0).contains("probing"));
+        // Held 512 MiB below the wish: the low efficiency is the hold's; probing goes on.
+        let held = reason_after_low_efficiency(512);
+        assert!(held.contains("probing"), "{held}");
     }
 
     #[test]
