@@ -461,6 +461,14 @@ impl Policy for AerostatPolicy {
             } else {
                 detail = Detail::Keeping;
             }
+            // Never count on less cache than the hot part the guest showed, less half the
+            // headroom: below that the hot cache would fill the headroom and a burst would
+            // meet no free memory (`unseen-2`: a guest OOM-killed by a 380 MiB/s burst).
+            // Half the headroom may hold hot cache — a burst evicts it at a refault's cost,
+            // never an OOM's.
+            if let Some(cold) = memo.cold_left {
+                keep = keep.max(r.cache - cold - 0.5 * headroom);
+            }
             memo.cache_keep = Some(keep);
 
             let need = (r.used + keep + headroom).min(configured);
