@@ -47,9 +47,8 @@ const REFAULT_PRESSURE_PPS: f64 = 256.0;
 /// hot pages for every cold one it frees. A last resort: the probe's bites shrink to half
 /// the cold cache it estimates is left and stop short of the bottom (`take_cache_bite`).
 /// (With full 64 MiB bites the stop had to be 40 %: at 35 % a bite with less cold cache
-/// left than its size reached hot pages on steady guests. With halving bites, 8 % stalls a
-/// bursty guest that has less cold cache to absorb a burst; at 10 % `overcommitted` falls
-/// 0.2 GiB·h short of Proxmox on one seed. docs/benchmarks.md has the runs.)
+/// left than its size reached hot pages on steady guests. With halving bites, 8 % stalled
+/// a bursty guest in `unseen-mix`. docs/benchmarks.md has the runs.)
 const MIN_RECLAIM_EFFICIENCY: f64 = 0.09;
 /// How long probing pauses after it found the bottom or caused pressure.
 const PROBE_PAUSE: Millis = Millis(30 * 60 * 1000);
