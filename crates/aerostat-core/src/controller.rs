@@ -384,8 +384,9 @@ impl Controller {
 
     /// Whether the reserve guard may leave `excess` for the next ticks instead of taking
     /// it from memory guests have touched (its second pass). Yes when both hold:
-    /// - the host has that much available now, so even if every guest touched all it may
-    ///   this tick the host would not swap;
+    /// - the host has that much available now: until the next ticks close the gap, the
+    ///   reserve is dented by at most `excess`, which the host has free (a heuristic, not a
+    ///   bound: guests could touch more than that in the meantime);
     /// - the guests in `order` (those the guard may shrink) hold at least that much
     ///   memory they have not touched (host-measured RSS) which only the step bound keeps
     ///   this tick from taking: the next ticks take it without evicting anyone's cache.

@@ -133,7 +133,9 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
                     balloon,
                     migrating,
                     actual: pct(act_pct),
-                    rss: rss_pct.map(|p| pct(p) + overhead),
+                    // RSS counts the overhead too; below it (a process that has not
+                    // started its guest yet) exercises the saturating subtraction.
+                    rss: rss_pct.map(|p| if p < 5 { pct(p) } else { pct(p) + overhead }),
                 }
             },
         )
@@ -404,6 +406,27 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                 })
                 .sum();
             let waiting = Bytes(case.available) >= excess && untouched >= excess;
+            if waiting && committed > capacity && !all_lowest {
+                // Waiting is allowed only after the first pass took all untouched memory
+                // the step bound lets it take this tick.
+                for (i, vm) in vms.iter().enumerate() {
+                    if !vm.balloon || vm.migrating {
+                        continue;
+                    }
+                    let mut lo = lowest_allowed(vm, &guards);
+                    if let Some(rss) = vm.rss {
+                        lo = lo.max((rss - vm.overhead).min(vm.actual));
+                    }
+                    let t = prev[i].unwrap_or(vm.actual);
+                    prop_assert!(
+                        t <= lo.min(vm.configured),
+                        "waited with {} above its first-pass lowest {} ({})",
+                        vm.name,
+                        lo.0,
+                        ctx()
+                    );
+                }
+            }
             if floors <= capacity {
                 prop_assert!(
                     committed <= capacity || all_lowest || waiting,
