@@ -27,6 +27,10 @@ use crate::planner::escape::floor_demand;
 use crate::policy::{Policy, Proposal, Reason};
 use crate::units::{Bytes, Millis};
 
+/// How long the reserve guard may leave an excess to untouched memory the next ticks
+/// should take before it squeezes touched memory after all.
+const RESERVE_WAIT_LIMIT: Millis = Millis(30_000);
+
 /// Which guards run, and their bounds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GuardConfig {
@@ -82,6 +86,8 @@ pub struct Controller {
     vms: PerVm<VmGuardState>,
     /// Buffers reused every tick: the simulator ticks a controller millions of times.
     scratch: Scratch,
+    /// Since when the reserve guard has been waiting for untouched memory (`can_wait`).
+    reserve_wait_since: Option<Millis>,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +142,7 @@ impl Controller {
             guards,
             vms: PerVm::new(),
             scratch: Scratch::default(),
+            reserve_wait_since: None,
         }
     }
 
@@ -287,7 +294,26 @@ impl Controller {
                     .is_some_and(|p| p.rule == Rule::BalloonStalled)
                     || self.vms[i].stalled_until.is_some_and(|t| obs.time < t)
             }));
-            self.guard_reserve(obs, &current, &stalled, &mut pending, &mut order, capacity);
+            // Waiting for untouched memory is for a gap the next ticks close; a gap that
+            // stays open (a balloon that does not follow, before its stall is detected)
+            // gets the second pass after RESERVE_WAIT_LIMIT.
+            let may_wait = self
+                .reserve_wait_since
+                .is_none_or(|t| obs.time.saturating_sub(t) < RESERVE_WAIT_LIMIT);
+            let waited = self.guard_reserve(
+                obs,
+                &current,
+                &stalled,
+                &mut pending,
+                &mut order,
+                capacity,
+                may_wait,
+            );
+            self.reserve_wait_since = if waited {
+                Some(self.reserve_wait_since.unwrap_or(obs.time))
+            } else {
+                None
+            };
         }
 
         // Emit.
@@ -417,7 +443,9 @@ impl Controller {
     }
 
     /// Cuts growth, then shrinks guests above their floor, until Σ targets + overheads fits
-    /// `capacity` or nothing more may be taken this tick.
+    /// `capacity` or nothing more may be taken this tick. Returns whether it left an
+    /// excess to the next ticks (`can_wait`, allowed only when `may_wait`).
+    #[allow(clippy::too_many_arguments)]
     fn guard_reserve(
         &self,
         obs: &Observation,
@@ -426,7 +454,8 @@ impl Controller {
         pending: &mut [Option<Pending>],
         order: &mut Vec<usize>,
         capacity: Bytes,
-    ) {
+        may_wait: bool,
+    ) -> bool {
         let final_of = |i: usize, pending: &[Option<Pending>]| {
             pending[i].as_ref().map_or(current[i], |p| p.target)
         };
@@ -446,7 +475,7 @@ impl Controller {
         };
         let mut excess = committed(pending) - capacity;
         if excess == Bytes::ZERO {
-            return;
+            return false;
         }
 
         // Growth first: cut every growth proportionally — but never below the floor (a
@@ -500,8 +529,8 @@ impl Controller {
             lo.min(vm.configured)
         };
         for pass in 0..2 {
-            if pass == 1 && Self::can_wait(obs, current, pending, order, excess) {
-                break;
+            if pass == 1 && may_wait && Self::can_wait(obs, current, pending, order, excess) {
+                return true;
             }
             let lowest = |i: usize| lowest_in(i, pass);
             order.sort_by(|&a, &b| {
@@ -532,6 +561,7 @@ impl Controller {
                 });
             }
         }
+        false
     }
 }
 

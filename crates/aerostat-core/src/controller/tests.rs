@@ -1118,3 +1118,41 @@ fn reserve_waits_for_untouched_memory_only_while_the_host_has_room() {
         tight.actions
     );
 }
+
+/// A balloon that never follows (its stall not yet detected) keeps its untouched memory
+/// committed tick after tick: the reserve guard waits at most 30 s, then squeezes.
+#[test]
+fn reserve_waits_no_longer_than_its_limit() {
+    let mut db = VmSample::new("db", Bytes::gib(12), Bytes::gib(12));
+    db.priority = 3.0;
+    db.min = Some(Bytes::gib(11));
+    db.rss = Some(Bytes::gib(12));
+    let mut web = VmSample::new("web", Bytes::gib(6), Bytes::gib(6));
+    web.rss = Some(Bytes::gib(1));
+    let mut ctl = Controller::with_guards(
+        Box::new(Scripted::default()),
+        aerostat_guards(Bytes::gib(2)),
+    );
+    let tick = |ctl: &mut Controller, secs: u64| {
+        ctl.tick(&Observation {
+            time: Millis::secs(secs),
+            host: HostSample {
+                total: Bytes::gib(17),
+                available: Bytes::gib(5),
+                ..HostSample::default()
+            },
+            // `actual` never moves: the web's balloon does not follow.
+            vms: vec![db.clone(), web.clone()],
+        })
+    };
+    for secs in [0, 10, 20] {
+        let d = tick(&mut ctl, secs);
+        assert!(
+            d.actions.iter().all(|a| a.vm != "db"),
+            "t={secs}: {:?}",
+            d.actions
+        );
+    }
+    let d = tick(&mut ctl, 31);
+    assert!(d.actions.iter().any(|a| a.vm == "db"), "{:?}", d.actions);
+}
