@@ -45,7 +45,7 @@ const SWAP_IN_PRESSURE_BPS: f64 = 1.0 * MIB;
 const REFAULT_PRESSURE_PPS: f64 = 256.0;
 /// Reclaim efficiency below which the guest's LRU has only hot pages left: it scans ten
 /// hot pages for every cold one it frees. A last resort: the probe's bites shrink to half
-/// the cold cache it estimates is left and stop short of the bottom (`take_cache_bite`).
+/// the cold cache it estimates is left and stop short of the bottom (`Memo::cache_bite`).
 /// (With full 64 MiB bites the stop had to be 40 %: at 35 % a bite with less cold cache
 /// left than its size reached hot pages on steady guests. With halving bites, 8 % stalled
 /// a bursty guest in `unseen-mix`. docs/benchmarks.md has the runs.)
@@ -153,7 +153,8 @@ struct Memo {
     last_wish: f64,
     squeezed_at: Option<Millis>,
     /// Cold page cache left by the last estimate, less the bites since; `None` until the
-    /// guest has reclaimed under a bite, and after pressure (its cache then refills).
+    /// guest has reclaimed under a bite, and after pressure (its cache then refills), a
+    /// phase change or a probe pause (`track_cold_cache`).
     cold_left: Option<f64>,
     /// The page cache of the last reading, and `used` and the time when `cold_left` was
     /// measured.
@@ -407,6 +408,8 @@ impl Policy for AerostatPolicy {
             let headroom = (prof.headroom_frac * movable)
                 .max(prof.headroom_min)
                 .max(memo.growth_bps * reaction_s);
+            // Free memory beyond the room the guest keeps for growth.
+            let spare_free = (r.free - headroom).max(0.0);
 
             let pressure = r.swap_in_bps > SWAP_IN_PRESSURE_BPS
                 || r.refault_pps > REFAULT_PRESSURE_PPS
@@ -433,7 +436,7 @@ impl Policy for AerostatPolicy {
                 // free memory above the headroom cannot hold is added (a guest still faulting
                 // in what the last boost made room for is not short again; the headroom
                 // stays for bursts).
-                let boost = (missing.max(256.0 * MIB) - (r.free - headroom).max(0.0)).max(0.0);
+                let boost = (missing.max(256.0 * MIB) - spare_free).max(0.0);
                 keep = (keep + boost).min(configured);
                 memo.cold_left = None;
                 // Pressure right after a hold below the need says nothing about the
@@ -541,11 +544,10 @@ impl Policy for AerostatPolicy {
             } else if need + band < current && !blocked {
                 // Free memory goes in one step; cache only in small bites, so the probe
                 // cannot overshoot into hot pages between two readings.
-                let free_part = (r.free - headroom).max(0.0);
                 let bite = memo.cache_bite();
-                let target = need.max(current - free_part - bite);
+                let target = need.max(current - spare_free - bite);
                 // Only the cache this target really asks for counts against the estimate.
-                memo.spend_cold_cache((current - target - free_part).clamp(0.0, bite));
+                memo.spend_cold_cache((current - target - spare_free).clamp(0.0, bite));
                 target
             } else {
                 current
