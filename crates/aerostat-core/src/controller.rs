@@ -7,9 +7,10 @@
 //! 2. **step**: a target moves at most `max_inflate_step` below / `max_deflate_step` above
 //!    the balloon's `actual` per tick (so a restart or a lying balloon cannot cause a jump);
 //! 3. **reserve**: Σ targets + overheads ≤ host total − reserve whenever the floors allow it —
-//!    growth is cut first, then guests above their floor are shrunk (lowest priority first;
-//!    untouched memory first, touched memory only when the untouched memory the step bound
-//!    holds back, or the host's available memory, cannot cover the excess);
+//!    memory guests never touched (host RSS) is taken first, then growth is cut, then
+//!    guests above their floor are shrunk (lowest priority first). Growth cuts and touched
+//!    memory wait while the host still has room (the excess, or its reserve, available) and
+//!    the untouched memory the step bound holds back covers the excess — 30 s at most;
 //! 4. **hysteresis**: changes smaller than `min_change` are dropped, and a guest that was just
 //!    given memory is not squeezed again within `inflate_hold`.
 //!
@@ -30,6 +31,29 @@ use crate::units::{Bytes, Millis};
 /// How long the reserve guard may leave an excess to untouched memory the next ticks
 /// should take before it squeezes touched memory after all.
 const RESERVE_WAIT_LIMIT: Millis = Millis(30_000);
+
+/// How far the reserve guard shrinks a guest (never below its floor, nor by more than a
+/// step per tick).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Take {
+    /// Down to its RSS, only for guests whose RSS is known and that are not growing.
+    Untouched,
+    /// Down to its RSS when known, else by a step.
+    UpToStep,
+    /// Down to its floor.
+    Touched,
+}
+
+/// What the reserve guard did with an excess.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReserveOutcome {
+    /// None was left (or untouched memory closed it this tick).
+    Fits,
+    /// Left to the untouched memory the next ticks take.
+    Waited,
+    /// Taken from growth and touched memory, as far as allowed.
+    Squeezed,
+}
 
 /// Which guards run, and their bounds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -300,7 +324,7 @@ impl Controller {
             let may_wait = self
                 .reserve_wait_since
                 .is_none_or(|t| obs.time.saturating_sub(t) < RESERVE_WAIT_LIMIT);
-            let waited = self.guard_reserve(
+            let outcome = self.guard_reserve(
                 obs,
                 &current,
                 &stalled,
@@ -309,10 +333,13 @@ impl Controller {
                 capacity,
                 may_wait,
             );
-            self.reserve_wait_since = if waited {
-                Some(self.reserve_wait_since.unwrap_or(obs.time))
-            } else {
-                None
+            // Once the wait ran out, it stays out until the gap has closed: waiting again
+            // on the next tick would hand back the growth just cut, tick after tick.
+            self.reserve_wait_since = match outcome {
+                ReserveOutcome::Fits => None,
+                ReserveOutcome::Waited | ReserveOutcome::Squeezed => {
+                    Some(self.reserve_wait_since.unwrap_or(obs.time))
+                }
             };
         }
 
@@ -408,26 +435,29 @@ impl Controller {
         }
     }
 
-    /// Whether the reserve guard may leave `excess` for the next ticks instead of taking
-    /// it from memory guests have touched (its second pass). Yes when both hold:
-    /// - the host has that much available now: until the next ticks close the gap, the
-    ///   reserve is dented by at most `excess`, which the host has free (a heuristic, not a
-    ///   bound: guests could touch more than that in the meantime);
+    /// Whether the reserve guard may leave `excess` for the next ticks instead of cutting
+    /// growth and taking memory guests have touched. Yes when both hold:
+    /// - the host has room now: the excess is available, or at least its whole reserve
+    ///   (host total − `capacity`) is. Checked every tick, so the wait ends once guests
+    ///   touching new memory dent the reserve — by one tick's worth of touches at most;
     /// - the guests in `order` (those the guard may shrink) hold at least that much
     ///   memory they have not touched (host-measured RSS) which only the step bound keeps
     ///   this tick from taking: the next ticks take it without evicting anyone's cache.
     ///
-    /// This is what a daemon starting on a full host meets: squeezing the most important
-    /// guest into its page cache would close, a tick or two early, a gap that the idle
-    /// memory of the others closes anyway.
+    /// This is what a daemon starting on a full host meets, and a host where big guests
+    /// boot at once: their untouched gigabytes go at a step per tick, and squeezing the
+    /// guests already running into their page cache (or cutting the memory a guest under
+    /// pressure asks for) would close, a few ticks early, a gap that closes anyway.
     fn can_wait(
         obs: &Observation,
         current: &[Bytes],
         pending: &[Option<Pending>],
         order: &[usize],
         excess: Bytes,
+        capacity: Bytes,
     ) -> bool {
-        if obs.host.available < excess {
+        let reserve = obs.host.total - capacity;
+        if obs.host.available < excess.min(reserve) {
             return false;
         }
         let untouched: Bytes = order
@@ -435,16 +465,20 @@ impl Controller {
             .filter_map(|&i| {
                 let vm = &obs.vms[i];
                 let rss = vm.rss?;
-                let target = pending[i].as_ref().map_or(current[i], |p| p.target);
+                // A pending raise is memory the guest has not got yet, not untouched memory.
+                let target = pending[i]
+                    .as_ref()
+                    .map_or(current[i], |p| p.target.min(current[i]));
                 Some(target - vm.floor().max(rss - vm.overhead))
             })
             .sum();
         untouched >= excess
     }
 
-    /// Cuts growth, then shrinks guests above their floor, until Σ targets + overheads fits
-    /// `capacity` or nothing more may be taken this tick. Returns whether it left an
-    /// excess to the next ticks (`can_wait`, allowed only when `may_wait`).
+    /// Takes untouched memory, then cuts growth, then shrinks guests above their floor,
+    /// until Σ targets + overheads fits `capacity` or nothing more may be taken this tick
+    /// — unless it may leave the excess to the next ticks (`can_wait`, allowed only when
+    /// `may_wait`).
     #[allow(clippy::too_many_arguments)]
     fn guard_reserve(
         &self,
@@ -455,7 +489,7 @@ impl Controller {
         order: &mut Vec<usize>,
         capacity: Bytes,
         may_wait: bool,
-    ) -> bool {
+    ) -> ReserveOutcome {
         let final_of = |i: usize, pending: &[Option<Pending>]| {
             pending[i].as_ref().map_or(current[i], |p| p.target)
         };
@@ -475,11 +509,83 @@ impl Controller {
         };
         let mut excess = committed(pending) - capacity;
         if excess == Bytes::ZERO {
-            return false;
+            return ReserveOutcome::Fits;
         }
 
-        // Growth first: cut every growth proportionally — but never below the floor (a
-        // raise *to* the floor is not growth the reserve may take back).
+        // Guests the guard may shrink, and how far (`Take`): first only down to what the
+        // guest has touched (host-measured RSS minus overhead: taking untouched memory costs
+        // nobody anything), later to floors.
+        order.clear();
+        order.extend(
+            (0..obs.vms.len())
+                .filter(|&i| obs.vms[i].balloon && !obs.vms[i].migrating && !stalled[i]),
+        );
+        let lowest_in = |i: usize, take: Take| {
+            let vm = &obs.vms[i];
+            let mut lo = vm.floor();
+            if let Some(step) = self.guards.max_inflate_step {
+                lo = lo.max(vm.actual - step);
+            }
+            if take != Take::Touched
+                && let Some(rss) = vm.rss
+            {
+                lo = lo.max((rss - vm.overhead).min(vm.actual));
+            }
+            lo.min(vm.configured)
+        };
+        // Lowest priority first, most room first.
+        let shrink = |excess: &mut Bytes,
+                      pending: &mut [Option<Pending>],
+                      order: &mut Vec<usize>,
+                      take: Take| {
+            let lowest = |i: usize| lowest_in(i, take);
+            order.sort_by(|&a, &b| {
+                let room = |i: usize| final_of(i, pending) - lowest(i);
+                obs.vms[a]
+                    .priority
+                    .total_cmp(&obs.vms[b].priority)
+                    .then(room(b).cmp(&room(a)))
+                    .then(a.cmp(&b))
+            });
+            for &i in order.iter() {
+                if *excess == Bytes::ZERO {
+                    break;
+                }
+                let t = final_of(i, pending);
+                // Before the growth cut, only memory known to be untouched is taken — not a
+                // raise (growth: the cut decides on it), not a VM whose RSS is unknown.
+                if take == Take::Untouched && (t > current[i] || obs.vms[i].rss.is_none()) {
+                    continue;
+                }
+                let lo = lowest(i);
+                if t <= lo {
+                    continue;
+                }
+                let taken = (t - lo).min(*excess);
+                // A VM whose actual is above its configured size (misreport) is clamped too.
+                let new = (t - taken).min(obs.vms[i].configured);
+                *excess = *excess - taken;
+                pending[i] = Some(Pending {
+                    target: new,
+                    rule: Rule::GuardReserve,
+                    why: Why::Shrunk { from: t, to: new },
+                });
+            }
+        };
+
+        // 1. Untouched memory, before anyone's growth: a guest asking for memory gets it
+        //    rather than leave idle pages with another.
+        shrink(&mut excess, pending, order, Take::Untouched);
+        if excess == Bytes::ZERO {
+            return ReserveOutcome::Fits;
+        }
+        // 2. What is left may wait for the untouched memory the step bound holds back.
+        if may_wait && Self::can_wait(obs, current, pending, order, excess, capacity) {
+            return ReserveOutcome::Waited;
+        }
+
+        // 3. Growth: cut every growth proportionally — but never below the floor (a raise
+        //    *to* the floor is not growth the reserve may take back).
         let base = |i: usize| current[i].max(obs.vms[i].floor());
         let growth: Bytes = (0..obs.vms.len())
             .filter(|&i| !stalled[i])
@@ -507,61 +613,11 @@ impl Controller {
             excess = committed(pending) - capacity;
         }
 
-        // Then shrink guests above their floor: lowest priority first, most room first.
-        order.clear();
-        order.extend(
-            (0..obs.vms.len())
-                .filter(|&i| obs.vms[i].balloon && !obs.vms[i].migrating && !stalled[i]),
-        );
-        // Two passes: first only down to what the guest has touched (host-measured RSS
-        // minus overhead: taking untouched memory costs nobody anything), then to floors.
-        let lowest_in = |i: usize, pass: usize| {
-            let vm = &obs.vms[i];
-            let mut lo = vm.floor();
-            if let Some(step) = self.guards.max_inflate_step {
-                lo = lo.max(vm.actual - step);
-            }
-            if pass == 0
-                && let Some(rss) = vm.rss
-            {
-                lo = lo.max((rss - vm.overhead).min(vm.actual));
-            }
-            lo.min(vm.configured)
-        };
-        for pass in 0..2 {
-            if pass == 1 && may_wait && Self::can_wait(obs, current, pending, order, excess) {
-                return true;
-            }
-            let lowest = |i: usize| lowest_in(i, pass);
-            order.sort_by(|&a, &b| {
-                let room = |i: usize| final_of(i, pending) - lowest(i);
-                obs.vms[a]
-                    .priority
-                    .total_cmp(&obs.vms[b].priority)
-                    .then(room(b).cmp(&room(a)))
-                    .then(a.cmp(&b))
-            });
-            for &i in order.iter() {
-                if excess == Bytes::ZERO {
-                    break;
-                }
-                let t = final_of(i, pending);
-                let lo = lowest(i);
-                if t <= lo {
-                    continue;
-                }
-                let take = (t - lo).min(excess);
-                // A VM whose actual is above its configured size (misreport) is clamped too.
-                let new = (t - take).min(obs.vms[i].configured);
-                excess = excess - take;
-                pending[i] = Some(Pending {
-                    target: new,
-                    rule: Rule::GuardReserve,
-                    why: Why::Shrunk { from: t, to: new },
-                });
-            }
-        }
-        false
+        // 4. A step of every guest whose RSS is unknown (and the untouched memory of those
+        //    whose growth was cut), then memory guests have touched, down to their floors.
+        shrink(&mut excess, pending, order, Take::UpToStep);
+        shrink(&mut excess, pending, order, Take::Touched);
+        ReserveOutcome::Squeezed
     }
 }
 
