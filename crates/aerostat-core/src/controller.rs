@@ -8,9 +8,11 @@
 //!    the balloon's `actual` per tick (so a restart or a lying balloon cannot cause a jump);
 //! 3. **reserve**: Σ targets + overheads ≤ host total − reserve whenever the floors allow it —
 //!    memory guests never touched (host RSS) is taken first, then growth is cut, then
-//!    guests above their floor are shrunk (lowest priority first). Growth cuts and touched
-//!    memory wait while the host still has room (the excess, or its reserve, available) and
-//!    the untouched memory the step bound holds back covers the excess — 30 s at most;
+//!    guests above their floor are shrunk, strictly by priority (a guest's touched memory
+//!    only once every lower-priority guest is at its floor, even if that takes ticks).
+//!    Growth cuts and touched memory wait while the host still has room (the excess, or its
+//!    reserve, available) and the untouched memory the step bound holds back covers the
+//!    excess — 30 s at most;
 //! 4. **hysteresis**: changes smaller than `min_change` are dropped, and a guest that was just
 //!    given memory is not squeezed again within `inflate_hold`.
 //!
@@ -547,29 +549,55 @@ impl Controller {
                     .then(room(b).cmp(&room(a)))
                     .then(a.cmp(&b))
             });
+            // Whether a guest of lower priority than the one at hand can give more in the
+            // next ticks (its balloon follows, and it stays above its floor after this
+            // tick's shrink).
+            let mut lower_has_more = false;
+            let mut tier_has_more = false;
+            let mut tier = f64::NEG_INFINITY;
             for &i in order.iter() {
                 if *excess == Bytes::ZERO {
+                    break;
+                }
+                let vm = &obs.vms[i];
+                if vm.priority > tier {
+                    lower_has_more |= tier_has_more;
+                    tier_has_more = false;
+                    tier = vm.priority;
+                }
+                // Touched memory is taken from a guest only once every guest of lower
+                // priority is at its floor — not merely at the most the step bound lets it
+                // give this tick: the excess closes at their pace over the next ticks, not
+                // out of a more important guest's working set (a generated scenario: a
+                // priority-3 guest of 1 GiB squeezed to its floor at start-up, next to 12 GiB
+                // guests of priority 2 giving 512 MiB a tick: 6 OOM kills).
+                if take == Take::Touched && lower_has_more {
                     break;
                 }
                 let t = final_of(i, pending);
                 // Before the growth cut, only memory known to be untouched is taken — not a
                 // raise (growth: the cut decides on it), not a VM whose RSS is unknown.
-                if take == Take::Untouched && (t > current[i] || obs.vms[i].rss.is_none()) {
-                    continue;
-                }
+                let skip = take == Take::Untouched && (t > current[i] || vm.rss.is_none());
                 let lo = lowest(i);
-                if t <= lo {
-                    continue;
+                if !skip && t > lo {
+                    let taken = (t - lo).min(*excess);
+                    // A VM whose actual is above its configured size (misreport) is clamped.
+                    let new = (t - taken).min(vm.configured);
+                    *excess = *excess - taken;
+                    pending[i] = Some(Pending {
+                        target: new,
+                        rule: Rule::GuardReserve,
+                        why: Why::Shrunk { from: t, to: new },
+                    });
                 }
-                let taken = (t - lo).min(*excess);
-                // A VM whose actual is above its configured size (misreport) is clamped too.
-                let new = (t - taken).min(obs.vms[i].configured);
-                *excess = *excess - taken;
-                pending[i] = Some(Pending {
-                    target: new,
-                    rule: Rule::GuardReserve,
-                    why: Why::Shrunk { from: t, to: new },
-                });
+                // Only a balloon that follows its target counts: one still a whole step
+                // above the last target it was sent (it did not move: stuck, or not yet
+                // flagged as stalled) gives nothing later either.
+                let follows = self
+                    .guards
+                    .max_inflate_step
+                    .is_none_or(|step| vm.actual < current[i] + step);
+                tier_has_more |= follows && final_of(i, pending) > vm.floor();
             }
         };
 

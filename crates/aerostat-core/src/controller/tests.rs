@@ -359,7 +359,7 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
         }
 
         // Guard 3: the reserve is kept whenever the floors fit, or every VM that may be
-        // squeezed is at the lowest target allowed this tick.
+        // squeezed is at the lowest target allowed this tick (or held there by priority).
         if let Some(reserve) = guards.reserve {
             let capacity = Bytes(case.total) - reserve;
             let floors: Bytes = vms
@@ -378,10 +378,26 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                         }
                 })
                 .sum();
+            // A guest is held above its lowest by priority while a guest of lower priority
+            // whose balloon follows stays above its floor: that one gives the rest in the
+            // next ticks.
+            let lower_has_more = |vm: &VmSample| {
+                vms.iter().enumerate().any(|(j, w)| {
+                    let follows = guards
+                        .max_inflate_step
+                        .is_none_or(|step| w.actual < before[j] + step);
+                    w.balloon
+                        && !w.migrating
+                        && follows
+                        && w.priority < vm.priority
+                        && prev[j].unwrap_or(w.actual) > w.floor()
+                })
+            };
             let all_lowest = vms.iter().enumerate().all(|(i, vm)| {
                 !vm.balloon
                     || vm.migrating
                     || prev[i].unwrap_or(vm.actual) <= lowest_allowed(vm, &guards)
+                    || lower_has_more(vm)
             });
             let alerted = d
                 .alerts
@@ -1076,15 +1092,15 @@ fn state_follows_the_vms_by_name() {
     assert_eq!(c.target_of("a"), None);
 }
 
-/// A daemon starting on a full host: the most important guest has touched all of its
-/// memory, the others hold gigabytes they never touched but may give only a step per tick.
+/// A daemon starting on a full host: one guest has touched all of its memory, the others
+/// hold gigabytes they never touched but may give only a step per tick. (All of the same
+/// priority here: were the db more important, strict priority alone would spare it.)
 /// With the excess available on the host, the guard takes the untouched memory over the
 /// next ticks and leaves the important guest's cache alone; without it, it squeezes.
 #[test]
 fn reserve_waits_for_untouched_memory_only_while_the_host_has_room() {
     let vms = || {
         let mut db = VmSample::new("db", Bytes::gib(12), Bytes::gib(12));
-        db.priority = 3.0;
         db.min = Some(Bytes::gib(11));
         db.rss = Some(Bytes::gib(12));
         let webs = (0..4).map(|i| {
@@ -1217,4 +1233,45 @@ fn growth_waits_on_untouched_memory_not_the_other_way_round() {
         "{:?}",
         tight.actions
     );
+}
+
+/// The reserve is restored at the pace of the lower-priority guests: a small important
+/// guest keeps its touched memory while a big unimportant one, far above its floor, can
+/// give only a step this tick; once that one is at its floor, the important one gives too.
+#[test]
+fn touched_memory_is_taken_strictly_by_priority() {
+    let vms = |big_actual: Bytes| {
+        let mut big = VmSample::new("big", Bytes::gib(12), big_actual);
+        big.min = Some(Bytes::gib(3));
+        big.rss = Some(big_actual);
+        let mut small = VmSample::new("small", Bytes::gib(1), Bytes::gib(1));
+        small.priority = 3.0;
+        small.min = Some(Bytes::mib(256));
+        small.rss = Some(Bytes::gib(1));
+        vec![big, small]
+    };
+    let tick = |big_actual: Bytes, total: Bytes| {
+        let mut ctl = Controller::with_guards(
+            Box::new(Scripted::default()),
+            aerostat_guards(Bytes::gib(2)),
+        );
+        ctl.tick(&Observation {
+            time: Millis::secs(100),
+            host: HostSample {
+                total,
+                available: Bytes::ZERO,
+                ..HostSample::default()
+            },
+            vms: vms(big_actual),
+        })
+    };
+    // 13 GiB on a 6 GiB capacity: the big guest gives its 512 MiB step, the small one
+    // nothing, although the excess stays.
+    let d = tick(Bytes::gib(12), Bytes::gib(8));
+    assert!(d.actions.iter().all(|a| a.vm != "small"), "{:?}", d.actions);
+    assert!(d.actions.iter().any(|a| a.vm == "big"), "{:?}", d.actions);
+    // 4.25 GiB on 3.5 GiB: the big guest gives its last 256 MiB above its floor, and then
+    // the small one gives the rest.
+    let d = tick(Bytes::mib(3 * 1024 + 256), Bytes::mib(5632));
+    assert!(d.actions.iter().any(|a| a.vm == "small"), "{:?}", d.actions);
 }
