@@ -10,9 +10,11 @@ noise, cold, at/rise/hold, rate) to OUT/scenarios, runs `aerostat bench policies
 (OUT/bench/bench.json) and prints, per scenario, whether `aerostat` dominates `mom` and
 `proxmox` (reclaims at least as much, stalls no more) with zero OOM kills.
 
-Scenarios are *feasible*: Σ per VM of (peak working set + cold anon + hot cache + guest
-kernel + 64 MiB overhead) plus half the reserve fits the host minus its reserve, so a
-perfect policy could run them without stalls. The same seed gives the same files.
+Scenarios are *feasible*: each workload (peak working set + cold anon + hot cache + guest
+kernel) fits its guest, Σ of those + 64 MiB overhead per VM plus half the reserve fits the
+host minus its reserve, and without host swap the guests' starting contents fit the host:
+a perfect policy could run them without stalls or OOM kills. The same seed gives the same
+files.
 
 Python (standard library only) because it is a developer's probe, not part of aerostat:
 the scenarios it writes are plain TOML that `aerostat sim` reads like any other.
@@ -41,11 +43,12 @@ def scenario(k):
     hours = r.choice([2, 4, 6, 12, 24])
     out = [f'[scenario]\nname = "unseen-{k}"\nduration = "{hours}h"\nseed = {k}\n',
            f'[host]\nmemory = "{host_gib}GiB"\nreserve = "{reserve}GiB"']
-    if r.random() < 0.7:
+    host_swap = r.random() < 0.7
+    if host_swap:
         out.append(f'swap = "{r.choice([4, 8, 16, 32])}GiB"\n'
                    f'swap_bandwidth = "{r.choice([100, 250, 500, 1000])}MiB/s"')
     out.append("")
-    promised, need, group = 0, 0.0, 0
+    promised, need, start_fill, group = 0, 0.0, 0.0, 0
     while promised < budget and group < 8:
         mem = r.choice([1024, 2048, 4096, 6144, 8192, 12288, 16384, 32768])
         if mem > host_gib * 1024 / 2:
@@ -98,9 +101,16 @@ def scenario(k):
             cold = mem * r.uniform(0.05, 0.2)
             w.append(f'cold = "{mib(cold)}"')
         kernel = 96 + 0.015 * mem
-        need += count * (min(mem, top + cold + hot * cache + kernel) + 64)
+        peak = top + cold + hot * cache + kernel
+        if peak > 0.95 * mem:
+            return None  # the workload alone does not fit its guest: every policy OOMs
+        need += count * (peak + 64)
+        # Guests start with their page cache read in: without host swap, that must fit.
+        start_fill += count * (min(mem, ws + cold + cache + kernel) + 64)
         out.append("\n".join(vm) + "\n" + "\n".join(w) + "\n")
     if need + 512 * reserve > (host_gib - reserve) * 1024:
+        return None
+    if not host_swap and start_fill + 512 * reserve > host_gib * 1024:
         return None
     return "\n".join(out)
 

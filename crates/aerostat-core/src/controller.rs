@@ -12,7 +12,7 @@
 //!    only once every lower-priority guest is at its floor, even if that takes ticks).
 //!    Growth cuts and touched memory wait while the host still has room (the excess, or its
 //!    reserve, available) and the untouched memory the step bound holds back covers the
-//!    excess — 30 s at most;
+//!    excess — balloons that do not follow count for nothing, and 30 s at most;
 //! 4. **hysteresis**: changes smaller than `min_change` are dropped, and a guest that was just
 //!    given memory is not squeezed again within `inflate_hold`.
 //!
@@ -24,15 +24,24 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::decision::{Action, ActionKind, Alert, Decision, Rule};
-use crate::observation::Observation;
+use crate::observation::{Observation, VmSample};
 use crate::per_vm::PerVm;
 use crate::planner::escape::floor_demand;
 use crate::policy::{Policy, Proposal, Reason};
 use crate::units::{Bytes, Millis};
 
 /// How long the reserve guard may leave an excess to untouched memory the next ticks
-/// should take before it squeezes touched memory after all.
+/// should take before it squeezes touched memory after all. Only balloons that follow
+/// their targets count as giving that memory (`balloon_follows`); this bounds the rest (a
+/// balloon that moves, but too slowly to close the gap).
 const RESERVE_WAIT_LIMIT: Millis = Millis(30_000);
+
+/// Whether `vm`'s balloon follows its targets: it is not still a whole inflation step
+/// above the last target it was sent (a balloon that did not move last tick — stuck, or
+/// not yet flagged as stalled — gives nothing in the next ticks either).
+fn balloon_follows(vm: &VmSample, current_target: Bytes, step: Option<Bytes>) -> bool {
+    step.is_none_or(|step| vm.actual < current_target + step)
+}
 
 /// How far the reserve guard shrinks a guest (never below its floor, nor by more than a
 /// step per tick).
@@ -457,6 +466,7 @@ impl Controller {
         order: &[usize],
         excess: Bytes,
         capacity: Bytes,
+        step: Option<Bytes>,
     ) -> bool {
         let reserve = obs.host.total - capacity;
         if obs.host.available < excess.min(reserve) {
@@ -464,6 +474,7 @@ impl Controller {
         }
         let untouched: Bytes = order
             .iter()
+            .filter(|&&i| balloon_follows(&obs.vms[i], current[i], step))
             .filter_map(|&i| {
                 let vm = &obs.vms[i];
                 let rss = vm.rss?;
@@ -590,14 +601,8 @@ impl Controller {
                         why: Why::Shrunk { from: t, to: new },
                     });
                 }
-                // Only a balloon that follows its target counts: one still a whole step
-                // above the last target it was sent (it did not move: stuck, or not yet
-                // flagged as stalled) gives nothing later either.
-                let follows = self
-                    .guards
-                    .max_inflate_step
-                    .is_none_or(|step| vm.actual < current[i] + step);
-                tier_has_more |= follows && final_of(i, pending) > vm.floor();
+                tier_has_more |= balloon_follows(vm, current[i], self.guards.max_inflate_step)
+                    && final_of(i, pending) > vm.floor();
             }
         };
 
@@ -608,7 +613,17 @@ impl Controller {
             return ReserveOutcome::Fits;
         }
         // 2. What is left may wait for the untouched memory the step bound holds back.
-        if may_wait && Self::can_wait(obs, current, pending, order, excess, capacity) {
+        if may_wait
+            && Self::can_wait(
+                obs,
+                current,
+                pending,
+                order,
+                excess,
+                capacity,
+                self.guards.max_inflate_step,
+            )
+        {
             return ReserveOutcome::Waited;
         }
 
