@@ -1098,6 +1098,28 @@ fn state_follows_the_vms_by_name() {
     assert_eq!(c.target_of("a"), None);
 }
 
+/// One tick of a fresh controller with the aerostat guards (2 GiB reserve) at t = 100 s,
+/// the policy proposing `proposals` (VM index, target).
+fn reserve_tick(
+    proposals: Vec<(usize, Bytes)>,
+    total: Bytes,
+    available: Bytes,
+    vms: Vec<VmSample>,
+) -> Decision {
+    let next = Arc::new(Mutex::new(proposals));
+    let mut ctl =
+        Controller::with_guards(Box::new(Scripted { next }), aerostat_guards(Bytes::gib(2)));
+    ctl.tick(&Observation {
+        time: Millis::secs(100),
+        host: HostSample {
+            total,
+            available,
+            ..HostSample::default()
+        },
+        vms,
+    })
+}
+
 /// A daemon starting on a full host: one guest has touched all of its memory, the others
 /// hold gigabytes they never touched but may give only a step per tick. (All of the same
 /// priority here: were the db more important, strict priority alone would spare it.)
@@ -1116,21 +1138,7 @@ fn reserve_waits_for_untouched_memory_only_while_the_host_has_room() {
         });
         std::iter::once(db).chain(webs).collect::<Vec<_>>()
     };
-    let tick = |available: Bytes| {
-        let mut ctl = Controller::with_guards(
-            Box::new(Scripted::default()),
-            aerostat_guards(Bytes::gib(2)),
-        );
-        ctl.tick(&Observation {
-            time: Millis::secs(100),
-            host: HostSample {
-                total: Bytes::gib(32),
-                available,
-                ..HostSample::default()
-            },
-            vms: vms(),
-        })
-    };
+    let tick = |available: Bytes| reserve_tick(vec![], Bytes::gib(32), available, vms());
     // 36 GiB committed, 30 GiB capacity: the webs give 512 MiB each this tick (2 GiB);
     // 4 GiB are left, and the webs hold 8 GiB more untouched memory. The host has its
     // 2 GiB reserve available (not the whole 4 GiB excess): it waits.
@@ -1209,20 +1217,8 @@ fn growth_waits_on_untouched_memory_not_the_other_way_round() {
         });
         std::iter::once(app).chain(boots).collect::<Vec<_>>()
     };
-    let tick = |available: Bytes| {
-        let next = Arc::new(Mutex::new(vec![(0, Bytes::gib(5))]));
-        let mut ctl =
-            Controller::with_guards(Box::new(Scripted { next }), aerostat_guards(Bytes::gib(2)));
-        ctl.tick(&Observation {
-            time: Millis::secs(100),
-            host: HostSample {
-                total: Bytes::gib(32),
-                available,
-                ..HostSample::default()
-            },
-            vms: vms(),
-        })
-    };
+    let tick =
+        |available: Bytes| reserve_tick(vec![(0, Bytes::gib(5))], Bytes::gib(32), available, vms());
     // 37 GiB asked of a 30 GiB capacity: the boots give 512 MiB each this tick and hold
     // 26 GiB more untouched memory; the host has 4 GiB available (its reserve is 2 GiB).
     let roomy = tick(Bytes::gib(4));
@@ -1261,21 +1257,8 @@ fn touched_memory_is_taken_strictly_by_priority() {
         small.rss = Some(Bytes::gib(1));
         vec![big, small]
     };
-    let tick = |big_actual: Bytes, total: Bytes| {
-        let mut ctl = Controller::with_guards(
-            Box::new(Scripted::default()),
-            aerostat_guards(Bytes::gib(2)),
-        );
-        ctl.tick(&Observation {
-            time: Millis::secs(100),
-            host: HostSample {
-                total,
-                available: Bytes::ZERO,
-                ..HostSample::default()
-            },
-            vms: vms(big_actual),
-        })
-    };
+    let tick =
+        |big_actual: Bytes, total: Bytes| reserve_tick(vec![], total, Bytes::ZERO, vms(big_actual));
     // 13 GiB on a 6 GiB capacity: the big guest gives its 512 MiB step, the small one
     // nothing, although the excess stays.
     let d = tick(Bytes::gib(12), Bytes::gib(8));
