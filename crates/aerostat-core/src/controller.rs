@@ -9,10 +9,11 @@
 //! 3. **reserve**: Σ targets + overheads ≤ host total − reserve whenever the floors allow it —
 //!    memory guests never touched (host RSS) is taken first, then growth is cut, then
 //!    guests above their floor are shrunk, strictly by priority (a guest's touched memory
-//!    only once every lower-priority guest is at its floor, even if that takes ticks).
-//!    Growth cuts and touched memory wait while the host still has room (the excess, or its
-//!    reserve, available) and the untouched memory the step bound holds back covers the
-//!    excess — balloons that do not follow count for nothing, and 30 s at most;
+//!    only once every lower-priority guest whose balloon follows is at its floor, even if
+//!    that takes ticks). Growth cuts and touched memory wait while the host still has room
+//!    (the growth let through plus the excess, or plus its reserve, available) and the
+//!    untouched memory the step bound holds back covers the excess. Balloons that do not
+//!    move count for nothing; waiting and holding by priority last 30 s at most;
 //! 4. **hysteresis**: changes smaller than `min_change` are dropped, and a guest that was just
 //!    given memory is not squeezed again within `inflate_hold`.
 //!
@@ -30,10 +31,11 @@ use crate::planner::escape::floor_demand;
 use crate::policy::{Policy, Proposal, Reason};
 use crate::units::{Bytes, Millis};
 
-/// How long the reserve guard may leave an excess to untouched memory the next ticks
-/// should take before it squeezes touched memory after all. Only balloons that follow
-/// their targets count as giving that memory (`balloon_follows`); this bounds the rest (a
-/// balloon that moves, but too slowly to close the gap).
+/// How long the reserve guard may leave an excess to the next ticks — waiting for untouched
+/// memory (`can_wait`), or holding higher-priority guests' touched memory while
+/// lower-priority ones give a step a tick — before it cuts growth and squeezes every guest
+/// after all. Only balloons that follow their targets count as giving memory
+/// (`balloon_follows`); this bounds the rest (balloons that move, but too slowly).
 const RESERVE_WAIT_LIMIT: Millis = Millis(30_000);
 
 /// Whether `vm`'s balloon follows its targets: it is not still a whole inflation step
@@ -50,7 +52,7 @@ enum Take {
     /// Down to its RSS, only for guests whose RSS is known and that are not growing.
     Untouched,
     /// Down to its RSS when known, else by a step.
-    UpToStep,
+    UntouchedOrStep,
     /// Down to its floor.
     Touched,
 }
@@ -121,7 +123,8 @@ pub struct Controller {
     vms: PerVm<VmGuardState>,
     /// Buffers reused every tick: the simulator ticks a controller millions of times.
     scratch: Scratch,
-    /// Since when the reserve guard has been waiting for untouched memory (`can_wait`).
+    /// Since when Σ targets has been over the reserve (the guard waited, or squeezed):
+    /// `RESERVE_WAIT_LIMIT` counts from here. `None` once it fits.
     reserve_wait_since: Option<Millis>,
 }
 
@@ -329,9 +332,10 @@ impl Controller {
                     .is_some_and(|p| p.rule == Rule::BalloonStalled)
                     || self.vms[i].stalled_until.is_some_and(|t| obs.time < t)
             }));
-            // Waiting for untouched memory is for a gap the next ticks close; a gap that
-            // stays open (a balloon that does not follow, before its stall is detected)
-            // gets the second pass after RESERVE_WAIT_LIMIT.
+            // Waiting for untouched memory, and holding a guest's touched memory while
+            // lower-priority guests give theirs a step a tick, are for a gap the next ticks
+            // close; a gap that stays open (balloons that creep) is closed by every guest
+            // after RESERVE_WAIT_LIMIT.
             let may_wait = self
                 .reserve_wait_since
                 .is_none_or(|t| obs.time.saturating_sub(t) < RESERVE_WAIT_LIMIT);
@@ -448,9 +452,10 @@ impl Controller {
 
     /// Whether the reserve guard may leave `excess` for the next ticks instead of cutting
     /// growth and taking memory guests have touched. Yes when both hold:
-    /// - the host has room now: the excess is available, or at least its whole reserve
-    ///   (host total − `capacity`) is. Checked every tick, so the wait ends once guests
-    ///   touching new memory dent the reserve — by one tick's worth of touches at most;
+    /// - the host has room now: on top of the growth the wait lets through (memory a guest
+    ///   under pressure touches at once), the excess is available, or at least the whole
+    ///   `reserve` is. Checked every tick, so the wait ends once guests touching new memory
+    ///   dent the reserve — by one tick's worth of touches at most;
     /// - the guests in `order` (those the guard may shrink) hold at least that much
     ///   memory they have not touched (host-measured RSS) which only the step bound keeps
     ///   this tick from taking: the next ticks take it without evicting anyone's cache.
@@ -465,11 +470,15 @@ impl Controller {
         pending: &[Option<Pending>],
         order: &[usize],
         excess: Bytes,
-        capacity: Bytes,
+        reserve: Bytes,
         step: Option<Bytes>,
     ) -> bool {
-        let reserve = obs.host.total - capacity;
-        if obs.host.available < excess.min(reserve) {
+        let growth: Bytes = pending
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some(p.as_ref()?.target - current[i].max(obs.vms[i].floor())))
+            .sum();
+        if obs.host.available < growth + excess.min(reserve) {
             return false;
         }
         let untouched: Bytes = order
@@ -547,6 +556,7 @@ impl Controller {
             lo.min(vm.configured)
         };
         // Lowest priority first, most room first.
+        let hold_by_priority = may_wait;
         let shrink = |excess: &mut Bytes,
                       pending: &mut [Option<Pending>],
                       order: &mut Vec<usize>,
@@ -565,32 +575,34 @@ impl Controller {
             // tick's shrink).
             let mut lower_has_more = false;
             let mut tier_has_more = false;
-            let mut tier = f64::NEG_INFINITY;
+            let mut tier = None;
             for &i in order.iter() {
                 if *excess == Bytes::ZERO {
                     break;
                 }
                 let vm = &obs.vms[i];
-                if vm.priority > tier {
+                if tier.is_none_or(|p: f64| vm.priority.total_cmp(&p).is_gt()) {
                     lower_has_more |= tier_has_more;
                     tier_has_more = false;
-                    tier = vm.priority;
-                }
-                // Touched memory is taken from a guest only once every guest of lower
-                // priority is at its floor — not merely at the most the step bound lets it
-                // give this tick: the excess closes at their pace over the next ticks, not
-                // out of a more important guest's working set (a generated scenario: a
-                // priority-3 guest of 1 GiB squeezed to its floor at start-up, next to 12 GiB
-                // guests of priority 2 giving 512 MiB a tick: 6 OOM kills).
-                if take == Take::Touched && lower_has_more {
-                    break;
+                    tier = Some(vm.priority);
                 }
                 let t = final_of(i, pending);
                 // Before the growth cut, only memory known to be untouched is taken — not a
                 // raise (growth: the cut decides on it), not a VM whose RSS is unknown.
-                let skip = take == Take::Untouched && (t > current[i] || vm.rss.is_none());
+                let skip_raise = take == Take::Untouched && (t > current[i] || vm.rss.is_none());
+                // Memory that may be touched (all of it below RSS; a step of a guest whose RSS
+                // is unknown) is taken from a guest only once every guest of lower priority
+                // is at its floor — not merely at the most the step bound lets it give this
+                // tick: the excess closes at their pace over the next ticks, not out of a
+                // more important guest's working set (a generated scenario: a priority-3
+                // guest of 1 GiB squeezed to its floor at start-up, next to 12 GiB guests of
+                // priority 2 giving 512 MiB a tick: 6 OOM kills). Like the wait, for
+                // RESERVE_WAIT_LIMIT at most: a balloon that creeps cannot hold it forever.
+                let may_touch =
+                    take == Take::Touched || (take == Take::UntouchedOrStep && vm.rss.is_none());
+                let held = may_touch && hold_by_priority && lower_has_more;
                 let lo = lowest(i);
-                if !skip && t > lo {
+                if !skip_raise && !held && t > lo {
                     let taken = (t - lo).min(*excess);
                     // A VM whose actual is above its configured size (misreport) is clamped.
                     let new = (t - taken).min(vm.configured);
@@ -620,7 +632,7 @@ impl Controller {
                 pending,
                 order,
                 excess,
-                capacity,
+                obs.host.total - capacity,
                 self.guards.max_inflate_step,
             )
         {
@@ -658,7 +670,7 @@ impl Controller {
 
         // 4. A step of every guest whose RSS is unknown (and the untouched memory of those
         //    whose growth was cut), then memory guests have touched, down to their floors.
-        shrink(&mut excess, pending, order, Take::UpToStep);
+        shrink(&mut excess, pending, order, Take::UntouchedOrStep);
         shrink(&mut excess, pending, order, Take::Touched);
         ReserveOutcome::Squeezed
     }

@@ -430,7 +430,14 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                     Some(t - vm.floor().max(rss - vm.overhead))
                 })
                 .sum();
-            let waiting = Bytes(case.available) >= excess.min(reserve) && untouched >= excess;
+            // Growth let through while waiting must be available on top.
+            let growth: Bytes = vms
+                .iter()
+                .enumerate()
+                .map(|(i, vm)| prev[i].unwrap_or(vm.actual) - before[i].max(vm.floor()))
+                .sum();
+            let waiting =
+                Bytes(case.available) >= growth + excess.min(reserve) && untouched >= excess;
             if waiting && committed > capacity && !all_lowest {
                 // Waiting is allowed only after the first pass took all memory known to be
                 // untouched that the step bound lets it take this tick (growth is left as
@@ -1124,7 +1131,7 @@ fn reserve_tick(
 /// hold gigabytes they never touched but may give only a step per tick. (All of the same
 /// priority here: were the db more important, strict priority alone would spare it.)
 /// With the excess available on the host, the guard takes the untouched memory over the
-/// next ticks and leaves the important guest's cache alone; without it, it squeezes.
+/// next ticks and leaves the db's cache alone; without it, it squeezes.
 #[test]
 fn reserve_waits_for_untouched_memory_only_while_the_host_has_room() {
     let vms = || {
@@ -1230,6 +1237,17 @@ fn growth_waits_on_untouched_memory_not_the_other_way_round() {
         roomy.actions
     );
     assert_eq!(roomy.actions.len(), 3, "{:?}", roomy.actions);
+    // The reserve available, but not the growth on top of it: cut too (the growth is
+    // memory the app touches at once; the boots' untouched memory frees none of it now).
+    let short = tick(Bytes::mib(2560));
+    assert!(
+        short
+            .actions
+            .iter()
+            .all(|a| a.vm != "app" || a.balloon_target() < Some(Bytes::gib(5))),
+        "{:?}",
+        short.actions
+    );
     // Without the reserve available, the app's growth is cut.
     let tight = tick(Bytes::gib(1));
     assert!(
@@ -1268,4 +1286,30 @@ fn touched_memory_is_taken_strictly_by_priority() {
     // the small one gives the rest.
     let d = tick(Bytes::mib(3 * 1024 + 256), Bytes::mib(5632));
     assert!(d.actions.iter().any(|a| a.vm == "small"), "{:?}", d.actions);
+    // The same for a small guest whose RSS is unknown (its step would otherwise go).
+    let mut blind = vms(Bytes::gib(12));
+    blind[1].rss = None;
+    let d = reserve_tick(vec![], Bytes::gib(8), Bytes::ZERO, blind);
+    assert!(d.actions.iter().all(|a| a.vm != "small"), "{:?}", d.actions);
+    // A big balloon that creeps (16 MiB a tick) holds the small guest back 30 s at most.
+    let mut ctl = Controller::with_guards(
+        Box::new(Scripted::default()),
+        aerostat_guards(Bytes::gib(2)),
+    );
+    let mut squeezed_at = None;
+    for secs in 0..40u64 {
+        let d = ctl.tick(&Observation {
+            time: Millis::secs(secs),
+            host: HostSample {
+                total: Bytes::gib(8),
+                ..HostSample::default()
+            },
+            vms: vms(Bytes::gib(12) - Bytes::mib(16 * secs)),
+        });
+        if d.actions.iter().any(|a| a.vm == "small") {
+            squeezed_at = Some(secs);
+            break;
+        }
+    }
+    assert_eq!(squeezed_at, Some(30));
 }
