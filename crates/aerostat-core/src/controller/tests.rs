@@ -463,6 +463,52 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                     );
                 }
             }
+            // Strict priority, checked on the first tick (a fresh controller, so its 30 s
+            // limit cannot have run out): a guard shrink into memory that may be touched
+            // (below RSS, or any shrink of a guest whose RSS is unknown) leaves no guest of
+            // lower priority whose balloon follows above its floor.
+            if k == 0 {
+                for a in d.actions.iter().filter(|a| a.rule == Rule::GuardReserve) {
+                    let Some(i) = vms.iter().position(|v| v.name == a.vm) else {
+                        continue;
+                    };
+                    let vm = &vms[i];
+                    let to = a.balloon_target().unwrap_or(vm.actual);
+                    let untouched_lowest = vm.rss.map(|r| (r - vm.overhead).min(vm.actual));
+                    // Not a squeeze: no shrink, a shrink of untouched memory, or the clamp of an
+                    // `actual` reported above the configured size.
+                    if to >= before[i]
+                        || to >= vm.configured
+                        || untouched_lowest.is_some_and(|lo| to >= lo)
+                    {
+                        continue;
+                    }
+                    prop_assert!(
+                        !lower_has_more(vm),
+                        "{} (priority {}) squeezed to {} while a lower-priority guest can give more; \
+                         {}; actions {:?}; vms {:?}",
+                        vm.name,
+                        vm.priority,
+                        to.0,
+                        ctx(),
+                        d.actions,
+                        vms.iter()
+                            .enumerate()
+                            .map(|(j, w)| (
+                                &w.name,
+                                w.priority,
+                                w.balloon,
+                                w.migrating,
+                                w.actual.0,
+                                before[j].0,
+                                prev[j].map(|b| b.0),
+                                w.floor().0,
+                                w.rss.map(|b| b.0)
+                            ))
+                            .collect::<Vec<_>>()
+                    );
+                }
+            }
             if floors <= capacity {
                 prop_assert!(
                     committed <= capacity || all_lowest || waiting,
