@@ -555,8 +555,9 @@ impl Controller {
             }
             lo.min(vm.configured)
         };
-        // Lowest priority first, most room first.
+        // The priority hold (below) lasts as long as waiting may: RESERVE_WAIT_LIMIT.
         let hold_by_priority = may_wait;
+        // Shrinks guests as far as `take` allows, lowest priority first, most room first.
         let shrink = |excess: &mut Bytes,
                       pending: &mut [Option<Pending>],
                       order: &mut Vec<usize>,
