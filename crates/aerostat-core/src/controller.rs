@@ -53,6 +53,9 @@ enum Take {
     Untouched,
     /// Down to its RSS when known, else by a step.
     UntouchedOrStep,
+    /// Down to its working set as the policy estimates it (never below its floor): page
+    /// cache and free memory, whose loss costs refaults, not swap-ins or OOM kills.
+    AboveWorkingSet,
     /// Down to its floor.
     Touched,
 }
@@ -135,6 +138,8 @@ struct Scratch {
     current: Vec<Bytes>,
     stalled: Vec<bool>,
     order: Vec<usize>,
+    /// Per VM: the policy's working-set estimate, at least the floor.
+    working_set: Vec<Bytes>,
 }
 
 /// A target in the making: value plus the rule and what will explain it.
@@ -228,6 +233,7 @@ impl Controller {
             mut current,
             mut stalled,
             mut order,
+            mut working_set,
         } = std::mem::take(&mut self.scratch);
         current.clear();
         current.extend((0..obs.vms.len()).map(|i| self.vms[i].target));
@@ -339,10 +345,17 @@ impl Controller {
             let may_wait = self
                 .reserve_wait_since
                 .is_none_or(|t| obs.time.saturating_sub(t) < RESERVE_WAIT_LIMIT);
+            working_set.clear();
+            working_set.extend(obs.vms.iter().enumerate().map(|(i, vm)| {
+                self.policy
+                    .working_set(i)
+                    .map_or(vm.floor(), |ws| ws.max(vm.floor()))
+            }));
             let outcome = self.guard_reserve(
                 obs,
                 &current,
                 &stalled,
+                &working_set,
                 &mut pending,
                 &mut order,
                 capacity,
@@ -390,6 +403,7 @@ impl Controller {
             current,
             stalled,
             order,
+            working_set,
         };
         Decision {
             time: obs.time,
@@ -507,6 +521,7 @@ impl Controller {
         obs: &Observation,
         current: &[Bytes],
         stalled: &[bool],
+        working_set: &[Bytes],
         pending: &mut [Option<Pending>],
         order: &mut Vec<usize>,
         capacity: Bytes,
@@ -542,13 +557,19 @@ impl Controller {
             (0..obs.vms.len())
                 .filter(|&i| obs.vms[i].balloon && !obs.vms[i].migrating && !stalled[i]),
         );
+        // The bottom of a pass, before the step bound: the floor, or the working set for the
+        // passes that may take touched memory before working sets are (a blind step may).
+        let bottom = |i: usize, take: Take| match take {
+            Take::UntouchedOrStep | Take::AboveWorkingSet => working_set[i],
+            Take::Untouched | Take::Touched => obs.vms[i].floor(),
+        };
         let lowest_in = |i: usize, take: Take| {
             let vm = &obs.vms[i];
-            let mut lo = vm.floor();
+            let mut lo = bottom(i, take);
             if let Some(step) = self.guards.max_inflate_step {
                 lo = lo.max(vm.actual - step);
             }
-            if take != Take::Touched
+            if matches!(take, Take::Untouched | Take::UntouchedOrStep)
                 && let Some(rss) = vm.rss
             {
                 lo = lo.max((rss - vm.overhead).min(vm.actual));
@@ -561,7 +582,8 @@ impl Controller {
         let shrink = |excess: &mut Bytes,
                       pending: &mut [Option<Pending>],
                       order: &mut Vec<usize>,
-                      take: Take| {
+                      take: Take,
+                      others_have_more: bool| {
             let lowest = |i: usize| lowest_in(i, take);
             order.sort_by(|&a, &b| {
                 let room = |i: usize| final_of(i, pending) - lowest(i);
@@ -599,9 +621,9 @@ impl Controller {
                 // guest of 1 GiB squeezed to its floor at start-up, next to 12 GiB guests of
                 // priority 2 giving 512 MiB a tick: 6 OOM kills). Like the wait, for
                 // RESERVE_WAIT_LIMIT at most: a balloon that creeps cannot hold it forever.
-                let may_touch =
-                    take == Take::Touched || (take == Take::UntouchedOrStep && vm.rss.is_none());
-                let held = may_touch && hold_by_priority && lower_has_more;
+                let may_touch = matches!(take, Take::Touched | Take::AboveWorkingSet)
+                    || (take == Take::UntouchedOrStep && vm.rss.is_none());
+                let held = may_touch && hold_by_priority && (lower_has_more || others_have_more);
                 let lo = lowest(i);
                 if !skip_raise && !held && t > lo {
                     let taken = (t - lo).min(*excess);
@@ -615,13 +637,13 @@ impl Controller {
                     });
                 }
                 tier_has_more |= balloon_follows(vm, current[i], self.guards.max_inflate_step)
-                    && final_of(i, pending) > vm.floor();
+                    && final_of(i, pending) > bottom(i, take);
             }
         };
 
         // 1. Untouched memory, before anyone's growth: a guest asking for memory gets it
         //    rather than leave idle pages with another.
-        shrink(&mut excess, pending, order, Take::Untouched);
+        shrink(&mut excess, pending, order, Take::Untouched, false);
         if excess == Bytes::ZERO {
             return ReserveOutcome::Fits;
         }
@@ -671,8 +693,20 @@ impl Controller {
 
         // 4. A step of every guest whose RSS is unknown (and the untouched memory of those
         //    whose growth was cut), then memory guests have touched, down to their floors.
-        shrink(&mut excess, pending, order, Take::UntouchedOrStep);
-        shrink(&mut excess, pending, order, Take::Touched);
+        //    Every guest's page cache and free memory go before anyone's working set: a
+        //    low-priority guest's processes are worth more than a high-priority guest's
+        //    cache (a generated scenario: three priority-3 guests booting filled a host,
+        //    and sixteen priority-0.5 guests squeezed to their floors OOM-killed 18 times).
+        shrink(&mut excess, pending, order, Take::UntouchedOrStep, false);
+        shrink(&mut excess, pending, order, Take::AboveWorkingSet, false);
+        // Working sets wait, like a guest of higher priority, while some guest whose
+        // balloon follows still holds memory above its working set that the step bound
+        // keeps back this tick: the next ticks take that first.
+        let above_ws_left = order.iter().any(|&i| {
+            balloon_follows(&obs.vms[i], current[i], self.guards.max_inflate_step)
+                && final_of(i, pending) > working_set[i]
+        });
+        shrink(&mut excess, pending, order, Take::Touched, above_ws_left);
         ReserveOutcome::Squeezed
     }
 }

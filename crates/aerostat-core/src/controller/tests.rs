@@ -27,10 +27,12 @@ fn aerostat_guards(reserve: Bytes) -> GuardConfig {
     }
 }
 
-/// A policy that proposes whatever the test put in its script for this tick.
+/// A policy that proposes whatever the test put in its script for this tick, and reports
+/// fixed working-set estimates (by VM index).
 #[derive(Debug, Clone, Default)]
 struct Scripted {
     next: Arc<Mutex<Vec<(usize, Bytes)>>>,
+    working_sets: Vec<Option<Bytes>>,
 }
 
 impl Policy for Scripted {
@@ -49,6 +51,9 @@ impl Policy for Scripted {
             reason: Reason::Text("scripted".into()),
         }));
     }
+    fn working_set(&self, vm: usize) -> Option<Bytes> {
+        self.working_sets.get(vm).copied().flatten()
+    }
 }
 
 /// A VM's fixed configuration.
@@ -64,6 +69,8 @@ struct VmSpec {
     actual: u64,
     /// Host-measured RSS of the VM's process, when known.
     rss: Option<u64>,
+    /// The policy's working-set estimate, when it has one.
+    working_set: Option<u64>,
 }
 
 /// What happens to one VM in one tick.
@@ -108,6 +115,7 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
         prop::bool::weighted(0.1),
         0u64..=110,
         prop::option::of(0u64..=110),
+        prop::option::of(0u64..=110),
     )
         .prop_map(
             |(
@@ -120,6 +128,7 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
                 migrating,
                 act_pct,
                 rss_pct,
+                ws_pct,
             )| {
                 // Percentages of configured, up to above it: floors above configured and
                 // actuals above configured are legal inputs.
@@ -136,6 +145,7 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
                     // RSS counts the overhead too; below it (a process that has not
                     // started its guest yet) exercises the saturating subtraction.
                     rss: rss_pct.map(|p| if p < 5 { pct(p) } else { pct(p) + overhead }),
+                    working_set: ws_pct.map(pct),
                 }
             },
         )
@@ -216,7 +226,10 @@ fn lowest_allowed(vm: &VmSample, g: &GuardConfig) -> Bytes {
 
 /// Runs one case under `guards`, checking every guard on every tick.
 fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
-    let script = Scripted::default();
+    let script = Scripted {
+        working_sets: case.vms.iter().map(|s| s.working_set.map(Bytes)).collect(),
+        ..Scripted::default()
+    };
     let next = script.next.clone();
     let mut ctl = Controller::with_guards(Box::new(script), guards.clone());
     let mut vms: Vec<VmSample> = case
@@ -381,21 +394,37 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
             // A guest is held above its lowest by priority while a guest of lower priority
             // whose balloon follows stays above its floor: that one gives the rest in the
             // next ticks.
-            let lower_has_more = |vm: &VmSample| {
+            // A guest's working set (the policy's estimate, at least its floor).
+            let ws_level = |i: usize| {
+                let floor = vms[i].floor();
+                case.vms[i]
+                    .working_set
+                    .map_or(floor, |w| Bytes(w).max(floor))
+            };
+            // Whether a guest whose balloon follows, of priority below `than` (any, with
+            // `f64::INFINITY`), holds memory above `level` of its own after this tick.
+            let some_above = |than: f64, level: &dyn Fn(usize) -> Bytes| {
                 vms.iter().enumerate().any(|(j, w)| {
-                    let follows = balloon_follows(w, before[j], guards.max_inflate_step);
                     w.balloon
                         && !w.migrating
-                        && follows
-                        && w.priority < vm.priority
-                        && prev[j].unwrap_or(w.actual) > w.floor()
+                        && balloon_follows(w, before[j], guards.max_inflate_step)
+                        && w.priority < than
+                        && prev[j].unwrap_or(w.actual) > level(j)
                 })
             };
+            let floor_of = |j: usize| vms[j].floor();
+            let lower_has_more = |vm: &VmSample| some_above(vm.priority, &floor_of);
+            // A guest's working set is held while any guest whose balloon follows still
+            // holds memory above its own: the next ticks take that first.
+            let above_ws_left = some_above(f64::INFINITY, &ws_level);
             let all_lowest = vms.iter().enumerate().all(|(i, vm)| {
+                let t = prev[i].unwrap_or(vm.actual);
+                let lowest = lowest_allowed(vm, &guards);
                 !vm.balloon
                     || vm.migrating
-                    || prev[i].unwrap_or(vm.actual) <= lowest_allowed(vm, &guards)
+                    || t <= lowest
                     || lower_has_more(vm)
+                    || (above_ws_left && t <= lowest.max(ws_level(i)).min(vm.configured))
             });
             let alerted = d
                 .alerts
@@ -460,7 +489,9 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
             // Strict priority, checked on the first tick (a fresh controller, so its 30 s
             // limit cannot have run out): a guard shrink into memory that may be touched
             // (below RSS, or any shrink of a guest whose RSS is unknown) leaves no guest of
-            // lower priority whose balloon follows above its floor.
+            // lower priority whose balloon follows above its working set; a shrink into the
+            // guest's working set leaves none above its floor, and no guest at all above its
+            // working set.
             if k == 0 {
                 for a in d.actions.iter().filter(|a| a.rule == Rule::GuardReserve) {
                     let Some(i) = vms.iter().position(|v| v.name == a.vm) else {
@@ -477,8 +508,14 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                     {
                         continue;
                     }
+                    let into_ws = to < ws_level(i);
+                    let others_have_more = if into_ws {
+                        lower_has_more(vm) || above_ws_left
+                    } else {
+                        some_above(vm.priority, &ws_level)
+                    };
                     prop_assert!(
-                        !lower_has_more(vm),
+                        !others_have_more,
                         "{} (priority {}) squeezed to {} while a lower-priority guest can give more; \
                          {}; actions {:?}; vms {:?}",
                         vm.name,
@@ -1154,8 +1191,13 @@ fn reserve_tick(
     vms: Vec<VmSample>,
 ) -> Decision {
     let next = Arc::new(Mutex::new(proposals));
-    let mut ctl =
-        Controller::with_guards(Box::new(Scripted { next }), aerostat_guards(Bytes::gib(2)));
+    let mut ctl = Controller::with_guards(
+        Box::new(Scripted {
+            next,
+            ..Scripted::default()
+        }),
+        aerostat_guards(Bytes::gib(2)),
+    );
     ctl.tick(&Observation {
         time: Millis::secs(100),
         host: HostSample {
@@ -1344,4 +1386,80 @@ fn touched_memory_is_taken_strictly_by_priority() {
         }
     }
     assert_eq!(squeezed_at, Some(30));
+}
+
+/// Page cache before working sets, whatever the priority: an important guest booting with
+/// gigabytes of cache fills the host, and a small unimportant guest's floor sits below its
+/// working set. The guard takes the big guest's cache (a step a tick) and holds the small
+/// guest at its working set meanwhile; only once no guest has memory above its working set
+/// left does the small one go down to its floor. (`docs/examples/unseen-cache-first.toml`:
+/// 18 guest OOM kills before.)
+#[test]
+fn page_cache_goes_before_any_working_set() {
+    let vms = |big_actual: Bytes| {
+        let mut big = VmSample::new("big", Bytes::gib(12), big_actual);
+        big.priority = 3.0;
+        big.rss = Some(big_actual);
+        let mut small = VmSample::new("small", Bytes::gib(1), Bytes::mib(640));
+        small.priority = 0.5;
+        small.min = Some(Bytes::mib(182));
+        small.rss = Some(Bytes::mib(640));
+        vec![big, small]
+    };
+    // The policy's estimates: the big guest works in 8 GiB, the small one in 450 MiB.
+    let working_sets = vec![Some(Bytes::gib(8)), Some(Bytes::mib(450))];
+    let tick = |big_actual: Bytes, total: Bytes| {
+        let policy = Scripted {
+            working_sets: working_sets.clone(),
+            ..Scripted::default()
+        };
+        Controller::with_guards(Box::new(policy), aerostat_guards(Bytes::gib(2))).tick(
+            &Observation {
+                time: Millis::secs(100),
+                host: HostSample {
+                    total,
+                    ..HostSample::default()
+                },
+                vms: vms(big_actual),
+            },
+        )
+    };
+    let target = |d: &Decision, vm: &str| {
+        d.actions
+            .iter()
+            .find(|a| a.vm == vm)
+            .and_then(Action::balloon_target)
+    };
+    // 12.6 GiB on a 10 GiB capacity: the big guest gives a step of cache, the small one its
+    // memory above its working set (190 MiB), not its working set.
+    let d = tick(Bytes::gib(12), Bytes::gib(12));
+    assert_eq!(
+        target(&d, "big"),
+        Some(Bytes::mib(11 * 1024 + 512)),
+        "{:?}",
+        d.actions
+    );
+    assert_eq!(
+        target(&d, "small"),
+        Some(Bytes::mib(450)),
+        "{:?}",
+        d.actions
+    );
+    // The big guest at its working set: now the small one goes to its floor.
+    let d = tick(Bytes::gib(8), Bytes::mib(9 * 1024));
+    assert_eq!(
+        target(&d, "small"),
+        Some(Bytes::mib(182)),
+        "{:?}",
+        d.actions
+    );
+    // Without the policy's estimates the guard works as before: lowest priority first, to
+    // its floor.
+    let d = reserve_tick(vec![], Bytes::gib(12), Bytes::ZERO, vms(Bytes::gib(12)));
+    assert_eq!(
+        target(&d, "small"),
+        Some(Bytes::mib(182)),
+        "{:?}",
+        d.actions
+    );
 }

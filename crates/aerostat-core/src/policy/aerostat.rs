@@ -511,6 +511,7 @@ impl Policy for AerostatPolicy {
                         target: t,
                         lowest: t,
                         idle_floor: t,
+                        working_set: r.used + prof.headroom_min,
                         weight: prof.weight * vm.priority,
                         rule: Rule::BalloonStalled,
                         explain: Explain::Stalled {
@@ -558,6 +559,7 @@ impl Policy for AerostatPolicy {
                 // Under host pressure, never below what the guest uses plus a sliver of
                 // room: squeezing further only moves the stall into the guest.
                 lowest: (r.used + prof.headroom_min.min(headroom)).min(target),
+                working_set: r.used + prof.headroom_min.min(headroom),
                 idle_floor: if growing {
                     target
                 } else {
@@ -599,6 +601,11 @@ impl Policy for AerostatPolicy {
         }
     }
 
+    fn working_set(&self, vm: usize) -> Option<Bytes> {
+        let k = self.wishes.binary_search_by_key(&vm, |w| w.vm).ok()?;
+        Some(Bytes::from_f64(self.wishes[k].working_set))
+    }
+
     fn explain(&self, obs: &Observation, vm: usize) -> String {
         match self.wishes.binary_search_by_key(&vm, |w| w.vm) {
             Ok(k) => self.wishes[k].text(&self.settings, &obs.vms[vm], obs.host.total),
@@ -612,6 +619,9 @@ struct Wish {
     vm: usize,
     target: f64,
     lowest: f64,
+    /// `used` plus a sliver of room, whatever the target: what [`Policy::working_set`]
+    /// reports to the reserve guard.
+    working_set: f64,
     /// Down to here the wish is idle headroom of a guest that is not growing: taken first
     /// when the host is short (ESX's idle-memory tax, in spirit).
     idle_floor: f64,
