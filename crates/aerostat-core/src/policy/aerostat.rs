@@ -559,7 +559,7 @@ impl Policy for AerostatPolicy {
                 // Under host pressure, never below what the guest uses plus a sliver of
                 // room: squeezing further only moves the stall into the guest.
                 lowest: (r.used + prof.headroom_min.min(headroom)).min(target),
-                working_set: r.used + prof.headroom_min.min(headroom),
+                working_set: r.used + keep.min(r.cache) + prof.headroom_min.min(headroom),
                 idle_floor: if growing {
                     target
                 } else {
@@ -619,8 +619,9 @@ struct Wish {
     vm: usize,
     target: f64,
     lowest: f64,
-    /// `used` plus a sliver of room, whatever the target: what [`Policy::working_set`]
-    /// reports to the reserve guard.
+    /// `used`, the page cache it keeps (`keep`: what the probe found it re-reads) and a
+    /// sliver of room, whatever the target: what [`Policy::working_set`] reports to the
+    /// reserve guard. Above it lie free memory and cold cache, which cost the guest nothing.
     working_set: f64,
     /// Down to here the wish is idle headroom of a guest that is not growing: taken first
     /// when the host is short (ESX's idle-memory tax, in spirit).

@@ -75,9 +75,10 @@ pub trait Policy: Send + fmt::Debug {
         let _ = (obs, vm);
         String::new()
     }
-    /// What `obs.vms[vm]` needs to run without swapping or OOM kills — the memory it uses
-    /// plus a sliver of room — as the last [`Policy::propose_into`] estimated it from the
-    /// guest's (untrusted) statistics; `None` when the policy has no estimate. The
+    /// What `obs.vms[vm]` needs to run without swapping, refaulting or OOM kills — the
+    /// memory it uses and the page cache it re-reads, plus a sliver of room — as the last
+    /// [`Policy::propose_into`] estimated it from the guest's (untrusted) statistics;
+    /// `None` when the policy has no estimate. The
     /// controller's reserve guard takes memory above every guest's working set before it
     /// takes any guest's working set down to its floor: a guest's claim orders whose room
     /// is asked for first, and never keeps the guard from its floors.
