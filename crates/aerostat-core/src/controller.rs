@@ -28,7 +28,7 @@ use crate::decision::{Action, ActionKind, Alert, Decision, Rule};
 use crate::observation::{Observation, VmSample};
 use crate::per_vm::PerVm;
 use crate::planner::escape::floor_demand;
-use crate::policy::{Policy, Proposal, Reason};
+use crate::policy::{Policy, Proposal, Reason, WorkingSet};
 use crate::units::{Bytes, Millis};
 
 /// How long the reserve guard may leave an excess to the next ticks — waiting for untouched
@@ -53,9 +53,12 @@ enum Take {
     Untouched,
     /// Down to its RSS when known, else by a step.
     UntouchedOrStep,
-    /// Down to its working set as the policy estimates it (never below its floor): page
-    /// cache and free memory, whose loss costs refaults, not swap-ins or OOM kills.
-    AboveWorkingSet,
+    /// Down to its hot working set as the policy estimates it (never below its floor): free
+    /// memory and cold page cache, whose loss costs the guest nothing.
+    AboveHot,
+    /// Down to its anonymous working set: the page cache it re-reads goes too, at a
+    /// refault's cost — not yet what it would swap or be OOM-killed for.
+    AboveAnon,
     /// Down to its floor.
     Touched,
 }
@@ -138,8 +141,8 @@ struct Scratch {
     current: Vec<Bytes>,
     stalled: Vec<bool>,
     order: Vec<usize>,
-    /// Per VM: the policy's working-set estimate, at least the floor.
-    working_set: Vec<Bytes>,
+    /// Per VM: the policy's working-set estimate, floor ≤ anon ≤ hot.
+    working_set: Vec<WorkingSet>,
 }
 
 /// A target in the making: value plus the rule and what will explain it.
@@ -347,9 +350,16 @@ impl Controller {
                 .is_none_or(|t| obs.time.saturating_sub(t) < RESERVE_WAIT_LIMIT);
             working_set.clear();
             working_set.extend(obs.vms.iter().enumerate().map(|(i, vm)| {
-                self.policy
-                    .working_set(i)
-                    .map_or(vm.floor(), |ws| ws.max(vm.floor()))
+                let floor = vm.floor();
+                let ws = self.policy.working_set(i).unwrap_or(WorkingSet {
+                    anon: floor,
+                    hot: floor,
+                });
+                let anon = ws.anon.max(floor);
+                WorkingSet {
+                    anon,
+                    hot: ws.hot.max(anon),
+                }
             }));
             let outcome = self.guard_reserve(
                 obs,
@@ -521,7 +531,7 @@ impl Controller {
         obs: &Observation,
         current: &[Bytes],
         stalled: &[bool],
-        working_set: &[Bytes],
+        working_set: &[WorkingSet],
         pending: &mut [Option<Pending>],
         order: &mut Vec<usize>,
         capacity: Bytes,
@@ -557,10 +567,11 @@ impl Controller {
             (0..obs.vms.len())
                 .filter(|&i| obs.vms[i].balloon && !obs.vms[i].migrating && !stalled[i]),
         );
-        // The bottom of a pass, before the step bound: the floor, or the working set for the
-        // passes that may take touched memory before working sets are (a blind step may).
+        // The bottom of a pass, before the step bound: the floor, or a layer of the working
+        // set for the passes that take touched memory before it (a blind step may).
         let bottom = |i: usize, take: Take| match take {
-            Take::UntouchedOrStep | Take::AboveWorkingSet => working_set[i],
+            Take::UntouchedOrStep | Take::AboveHot => working_set[i].hot,
+            Take::AboveAnon => working_set[i].anon,
             Take::Untouched | Take::Touched => obs.vms[i].floor(),
         };
         let lowest_in = |i: usize, take: Take| {
@@ -621,7 +632,7 @@ impl Controller {
                 // guest of 1 GiB squeezed to its floor at start-up, next to 12 GiB guests of
                 // priority 2 giving 512 MiB a tick: 6 OOM kills). Like the wait, for
                 // RESERVE_WAIT_LIMIT at most: a balloon that creeps cannot hold it forever.
-                let may_touch = matches!(take, Take::Touched | Take::AboveWorkingSet)
+                let may_touch = matches!(take, Take::Touched | Take::AboveHot | Take::AboveAnon)
                     || (take == Take::UntouchedOrStep && vm.rss.is_none());
                 let held = may_touch && hold_by_priority && (lower_has_more || others_have_more);
                 let lo = lowest(i);
@@ -693,20 +704,27 @@ impl Controller {
 
         // 4. A step of every guest whose RSS is unknown (and the untouched memory of those
         //    whose growth was cut), then memory guests have touched, down to their floors.
-        //    Every guest's page cache and free memory go before anyone's working set: a
+        //    Layer by layer, each strictly by priority: every guest's free memory and cold
+        //    cache before anyone's hot cache, and that before anyone's anonymous memory — a
         //    low-priority guest's processes are worth more than a high-priority guest's
         //    cache (a generated scenario: three priority-3 guests booting filled a host,
         //    and sixteen priority-0.5 guests squeezed to their floors OOM-killed 18 times).
+        //    A layer waits, like a guest of higher priority, while some guest whose balloon
+        //    follows still holds memory above the layer before (that the step bound keeps
+        //    back this tick): the next ticks take that first.
+        let left_above =
+            |pending: &[Option<Pending>], order: &[usize], layer: fn(&WorkingSet) -> Bytes| {
+                order.iter().any(|&i| {
+                    balloon_follows(&obs.vms[i], current[i], self.guards.max_inflate_step)
+                        && final_of(i, pending) > layer(&working_set[i])
+                })
+            };
         shrink(&mut excess, pending, order, Take::UntouchedOrStep, false);
-        shrink(&mut excess, pending, order, Take::AboveWorkingSet, false);
-        // Working sets wait, like a guest of higher priority, while some guest whose
-        // balloon follows still holds memory above its working set that the step bound
-        // keeps back this tick: the next ticks take that first.
-        let above_ws_left = order.iter().any(|&i| {
-            balloon_follows(&obs.vms[i], current[i], self.guards.max_inflate_step)
-                && final_of(i, pending) > working_set[i]
-        });
-        shrink(&mut excess, pending, order, Take::Touched, above_ws_left);
+        shrink(&mut excess, pending, order, Take::AboveHot, false);
+        let hot_left = left_above(pending, order, |ws| ws.hot);
+        shrink(&mut excess, pending, order, Take::AboveAnon, hot_left);
+        let anon_left = left_above(pending, order, |ws| ws.anon);
+        shrink(&mut excess, pending, order, Take::Touched, anon_left);
         ReserveOutcome::Squeezed
     }
 }

@@ -24,5 +24,5 @@ pub mod units;
 pub use controller::{Controller, GuardConfig};
 pub use decision::{Action, ActionKind, Alert, Decision, Rule};
 pub use observation::{GuestStats, HostSample, Observation, VmClass, VmSample};
-pub use policy::{Policy, PolicyKind, PolicySettings, Proposal, Reason};
+pub use policy::{Policy, PolicyKind, PolicySettings, Proposal, Reason, WorkingSet};
 pub use units::{Bytes, Millis, UnitError};

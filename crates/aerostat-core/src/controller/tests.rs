@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::decision::{Action, ActionKind, Alert, Decision, Rule};
 use crate::observation::{GuestStats, HostSample, Observation, VmClass, VmSample};
-use crate::policy::{PolicyKind, PolicySettings, Proposal, Reason};
+use crate::policy::{PolicyKind, PolicySettings, Proposal, Reason, WorkingSet};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -32,7 +32,7 @@ fn aerostat_guards(reserve: Bytes) -> GuardConfig {
 #[derive(Debug, Clone, Default)]
 struct Scripted {
     next: Arc<Mutex<Vec<(usize, Bytes)>>>,
-    working_sets: Vec<Option<Bytes>>,
+    working_sets: Vec<Option<WorkingSet>>,
 }
 
 impl Policy for Scripted {
@@ -51,7 +51,7 @@ impl Policy for Scripted {
             reason: Reason::Text("scripted".into()),
         }));
     }
-    fn working_set(&self, vm: usize) -> Option<Bytes> {
+    fn working_set(&self, vm: usize) -> Option<WorkingSet> {
         self.working_sets.get(vm).copied().flatten()
     }
 }
@@ -69,8 +69,8 @@ struct VmSpec {
     actual: u64,
     /// Host-measured RSS of the VM's process, when known.
     rss: Option<u64>,
-    /// The policy's working-set estimate, when it has one.
-    working_set: Option<u64>,
+    /// The policy's working-set estimate (anon, hot), when it has one.
+    working_set: Option<(u64, u64)>,
 }
 
 /// What happens to one VM in one tick.
@@ -115,7 +115,7 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
         prop::bool::weighted(0.1),
         0u64..=110,
         prop::option::of(0u64..=110),
-        prop::option::of(0u64..=110),
+        prop::option::of((0u64..=110, 0u64..=60)),
     )
         .prop_map(
             |(
@@ -145,7 +145,7 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
                     // RSS counts the overhead too; below it (a process that has not
                     // started its guest yet) exercises the saturating subtraction.
                     rss: rss_pct.map(|p| if p < 5 { pct(p) } else { pct(p) + overhead }),
-                    working_set: ws_pct.map(pct),
+                    working_set: ws_pct.map(|(anon, cache)| (pct(anon), pct(anon + cache))),
                 }
             },
         )
@@ -227,7 +227,16 @@ fn lowest_allowed(vm: &VmSample, g: &GuardConfig) -> Bytes {
 /// Runs one case under `guards`, checking every guard on every tick.
 fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
     let script = Scripted {
-        working_sets: case.vms.iter().map(|s| s.working_set.map(Bytes)).collect(),
+        working_sets: case
+            .vms
+            .iter()
+            .map(|s| {
+                s.working_set.map(|(anon, hot)| WorkingSet {
+                    anon: Bytes(anon),
+                    hot: Bytes(hot),
+                })
+            })
+            .collect(),
         ..Scripted::default()
     };
     let next = script.next.clone();
@@ -394,12 +403,18 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
             // A guest is held above its lowest by priority while a guest of lower priority
             // whose balloon follows stays above its floor: that one gives the rest in the
             // next ticks.
-            // A guest's working set (the policy's estimate, at least its floor).
-            let ws_level = |i: usize| {
+            // A guest's working set, the policy's estimate in two layers: floor ≤ anon ≤ hot.
+            let anon_level = |i: usize| {
                 let floor = vms[i].floor();
                 case.vms[i]
                     .working_set
-                    .map_or(floor, |w| Bytes(w).max(floor))
+                    .map_or(floor, |(anon, _)| Bytes(anon).max(floor))
+            };
+            let hot_level = |i: usize| {
+                let hot = case.vms[i]
+                    .working_set
+                    .map_or(Bytes::ZERO, |(_, hot)| Bytes(hot));
+                hot.max(anon_level(i))
             };
             // Whether a guest whose balloon follows, of priority below `than` (any, with
             // `f64::INFINITY`), holds memory above `level` of its own after this tick.
@@ -414,9 +429,10 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
             };
             let floor_of = |j: usize| vms[j].floor();
             let lower_has_more = |vm: &VmSample| some_above(vm.priority, &floor_of);
-            // A guest's working set is held while any guest whose balloon follows still
-            // holds memory above its own: the next ticks take that first.
-            let above_ws_left = some_above(f64::INFINITY, &ws_level);
+            // A layer of a guest's working set is held while any guest whose balloon follows
+            // still holds memory above the layer before: the next ticks take that first.
+            let above_hot_left = some_above(f64::INFINITY, &hot_level);
+            let above_anon_left = some_above(f64::INFINITY, &anon_level);
             let all_lowest = vms.iter().enumerate().all(|(i, vm)| {
                 let t = prev[i].unwrap_or(vm.actual);
                 let lowest = lowest_allowed(vm, &guards);
@@ -424,7 +440,8 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                     || vm.migrating
                     || t <= lowest
                     || lower_has_more(vm)
-                    || (above_ws_left && t <= lowest.max(ws_level(i)).min(vm.configured))
+                    || (above_anon_left && t <= lowest.max(anon_level(i)).min(vm.configured))
+                    || (above_hot_left && t <= lowest.max(hot_level(i)).min(vm.configured))
             });
             let alerted = d
                 .alerts
@@ -489,9 +506,10 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
             // Strict priority, checked on the first tick (a fresh controller, so its 30 s
             // limit cannot have run out): a guard shrink into memory that may be touched
             // (below RSS, or any shrink of a guest whose RSS is unknown) leaves no guest of
-            // lower priority whose balloon follows above its working set; a shrink into the
-            // guest's working set leaves none above its floor, and no guest at all above its
-            // working set.
+            // lower priority whose balloon follows above its hot working set; a shrink into
+            // the guest's hot cache leaves none above its anon layer and no guest at all above
+            // its hot layer; a shrink into its anon layer leaves none above its floor and no
+            // guest at all above its anon layer.
             if k == 0 {
                 for a in d.actions.iter().filter(|a| a.rule == Rule::GuardReserve) {
                     let Some(i) = vms.iter().position(|v| v.name == a.vm) else {
@@ -508,11 +526,12 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                     {
                         continue;
                     }
-                    let into_ws = to < ws_level(i);
-                    let others_have_more = if into_ws {
-                        lower_has_more(vm) || above_ws_left
+                    let others_have_more = if to < anon_level(i) {
+                        lower_has_more(vm) || above_anon_left
+                    } else if to < hot_level(i) {
+                        some_above(vm.priority, &anon_level) || above_hot_left
                     } else {
-                        some_above(vm.priority, &ws_level)
+                        some_above(vm.priority, &hot_level)
                     };
                     prop_assert!(
                         !others_have_more,
@@ -1388,11 +1407,11 @@ fn touched_memory_is_taken_strictly_by_priority() {
     assert_eq!(squeezed_at, Some(30));
 }
 
-/// Page cache before working sets, whatever the priority: an important guest booting with
-/// gigabytes of cache fills the host, and a small unimportant guest's floor sits below its
-/// working set. The guard takes the big guest's cache (a step a tick) and holds the small
-/// guest at its working set meanwhile; only once no guest has memory above its working set
-/// left does the small one go down to its floor. (`docs/examples/unseen-cache-first.toml`:
+/// Cold memory before hot cache before anonymous memory, whatever the priority: an important
+/// guest booting with gigabytes of cache fills the host, and a small unimportant guest's floor
+/// sits below its working set. The guard takes the big guest's cold cache (a step a tick) and
+/// holds the small guest at its hot working set meanwhile, then the hot caches, and only once
+/// no guest has more than its anonymous memory left does the small one go to its floor. (`docs/examples/unseen-cache-first.toml`:
 /// 18 guest OOM kills before.)
 #[test]
 fn page_cache_goes_before_any_working_set() {
@@ -1406,8 +1425,18 @@ fn page_cache_goes_before_any_working_set() {
         small.rss = Some(Bytes::mib(640));
         vec![big, small]
     };
-    // The policy's estimates: the big guest works in 8 GiB, the small one in 450 MiB.
-    let working_sets = vec![Some(Bytes::gib(8)), Some(Bytes::mib(450))];
+    // The policy's estimates: the big guest works in 8 GiB (7 GiB anon), the small one in
+    // 450 MiB (400 MiB anon).
+    let working_sets = vec![
+        Some(WorkingSet {
+            anon: Bytes::gib(7),
+            hot: Bytes::gib(8),
+        }),
+        Some(WorkingSet {
+            anon: Bytes::mib(400),
+            hot: Bytes::mib(450),
+        }),
+    ];
     let tick = |big_actual: Bytes, total: Bytes| {
         let policy = Scripted {
             working_sets: working_sets.clone(),
@@ -1445,8 +1474,23 @@ fn page_cache_goes_before_any_working_set() {
         "{:?}",
         d.actions
     );
-    // The big guest at its working set: now the small one goes to its floor.
+    // The big guest at its hot working set: its hot cache goes a step, and the small one's
+    // (50 MiB), not its anonymous memory.
     let d = tick(Bytes::gib(8), Bytes::mib(9 * 1024));
+    assert_eq!(
+        target(&d, "big"),
+        Some(Bytes::mib(7 * 1024 + 512)),
+        "{:?}",
+        d.actions
+    );
+    assert_eq!(
+        target(&d, "small"),
+        Some(Bytes::mib(400)),
+        "{:?}",
+        d.actions
+    );
+    // The big guest down to its anonymous working set: now the small one goes to its floor.
+    let d = tick(Bytes::gib(7), Bytes::mib(8 * 1024));
     assert_eq!(
         target(&d, "small"),
         Some(Bytes::mib(182)),

@@ -31,7 +31,7 @@ use crate::controller::GuardConfig;
 use crate::decision::Rule;
 use crate::observation::{GuestStats, Observation, VmClass, VmSample};
 use crate::per_vm::PerVm;
-use crate::policy::{Policy, PolicySettings, Proposal, Reason};
+use crate::policy::{Policy, PolicySettings, Proposal, Reason, WorkingSet};
 use crate::units::{Bytes, Millis};
 
 const MIB: f64 = 1048576.0;
@@ -511,7 +511,7 @@ impl Policy for AerostatPolicy {
                         target: t,
                         lowest: t,
                         idle_floor: t,
-                        working_set: r.used + prof.headroom_min,
+                        working_set: (r.used + prof.headroom_min, r.used + prof.headroom_min),
                         weight: prof.weight * vm.priority,
                         rule: Rule::BalloonStalled,
                         explain: Explain::Stalled {
@@ -559,7 +559,10 @@ impl Policy for AerostatPolicy {
                 // Under host pressure, never below what the guest uses plus a sliver of
                 // room: squeezing further only moves the stall into the guest.
                 lowest: (r.used + prof.headroom_min.min(headroom)).min(target),
-                working_set: r.used + keep.min(r.cache) + prof.headroom_min.min(headroom),
+                working_set: {
+                    let anon = r.used + prof.headroom_min.min(headroom);
+                    (anon, anon + keep.min(r.cache))
+                },
                 idle_floor: if growing {
                     target
                 } else {
@@ -601,9 +604,13 @@ impl Policy for AerostatPolicy {
         }
     }
 
-    fn working_set(&self, vm: usize) -> Option<Bytes> {
+    fn working_set(&self, vm: usize) -> Option<WorkingSet> {
         let k = self.wishes.binary_search_by_key(&vm, |w| w.vm).ok()?;
-        Some(Bytes::from_f64(self.wishes[k].working_set))
+        let (anon, hot) = self.wishes[k].working_set;
+        Some(WorkingSet {
+            anon: Bytes::from_f64(anon),
+            hot: Bytes::from_f64(hot),
+        })
     }
 
     fn explain(&self, obs: &Observation, vm: usize) -> String {
@@ -619,10 +626,10 @@ struct Wish {
     vm: usize,
     target: f64,
     lowest: f64,
-    /// `used`, the page cache it keeps (`keep`: what the probe found it re-reads) and a
-    /// sliver of room, whatever the target: what [`Policy::working_set`] reports to the
-    /// reserve guard. Above it lie free memory and cold cache, which cost the guest nothing.
-    working_set: f64,
+    /// (`used` plus a sliver of room, that plus the page cache it keeps — `keep`, what the
+    /// probe has not found cold), whatever the target: what [`Policy::working_set`]
+    /// reports to the reserve guard.
+    working_set: (f64, f64),
     /// Down to here the wish is idle headroom of a guest that is not growing: taken first
     /// when the host is short (ESX's idle-memory tax, in spirit).
     idle_floor: f64,

@@ -53,6 +53,17 @@ impl Reason {
     }
 }
 
+/// A guest's working set in two layers, as a policy estimates it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkingSet {
+    /// Memory the guest cannot lose without swapping or OOM kills: what it uses, plus a
+    /// sliver of room.
+    pub anon: Bytes,
+    /// `anon` plus the page cache the guest re-reads, whose loss costs refaults. Above it
+    /// lie free memory and cold cache, which cost the guest nothing.
+    pub hot: Bytes,
+}
+
 /// The interface every policy implements.
 pub trait Policy: Send + fmt::Debug {
     /// The name users type (`--policy NAME`).
@@ -75,14 +86,12 @@ pub trait Policy: Send + fmt::Debug {
         let _ = (obs, vm);
         String::new()
     }
-    /// What `obs.vms[vm]` needs to run without swapping, refaulting or OOM kills — the
-    /// memory it uses and the page cache it re-reads, plus a sliver of room — as the last
-    /// [`Policy::propose_into`] estimated it from the guest's (untrusted) statistics;
-    /// `None` when the policy has no estimate. The
-    /// controller's reserve guard takes memory above every guest's working set before it
-    /// takes any guest's working set down to its floor: a guest's claim orders whose room
+    /// What `obs.vms[vm]` needs, as the last [`Policy::propose_into`] estimated it from the
+    /// guest's (untrusted) statistics; `None` when the policy has no estimate. The
+    /// controller's reserve guard takes every guest's cold memory before anyone's hot page
+    /// cache, and that before anyone's anonymous memory: a guest's claim orders whose room
     /// is asked for first, and never keeps the guard from its floors.
-    fn working_set(&self, vm: usize) -> Option<Bytes> {
+    fn working_set(&self, vm: usize) -> Option<WorkingSet> {
         let _ = vm;
         None
     }
