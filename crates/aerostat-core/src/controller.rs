@@ -348,24 +348,11 @@ impl Controller {
             let may_wait = self
                 .reserve_wait_since
                 .is_none_or(|t| obs.time.saturating_sub(t) < RESERVE_WAIT_LIMIT);
-            working_set.clear();
-            working_set.extend(obs.vms.iter().enumerate().map(|(i, vm)| {
-                let floor = vm.floor();
-                let ws = self.policy.working_set(i).unwrap_or(WorkingSet {
-                    anon: floor,
-                    hot: floor,
-                });
-                let anon = ws.anon.max(floor);
-                WorkingSet {
-                    anon,
-                    hot: ws.hot.max(anon),
-                }
-            }));
             let outcome = self.guard_reserve(
                 obs,
                 &current,
                 &stalled,
-                &working_set,
+                &mut working_set,
                 &mut pending,
                 &mut order,
                 capacity,
@@ -531,7 +518,7 @@ impl Controller {
         obs: &Observation,
         current: &[Bytes],
         stalled: &[bool],
-        working_set: &[WorkingSet],
+        working_set: &mut Vec<WorkingSet>,
         pending: &mut [Option<Pending>],
         order: &mut Vec<usize>,
         capacity: Bytes,
@@ -558,6 +545,22 @@ impl Controller {
         if excess == Bytes::ZERO {
             return ReserveOutcome::Fits;
         }
+        // The policy's working-set estimates, only on ticks with an excess: floor ≤ anon ≤
+        // hot, the floor for both layers where the policy has none.
+        working_set.clear();
+        working_set.extend(obs.vms.iter().enumerate().map(|(i, vm)| {
+            let floor = vm.floor();
+            let ws = self.policy.working_set(i).unwrap_or(WorkingSet {
+                anon: floor,
+                hot: floor,
+            });
+            let anon = ws.anon.max(floor);
+            WorkingSet {
+                anon,
+                hot: ws.hot.max(anon),
+            }
+        }));
+        let working_set: &[WorkingSet] = working_set;
 
         // Guests the guard may shrink, and how far (`Take`): first only down to what the
         // guest has touched (host-measured RSS minus overhead: taking untouched memory costs
