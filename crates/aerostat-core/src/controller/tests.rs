@@ -400,9 +400,6 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                         }
                 })
                 .sum();
-            // A guest is held above its lowest by priority while a guest of lower priority
-            // whose balloon follows stays above its floor: that one gives the rest in the
-            // next ticks.
             // A guest's working set, the policy's estimate in two layers: floor ≤ anon ≤ hot.
             let anon_level = |i: usize| {
                 let floor = vms[i].floor();
@@ -427,6 +424,9 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                         && prev[j].unwrap_or(w.actual) > level(j)
                 })
             };
+            // A guest is held above its lowest by priority while a guest of lower priority
+            // whose balloon follows stays above its floor: that one gives the rest in the
+            // next ticks.
             let floor_of = |j: usize| vms[j].floor();
             let lower_has_more = |vm: &VmSample| some_above(vm.priority, &floor_of);
             // A layer of a guest's working set is held while any guest whose balloon follows
@@ -1411,8 +1411,8 @@ fn touched_memory_is_taken_strictly_by_priority() {
 /// guest booting with gigabytes of cache fills the host, and a small unimportant guest's floor
 /// sits below its working set. The guard takes the big guest's cold cache (a step a tick) and
 /// holds the small guest at its hot working set meanwhile, then the hot caches, and only once
-/// no guest has more than its anonymous memory left does the small one go to its floor. (`docs/examples/unseen-cache-first.toml`:
-/// 18 guest OOM kills before.)
+/// no guest has more than its anonymous memory left does the small one go to its floor.
+/// (`docs/examples/unseen-cache-first.toml`: 18 guest OOM kills before.)
 #[test]
 fn page_cache_goes_before_any_working_set() {
     let vms = |big_actual: Bytes| {
@@ -1453,57 +1453,30 @@ fn page_cache_goes_before_any_working_set() {
             },
         )
     };
-    let target = |d: &Decision, vm: &str| {
-        d.actions
-            .iter()
-            .find(|a| a.vm == vm)
-            .and_then(Action::balloon_target)
+    let expect = |d: &Decision, vm: &str, mib: u64| {
+        let target = d.actions.iter().find(|a| a.vm == vm);
+        assert_eq!(
+            target.and_then(Action::balloon_target),
+            Some(Bytes::mib(mib)),
+            "{vm}: {:?}",
+            d.actions
+        );
     };
-    // 12.6 GiB on a 10 GiB capacity: the big guest gives a step of cache, the small one its
-    // memory above its working set (190 MiB), not its working set.
+    // 12.6 GiB on a 10 GiB capacity: the big guest gives a step of cold cache, the small one
+    // its memory above its hot working set (190 MiB), nothing below it.
     let d = tick(Bytes::gib(12), Bytes::gib(12));
-    assert_eq!(
-        target(&d, "big"),
-        Some(Bytes::mib(11 * 1024 + 512)),
-        "{:?}",
-        d.actions
-    );
-    assert_eq!(
-        target(&d, "small"),
-        Some(Bytes::mib(450)),
-        "{:?}",
-        d.actions
-    );
+    expect(&d, "big", 11 * 1024 + 512);
+    expect(&d, "small", 450);
     // The big guest at its hot working set: its hot cache goes a step, and the small one's
     // (50 MiB), not its anonymous memory.
     let d = tick(Bytes::gib(8), Bytes::mib(9 * 1024));
-    assert_eq!(
-        target(&d, "big"),
-        Some(Bytes::mib(7 * 1024 + 512)),
-        "{:?}",
-        d.actions
-    );
-    assert_eq!(
-        target(&d, "small"),
-        Some(Bytes::mib(400)),
-        "{:?}",
-        d.actions
-    );
+    expect(&d, "big", 7 * 1024 + 512);
+    expect(&d, "small", 400);
     // The big guest down to its anonymous working set: now the small one goes to its floor.
     let d = tick(Bytes::gib(7), Bytes::mib(8 * 1024));
-    assert_eq!(
-        target(&d, "small"),
-        Some(Bytes::mib(182)),
-        "{:?}",
-        d.actions
-    );
+    expect(&d, "small", 182);
     // Without the policy's estimates the guard works as before: lowest priority first, to
     // its floor.
     let d = reserve_tick(vec![], Bytes::gib(12), Bytes::ZERO, vms(Bytes::gib(12)));
-    assert_eq!(
-        target(&d, "small"),
-        Some(Bytes::mib(182)),
-        "{:?}",
-        d.actions
-    );
+    expect(&d, "small", 182);
 }

@@ -495,6 +495,10 @@ impl Policy for AerostatPolicy {
                 detail,
             };
 
+            // What the guest cannot lose without swapping: `used` plus a sliver of room (never
+            // more than the headroom). The floor of `lowest`, and the reserve guard's `anon`.
+            let anon = r.used + prof.headroom_min.min(headroom);
+
             // Balloon stall: the target is well below actual and actual is not moving.
             let moved_bps = (memo.last_actual - actual).max(0.0) / dt;
             if current + STALL_GAP < actual
@@ -511,7 +515,7 @@ impl Policy for AerostatPolicy {
                         target: t,
                         lowest: t,
                         idle_floor: t,
-                        working_set: (r.used + prof.headroom_min, r.used + prof.headroom_min),
+                        working_set: (anon, anon),
                         weight: prof.weight * vm.priority,
                         rule: Rule::BalloonStalled,
                         explain: Explain::Stalled {
@@ -558,11 +562,8 @@ impl Policy for AerostatPolicy {
                 target,
                 // Under host pressure, never below what the guest uses plus a sliver of
                 // room: squeezing further only moves the stall into the guest.
-                lowest: (r.used + prof.headroom_min.min(headroom)).min(target),
-                working_set: {
-                    let anon = r.used + prof.headroom_min.min(headroom);
-                    (anon, anon + keep.min(r.cache))
-                },
+                lowest: anon.min(target),
+                working_set: (anon, anon + keep.min(r.cache)),
                 idle_floor: if growing {
                     target
                 } else {
