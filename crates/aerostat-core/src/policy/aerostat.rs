@@ -70,6 +70,9 @@ const STALL_BLOCK: Millis = Millis(5 * 60 * 1000);
 const MIN_BITE: f64 = 24.0 * MIB;
 /// Smallest band above need before a guest is shrunk.
 const MIN_BAND: f64 = 32.0 * MIB;
+/// Free memory a guest that is not growing keeps when the host takes its idle headroom:
+/// room for the next few seconds of noise until the policy sees it grow.
+const IDLE_SLIVER: f64 = 64.0 * MIB;
 /// Largest reclaim of non-free memory (page cache) per tick.
 const RECLAIM_BITE: f64 = 64.0 * MIB;
 
@@ -514,6 +517,8 @@ impl Policy for AerostatPolicy {
                         vm: i,
                         target: t,
                         lowest: t,
+                        keep_floor: t,
+                        resident: t,
                         idle_floor: t,
                         working_set: (anon, anon),
                         weight: prof.weight * vm.priority,
@@ -563,11 +568,17 @@ impl Policy for AerostatPolicy {
                 // Under host pressure, never below what the guest uses plus a sliver of
                 // room: squeezing further only moves the stall into the guest.
                 lowest: anon.min(target),
+                keep_floor: (r.used + keep).max(anon).min(target),
+                resident: (r.used + keep).min(target),
                 working_set: (anon, anon + keep.min(r.cache)),
+                // Never below a sliver of room: a guest left with no free memory at all
+                // OOM-kills on its next allocation when it has no swap or cache to give.
                 idle_floor: if growing {
                     target
                 } else {
-                    (r.used + keep).min(target)
+                    (r.used + keep)
+                        .max(r.used + IDLE_SLIVER.min(headroom))
+                        .min(target)
                 },
                 weight: prof.weight * vm.priority,
                 rule,
@@ -627,6 +638,11 @@ struct Wish {
     vm: usize,
     target: f64,
     lowest: f64,
+    /// Down to here the wish is headroom: `used` plus the cache it keeps (at least
+    /// `lowest`). Below it the host takes hot cache, which only a real shortage justifies.
+    keep_floor: f64,
+    /// `used` plus the cache it keeps: what the guest holds resident without headroom.
+    resident: f64,
     /// (`used` plus a sliver of room, that plus the page cache it keeps — `keep`, what the
     /// probe has not found cold), whatever the target: what [`Policy::working_set`]
     /// reports to the reserve guard.
@@ -775,11 +791,16 @@ impl AerostatPolicy {
         if excess <= 0.0 {
             return;
         }
-        // Two tiers: idle headroom of guests that are not growing first, then anything above
-        // each guest's `lowest`; within a tier, in proportion to room ÷ weight.
+        // Three tiers: idle headroom of guests that are not growing first, then any headroom,
+        // then the cache each guest keeps, down to its `lowest`; within a tier, in proportion
+        // to room ÷ weight.
         let mut left = excess;
-        for tier in 0..2 {
-            let floor_of = |w: &Wish| if tier == 0 { w.idle_floor } else { w.lowest };
+        for tier in 0..3 {
+            let floor_of = |w: &Wish| match tier {
+                0 => w.idle_floor,
+                1 => w.keep_floor,
+                _ => w.lowest,
+            };
             let total_room: f64 = wishes
                 .iter()
                 .map(|w| (w.target - floor_of(w)).max(0.0) / w.weight.max(1e-3))
@@ -787,7 +808,22 @@ impl AerostatPolicy {
             if total_room <= 0.0 || left <= 0.0 {
                 continue;
             }
-            let short = left;
+            // Hot cache goes only when the guests' resident memory itself does not fit: the
+            // headroom others still count on is a plan, not a shortage (`unseen-6019`: a
+            // batch guest's hot cache thrashed for eight fleet mates' 768 MiB of headroom,
+            // with 4 GiB of the host free).
+            let short = if tier == 2 {
+                let headroom: f64 = wishes
+                    .iter()
+                    .map(|w| (w.target - w.resident).max(0.0))
+                    .sum();
+                (left - headroom).max(0.0)
+            } else {
+                left
+            };
+            if short <= 0.0 {
+                continue;
+            }
             for w in wishes.iter_mut() {
                 let room = (w.target - floor_of(w)).max(0.0);
                 if room <= 0.0 {
@@ -1114,6 +1150,55 @@ mod tests {
         m.track_cold_cache(&measured, Millis::secs(3));
         m.track_cold_cache(&grown, Millis::secs(3) + PROBE_PAUSE + Millis::secs(1));
         assert_eq!(m.cold_left, None);
+    }
+
+    #[test]
+    fn a_guest_squeezed_for_the_host_keeps_a_sliver_of_free_memory() {
+        // `unseen-6019`: a guest with no cache and no swap, squeezed to exactly what it used,
+        // was OOM-killed by its next allocation — 840 times in a day.
+        let mut p = AerostatPolicy::new(settings());
+        let a = vm("a", 8 * GIB, 8 * GIB, 4096, 0, 0);
+        let b = vm("b", 8 * GIB, 8 * GIB, 4096, 0, 0);
+        let mut o = obs(0, vec![a, b]);
+        // Total − reserve is exactly what the two use.
+        o.host = host(9, 0);
+        let props = p.propose(&o, &[]);
+        assert_eq!(props.len(), 2);
+        for x in &props {
+            assert_eq!(x.rule, Rule::HostShort);
+            assert!(x.target >= Bytes::mib(4096 + 64), "{}: {}", x.vm, x.target);
+        }
+    }
+
+    #[test]
+    fn another_guests_headroom_never_costs_a_guest_its_hot_cache() {
+        // `unseen-6019`: eight batch guests' headroom made the host "short", and a ninth
+        // guest's hot page cache thrashed for it with 4 GiB of the host free. Here `a` grows
+        // fast (its headroom is the batch minimum, 768 MiB) and `b` holds 2 GiB of cache the
+        // probe has not yet found cold: the host holds both guests' resident memory, not
+        // `a`'s headroom on top.
+        let mut p = AerostatPolicy::new(settings());
+        let mut o = obs(0, vec![]);
+        o.host = HostSample {
+            total: Bytes::mib(1024 + 8192 + 400),
+            free: Bytes::mib(400),
+            available: Bytes::mib(400),
+            ..HostSample::default()
+        };
+        for (t, a_used) in [(0, 3000), (1, 4096)] {
+            let mut a = vm("a", 8 * GIB, 8 * GIB, a_used, 0, t);
+            a.class = VmClass::Batch;
+            o.vms = vec![a, vm("b", 8 * GIB, 8 * GIB, 2048, 2048, t)];
+            o.time = Millis::secs(t);
+            let props = p.propose(&o, &[]);
+            let b = props.iter().find(|x| x.vm == 1).expect("b");
+            // The probe's first bite of `b`'s cache aside (a few MiB), nothing of it goes.
+            assert!(
+                b.target >= Bytes::mib(4096 - 32),
+                "tick {t}: b {}",
+                b.target
+            );
+        }
     }
 
     #[test]
