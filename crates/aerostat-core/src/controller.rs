@@ -724,6 +724,14 @@ impl Controller {
             };
         shrink(&mut excess, pending, order, Take::UntouchedOrStep, false);
         shrink(&mut excess, pending, order, Take::AboveHot, false);
+        // When even the floors do not fit, squeezing hot memory cannot restore the reserve:
+        // it only trades host swap for the guests' own refaults and swap-ins (and the
+        // escape moves a guest away). The guest knows what is cold — not what is hot —
+        // so while host swap can hold the rest, hot memory stays where it is.
+        let floors: Bytes = obs.vms.iter().map(floor_demand).sum();
+        if floors > capacity && obs.host.swap_free >= excess {
+            return ReserveOutcome::Squeezed;
+        }
         let hot_left = left_above(pending, order, |ws| ws.hot);
         shrink(&mut excess, pending, order, Take::AboveAnon, hot_left);
         let anon_left = left_above(pending, order, |ws| ws.anon);

@@ -31,6 +31,7 @@ use crate::controller::GuardConfig;
 use crate::decision::Rule;
 use crate::observation::{GuestStats, Observation, VmClass, VmSample};
 use crate::per_vm::PerVm;
+use crate::planner::escape::floors_need;
 use crate::policy::{Policy, PolicySettings, Proposal, Reason, WorkingSet};
 use crate::units::{Bytes, Millis};
 
@@ -817,7 +818,15 @@ impl AerostatPolicy {
                     .iter()
                     .map(|w| (w.target - w.resident).max(0.0))
                     .sum();
-                (left - headroom).max(0.0)
+                // When even the floors do not fit, taking hot cache cannot make room: it only
+                // trades host swap for refaults (the escape moves a guest away). While host
+                // swap can hold the rest, the hot cache stays.
+                let floors_do_not_fit = floors_need(obs).as_f64() > capacity;
+                if floors_do_not_fit && obs.host.swap_free.as_f64() >= left {
+                    0.0
+                } else {
+                    (left - headroom).max(0.0)
+                }
             } else {
                 left
             };
@@ -1168,6 +1177,32 @@ mod tests {
             assert_eq!(x.rule, Rule::HostShort);
             assert!(x.target >= Bytes::mib(4096 + 64), "{}: {}", x.vm, x.target);
         }
+    }
+
+    #[test]
+    fn when_the_floors_do_not_fit_hot_cache_stays_while_host_swap_can_hold_the_rest() {
+        // `unabsorbable-surge`: a VM with 13 GiB pinned lands on a full host; until the
+        // escape moves a guest away, squeezing the database's hot cache only turns host swap
+        // into refaults. Floors: 6 + 6 GiB on a host with 10 GiB of capacity.
+        let fits = |swap_free_gib: u64| {
+            let mut p = AerostatPolicy::new(settings());
+            let mut a = vm("a", 8 * GIB, 8 * GIB, 4096, 2048, 0);
+            let mut b = vm("b", 8 * GIB, 8 * GIB, 4096, 2048, 0);
+            a.min = Some(Bytes::gib(6));
+            b.min = Some(Bytes::gib(6));
+            let mut o = obs(0, vec![a, b]);
+            o.host = HostSample {
+                swap_total: Bytes::gib(16),
+                swap_free: Bytes::gib(swap_free_gib),
+                ..host(11, 0)
+            };
+            let props = p.propose(&o, &[]);
+            props.iter().map(|x| x.target).min().expect("proposals")
+        };
+        // Both keep `used` + their cache (the first probe bite aside) ...
+        assert!(fits(16) >= Bytes::mib(4096 + 2048 - 64), "{}", fits(16));
+        // ... unless host swap cannot take the rest: then the cache goes, down to `lowest`.
+        assert!(fits(0) <= Bytes::mib(4096 + 1024), "{}", fits(0));
     }
 
     #[test]
