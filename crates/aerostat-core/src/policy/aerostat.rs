@@ -849,7 +849,7 @@ impl AerostatPolicy {
                 continue;
             }
             // Hot cache goes only when the guests' resident memory itself does not fit: the
-            // headroom others still count on is a plan, not a shortage (`unseen-6019`: a
+            // headroom others still count on is a plan, not a shortage (`unseen-sliver`: a
             // batch guest's hot cache thrashed for eight fleet mates' 768 MiB of headroom,
             // with 4 GiB of the host free).
             let short = if tier == 2 {
@@ -1202,7 +1202,7 @@ mod tests {
 
     #[test]
     fn a_guest_squeezed_for_the_host_keeps_a_sliver_of_free_memory() {
-        // `unseen-6019`: a guest with no cache and no swap, squeezed to exactly what it used,
+        // `unseen-sliver`: a guest with no cache and no swap, squeezed to exactly what it used,
         // was OOM-killed by its next allocation — 840 times in a day.
         let mut p = AerostatPolicy::new(settings());
         let a = vm("a", 8 * GIB, 8 * GIB, 4096, 0, 0);
@@ -1282,7 +1282,7 @@ mod tests {
 
     #[test]
     fn another_guests_headroom_never_costs_a_guest_its_hot_cache() {
-        // `unseen-6019`: eight batch guests' headroom made the host "short", and a ninth
+        // `unseen-sliver`: eight batch guests' headroom made the host "short", and a ninth
         // guest's hot page cache thrashed for it with 4 GiB of the host free. Here `a` grows
         // fast (its headroom is the batch minimum, 768 MiB) and `b` holds 2 GiB of cache the
         // probe has not yet found cold: the host holds both guests' resident memory, not
