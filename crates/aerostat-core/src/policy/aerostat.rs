@@ -1200,6 +1200,72 @@ mod tests {
         assert_eq!(m.cold_left, None);
     }
 
+    proptest::proptest! {
+        /// Whatever the host, the classes, the pressure and the history: `aerostat` never
+        /// asks for less than what the guest uses plus a 64 MiB sliver (or its configured
+        /// size). Below that only the controller's guards go, when the host needs it.
+        #[test]
+        fn never_proposes_below_used_plus_a_sliver(
+            host_mib in 1024u64..65536,
+            free_mib in 0u64..65536,
+            guests in proptest::collection::vec(
+                (
+                    1u64..16,       // configured GiB
+                    0u64..=100,     // actual, % of configured
+                    0u64..=100,     // used, % of actual
+                    0u64..=100,     // cache, % of what is left
+                    0usize..5,      // class
+                    0u64..4,        // priority ×2
+                    0u64..3000,     // major faults per tick
+                    0u64..2,        // OOM kills per tick
+                ),
+                1..6,
+            ),
+        ) {
+            let mut p = AerostatPolicy::new(settings());
+            let mut targets: Vec<Bytes> = Vec::new();
+            for t in 0..4u64 {
+                let vms: Vec<VmSample> = guests
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &(gib, act, used, cache, class, prio, faults, ooms))| {
+                        let configured = gib << 30;
+                        let actual = (configured * act / 100).max(256 << 20);
+                        let used_mib = (actual >> 20) * used / 100;
+                        let cache_mib = ((actual >> 20) - used_mib) * cache / 100;
+                        let mut v = vm(&format!("g{k}"), configured, actual, used_mib, cache_mib, t);
+                        v.class = VmClass::ALL[class];
+                        v.priority = 0.5 * (prio + 1) as f64;
+                        v.stats.major_faults = Some(faults * t);
+                        v.stats.oom_kills = Some(ooms * t);
+                        v
+                    })
+                    .collect();
+                let mut o = obs(t, vms);
+                o.host = HostSample {
+                    total: Bytes::mib(host_mib),
+                    free: Bytes::mib(free_mib.min(host_mib)),
+                    available: Bytes::mib(free_mib.min(host_mib)),
+                    ..HostSample::default()
+                };
+                if targets.len() != o.vms.len() {
+                    targets = o.vms.iter().map(|v| v.actual).collect();
+                }
+                for x in p.propose(&o, &targets) {
+                    let v = &o.vms[x.vm];
+                    let used = v.actual - v.stats.available.expect("available");
+                    let bottom = (used + Bytes::mib(64)).min(v.configured);
+                    proptest::prop_assert!(
+                        x.target + Bytes::mib(1) >= bottom,
+                        "tick {t}: {} {:?} to {} below used {} + 64 MiB",
+                        v.name, x.rule, x.target, used
+                    );
+                    targets[x.vm] = x.target;
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_guest_squeezed_for_the_host_keeps_a_sliver_of_free_memory() {
         // `unseen-sliver`: a guest with no cache and no swap, squeezed to exactly what it used,
