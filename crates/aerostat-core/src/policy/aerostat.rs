@@ -530,7 +530,6 @@ impl Policy for AerostatPolicy {
                         vm: i,
                         target: t,
                         lowest: t,
-                        keep_floor: t,
                         resident: t,
                         idle_floor: t,
                         working_set: (anon, anon),
@@ -581,7 +580,6 @@ impl Policy for AerostatPolicy {
                 // Under host pressure, never below what the guest uses plus a sliver of
                 // room: squeezing further only moves the stall into the guest.
                 lowest: anon.min(target),
-                keep_floor: (r.used + keep).max(anon).min(target),
                 resident: (r.used + keep).min(target),
                 working_set: (anon, anon + keep.min(r.cache)),
                 // Never below a sliver of room: a guest left with no free memory at all
@@ -678,10 +676,9 @@ struct Wish {
     vm: usize,
     target: f64,
     lowest: f64,
-    /// Down to here the wish is headroom: `used` plus the cache it keeps (at least
-    /// `lowest`). Below it the host takes hot cache, which only a real shortage justifies.
-    keep_floor: f64,
     /// `used` plus the cache it keeps: what the guest holds resident without headroom.
+    /// Down to here (or `lowest`, if higher) the wish is headroom; below it the host takes
+    /// hot cache, which only a real shortage justifies.
     resident: f64,
     /// (`used` plus a sliver of room, that plus the page cache it keeps — `keep`, what the
     /// probe has not found cold), whatever the target: what [`Policy::working_set`]
@@ -838,7 +835,7 @@ impl AerostatPolicy {
         for tier in 0..3 {
             let floor_of = |w: &Wish| match tier {
                 0 => w.idle_floor,
-                1 => w.keep_floor,
+                1 => w.resident.max(w.lowest),
                 _ => w.lowest,
             };
             let total_room: f64 = wishes
