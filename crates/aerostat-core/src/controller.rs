@@ -14,8 +14,9 @@
 //!    (the growth let through plus the excess, or plus its reserve, available) and the
 //!    untouched memory the step bound holds back covers the excess. Balloons that do not
 //!    move count for nothing; waiting and holding by priority last 30 s at most;
-//! 4. **hysteresis**: changes smaller than `min_change` are dropped, and a guest that was just
-//!    given memory is not squeezed again within `inflate_hold`.
+//! 4. **hysteresis**: changes smaller than `min_change` are dropped (unless they give a guest
+//!    memory it is missing, or all of its memory), and a guest that was just given memory is
+//!    not squeezed again within `inflate_hold`.
 //!
 //! Guards 1-3 are safety; they win over the policy. Guard 4 only suppresses churn.
 
@@ -312,7 +313,12 @@ impl Controller {
             };
             let safety = matches!(p.rule, Rule::GuardFloor | Rule::GuardMax);
             let from = current[i];
-            let churn = p.target.abs_diff(from) < self.guards.min_change;
+            // Giving a guest all its memory back, or memory it is missing, is never churn:
+            // a guest thrashing 12 MiB below its configured size would otherwise stay there
+            // (`unseen-6246`: sixteen 1 GiB guests whose working set outgrew them).
+            let relief = p.target > from
+                && (p.target == obs.vms[i].configured || p.rule == Rule::DeflatePressure);
+            let churn = !relief && p.target.abs_diff(from) < self.guards.min_change;
             let held = p.target < from
                 && self.vms[i]
                     .last_deflate

@@ -680,6 +680,34 @@ fn hysteresis_does_not_undo_the_reserve() {
     );
 }
 
+/// A guest 12 MiB below its configured size asks for all of it back: the dead band must not
+/// keep it there (`unseen-6246`: sixteen 1 GiB guests thrashing at 1012 MiB for hours, with
+/// the host's memory free). A small shrink is still churn.
+#[test]
+fn giving_a_guest_all_its_memory_is_never_churn() {
+    let vm = VmSample::new("a", Bytes::gib(1), Bytes(GIB - 12 * MIB));
+    let guards = aerostat_guards(Bytes::ZERO);
+    let d = one_tick(
+        guards.clone(),
+        Bytes::gib(8),
+        vec![vm.clone()],
+        vec![(0, Bytes::gib(1))],
+    );
+    assert_eq!(
+        d.actions.first().and_then(Action::balloon_target),
+        Some(Bytes::gib(1)),
+        "{:?}",
+        d.actions
+    );
+    let d = one_tick(
+        guards,
+        Bytes::gib(8),
+        vec![vm],
+        vec![(0, Bytes(GIB - 24 * MIB))],
+    );
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+}
+
 /// QEMU reports `actual` above the configured size (the operator lowered `configured`, or
 /// the balloon misreports): the reserve guard shrinks only down to `actual − step`, and sends
 /// that target although it is above the configured maximum the bounds guard enforced.
