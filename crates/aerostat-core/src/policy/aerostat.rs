@@ -78,6 +78,11 @@ const IDLE_SLIVER: f64 = 64.0 * MIB;
 const RAISE_CUT_HOLD: Millis = Millis(30_000);
 /// Largest reclaim of non-free memory (page cache) per tick.
 const RECLAIM_BITE: f64 = 64.0 * MIB;
+/// Host memory available, as a share of host memory, below which a class's headroom starts
+/// to shrink, and at which only the sliver and the growth part are left: MoM starts
+/// shrinking guests below 20 % free.
+const ROOMY_SHARE: f64 = 0.20;
+const TIGHT_SHARE: f64 = 0.10;
 
 /// What each class of VM gets: headroom, probe speed, and how much of its cache is sacred.
 #[derive(Clone, Copy, Debug)]
@@ -366,6 +371,7 @@ impl Policy for AerostatPolicy {
         let now = obs.time;
         let interval_s = self.settings.interval.as_secs_f64().max(0.1);
         self.memos.sync(&obs.vms, |_| Memo::default());
+        let headroom_scale = Self::headroom_scale(obs);
 
         // Per-VM wishes: (index, need, lowest acceptable under host pressure, rule, reason).
         let wishes = &mut self.wishes;
@@ -415,8 +421,12 @@ impl Policy for AerostatPolicy {
             // Pinned memory (huge pages, VFIO) is neither grown into nor ballooned: the
             // class fraction applies to the part of the guest that can move.
             let movable = (configured - vm.pinned.as_f64()).max(0.0);
-            let headroom = (prof.headroom_frac * movable)
-                .max(prof.headroom_min)
+            let class_headroom = (prof.headroom_frac * movable).max(prof.headroom_min);
+            // On a nearly full host the class's room for surprises shrinks toward a sliver:
+            // the host could not give a surprise much anyway, and the memory is worth more
+            // handed back. Room for growth that is seen stays whole.
+            let headroom = (class_headroom * headroom_scale)
+                .max(IDLE_SLIVER.min(class_headroom))
                 .max(memo.growth_bps * reaction_s);
             // Free memory beyond the room the guest keeps for growth.
             let spare_free = (r.free - headroom).max(0.0);
@@ -508,12 +518,13 @@ impl Policy for AerostatPolicy {
                 keep,
                 cache: r.cache,
                 headroom,
+                headroom_scale,
                 detail,
             };
 
             // What the guest cannot lose without swapping: `used` plus a sliver of room (never
             // more than the headroom). The floor of `lowest`, and the reserve guard's `anon`.
-            let anon = r.used + prof.headroom_min.min(headroom);
+            let anon = r.used + prof.headroom_min.min(class_headroom.max(headroom));
 
             // Balloon stall: the target is well below actual and actual is not moving.
             let moved_bps = (memo.last_actual - actual).max(0.0) / dt;
@@ -705,6 +716,8 @@ enum Explain {
         keep: f64,
         cache: f64,
         headroom: f64,
+        /// The share of the class's headroom a nearly full host left (1: all of it).
+        headroom_scale: f64,
         detail: Detail,
     },
     /// The balloon did not follow its target (`target`, bytes) and moved `moved_bps`.
@@ -744,15 +757,16 @@ impl Wish {
                 self.weight
             );
         }
-        let (need, used, keep, cache, headroom, detail) = match self.explain {
+        let (need, used, keep, cache, headroom, headroom_scale, detail) = match self.explain {
             Explain::Need {
                 need,
                 used,
                 keep,
                 cache,
                 headroom,
+                headroom_scale,
                 detail,
-            } => (need, used, keep, cache, headroom, detail),
+            } => (need, used, keep, cache, headroom, headroom_scale, detail),
             Explain::Stalled {
                 actual,
                 target,
@@ -778,6 +792,13 @@ impl Wish {
             keep / MIB,
             headroom / MIB
         );
+        if headroom_scale < 1.0 {
+            let _ = write!(
+                text,
+                "host nearly full: {:.0}% of the class's headroom; ",
+                100.0 * headroom_scale
+            );
+        }
         let _ = match detail {
             Detail::Pressure {
                 swap_in_bps,
@@ -814,6 +835,21 @@ impl Wish {
 impl AerostatPolicy {
     /// When Σ wishes + overheads exceed host total − reserve, lower wishes toward their
     /// `lowest`, cheapest first: lowest weight × room, proportionally.
+    /// The share of a class's headroom guests keep: 1 while the host's available memory is
+    /// at least ROOMY_SHARE of it, falling linearly to 0 at TIGHT_SHARE. The host's own
+    /// count, not the guests' sizes: balloon room a guest never touched costs the host
+    /// nothing, and a guest that just started holds little of its size. Stable: the memory a
+    /// smaller headroom hands back is memory the guest had touched, and the room a larger
+    /// one gives back is untouched.
+    fn headroom_scale(obs: &Observation) -> f64 {
+        let total = obs.host.total.as_f64();
+        if total <= 0.0 {
+            return 1.0;
+        }
+        let share = obs.host.available.as_f64() / total;
+        ((share - TIGHT_SHARE) / (ROOMY_SHARE - TIGHT_SHARE)).clamp(0.0, 1.0)
+    }
+
     fn fit_host(settings: &PolicySettings, obs: &Observation, wishes: &mut [Wish]) {
         let capacity = obs.host.total.saturating_sub(settings.reserve).as_f64();
         let mut committed: f64 = obs
@@ -959,6 +995,30 @@ mod tests {
         assert!(t < Bytes::gib(2) && t > Bytes::gib(1), "{t}");
         let reason = props[0].reason.text().expect("written out by propose");
         assert!(reason.contains("need"), "{reason}");
+    }
+
+    /// The class's headroom (4 % of 8 GiB ≈ 328 MiB for a general guest) is whole while the
+    /// host has 20 % available, half at 15 %, and down to the 64 MiB sliver at 10 % or less.
+    #[test]
+    fn a_nearly_full_host_shrinks_the_headroom_to_a_sliver() {
+        let target_with_available = |available_mib: u64| {
+            let mut p = AerostatPolicy::new(settings());
+            let mut o = obs(0, vec![vm("a", 8 * GIB, 8 * GIB, 1024, 0, 0)]);
+            o.host.available = Bytes::mib(available_mib);
+            let props = p.propose(&o, &[]);
+            let reason = props[0].reason.text().unwrap_or_default().to_string();
+            let cut = reason.contains("host nearly full");
+            assert_eq!(cut, available_mib * 5 < 64 * 1024, "{reason}");
+            props[0].target.0 >> 20
+        };
+        let headroom = 0.04 * 8192.0;
+        let whole = 1024 + headroom as u64;
+        let half = 1024 + (0.5 * headroom) as u64;
+        assert_eq!(target_with_available(32 * 1024), whole);
+        assert_eq!(target_with_available(64 * 1024 / 5 + 1), whole);
+        assert_eq!(target_with_available(64 * 1024 * 3 / 20), half);
+        assert_eq!(target_with_available(64 * 1024 / 10), 1024 + 64);
+        assert_eq!(target_with_available(1024), 1024 + 64);
     }
 
     #[test]
@@ -1271,8 +1331,10 @@ mod tests {
         let a = vm("a", 8 * GIB, 8 * GIB, 4096, 0, 0);
         let b = vm("b", 8 * GIB, 8 * GIB, 4096, 0, 0);
         let mut o = obs(0, vec![a, b]);
-        // Total − reserve is exactly what the two use.
+        // Total − reserve is exactly what the two use. The host's own page cache is
+        // available, so the class headroom stays whole and the fit must take it.
         o.host = host(9, 0);
+        o.host.available = Bytes::gib(2);
         let props = p.propose(&o, &[]);
         assert_eq!(props.len(), 2);
         for x in &props {
@@ -1314,8 +1376,10 @@ mod tests {
         let mut p = AerostatPolicy::new(settings());
         let mut o = obs(0, vec![]);
         // Capacity 200 MiB short of both needs: the fit trims each raise by ~100 MiB.
+        // The host's own page cache is available: the class headroom stays whole.
         o.host = HostSample {
             total: Bytes::mib(1024 + 1352 + 6328 - 200),
+            available: Bytes::gib(2),
             ..host(0, 0)
         };
         let targets = [Bytes::mib(1100), Bytes::gib(8)];
