@@ -10,11 +10,11 @@ noise, cold, at/rise/hold, rate) to OUT/scenarios, runs `aerostat bench policies
 (OUT/bench/bench.json) and prints, per scenario, whether `aerostat` dominates `mom` and
 `proxmox` (reclaims at least as much, stalls no more) with zero OOM kills.
 
-Scenarios are *feasible*: each workload (peak working set + cold anon + hot cache + guest
-kernel) fits its guest, Σ of those (or the guest's floor, when higher) + 64 MiB overhead per
-VM plus half the reserve fits the host minus its reserve, and without host swap the guests' starting contents fit the host:
-a perfect policy could run them without stalls or OOM kills. The same seed gives the same
-files.
+Scenarios are *feasible*: each workload (peak working set at its noisiest + cold anon + hot
+cache + guest kernel) fits its guest, Σ of those (or the guest's floor, when higher) + 64 MiB
+overhead per VM plus half the reserve fits the host minus its reserve, and the guests'
+starting contents fit the host's RAM and swap: a perfect policy could run them without
+stalls or OOM kills. The same seed gives the same files.
 
 Python (standard library only) because it is a developer's probe, not part of aerostat:
 the scenarios it writes are plain TOML that `aerostat sim` reads like any other.
@@ -44,8 +44,10 @@ def scenario(k):
     out = [f'[scenario]\nname = "unseen-{k}"\nduration = "{hours}h"\nseed = {k}\n',
            f'[host]\nmemory = "{host_gib}GiB"\nreserve = "{reserve}GiB"']
     host_swap = r.random() < 0.7
+    swap_gib = 0
     if host_swap:
-        out.append(f'swap = "{r.choice([4, 8, 16, 32])}GiB"\n'
+        swap_gib = r.choice([4, 8, 16, 32])
+        out.append(f'swap = "{swap_gib}GiB"\n'
                    f'swap_bandwidth = "{r.choice([100, 250, 500, 1000])}MiB/s"')
     out.append("")
     promised, need, start_fill, group = 0, 0.0, 0.0, 0
@@ -96,26 +98,32 @@ def scenario(k):
         if r.random() < 0.3:
             hot = r.choice([0.0, 0.1, 0.3, 0.6, 0.9])
             w.append(f"cache_hot = {hot}")
+        noise = 0.02  # the simulator's default
         if r.random() < 0.3:
-            w.append(f"noise = {r.choice([0.0, 0.05, 0.1, 0.2])}")
+            noise = r.choice([0.0, 0.05, 0.1, 0.2])
+            w.append(f"noise = {noise}")
         cold = 0.0
         if r.random() < 0.2:
             cold = mem * r.uniform(0.05, 0.2)
             w.append(f'cold = "{mib(cold)}"')
         kernel = 96 + 0.015 * mem
-        peak = top + cold + hot * cache + kernel
+        # Noise scales the working set by up to 1 ± noise (`unseen-3020`: a guest whose noisy
+        # peak outgrew it was OOM-killed under every policy, `static` included).
+        peak = top * (1 + noise) + cold + hot * cache + kernel
         if peak > 0.95 * mem:
             return None  # the workload alone does not fit its guest: every policy OOMs
         # A guest never gets less than its operator floor, even when its workload needs
         # less: the floor is what it takes from the host (`unseen-4079`: twelve floors 460 MiB
         # above their working sets made the peaks not fit).
         need += count * (max(peak, int(floor)) + 64)
-        # Guests start with their page cache read in: without host swap, that must fit.
-        start_fill += count * (min(mem, ws + cold + cache + kernel) + 64)
+        # Guests start with their page cache read in: that must fit the host's RAM and swap.
+        start_fill += count * (min(mem, ws * (1 + noise) + cold + cache + kernel) + 64)
         out.append("\n".join(vm) + "\n" + "\n".join(w) + "\n")
     if need + 512 * reserve > (host_gib - reserve) * 1024:
         return None
-    if not host_swap and start_fill + 512 * reserve > host_gib * 1024:
+    # Otherwise the host OOM-kills a guest in the first second, under every policy
+    # (`unseen-6004`: 20 GiB of start-up contents more than RAM, 4 GiB of swap).
+    if start_fill + 512 * reserve > (host_gib + swap_gib) * 1024:
         return None
     return "\n".join(out)
 
