@@ -51,6 +51,10 @@ const REFAULT_PRESSURE_PPS: f64 = 256.0;
 /// left than its size reached hot pages on steady guests. With halving bites, 8 % stalled
 /// a bursty guest in `unseen-mix`. docs/benchmarks.md has the runs.)
 const MIN_RECLAIM_EFFICIENCY: f64 = 0.09;
+/// ... and on a roomy host (≥ ROOMY_SHARE available): there the memory is not needed, so the
+/// probe does not hunt for the last cold pages among hot ones — each bite that lands on hot
+/// cache is a refault no baseline would cause (MoM and Proxmox do not balloon there).
+const ROOMY_MIN_RECLAIM_EFFICIENCY: f64 = 0.30;
 /// How long probing pauses after it found the bottom or caused pressure.
 const PROBE_PAUSE: Millis = Millis(30 * 60 * 1000);
 /// Pressure or a low reclaim efficiency this soon after the guest was held below its
@@ -78,6 +82,8 @@ const IDLE_SLIVER: f64 = 64.0 * MIB;
 const RAISE_CUT_HOLD: Millis = Millis(30_000);
 /// Largest reclaim of non-free memory (page cache) per tick.
 const RECLAIM_BITE: f64 = 64.0 * MIB;
+/// How long the room a workload held before an OOM kill is kept for its restart.
+const RESTART_HOLD: Millis = Millis(10 * 60 * 1000);
 /// Host memory available, as a share of host memory, below which a class's headroom starts
 /// to shrink, and at which only the sliver and the growth part are left: MoM starts
 /// shrinking guests below 20 % free.
@@ -176,6 +182,9 @@ struct Memo {
     /// (`last_wish_host_short`): the reserve guard took it back.
     raise_cut_at: Option<Millis>,
     last_wish_host_short: bool,
+    /// What the guest used before its last OOM kill, kept for the workload's restart until
+    /// the given time.
+    restart_room: Option<(f64, Millis)>,
 }
 
 impl Memo {
@@ -372,6 +381,11 @@ impl Policy for AerostatPolicy {
         let interval_s = self.settings.interval.as_secs_f64().max(0.1);
         self.memos.sync(&obs.vms, |_| Memo::default());
         let headroom_scale = Self::headroom_scale(obs);
+        let stop_efficiency = if headroom_scale < 1.0 {
+            MIN_RECLAIM_EFFICIENCY
+        } else {
+            ROOMY_MIN_RECLAIM_EFFICIENCY
+        };
 
         // Per-VM wishes: (index, need, lowest acceptable under host pressure, rule, reason).
         let wishes = &mut self.wishes;
@@ -455,6 +469,22 @@ impl Policy for AerostatPolicy {
                 .squeezed_at
                 .is_some_and(|t| now.saturating_sub(t) <= SQUEEZE_EXPLAINS);
             memo.track_cold_cache(&r, now);
+            // An OOM kill frees the workload's memory, and a restarted workload wants it back
+            // at once: a guest that looks idle after a kill is not reclaimed below what it
+            // used before it for RESTART_HOLD (`unseen-7372`: 1 GiB guests reclaimed to
+            // their floor after a kill, OOM-killed again by every restart, 720 times in 6 h).
+            // Only the target keeps the room: `lowest` and the fit's idle floor do not, so a
+            // short host takes it first.
+            if r.new_ooms > 0 && memo.last_time.is_some() {
+                let before = memo
+                    .last_used
+                    .max(memo.restart_room.map_or(0.0, |(u, _)| u));
+                memo.restart_room = Some((before, now + RESTART_HOLD));
+            }
+            let restart = match memo.restart_room {
+                Some((before, until)) if now < until => (before - r.used).max(0.0),
+                _ => 0.0,
+            };
             if pressure {
                 // Give back what the guest is missing, with margin, and stop probing.
                 let missing = r.swap_in_bps.max(r.refault_pps * PAGE) * interval_s * 10.0;
@@ -477,7 +507,7 @@ impl Policy for AerostatPolicy {
                     new_ooms: r.new_ooms,
                     boost,
                 };
-            } else if r.efficiency.is_some_and(|e| e < MIN_RECLAIM_EFFICIENCY) {
+            } else if r.efficiency.is_some_and(|e| e < stop_efficiency) {
                 // The guest's LRU is scanning hot pages: step back once and stay there —
                 // unless the guest was held below its wish: then that is what the LRU
                 // shows, not the bottom of the cache.
@@ -486,7 +516,10 @@ impl Policy for AerostatPolicy {
                 if !squeezed {
                     memo.probe_paused_until = now + PROBE_PAUSE;
                 }
-                detail = Detail::Efficiency(r.efficiency.unwrap_or(0.0));
+                detail = Detail::Efficiency {
+                    efficiency: r.efficiency.unwrap_or(0.0),
+                    stop: stop_efficiency,
+                };
             } else if now >= memo.probe_paused_until && (r.has_scan_stats || keep > 0.5 * r.cache) {
                 let step = prof.probe_per_min * configured * interval_s / 60.0;
                 // Without scan statistics we cannot see the bottom coming: probe only
@@ -511,10 +544,11 @@ impl Policy for AerostatPolicy {
             }
             memo.cache_keep = Some(keep);
 
-            let need = (r.used + keep + headroom).min(configured);
+            let need = (r.used + restart + keep + headroom).min(configured);
             let explain = Explain::Need {
                 need,
                 used: r.used,
+                restart,
                 keep,
                 cache: r.cache,
                 headroom,
@@ -713,6 +747,8 @@ enum Explain {
     Need {
         need: f64,
         used: f64,
+        /// Room kept for a workload an OOM kill stopped (above `used`).
+        restart: f64,
         keep: f64,
         cache: f64,
         headroom: f64,
@@ -736,7 +772,11 @@ enum Detail {
         new_ooms: u64,
         boost: f64,
     },
-    Efficiency(f64),
+    /// The guest's reclaim efficiency fell below `stop`.
+    Efficiency {
+        efficiency: f64,
+        stop: f64,
+    },
     Probing,
     Keeping,
 }
@@ -757,16 +797,28 @@ impl Wish {
                 self.weight
             );
         }
-        let (need, used, keep, cache, headroom, headroom_scale, detail) = match self.explain {
+        let (need, used, restart, keep, cache, headroom, headroom_scale, detail) = match self
+            .explain
+        {
             Explain::Need {
                 need,
                 used,
+                restart,
                 keep,
                 cache,
                 headroom,
                 headroom_scale,
                 detail,
-            } => (need, used, keep, cache, headroom, headroom_scale, detail),
+            } => (
+                need,
+                used,
+                restart,
+                keep,
+                cache,
+                headroom,
+                headroom_scale,
+                detail,
+            ),
             Explain::Stalled {
                 actual,
                 target,
@@ -784,11 +836,13 @@ impl Wish {
                 return text;
             }
         };
+        let _ = write!(text, "need {:.0} MiB = used {:.0}", need / MIB, used / MIB);
+        if restart > 0.0 {
+            let _ = write!(text, " + {:.0} used before an OOM kill", restart / MIB);
+        }
         let _ = write!(
             text,
-            "need {:.0} MiB = used {:.0} + cache {:.0} + headroom {:.0}; ",
-            need / MIB,
-            used / MIB,
+            " + cache {:.0} + headroom {:.0}; ",
             keep / MIB,
             headroom / MIB
         );
@@ -813,11 +867,16 @@ impl Wish {
                 new_ooms,
                 boost / MIB
             ),
-            Detail::Efficiency(eff) => write!(
+            Detail::Efficiency { efficiency, stop } => write!(
                 text,
-                "guest reclaim efficiency {:.0}% < {:.0}%: only hot page cache left, keeping {:.0} MiB of it",
-                100.0 * eff,
-                100.0 * MIN_RECLAIM_EFFICIENCY,
+                "guest reclaim efficiency {:.0}% < {:.0}%{}: only hot page cache left, keeping {:.0} MiB of it",
+                100.0 * efficiency,
+                100.0 * stop,
+                if stop > MIN_RECLAIM_EFFICIENCY {
+                    " (host roomy)"
+                } else {
+                    ""
+                },
                 keep / MIB
             ),
             Detail::Probing => write!(
@@ -1021,6 +1080,37 @@ mod tests {
         assert_eq!(target_with_available(1024), 1024 + 64);
     }
 
+    /// `unseen-7372`: after an OOM kill the guest looks idle; reclaimed to its floor, the
+    /// restarted workload was killed again at once, 720 times in 6 h.
+    #[test]
+    fn room_a_killed_workload_used_is_kept_for_its_restart() {
+        let mut p = AerostatPolicy::new(settings());
+        let reading = |used_mib: u64, kills: u64, t: u64| {
+            let mut v = vm("a", 8 * GIB, 4 * GIB, used_mib, 0, t);
+            v.stats.oom_kills = Some(kills);
+            obs(t, vec![v])
+        };
+        let target = |p: &mut AerostatPolicy, o: &Observation| {
+            let props = p.propose(o, &[Bytes::gib(4)]);
+            props.first().map_or(Bytes::gib(4), |x| x.target)
+        };
+        target(&mut p, &reading(3000, 0, 0));
+        // Killed: `used` falls to 200 MiB, but 3000 MiB stay for the restart ...
+        let after_kill = target(&mut p, &reading(200, 1, 1));
+        assert!(after_kill >= Bytes::mib(3000), "{after_kill}");
+        let later = target(&mut p, &reading(200, 1, 300));
+        assert!(later >= Bytes::mib(3000), "{later}");
+        let props = p.propose(&reading(200, 1, 301), &[Bytes::gib(4)]);
+        let reason = props
+            .first()
+            .and_then(|x| x.reason.text())
+            .unwrap_or_default();
+        assert!(reason.contains("used before an OOM kill"), "{reason}");
+        // ... for ten minutes.
+        let after_hold = target(&mut p, &reading(200, 1, 700));
+        assert!(after_hold < Bytes::mib(1000), "{after_hold}");
+    }
+
     #[test]
     fn swap_ins_deflate_at_once() {
         let mut p = AerostatPolicy::new(settings());
@@ -1169,24 +1259,42 @@ mod tests {
     }
 
     /// The target proposed after a probe bite that reclaimed `reclaimed` of 1000 scanned pages.
-    fn target_after_efficiency(reclaimed: u64) -> Bytes {
+    /// The target after one interval in which the guest's LRU freed `reclaimed` of 1000
+    /// scanned pages, on a 64 GiB host with `available_gib` available.
+    fn target_after_efficiency(reclaimed: u64, available_gib: u64) -> Bytes {
         let mut p = AerostatPolicy::new(settings());
         let a = 4 * GIB;
-        p.propose(&obs(0, vec![vm("a", 8 * GIB, a, 1024, 2048, 0)]), &[]);
+        let mut o = obs(0, vec![vm("a", 8 * GIB, a, 1024, 2048, 0)]);
+        o.host = host(64, available_gib);
+        p.propose(&o, &[]);
         let mut v = vm("a", 8 * GIB, a, 1024, 2048, 1);
         v.stats.async_scans = Some(1000);
         v.stats.async_reclaims = Some(reclaimed);
-        p.propose(&obs(1, vec![v]), &[])[0].target
+        o.time = Millis::secs(1);
+        o.vms = vec![v];
+        p.propose(&o, &[])[0].target
     }
 
     #[test]
     fn the_cache_probe_goes_on_at_10_percent_efficiency_and_stops_below_9() {
-        let on = target_after_efficiency(100);
-        let stopped = target_after_efficiency(80);
+        // A nearly full host (10 GiB of 64 available): the memory is worth the hunt.
+        let on = target_after_efficiency(100, 10);
+        let stopped = target_after_efficiency(80, 10);
         assert!(
             on < stopped,
             "probing {on} should ask less than stopped {stopped}"
         );
+    }
+
+    #[test]
+    fn on_a_roomy_host_the_cache_probe_stops_below_30_percent() {
+        let on = target_after_efficiency(310, 32);
+        let stopped = target_after_efficiency(290, 32);
+        assert!(
+            on < stopped,
+            "probing {on} should ask less than stopped {stopped}"
+        );
+        assert_eq!(stopped, target_after_efficiency(80, 32));
     }
 
     #[test]
