@@ -13,7 +13,8 @@
 //!    that takes ticks). Growth cuts and touched memory wait while the host still has room
 //!    (the growth let through plus the excess, or plus its reserve, available) and the
 //!    untouched memory the step bound holds back covers the excess. Balloons that do not
-//!    move count for nothing; waiting and holding by priority last 30 s at most;
+//!    move count for nothing; waiting and holding by priority last 30 s at most, counted
+//!    from the last tick in which the balloons handed memory back at a step's pace;
 //! 4. **hysteresis**: changes smaller than `min_change` are dropped (unless they give a guest
 //!    memory it is missing, or all of its memory), and a guest that was just given memory is
 //!    not squeezed again within `inflate_hold`.
@@ -38,6 +39,9 @@ use crate::units::{Bytes, Millis};
 /// after all. Only balloons that follow their targets count as giving memory
 /// (`balloon_follows`); this bounds the rest (balloons that move, but too slowly).
 const RESERVE_WAIT_LIMIT: Millis = Millis(30_000);
+/// Memory the balloons must hand back per tick for the wait to count as progress, not
+/// creeping (`RESERVE_WAIT_LIMIT`).
+const RESERVE_PROGRESS_PER_TICK: Bytes = Bytes::mib(256);
 
 /// Whether `vm`'s balloon follows its targets: it is not still a whole inflation step
 /// above the last target it was sent (a balloon that did not move last tick — stuck, or
@@ -133,6 +137,9 @@ pub struct Controller {
     /// Since when Σ targets has been over the reserve (the guard waited, or squeezed):
     /// `RESERVE_WAIT_LIMIT` counts from here. `None` once it fits.
     reserve_wait_since: Option<Millis>,
+    /// Σ `actual` of the ballooned VMs at the last tick: while it falls, balloons are
+    /// handing memory back and the wait goes on (`reserve_wait_since` restarts).
+    last_ballooned: Option<Bytes>,
 }
 
 #[derive(Debug, Default)]
@@ -190,6 +197,7 @@ impl Controller {
             vms: PerVm::new(),
             scratch: Scratch::default(),
             reserve_wait_since: None,
+            last_ballooned: None,
         }
     }
 
@@ -351,6 +359,30 @@ impl Controller {
             // lower-priority guests give theirs a step a tick, are for a gap the next ticks
             // close; a gap that stays open (balloons that creep) is closed by every guest
             // after RESERVE_WAIT_LIMIT.
+            // Balloons handing memory back at the step bound are not creeping: while Σ actual
+            // falls by a step's worth a tick, the wait restarts (`unseen-7372`: five 32 GiB
+            // guests needed 45 s of 512 MiB steps to give back untouched memory; at 30 s the
+            // guard squeezed 1 GiB guests below their working sets with 30 GiB of the host
+            // free, and OOM-killed them).
+            let ballooned: Bytes = obs
+                .vms
+                .iter()
+                .filter(|v| v.balloon && !v.migrating)
+                .map(|v| v.actual)
+                .sum();
+            let handing_back = self
+                .last_ballooned
+                .is_some_and(|last| last.saturating_sub(ballooned) >= RESERVE_PROGRESS_PER_TICK);
+            self.last_ballooned = Some(ballooned);
+            // Only a wait still running restarts: once it ran out it stays out until the gap
+            // has closed (below), or the guard's own squeeze would restart it.
+            if handing_back
+                && self
+                    .reserve_wait_since
+                    .is_some_and(|t| obs.time.saturating_sub(t) < RESERVE_WAIT_LIMIT)
+            {
+                self.reserve_wait_since = Some(obs.time);
+            }
             let may_wait = self
                 .reserve_wait_since
                 .is_none_or(|t| obs.time.saturating_sub(t) < RESERVE_WAIT_LIMIT);

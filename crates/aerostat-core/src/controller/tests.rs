@@ -1336,6 +1336,49 @@ fn reserve_waits_no_longer_than_its_limit() {
     assert_eq!(run(0), Some(10));
 }
 
+/// A 32 GiB guest that touched 1 GiB hands the rest back at the step bound (512 MiB a
+/// tick): 60 ticks. That is progress, not creeping: the wait must not run out at 30 s and
+/// squeeze the db's touched memory while the host has room (`unseen-7372`: 1 GiB guests
+/// squeezed below their working sets and OOM-killed, with 30 GiB of the host free).
+#[test]
+fn reserve_waits_while_balloons_hand_memory_back_at_the_step_bound() {
+    let mut db = VmSample::new("db", Bytes::gib(12), Bytes::gib(12));
+    db.rss = Some(Bytes::gib(12));
+    let mut ctl = Controller::with_guards(
+        Box::new(Scripted::default()),
+        aerostat_guards(Bytes::gib(2)),
+    );
+    let mut big_actual = Bytes::gib(32);
+    for secs in 0..70 {
+        let mut big = VmSample::new("big", Bytes::gib(32), big_actual);
+        big.rss = Some(Bytes::gib(1));
+        let d = ctl.tick(&Observation {
+            time: Millis::secs(secs),
+            host: HostSample {
+                total: Bytes::gib(18),
+                available: Bytes::gib(5),
+                ..HostSample::default()
+            },
+            vms: vec![db.clone(), big],
+        });
+        assert!(
+            d.actions.iter().all(|a| a.vm != "db"),
+            "tick {secs}: the db was squeezed: {:?}",
+            d.actions
+        );
+        // The balloon follows its target.
+        if let Some(t) = d
+            .actions
+            .iter()
+            .find(|a| a.vm == "big")
+            .and_then(Action::balloon_target)
+        {
+            big_actual = t;
+        }
+    }
+    assert!(big_actual <= Bytes::gib(4), "{big_actual}");
+}
+
 /// Big guests booting at once hold many gigabytes they have not touched, which the step
 /// bound releases over a few ticks. Meanwhile a running guest (`app`, named to sort first:
 /// the controller orders VMs by name) under pressure asks for
