@@ -545,7 +545,7 @@ impl Policy for AerostatPolicy {
             memo.cache_keep = Some(keep);
 
             let need = (r.used + restart + keep + headroom).min(configured);
-            let explain = Explain::Need {
+            let explain = Explain::Need(Need {
                 need,
                 used: r.used,
                 restart,
@@ -554,7 +554,7 @@ impl Policy for AerostatPolicy {
                 headroom,
                 headroom_scale,
                 detail,
-            };
+            });
 
             // What the guest cannot lose without swapping: `used` plus a sliver of room (never
             // more than the headroom). The floor of `lowest`, and the reserve guard's `anon`.
@@ -658,10 +658,10 @@ impl Policy for AerostatPolicy {
             // other second (`unseen-sliver`: ±17 MiB, 246,150 actions in a day).
             let under_pressure = matches!(
                 w.explain,
-                Explain::Need {
+                Explain::Need(Need {
                     detail: Detail::Pressure { .. },
                     ..
-                }
+                })
             );
             if w.rule == Rule::HostShort
                 && !under_pressure
@@ -744,24 +744,28 @@ struct Wish {
 #[derive(Debug, Clone, Copy)]
 enum Explain {
     /// The usual case: the guest's need and how it was found.
-    Need {
-        need: f64,
-        used: f64,
-        /// Room kept for a workload an OOM kill stopped (above `used`).
-        restart: f64,
-        keep: f64,
-        cache: f64,
-        headroom: f64,
-        /// The share of the class's headroom a nearly full host left (1: all of it).
-        headroom_scale: f64,
-        detail: Detail,
-    },
+    Need(Need),
     /// The balloon did not follow its target (`target`, bytes) and moved `moved_bps`.
     Stalled {
         actual: f64,
         target: f64,
         moved_bps: f64,
     },
+}
+
+/// A guest's need and its parts.
+#[derive(Debug, Clone, Copy)]
+struct Need {
+    need: f64,
+    used: f64,
+    /// Room kept for a workload an OOM kill stopped (above `used`).
+    restart: f64,
+    keep: f64,
+    cache: f64,
+    headroom: f64,
+    /// The share of the class's headroom a nearly full host left (1: all of it).
+    headroom_scale: f64,
+    detail: Detail,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -797,28 +801,8 @@ impl Wish {
                 self.weight
             );
         }
-        let (need, used, restart, keep, cache, headroom, headroom_scale, detail) = match self
-            .explain
-        {
-            Explain::Need {
-                need,
-                used,
-                restart,
-                keep,
-                cache,
-                headroom,
-                headroom_scale,
-                detail,
-            } => (
-                need,
-                used,
-                restart,
-                keep,
-                cache,
-                headroom,
-                headroom_scale,
-                detail,
-            ),
+        let n = match self.explain {
+            Explain::Need(n) => n,
             Explain::Stalled {
                 actual,
                 target,
@@ -836,24 +820,29 @@ impl Wish {
                 return text;
             }
         };
-        let _ = write!(text, "need {:.0} MiB = used {:.0}", need / MIB, used / MIB);
-        if restart > 0.0 {
-            let _ = write!(text, " + {:.0} used before an OOM kill", restart / MIB);
+        let _ = write!(
+            text,
+            "need {:.0} MiB = used {:.0}",
+            n.need / MIB,
+            n.used / MIB
+        );
+        if n.restart > 0.0 {
+            let _ = write!(text, " + {:.0} used before an OOM kill", n.restart / MIB);
         }
         let _ = write!(
             text,
             " + cache {:.0} + headroom {:.0}; ",
-            keep / MIB,
-            headroom / MIB
+            n.keep / MIB,
+            n.headroom / MIB
         );
-        if headroom_scale < 1.0 {
+        if n.headroom_scale < 1.0 {
             let _ = write!(
                 text,
                 "host nearly full: {:.0}% of the class's headroom; ",
-                100.0 * headroom_scale
+                100.0 * n.headroom_scale
             );
         }
-        let _ = match detail {
+        let _ = match n.detail {
             Detail::Pressure {
                 swap_in_bps,
                 refault_pps,
@@ -877,15 +866,15 @@ impl Wish {
                 } else {
                     ""
                 },
-                keep / MIB
+                n.keep / MIB
             ),
             Detail::Probing => write!(
                 text,
                 "probing page cache: keep {:.0} MiB of {:.0} MiB",
-                keep / MIB,
-                cache / MIB
+                n.keep / MIB,
+                n.cache / MIB
             ),
-            Detail::Keeping => write!(text, "keeping {:.0} MiB of page cache", keep / MIB),
+            Detail::Keeping => write!(text, "keeping {:.0} MiB of page cache", n.keep / MIB),
         };
         text
     }
