@@ -84,6 +84,9 @@ const RAISE_CUT_HOLD: Millis = Millis(30_000);
 const RECLAIM_BITE: f64 = 64.0 * MIB;
 /// How long the room a workload held before an OOM kill is kept for its restart.
 const RESTART_HOLD: Millis = Millis(10 * 60 * 1000);
+/// How fast an application can fault in new memory (page faults and zeroing): a burst's
+/// worst case between two readings.
+const FAST_ALLOC_BPS: f64 = 512.0 * MIB;
 /// Host memory available, as a share of host memory, below which a class's headroom starts
 /// to shrink, and at which only the sliver and the growth part are left: MoM starts
 /// shrinking guests below 20 % free.
@@ -544,9 +547,21 @@ impl Policy for AerostatPolicy {
             }
             memo.cache_keep = Some(keep);
 
-            let need = (r.used + restart + keep + headroom).min(configured);
+            // On a roomy host a guest keeps room for the part of a burst the loop cannot see
+            // yet: half an interval of a fast allocator, on average. MoM and Proxmox leave
+            // such a host's guests alone; a burst that meets no free memory there evicts hot
+            // cache — a stall no baseline has — or, without swap, OOM-kills.
+            let burst_room = if headroom_scale >= 1.0 {
+                0.5 * interval_s * FAST_ALLOC_BPS
+            } else {
+                0.0
+            };
+            let need = (r.used + restart + keep + headroom)
+                .max(r.used + burst_room)
+                .min(configured);
             let explain = Explain::Need(Need {
                 need,
+                burst_room,
                 used: r.used,
                 restart,
                 keep,
@@ -757,6 +772,8 @@ enum Explain {
 #[derive(Debug, Clone, Copy)]
 struct Need {
     need: f64,
+    /// The least free memory and cache a roomy host's guest keeps (0 elsewhere).
+    burst_room: f64,
     used: f64,
     /// Room kept for a workload an OOM kill stopped (above `used`).
     restart: f64,
@@ -835,6 +852,13 @@ impl Wish {
             n.keep / MIB,
             n.headroom / MIB
         );
+        if n.need > n.used + n.restart + n.keep + n.headroom + 0.5 * MIB {
+            let _ = write!(
+                text,
+                "host roomy: at least {:.0} MiB free or cache for a burst the next reading has not seen; ",
+                n.burst_room / MIB
+            );
+        }
         if n.headroom_scale < 1.0 {
             let _ = write!(
                 text,
@@ -1098,6 +1122,25 @@ mod tests {
         // ... for ten minutes.
         let after_hold = target(&mut p, &reading(200, 1, 700));
         assert!(after_hold < Bytes::mib(1000), "{after_hold}");
+    }
+
+    /// A 1 GiB guest's class headroom is 128 MiB; on a roomy host it keeps 256 MiB — half a
+    /// second of a 512 MiB/s allocator, what a 1 s loop misses of a burst on average.
+    #[test]
+    fn a_roomy_hosts_guest_keeps_room_for_half_a_second_of_a_burst() {
+        let target_with_available = |available_gib: u64| {
+            let mut p = AerostatPolicy::new(settings());
+            let mut o = obs(0, vec![vm("a", GIB, GIB, 500, 0, 0)]);
+            o.host.available = Bytes::gib(available_gib);
+            let props = p.propose(&o, &[]);
+            let reason = props[0].reason.text().unwrap_or_default().to_string();
+            (props[0].target.0 >> 20, reason)
+        };
+        let (roomy, reason) = target_with_available(32);
+        assert_eq!(roomy, 500 + 256, "{reason}");
+        assert!(reason.contains("host roomy"), "{reason}");
+        let (full, reason) = target_with_available(4);
+        assert_eq!(full, 500 + 64, "{reason}");
     }
 
     #[test]
