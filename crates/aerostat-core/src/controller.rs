@@ -394,6 +394,7 @@ impl Controller {
                 &mut pending,
                 &mut order,
                 capacity,
+                floors,
                 may_wait,
             );
             // Once the wait ran out, it stays out until the gap has closed: waiting again
@@ -549,7 +550,7 @@ impl Controller {
     /// Takes untouched memory, then cuts growth, then shrinks guests above their floor,
     /// until Σ targets + overheads fits `capacity` or nothing more may be taken this tick
     /// — unless it may leave the excess to the next ticks (`can_wait`, allowed only when
-    /// `may_wait`).
+    /// `may_wait`). `floors`: Σ floor demand, computed once per tick by the caller.
     #[allow(clippy::too_many_arguments)]
     fn guard_reserve(
         &self,
@@ -560,6 +561,7 @@ impl Controller {
         pending: &mut [Option<Pending>],
         order: &mut Vec<usize>,
         capacity: Bytes,
+        floors: Bytes,
         may_wait: bool,
     ) -> ReserveOutcome {
         let final_of = |i: usize, pending: &[Option<Pending>]| {
@@ -766,7 +768,6 @@ impl Controller {
         // it only trades host swap for the guests' own refaults and swap-ins (and the
         // escape moves a guest away). The guest knows what is cold — not what is hot —
         // so while host swap can hold the rest, hot memory stays where it is.
-        let floors: Bytes = obs.vms.iter().map(floor_demand).sum();
         if floors > capacity && obs.host.swap_free >= excess {
             return ReserveOutcome::Squeezed;
         }

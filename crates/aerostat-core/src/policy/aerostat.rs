@@ -389,6 +389,15 @@ impl Policy for AerostatPolicy {
         } else {
             ROOMY_MIN_RECLAIM_EFFICIENCY
         };
+        // On a roomy host a guest keeps room for the part of a burst the loop cannot see
+        // yet: half an interval of a fast allocator, on average. MoM and Proxmox leave such
+        // a host's guests alone; a burst that meets no free memory there evicts hot cache —
+        // a stall no baseline has — or, without swap, OOM-kills.
+        let burst_room = if headroom_scale >= 1.0 {
+            0.5 * interval_s * FAST_ALLOC_BPS
+        } else {
+            0.0
+        };
 
         // Per-VM wishes: (index, need, lowest acceptable under host pressure, rule, reason).
         let wishes = &mut self.wishes;
@@ -547,15 +556,6 @@ impl Policy for AerostatPolicy {
             }
             memo.cache_keep = Some(keep);
 
-            // On a roomy host a guest keeps room for the part of a burst the loop cannot see
-            // yet: half an interval of a fast allocator, on average. MoM and Proxmox leave
-            // such a host's guests alone; a burst that meets no free memory there evicts hot
-            // cache — a stall no baseline has — or, without swap, OOM-kills.
-            let burst_room = if headroom_scale >= 1.0 {
-                0.5 * interval_s * FAST_ALLOC_BPS
-            } else {
-                0.0
-            };
             let need = (r.used + restart + keep + headroom)
                 .max(r.used + burst_room)
                 .min(configured);
