@@ -84,9 +84,13 @@ const RAISE_CUT_HOLD: Millis = Millis(30_000);
 const RECLAIM_BITE: f64 = 64.0 * MIB;
 /// How long the room a workload held before an OOM kill is kept for its restart.
 const RESTART_HOLD: Millis = Millis(10 * 60 * 1000);
-/// How fast an application can fault in new memory (page faults and zeroing): a burst's
-/// worst case between two readings.
+/// How fast an application in a guest of up to SMALL_GUEST can fault in new memory (page
+/// faults and zeroing): a burst's worst case between two readings.
 const FAST_ALLOC_BPS: f64 = 512.0 * MIB;
+/// Larger guests allocate faster in proportion to their size, up to MAX_ALLOC_SCALE times:
+/// see [`allocator_scale`].
+const SMALL_GUEST: f64 = 4096.0 * MIB;
+const MAX_ALLOC_SCALE: f64 = 2.0;
 /// Host memory available, as a share of host memory, below which a class's headroom starts
 /// to shrink, and at which only the sliver and the growth part are left: MoM starts
 /// shrinking guests below 20 % free.
@@ -390,7 +394,8 @@ impl Policy for AerostatPolicy {
             ROOMY_MIN_RECLAIM_EFFICIENCY
         };
         // On a roomy host a guest keeps room for the part of a burst the loop cannot see
-        // yet: half an interval of a fast allocator, on average. MoM and Proxmox leave such
+        // yet: half an interval of a fast allocator, on average (faster in bigger guests:
+        // `allocator_scale`). MoM and Proxmox leave such
         // a host's guests alone; a burst that meets no free memory there evicts hot cache —
         // a stall no baseline has — or, without swap, OOM-kills.
         let burst_room = if headroom_scale >= 1.0 {
@@ -556,6 +561,7 @@ impl Policy for AerostatPolicy {
             }
             memo.cache_keep = Some(keep);
 
+            let burst_room = burst_room * allocator_scale(configured);
             let need = (r.used + restart + keep + headroom)
                 .max(r.used + burst_room)
                 .min(configured);
@@ -904,6 +910,16 @@ impl Wish {
     }
 }
 
+/// How much faster than FAST_ALLOC_BPS a guest of this configured size may allocate.
+/// Page faults are taken per vCPU, and a guest's vCPUs grow with its memory (common shapes
+/// give 2–8 GiB per vCPU; the policy is not told the vCPU count), so a bigger guest's burst
+/// arrives faster: 1 up to SMALL_GUEST, then in proportion, at most MAX_ALLOC_SCALE.
+/// (`unseen-2292`, `unseen-4014`: 6–8 GiB guests without swap, OOM-killed by 320–490 MiB/s
+/// bursts that met 256 MiB of room.)
+fn allocator_scale(configured: f64) -> f64 {
+    (configured / SMALL_GUEST).clamp(1.0, MAX_ALLOC_SCALE)
+}
+
 impl AerostatPolicy {
     /// When Σ wishes + overheads exceed host total − reserve, lower wishes toward their
     /// `lowest`, cheapest first: lowest weight × room, proportionally.
@@ -1075,7 +1091,8 @@ mod tests {
     fn a_nearly_full_host_shrinks_the_headroom_to_a_sliver() {
         let target_with_available = |available_mib: u64| {
             let mut p = AerostatPolicy::new(settings());
-            let mut o = obs(0, vec![vm("a", 8 * GIB, 8 * GIB, 1024, 0, 0)]);
+            // 16 GiB: its headroom (655 MiB) is more than its burst room (512 MiB).
+            let mut o = obs(0, vec![vm("a", 16 * GIB, 16 * GIB, 1024, 0, 0)]);
             o.host.available = Bytes::mib(available_mib);
             let props = p.propose(&o, &[]);
             let reason = props[0].reason.text().unwrap_or_default().to_string();
@@ -1083,7 +1100,7 @@ mod tests {
             assert_eq!(cut, available_mib * 5 < 64 * 1024, "{reason}");
             props[0].target.0 >> 20
         };
-        let headroom = 0.04 * 8192.0;
+        let headroom = 0.04 * 16384.0;
         let whole = 1024 + headroom as u64;
         let half = 1024 + (0.5 * headroom) as u64;
         assert_eq!(target_with_available(32 * 1024), whole);
@@ -1143,6 +1160,29 @@ mod tests {
         assert_eq!(full, 500 + 64, "{reason}");
     }
 
+    /// Bigger guests have more vCPUs and fault memory in faster: an 8 GiB guest keeps room
+    /// for half a second of 1 GiB/s, a 6 GiB one of 768 MiB/s; no guest more than twice
+    /// the small guest's room.
+    #[test]
+    fn a_bigger_guest_keeps_room_for_a_faster_burst() {
+        let burst_room_of = |configured_gib: u64| {
+            let mut p = AerostatPolicy::new(settings());
+            let size = configured_gib * GIB;
+            let mut o = obs(0, vec![vm("a", size, size, 500, 0, 0)]);
+            o.host.available = Bytes::gib(200);
+            o.host.total = Bytes::gib(256);
+            let props = p.propose(&o, &[]);
+            let reason = props[0].reason.text().unwrap_or_default().to_string();
+            assert!(reason.contains("host roomy"), "{reason}");
+            (props[0].target.0 >> 20) - 500
+        };
+        assert_eq!(burst_room_of(1), 256);
+        assert_eq!(burst_room_of(4), 256);
+        assert_eq!(burst_room_of(6), 384);
+        assert_eq!(burst_room_of(8), 512);
+        assert_eq!(burst_room_of(12), 512);
+    }
+
     #[test]
     fn swap_ins_deflate_at_once() {
         let mut p = AerostatPolicy::new(settings());
@@ -1166,11 +1206,15 @@ mod tests {
             let mut v = vm("db", 12 * GIB, 12 * GIB, 10240, 0, 0);
             v.class = VmClass::Database;
             v.pinned = Bytes::gib(pinned);
-            p.propose(&obs(0, vec![v]), &[])[0].target
+            let p = p.propose(&obs(0, vec![v]), &[]).remove(0);
+            (p.target, p.reason.text().unwrap_or_default().to_string())
         };
         // Database headroom is 8 %: of 12 GiB without pinned memory, of 4 GiB with 8 pinned.
-        assert_eq!(need(0), Bytes::mib(10240 + 983));
-        assert_eq!(need(8), Bytes::mib(10240 + 327));
+        assert_eq!(need(0).0, Bytes::mib(10240 + 983));
+        let (target, reason) = need(8);
+        assert!(reason.contains("headroom 328;"), "{reason}");
+        // The 328 MiB are less than the burst room of a 12 GiB guest on a roomy host.
+        assert_eq!(target, Bytes::mib(10240 + 512), "{reason}");
     }
 
     #[test]
