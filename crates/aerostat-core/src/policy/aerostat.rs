@@ -91,6 +91,9 @@ const FAST_ALLOC_BPS: f64 = 512.0 * MIB;
 /// see [`allocator_scale`].
 const SMALL_GUEST: f64 = 4096.0 * MIB;
 const MAX_ALLOC_SCALE: f64 = 2.0;
+/// A batch guest smaller than SMALL_GUEST keeps at least this share of the batch minimum
+/// headroom: see [`headroom_min`].
+const MIN_BATCH_START_SCALE: f64 = 0.5;
 /// Host memory available, as a share of host memory, below which a class's headroom starts
 /// to shrink, and at which only the sliver and the growth part are left: MoM starts
 /// shrinking guests below 20 % free.
@@ -452,7 +455,8 @@ impl Policy for AerostatPolicy {
             // Pinned memory (huge pages, VFIO) is neither grown into nor ballooned: the
             // class fraction applies to the part of the guest that can move.
             let movable = (configured - vm.pinned.as_f64()).max(0.0);
-            let class_headroom = (prof.headroom_frac * movable).max(prof.headroom_min);
+            let headroom_min = headroom_min(vm.class, &prof, configured);
+            let class_headroom = (prof.headroom_frac * movable).max(headroom_min);
             // On a nearly full host the class's room for surprises shrinks toward a sliver:
             // the host could not give a surprise much anyway, and the memory is worth more
             // handed back. Room for growth that is seen stays whole.
@@ -579,7 +583,7 @@ impl Policy for AerostatPolicy {
 
             // What the guest cannot lose without swapping: `used` plus a sliver of room (never
             // more than the headroom). The floor of `lowest`, and the reserve guard's `anon`.
-            let anon = r.used + prof.headroom_min.min(class_headroom.max(headroom));
+            let anon = r.used + headroom_min.min(class_headroom.max(headroom));
 
             // Balloon stall: the target is well below actual and actual is not moving.
             let moved_bps = (memo.last_actual - actual).max(0.0) / dt;
@@ -618,7 +622,7 @@ impl Policy for AerostatPolicy {
                 memo.stall_since = None;
             }
 
-            let growing = memo.growth_bps * reaction_s > prof.headroom_min;
+            let growing = memo.growth_bps * reaction_s > headroom_min;
             // Band: grow at once when below need; shrink only when well above it.
             // The band only delays a shrink (the target never goes below need), so it can be
             // narrow: a quarter of the headroom, and twice the guards' 16 MiB dead band.
@@ -910,10 +914,27 @@ impl Wish {
     }
 }
 
+/// The class's minimum headroom for a guest of this configured size. The batch minimum is a
+/// job start's first second (512 MiB) and the cache it reads, sized for a guest of
+/// SMALL_GUEST or more; a smaller batch guest has fewer vCPUs to start a job with, so its
+/// minimum shrinks in proportion, to MIN_BATCH_START_SCALE of it at 2 GiB and below
+/// (`unseen-sliver`: eight 2 GiB batch guests kept 768 MiB each, 37 % of their size, and
+/// that headroom alone made the host short while a quarter of it was free; the fit then
+/// squeezed a fleet mate's hot cache: 38.9 stall-s where every baseline stalls 0).
+fn headroom_min(class: VmClass, prof: &Profile, configured: f64) -> f64 {
+    if class == VmClass::Batch {
+        prof.headroom_min * (configured / SMALL_GUEST).clamp(MIN_BATCH_START_SCALE, 1.0)
+    } else {
+        prof.headroom_min
+    }
+}
+
 /// How much faster than FAST_ALLOC_BPS a guest of this configured size may allocate.
 /// Page faults are taken per vCPU, and a guest's vCPUs grow with its memory (common shapes
 /// give 2–8 GiB per vCPU; the policy is not told the vCPU count), so a bigger guest's burst
-/// arrives faster: 1 up to SMALL_GUEST, then in proportion, at most MAX_ALLOC_SCALE.
+/// arrives faster: 1 up to SMALL_GUEST, then in proportion, at most MAX_ALLOC_SCALE. (Not
+/// below 1 for smaller guests: half the burst room in 1–2 GiB guests made five generated
+/// scenarios stall where no baseline does — their bursts were as fast as big guests'.)
 /// (`unseen-2292`, `unseen-4014`: 6–8 GiB guests without swap, OOM-killed by 320–490 MiB/s
 /// bursts that met 256 MiB of room.)
 fn allocator_scale(configured: f64) -> f64 {
@@ -1332,6 +1353,24 @@ mod tests {
         let props = p.propose(&obs(0, vec![v]), &[]);
         // One second of a 512 MiB/s allocator plus the cache a new job reads: 768 MiB.
         assert_eq!(props[0].target, Bytes::mib(1024 + 768));
+    }
+
+    /// A batch guest below 4 GiB has fewer vCPUs to start a job with: its minimum headroom
+    /// shrinks with its size, to half (384 MiB) at 2 GiB and below.
+    #[test]
+    fn a_small_batch_guest_keeps_less_room_for_a_job_start() {
+        let headroom_of = |configured_mib: u64| {
+            let mut p = AerostatPolicy::new(settings());
+            let size = configured_mib << 20;
+            let mut v = vm("b", size, size, 256, 0, 0);
+            v.class = VmClass::Batch;
+            let props = p.propose(&obs(0, vec![v]), &[]);
+            (props[0].target.0 >> 20) - 256
+        };
+        assert_eq!(headroom_of(4096), 768);
+        assert_eq!(headroom_of(3072), 576);
+        assert_eq!(headroom_of(2048), 384);
+        assert_eq!(headroom_of(1024), 384);
     }
 
     /// The target proposed after a probe bite that reclaimed `reclaimed` of 1000 scanned pages.
