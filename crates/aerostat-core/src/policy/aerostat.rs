@@ -633,6 +633,9 @@ impl Policy for AerostatPolicy {
             // narrow: a quarter of the headroom, and twice the guards' 16 MiB dead band.
             let band = (0.25 * headroom).max(MIN_BAND);
             let blocked = now < memo.inflate_blocked_until;
+            // The page cache the guest holds resident: what the probe keeps, or the hot part
+            // it measured where `keep` went below it (by at most half the headroom).
+            let held = memo.cold_left.map_or(keep, |c| (r.cache - c).max(keep));
             let target = if need > current || rule == Rule::DeflatePressure {
                 if rule == Rule::Reclaim {
                     rule = Rule::Deflate;
@@ -655,7 +658,7 @@ impl Policy for AerostatPolicy {
                 // Under host pressure, never below what the guest uses plus a sliver of
                 // room: squeezing further only moves the stall into the guest.
                 lowest: anon.min(target),
-                resident: (r.used + keep).min(target),
+                resident: (r.used + held).min(target),
                 working_set: (anon, anon + keep.min(r.cache)),
                 // Never below a sliver of room: a guest left with no free memory at all
                 // OOM-kills on its next allocation when it has no swap or cache to give.
@@ -1669,6 +1672,51 @@ mod tests {
                 b.target
             );
         }
+    }
+
+    /// When the host is short, the fit takes headroom down to what each guest holds resident —
+    /// which includes the hot cache the probe measured, even where `keep` (allowed half the
+    /// headroom below it) is lower: headroom is a plan, hot cache is not
+    /// (`unseen-cache-first`: 26.6 → 10.8 stall-s).
+    #[test]
+    fn the_host_short_fit_counts_measured_hot_cache_as_resident() {
+        let mut p = AerostatPolicy::new(settings());
+        // `b` uses 1 GiB and holds 2 GiB of cache, 1 GiB of it measured cold; `a` uses 2 GiB
+        // and holds none. Both are growing, so neither has idle headroom to give first.
+        let guests = |t: u64| {
+            vec![
+                vm("a", 8 * GIB, 4 * GIB, 2048, 0, t),
+                vm("b", 8 * GIB, 4 * GIB, 1024, 2048, t),
+            ]
+        };
+        let mut o = obs(0, guests(0));
+        // Room for both guests' used memory and `b`'s hot cache (+ the 1 GiB reserve), not
+        // for their headroom; a fifth of the host available, so the headroom is whole.
+        o.host = HostSample {
+            total: Bytes::mib(2048 + 1024 + 1024 + 1024),
+            free: Bytes::mib(1100),
+            available: Bytes::mib(1100),
+            ..HostSample::default()
+        };
+        p.propose(&o, &[]);
+        for m in [0, 1] {
+            p.memos[m].growth_bps = 100.0 * MIB;
+        }
+        p.memos[1].cold_left = Some(1024.0 * MIB);
+        p.memos[1].cold_used = 1024.0 * MIB;
+        p.memos[1].cold_at = Millis::secs(1);
+        p.memos[1].cache_keep = Some(900.0 * MIB);
+        o.time = Millis::secs(1);
+        o.vms = guests(1);
+        let props = p.propose(&o, &[]);
+        let b = props.iter().find(|x| x.vm == 1).expect("b");
+        let reason = b.reason.text().unwrap_or_default().to_string();
+        assert!(reason.contains("host short"), "{reason}");
+        assert!(
+            b.target >= Bytes::mib(1024 + 1024),
+            "{} — {reason}",
+            b.target
+        );
     }
 
     #[test]
