@@ -396,17 +396,20 @@ impl Policy for AerostatPolicy {
         let interval_s = self.settings.interval.as_secs_f64().max(0.1);
         self.memos.sync(&obs.vms, |_| Memo::default());
         let headroom_scale = Self::headroom_scale(obs);
-        let stop_efficiency = if headroom_scale < 1.0 {
-            MIN_RECLAIM_EFFICIENCY
-        } else {
+        // At least ROOMY_SHARE of the host available: MoM and Proxmox leave such a host's
+        // guests alone.
+        let roomy = headroom_scale >= 1.0;
+        let stop_efficiency = if roomy {
             ROOMY_MIN_RECLAIM_EFFICIENCY
+        } else {
+            MIN_RECLAIM_EFFICIENCY
         };
         // On a roomy host a guest keeps room for the part of a burst the loop cannot see
-        // yet: half an interval of a fast allocator, on average (faster in bigger guests:
-        // `allocator_scale`). MoM and Proxmox leave such
-        // a host's guests alone; a burst that meets no free memory there evicts hot cache —
-        // a stall no baseline has — or, without swap, OOM-kills.
-        let burst_room = if headroom_scale >= 1.0 {
+        // yet: half an interval of a fast allocator, on average — this for a guest of up to
+        // SMALL_GUEST, more in bigger ones (`allocator_scale`). A burst that meets no free
+        // memory there evicts hot cache — a stall no baseline has — or, without swap,
+        // OOM-kills.
+        let small_guest_burst_room = if roomy {
             0.5 * interval_s * FAST_ALLOC_BPS
         } else {
             0.0
@@ -570,7 +573,7 @@ impl Policy for AerostatPolicy {
             }
             memo.cache_keep = Some(keep);
 
-            let burst_room = burst_room * allocator_scale(configured);
+            let burst_room = small_guest_burst_room * allocator_scale(configured);
             let need = (r.used + restart + keep + headroom)
                 .max(r.used + burst_room)
                 .min(configured);
@@ -644,7 +647,7 @@ impl Policy for AerostatPolicy {
             } else if need + band < current && !blocked {
                 // Free memory goes in one step; cache only in small bites, so the probe
                 // cannot overshoot into hot pages between two readings.
-                let bite = memo.cache_bite(headroom_scale >= 1.0);
+                let bite = memo.cache_bite(roomy);
                 let target = need.max(current - spare_free - bite);
                 // Only the cache this target really asks for counts against the estimate.
                 memo.spend_cold_cache((current - target - spare_free).clamp(0.0, bite));
