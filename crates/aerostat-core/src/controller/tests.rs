@@ -1551,3 +1551,39 @@ fn page_cache_goes_before_any_working_set() {
     let d = reserve_tick(vec![], Bytes::gib(12), Bytes::ZERO, vms(Bytes::gib(12)));
     expect(&d, "small", 182);
 }
+
+/// A case the property test above found: a guest's burst room appeared whole once the host
+/// had ROOMY_SHARE available, which took the host back below it, and the guest cycled
+/// between two targets every ~31 ticks under constant input.
+#[test]
+fn aerostat_settles_where_its_own_burst_room_moves_the_host_across_roomy() {
+    let g = |configured: u64, used: u64, cache: u64, class: VmClass| SteadyGuest {
+        configured,
+        min: None,
+        used,
+        cache,
+        class,
+        priority: 1.0,
+        scan_stats: false,
+    };
+    let guests = vec![
+        g(2 * GIB, 880_468_276, 64_424_508, VmClass::General),
+        g(9 * GIB, 6_378_026_424, 1_352_914_696, VmClass::Interactive),
+        g(3 * GIB, 2_093_796_510, 869_730_858, VmClass::Batch),
+    ];
+    let total = host_total_for(&guests, 100);
+    let n = AEROSTAT_SETTLE + QUIET;
+    let last = last_active_tick(
+        PolicyKind::Aerostat,
+        &guests,
+        total,
+        HostInput::Follows,
+        0,
+        true,
+        n,
+    );
+    assert!(
+        last.is_none_or(|k| k < AEROSTAT_SETTLE),
+        "last action at tick {last:?}"
+    );
+}

@@ -409,11 +409,10 @@ impl Policy for AerostatPolicy {
         // SMALL_GUEST, more in bigger ones (`allocator_scale`). A burst that meets no free
         // memory there evicts hot cache — a stall no baseline has — or, without swap,
         // OOM-kills.
-        let small_guest_burst_room = if roomy {
-            0.5 * interval_s * FAST_ALLOC_BPS
-        } else {
-            0.0
-        };
+        // It shrinks with the headroom on a nearly full host, continuously: a burst room that
+        // appeared whole at ROOMY_SHARE took the host back below it, and the guests cycled
+        // between two targets every band's worth of ticks under constant input.
+        let small_guest_burst_room = 0.5 * interval_s * FAST_ALLOC_BPS * headroom_scale;
 
         // Per-VM wishes: (index, need, lowest acceptable under host pressure, rule, reason).
         let wishes = &mut self.wishes;
@@ -876,7 +875,7 @@ impl Wish {
         if n.need > n.used + n.restart + n.keep + n.headroom + 0.5 * MIB {
             let _ = write!(
                 text,
-                "host roomy: at least {:.0} MiB free or cache for a burst the next reading has not seen; ",
+                "burst room: at least {:.0} MiB free or cache for a burst the next reading has not seen; ",
                 n.burst_room / MIB
             );
         }
@@ -1187,7 +1186,7 @@ mod tests {
         };
         let (roomy, reason) = target_with_available(32);
         assert_eq!(roomy, 500 + 256, "{reason}");
-        assert!(reason.contains("host roomy"), "{reason}");
+        assert!(reason.contains("burst room: at least"), "{reason}");
         let (full, reason) = target_with_available(4);
         assert_eq!(full, 500 + 64, "{reason}");
     }
@@ -1205,7 +1204,7 @@ mod tests {
             o.host.total = Bytes::gib(256);
             let props = p.propose(&o, &[]);
             let reason = props[0].reason.text().unwrap_or_default().to_string();
-            assert!(reason.contains("host roomy"), "{reason}");
+            assert!(reason.contains("burst room: at least"), "{reason}");
             (props[0].target.0 >> 20) - 500
         };
         assert_eq!(burst_room_of(1), 256);
