@@ -104,6 +104,9 @@ const ROOMY_SHARE: f64 = 0.20;
 /// (`overcommitted`: shrinking between 20 % and 10 % settled it at 18 % available, 2.8 % of
 /// the oracle short of Proxmox's 80 % fill).
 const FULL_HEADROOM_SHARE: f64 = 0.30;
+/// ... and, for a guest whose cache probe cannot see the hot pages (no scan statistics), the
+/// share at which only the sliver is left: its headroom shrinks only below ROOMY_SHARE.
+const TIGHT_SHARE: f64 = 0.10;
 /// The burst room is half at ROOMY_SHARE, whole this share of the host above it, none this
 /// share below it: wide enough that the guests' burst room cannot carry the host back and
 /// forth across it (the band is a tenth of the host), centred where the baselines stop
@@ -415,6 +418,8 @@ impl Policy for AerostatPolicy {
         let available_share = Self::available_share(obs);
         let headroom_scale =
             ((available_share - ROOMY_SHARE) / (FULL_HEADROOM_SHARE - ROOMY_SHARE)).clamp(0.0, 1.0);
+        let blind_probe_headroom_scale =
+            ((available_share - TIGHT_SHARE) / (ROOMY_SHARE - TIGHT_SHARE)).clamp(0.0, 1.0);
         // At least ROOMY_SHARE of the host available: MoM and Proxmox leave such a host's
         // guests alone.
         let roomy = available_share >= ROOMY_SHARE;
@@ -489,7 +494,16 @@ impl Policy for AerostatPolicy {
             let class_headroom = (prof.headroom_frac * movable).max(headroom_min);
             // On a nearly full host the class's room for surprises shrinks toward a sliver:
             // the host could not give a surprise much anyway, and the memory is worth more
-            // handed back. Room for growth that is seen stays whole.
+            // handed back. Room for growth that is seen stays whole. A guest without scan
+            // statistics keeps it whole until the host is no longer roomy: its cache probe
+            // finds the hot pages only by refaulting them, and the headroom is what stands
+            // between the probe's last bite and those pages (`unseen-mix`, seeds 101 and
+            // 202: classic-stats guests refaulted 0.4 s as the host passed 25 % available).
+            let headroom_scale = if r.has_scan_stats {
+                headroom_scale
+            } else {
+                blind_probe_headroom_scale
+            };
             let headroom = (class_headroom * headroom_scale)
                 .max(IDLE_SLIVER.min(class_headroom))
                 .max(memo.growth_bps * reaction_s);
@@ -1272,6 +1286,31 @@ mod tests {
         assert!(reason.contains("headroom 328;"), "{reason}");
         // The 328 MiB are less than the burst room of a 12 GiB guest on a roomy host.
         assert_eq!(target, Bytes::mib(10240 + 512), "{reason}");
+    }
+
+    #[test]
+    fn without_scan_statistics_the_headroom_shrinks_only_below_a_roomy_host() {
+        // 25 % of the host available: a guest whose probe sees its cache's bottom keeps half
+        // its headroom; one whose probe finds hot pages only by refaulting them keeps it
+        // whole, until the host is no longer roomy.
+        let target = |scan_stats: bool, available_mib: u64| {
+            let mut p = AerostatPolicy::new(settings());
+            let mut v = vm("a", 32 * GIB, 32 * GIB, 1024, 0, 0);
+            if !scan_stats {
+                v.stats.async_scans = None;
+                v.stats.async_reclaims = None;
+            }
+            let mut o = obs(0, vec![v]);
+            o.host.available = Bytes::mib(available_mib);
+            p.propose(&o, &[])[0].target.0 >> 20
+        };
+        let headroom = 0.04 * 32768.0;
+        assert_eq!(target(true, 64 * 1024 / 4), 1024 + (0.5 * headroom) as u64);
+        assert_eq!(target(false, 64 * 1024 / 4), 1024 + headroom as u64);
+        assert_eq!(
+            target(false, 64 * 1024 * 3 / 20),
+            1024 + (0.5 * headroom) as u64
+        );
     }
 
     #[test]
