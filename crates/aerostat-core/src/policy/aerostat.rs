@@ -358,6 +358,7 @@ impl AerostatPolicy {
             0.0
         };
         let used = (total - available - balloon_inside).max(0.0);
+        let free = clamp(s.free).unwrap_or(0.0).min(total);
         // The page cache counted is the part MemAvailable counts: `used` already holds the
         // rest (shmem, the kernel's low-watermark share), and counting it again in the cache
         // a guest keeps left each guest that much above its need (10 % of the cache in the
@@ -365,10 +366,10 @@ impl AerostatPolicy {
         let cache = clamp(s.disk_caches)
             .unwrap_or(0.0)
             .min(total)
-            .min((available - clamp(s.free).unwrap_or(0.0)).max(0.0));
+            .min((available - free).max(0.0));
         let mut r = Reading {
             used,
-            free: clamp(s.free).unwrap_or(0.0).min(total),
+            free,
             cache,
             has_scan_stats: s.async_scans.is_some(),
             ..Reading::default()
@@ -416,10 +417,8 @@ impl Policy for AerostatPolicy {
         let interval_s = self.settings.interval.as_secs_f64().max(0.1);
         self.memos.sync(&obs.vms, |_| Memo::default());
         let available_share = Self::available_share(obs);
-        let headroom_scale =
-            ((available_share - ROOMY_SHARE) / (FULL_HEADROOM_SHARE - ROOMY_SHARE)).clamp(0.0, 1.0);
-        let blind_probe_headroom_scale =
-            ((available_share - TIGHT_SHARE) / (ROOMY_SHARE - TIGHT_SHARE)).clamp(0.0, 1.0);
+        let headroom_scale = ramp(available_share, ROOMY_SHARE, FULL_HEADROOM_SHARE);
+        let blind_probe_headroom_scale = ramp(available_share, TIGHT_SHARE, ROOMY_SHARE);
         // At least ROOMY_SHARE of the host available: MoM and Proxmox leave such a host's
         // guests alone.
         let roomy = available_share >= ROOMY_SHARE;
@@ -437,9 +436,11 @@ impl Policy for AerostatPolicy {
         // appeared whole at one share of the host available took the host back below it,
         // and the guests cycled between two targets every band's worth of ticks under
         // constant input.
-        let burst_room_scale = ((available_share - ROOMY_SHARE + BURST_ROOM_RAMP)
-            / (2.0 * BURST_ROOM_RAMP))
-            .clamp(0.0, 1.0);
+        let burst_room_scale = ramp(
+            available_share,
+            ROOMY_SHARE - BURST_ROOM_RAMP,
+            ROOMY_SHARE + BURST_ROOM_RAMP,
+        );
         let small_guest_burst_room = 0.5 * interval_s * FAST_ALLOC_BPS * burst_room_scale;
 
         // Per-VM wishes: (index, need, lowest acceptable under host pressure, rule, reason).
@@ -974,6 +975,12 @@ fn headroom_min(class: VmClass, prof: &Profile, configured: f64) -> f64 {
     } else {
         prof.headroom_min
     }
+}
+
+/// 0 at or below `none_at`, 1 at or above `whole_at`, linear between: how much of a room a
+/// guest keeps at this share of the host available.
+fn ramp(share: f64, none_at: f64, whole_at: f64) -> f64 {
+    ((share - none_at) / (whole_at - none_at)).clamp(0.0, 1.0)
 }
 
 /// How much faster than FAST_ALLOC_BPS a guest of this configured size may allocate.
