@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::decision::{Action, ActionKind, Alert, Decision, Rule};
 use crate::observation::{Observation, VmSample};
 use crate::per_vm::PerVm;
-use crate::planner::escape::floor_demand;
+use crate::planner::escape::{floors_held, hot_memory_stays};
 use crate::policy::{Policy, Proposal, Reason, WorkingSet};
 use crate::units::{Bytes, Millis};
 
@@ -340,8 +340,7 @@ impl Controller {
         let mut alerts = Vec::new();
         if let Some(reserve) = self.guards.reserve {
             let capacity = obs.host.total - reserve;
-            // Guests on their way out still hold their memory here until they have left.
-            let floors: Bytes = obs.vms.iter().map(floor_demand).sum();
+            let floors = floors_held(obs);
             if floors > capacity {
                 alerts.push(Alert::FloorsDoNotFit {
                     need: floors,
@@ -764,11 +763,9 @@ impl Controller {
             };
         shrink(&mut excess, pending, order, Take::UntouchedOrStep, false);
         shrink(&mut excess, pending, order, Take::AboveHot, false);
-        // When even the floors do not fit, squeezing hot memory cannot restore the reserve:
-        // it only trades host swap for the guests' own refaults and swap-ins (and the
-        // escape moves a guest away). The guest knows what is cold — not what is hot —
-        // so while host swap can hold the rest, hot memory stays where it is.
-        if floors > capacity && obs.host.swap_free >= excess {
+        // When even the floors do not fit and host swap can hold the rest, hot memory stays
+        // where it is: the guest knows what is cold — not what is hot.
+        if hot_memory_stays(obs, floors, capacity, excess) {
             return ReserveOutcome::Squeezed;
         }
         let hot_left = left_above(pending, order, |ws| ws.hot);

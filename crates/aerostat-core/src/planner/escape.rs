@@ -39,6 +39,27 @@ pub fn floors_need(obs: &Observation) -> Bytes {
         .sum()
 }
 
+/// Σ [`floor_demand`] over every guest still on the host, those on their way out included:
+/// they hold their memory here until they have left.
+pub fn floors_held(obs: &Observation) -> Bytes {
+    obs.vms.iter().map(floor_demand).sum()
+}
+
+/// Whether squeezing stops short of the guests' hot memory: the floors held
+/// ([`floors_held`]) exceed `capacity`, so no squeeze can restore the reserve — it would
+/// only trade host swap for the guests' own refaults and swap-ins, and the escape moves a
+/// guest away — and host swap can hold `excess`, the committed memory above `capacity`.
+///
+/// All of the swap counts, not only what is free: `excess` counts every guest's whole
+/// target, so the guest pages already in host swap are part of it, not an addition
+/// (`unabsorbable-surge`: with 7 GiB of guest pages swapped, a 9.4 GiB excess against
+/// 8.9 GiB of free swap squeezed the database below its hot cache, and it refaulted after
+/// the escape). Pages of the host's own processes in swap are counted too: on a KVM host
+/// they are few.
+pub fn hot_memory_stays(obs: &Observation, floors: Bytes, capacity: Bytes, excess: Bytes) -> bool {
+    floors > capacity && obs.host.swap_total >= excess
+}
+
 /// How a migration away from this host would be run.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EscapeSettings {

@@ -31,7 +31,7 @@ use crate::controller::GuardConfig;
 use crate::decision::Rule;
 use crate::observation::{GuestStats, Observation, VmClass, VmSample};
 use crate::per_vm::PerVm;
-use crate::planner::escape::floors_need;
+use crate::planner::escape::{floors_held, hot_memory_stays};
 use crate::policy::{Policy, PolicySettings, Proposal, Reason, WorkingSet};
 use crate::units::{Bytes, Millis};
 
@@ -1053,10 +1053,14 @@ impl AerostatPolicy {
                     .map(|w| (w.target - w.resident).max(0.0))
                     .sum();
                 // When even the floors do not fit, taking hot cache cannot make room: it only
-                // trades host swap for refaults (the escape moves a guest away). While host
-                // swap can hold the rest, the hot cache stays.
-                let floors_do_not_fit = floors_need(obs).as_f64() > capacity;
-                if floors_do_not_fit && obs.host.swap_free.as_f64() >= left {
+                // trades host swap for refaults. While host swap can hold the rest, the hot
+                // cache stays.
+                if hot_memory_stays(
+                    obs,
+                    floors_held(obs),
+                    Bytes::from_f64(capacity),
+                    Bytes::from_f64(left),
+                ) {
                     0.0
                 } else {
                     (left - headroom).max(0.0)
@@ -1678,26 +1682,38 @@ mod tests {
     fn when_the_floors_do_not_fit_hot_cache_stays_while_host_swap_can_hold_the_rest() {
         // `unabsorbable-surge`: a VM with 13 GiB pinned lands on a full host; until the
         // escape moves a guest away, squeezing the database's hot cache only turns host swap
-        // into refaults. Floors: 6 + 6 GiB on a host with 10 GiB of capacity.
-        let fits = |swap_free_gib: u64| {
+        // into refaults. Floors: 6 + 6 GiB on a host with 10 GiB of capacity; the targets
+        // (8 + 8 GiB) are 6 GiB above it.
+        let fits = |swap_total_gib: u64, swap_free_gib: u64, b_migrating: bool| {
             let mut p = AerostatPolicy::new(settings());
             let mut a = vm("a", 8 * GIB, 8 * GIB, 4096, 2048, 0);
             let mut b = vm("b", 8 * GIB, 8 * GIB, 4096, 2048, 0);
             a.min = Some(Bytes::gib(6));
             b.min = Some(Bytes::gib(6));
+            b.migrating = b_migrating;
             let mut o = obs(0, vec![a, b]);
             o.host = HostSample {
-                swap_total: Bytes::gib(16),
+                swap_total: Bytes::gib(swap_total_gib),
                 swap_free: Bytes::gib(swap_free_gib),
                 ..host(11, 0)
             };
             let props = p.propose(&o, &[]);
             props.iter().map(|x| x.target).min().expect("proposals")
         };
+        let keeps_cache = |t: Bytes| t >= Bytes::mib(4096 + 2048 - 64);
         // Both keep `used` + their cache (the first probe bite aside) ...
-        assert!(fits(16) >= Bytes::mib(4096 + 2048 - 64), "{}", fits(16));
+        assert!(keeps_cache(fits(16, 16, false)), "{}", fits(16, 16, false));
+        // ... also when the guests' pages already fill most of the swap: they are part of
+        // the excess, not an addition to it ...
+        assert!(keeps_cache(fits(16, 0, false)), "{}", fits(16, 0, false));
+        // ... and while one of them is leaving: it holds its memory until it has left ...
+        assert!(keeps_cache(fits(16, 16, true)), "{}", fits(16, 16, true));
         // ... unless host swap cannot take the rest: then the cache goes, down to `lowest`.
-        assert!(fits(0) <= Bytes::mib(4096 + 1024), "{}", fits(0));
+        assert!(
+            fits(1, 1, false) <= Bytes::mib(4096 + 1024),
+            "{}",
+            fits(1, 1, false)
+        );
     }
 
     #[test]
