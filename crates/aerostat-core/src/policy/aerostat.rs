@@ -24,16 +24,30 @@
 //! Trust: guest numbers are clamped to [0, configured] and only ever *raise* a guest's
 //! own target or order who is asked first; taking memory from others is bounded by the
 //! controller's guards (floors, steps, reserve), which use host facts only.
+//!
+//! Where things are: this file holds the constants, the class profiles and the tick
+//! (`propose_into`: the host read once into a `HostView`, then each guest's wish in
+//! `wish_for` — growth, headroom, cache step, need, stall, target — then the fit, then the
+//! finishing pass). `memo.rs`: what the policy remembers about each VM between ticks.
+//! `reading.rs`: a guest's stats, clamped and turned into rates. `wish.rs`: the wish and
+//! the numbers behind its reason text. `fit.rs`: the host-short fit. `tests.rs`: unit tests.
 
-use std::fmt::Write as _;
+mod fit;
+mod memo;
+mod reading;
+mod wish;
 
 use crate::controller::GuardConfig;
 use crate::decision::Rule;
-use crate::observation::{GuestStats, Observation, VmClass, VmSample};
+use crate::observation::{Observation, VmClass, VmSample};
 use crate::per_vm::PerVm;
-use crate::planner::escape::{floors_held, hot_memory_stays};
 use crate::policy::{Policy, PolicySettings, Proposal, Reason, WorkingSet};
 use crate::units::{Bytes, Millis};
+
+use fit::fit_host;
+use memo::Memo;
+use reading::{Reading, read};
+use wish::{Detail, Explain, Need, Wish};
 
 const MIB: f64 = 1048576.0;
 const PAGE: f64 = 4096.0;
@@ -171,121 +185,6 @@ fn profile(class: VmClass) -> Profile {
     }
 }
 
-/// What the policy remembers about one VM.
-#[derive(Clone, Debug, Default)]
-struct Memo {
-    last_time: Option<Millis>,
-    last_counters: Counters,
-    last_actual: f64,
-    last_used: f64,
-    /// Growth rate of `used`, bytes/s: rises when two readings agree, decays slowly.
-    growth_bps: f64,
-    /// The rate of `used` seen last tick.
-    last_rate: f64,
-    /// Page cache we let the guest keep; `None` until first seen.
-    cache_keep: Option<f64>,
-    probe_paused_until: Millis,
-    /// Since when the balloon has lagged its target without moving.
-    stall_since: Option<Millis>,
-    inflate_blocked_until: Millis,
-    /// The target this policy asked for last tick, and when the guest was last held below
-    /// its need — by the host-short fit or by the controller's reserve guard.
-    last_wish: f64,
-    squeezed_at: Option<Millis>,
-    /// Cold page cache left by the last estimate, less the bites since; `None` until the
-    /// guest has reclaimed under a bite, and after pressure (its cache then refills), a
-    /// phase change or a probe pause (`track_cold_cache`).
-    cold_left: Option<f64>,
-    /// The page cache of the last reading, and `used` and the time when `cold_left` was
-    /// measured.
-    last_cache: f64,
-    cold_used: f64,
-    cold_at: Millis,
-    /// When the controller last sent less than a host-short raise this policy asked for
-    /// (`last_wish_host_short`): the reserve guard took it back.
-    raise_cut_at: Option<Millis>,
-    last_wish_host_short: bool,
-    /// What the guest used before its last OOM kill, kept for the workload's restart until
-    /// the given time.
-    restart_room: Option<(f64, Millis)>,
-}
-
-impl Memo {
-    /// Updates the estimate of the cold page cache left: measured when the guest
-    /// reclaimed; otherwise the last estimate plus whatever the cache grew by (new pages
-    /// are cold until re-read). A workload that changed phase — its used memory moved by a
-    /// quarter (at least 256 MiB) since the estimate — may have left any amount of its
-    /// cache cold: unknown again.
-    fn track_cold_cache(&mut self, r: &Reading, now: Millis) {
-        let phase_change =
-            (r.used - self.cold_used).abs() > (0.25 * self.cold_used).max(256.0 * MIB);
-        // An estimate as old as a probe pause is as stale as the bottom the pause kept.
-        let stale = now.saturating_sub(self.cold_at) > PROBE_PAUSE;
-        self.cold_left = match (r.cold_cache(), self.cold_left) {
-            (Some(cold), _) => {
-                self.cold_used = r.used;
-                self.cold_at = now;
-                Some(cold)
-            }
-            (None, Some(_)) if phase_change || stale => None,
-            // Cache dropped without a scan (a deleted file) leaves no more cold than cache.
-            (None, Some(cold)) => Some((cold + (r.cache - self.last_cache).max(0.0)).min(r.cache)),
-            (None, None) => None,
-        };
-        self.last_cache = r.cache;
-    }
-
-    /// How much page cache the next shrink may take. Unknown: a small bite, whose reading
-    /// tells the rest — a first bite that lands on hot cache is a refault the baselines may
-    /// not cause (`unseen-5354`: 1 GiB guests whose cache was 90 % hot lost up to 41 MiB of
-    /// it to one 49 MiB bite, 0.22 stall-s against 0; `unseen-2254`: eleven idle 2 GiB
-    /// guests on a host 18 % available, where the headroom is only a sliver, lost hot cache
-    /// to 64 MiB first bites after every pause, 5.4 stall-s against 0). Then half the cold
-    /// cache left, so a bite cannot land on hot pages before the next reading shows where
-    /// the bottom is — the probe closes in geometrically. Less than two small bites left:
-    /// none (free memory still goes).
-    fn cache_bite(&self) -> f64 {
-        match self.cold_left {
-            None => MIN_BITE,
-            Some(c) if c < 2.0 * MIN_BITE => 0.0,
-            Some(c) => (0.5 * c).clamp(MIN_BITE, RECLAIM_BITE),
-        }
-    }
-
-    /// Counts `taken` bytes of cache asked of the guest against the cold cache left.
-    fn spend_cold_cache(&mut self, taken: f64) {
-        if let Some(c) = &mut self.cold_left {
-            *c = (*c - taken).max(0.0);
-        }
-    }
-}
-
-/// The cumulative guest counters that are compared from one reading to the next.
-#[derive(Clone, Copy, Debug, Default)]
-struct Counters {
-    swap_in: Option<u64>,
-    major_faults: Option<u64>,
-    oom_kills: Option<u64>,
-    async_scans: Option<u64>,
-    direct_scans: Option<u64>,
-    async_reclaims: Option<u64>,
-    direct_reclaims: Option<u64>,
-}
-
-impl Counters {
-    fn of(s: &GuestStats) -> Counters {
-        Counters {
-            swap_in: s.swap_in.map(|b| b.0),
-            major_faults: s.major_faults,
-            oom_kills: s.oom_kills,
-            async_scans: s.async_scans,
-            direct_scans: s.direct_scans,
-            async_reclaims: s.async_reclaims,
-            direct_reclaims: s.direct_reclaims,
-        }
-    }
-}
-
 /// The `aerostat` policy.
 #[derive(Debug)]
 pub struct AerostatPolicy {
@@ -296,33 +195,6 @@ pub struct AerostatPolicy {
     wishes: Vec<Wish>,
 }
 
-/// Guest numbers after clamping, and what changed since the last tick.
-#[derive(Debug, Default, Clone, Copy)]
-struct Reading {
-    used: f64,
-    free: f64,
-    cache: f64,
-    swap_in_bps: f64,
-    refault_pps: f64,
-    new_ooms: u64,
-    /// Reclaimed ÷ scanned over the last interval, when the guest reclaimed anything.
-    efficiency: Option<f64>,
-    /// Bytes the guest's LRU reclaimed over the last interval.
-    reclaimed: f64,
-    has_scan_stats: bool,
-}
-
-impl Reading {
-    /// Cold page cache left, estimated from the last interval's reclaim efficiency. A CLOCK
-    /// scan passes over hot pages and frees cold ones, so the share of scanned pages it
-    /// freed is the cold share of the cache when the interval began; what it freed since
-    /// is gone.
-    fn cold_cache(&self) -> Option<f64> {
-        let e = self.efficiency?;
-        Some((e * (self.cache + self.reclaimed) - self.reclaimed).clamp(0.0, self.cache))
-    }
-}
-
 impl AerostatPolicy {
     pub fn new(settings: PolicySettings) -> AerostatPolicy {
         AerostatPolicy {
@@ -330,69 +202,6 @@ impl AerostatPolicy {
             memos: PerVm::new(),
             wishes: Vec::new(),
         }
-    }
-
-    /// Reads the guest's stats; `dt` is the time since the last reading (`memo.last_time`).
-    fn read(vm: &VmSample, memo: &Memo, now: Millis, dt: f64, interval: Millis) -> Option<Reading> {
-        let s = &vm.stats;
-        let interval_ok =
-            |t: Millis| now.saturating_sub(t).0 <= STALE_INTERVALS * interval.0.max(1000);
-        if s.last_update.is_some_and(|t| !interval_ok(t)) {
-            return None;
-        }
-        let configured = vm.configured.as_f64();
-        let clamp = |b: Option<Bytes>| b.map(|b| b.as_f64().clamp(0.0, configured));
-        let total = clamp(s.total).unwrap_or(vm.actual.as_f64());
-        let available = clamp(s.available).or_else(|| {
-            // Older guests: free + caches approximates MemAvailable.
-            Some(clamp(s.free)? + clamp(s.disk_caches).unwrap_or(0.0))
-        })?;
-        let available = available.min(total);
-        // With deflate-on-oom MemTotal stays at the configured size and the balloon's pages
-        // count as used inside the guest; without it MemTotal shrinks with the balloon. Stats
-        // lag the live `actual` while a balloon moves, so only a MemTotal at the configured
-        // size is read as "balloon inside".
-        let balloon_inside = if total >= 0.99 * configured {
-            (total - vm.actual.as_f64()).max(0.0)
-        } else {
-            0.0
-        };
-        let used = (total - available - balloon_inside).max(0.0);
-        let free = clamp(s.free).unwrap_or(0.0).min(total);
-        // The page cache counted is the part MemAvailable counts: `used` already holds the
-        // rest (shmem, the kernel's low-watermark share), and counting it again in the cache
-        // a guest keeps left each guest that much above its need (10 % of the cache in the
-        // simulator; `overcommitted`: 36–41 MiB a guest).
-        let cache = clamp(s.disk_caches)
-            .unwrap_or(0.0)
-            .min(total)
-            .min((available - free).max(0.0));
-        let mut r = Reading {
-            used,
-            free,
-            cache,
-            has_scan_stats: s.async_scans.is_some(),
-            ..Reading::default()
-        };
-        if memo.last_time.is_some() {
-            let p = &memo.last_counters;
-            let delta = |a: Option<u64>, b: Option<u64>| match (a, b) {
-                // Counters that go backwards (guest reboot, lies) count as zero.
-                (Some(a), Some(b)) => a.saturating_sub(b) as f64,
-                _ => 0.0,
-            };
-            r.swap_in_bps = delta(s.swap_in.map(|b| b.0), p.swap_in) / dt;
-            r.refault_pps = delta(s.major_faults, p.major_faults) / dt;
-            r.new_ooms = delta(s.oom_kills, p.oom_kills) as u64;
-            let scans = delta(s.async_scans, p.async_scans) + delta(s.direct_scans, p.direct_scans);
-            let reclaims = delta(s.async_reclaims, p.async_reclaims)
-                + delta(s.direct_reclaims, p.direct_reclaims);
-            if scans >= 64.0 {
-                r.efficiency = Some((reclaims / scans).min(1.0));
-                r.reclaimed = reclaims * PAGE;
-            }
-        }
-        Some(r)
     }
 }
 
@@ -412,11 +221,78 @@ impl Policy for AerostatPolicy {
         }
     }
 
+    /// Each tick: read the host once, work out each guest's wish from its own stats, fit
+    /// the wishes to the host when it is short, then turn them into proposals.
     fn propose_into(&mut self, obs: &Observation, targets: &[Bytes], out: &mut Vec<Proposal>) {
-        let now = obs.time;
-        let interval_s = self.settings.interval.as_secs_f64().max(0.1);
         self.memos.sync(&obs.vms, |_| Memo::default());
-        let available_share = Self::available_share(obs);
+        let host = HostView::of(&self.settings, obs);
+
+        // Per-VM wishes, in VM order: each guest's need, the lowest it accepts under host
+        // pressure, the rule and the numbers behind the reason.
+        let wishes = &mut self.wishes;
+        wishes.clear();
+        for (i, vm) in obs.vms.iter().enumerate() {
+            let memo = &mut self.memos[i];
+            if !vm.balloon || vm.migrating {
+                // Start afresh afterwards: rates over a migration mean nothing.
+                memo.last_time = None;
+                continue;
+            }
+            let current = targets.get(i).map_or(vm.actual.as_f64(), |t| t.as_f64());
+            wishes.extend(wish_for(&host, memo, i, vm, current));
+        }
+
+        fit_host(&self.settings, obs, wishes);
+
+        for w in wishes.iter_mut() {
+            let current = targets.get(w.vm).copied().unwrap_or(obs.vms[w.vm].actual);
+            out.extend(finish(w, &mut self.memos[w.vm], current, obs.time));
+        }
+    }
+
+    fn working_set(&self, vm: usize) -> Option<WorkingSet> {
+        let k = self.wishes.binary_search_by_key(&vm, |w| w.vm).ok()?;
+        let (anon, hot) = self.wishes[k].working_set;
+        Some(WorkingSet {
+            anon: Bytes::from_f64(anon),
+            hot: Bytes::from_f64(hot),
+        })
+    }
+
+    fn explain(&self, obs: &Observation, vm: usize) -> String {
+        match self.wishes.binary_search_by_key(&vm, |w| w.vm) {
+            Ok(k) => self.wishes[k].text(&self.settings, &obs.vms[vm], obs.host.total),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+/// What every guest's wish this tick takes from the host and the settings: how full the
+/// host is, and the rooms and thresholds that follow from that. Read once a tick.
+#[derive(Debug)]
+struct HostView {
+    now: Millis,
+    /// The policy's interval, and in seconds (at least 0.1 s).
+    interval: Millis,
+    interval_s: f64,
+    /// The reaction time, in seconds: the headroom keeps room for this long at the growth
+    /// rate seen.
+    reaction_s: f64,
+    /// The share of a class's headroom a guest keeps at the host's fill ...
+    headroom_scale: f64,
+    /// ... and that of a guest whose cache probe cannot see the hot pages (no scan
+    /// statistics).
+    blind_probe_headroom_scale: f64,
+    /// Reclaim efficiency below which the cache probe stops.
+    stop_efficiency: f64,
+    /// The burst room of a guest of up to SMALL_GUEST (`allocator_scale` sizes the rest).
+    small_guest_burst_room: f64,
+}
+
+impl HostView {
+    fn of(settings: &PolicySettings, obs: &Observation) -> HostView {
+        let interval_s = settings.interval.as_secs_f64().max(0.1);
+        let available_share = available_share(obs);
         let headroom_scale = ramp(available_share, ROOMY_SHARE, FULL_HEADROOM_SHARE);
         let blind_probe_headroom_scale = ramp(available_share, TIGHT_SHARE, ROOMY_SHARE);
         // At least ROOMY_SHARE of the host available: MoM and Proxmox leave such a host's
@@ -442,524 +318,400 @@ impl Policy for AerostatPolicy {
             ROOMY_SHARE + BURST_ROOM_RAMP,
         );
         let small_guest_burst_room = 0.5 * interval_s * FAST_ALLOC_BPS * burst_room_scale;
-
-        // Per-VM wishes: (index, need, lowest acceptable under host pressure, rule, reason).
-        let wishes = &mut self.wishes;
-        wishes.clear();
-        for (i, vm) in obs.vms.iter().enumerate() {
-            if !vm.balloon || vm.migrating {
-                // Start afresh afterwards: rates over a migration mean nothing.
-                self.memos[i].last_time = None;
-                continue;
-            }
-            let memo = &mut self.memos[i];
-            let prof = profile(vm.class);
-            let configured = vm.configured.as_f64();
-            let actual = vm.actual.as_f64();
-            // Seconds since the last reading (at least 1 ms; 1 ms when there was none).
-            let dt = now
-                .saturating_sub(memo.last_time.unwrap_or(now))
-                .as_secs_f64()
-                .max(1e-3);
-            let Some(r) = Self::read(vm, memo, now, dt, self.settings.interval) else {
-                // Blind: no (fresh) stats. Hold the VM where it is; host pressure is
-                // handled by the guards from host facts alone.
-                memo.last_time = None;
-                continue;
-            };
-
-            // Growth rate of `used`: fast up, slow down (ESX's working-set estimator habit).
-            if memo.last_time.is_some() {
-                let rate = ((r.used - memo.last_used) / dt).max(0.0);
-                // Stats taken while the balloon moved are noisy (they lag `actual`): then a
-                // rise counts only once it is seen twice in a row, so one noisy sample cannot
-                // buy an idle guest headroom. With a still balloon it counts at once.
-                let balloon_moved = (actual - memo.last_actual).abs() > 16.0 * MIB;
-                let rise = if balloon_moved {
-                    rate.min(memo.last_rate)
-                } else {
-                    rate
-                };
-                memo.last_rate = rate;
-                memo.growth_bps = if rise > memo.growth_bps {
-                    rise
-                } else {
-                    memo.growth_bps * 0.9 + rise * 0.1
-                };
-            }
-            let reaction_s = 3.0 * interval_s + 2.0;
-            // Pinned memory (huge pages, VFIO) is neither grown into nor ballooned: the
-            // class fraction applies to the part of the guest that can move.
-            let movable = (configured - vm.pinned.as_f64()).max(0.0);
-            let headroom_min = headroom_min(vm.class, &prof, configured);
-            let class_headroom = (prof.headroom_frac * movable).max(headroom_min);
-            // On a nearly full host the class's room for surprises shrinks toward a sliver:
-            // the host could not give a surprise much anyway, and the memory is worth more
-            // handed back. Room for growth that is seen stays whole. A guest without scan
-            // statistics keeps it whole until the host is no longer roomy: its cache probe
-            // finds the hot pages only by refaulting them, and the headroom is what stands
-            // between the probe's last bite and those pages (`unseen-mix`, seeds 101 and
-            // 202: classic-stats guests refaulted 0.4 s as the host passed 25 % available).
-            let headroom_scale = if r.has_scan_stats {
-                headroom_scale
-            } else {
-                blind_probe_headroom_scale
-            };
-            let headroom = (class_headroom * headroom_scale)
-                .max(IDLE_SLIVER.min(class_headroom))
-                .max(memo.growth_bps * reaction_s);
-            // Free memory beyond the room the guest keeps for growth.
-            let spare_free = (r.free - headroom).max(0.0);
-
-            let pressure = r.swap_in_bps > SWAP_IN_PRESSURE_BPS
-                || r.refault_pps > REFAULT_PRESSURE_PPS
-                || r.new_ooms > 0;
-            let cache_floor = prof.cache_floor_frac * r.cache;
-            let mut keep = memo
-                .cache_keep
-                .unwrap_or(r.cache)
-                .min(r.cache.max(cache_floor));
-            let mut rule = Rule::Reclaim;
-            let detail;
-            let current = targets.get(i).map_or(actual, |t| t.as_f64());
-            if memo.last_time.is_some() && current + MIN_BAND < memo.last_wish {
-                memo.squeezed_at = Some(now);
-            }
-            if memo.last_time.is_some()
-                && memo.last_wish_host_short
-                && current + MIB < memo.last_wish
-            {
-                memo.raise_cut_at = Some(now);
-            }
-            let squeezed = memo
-                .squeezed_at
-                .is_some_and(|t| now.saturating_sub(t) <= SQUEEZE_EXPLAINS);
-            memo.track_cold_cache(&r, now);
-            // An OOM kill frees the workload's memory, and a restarted workload wants it back
-            // at once: a guest that looks idle after a kill is not reclaimed below what it
-            // used before it for RESTART_HOLD (`unseen-7372`: 1 GiB guests reclaimed to
-            // their floor after a kill, OOM-killed again by every restart, 720 times in 6 h).
-            // Only the target keeps the room: `lowest` and the fit's idle floor do not, so a
-            // short host takes it first.
-            if r.new_ooms > 0 && memo.last_time.is_some() {
-                let before = memo
-                    .last_used
-                    .max(memo.restart_room.map_or(0.0, |(u, _)| u));
-                memo.restart_room = Some((before, now + RESTART_HOLD));
-            }
-            let restart = match memo.restart_room {
-                Some((before, until)) if now < until => (before - r.used).max(0.0),
-                _ => 0.0,
-            };
-            if pressure {
-                // Give back what the guest is missing, with margin, and stop probing.
-                let missing = r.swap_in_bps.max(r.refault_pps * PAGE) * interval_s * 10.0;
-                // Pages coming back land in the guest's free memory first: only what its
-                // free memory above the headroom cannot hold is added (a guest still faulting
-                // in what the last boost made room for is not short again; the headroom
-                // stays for bursts).
-                let boost = (missing.max(256.0 * MIB) - spare_free).max(0.0);
-                keep = (keep + boost).min(configured);
-                memo.cold_left = None;
-                // Pressure right after a hold below the need says nothing about the
-                // probe: it goes on once the pressure is gone.
-                if !squeezed {
-                    memo.probe_paused_until = now + PROBE_PAUSE;
-                }
-                rule = Rule::DeflatePressure;
-                detail = Detail::Pressure {
-                    swap_in_bps: r.swap_in_bps,
-                    refault_pps: r.refault_pps,
-                    new_ooms: r.new_ooms,
-                    boost,
-                };
-            } else if r.efficiency.is_some_and(|e| e < stop_efficiency) {
-                // The guest's LRU is scanning hot pages: step back once and stay there —
-                // unless the guest was held below its wish: then that is what the LRU
-                // shows, not the bottom of the cache.
-                let step = prof.probe_per_min * configured * interval_s / 60.0;
-                keep = (keep + 2.0 * step).min(r.cache).max(cache_floor);
-                if !squeezed {
-                    memo.probe_paused_until = now + PROBE_PAUSE;
-                }
-                detail = Detail::Efficiency {
-                    efficiency: r.efficiency.unwrap_or(0.0),
-                    stop: stop_efficiency,
-                };
-            } else if now >= memo.probe_paused_until && (r.has_scan_stats || keep > 0.5 * r.cache) {
-                let step = prof.probe_per_min * configured * interval_s / 60.0;
-                // Without scan statistics we cannot see the bottom coming: probe only
-                // down to half the cache and let refaults stop us.
-                let probe_floor = if r.has_scan_stats {
-                    cache_floor
-                } else {
-                    cache_floor.max(0.5 * r.cache)
-                };
-                keep = (keep - step).max(probe_floor);
-                detail = Detail::Probing;
-            } else {
-                detail = Detail::Keeping;
-            }
-            // Never count on less cache than the hot part the guest showed, less half the
-            // headroom: below that the hot cache would fill the headroom and a burst would
-            // meet no free memory (`unseen-2`: a guest OOM-killed by a 380 MiB/s burst).
-            // Half the headroom may hold hot cache — a burst evicts it at a refault's cost,
-            // never an OOM's.
-            if let Some(cold) = memo.cold_left {
-                keep = keep.max(r.cache - cold - 0.5 * headroom);
-            }
-            memo.cache_keep = Some(keep);
-
-            let burst_room = small_guest_burst_room * allocator_scale(configured);
-            let need = (r.used + restart + keep + headroom)
-                .max(r.used + burst_room)
-                .min(configured);
-            let explain = Explain::Need(Need {
-                need,
-                burst_room,
-                used: r.used,
-                restart,
-                keep,
-                cache: r.cache,
-                headroom,
-                headroom_scale,
-                detail,
-            });
-
-            // What the guest cannot lose without swapping: `used` plus a sliver of room (never
-            // more than the headroom). The floor of `lowest`, and the reserve guard's `anon`.
-            let anon = r.used + headroom_min.min(class_headroom.max(headroom));
-
-            // Balloon stall: the target is well below actual and actual is not moving.
-            let moved_bps = (memo.last_actual - actual).max(0.0) / dt;
-            if current + STALL_GAP < actual
-                && moved_bps < STALL_RATE_BPS
-                && memo.last_time.is_some()
-            {
-                let since = *memo.stall_since.get_or_insert(now);
-                if now.saturating_sub(since) >= STALL_AFTER && now >= memo.inflate_blocked_until {
-                    memo.inflate_blocked_until = now + STALL_BLOCK;
-                    memo.stall_since = None;
-                    let t = (actual + STALL_GIVEBACK).min(configured);
-                    wishes.push(Wish {
-                        vm: i,
-                        target: t,
-                        lowest: t,
-                        resident: t,
-                        idle_floor: t,
-                        working_set: (anon, anon),
-                        weight: prof.weight * vm.priority,
-                        rule: Rule::BalloonStalled,
-                        explain: Explain::Stalled {
-                            actual,
-                            target: current,
-                            moved_bps,
-                        },
-                        host_short: None,
-                    });
-                    memo.last_time = Some(now);
-                    memo.last_counters = Counters::of(&vm.stats);
-                    memo.last_actual = actual;
-                    memo.last_used = r.used;
-                    continue;
-                }
-            } else {
-                memo.stall_since = None;
-            }
-
-            let growing = memo.growth_bps * reaction_s > headroom_min;
-            // Band: grow at once when below need; shrink only when well above it.
-            // The band only delays a shrink (the target never goes below need), so it can be
-            // narrow: a quarter of the headroom, and twice the guards' 16 MiB dead band.
-            let band = (0.25 * headroom).max(MIN_BAND);
-            let blocked = now < memo.inflate_blocked_until;
-            // The page cache the guest holds resident: what the probe keeps, or the hot part
-            // it measured where `keep` went below it (by at most half the headroom).
-            let held = memo.cold_left.map_or(keep, |c| (r.cache - c).max(keep));
-            let target = if need > current || rule == Rule::DeflatePressure {
-                if rule == Rule::Reclaim {
-                    rule = Rule::Deflate;
-                }
-                need.max(current)
-            } else if need + band < current && !blocked {
-                // Free memory goes in one step; cache only in small bites, so the probe
-                // cannot overshoot into hot pages between two readings.
-                let bite = memo.cache_bite();
-                let target = need.max(current - spare_free - bite);
-                // Only the cache this target really asks for counts against the estimate.
-                memo.spend_cold_cache((current - target - spare_free).clamp(0.0, bite));
-                target
-            } else {
-                current
-            };
-            wishes.push(Wish {
-                vm: i,
-                target,
-                // Under host pressure, never below what the guest uses plus a sliver of
-                // room: squeezing further only moves the stall into the guest.
-                lowest: anon.min(target),
-                resident: (r.used + held).min(target),
-                working_set: (anon, anon + keep.min(r.cache)),
-                // Never below a sliver of room: a guest left with no free memory at all
-                // OOM-kills on its next allocation when it has no swap or cache to give.
-                idle_floor: if growing {
-                    target
-                } else {
-                    (r.used + keep)
-                        .max(r.used + IDLE_SLIVER.min(headroom))
-                        .min(target)
-                },
-                weight: prof.weight * vm.priority,
-                rule,
-                explain,
-                host_short: None,
-            });
-            memo.last_time = Some(now);
-            memo.last_counters = Counters::of(&vm.stats);
-            memo.last_actual = actual;
-            memo.last_used = r.used;
-        }
-
-        Self::fit_host(&self.settings, obs, wishes);
-
-        for w in wishes.iter_mut() {
-            let memo = &mut self.memos[w.vm];
-            let current = targets.get(w.vm).copied().unwrap_or(obs.vms[w.vm].actual);
-            // A host-short raise the reserve guard took back is not asked for again for
-            // RAISE_CUT_HOLD, beyond `used` + kept cache + a sliver, unless the guest is under
-            // pressure: the guard would take it back again, and the two would flap every
-            // other second (`unseen-sliver`: ±17 MiB, 246,150 actions in a day).
-            let under_pressure = matches!(
-                w.explain,
-                Explain::Need(Need {
-                    detail: Detail::Pressure { .. },
-                    ..
-                })
-            );
-            if w.rule == Rule::HostShort
-                && !under_pressure
-                && memo
-                    .raise_cut_at
-                    .is_some_and(|t| obs.time.saturating_sub(t) < RAISE_CUT_HOLD)
-            {
-                let cap = current.as_f64().max(w.resident + IDLE_SLIVER);
-                if w.target > cap {
-                    // The reason counts it as room given up.
-                    if let Some((_, taken)) = w.host_short.as_mut() {
-                        *taken += w.target - cap;
-                    }
-                    w.target = cap;
-                }
-            }
-            memo.last_wish = w.target;
-            memo.last_wish_host_short = w.rule == Rule::HostShort && w.target > current.as_f64();
-            // A take from idle headroom alone (within the band) is not a hold.
-            if w.host_short.is_some_and(|(_, taken)| taken > MIN_BAND) {
-                memo.squeezed_at = Some(obs.time);
-            }
-            // A reclaim that would not move the VM by a MiB is not worth proposing.
-            let worth = w.rule != Rule::Reclaim
-                || ((w.target - current.as_f64()).abs() >= MIB
-                    && Bytes::from_f64(w.target) != current);
-            if worth {
-                out.push(Proposal {
-                    vm: w.vm,
-                    target: Bytes::from_f64(w.target).align_down(Bytes::mib(1)),
-                    rule: w.rule,
-                    reason: Reason::Deferred,
-                });
-            }
-        }
-    }
-
-    fn working_set(&self, vm: usize) -> Option<WorkingSet> {
-        let k = self.wishes.binary_search_by_key(&vm, |w| w.vm).ok()?;
-        let (anon, hot) = self.wishes[k].working_set;
-        Some(WorkingSet {
-            anon: Bytes::from_f64(anon),
-            hot: Bytes::from_f64(hot),
-        })
-    }
-
-    fn explain(&self, obs: &Observation, vm: usize) -> String {
-        match self.wishes.binary_search_by_key(&vm, |w| w.vm) {
-            Ok(k) => self.wishes[k].text(&self.settings, &obs.vms[vm], obs.host.total),
-            Err(_) => String::new(),
+        HostView {
+            now: obs.time,
+            interval: settings.interval,
+            interval_s,
+            reaction_s: 3.0 * interval_s + 2.0,
+            headroom_scale,
+            blind_probe_headroom_scale,
+            stop_efficiency,
+            small_guest_burst_room,
         }
     }
 }
 
-#[derive(Debug, Clone)]
-struct Wish {
-    vm: usize,
-    target: f64,
-    lowest: f64,
-    /// `used` plus the cache it keeps: what the guest holds resident without headroom.
-    /// Down to here (or `lowest`, if higher) the wish is headroom; below it the host takes
-    /// hot cache, which only a real shortage justifies.
-    resident: f64,
-    /// (`used` plus a sliver of room, that plus the page cache it keeps — `keep`, what the
-    /// probe has not found cold), whatever the target: what [`Policy::working_set`]
-    /// reports to the reserve guard.
-    working_set: (f64, f64),
-    /// Down to here the wish is idle headroom of a guest that is not growing: taken first
-    /// when the host is short (ESX's idle-memory tax, in spirit).
-    idle_floor: f64,
-    weight: f64,
-    rule: Rule,
-    explain: Explain,
-    /// (host short by, taken from this VM), when the host was short.
-    host_short: Option<(f64, f64)>,
+/// One guest as its wish this tick sees it.
+#[derive(Debug)]
+struct Guest<'a> {
+    /// Index into `Observation::vms`.
+    index: usize,
+    vm: &'a VmSample,
+    prof: Profile,
+    configured: f64,
+    actual: f64,
+    /// The controller's target for the guest now.
+    current: f64,
+    /// Its stats this tick.
+    r: Reading,
 }
 
-/// The numbers behind a wish; turned into text only for the proposals the controller
-/// sends (formatting every VM's reason every tick would dominate the simulator's time).
-#[derive(Debug, Clone, Copy)]
-enum Explain {
-    /// The usual case: the guest's need and how it was found.
-    Need(Need),
-    /// The balloon did not follow its target (`target`, bytes) and moved `moved_bps`.
-    Stalled {
-        actual: f64,
-        target: f64,
-        moved_bps: f64,
-    },
+/// One guest's wish this tick (`current`: the controller's target for it now), or `None`
+/// when it has no fresh stats. In order: the growth seen, the room the guest keeps, what
+/// the controller's holds and the cold cache estimate say, the page cache step, the need;
+/// then either a stalled balloon's give-back or the target within its band. The memo's
+/// updates happen in this order, and each step reads the ones before it.
+fn wish_for(
+    host: &HostView,
+    memo: &mut Memo,
+    index: usize,
+    vm: &VmSample,
+    current: f64,
+) -> Option<Wish> {
+    let now = host.now;
+    let actual = vm.actual.as_f64();
+    // Seconds since the last reading (at least 1 ms; 1 ms when there was none).
+    let dt = now
+        .saturating_sub(memo.last_time.unwrap_or(now))
+        .as_secs_f64()
+        .max(1e-3);
+    let Some(r) = read(vm, memo, now, dt, host.interval) else {
+        // Blind: no (fresh) stats. Hold the VM where it is; host pressure is
+        // handled by the guards from host facts alone.
+        memo.last_time = None;
+        return None;
+    };
+    let g = Guest {
+        index,
+        vm,
+        prof: profile(vm.class),
+        configured: vm.configured.as_f64(),
+        actual,
+        current,
+        r,
+    };
+
+    memo.track_growth(&r, actual, dt);
+    let room = Room::of(host, memo, &g);
+    let Room {
+        headroom_min,
+        class_headroom,
+        headroom,
+        ..
+    } = room;
+    memo.note_holds(current, now);
+    let squeezed = memo.squeezed(now);
+    memo.track_cold_cache(&r, now);
+    let restart = memo.room_for_restart(&r, now);
+    let cache = cache_step(host, memo, &g, &room, squeezed);
+    let keep = cache.keep;
+
+    let burst_room = host.small_guest_burst_room * allocator_scale(g.configured);
+    let need = (r.used + restart + keep + headroom)
+        .max(r.used + burst_room)
+        .min(g.configured);
+    let explain = Explain::Need(Need {
+        need,
+        burst_room,
+        used: r.used,
+        restart,
+        keep,
+        cache: r.cache,
+        headroom,
+        headroom_scale: room.headroom_scale,
+        detail: cache.detail,
+    });
+
+    // What the guest cannot lose without swapping: `used` plus a sliver of room (never
+    // more than the headroom). The floor of `lowest`, and the reserve guard's `anon`.
+    let anon = r.used + headroom_min.min(class_headroom.max(headroom));
+
+    if let Some(moved_bps) = memo.balloon_stalled(current, actual, dt, now) {
+        let wish = stalled_wish(&g, anon, moved_bps);
+        memo.remember_reading(now, &vm.stats, actual, r.used);
+        return Some(wish);
+    }
+
+    let growing = memo.growth_bps * host.reaction_s > headroom_min;
+    // The page cache the guest holds resident: what the probe keeps, or the hot part
+    // it measured where `keep` went below it (by at most half the headroom).
+    let held = memo.cold_left.map_or(keep, |c| (r.cache - c).max(keep));
+    let (target, rule) = target_with_band(host, memo, &g, &room, need, cache.rule);
+    let wish = Wish {
+        vm: index,
+        target,
+        // Under host pressure, never below what the guest uses plus a sliver of
+        // room: squeezing further only moves the stall into the guest.
+        lowest: anon.min(target),
+        resident: (r.used + held).min(target),
+        working_set: (anon, anon + keep.min(r.cache)),
+        // Never below a sliver of room: a guest left with no free memory at all
+        // OOM-kills on its next allocation when it has no swap or cache to give.
+        idle_floor: if growing {
+            target
+        } else {
+            (r.used + keep)
+                .max(r.used + IDLE_SLIVER.min(headroom))
+                .min(target)
+        },
+        weight: g.prof.weight * vm.priority,
+        rule,
+        explain,
+        host_short: None,
+    };
+    memo.remember_reading(now, &vm.stats, actual, r.used);
+    Some(wish)
 }
 
-/// A guest's need and its parts.
-#[derive(Debug, Clone, Copy)]
-struct Need {
-    need: f64,
-    /// The least free memory and cache a roomy host's guest keeps (0 elsewhere).
-    burst_room: f64,
-    used: f64,
-    /// Room kept for a workload an OOM kill stopped (above `used`).
-    restart: f64,
-    keep: f64,
-    cache: f64,
-    headroom: f64,
-    /// The share of the class's headroom a nearly full host left (1: all of it).
+/// A guest's room to grow until the policy sees it next.
+#[derive(Debug)]
+struct Room {
+    /// The class's minimum headroom for the guest's size ...
+    headroom_min: f64,
+    /// ... the class's room for surprises: its fraction of the movable memory, at least
+    /// that minimum ...
+    class_headroom: f64,
+    /// ... the share of it the host's fill leaves ...
     headroom_scale: f64,
+    /// ... and the headroom kept: that share, at least a sliver, and at least the growth
+    /// seen over the reaction time.
+    headroom: f64,
+    /// Free memory beyond the room the guest keeps for growth.
+    spare_free: f64,
+}
+
+impl Room {
+    fn of(host: &HostView, memo: &Memo, g: &Guest) -> Room {
+        // Pinned memory (huge pages, VFIO) is neither grown into nor ballooned: the
+        // class fraction applies to the part of the guest that can move.
+        let movable = (g.configured - g.vm.pinned.as_f64()).max(0.0);
+        let headroom_min = headroom_min(g.vm.class, &g.prof, g.configured);
+        let class_headroom = (g.prof.headroom_frac * movable).max(headroom_min);
+        // On a nearly full host the class's room for surprises shrinks toward a sliver:
+        // the host could not give a surprise much anyway, and the memory is worth more
+        // handed back. Room for growth that is seen stays whole. A guest without scan
+        // statistics keeps it whole until the host is no longer roomy: its cache probe
+        // finds the hot pages only by refaulting them, and the headroom is what stands
+        // between the probe's last bite and those pages (`unseen-mix`, seeds 101 and
+        // 202: classic-stats guests refaulted 0.4 s as the host passed 25 % available).
+        let headroom_scale = if g.r.has_scan_stats {
+            host.headroom_scale
+        } else {
+            host.blind_probe_headroom_scale
+        };
+        let headroom = (class_headroom * headroom_scale)
+            .max(IDLE_SLIVER.min(class_headroom))
+            .max(memo.growth_bps * host.reaction_s);
+        // Free memory beyond the room the guest keeps for growth.
+        let spare_free = (g.r.free - headroom).max(0.0);
+        Room {
+            headroom_min,
+            class_headroom,
+            headroom_scale,
+            headroom,
+            spare_free,
+        }
+    }
+}
+
+/// This tick's step of the page cache a guest keeps.
+#[derive(Debug)]
+struct CacheStep {
+    /// The page cache the guest keeps (`Memo::cache_keep`).
+    keep: f64,
+    /// `Rule::DeflatePressure` under pressure, `Rule::Reclaim` otherwise.
+    rule: Rule,
     detail: Detail,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Detail {
-    Pressure {
-        swap_in_bps: f64,
-        refault_pps: f64,
-        new_ooms: u64,
-        boost: f64,
-    },
-    /// The guest's reclaim efficiency fell below `stop`.
-    Efficiency {
-        efficiency: f64,
-        stop: f64,
-    },
-    Probing,
-    Keeping,
+/// Moves the page cache the guest keeps: up by a boost under pressure, a step back when
+/// its LRU shows only hot pages left, a probe step down, or not at all. `squeezed`: the
+/// guest was held below its need lately.
+fn cache_step(
+    host: &HostView,
+    memo: &mut Memo,
+    g: &Guest,
+    room: &Room,
+    squeezed: bool,
+) -> CacheStep {
+    let now = host.now;
+    let interval_s = host.interval_s;
+    let (r, prof, configured) = (&g.r, &g.prof, g.configured);
+    let pressure = r.pressure();
+    let cache_floor = prof.cache_floor_frac * r.cache;
+    let mut keep = memo
+        .cache_keep
+        .unwrap_or(r.cache)
+        .min(r.cache.max(cache_floor));
+    let mut rule = Rule::Reclaim;
+    let detail;
+    if pressure {
+        // Give back what the guest is missing, with margin, and stop probing.
+        let missing = r.swap_in_bps.max(r.refault_pps * PAGE) * interval_s * 10.0;
+        // Pages coming back land in the guest's free memory first: only what its
+        // free memory above the headroom cannot hold is added (a guest still faulting
+        // in what the last boost made room for is not short again; the headroom
+        // stays for bursts).
+        let boost = (missing.max(256.0 * MIB) - room.spare_free).max(0.0);
+        keep = (keep + boost).min(configured);
+        memo.cold_left = None;
+        // Pressure right after a hold below the need says nothing about the
+        // probe: it goes on once the pressure is gone.
+        if !squeezed {
+            memo.probe_paused_until = now + PROBE_PAUSE;
+        }
+        rule = Rule::DeflatePressure;
+        detail = Detail::Pressure {
+            swap_in_bps: r.swap_in_bps,
+            refault_pps: r.refault_pps,
+            new_ooms: r.new_ooms,
+            boost,
+        };
+    } else if r.efficiency.is_some_and(|e| e < host.stop_efficiency) {
+        // The guest's LRU is scanning hot pages: step back once and stay there —
+        // unless the guest was held below its wish: then that is what the LRU
+        // shows, not the bottom of the cache.
+        let step = prof.probe_per_min * configured * interval_s / 60.0;
+        keep = (keep + 2.0 * step).min(r.cache).max(cache_floor);
+        if !squeezed {
+            memo.probe_paused_until = now + PROBE_PAUSE;
+        }
+        detail = Detail::Efficiency {
+            efficiency: r.efficiency.unwrap_or(0.0),
+            stop: host.stop_efficiency,
+        };
+    } else if now >= memo.probe_paused_until && (r.has_scan_stats || keep > 0.5 * r.cache) {
+        let step = prof.probe_per_min * configured * interval_s / 60.0;
+        // Without scan statistics we cannot see the bottom coming: probe only
+        // down to half the cache and let refaults stop us.
+        let probe_floor = if r.has_scan_stats {
+            cache_floor
+        } else {
+            cache_floor.max(0.5 * r.cache)
+        };
+        keep = (keep - step).max(probe_floor);
+        detail = Detail::Probing;
+    } else {
+        detail = Detail::Keeping;
+    }
+    // Never count on less cache than the hot part the guest showed, less half the
+    // headroom: below that the hot cache would fill the headroom and a burst would
+    // meet no free memory (`unseen-2`: a guest OOM-killed by a 380 MiB/s burst).
+    // Half the headroom may hold hot cache — a burst evicts it at a refault's cost,
+    // never an OOM's.
+    if let Some(cold) = memo.cold_left {
+        keep = keep.max(r.cache - cold - 0.5 * room.headroom);
+    }
+    memo.cache_keep = Some(keep);
+    CacheStep { keep, rule, detail }
 }
 
-impl Wish {
-    fn text(&self, settings: &PolicySettings, vm: &VmSample, host_total: Bytes) -> String {
-        let mut text = String::new();
-        // Writing to a String cannot fail.
-        if let Some((short, take)) = self.host_short {
-            let _ = write!(
-                text,
-                "host short by {:.0} MiB (total {} − reserve {}): {} gives up {:.0} MiB of room (weight {:.1}); ",
-                short / MIB,
-                host_total,
-                settings.reserve,
-                vm.name,
-                take / MIB,
-                self.weight
-            );
-        }
-        let n = match self.explain {
-            Explain::Need(n) => n,
-            Explain::Stalled {
-                actual,
-                target,
-                moved_bps,
-            } => {
-                let _ = write!(
-                    text,
-                    "balloon stalled: actual {:.0} MiB, target {:.0} MiB, moving {:.1} MB/s; giving {:.0} MiB back, no inflation for {}",
-                    actual / MIB,
-                    target / MIB,
-                    moved_bps / 1e6,
-                    STALL_GIVEBACK / MIB,
-                    STALL_BLOCK
-                );
-                return text;
-            }
-        };
-        let _ = write!(
-            text,
-            "need {:.0} MiB = used {:.0}",
-            n.need / MIB,
-            n.used / MIB
-        );
-        if n.restart > 0.0 {
-            let _ = write!(text, " + {:.0} used before an OOM kill", n.restart / MIB);
-        }
-        let _ = write!(
-            text,
-            " + cache {:.0} + headroom {:.0}; ",
-            n.keep / MIB,
-            n.headroom / MIB
-        );
-        if n.need > n.used + n.restart + n.keep + n.headroom + 0.5 * MIB {
-            let _ = write!(
-                text,
-                "burst room: at least {:.0} MiB free or cache for a burst the next reading has not seen; ",
-                n.burst_room / MIB
-            );
-        }
-        if n.headroom_scale < 1.0 {
-            let _ = write!(
-                text,
-                "host nearly full: {:.0}% of the class's headroom; ",
-                100.0 * n.headroom_scale
-            );
-        }
-        let _ = match n.detail {
-            Detail::Pressure {
-                swap_in_bps,
-                refault_pps,
-                new_ooms,
-                boost,
-            } => write!(
-                text,
-                "guest under pressure (swap-in {:.1} MiB/s, major faults {:.0}/s, {} new OOM kills): +{:.0} MiB",
-                swap_in_bps / MIB,
-                refault_pps,
-                new_ooms,
-                boost / MIB
-            ),
-            Detail::Efficiency { efficiency, stop } => write!(
-                text,
-                "guest reclaim efficiency {:.0}% < {:.0}%{}: only hot page cache left, keeping {:.0} MiB of it",
-                100.0 * efficiency,
-                100.0 * stop,
-                if stop > MIN_RECLAIM_EFFICIENCY {
-                    " (host roomy)"
-                } else {
-                    ""
-                },
-                n.keep / MIB
-            ),
-            Detail::Probing => write!(
-                text,
-                "probing page cache: keep {:.0} MiB of {:.0} MiB",
-                n.keep / MIB,
-                n.cache / MIB
-            ),
-            Detail::Keeping => write!(text, "keeping {:.0} MiB of page cache", n.keep / MIB),
-        };
-        text
+/// The wish for a guest whose balloon stalled (`Memo::balloon_stalled`): a little more than
+/// it holds now, all of it kept.
+fn stalled_wish(g: &Guest, anon: f64, moved_bps: f64) -> Wish {
+    let t = (g.actual + STALL_GIVEBACK).min(g.configured);
+    Wish {
+        vm: g.index,
+        target: t,
+        lowest: t,
+        resident: t,
+        idle_floor: t,
+        working_set: (anon, anon),
+        weight: g.prof.weight * g.vm.priority,
+        rule: Rule::BalloonStalled,
+        explain: Explain::Stalled {
+            actual: g.actual,
+            target: g.current,
+            moved_bps,
+        },
+        host_short: None,
     }
+}
+
+/// The target for a guest's `need` and the rule that moves it there: up to the need at
+/// once, down only when the target is a band above it and inflation is not blocked.
+fn target_with_band(
+    host: &HostView,
+    memo: &mut Memo,
+    g: &Guest,
+    room: &Room,
+    need: f64,
+    rule: Rule,
+) -> (f64, Rule) {
+    let current = g.current;
+    let mut rule = rule;
+    // Band: grow at once when below need; shrink only when well above it.
+    // The band only delays a shrink (the target never goes below need), so it can be
+    // narrow: a quarter of the headroom, and twice the guards' 16 MiB dead band.
+    let band = (0.25 * room.headroom).max(MIN_BAND);
+    let blocked = host.now < memo.inflate_blocked_until;
+    let target = if need > current || rule == Rule::DeflatePressure {
+        if rule == Rule::Reclaim {
+            rule = Rule::Deflate;
+        }
+        need.max(current)
+    } else if need + band < current && !blocked {
+        // Free memory goes in one step; cache only in small bites, so the probe
+        // cannot overshoot into hot pages between two readings.
+        let bite = memo.cache_bite();
+        let target = need.max(current - room.spare_free - bite);
+        // Only the cache this target really asks for counts against the estimate.
+        memo.spend_cold_cache((current - target - room.spare_free).clamp(0.0, bite));
+        target
+    } else {
+        current
+    };
+    (target, rule)
+}
+
+/// After the fit: a wish is remembered for the next tick and becomes a proposal — unless
+/// it is a reclaim too small to send. `current`: the controller's target now.
+fn finish(w: &mut Wish, memo: &mut Memo, current: Bytes, now: Millis) -> Option<Proposal> {
+    cap_cut_raise(w, memo, current, now);
+    memo.remember_wish(w, current.as_f64(), now);
+    // A reclaim that would not move the VM by a MiB is not worth proposing.
+    let worth = w.rule != Rule::Reclaim
+        || ((w.target - current.as_f64()).abs() >= MIB && Bytes::from_f64(w.target) != current);
+    worth.then(|| Proposal {
+        vm: w.vm,
+        target: Bytes::from_f64(w.target).align_down(Bytes::mib(1)),
+        rule: w.rule,
+        reason: Reason::Deferred,
+    })
+}
+
+/// Caps a host-short raise the reserve guard took back lately.
+fn cap_cut_raise(w: &mut Wish, memo: &Memo, current: Bytes, now: Millis) {
+    // A host-short raise the reserve guard took back is not asked for again for
+    // RAISE_CUT_HOLD, beyond `used` + kept cache + a sliver, unless the guest is under
+    // pressure: the guard would take it back again, and the two would flap every
+    // other second (`unseen-sliver`: ±17 MiB, 246,150 actions in a day).
+    let under_pressure = matches!(
+        w.explain,
+        Explain::Need(Need {
+            detail: Detail::Pressure { .. },
+            ..
+        })
+    );
+    if w.rule == Rule::HostShort
+        && !under_pressure
+        && memo
+            .raise_cut_at
+            .is_some_and(|t| now.saturating_sub(t) < RAISE_CUT_HOLD)
+    {
+        let cap = current.as_f64().max(w.resident + IDLE_SLIVER);
+        if w.target > cap {
+            // The reason counts it as room given up.
+            if let Some((_, taken)) = w.host_short.as_mut() {
+                *taken += w.target - cap;
+            }
+            w.target = cap;
+        }
+    }
+}
+
+/// The host's available memory as a share of it: the share of a class's headroom guests
+/// keep is 1 from FULL_HEADROOM_SHARE up, falling linearly to 0 at ROOMY_SHARE. The
+/// host's own count, not the guests' sizes: balloon room a guest never touched costs the
+/// host nothing, and a guest that just started holds little of its size. Stable: the
+/// memory a smaller headroom hands back is memory the guest had touched, and the room a
+/// larger one gives back is untouched.
+fn available_share(obs: &Observation) -> f64 {
+    let total = obs.host.total.as_f64();
+    if total <= 0.0 {
+        return 1.0;
+    }
+    obs.host.available.as_f64() / total
 }
 
 /// The class's minimum headroom for a guest of this configured size. The batch minimum is a
@@ -995,855 +747,5 @@ fn allocator_scale(configured: f64) -> f64 {
     (configured / SMALL_GUEST).clamp(1.0, MAX_ALLOC_SCALE)
 }
 
-impl AerostatPolicy {
-    /// The host's available memory as a share of it: the share of a class's headroom guests
-    /// keep is 1 from FULL_HEADROOM_SHARE up, falling linearly to 0 at ROOMY_SHARE. The
-    /// host's own count, not the guests' sizes: balloon room a guest never touched costs the
-    /// host nothing, and a guest that just started holds little of its size. Stable: the
-    /// memory a smaller headroom hands back is memory the guest had touched, and the room a
-    /// larger one gives back is untouched.
-    fn available_share(obs: &Observation) -> f64 {
-        let total = obs.host.total.as_f64();
-        if total <= 0.0 {
-            return 1.0;
-        }
-        obs.host.available.as_f64() / total
-    }
-
-    /// When Σ wishes + overheads exceed host total − reserve, lower wishes toward their
-    /// `lowest`, cheapest first: lowest weight × room, proportionally.
-    fn fit_host(settings: &PolicySettings, obs: &Observation, wishes: &mut [Wish]) {
-        let capacity = obs.host.total.saturating_sub(settings.reserve).as_f64();
-        let mut committed: f64 = obs
-            .vms
-            .iter()
-            .map(|v| (v.overhead + v.actual).as_f64())
-            .sum();
-        for w in wishes.iter() {
-            committed += w.target - obs.vms[w.vm].actual.as_f64();
-        }
-        let excess = committed - capacity;
-        if excess <= 0.0 {
-            return;
-        }
-        // Three tiers: idle headroom of guests that are not growing first, then any headroom,
-        // then the cache each guest keeps, down to its `lowest`; within a tier, in proportion
-        // to room ÷ weight.
-        let mut left = excess;
-        for tier in 0..3 {
-            let floor_of = |w: &Wish| match tier {
-                0 => w.idle_floor,
-                1 => w.resident.max(w.lowest),
-                _ => w.lowest,
-            };
-            let total_room: f64 = wishes
-                .iter()
-                .map(|w| (w.target - floor_of(w)).max(0.0) / w.weight.max(1e-3))
-                .sum();
-            if total_room <= 0.0 || left <= 0.0 {
-                continue;
-            }
-            // Hot cache goes only when the guests' resident memory itself does not fit: the
-            // headroom others still count on is a plan, not a shortage (`unseen-sliver`: a
-            // batch guest's hot cache thrashed for eight fleet mates' 768 MiB of headroom,
-            // with 4 GiB of the host free).
-            let short = if tier == 2 {
-                let headroom: f64 = wishes
-                    .iter()
-                    .map(|w| (w.target - w.resident).max(0.0))
-                    .sum();
-                // When even the floors do not fit, taking hot cache cannot make room: it only
-                // trades host swap for refaults. While host swap can hold the rest, the hot
-                // cache stays.
-                if hot_memory_stays(
-                    obs,
-                    floors_held(obs),
-                    Bytes::from_f64(capacity),
-                    Bytes::from_f64(left),
-                ) {
-                    0.0
-                } else {
-                    (left - headroom).max(0.0)
-                }
-            } else {
-                left
-            };
-            if short <= 0.0 {
-                continue;
-            }
-            for w in wishes.iter_mut() {
-                let room = (w.target - floor_of(w)).max(0.0);
-                if room <= 0.0 {
-                    continue;
-                }
-                let take = (short * (room / w.weight.max(1e-3)) / total_room).min(room);
-                if take < 1.0 {
-                    continue;
-                }
-                w.target -= take;
-                left -= take;
-                w.rule = Rule::HostShort;
-                let (_, taken) = w.host_short.unwrap_or((0.0, 0.0));
-                w.host_short = Some((excess, taken + take));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::observation::HostSample;
-
-    const GIB: u64 = 1 << 30;
-
-    fn settings() -> PolicySettings {
-        PolicySettings {
-            reserve: Bytes::gib(1),
-            interval: Millis::secs(1),
-            ..PolicySettings::default()
-        }
-    }
-
-    fn host(total_gib: u64, free_gib: u64) -> HostSample {
-        HostSample {
-            total: Bytes::gib(total_gib),
-            free: Bytes::gib(free_gib),
-            available: Bytes::gib(free_gib),
-            ..HostSample::default()
-        }
-    }
-
-    /// A guest of `configured` GiB at `actual` using `used` MiB with `cache` MiB of cache.
-    fn vm(
-        name: &str,
-        configured: u64,
-        actual: u64,
-        used_mib: u64,
-        cache_mib: u64,
-        t: u64,
-    ) -> VmSample {
-        let mut v = VmSample::new(name, Bytes(configured), Bytes(actual));
-        let free = actual.saturating_sub((used_mib + cache_mib) << 20);
-        v.stats = GuestStats {
-            total: Some(Bytes(actual)),
-            free: Some(Bytes(free)),
-            available: Some(Bytes(free + (cache_mib << 20))),
-            disk_caches: Some(Bytes::mib(cache_mib)),
-            swap_in: Some(Bytes(0)),
-            major_faults: Some(0),
-            oom_kills: Some(0),
-            async_scans: Some(0),
-            async_reclaims: Some(0),
-            last_update: Some(Millis::secs(t)),
-            ..GuestStats::default()
-        };
-        v
-    }
-
-    fn obs(t: u64, vms: Vec<VmSample>) -> Observation {
-        Observation {
-            time: Millis::secs(t),
-            host: host(64, 32),
-            vms,
-        }
-    }
-
-    #[test]
-    fn an_idle_guest_is_reclaimed_toward_its_need() {
-        let mut p = AerostatPolicy::new(settings());
-        let props = p.propose(&obs(0, vec![vm("a", 8 * GIB, 8 * GIB, 1024, 0, 0)]), &[]);
-        assert_eq!(props.len(), 1);
-        let t = props[0].target;
-        assert_eq!(props[0].rule, Rule::Reclaim);
-        // need = 1 GiB used + 0 cache + max(4 % of 8 GiB, 128 MiB) headroom ≈ 1.33 GiB; the
-        // free memory above the headroom goes in one step.
-        assert!(t < Bytes::gib(2) && t > Bytes::gib(1), "{t}");
-        let reason = props[0].reason.text().expect("written out by propose");
-        assert!(reason.contains("need"), "{reason}");
-    }
-
-    /// The class's headroom (4 % of 8 GiB ≈ 328 MiB for a general guest) is whole while the
-    /// host has 20 % available, half at 15 %, and down to the 64 MiB sliver at 10 % or less.
-    #[test]
-    fn a_nearly_full_host_shrinks_the_headroom_to_a_sliver() {
-        let target_with_available = |available_mib: u64| {
-            let mut p = AerostatPolicy::new(settings());
-            // 32 GiB: half its headroom (655 MiB) is more than its burst room (512 MiB).
-            let mut o = obs(0, vec![vm("a", 32 * GIB, 32 * GIB, 1024, 0, 0)]);
-            o.host.available = Bytes::mib(available_mib);
-            let props = p.propose(&o, &[]);
-            let reason = props[0].reason.text().unwrap_or_default().to_string();
-            let cut = reason.contains("host nearly full");
-            assert_eq!(cut, available_mib * 10 < 64 * 1024 * 3, "{reason}");
-            props[0].target.0 >> 20
-        };
-        let headroom = 0.04 * 32768.0;
-        let whole = 1024 + headroom as u64;
-        let half = 1024 + (0.5 * headroom) as u64;
-        // Whole from 30 % of the host available; half at 25 %; at 20 % only the sliver is
-        // left of the headroom, and half the burst room (512 MiB for 32 GiB) is more; none
-        // of either at 15 % and below.
-        assert_eq!(target_with_available(32 * 1024), whole);
-        assert_eq!(target_with_available(64 * 1024 * 3 / 10 + 1), whole);
-        assert_eq!(target_with_available(64 * 1024 / 4), half);
-        assert_eq!(target_with_available(64 * 1024 / 5 + 1), 1024 + 256);
-        assert_eq!(target_with_available(64 * 1024 * 3 / 20), 1024 + 64);
-        assert_eq!(target_with_available(1024), 1024 + 64);
-    }
-
-    /// `unseen-7372`: after an OOM kill the guest looks idle; reclaimed to its floor, the
-    /// restarted workload was killed again at once, 720 times in 6 h.
-    #[test]
-    fn room_a_killed_workload_used_is_kept_for_its_restart() {
-        let mut p = AerostatPolicy::new(settings());
-        let reading = |used_mib: u64, kills: u64, t: u64| {
-            let mut v = vm("a", 8 * GIB, 4 * GIB, used_mib, 0, t);
-            v.stats.oom_kills = Some(kills);
-            obs(t, vec![v])
-        };
-        let target = |p: &mut AerostatPolicy, o: &Observation| {
-            let props = p.propose(o, &[Bytes::gib(4)]);
-            props.first().map_or(Bytes::gib(4), |x| x.target)
-        };
-        target(&mut p, &reading(3000, 0, 0));
-        // Killed: `used` falls to 200 MiB, but 3000 MiB stay for the restart ...
-        let after_kill = target(&mut p, &reading(200, 1, 1));
-        assert!(after_kill >= Bytes::mib(3000), "{after_kill}");
-        let later = target(&mut p, &reading(200, 1, 300));
-        assert!(later >= Bytes::mib(3000), "{later}");
-        let props = p.propose(&reading(200, 1, 301), &[Bytes::gib(4)]);
-        let reason = props
-            .first()
-            .and_then(|x| x.reason.text())
-            .unwrap_or_default();
-        assert!(reason.contains("used before an OOM kill"), "{reason}");
-        // ... for ten minutes.
-        let after_hold = target(&mut p, &reading(200, 1, 700));
-        assert!(after_hold < Bytes::mib(1000), "{after_hold}");
-    }
-
-    /// A 1 GiB guest's class headroom is 128 MiB; on a roomy host it keeps 256 MiB — half a
-    /// second of a 512 MiB/s allocator, what a 1 s loop misses of a burst on average.
-    #[test]
-    fn a_roomy_hosts_guest_keeps_room_for_half_a_second_of_a_burst() {
-        let target_with_available = |available_gib: u64| {
-            let mut p = AerostatPolicy::new(settings());
-            let mut o = obs(0, vec![vm("a", GIB, GIB, 500, 0, 0)]);
-            o.host.available = Bytes::gib(available_gib);
-            let props = p.propose(&o, &[]);
-            let reason = props[0].reason.text().unwrap_or_default().to_string();
-            (props[0].target.0 >> 20, reason)
-        };
-        let (roomy, reason) = target_with_available(32);
-        assert_eq!(roomy, 500 + 256, "{reason}");
-        assert!(reason.contains("burst room: at least"), "{reason}");
-        let (full, reason) = target_with_available(4);
-        assert_eq!(full, 500 + 64, "{reason}");
-    }
-
-    /// Bigger guests have more vCPUs and fault memory in faster: an 8 GiB guest keeps room
-    /// for half a second of 1 GiB/s, a 6 GiB one of 768 MiB/s; no guest more than twice
-    /// the small guest's room.
-    #[test]
-    fn a_bigger_guest_keeps_room_for_a_faster_burst() {
-        let burst_room_of = |configured_gib: u64| {
-            let mut p = AerostatPolicy::new(settings());
-            let size = configured_gib * GIB;
-            let mut o = obs(0, vec![vm("a", size, size, 500, 0, 0)]);
-            o.host.available = Bytes::gib(200);
-            o.host.total = Bytes::gib(256);
-            let props = p.propose(&o, &[]);
-            let reason = props[0].reason.text().unwrap_or_default().to_string();
-            assert!(reason.contains("burst room: at least"), "{reason}");
-            (props[0].target.0 >> 20) - 500
-        };
-        assert_eq!(burst_room_of(1), 256);
-        assert_eq!(burst_room_of(4), 256);
-        assert_eq!(burst_room_of(6), 384);
-        assert_eq!(burst_room_of(8), 512);
-        assert_eq!(burst_room_of(12), 512);
-    }
-
-    #[test]
-    fn swap_ins_deflate_at_once() {
-        let mut p = AerostatPolicy::new(settings());
-        let a = 2 * GIB;
-        p.propose(&obs(0, vec![vm("a", 8 * GIB, a, 1800, 100, 0)]), &[]);
-        let mut v = vm("a", 8 * GIB, a, 1800, 100, 1);
-        v.stats.swap_in = Some(Bytes::mib(50));
-        let props = p.propose(&obs(1, vec![v]), &[]);
-        assert_eq!(props[0].rule, Rule::DeflatePressure);
-        assert!(
-            props[0].target >= Bytes(a) + Bytes::mib(256),
-            "{}",
-            props[0].target
-        );
-    }
-
-    #[test]
-    fn pinned_memory_earns_no_headroom() {
-        let need = |pinned: u64| {
-            let mut p = AerostatPolicy::new(settings());
-            let mut v = vm("db", 12 * GIB, 12 * GIB, 10240, 0, 0);
-            v.class = VmClass::Database;
-            v.pinned = Bytes::gib(pinned);
-            let p = p.propose(&obs(0, vec![v]), &[]).remove(0);
-            (p.target, p.reason.text().unwrap_or_default().to_string())
-        };
-        // Database headroom is 8 %: of 12 GiB without pinned memory, of 4 GiB with 8 pinned.
-        assert_eq!(need(0).0, Bytes::mib(10240 + 983));
-        let (target, reason) = need(8);
-        assert!(reason.contains("headroom 328;"), "{reason}");
-        // The 328 MiB are less than the burst room of a 12 GiB guest on a roomy host.
-        assert_eq!(target, Bytes::mib(10240 + 512), "{reason}");
-    }
-
-    #[test]
-    fn without_scan_statistics_the_headroom_shrinks_only_below_a_roomy_host() {
-        // 25 % of the host available: a guest whose probe sees its cache's bottom keeps half
-        // its headroom; one whose probe finds hot pages only by refaulting them keeps it
-        // whole, until the host is no longer roomy.
-        let target = |scan_stats: bool, available_mib: u64| {
-            let mut p = AerostatPolicy::new(settings());
-            let mut v = vm("a", 32 * GIB, 32 * GIB, 1024, 0, 0);
-            if !scan_stats {
-                v.stats.async_scans = None;
-                v.stats.async_reclaims = None;
-            }
-            let mut o = obs(0, vec![v]);
-            o.host.available = Bytes::mib(available_mib);
-            p.propose(&o, &[])[0].target.0 >> 20
-        };
-        let headroom = 0.04 * 32768.0;
-        assert_eq!(target(true, 64 * 1024 / 4), 1024 + (0.5 * headroom) as u64);
-        assert_eq!(target(false, 64 * 1024 / 4), 1024 + headroom as u64);
-        assert_eq!(
-            target(false, 64 * 1024 * 3 / 20),
-            1024 + (0.5 * headroom) as u64
-        );
-    }
-
-    #[test]
-    fn page_cache_memavailable_leaves_out_is_not_counted_twice() {
-        // A 4 GiB guest with 1000 MiB of page cache, of which MemAvailable counts `counted`:
-        // the rest (shmem, the kernel's low-watermark share) is in `used` already, and the
-        // need must not count it again as cache the guest keeps.
-        let target = |counted_mib: u64| {
-            let mut p = AerostatPolicy::new(settings());
-            let mut v = vm("a", 4 * GIB, 4 * GIB, 1024, 1000, 0);
-            let free = v.stats.free.unwrap_or(Bytes::ZERO);
-            v.stats.available = Some(free + Bytes::mib(counted_mib));
-            let props = p.propose(&obs(0, vec![v]), &[]);
-            (
-                props[0].target.0 >> 20,
-                props[0].reason.text().unwrap_or_default().to_string(),
-            )
-        };
-        let (all, reason_all) = target(1000);
-        let (most, reason_most) = target(900);
-        assert_eq!(all, most, "{reason_all} / {reason_most}");
-        // (The probe's first step took 1 MiB of the 900.)
-        assert!(
-            reason_most.contains("used 1124 + cache 899"),
-            "{reason_most}"
-        );
-    }
-
-    #[test]
-    fn pressure_adds_only_what_free_memory_cannot_hold() {
-        let mut p = AerostatPolicy::new(settings());
-        let a = 4 * GIB;
-        // 1 GiB used, 100 MiB cache: ~2.9 GiB free, already far more than comes back.
-        p.propose(&obs(0, vec![vm("a", 8 * GIB, a, 1024, 100, 0)]), &[]);
-        let mut v = vm("a", 8 * GIB, a, 1024, 100, 1);
-        v.stats.swap_in = Some(Bytes::mib(10));
-        let props = p.propose(&obs(1, vec![v]), &[Bytes(a)]);
-        assert_eq!(props[0].rule, Rule::DeflatePressure);
-        assert_eq!(props[0].target, Bytes(a), "no boost on top of free memory");
-    }
-
-    /// Runs three ticks of a guest whose LRU shows 5 % reclaim efficiency at tick 1,
-    /// after the controller sent `held_below` MiB less than the policy asked at tick 0;
-    /// returns the reason of tick 2.
-    fn reason_after_low_efficiency(held_below: u64) -> String {
-        let mut p = AerostatPolicy::new(settings());
-        let (c, a) = (8 * GIB, 4 * GIB);
-        let wish = p.propose(&obs(0, vec![vm("a", c, a, 1024, 2048, 0)]), &[])[0].target;
-        let sent = wish - Bytes::mib(held_below);
-        let mut v = vm("a", c, a, 1024, 2048, 1);
-        v.stats.async_scans = Some(1000);
-        v.stats.async_reclaims = Some(50);
-        p.propose(&obs(1, vec![v.clone()]), &[sent]);
-        v.stats.last_update = Some(Millis::secs(2));
-        let o = obs(2, vec![v]);
-        p.propose(&o, &[sent]);
-        // The wish's reason, whether or not it moved the target enough to be proposed.
-        p.explain(&o, 0)
-    }
-
-    #[test]
-    fn a_hold_by_the_reserve_guard_does_not_end_the_probe() {
-        // Unheld: low efficiency is the bottom of the cache; the probe pauses.
-        let unheld = reason_after_low_efficiency(0);
-        assert!(unheld.contains("keeping"), "{unheld}");
-        // Held 512 MiB below the wish: the low efficiency is the hold's; probing goes on.
-        let held = reason_after_low_efficiency(512);
-        assert!(held.contains("probing"), "{held}");
-    }
-
-    #[test]
-    fn a_stalled_balloon_is_detected_and_given_back() {
-        let mut p = AerostatPolicy::new(settings());
-        // Actual stays at 4 GiB although the controller asked for 2 GiB.
-        let mut last = Vec::new();
-        for t in 0..20 {
-            let v = vm("a", 8 * GIB, 4 * GIB, 1024, 0, t);
-            last = p.propose(&obs(t, vec![v]), &[Bytes::gib(2)]);
-            if last.iter().any(|x| x.rule == Rule::BalloonStalled) {
-                break;
-            }
-        }
-        let stalled = last.iter().find(|x| x.rule == Rule::BalloonStalled);
-        assert!(stalled.is_some(), "no stall detected: {last:?}");
-        assert_eq!(
-            stalled.map(|s| s.target),
-            Some(Bytes(4 * GIB) + Bytes::mib(128))
-        );
-    }
-
-    #[test]
-    fn stale_or_missing_stats_hold_the_guest() {
-        let mut p = AerostatPolicy::new(settings());
-        let mut v = vm("a", 8 * GIB, 8 * GIB, 1024, 0, 0);
-        v.stats = GuestStats::default();
-        assert!(
-            p.propose(&obs(0, vec![v]), &[]).is_empty(),
-            "blind guest must be held"
-        );
-        let v = vm("a", 8 * GIB, 8 * GIB, 1024, 0, 0);
-        // Stats 10 minutes old at t = 600 s.
-        assert!(
-            p.propose(&obs(600, vec![v]), &[]).is_empty(),
-            "stale stats must be ignored"
-        );
-    }
-
-    #[test]
-    fn counters_going_backwards_are_not_pressure() {
-        let mut p = AerostatPolicy::new(settings());
-        let mut v = vm("a", 8 * GIB, 2 * GIB, 1500, 100, 0);
-        v.stats.swap_in = Some(Bytes::gib(100));
-        v.stats.major_faults = Some(1 << 40);
-        p.propose(&obs(0, vec![v]), &[]);
-        // The guest rebooted (or lies): counters fall. That is not a reason to act.
-        let v = vm("a", 8 * GIB, 2 * GIB, 1500, 100, 1);
-        let props = p.propose(&obs(1, vec![v]), &[]);
-        assert!(
-            props.iter().all(|x| x.rule != Rule::DeflatePressure),
-            "{props:?}"
-        );
-    }
-
-    #[test]
-    fn absurd_guest_numbers_are_clamped() {
-        let mut p = AerostatPolicy::new(settings());
-        let mut v = vm("a", 4 * GIB, 4 * GIB, 1024, 0, 0);
-        v.stats.available = Some(Bytes(u64::MAX));
-        v.stats.free = Some(Bytes(u64::MAX));
-        v.stats.disk_caches = Some(Bytes(u64::MAX));
-        for x in p.propose(&obs(0, vec![v]), &[]) {
-            assert!(x.target <= Bytes(4 * GIB), "{x:?}");
-        }
-    }
-
-    #[test]
-    fn batch_guests_keep_room_for_a_job_start() {
-        let mut p = AerostatPolicy::new(settings());
-        let mut v = vm("b", 8 * GIB, 8 * GIB, 1024, 0, 0);
-        v.class = VmClass::Batch;
-        let props = p.propose(&obs(0, vec![v]), &[]);
-        // One second of a 512 MiB/s allocator plus the cache a new job reads: 768 MiB.
-        assert_eq!(props[0].target, Bytes::mib(1024 + 768));
-    }
-
-    /// A batch guest below 4 GiB has fewer vCPUs to start a job with: its minimum headroom
-    /// shrinks with its size, to half (384 MiB) at 2 GiB and below.
-    #[test]
-    fn a_small_batch_guest_keeps_less_room_for_a_job_start() {
-        let headroom_of = |configured_mib: u64| {
-            let mut p = AerostatPolicy::new(settings());
-            let size = configured_mib << 20;
-            let mut v = vm("b", size, size, 256, 0, 0);
-            v.class = VmClass::Batch;
-            let props = p.propose(&obs(0, vec![v]), &[]);
-            (props[0].target.0 >> 20) - 256
-        };
-        assert_eq!(headroom_of(4096), 768);
-        assert_eq!(headroom_of(3072), 576);
-        assert_eq!(headroom_of(2048), 384);
-        assert_eq!(headroom_of(1024), 384);
-    }
-
-    /// The target proposed after a probe bite that reclaimed `reclaimed` of 1000 scanned pages.
-    /// The target after one interval in which the guest's LRU freed `reclaimed` of 1000
-    /// scanned pages, on a 64 GiB host with `available_gib` available.
-    fn target_after_efficiency(reclaimed: u64, available_gib: u64) -> Bytes {
-        let mut p = AerostatPolicy::new(settings());
-        let a = 4 * GIB;
-        let mut o = obs(0, vec![vm("a", 8 * GIB, a, 1024, 2048, 0)]);
-        o.host = host(64, available_gib);
-        p.propose(&o, &[]);
-        let mut v = vm("a", 8 * GIB, a, 1024, 2048, 1);
-        v.stats.async_scans = Some(1000);
-        v.stats.async_reclaims = Some(reclaimed);
-        o.time = Millis::secs(1);
-        o.vms = vec![v];
-        p.propose(&o, &[])[0].target
-    }
-
-    #[test]
-    fn the_cache_probe_goes_on_at_10_percent_efficiency_and_stops_below_9() {
-        // A nearly full host (10 GiB of 64 available): the memory is worth the hunt.
-        let on = target_after_efficiency(100, 10);
-        let stopped = target_after_efficiency(80, 10);
-        assert!(
-            on < stopped,
-            "probing {on} should ask less than stopped {stopped}"
-        );
-    }
-
-    #[test]
-    fn on_a_roomy_host_the_cache_probe_stops_below_30_percent() {
-        let on = target_after_efficiency(310, 32);
-        let stopped = target_after_efficiency(290, 32);
-        assert!(
-            on < stopped,
-            "probing {on} should ask less than stopped {stopped}"
-        );
-        assert_eq!(stopped, target_after_efficiency(80, 32));
-    }
-
-    #[test]
-    fn cold_cache_is_estimated_from_reclaim_efficiency() {
-        // Half the scanned pages were freed while 20 MiB went: of the 100 + 20 MiB at the
-        // start, 60 were cold; 40 are left.
-        let r = Reading {
-            cache: 100.0 * MIB,
-            reclaimed: 20.0 * MIB,
-            efficiency: Some(0.5),
-            ..Reading::default()
-        };
-        assert_eq!(r.cold_cache(), Some(40.0 * MIB));
-        assert_eq!(Reading::default().cold_cache(), None);
-    }
-
-    #[test]
-    fn cache_bites_halve_toward_the_bottom_and_stop_short_of_it() {
-        let mut m = Memo::default();
-        assert_eq!(m.cache_bite(), MIN_BITE, "unknown: a small bite");
-        let bites: Vec<f64> = {
-            m.cold_left = Some(200.0 * MIB);
-            (0..5)
-                .map(|_| {
-                    let b = m.cache_bite();
-                    m.spend_cold_cache(b);
-                    b / MIB
-                })
-                .collect()
-        };
-        // 200 → 64 (full), 136 → 64, 72 → 36, 36 left: below two small bites, none.
-        assert_eq!(bites, vec![64.0, 64.0, 36.0, 0.0, 0.0]);
-        assert!(
-            m.cold_left.is_some_and(|c| c > 0.0),
-            "never bites into hot pages"
-        );
-    }
-
-    #[test]
-    fn a_phase_change_forgets_the_cold_cache_estimate() {
-        let mut m = Memo::default();
-        let measured = Reading {
-            used: 2048.0 * MIB,
-            cache: 1024.0 * MIB,
-            efficiency: Some(0.05),
-            ..Reading::default()
-        };
-        m.track_cold_cache(&measured, Millis::ZERO);
-        assert_eq!(m.cold_left, Some(0.05 * 1024.0 * MIB));
-        // The cache grows by 100 MiB with the same workload: 100 MiB more cold.
-        let grown = Reading {
-            efficiency: None,
-            cache: 1124.0 * MIB,
-            ..measured
-        };
-        m.track_cold_cache(&grown, Millis::secs(1));
-        assert_eq!(m.cold_left, Some((0.05 * 1024.0 + 100.0) * MIB));
-        // The job ends (used −1 GiB): its hot cache may be cold now; unknown.
-        let ended = Reading {
-            used: 1024.0 * MIB,
-            ..grown
-        };
-        m.track_cold_cache(&ended, Millis::secs(2));
-        assert_eq!(m.cold_left, None);
-        // Nor does an estimate outlive a probe pause.
-        m.track_cold_cache(&measured, Millis::secs(3));
-        m.track_cold_cache(&grown, Millis::secs(3) + PROBE_PAUSE + Millis::secs(1));
-        assert_eq!(m.cold_left, None);
-    }
-
-    proptest::proptest! {
-        /// Whatever the host, the classes, the pressure and the history: `aerostat` never
-        /// asks for less than what the guest uses plus a 64 MiB sliver (or its configured
-        /// size). Below that only the controller's guards go, when the host needs it.
-        #[test]
-        fn never_proposes_below_used_plus_a_sliver(
-            host_mib in 1024u64..65536,
-            free_mib in 0u64..65536,
-            guests in proptest::collection::vec(
-                (
-                    1u64..16,       // configured GiB
-                    0u64..=100,     // actual, % of configured
-                    0u64..=100,     // used, % of actual
-                    0u64..=100,     // cache, % of what is left
-                    0usize..5,      // class
-                    0u64..4,        // priority ×2
-                    0u64..3000,     // major faults per tick
-                    0u64..2,        // OOM kills per tick
-                ),
-                1..6,
-            ),
-        ) {
-            let mut p = AerostatPolicy::new(settings());
-            let mut targets: Vec<Bytes> = Vec::new();
-            for t in 0..4u64 {
-                let vms: Vec<VmSample> = guests
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &(gib, act, used, cache, class, prio, faults, ooms))| {
-                        let configured = gib << 30;
-                        let actual = (configured * act / 100).max(256 << 20);
-                        let used_mib = (actual >> 20) * used / 100;
-                        let cache_mib = ((actual >> 20) - used_mib) * cache / 100;
-                        let mut v = vm(&format!("g{k}"), configured, actual, used_mib, cache_mib, t);
-                        v.class = VmClass::ALL[class];
-                        v.priority = 0.5 * (prio + 1) as f64;
-                        v.stats.major_faults = Some(faults * t);
-                        v.stats.oom_kills = Some(ooms * t);
-                        v
-                    })
-                    .collect();
-                let mut o = obs(t, vms);
-                o.host = HostSample {
-                    total: Bytes::mib(host_mib),
-                    free: Bytes::mib(free_mib.min(host_mib)),
-                    available: Bytes::mib(free_mib.min(host_mib)),
-                    ..HostSample::default()
-                };
-                if targets.len() != o.vms.len() {
-                    targets = o.vms.iter().map(|v| v.actual).collect();
-                }
-                for x in p.propose(&o, &targets) {
-                    let v = &o.vms[x.vm];
-                    let used = v.actual - v.stats.available.expect("available");
-                    let bottom = (used + Bytes::mib(64)).min(v.configured);
-                    proptest::prop_assert!(
-                        x.target + Bytes::mib(1) >= bottom,
-                        "tick {t}: {} {:?} to {} below used {} + 64 MiB",
-                        v.name, x.rule, x.target, used
-                    );
-                    targets[x.vm] = x.target;
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn a_guest_squeezed_for_the_host_keeps_a_sliver_of_free_memory() {
-        // `unseen-sliver`: a guest with no cache and no swap, squeezed to exactly what it used,
-        // was OOM-killed by its next allocation — 840 times in a day.
-        let mut p = AerostatPolicy::new(settings());
-        let a = vm("a", 8 * GIB, 8 * GIB, 4096, 0, 0);
-        let b = vm("b", 8 * GIB, 8 * GIB, 4096, 0, 0);
-        let mut o = obs(0, vec![a, b]);
-        // Total − reserve is exactly what the two use. The host's own page cache is
-        // available, so the class headroom stays whole and the fit must take it.
-        o.host = host(9, 0);
-        o.host.available = Bytes::gib(2);
-        let props = p.propose(&o, &[]);
-        assert_eq!(props.len(), 2);
-        for x in &props {
-            assert_eq!(x.rule, Rule::HostShort);
-            assert!(x.target >= Bytes::mib(4096 + 64), "{}: {}", x.vm, x.target);
-        }
-    }
-
-    #[test]
-    fn when_the_floors_do_not_fit_hot_cache_stays_while_host_swap_can_hold_the_rest() {
-        // `unabsorbable-surge`: a VM with 13 GiB pinned lands on a full host; until the
-        // escape moves a guest away, squeezing the database's hot cache only turns host swap
-        // into refaults. Floors: 6 + 6 GiB on a host with 10 GiB of capacity; the targets
-        // (8 + 8 GiB) are 6 GiB above it.
-        let fits = |swap_total_gib: u64, swap_free_gib: u64, b_migrating: bool| {
-            let mut p = AerostatPolicy::new(settings());
-            let mut a = vm("a", 8 * GIB, 8 * GIB, 4096, 2048, 0);
-            let mut b = vm("b", 8 * GIB, 8 * GIB, 4096, 2048, 0);
-            a.min = Some(Bytes::gib(6));
-            b.min = Some(Bytes::gib(6));
-            b.migrating = b_migrating;
-            let mut o = obs(0, vec![a, b]);
-            o.host = HostSample {
-                swap_total: Bytes::gib(swap_total_gib),
-                swap_free: Bytes::gib(swap_free_gib),
-                ..host(11, 0)
-            };
-            let props = p.propose(&o, &[]);
-            props.iter().map(|x| x.target).min().expect("proposals")
-        };
-        let keeps_cache = |t: Bytes| t >= Bytes::mib(4096 + 2048 - 64);
-        // Both keep `used` + their cache (the first probe bite aside) ...
-        assert!(keeps_cache(fits(16, 16, false)), "{}", fits(16, 16, false));
-        // ... also when the guests' pages already fill most of the swap: they are part of
-        // the excess, not an addition to it ...
-        assert!(keeps_cache(fits(16, 0, false)), "{}", fits(16, 0, false));
-        // ... and while one of them is leaving: it holds its memory until it has left ...
-        assert!(keeps_cache(fits(16, 16, true)), "{}", fits(16, 16, true));
-        // ... unless host swap cannot take the rest: then the cache goes, down to `lowest`.
-        assert!(
-            fits(1, 1, false) <= Bytes::mib(4096 + 1024),
-            "{}",
-            fits(1, 1, false)
-        );
-    }
-
-    #[test]
-    fn a_host_short_raise_the_guard_took_back_is_not_asked_for_again() {
-        // `unseen-sliver`: the fit raised a guest into headroom the reserve guard then took
-        // back as untouched memory, every other second for a day (246,150 actions).
-        let mut p = AerostatPolicy::new(settings());
-        let mut o = obs(0, vec![]);
-        // Capacity 200 MiB short of both needs: the fit trims each raise by ~100 MiB.
-        // The host's own page cache is available: the class headroom stays whole.
-        o.host = HostSample {
-            total: Bytes::mib(1024 + 1352 + 6328 - 200),
-            available: Bytes::gib(2),
-            ..host(0, 0)
-        };
-        let targets = [Bytes::mib(1100), Bytes::gib(8)];
-        let mut raised = Vec::new();
-        for t in 0..3 {
-            o.time = Millis::secs(t);
-            o.vms = vec![
-                vm("a", 8 * GIB, 1100 << 20, 1024, 0, t),
-                vm("b", 8 * GIB, 8 * GIB, 6000, 0, t),
-            ];
-            let props = p.propose(&o, &targets);
-            // The guard sends nothing: `a` stays at 1100 MiB.
-            raised.push(
-                props
-                    .iter()
-                    .find(|x| x.vm == 0)
-                    .filter(|x| x.target > targets[0])
-                    .map(|x| (x.rule, x.target)),
-            );
-        }
-        assert!(
-            matches!(raised[0], Some((Rule::HostShort, _))),
-            "tick 0 raises a into the room the fit left it: {raised:?}"
-        );
-        assert_eq!(raised[1..], [None, None], "{raised:?}");
-    }
-
-    #[test]
-    fn another_guests_headroom_never_costs_a_guest_its_hot_cache() {
-        // `unseen-sliver`: eight batch guests' headroom made the host "short", and a ninth
-        // guest's hot page cache thrashed for it with 4 GiB of the host free. Here `a` grows
-        // fast (its headroom is the batch minimum, 768 MiB) and `b` holds 2 GiB of cache the
-        // probe has not yet found cold: the host holds both guests' resident memory, not
-        // `a`'s headroom on top.
-        let mut p = AerostatPolicy::new(settings());
-        let mut o = obs(0, vec![]);
-        o.host = HostSample {
-            total: Bytes::mib(1024 + 8192 + 400),
-            free: Bytes::mib(400),
-            available: Bytes::mib(400),
-            ..HostSample::default()
-        };
-        for (t, a_used) in [(0, 3000), (1, 4096)] {
-            let mut a = vm("a", 8 * GIB, 8 * GIB, a_used, 0, t);
-            a.class = VmClass::Batch;
-            o.vms = vec![a, vm("b", 8 * GIB, 8 * GIB, 2048, 2048, t)];
-            o.time = Millis::secs(t);
-            let props = p.propose(&o, &[]);
-            let b = props.iter().find(|x| x.vm == 1).expect("b");
-            // The probe's first bite of `b`'s cache aside (a few MiB), nothing of it goes.
-            assert!(
-                b.target >= Bytes::mib(4096 - 32),
-                "tick {t}: b {}",
-                b.target
-            );
-        }
-    }
-
-    /// When the host is short, the fit takes headroom down to what each guest holds resident —
-    /// which includes the hot cache the probe measured, even where `keep` (allowed half the
-    /// headroom below it) is lower: headroom is a plan, hot cache is not
-    /// (`unseen-cache-first`: 26.6 → 10.8 stall-s).
-    #[test]
-    fn the_host_short_fit_counts_measured_hot_cache_as_resident() {
-        let mut p = AerostatPolicy::new(settings());
-        // `b` uses 1 GiB and holds 2 GiB of cache, 1 GiB of it measured cold; `a` uses 2 GiB
-        // and holds none. Both are growing, so neither has idle headroom to give first.
-        let guests = |t: u64| {
-            vec![
-                vm("a", 8 * GIB, 4 * GIB, 2048, 0, t),
-                vm("b", 8 * GIB, 4 * GIB, 1024, 2048, t),
-            ]
-        };
-        let mut o = obs(0, guests(0));
-        // Room for both guests' used memory and `b`'s hot cache (+ the 1 GiB reserve), not
-        // for their headroom; a fifth of the host available, so the headroom is whole.
-        o.host = HostSample {
-            total: Bytes::mib(2048 + 1024 + 1024 + 1024),
-            free: Bytes::mib(1100),
-            available: Bytes::mib(1100),
-            ..HostSample::default()
-        };
-        p.propose(&o, &[]);
-        for m in [0, 1] {
-            p.memos[m].growth_bps = 100.0 * MIB;
-        }
-        p.memos[1].cold_left = Some(1024.0 * MIB);
-        p.memos[1].cold_used = 1024.0 * MIB;
-        p.memos[1].cold_at = Millis::secs(1);
-        p.memos[1].cache_keep = Some(900.0 * MIB);
-        o.time = Millis::secs(1);
-        o.vms = guests(1);
-        let props = p.propose(&o, &[]);
-        let b = props.iter().find(|x| x.vm == 1).expect("b");
-        let reason = b.reason.text().unwrap_or_default().to_string();
-        assert!(reason.contains("host short"), "{reason}");
-        assert!(
-            b.target >= Bytes::mib(1024 + 1024),
-            "{} — {reason}",
-            b.target
-        );
-    }
-
-    #[test]
-    fn when_the_host_is_short_important_guests_give_last() {
-        let mut p = AerostatPolicy::new(settings());
-        let mut a = vm("a", 8 * GIB, 8 * GIB, 4096, 2048, 0);
-        a.priority = 4.0;
-        let b = vm("b", 8 * GIB, 8 * GIB, 4096, 2048, 0);
-        let mut o = obs(0, vec![a, b]);
-        o.host = host(12, 0);
-        let props = p.propose(&o, &[]);
-        let t = |n: usize| props.iter().find(|x| x.vm == n).map(|x| x.target);
-        let (ta, tb) = (t(0).expect("a"), t(1).expect("b"));
-        assert!(ta > tb, "a (priority 4) {ta} should keep more than b {tb}");
-        assert!(props.iter().any(|x| x.rule == Rule::HostShort));
-        // Never below what the guests use.
-        assert!(tb >= Bytes::gib(4), "{tb}");
-    }
-}
+mod tests;

@@ -1,0 +1,91 @@
+//! The host-short fit: when the guests' wishes do not fit the host, memory is taken where
+//! it costs least first — idle headroom, then any headroom, then the cache each guest
+//! keeps — from the least important guests first, and never below a wish's `lowest`
+//! (what the guest uses plus a sliver of room).
+
+use crate::decision::Rule;
+use crate::observation::Observation;
+use crate::planner::escape::{floors_held, hot_memory_stays};
+use crate::policy::PolicySettings;
+use crate::units::Bytes;
+
+use super::wish::Wish;
+
+/// When Σ wishes + overheads exceed host total − reserve, lower wishes toward their
+/// `lowest`, cheapest first: lowest weight × room, proportionally.
+pub(super) fn fit_host(settings: &PolicySettings, obs: &Observation, wishes: &mut [Wish]) {
+    let capacity = obs.host.total.saturating_sub(settings.reserve).as_f64();
+    let mut committed: f64 = obs
+        .vms
+        .iter()
+        .map(|v| (v.overhead + v.actual).as_f64())
+        .sum();
+    for w in wishes.iter() {
+        committed += w.target - obs.vms[w.vm].actual.as_f64();
+    }
+    let excess = committed - capacity;
+    if excess <= 0.0 {
+        return;
+    }
+    // Three tiers: idle headroom of guests that are not growing first, then any headroom,
+    // then the cache each guest keeps, down to its `lowest`; within a tier, in proportion
+    // to room ÷ weight.
+    let mut left = excess;
+    for tier in 0..3 {
+        let floor_of = |w: &Wish| match tier {
+            0 => w.idle_floor,
+            1 => w.resident.max(w.lowest),
+            _ => w.lowest,
+        };
+        let total_room: f64 = wishes
+            .iter()
+            .map(|w| (w.target - floor_of(w)).max(0.0) / w.weight.max(1e-3))
+            .sum();
+        if total_room <= 0.0 || left <= 0.0 {
+            continue;
+        }
+        // Hot cache goes only when the guests' resident memory itself does not fit: the
+        // headroom others still count on is a plan, not a shortage (`unseen-sliver`: a
+        // batch guest's hot cache thrashed for eight fleet mates' 768 MiB of headroom,
+        // with 4 GiB of the host free).
+        let short = if tier == 2 {
+            let headroom: f64 = wishes
+                .iter()
+                .map(|w| (w.target - w.resident).max(0.0))
+                .sum();
+            // When even the floors do not fit, taking hot cache cannot make room: it only
+            // trades host swap for refaults. While host swap can hold the rest, the hot
+            // cache stays.
+            if hot_memory_stays(
+                obs,
+                floors_held(obs),
+                Bytes::from_f64(capacity),
+                Bytes::from_f64(left),
+            ) {
+                0.0
+            } else {
+                (left - headroom).max(0.0)
+            }
+        } else {
+            left
+        };
+        if short <= 0.0 {
+            continue;
+        }
+        for w in wishes.iter_mut() {
+            let room = (w.target - floor_of(w)).max(0.0);
+            if room <= 0.0 {
+                continue;
+            }
+            let take = (short * (room / w.weight.max(1e-3)) / total_room).min(room);
+            if take < 1.0 {
+                continue;
+            }
+            w.target -= take;
+            left -= take;
+            w.rule = Rule::HostShort;
+            let (_, taken) = w.host_short.unwrap_or((0.0, 0.0));
+            w.host_short = Some((excess, taken + take));
+        }
+    }
+}

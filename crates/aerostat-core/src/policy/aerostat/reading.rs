@@ -1,0 +1,113 @@
+//! Reading a guest's stats: its numbers clamped to what it was configured with, and its
+//! cumulative counters turned into rates since the last reading.
+
+use crate::observation::VmSample;
+use crate::units::{Bytes, Millis};
+
+use super::memo::Memo;
+use super::{PAGE, REFAULT_PRESSURE_PPS, STALE_INTERVALS, SWAP_IN_PRESSURE_BPS};
+
+/// Guest numbers after clamping, and what changed since the last tick.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Reading {
+    pub(super) used: f64,
+    pub(super) free: f64,
+    pub(super) cache: f64,
+    pub(super) swap_in_bps: f64,
+    pub(super) refault_pps: f64,
+    pub(super) new_ooms: u64,
+    /// Reclaimed ÷ scanned over the last interval, when the guest reclaimed anything.
+    pub(super) efficiency: Option<f64>,
+    /// Bytes the guest's LRU reclaimed over the last interval.
+    pub(super) reclaimed: f64,
+    pub(super) has_scan_stats: bool,
+}
+
+impl Reading {
+    /// Cold page cache left, estimated from the last interval's reclaim efficiency. A CLOCK
+    /// scan passes over hot pages and frees cold ones, so the share of scanned pages it
+    /// freed is the cold share of the cache when the interval began; what it freed since
+    /// is gone.
+    pub(super) fn cold_cache(&self) -> Option<f64> {
+        let e = self.efficiency?;
+        Some((e * (self.cache + self.reclaimed) - self.reclaimed).clamp(0.0, self.cache))
+    }
+
+    /// Whether the guest is under pressure: swapping in, refaulting its working set, or
+    /// OOM-killing.
+    pub(super) fn pressure(&self) -> bool {
+        self.swap_in_bps > SWAP_IN_PRESSURE_BPS
+            || self.refault_pps > REFAULT_PRESSURE_PPS
+            || self.new_ooms > 0
+    }
+}
+
+/// Reads the guest's stats; `dt` is the time since the last reading (`memo.last_time`).
+/// `None` when the stats are older than STALE_INTERVALS intervals or do not say how much
+/// memory is available.
+pub(super) fn read(
+    vm: &VmSample,
+    memo: &Memo,
+    now: Millis,
+    dt: f64,
+    interval: Millis,
+) -> Option<Reading> {
+    let s = &vm.stats;
+    let interval_ok = |t: Millis| now.saturating_sub(t).0 <= STALE_INTERVALS * interval.0.max(1000);
+    if s.last_update.is_some_and(|t| !interval_ok(t)) {
+        return None;
+    }
+    let configured = vm.configured.as_f64();
+    let clamp = |b: Option<Bytes>| b.map(|b| b.as_f64().clamp(0.0, configured));
+    let total = clamp(s.total).unwrap_or(vm.actual.as_f64());
+    let available = clamp(s.available).or_else(|| {
+        // Older guests: free + caches approximates MemAvailable.
+        Some(clamp(s.free)? + clamp(s.disk_caches).unwrap_or(0.0))
+    })?;
+    let available = available.min(total);
+    // With deflate-on-oom MemTotal stays at the configured size and the balloon's pages
+    // count as used inside the guest; without it MemTotal shrinks with the balloon. Stats
+    // lag the live `actual` while a balloon moves, so only a MemTotal at the configured
+    // size is read as "balloon inside".
+    let balloon_inside = if total >= 0.99 * configured {
+        (total - vm.actual.as_f64()).max(0.0)
+    } else {
+        0.0
+    };
+    let used = (total - available - balloon_inside).max(0.0);
+    let free = clamp(s.free).unwrap_or(0.0).min(total);
+    // The page cache counted is the part MemAvailable counts: `used` already holds the
+    // rest (shmem, the kernel's low-watermark share), and counting it again in the cache
+    // a guest keeps left each guest that much above its need (10 % of the cache in the
+    // simulator; `overcommitted`: 36–41 MiB a guest).
+    let cache = clamp(s.disk_caches)
+        .unwrap_or(0.0)
+        .min(total)
+        .min((available - free).max(0.0));
+    let mut r = Reading {
+        used,
+        free,
+        cache,
+        has_scan_stats: s.async_scans.is_some(),
+        ..Reading::default()
+    };
+    if memo.last_time.is_some() {
+        let p = &memo.last_counters;
+        let delta = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            // Counters that go backwards (guest reboot, lies) count as zero.
+            (Some(a), Some(b)) => a.saturating_sub(b) as f64,
+            _ => 0.0,
+        };
+        r.swap_in_bps = delta(s.swap_in.map(|b| b.0), p.swap_in) / dt;
+        r.refault_pps = delta(s.major_faults, p.major_faults) / dt;
+        r.new_ooms = delta(s.oom_kills, p.oom_kills) as u64;
+        let scans = delta(s.async_scans, p.async_scans) + delta(s.direct_scans, p.direct_scans);
+        let reclaims =
+            delta(s.async_reclaims, p.async_reclaims) + delta(s.direct_reclaims, p.direct_reclaims);
+        if scans >= 64.0 {
+            r.efficiency = Some((reclaims / scans).min(1.0));
+            r.reclaimed = reclaims * PAGE;
+        }
+    }
+    Some(r)
+}
