@@ -117,6 +117,12 @@ pub struct VmSample {
     pub shares: u32,
     #[serde(default)]
     pub class: VmClass,
+    /// The operator's headroom: free room the `aerostat` policy leaves this guest above what
+    /// it uses and the page cache it keeps, for growth the loop has not seen yet (Hyper-V's
+    /// memory buffer, in bytes). It raises the class's headroom and, like it, shrinks on a
+    /// nearly full host. For a guest the operator knows to burst. `None`: the class's.
+    #[serde(default)]
+    pub headroom: Option<Bytes>,
     /// A migration of this VM is in progress.
     #[serde(default)]
     pub migrating: bool,
@@ -152,6 +158,7 @@ impl VmSample {
             priority: 1.0,
             shares: 1000,
             class: VmClass::General,
+            headroom: None,
             migrating: false,
             rss: None,
             stats: GuestStats::default(),

@@ -396,6 +396,7 @@ impl Simulation {
                 vm.priority = s.priority;
                 vm.shares = s.shares;
                 vm.class = s.class;
+                vm.headroom = s.headroom;
                 self.obs.vms.push(vm);
                 self.obs_index.push(i);
             }

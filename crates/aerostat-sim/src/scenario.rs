@@ -185,6 +185,9 @@ pub struct RawVm {
     pub shares: Option<u32>,
     #[serde(default)]
     pub class: Option<VmClass>,
+    /// The operator's headroom for the `aerostat` policy (`VmSample::headroom`).
+    #[serde(default, deserialize_with = "human_opt")]
+    pub headroom: Option<Bytes>,
     /// When the VM starts (default: at once); replicas start `stagger` apart.
     #[serde(default, deserialize_with = "human_opt")]
     pub start: Option<Millis>,
@@ -371,6 +374,7 @@ pub struct VmSpec {
     pub priority: f64,
     pub shares: u32,
     pub class: VmClass,
+    pub headroom: Option<Bytes>,
     pub start: Millis,
     pub balloon: bool,
     pub deflate_on_oom: bool,
@@ -625,6 +629,15 @@ impl RawScenario {
             if pinned > v.memory {
                 return Err(invalid(line, key("pinned"), "is above memory".into()));
             }
+            if let Some(h) = v.headroom
+                && h > v.memory
+            {
+                return Err(invalid(
+                    line,
+                    key("headroom"),
+                    format!("headroom {h} is above memory {}", v.memory),
+                ));
+            }
             let mut workload = validate_workload(&v.workload, v.memory, kernel, path)
                 .map_err(|(k, m)| invalid(line, key(&format!("workload.{k}")), m))?;
             if workload.at == Millis(u64::MAX) {
@@ -665,6 +678,7 @@ impl RawScenario {
                     priority,
                     shares: v.shares.unwrap_or(1000),
                     class: v.class.unwrap_or_default(),
+                    headroom: v.headroom,
                     start: Millis(start.0 + stagger.0 * u64::from(r)),
                     balloon: v.balloon.unwrap_or(true),
                     deflate_on_oom: v.deflate_on_oom,

@@ -182,6 +182,31 @@ fn working_set_above_memory() {
 }
 
 #[test]
+fn operator_headroom_above_memory() {
+    let text = replace_line(
+        ISSUE_SCHEMA,
+        "class =",
+        "class = \"stateless\"\nheadroom = \"7GiB\"",
+    );
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[[vm]]"),
+        "`vm[0] (web).headroom`",
+    );
+    assert!(err.contains("above memory"), "{err}");
+    // Within the memory it is read, per replica.
+    let text = replace_line(
+        ISSUE_SCHEMA,
+        "class =",
+        "class = \"stateless\"\nheadroom = \"1GiB\"",
+    );
+    let s = Scenario::parse(&text, Path::new(PATH)).expect("valid");
+    assert!(s.vms.iter().all(|v| v.headroom == Some(Bytes::gib(1))));
+}
+
+#[test]
 fn reserve_not_below_host_memory() {
     for reserve in ["64GiB", "65GiB"] {
         let text = replace_line(

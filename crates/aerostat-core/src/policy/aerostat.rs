@@ -476,7 +476,11 @@ impl Room {
         // class fraction applies to the part of the guest that can move.
         let movable = (g.configured - g.vm.pinned.as_f64()).max(0.0);
         let headroom_min = headroom_min(g.vm.class, &g.prof, g.configured);
-        let class_headroom = (g.prof.headroom_frac * movable).max(headroom_min);
+        // The operator's headroom, where set, raises the class's (never past what can move).
+        let operator_headroom = g.vm.headroom.map_or(0.0, |h| h.as_f64().min(movable));
+        let class_headroom = (g.prof.headroom_frac * movable)
+            .max(headroom_min)
+            .max(operator_headroom);
         // On a nearly full host the class's room for surprises shrinks toward a sliver:
         // the host could not give a surprise much anyway, and the memory is worth more
         // handed back. Room for growth that is seen stays whole. A guest without scan

@@ -109,6 +109,8 @@ struct RawVm {
     priority: Option<f64>,
     #[serde(default)]
     class: Option<VmClass>,
+    #[serde(default)]
+    headroom: Option<String>,
 }
 
 /// Validated configuration.
@@ -153,6 +155,9 @@ pub struct VmSettings {
     pub overhead: Bytes,
     pub priority: f64,
     pub class: VmClass,
+    /// Free room the `aerostat` policy leaves the guest for growth it has not seen yet
+    /// (`VmSample::headroom`); `None`: the class's.
+    pub headroom: Option<Bytes>,
 }
 
 impl Config {
@@ -238,6 +243,7 @@ impl Config {
             overhead: Bytes::mib(128),
             priority: 1.0,
             class: VmClass::General,
+            headroom: None,
         };
         let settle =
             |key: &str, raw: &RawVm, base: &VmSettings| -> Result<VmSettings, ConfigError> {
@@ -258,6 +264,10 @@ impl Config {
                     },
                     priority,
                     class: raw.class.unwrap_or(base.class),
+                    headroom: match &raw.headroom {
+                        Some(v) => Some(bytes(&format!("{key}.headroom"), v)?),
+                        None => base.headroom,
+                    },
                 })
             };
         let defaults = settle("vm_defaults", &raw.vm_defaults, &base)?;
@@ -368,6 +378,15 @@ mod tests {
         assert_eq!(c.interval, Millis::secs(2));
         assert_eq!(c.listen, Some("127.0.0.1:9464".parse().expect("addr")));
         assert_eq!(c.escape, None, "the example leaves the escape off");
+        assert_eq!(c.vm("build").headroom, Some(Bytes::gib(1)));
+        assert_eq!(c.vm("db").headroom, None);
+        let e = Config::parse(
+            &EXAMPLE.replace("headroom = \"1GiB\"", "headroom = \"1GB\""),
+            Path::new("aerostat.toml"),
+        )
+        .expect_err("bad unit")
+        .to_string();
+        assert!(e.contains("`vm.build.headroom`"), "{e}");
         let on = EXAMPLE.replace("escape = false", "escape = true");
         let c = Config::parse(&on, Path::new("aerostat.toml")).expect("escape on is valid");
         let e = c.escape.expect("escape on");

@@ -176,6 +176,7 @@ impl VmRegistry {
                     s.overhead = settings.overhead;
                     s.priority = settings.priority;
                     s.class = settings.class;
+                    s.headroom = settings.headroom.map(|h| h.min(conn.configured));
                     s.rss = rss;
                     s.stats = stats;
                     conn.last = Some(s.clone());
