@@ -152,7 +152,9 @@ fn the_operators_headroom_raises_the_class_headroom_while_the_host_has_room() {
         let mut o = obs(0, vec![a]);
         o.host.available = Bytes::gib(available_gib);
         // No proposal: the guest stays where it is, at its configured 4 GiB.
-        p.propose(&o, &[]).first().map_or(4096, |x| x.target.0 >> 20)
+        p.propose(&o, &[])
+            .first()
+            .map_or(4096, |x| x.target.0 >> 20)
     };
     // Class `general`: 4 % of 4 GiB (164 MiB), and the 256 MiB burst room on a roomy host.
     assert_eq!(target(None, 32), 1000 + 256);
@@ -234,8 +236,7 @@ fn without_scan_statistics_the_headroom_shrinks_only_below_a_roomy_host() {
         }
         let mut o = obs(0, vec![v]);
         o.host.available = Bytes::mib(available_mib);
-        // No proposal: the guest stays where it is, at its configured 4 GiB.
-        p.propose(&o, &[]).first().map_or(4096, |x| x.target.0 >> 20)
+        p.propose(&o, &[])[0].target.0 >> 20
     };
     let headroom = 0.04 * 32768.0;
     assert_eq!(target(true, 64 * 1024 / 4), 1024 + (0.5 * headroom) as u64);
