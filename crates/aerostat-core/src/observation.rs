@@ -117,10 +117,10 @@ pub struct VmSample {
     pub shares: u32,
     #[serde(default)]
     pub class: VmClass,
-    /// The operator's headroom: free room the `aerostat` policy leaves this guest above what
-    /// it uses and the page cache it keeps, for growth the loop has not seen yet (Hyper-V's
-    /// memory buffer, in bytes). It raises the class's headroom and, like it, shrinks on a
-    /// nearly full host. For a guest the operator knows to burst. `None`: the class's.
+    /// The operator's headroom: memory the `aerostat` policy keeps free in this guest above
+    /// what it uses and its hot page cache, for a burst the loop has not seen yet (Hyper-V's
+    /// memory buffer, in bytes). Like the class headroom it shrinks on a nearly full host.
+    /// For a guest the operator knows to burst. `None`: none beyond the class's headroom.
     #[serde(default)]
     pub headroom: Option<Bytes>,
     /// A migration of this VM is in progress.

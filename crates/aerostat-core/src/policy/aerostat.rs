@@ -69,6 +69,8 @@ const MIN_RECLAIM_EFFICIENCY: f64 = 0.09;
 /// probe does not hunt for the last cold pages among hot ones — each bite that lands on hot
 /// cache is a refault no baseline would cause (MoM and Proxmox do not balloon there).
 const ROOMY_MIN_RECLAIM_EFFICIENCY: f64 = 0.30;
+/// How fast the room a learned burst keeps halves (`Memo::learn_burst`).
+const BURST_HALF_LIFE: Millis = Millis(24 * 3600 * 1000);
 /// How long probing pauses after it found the bottom or caused pressure.
 const PROBE_PAUSE: Millis = Millis(30 * 60 * 1000);
 /// Pressure or a low reclaim efficiency this soon after the guest was held below its
@@ -382,6 +384,8 @@ fn wish_for(
     };
 
     memo.track_growth(&r, actual, dt);
+    // Before the room: a burst that just outran it sets this tick's room already.
+    memo.learn_burst(&r, now);
     let room = Room::of(host, memo, &g);
     let Room {
         headroom_min,
@@ -396,13 +400,19 @@ fn wish_for(
     let cache = cache_step(host, memo, &g, &room, squeezed);
     let keep = cache.keep;
 
+    // The page cache the guest holds resident: what the probe keeps, or the hot part
+    // it measured where `keep` went below it (by at most half the headroom).
+    let held = memo.cold_left.map_or(keep, |c| (r.cache - c).max(keep));
     let burst_room = host.small_guest_burst_room * allocator_scale(g.configured);
-    let need = (r.used + restart + keep + headroom)
-        .max(r.used + burst_room)
-        .min(g.configured);
+    let mut need = (r.used + restart + keep + headroom).max(r.used + burst_room);
+    if room.burst_free > 0.0 {
+        need = need.max(r.used + held + room.burst_free);
+    }
+    let need = need.min(g.configured);
     let explain = Explain::Need(Need {
         need,
         burst_room,
+        burst_free: room.burst_free,
         used: r.used,
         restart,
         keep,
@@ -423,9 +433,6 @@ fn wish_for(
     }
 
     let growing = memo.growth_bps * host.reaction_s > headroom_min;
-    // The page cache the guest holds resident: what the probe keeps, or the hot part
-    // it measured where `keep` went below it (by at most half the headroom).
-    let held = memo.cold_left.map_or(keep, |c| (r.cache - c).max(keep));
     let (target, rule) = target_with_band(host, memo, &g, &room, need, cache.rule);
     let wish = Wish {
         vm: index,
@@ -468,6 +475,8 @@ struct Room {
     headroom: f64,
     /// Free memory beyond the room the guest keeps for growth.
     spare_free: f64,
+    /// Free memory kept above the hot page cache for a burst the guest is known to make.
+    burst_free: f64,
 }
 
 impl Room {
@@ -476,11 +485,7 @@ impl Room {
         // class fraction applies to the part of the guest that can move.
         let movable = (g.configured - g.vm.pinned.as_f64()).max(0.0);
         let headroom_min = headroom_min(g.vm.class, &g.prof, g.configured);
-        // The operator's headroom, where set, raises the class's (never past what can move).
-        let operator_headroom = g.vm.headroom.map_or(0.0, |h| h.as_f64().min(movable));
-        let class_headroom = (g.prof.headroom_frac * movable)
-            .max(headroom_min)
-            .max(operator_headroom);
+        let class_headroom = (g.prof.headroom_frac * movable).max(headroom_min);
         // On a nearly full host the class's room for surprises shrinks toward a sliver:
         // the host could not give a surprise much anyway, and the memory is worth more
         // handed back. Room for growth that is seen stays whole. A guest without scan
@@ -498,12 +503,25 @@ impl Room {
             .max(memo.growth_bps * host.reaction_s);
         // Free memory beyond the room the guest keeps for growth.
         let spare_free = (g.r.free - headroom).max(0.0);
+        // Room for a burst this guest is known to make: the operator's headroom, or the
+        // largest burst it made that outran its room (`Memo::learn_burst`). Free memory,
+        // not the class headroom half of which hot cache may fill — a burst evicts that
+        // cache at a refault's cost (`cron-bursts`: an hourly 2 GiB job refaulted 0.6 s of
+        // hot cache every hour with a learned room the cache lived in). It shrinks with
+        // the class headroom on a nearly full host; never past what can move.
+        let known_burst =
+            g.vm.headroom
+                .map_or(0.0, |h| h.as_f64())
+                .max(memo.burst_room(host.now))
+                .min(movable);
+        let burst_free = known_burst * headroom_scale;
         Room {
             headroom_min,
             class_headroom,
             headroom_scale,
             headroom,
             spare_free,
+            burst_free,
         }
     }
 }

@@ -155,8 +155,8 @@ pub struct VmSettings {
     pub overhead: Bytes,
     pub priority: f64,
     pub class: VmClass,
-    /// Free room the `aerostat` policy leaves the guest for growth it has not seen yet
-    /// (`VmSample::headroom`); `None`: the class's.
+    /// Memory the `aerostat` policy keeps free in the guest for a burst it has not seen yet
+    /// (`VmSample::headroom`); `None`: none beyond the class's headroom.
     pub headroom: Option<Bytes>,
 }
 

@@ -9,8 +9,8 @@ use crate::units::Millis;
 use super::reading::Reading;
 use super::wish::Wish;
 use super::{
-    MIB, MIN_BAND, MIN_BITE, PROBE_PAUSE, RECLAIM_BITE, RESTART_HOLD, SQUEEZE_EXPLAINS,
-    STALL_AFTER, STALL_BLOCK, STALL_GAP, STALL_RATE_BPS,
+    BURST_HALF_LIFE, MIB, MIN_BAND, MIN_BITE, PROBE_PAUSE, RECLAIM_BITE, RESTART_HOLD,
+    SQUEEZE_EXPLAINS, STALL_AFTER, STALL_BLOCK, STALL_GAP, STALL_RATE_BPS,
 };
 
 /// What the policy remembers about one VM.
@@ -24,6 +24,13 @@ pub(super) struct Memo {
     pub(super) growth_bps: f64,
     /// The rate of `used` seen last tick.
     pub(super) last_rate: f64,
+    /// How much `used` rose over the last interval and the one before (the rises
+    /// `growth_bps` took in), for [`Memo::learn_burst`].
+    pub(super) rises: [f64; 2],
+    /// The largest rise over one interval that the guest made just before it came under
+    /// pressure — a burst that outran its room — and when (`burst_room`).
+    pub(super) burst_seen: f64,
+    pub(super) burst_seen_at: Millis,
     /// Page cache we let the guest keep; `None` until first seen.
     pub(super) cache_keep: Option<f64>,
     pub(super) probe_paused_until: Millis,
@@ -69,12 +76,37 @@ impl Memo {
                 rate
             };
             self.last_rate = rate;
+            self.rises = [rise * dt, self.rises[0]];
             self.growth_bps = if rise > self.growth_bps {
                 rise
             } else {
                 self.growth_bps * 0.9 + rise * 0.1
             };
         }
+    }
+
+    /// Learns the guest's bursts: under pressure right after `used` rose faster than its room
+    /// could take, the larger of the last two rises is what a burst of this guest does
+    /// before the loop sees it (a job that runs every hour or every night bursts the same
+    /// way again).
+    pub(super) fn learn_burst(&mut self, r: &Reading, now: Millis) {
+        if !r.pressure() {
+            return;
+        }
+        let burst = self.rises[0].max(self.rises[1]);
+        if burst > self.burst_room(now) {
+            self.burst_seen = burst;
+            self.burst_seen_at = now;
+        }
+    }
+
+    /// The room a learned burst keeps: the burst, halving every BURST_HALF_LIFE.
+    pub(super) fn burst_room(&self, now: Millis) -> f64 {
+        if self.burst_seen <= 0.0 {
+            return 0.0;
+        }
+        let age = now.saturating_sub(self.burst_seen_at).as_secs_f64();
+        self.burst_seen * 0.5f64.powf(age / BURST_HALF_LIFE.as_secs_f64())
     }
 
     /// Notes how the controller's target now (`current`) compares with what this policy

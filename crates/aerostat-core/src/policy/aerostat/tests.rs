@@ -165,6 +165,38 @@ fn the_operators_headroom_raises_the_class_headroom_while_the_host_has_room() {
     assert_eq!(target(Some(Bytes::gib(1)), 4), target(None, 4));
 }
 
+/// A guest whose `used` jumped by 600 MiB in one interval and then refaulted has made a
+/// burst that outran its room: from then on it keeps that much free above its hot cache,
+/// halving each day (`cron-bursts`: an hourly job stalled 173.6 s in 12 h, 17.1 s with
+/// this — its first burst only).
+#[test]
+fn a_burst_that_outran_the_room_is_remembered() {
+    let mut p = AerostatPolicy::new(settings());
+    let at = |p: &mut AerostatPolicy, t: u64, used_mib: u64, faults: u64| {
+        let mut v = vm("a", 8 * GIB, 8 * GIB, used_mib, 0, t);
+        v.stats.major_faults = Some(faults);
+        p.propose(&obs(t, vec![v]), &[])
+            .first()
+            .map_or(8192, |x| x.target.0 >> 20)
+    };
+    // Quiet: 1000 MiB used; class headroom 4 % of 8 GiB (328 MiB), burst room 512 MiB.
+    assert_eq!(at(&mut p, 0, 1000, 0), 1000 + 512);
+    at(&mut p, 1, 1000, 0);
+    // The burst: +600 MiB in a second, then 2,000 refaults a second.
+    at(&mut p, 2, 1600, 0);
+    at(&mut p, 3, 1600, 2000);
+    // Quiet again, long after the growth estimate has decayed: the 600 MiB kept free
+    // (less 400 s of a day's halving).
+    let mut last = 0;
+    for t in 4..400 {
+        last = at(&mut p, t, 1000, 2000);
+    }
+    assert!((1000 + 595..=1000 + 600).contains(&last), "{last}");
+    // A day later, half of it (the class's burst room, 512 MiB, is more).
+    let day = 24 * 3600;
+    assert_eq!(at(&mut p, day + 3, 1000, 2000), 1000 + 512);
+}
+
 /// Bigger guests have more vCPUs and fault memory in faster: an 8 GiB guest keeps room
 /// for half a second of 1 GiB/s, a 6 GiB one of 768 MiB/s; no guest more than twice
 /// the small guest's room.

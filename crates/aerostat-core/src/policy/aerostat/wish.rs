@@ -62,6 +62,9 @@ pub(super) struct Need {
     pub(super) need: f64,
     /// The least free memory and cache a roomy host's guest keeps (0 elsewhere).
     pub(super) burst_room: f64,
+    /// Free memory kept above the hot cache for a burst the guest is known to make: the
+    /// operator's headroom or a burst it made (0: none).
+    pub(super) burst_free: f64,
     pub(super) used: f64,
     /// Room kept for a workload an OOM kill stopped (above `used`).
     pub(super) restart: f64,
@@ -147,7 +150,13 @@ impl Wish {
             n.keep / MIB,
             n.headroom / MIB
         );
-        if n.need > n.used + n.restart + n.keep + n.headroom + 0.5 * MIB {
+        if n.burst_free >= MIB {
+            let _ = write!(
+                text,
+                "at least {:.0} MiB kept free for a burst this guest is known to make (the operator's headroom, or a burst it made); ",
+                n.burst_free / MIB
+            );
+        } else if n.need > n.used + n.restart + n.keep + n.headroom + 0.5 * MIB {
             let _ = write!(
                 text,
                 "burst room: at least {:.0} MiB free or cache for a burst the next reading has not seen; ",
