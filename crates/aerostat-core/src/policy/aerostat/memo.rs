@@ -82,6 +82,9 @@ impl Memo {
             } else {
                 self.growth_bps * 0.9 + rise * 0.1
             };
+        } else {
+            // After a gap (no stats, a migration) the rises before it say nothing of now.
+            self.rises = [0.0; 2];
         }
     }
 
