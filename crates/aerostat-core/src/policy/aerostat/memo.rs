@@ -1,6 +1,7 @@
 //! What the `aerostat` policy remembers about each VM from one tick to the next, and the
-//! bookkeeping that keeps it: the growth estimate, holds below the need, the cold page
-//! cache left, the room a killed workload used, balloon stalls.
+//! bookkeeping that keeps it: the growth estimate, the bursts that outran the guest's room,
+//! holds below the need, the cold page cache left, the room a killed workload used, balloon
+//! stalls.
 
 use crate::decision::Rule;
 use crate::observation::GuestStats;
