@@ -17,6 +17,7 @@ use crate::host::{Host, gib};
 use crate::metrics::{HostRow, Summary, TimeSeries, VmRow, VmSummary};
 use crate::migration::{Escape, MigrationRecord, Outcome};
 use crate::scenario::Scenario;
+use crate::workload::ShapeMemo;
 
 /// How a run is set up beyond the scenario.
 #[derive(Clone, Debug)]
@@ -310,11 +311,12 @@ impl Simulation {
             self.control(now);
         }
         self.stalls.iter_mut().for_each(|s| *s = 0.0);
+        let mut shape = ShapeMemo::default();
         for (i, g) in self.guests.iter_mut().enumerate() {
             if !self.alive[i] {
                 continue;
             }
-            let fx = g.step(now.saturating_sub(g.spec.start), now, dt_s);
+            let fx = g.step(now.saturating_sub(g.spec.start), now, dt_s, &mut shape);
             self.stalls[i] = fx.stall_s;
             self.vm[i].swap_in += fx.swap_in;
             if fx.oom_killed {
@@ -408,7 +410,7 @@ impl Simulation {
             let g = &self.guests[i];
             vm.actual = Bytes::from_f64(g.actual);
             vm.rss = Some(Bytes::from_f64(g.touched) + self.scenario.host.vm_overhead);
-            vm.stats = g.stats(now);
+            g.write_stats(now, &mut vm.stats);
         }
         if let Some(e) = self.escape.as_mut() {
             let capacity = self.scenario.host.memory - self.scenario.host.reserve;

@@ -68,6 +68,27 @@ impl NoiseBucket {
     }
 }
 
+/// The last value of the diurnal shape, `cos(2πx)`. Replicas of a group share `t`, phase and
+/// period, so the engine passes one memo to all guests in a tick and the cosine (a tenth of
+/// a fleet run's time) is computed once per group: the same input gives the same bits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShapeMemo {
+    last: Option<(u64, f64)>,
+}
+
+impl ShapeMemo {
+    fn cos_2pi(&mut self, x: f64) -> f64 {
+        match self.last {
+            Some((bits, value)) if bits == x.to_bits() => value,
+            _ => {
+                let value = (2.0 * PI * x).cos();
+                self.last = Some((x.to_bits(), value));
+                value
+            }
+        }
+    }
+}
+
 /// A workload bound to one VM.
 #[derive(Clone, Debug)]
 pub struct Workload {
@@ -102,7 +123,7 @@ impl Workload {
     }
 
     /// Demand at `t` (time since the VM started).
-    pub fn demand(&mut self, t: Millis) -> Demand {
+    pub fn demand(&mut self, t: Millis, shape: &mut ShapeMemo) -> Demand {
         let noise = self.noise(t);
         let s = &self.spec;
         let ws = s.working_set.as_f64();
@@ -113,7 +134,7 @@ impl Workload {
             WorkloadKind::Steady | WorkloadKind::Idle => ws,
             WorkloadKind::Diurnal => {
                 let x = (t.0 + s.phase.0) as f64 / s.period.0 as f64;
-                ws + (peak - ws) * 0.5 * (1.0 - (2.0 * PI * x).cos())
+                ws + (peak - ws) * 0.5 * (1.0 - shape.cos_2pi(x))
             }
             WorkloadKind::Burst => {
                 let (at, rise, hold) = (s.at.0, s.rise.0.max(1), s.hold.0);
