@@ -128,6 +128,19 @@ def scenario(k):
     return "\n".join(out)
 
 
+def seconds(x):
+    """Stall seconds with two decimals, or enough digits that a stall under 0.005 s does
+    not print as 0.00 next to a true zero."""
+    return f"{x:.2f}" if x == 0 or x >= 0.005 else f"{x:.2g}"
+
+
+def within_oracle(run):
+    """A run's reclaim counted guest by guest up to each guest's oracle: the part of it that
+    hurt nobody."""
+    return sum(min(v["reclaimed_gib_hours"], v["oracle_reclaimable_gib_hours"])
+               for v in run["per_vm"])
+
+
 def pareto_beats(b, me):
     """Whether run `b` is at least as good as `me` on reclaim, stall and OOM kills, and
     better on one of them."""
@@ -168,7 +181,7 @@ def main():
     subprocess.run([a.aerostat, "bench", "policies", *files, "--out", bdir],
                    check=True, capture_output=True)
     fails, ooms, ooms_static_clean, stall_more, reclaim_less, kills, stall = 0, 0, 0, 0, 0, 0, 0.0
-    beaten, unattainable = 0, 0
+    beaten, unattainable, harm_led = 0, 0, 0
     with open(os.path.join(bdir, "bench.json")) as f:
         results = json.load(f)
     for row in results:
@@ -178,15 +191,19 @@ def main():
             b = runs[base]
             if me["reclaimed_gib_hours"] < b["reclaimed_gib_hours"]:
                 # The oracle is the most any policy can hand back without hurting a guest:
-                # a baseline above it got there only by squeezing working sets.
+                # a baseline above it got there only by squeezing working sets. Counted
+                # guest by guest, a baseline can also be short of the oracle in all and
+                # still owe its lead to guests it squeezed past theirs (or OOM-killed).
                 past = b["reclaimed_gib_hours"] > b["oracle_reclaimable_gib_hours"]
+                harmless = within_oracle(b)
+                note = (f", past the oracle's {b['oracle_reclaimable_gib_hours']:.1f}" if past
+                        else f"; only {harmless:.1f} within each guest's oracle"
+                        if me["reclaimed_gib_hours"] >= harmless else "")
                 why.append(f"reclaims less than {base} ({me['reclaimed_gib_hours']:.1f} < "
-                           f"{b['reclaimed_gib_hours']:.1f} GiB·h"
-                           + (f", past the oracle's {b['oracle_reclaimable_gib_hours']:.1f}"
-                              if past else "") + ")")
+                           f"{b['reclaimed_gib_hours']:.1f} GiB·h{note})")
             if me["guest_stall_seconds"] > b["guest_stall_seconds"]:
-                why.append(f"stalls more than {base} ({me['guest_stall_seconds']:.2f} > "
-                           f"{b['guest_stall_seconds']:.2f} s)")
+                why.append(f"stalls more than {base} ({seconds(me['guest_stall_seconds'])} > "
+                           f"{seconds(b['guest_stall_seconds'])} s)")
         if me["guest_oom_kills"] or me["host_oom_kills"]:
             why.append(f"OOM kills {me['guest_oom_kills']} guest / {me['host_oom_kills']} host")
         # The bar's test is strict on each count against each baseline, so a baseline that
@@ -208,6 +225,11 @@ def main():
         # nobody could pass.
         unattainable += bool(why) and all(w.startswith("reclaims less") and "past the oracle" in w
                                           for w in why)
+        # Failing only on reclaim against a baseline whose lead is all reclaim past some
+        # guest's oracle: aerostat hands back more than it without hurting anyone.
+        harm_led += bool(why) and all(w.startswith("reclaims less")
+                                      and ("past the oracle" in w or "within each" in w)
+                                      for w in why)
         kills += me["guest_oom_kills"] + me["host_oom_kills"]
         stall += me["guest_stall_seconds"]
         print(f"{me['scenario']:12} {100 * me['oracle_ratio']:5.1f}% of oracle "
@@ -223,6 +245,9 @@ def main():
           f"and is better on one of them): {beaten}")
     print(f"  failing only on reclaim against a baseline past the oracle (above what can be "
           f"handed back without hurting a guest): {unattainable}")
+    print(f"  failing only on reclaim against a baseline that leads only by reclaim past some "
+          f"guest's oracle (counted guest by guest, it hands back less than aerostat): "
+          f"{harm_led}")
     return 1 if fails else 0
 
 

@@ -197,7 +197,13 @@ impl Guest {
 
     /// Advances the guest by `dt_s` seconds; `t` is time since the VM started.
     /// `shape` is shared by the guests stepped in one tick (see [`ShapeMemo`]).
-    pub fn step(&mut self, t: Millis, now: Millis, dt_s: f64, shape: &mut ShapeMemo) -> TickEffects {
+    pub fn step(
+        &mut self,
+        t: Millis,
+        now: Millis,
+        dt_s: f64,
+        shape: &mut ShapeMemo,
+    ) -> TickEffects {
         let mut fx = TickEffects::default();
         if let Some(at) = self.restart_at {
             if now < at {
