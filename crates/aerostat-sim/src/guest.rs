@@ -12,7 +12,7 @@
 //! Hot data is re-touched at [`HOT_ACCESS_PER_S`] of its missing part per second.
 //!
 //! The hidden truth (true working set, what is hot) stays in here; the policy sees only
-//! [`Guest::stats`], shaped like virtio-balloon statistics.
+//! [`Guest::write_stats`], shaped like virtio-balloon statistics.
 
 use aerostat_core::{Bytes, GuestStats, Millis};
 
@@ -451,3 +451,6 @@ impl Guest {
         };
     }
 }
+
+#[cfg(test)]
+mod tests;

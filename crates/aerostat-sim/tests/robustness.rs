@@ -6,11 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use aerostat_core::PolicyKind;
-use aerostat_sim::{RunOptions, RunResult, Scenario, run};
+use aerostat_sim::{RunOptions, Scenario, run};
 
-const MIB: f64 = 1048576.0;
-
-use common::{scenarios_dir, with_duration};
+use common::{assert_floors_kept, scenarios_dir, with_duration};
 
 #[test]
 fn no_policy_panics_on_any_shipped_scenario() {
@@ -50,44 +48,6 @@ fn no_policy_panics_on_any_shipped_scenario() {
                 &format!("{policy} on {}", path.display()),
             );
         }
-    }
-}
-
-/// Every action and every sampled target stays at or above the VM's floor; so does the
-/// balloon's `actual` (it moves toward its target from above, never past it).
-fn assert_floors_kept(scenario: &Scenario, result: &RunResult, what: &str) {
-    let floor_of = |name: &str| {
-        let v = scenario
-            .vms
-            .iter()
-            .find(|v| v.name == name)
-            .unwrap_or_else(|| panic!("{what}: unknown VM {name}"));
-        v.min.unwrap_or_default().max(v.pinned).min(v.memory)
-    };
-    for (t, a) in &result.actions {
-        let to = a.balloon_target().expect("balloon action");
-        let floor = floor_of(&a.vm);
-        assert!(
-            to >= floor,
-            "{what}: at {t} {} was sent {to}, below its floor {floor}: {a:?}",
-            a.vm
-        );
-    }
-    let names = &result.series.vm_names;
-    for (k, row) in result.series.vm_rows.iter().enumerate() {
-        let name = &names[k % names.len()];
-        if row.actual == 0.0 && row.target == 0.0 {
-            continue; // not running
-        }
-        let floor = floor_of(name).as_f64();
-        assert!(
-            row.target >= floor && row.actual >= floor - MIB,
-            "{what}: sample {} of {name}: target {:.0} MiB / actual {:.0} MiB below floor {:.0} MiB",
-            k / names.len(),
-            row.target / MIB,
-            row.actual / MIB,
-            floor / MIB
-        );
     }
 }
 

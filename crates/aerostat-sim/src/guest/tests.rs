@@ -1,0 +1,205 @@
+//! The guest model's bookkeeping under random workloads and random balloon targets: no
+//! amount goes negative, what is resident fits what the balloon leaves, swap holds no more
+//! than its size, the host backs no more than the guest holds, a tick stalls at most a
+//! tick, and the statistics a policy reads stay consistent and their counters only grow.
+
+use super::*;
+use crate::scenario::Scenario;
+use proptest::prelude::*;
+use std::path::Path;
+
+const MIB: f64 = 1048576.0;
+/// Rounding slack of the f64 bookkeeping, in bytes.
+const EPS: f64 = 1.0;
+
+/// One guest's scenario keys, sizes in MiB.
+#[derive(Clone, Copy)]
+struct Keys {
+    kind: &'static str,
+    memory: u64,
+    ws: u64,
+    peak: u64,
+    cache: u64,
+    cold: u64,
+    swap: u64,
+    deflate_on_oom: bool,
+}
+
+fn spec(k: Keys) -> Result<VmSpec, String> {
+    let Keys {
+        kind,
+        memory,
+        ws,
+        peak,
+        cache,
+        cold,
+        swap,
+        deflate_on_oom,
+    } = k;
+    let shape = match kind {
+        "diurnal" => format!("peak = \"{peak}MiB\"\nperiod = \"10m\"\n"),
+        "burst" | "ramp" => format!("peak = \"{peak}MiB\"\nat = \"1m\"\nrise = \"5s\"\n"),
+        "leak" => format!("rate = \"{peak}MiB/h\"\n"),
+        _ => String::new(),
+    };
+    let text = format!(
+        "[scenario]\nname = \"g\"\nduration = \"1h\"\nseed = 1\n[host]\nmemory = \"64GiB\"\nreserve = \"1GiB\"\n\
+         [[vm]]\nname = \"g\"\nmemory = \"{memory}MiB\"\nswap = \"{swap}MiB\"\n\
+         deflate_on_oom = {deflate_on_oom}\n[vm.workload]\nkind = \"{kind}\"\n\
+         working_set = \"{ws}MiB\"\npage_cache = \"{cache}MiB\"\ncold = \"{cold}MiB\"\n{shape}"
+    );
+    Scenario::parse(&text, Path::new("g.toml"))
+        .map(|s| s.vms[0].clone())
+        .map_err(|e| e.to_string())
+}
+
+fn assert_consistent(g: &Guest, fx: &TickEffects, dt: f64, tick: usize) {
+    let parts = [
+        ("anon_hot", g.anon_hot),
+        ("anon_cold", g.anon_cold),
+        ("swap_hot", g.swap_hot),
+        ("swap_cold", g.swap_cold),
+        ("cache_hot", g.cache_hot),
+        ("cache_cold", g.cache_cold),
+        ("evicted_hot", g.evicted_hot),
+        ("touched", g.touched),
+    ];
+    for (name, v) in parts {
+        assert!(v.is_finite() && v >= -EPS, "tick {tick}: {name} = {v}");
+    }
+    assert!(
+        g.actual >= -EPS && g.actual <= g.configured + EPS,
+        "tick {tick}: actual {} outside [0, {}]",
+        g.actual,
+        g.configured
+    );
+    assert!(
+        g.resident() <= g.usable() + EPS,
+        "tick {tick}: resident {:.0} MiB above usable {:.0} MiB",
+        g.resident() / MIB,
+        g.usable() / MIB
+    );
+    assert!(
+        g.swap_hot + g.swap_cold <= g.swap_size + EPS,
+        "tick {tick}: swap holds {} of {}",
+        g.swap_hot + g.swap_cold,
+        g.swap_size
+    );
+    assert!(
+        g.touched <= g.actual + EPS,
+        "tick {tick}: host backs {} of {}",
+        g.touched,
+        g.actual
+    );
+    assert!(
+        fx.stall_s >= 0.0 && fx.stall_s <= dt,
+        "tick {tick}: stall {}",
+        fx.stall_s
+    );
+    assert!(fx.swap_in >= 0.0, "tick {tick}: swap-in {}", fx.swap_in);
+}
+
+/// The counters of `GuestStats` that must never go back.
+fn counters(s: &GuestStats) -> [u64; 5] {
+    [
+        s.swap_in.map_or(0, |b| b.0),
+        s.swap_out.map_or(0, |b| b.0),
+        s.major_faults.unwrap_or(0),
+        s.oom_kills.unwrap_or(0),
+        s.async_scans.unwrap_or(0),
+    ]
+}
+
+fn kind() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec!["steady", "idle", "diurnal", "burst", "ramp", "leak"])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn guest_bookkeeping_holds_under_any_balloon_and_workload(
+        kind in kind(),
+        memory in 512u64..=8192,
+        // Shares of the guest's memory: a working set, its rise to the peak and cold anon
+        // that fit it together (the simulator refuses the rest); page cache of any size.
+        ws_share in 0.0f64..=0.4,
+        rise_share in 0.0f64..=0.25,
+        cold_share in 0.0f64..=0.15,
+        cache in 0u64..=4096,
+        swap in 0u64..=2048,
+        deflate_on_oom in any::<bool>(),
+        free_page_reporting in any::<bool>(),
+        // Balloon targets as fractions of configured memory, each held for a while.
+        targets in prop::collection::vec((0.0f64..=1.0, 1usize..=120), 1..=12),
+    ) {
+        let share = |f: f64| (memory as f64 * f) as u64;
+        let (ws, cold) = (share(ws_share), share(cold_share));
+        let peak = ws + share(rise_share);
+        let keys = Keys { kind, memory, ws, peak, cache, cold, swap, deflate_on_oom };
+        let spec = spec(keys)
+            .unwrap_or_else(|e| panic!("a guest the simulator refuses: {e}"));
+        let mut g = Guest::new(spec, 7, 0, free_page_reporting);
+        let dt = 1.0;
+        let mut s = GuestStats::default();
+        g.write_stats(Millis::ZERO, &mut s);
+        let mut last = counters(&s);
+        let mut tick = 0usize;
+        for (frac, hold) in targets {
+            g.target = g.configured * frac;
+            for _ in 0..hold {
+                let now = Millis(tick as u64 * 1000);
+                let fx = g.step(now, now, dt, &mut ShapeMemo::default());
+                assert_consistent(&g, &fx, dt, tick);
+                g.write_stats(now, &mut s);
+                let (total, free, available) = (
+                    s.total.map_or(0, |b| b.0),
+                    s.free.map_or(0, |b| b.0),
+                    s.available.map_or(0, |b| b.0),
+                );
+                prop_assert!(free <= total && available >= free, "tick {tick}: {s:?}");
+                let now_counters = counters(&s);
+                prop_assert!(
+                    now_counters.iter().zip(&last).all(|(a, b)| a >= b),
+                    "tick {tick}: a counter went back: {last:?} → {now_counters:?}"
+                );
+                last = now_counters;
+                tick += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_shared_shape_memo_gives_every_replica_the_cosine_it_would_compute_alone() {
+    let spec = spec(Keys {
+        kind: "diurnal",
+        memory: 4096,
+        ws: 1024,
+        peak: 3072,
+        cache: 512,
+        cold: 0,
+        swap: 0,
+        deflate_on_oom: false,
+    })
+    .expect("a valid guest");
+    let mut alone = [
+        Guest::new(spec.clone(), 7, 0, false),
+        Guest::new(spec.clone(), 7, 1, false),
+    ];
+    let mut shared = alone.clone();
+    for tick in 0..1200u64 {
+        let now = Millis(tick * 1000);
+        let mut memo = ShapeMemo::default();
+        for (a, s) in alone.iter_mut().zip(shared.iter_mut()) {
+            a.step(now, now, 1.0, &mut ShapeMemo::default());
+            s.step(now, now, 1.0, &mut memo);
+            assert_eq!(a.demand, s.demand, "tick {tick}");
+            assert_eq!(a.actual.to_bits(), s.actual.to_bits(), "tick {tick}");
+        }
+    }
+}
