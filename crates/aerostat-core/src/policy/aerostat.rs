@@ -91,6 +91,8 @@ const STALL_BLOCK: Millis = Millis(5 * 60 * 1000);
 const MIN_BITE: f64 = 24.0 * MIB;
 /// Smallest band above need before a guest is shrunk.
 const MIN_BAND: f64 = 32.0 * MIB;
+/// The guards' dead band: a change smaller than this is not sent.
+const MIN_CHANGE: Bytes = Bytes::mib(16);
 /// Free memory a guest that is not growing keeps when the host takes its idle headroom:
 /// room for the next few seconds of noise until the policy sees it grow.
 const IDLE_SLIVER: f64 = 64.0 * MIB;
@@ -217,7 +219,7 @@ impl Policy for AerostatPolicy {
             reserve: Some(self.settings.reserve),
             max_inflate_step: Some(Bytes::mib(512)),
             max_deflate_step: Some(Bytes::gib(4)),
-            min_change: Bytes::mib(16),
+            min_change: MIN_CHANGE,
             inflate_hold: Millis::secs(30),
             stall_block: STALL_BLOCK,
         }
@@ -287,8 +289,13 @@ struct HostView {
     blind_probe_headroom_scale: f64,
     /// Reclaim efficiency below which the cache probe stops.
     stop_efficiency: f64,
-    /// The burst room of a guest of up to SMALL_GUEST (`allocator_scale` sizes the rest).
+    /// The burst room of a guest of up to SMALL_GUEST (`allocator_scale` sizes the rest) ...
     small_guest_burst_room: f64,
+    /// ... plus the guards' dead band, scaled alike: a raise smaller than MIN_CHANGE is not
+    /// sent, so without it the room a guest keeps drifts that far below the burst room as
+    /// `used` creeps up (`unseen-3261`: 12 GiB guests with no swap and no cache kept 507 of
+    /// their 512 MiB, and a 512 MiB/s burst OOM-killed two of them).
+    burst_room_margin: f64,
 }
 
 impl HostView {
@@ -320,6 +327,7 @@ impl HostView {
             ROOMY_SHARE + BURST_ROOM_RAMP,
         );
         let small_guest_burst_room = 0.5 * interval_s * FAST_ALLOC_BPS * burst_room_scale;
+        let burst_room_margin = MIN_CHANGE.as_f64() * burst_room_scale;
         HostView {
             now: obs.time,
             interval: settings.interval,
@@ -329,6 +337,7 @@ impl HostView {
             blind_probe_headroom_scale,
             stop_efficiency,
             small_guest_burst_room,
+            burst_room_margin,
         }
     }
 }
@@ -403,7 +412,8 @@ fn wish_for(
     // The page cache the guest holds resident: what the probe keeps, or the hot part
     // it measured where `keep` went below it (by at most half the headroom).
     let held = memo.cold_left.map_or(keep, |c| (r.cache - c).max(keep));
-    let burst_room = host.small_guest_burst_room * allocator_scale(g.configured);
+    let burst_room =
+        host.small_guest_burst_room * allocator_scale(g.configured) + host.burst_room_margin;
     let mut need = (r.used + restart + keep + headroom).max(r.used + burst_room);
     if room.burst_free > 0.0 {
         need = need.max(r.used + held + room.burst_free);
