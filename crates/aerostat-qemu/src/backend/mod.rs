@@ -29,7 +29,10 @@ pub use migration::{
     DirtyRateInfo, DirtyRateStatus, MigrationCapability, MigrationInfo, MigrationParameters,
     MigrationStatus, RamStats, parse_dirty_rate, parse_migration_info,
 };
-pub use process::{parse_smaps_ram_rss, parse_vm_rss, read_guest_ram_rss, read_rss};
+pub use process::{
+    GuestRamPages, clear_referenced, parse_smaps_ram, parse_smaps_ram_rss, parse_vm_rss,
+    read_guest_ram_pages, read_guest_ram_rss, read_rss,
+};
 pub use status::{RunState, VmStatus};
 pub use virtio_mem::{VirtioMemDevice, parse_memory_devices};
 

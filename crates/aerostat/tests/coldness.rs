@@ -1,0 +1,77 @@
+//! The coldness signal a host has without `page_idle` or DAMON: clear the accessed bits of
+//! QEMU's pages (`/proc/PID/clear_refs`), wait, and count the guest RAM pages nobody touched
+//! since (`Referenced:` in smaps). Measured against a real guest: memory a process in the
+//! guest touched once and then left alone must show up as idle, memory it keeps rewriting
+//! must not.
+//!
+//! Needs `qemu-system-x86_64` and the test guest (`bash guest/build.sh`); without them the
+//! test prints `SKIP:` and passes. It holds the real-VM lock for its whole body.
+
+mod common;
+
+use std::time::Duration;
+
+use aerostat_core::Bytes;
+use aerostat_qemu::backend::{GuestRamPages, clear_referenced, read_guest_ram_pages};
+use common::*;
+
+const RAM_MIB: u64 = 1024;
+/// Long enough for the guest's own background activity to settle into the referenced part.
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// Clears the accessed bits, waits a window, reads the guest RAM mapping.
+fn measure(vm: &TestVm, what: &str) -> GuestRamPages {
+    clear_referenced(vm.pid()).expect("clear_refs");
+    std::thread::sleep(WINDOW);
+    let pages = read_guest_ram_pages(vm.pid(), Bytes::mib(RAM_MIB))
+        .expect("smaps")
+        .expect("the guest RAM mapping");
+    println!(
+        "{what}: touched {} MiB, referenced {} MiB, idle {} MiB",
+        pages.touched.0 >> 20,
+        pages.referenced.0 >> 20,
+        pages.idle().0 >> 20
+    );
+    pages
+}
+
+/// Starts `memhog ARGS` in the guest and waits until it holds its memory.
+fn memhog(vm: &TestVm, log: &str, args: &str) {
+    vm.run_ok(&format!("memhog {args} --quiet >/tmp/{log} 2>&1 &"));
+    wait_until(Duration::from_secs(120), &format!("memhog {args}"), || {
+        vm.run(&format!("grep -q holding /tmp/{log}")).0 == 0
+    });
+}
+
+#[test]
+fn the_host_sees_memory_a_guest_left_alone_as_idle() {
+    let _serial = serial_lock();
+    let Some(files) = prerequisites("the_host_sees_memory_a_guest_left_alone_as_idle") else {
+        return;
+    };
+    let vm = TestVm::start(&files, &VmSpec::new("coldness", RAM_MIB));
+    memhog(&vm, "hot.log", "100 --dirty --rate 50");
+    let hot = measure(&vm, "100 MiB rewritten at 50 MiB/s");
+    // What is rewritten is seen: the hot 100 MiB are referenced.
+    assert!(
+        hot.referenced >= Bytes::mib(90),
+        "the rewritten memory is referenced: {hot:?}"
+    );
+
+    memhog(&vm, "cold.log", "300");
+    let cold = measure(&vm, "and 300 MiB touched once");
+    // The 300 MiB the guest touched once are idle in the next window, and still idle in
+    // the one after; the hot memory stays referenced.
+    let grew = cold.idle().saturating_sub(hot.idle());
+    assert!(
+        grew >= Bytes::mib(270),
+        "idle grew by {} MiB only: {hot:?} → {cold:?}",
+        grew.0 >> 20
+    );
+    assert!(cold.referenced >= Bytes::mib(90), "{cold:?}");
+    let again = measure(&vm, "one window later");
+    assert!(
+        again.idle() >= cold.idle().saturating_sub(Bytes::mib(30)),
+        "{again:?}"
+    );
+}
