@@ -23,6 +23,6 @@ pub mod units;
 
 pub use controller::{Controller, GuardConfig};
 pub use decision::{Action, ActionKind, Alert, Decision, Rule};
-pub use observation::{GuestStats, HostSample, Observation, VmClass, VmSample};
+pub use observation::{Coldness, GuestStats, HostSample, Observation, VmClass, VmSample};
 pub use policy::{Policy, PolicyKind, PolicySettings, Proposal, Reason, WorkingSet};
 pub use units::{Bytes, Millis, UnitError};

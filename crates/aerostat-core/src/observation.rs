@@ -129,9 +129,30 @@ pub struct VmSample {
     /// Host-measured resident memory of the VM's process, when known.
     #[serde(default)]
     pub rss: Option<Bytes>,
+    /// The guest's swap as the operator declares it (its image's swap device or file).
+    /// Balloon statistics carry no swap totals: without this, only a swap-out already seen
+    /// shows the guest has swap. `None`: not declared.
+    #[serde(default)]
+    pub guest_swap: Option<Bytes>,
+    /// Guest memory the host backs and nobody touched during the last coldness window
+    /// (host-measured: accessed bits of the guest RAM mapping; see docs/observation.md,
+    /// "Coldness"). `None`: not measured.
+    #[serde(default)]
+    pub coldness: Option<Coldness>,
     /// Guest-reported statistics. Untrusted.
     #[serde(default)]
     pub stats: GuestStats,
+}
+
+/// One host-side coldness measurement of a guest's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coldness {
+    /// Guest memory the host backs (touched at some time, not handed back).
+    pub touched: Bytes,
+    /// Of it, memory not accessed during the window.
+    pub idle: Bytes,
+    /// When the window closed (host clock, same base as `Observation::time`).
+    pub at: Millis,
 }
 
 fn default_true() -> bool {
@@ -161,6 +182,8 @@ impl VmSample {
             headroom: None,
             migrating: false,
             rss: None,
+            guest_swap: None,
+            coldness: None,
             stats: GuestStats::default(),
         }
     }

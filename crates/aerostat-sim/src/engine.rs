@@ -9,7 +9,7 @@
 //! numbers on every machine; fleets run hosts in parallel (see [`crate::fleet`]).
 
 use aerostat_core::{
-    Action, Bytes, Controller, Millis, Observation, PolicyKind, PolicySettings, VmSample,
+    Action, Bytes, Coldness, Controller, Millis, Observation, PolicyKind, PolicySettings, VmSample,
 };
 
 use crate::guest::Guest;
@@ -18,6 +18,9 @@ use crate::metrics::{HostRow, Summary, TimeSeries, VmRow, VmSummary};
 use crate::migration::{Escape, MigrationRecord, Outcome};
 use crate::scenario::Scenario;
 use crate::workload::ShapeMemo;
+
+/// How often the host measures each guest's idle memory (docs/observation.md, "Coldness").
+pub const COLDNESS_WINDOW: Millis = Millis(30_000);
 
 /// How a run is set up beyond the scenario.
 #[derive(Clone, Debug)]
@@ -399,6 +402,8 @@ impl Simulation {
                 vm.shares = s.shares;
                 vm.class = s.class;
                 vm.headroom = s.headroom;
+                // The scenario's guest swap is what the operator knows of the guest's image.
+                vm.guest_swap = (s.swap > Bytes::ZERO).then_some(s.swap);
                 self.obs.vms.push(vm);
                 self.obs_index.push(i);
             }
@@ -406,8 +411,18 @@ impl Simulation {
         }
         self.obs.time = now;
         self.obs.host = self.host.sample();
+        // The host measures coldness once a window (clearing accessed bits every tick
+        // would blind the host's own LRU): a sample stays until the next window closes.
+        let window_closed = now.0.is_multiple_of(COLDNESS_WINDOW.0);
         for (vm, &i) in self.obs.vms.iter_mut().zip(&self.obs_index) {
             let g = &self.guests[i];
+            if window_closed {
+                vm.coldness = Some(Coldness {
+                    touched: Bytes::from_f64(g.touched),
+                    idle: Bytes::from_f64(g.idle()),
+                    at: now,
+                });
+            }
             vm.actual = Bytes::from_f64(g.actual);
             vm.rss = Some(Bytes::from_f64(g.touched) + self.scenario.host.vm_overhead);
             g.write_stats(now, &mut vm.stats);

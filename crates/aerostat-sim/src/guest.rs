@@ -159,6 +159,14 @@ impl Guest {
         self.fixed + d.hot_anon + d.hot_cache + cold
     }
 
+    /// What a host-side coldness measurement would count idle now (docs/observation.md,
+    /// "Coldness"): memory the host backs that the guest is not touching — free pages it
+    /// touched once, cold page cache, cold anon. The kernel's part counts as touched (the
+    /// real measurement sees some of it idle too: this model errs on the cautious side).
+    pub fn idle(&self) -> f64 {
+        (self.touched - self.fixed - self.anon_hot - self.cache_hot).max(0.0)
+    }
+
     /// Oracle: what could be handed back without hurting this guest.
     pub fn oracle_reclaimable(&self) -> f64 {
         (self.configured - self.true_working_set()).max(0.0)

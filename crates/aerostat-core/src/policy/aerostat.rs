@@ -32,6 +32,7 @@
 //! `reading.rs`: a guest's stats, clamped and turned into rates. `wish.rs`: the wish and
 //! the numbers behind its reason text. `fit.rs`: the host-short fit. `tests.rs`: unit tests.
 
+mod cold_anon;
 mod fit;
 mod memo;
 mod reading;
@@ -419,8 +420,12 @@ fn wish_for(
         need = need.max(r.used + held + room.burst_free);
     }
     let need = need.min(g.configured);
+    // Cold anon the host saw idle goes into guest swap: a bite below what the guest holds
+    // resident (its free memory and headroom go with it while the squeeze lasts).
+    let cold_bite = memo.cold_anon.bite(vm, &r, now);
     let explain = Explain::Need(Need {
         need,
+        cold_bite: cold_bite.unwrap_or(0.0),
         burst_room,
         burst_free: room.burst_free,
         used: r.used,
@@ -443,7 +448,19 @@ fn wish_for(
     }
 
     let growing = memo.growth_bps * host.reaction_s > headroom_min;
-    let (target, rule) = target_with_band(host, memo, &g, &room, need, cache.rule);
+    let (mut target, mut rule) = target_with_band(host, memo, &g, &room, need, cache.rule);
+    if let Some(bite) = cold_bite {
+        // A bite below what the guest holds resident now (MemTotal − MemFree): its LRU
+        // gives up that much, cold cache first, then cold anon. (Relative to `used`, which
+        // the squeeze itself lowers, the target would chase it down at the balloon's speed
+        // rather than a bite a tick: `unseen-1104` evicted hot cache that way.)
+        let resident = (actual - r.free).max(0.0);
+        let squeeze = resident - bite;
+        if squeeze < target {
+            target = squeeze;
+            rule = Rule::Reclaim;
+        }
+    }
     let wish = Wish {
         vm: index,
         target,

@@ -7,6 +7,7 @@ use crate::decision::Rule;
 use crate::observation::GuestStats;
 use crate::units::Millis;
 
+use super::cold_anon::ColdAnon;
 use super::reading::Reading;
 use super::wish::Wish;
 use super::{
@@ -58,6 +59,8 @@ pub(super) struct Memo {
     /// What the guest used before its last OOM kill, kept for the workload's restart until
     /// the given time.
     pub(super) restart_room: Option<(f64, Millis)>,
+    /// The squeeze of cold anonymous memory into guest swap.
+    pub(super) cold_anon: ColdAnon,
 }
 
 impl Memo {

@@ -226,6 +226,60 @@ fn creeping_usage_never_eats_into_the_burst_room() {
     }
 }
 
+/// A guest using 3 GiB of its 4 GiB, 1 GiB of which the host measured idle beyond its free
+/// memory and cache, with 2 GiB of swap the operator declared: the policy squeezes it a bite
+/// below what it holds resident, so its LRU pushes the cold anon into swap. Without the
+/// measurement, without declared swap, or under pressure: never below its need.
+#[test]
+fn cold_anon_the_host_saw_idle_goes_into_declared_guest_swap() {
+    let proposal = |swap: Option<Bytes>, idle_mib: Option<u64>, faults: u64| {
+        let mut p = AerostatPolicy::new(settings());
+        let at = |t: u64, faults: u64| {
+            let mut v = vm("a", 4 * GIB, 4 * GIB, 3072, 0, t);
+            v.guest_swap = swap;
+            v.stats.major_faults = Some(faults);
+            v.coldness = idle_mib.map(|idle| crate::observation::Coldness {
+                // The host backs all the guest holds resident, and no more.
+                touched: Bytes::mib(3072 + 96),
+                idle: Bytes::mib(idle),
+                at: Millis::secs(t),
+            });
+            v
+        };
+        p.propose(&obs(0, vec![at(0, 0)]), &[]);
+        p.propose(&obs(1, vec![at(1, faults)]), &[])
+            .first()
+            .map(|x| {
+                (
+                    x.target.0 >> 20,
+                    x.reason.text().unwrap_or_default().to_string(),
+                )
+            })
+    };
+    let free = 4096 - 3072; // what `vm` leaves free
+    let resident = 4096 - free;
+    let (target, reason) = proposal(Some(Bytes::gib(2)), Some(1024), 0).expect("a squeeze");
+    assert_eq!(target, resident - 32, "{reason}");
+    assert!(
+        reason.contains("cold anonymous memory into guest swap"),
+        "{reason}"
+    );
+    for (swap, idle, faults) in [
+        (Some(Bytes::gib(2)), None, 0),
+        (None, Some(1024), 0),
+        (Some(Bytes::gib(2)), Some(1024), 5000),
+        // Idle no more than the slack: nothing cold to speak of.
+        (Some(Bytes::gib(2)), Some(64), 0),
+    ] {
+        if let Some((target, reason)) = proposal(swap, idle, faults) {
+            assert!(
+                target > resident,
+                "{swap:?} {idle:?} {faults}: {target} ({reason})"
+            );
+        }
+    }
+}
+
 /// Bigger guests have more vCPUs and fault memory in faster: an 8 GiB guest keeps room
 /// for half a second of 1 GiB/s, a 6 GiB one of 768 MiB/s; no guest more than twice
 /// the small guest's room. Each plus the guards' 16 MiB dead band.

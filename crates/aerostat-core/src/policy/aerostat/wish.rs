@@ -60,6 +60,8 @@ pub(super) enum Explain {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Need {
     pub(super) need: f64,
+    /// Cold anonymous memory pushed into guest swap this tick (0: none).
+    pub(super) cold_bite: f64,
     /// The least free memory and cache a roomy host's guest keeps (0 elsewhere).
     pub(super) burst_room: f64,
     /// Free memory kept above the hot cache for a burst the guest is known to make: the
@@ -161,6 +163,13 @@ impl Wish {
                 text,
                 "burst room: at least {:.0} MiB free or cache for a burst the next reading has not seen; ",
                 n.burst_room / MIB
+            );
+        }
+        if n.cold_bite >= MIB {
+            let _ = write!(
+                text,
+                "pushing {:.0} MiB of cold anonymous memory into guest swap (the host saw the guest's memory idle beyond its free memory and cache): target below what it holds resident; ",
+                n.cold_bite / MIB
             );
         }
         if n.headroom_scale < 1.0 {

@@ -1,0 +1,140 @@
+//! Cold anonymous memory into guest swap: ESX's case for ballooning over host swapping.
+//!
+//! A guest's statistics say how much it uses, not how much of that is cold, so the policy
+//! never pushes a guest below `used` on the guest's word alone (two probes that tried were
+//! measured and dropped: their bites landed on hot cache in guests with no cold anon). The
+//! host's coldness measurement (`VmSample::coldness`: guest memory nobody touched during a
+//! window) is that evidence: what is idle beyond all the free memory and page cache the
+//! guest reports is anonymous memory nobody touched — cold anon. With swap in the guest
+//! (declared by the operator: balloon statistics carry no swap totals), half of it per
+//! window, and never more than leaves a tenth of that swap free, is pushed out in bites: the
+//! target goes a bite below what the guest holds resident, and the guest's LRU gives that
+//! much up, cold cache first, then its coldest anonymous pages into swap. Pressure, a
+//! reclaim efficiency that shows hot pages being scanned, or a squeeze under which `used`
+//! stopped falling stops it for COLD_PAUSE.
+
+use crate::observation::VmSample;
+use crate::units::Millis;
+
+use super::MIB;
+use super::reading::Reading;
+
+/// Largest bite below what the guest holds resident, per tick: under the guest swap's
+/// write bandwidth, so the swap-out itself does not stall the guest.
+const COLD_BITE: f64 = 32.0 * MIB;
+/// Idle memory beyond free and cache that is not taken for cold anon: the guest kernel's
+/// own idle pages, and the error of a measurement over a window.
+const COLD_SLACK: f64 = 64.0 * MIB;
+/// Share of the measured cold anon pushed out per window: the next window measures again.
+const COLD_SHARE: f64 = 0.5;
+/// A coldness sample older than this says nothing of now.
+const COLD_FRESH: Millis = Millis(120_000);
+/// After pressure, or a squeeze the guest answered with no swap-out, no squeeze for this long.
+const COLD_PAUSE: Millis = Millis(30 * 60 * 1000);
+/// A squeeze under which the guest's `used` has not fallen for this long stops: no swap
+/// after all, or nothing cold left in reach — and a guest held with no free memory and
+/// nothing to show for it is one noisy allocation away from evicting hot cache
+/// (`unseen-6436`).
+const COLD_STUCK: Millis = Millis(10_000);
+/// A squeeze ends after this long, done or not: the next window measures again.
+const COLD_MAX_SQUEEZE: Millis = Millis(120_000);
+/// Guest swap never filled past this share (and at least SWAP_MARGIN_MIN left): a full swap
+/// turns the next squeeze into hot-cache eviction, or an OOM kill.
+const SWAP_MARGIN_SHARE: f64 = 0.1;
+const SWAP_MARGIN_MIN: f64 = 64.0 * MIB;
+/// Reclaim efficiency below which a squeeze stops: cold anon and cold cache are reclaimed at
+/// nearly every page scanned, hot cache at one in MAX_SCAN_RATIO.
+const COLD_MIN_EFFICIENCY: f64 = 0.15;
+
+/// The squeeze's state for one VM.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct ColdAnon {
+    /// The coldness window the last squeeze was measured from.
+    window_at: Millis,
+    paused_until: Millis,
+    squeeze: Option<Squeeze>,
+}
+
+/// One squeeze: from when, the `used` it ends at, and the lowest `used` seen so far (when).
+#[derive(Clone, Copy, Debug)]
+struct Squeeze {
+    since: Millis,
+    goal: f64,
+    low: f64,
+    low_at: Millis,
+}
+
+impl ColdAnon {
+    /// This tick's bite below what the guest holds resident, while a squeeze lasts.
+    /// `r`: this tick's reading.
+    pub(super) fn bite(&mut self, vm: &VmSample, r: &Reading, now: Millis) -> Option<f64> {
+        let swapped_out = vm.stats.swap_out.map_or(0, |b| b.0);
+        let squeezing = self.squeeze.is_some();
+        if r.pressure() || (squeezing && r.efficiency.is_some_and(|e| e < COLD_MIN_EFFICIENCY)) {
+            self.stop(now);
+            return None;
+        }
+        // Only into swap the operator declared: its size bounds what can go there (what
+        // the guest has in swap is what it swapped out less what it swapped back in).
+        let swap = vm.guest_swap.filter(|s| s.0 > 0)?.as_f64();
+        if now < self.paused_until {
+            return None;
+        }
+        let in_swap = swapped_out.saturating_sub(vm.stats.swap_in.map_or(0, |b| b.0)) as f64;
+        let swap_room = swap - in_swap - (SWAP_MARGIN_SHARE * swap).max(SWAP_MARGIN_MIN);
+        if self.squeeze.is_none()
+            && let Some(c) = vm.coldness
+            && c.at > self.window_at
+            && now.saturating_sub(c.at) <= COLD_FRESH
+        {
+            self.window_at = c.at;
+            // Idle is free pages the host backs, page cache and cold anon. The backed part
+            // of the guest's free memory is what the host backs beyond what the guest
+            // holds resident (free pages never touched are not backed, so not idle).
+            let resident = (vm.actual.as_f64() - r.free).max(0.0);
+            let free_backed = (c.touched.as_f64() - resident).clamp(0.0, r.free);
+            // All of the page cache the guest reports, not only the part MemAvailable
+            // counts (`r.cache`): the rest is idle too when cold (`unseen-6464`: 10 % of
+            // 3.5 GiB of cold cache read as cold anon, and the squeeze took hot pages).
+            let cache = vm
+                .stats
+                .disk_caches
+                .map_or(r.cache, |c| c.as_f64().max(r.cache));
+            let cold = c.idle.as_f64() - free_backed - cache - COLD_SLACK;
+            let budget = (COLD_SHARE * cold).min(swap_room);
+            if budget >= COLD_BITE {
+                self.squeeze = Some(Squeeze {
+                    since: now,
+                    goal: r.used - budget,
+                    low: r.used,
+                    low_at: now,
+                });
+            }
+        }
+        let sq = self.squeeze.as_mut()?;
+        if r.used < sq.low - MIB {
+            sq.low = r.used;
+            sq.low_at = now;
+        }
+        let (goal, stuck) = (sq.goal, now.saturating_sub(sq.low_at) >= COLD_STUCK);
+        if r.used <= goal
+            || swap_room < COLD_BITE
+            || now.saturating_sub(sq.since) >= COLD_MAX_SQUEEZE
+        {
+            // Done: what was measured cold is in swap (or swap is as full as it may get).
+            self.squeeze = None;
+            return None;
+        }
+        if stuck {
+            self.stop(now);
+            return None;
+        }
+        Some(COLD_BITE.min(r.used - goal))
+    }
+
+    fn stop(&mut self, now: Millis) {
+        if self.squeeze.take().is_some() {
+            self.paused_until = now + COLD_PAUSE;
+        }
+    }
+}
