@@ -49,7 +49,13 @@ fn the_host_sees_memory_a_guest_left_alone_as_idle() {
     let Some(files) = prerequisites("the_host_sees_memory_a_guest_left_alone_as_idle") else {
         return;
     };
-    let vm = TestVm::start(&files, &VmSpec::new("coldness", RAM_MIB));
+    let work = tempfile::tempdir().expect("work dir");
+    let qmp_dir = work.path().join("qmp");
+    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    let vm = TestVm::start(
+        &files,
+        &VmSpec::new("coldness", RAM_MIB).daemon_dir(&qmp_dir),
+    );
     memhog(&vm, "hot.log", "100 --dirty --rate 50");
     let hot = measure(&vm, "100 MiB rewritten at 50 MiB/s");
     // What is rewritten is seen: the hot 100 MiB are referenced.
@@ -73,5 +79,34 @@ fn the_host_sees_memory_a_guest_left_alone_as_idle() {
     assert!(
         again.idle() >= cold.idle().saturating_sub(Bytes::mib(30)),
         "{again:?}"
+    );
+
+    // The daemon takes the same measurement every 30 s for a VM whose guest swap the
+    // operator declared, and shows it in /status (dry run: nothing is sent to the guest).
+    let config = format!(
+        "[host]\nreserve = \"256MiB\"\n[policy]\nname = \"aerostat\"\ninterval = \"1s\"\n\
+         [qemu]\nqmp_glob = \"{}/*.qmp\"\nstats_interval = \"1s\"\n\
+         [vm.coldness]\nswap = \"512MiB\"\n",
+        qmp_dir.display()
+    );
+    let daemon = Daemon::start_with(work.path(), 1, &config, &["--dry-run"]);
+    let mut idle = 0;
+    wait_until(
+        Duration::from_secs(100),
+        "the daemon's coldness measurement",
+        || {
+            std::thread::sleep(Duration::from_millis(500));
+            idle = daemon
+                .vm_status("coldness")
+                .and_then(|v| v["coldness"]["idle"].as_u64())
+                .unwrap_or(0);
+            idle > 0
+        },
+    );
+    println!("daemon: idle {} MiB", idle >> 20);
+    assert!(
+        idle >= 270 << 20,
+        "the daemon sees the 300 MiB left alone as idle: {} MiB",
+        idle >> 20
     );
 }

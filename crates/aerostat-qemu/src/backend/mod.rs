@@ -88,6 +88,21 @@ impl QemuVm {
         }
     }
 
+    /// The guest RAM mapping's pages as the last coldness window left them, then a new
+    /// window begins ([`clear_referenced`]): `idle()` of the result is guest memory nobody
+    /// touched since the previous call. `None` without a pid or a `ram`-sized mapping.
+    pub fn measure_coldness(
+        &self,
+        ram: aerostat_core::Bytes,
+    ) -> Result<Option<GuestRamPages>, QmpError> {
+        let Some(pid) = self.pid() else {
+            return Ok(None);
+        };
+        let pages = read_guest_ram_pages(pid, ram)?;
+        clear_referenced(pid)?;
+        Ok(pages)
+    }
+
     /// Memory the QEMU process has touched (`VmRSS + VmSwap + HugetlbPages` in
     /// `/proc/PID/status`): a host-side fact.
     pub fn query_rss(&self) -> Result<aerostat_core::Bytes, QmpError> {

@@ -111,6 +111,8 @@ struct RawVm {
     class: Option<VmClass>,
     #[serde(default)]
     headroom: Option<String>,
+    #[serde(default)]
+    swap: Option<String>,
 }
 
 /// Validated configuration.
@@ -158,6 +160,10 @@ pub struct VmSettings {
     /// Memory the `aerostat` policy keeps free in the guest for a burst it has not seen yet
     /// (`VmSample::headroom`); `None`: none beyond the class's headroom.
     pub headroom: Option<Bytes>,
+    /// The guest's swap as the operator declares it (`VmSample::guest_swap`). With it the
+    /// daemon also measures the guest's cold memory (docs/observation.md, "Coldness"), and
+    /// the `aerostat` policy may push cold anonymous memory into that swap. `None`: none.
+    pub swap: Option<Bytes>,
 }
 
 impl Config {
@@ -244,6 +250,7 @@ impl Config {
             priority: 1.0,
             class: VmClass::General,
             headroom: None,
+            swap: None,
         };
         let settle =
             |key: &str, raw: &RawVm, base: &VmSettings| -> Result<VmSettings, ConfigError> {
@@ -267,6 +274,10 @@ impl Config {
                     headroom: match &raw.headroom {
                         Some(v) => Some(bytes(&format!("{key}.headroom"), v)?),
                         None => base.headroom,
+                    },
+                    swap: match &raw.swap {
+                        Some(v) => Some(bytes(&format!("{key}.swap"), v)?),
+                        None => base.swap,
                     },
                 })
             };
@@ -380,6 +391,15 @@ mod tests {
         assert_eq!(c.escape, None, "the example leaves the escape off");
         assert_eq!(c.vm("build").headroom, Some(Bytes::gib(1)));
         assert_eq!(c.vm("db").headroom, None);
+        assert_eq!(c.vm("build").swap, Some(Bytes::gib(2)));
+        assert_eq!(c.vm("db").swap, None);
+        let e = Config::parse(
+            &EXAMPLE.replace("swap = \"2GiB\"", "swap = \"2 gigs\""),
+            Path::new("aerostat.toml"),
+        )
+        .expect_err("bad size")
+        .to_string();
+        assert!(e.contains("`vm.build.swap`"), "{e}");
         let e = Config::parse(
             &EXAMPLE.replace("headroom = \"1GiB\"", "headroom = \"1GB\""),
             Path::new("aerostat.toml"),

@@ -63,6 +63,9 @@ pub struct VmStatus {
     pub last_error: Option<String>,
     pub errors: u64,
     pub stats: aerostat_core::GuestStats,
+    /// The last coldness measurement (only for VMs with declared guest swap).
+    #[serde(default)]
+    pub coldness: Option<aerostat_core::Coldness>,
 }
 
 /// Where host memory comes from: the machine, or a memory cgroup standing for the host.
@@ -199,7 +202,7 @@ async fn tick(
     registry.discover(config, metrics).await;
     let host_sample = host.sample().context("reading host memory")?;
     let now = clock.now();
-    let samples = registry.observe(config, metrics).await;
+    let samples = registry.observe(config, metrics, now).await;
     let mut obs = Observation {
         time: now,
         host: host_sample.clone(),
@@ -271,6 +274,7 @@ async fn tick(
             last_error: conn.and_then(|c| c.last_error.clone()),
             errors: conn.map_or(0, |c| c.errors),
             stats: s.sample.stats.clone(),
+            coldness: s.sample.coldness,
         });
     }
     metrics.forget_vms_except(&vms.iter().map(|v| v.name.clone()).collect::<Vec<_>>());

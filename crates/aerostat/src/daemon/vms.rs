@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aerostat_core::{Action, Bytes, VmSample};
+use aerostat_core::{Action, Bytes, Coldness, Millis, VmSample};
+use aerostat_qemu::backend::GuestRamPages;
 use aerostat_qemu::{QemuVm, QmpError, QmpOptions};
 use tokio::task::JoinSet;
 
@@ -26,7 +27,15 @@ pub struct VmConn {
     pub last_reason: Option<String>,
     pub last_error: Option<String>,
     pub errors: u64,
+    /// When this VM's coldness window began (its accessed bits were cleared), and the
+    /// last measurement; only for VMs whose guest swap the operator declared.
+    coldness_since: Option<tokio::time::Instant>,
+    coldness: Option<Coldness>,
 }
+
+/// How long one coldness window lasts: the host's own LRU reads the same accessed bits, so
+/// they are cleared this seldom, not every tick (docs/observation.md, "Coldness").
+const COLDNESS_WINDOW: Duration = Duration::from_secs(30);
 
 /// Every VM by name.
 #[derive(Debug)]
@@ -133,26 +142,46 @@ impl VmRegistry {
             last_reason: None,
             last_error: None,
             errors: 0,
+            coldness_since: None,
+            coldness: None,
         })
     }
 
     /// Samples every VM concurrently. A VM that fails keeps its last sample, marked
     /// without balloon so it counts toward host memory but gets no action this tick.
-    pub async fn observe(&mut self, config: &Config, metrics: &Metrics) -> Vec<ObservedVm> {
+    /// `now`: the observation's time.
+    pub async fn observe(
+        &mut self,
+        config: &Config,
+        metrics: &Metrics,
+        now: Millis,
+    ) -> Vec<ObservedVm> {
         let mut set = JoinSet::new();
+        let started = tokio::time::Instant::now();
         for (name, conn) in &self.vms {
             let qemu = conn.qemu.clone();
             let name = name.clone();
+            // Coldness only where the operator declared guest swap: the policy has no use
+            // for it elsewhere, and clearing accessed bits is not free.
+            let window_over = config.vm(&name).swap.is_some()
+                && conn
+                    .coldness_since
+                    .is_none_or(|t| started.duration_since(t) >= COLDNESS_WINDOW);
+            let ram = conn.configured;
             set.spawn(async move {
                 let actual = qemu.query_balloon().await;
                 let stats = qemu.guest_stats().await;
                 let rss = qemu.query_rss().ok();
-                (name, actual, stats, rss)
+                let pages = window_over.then(|| qemu.measure_coldness(ram));
+                (name, actual, stats, rss, pages)
             });
         }
         let mut results = BTreeMap::new();
         while let Some(joined) = set.join_next().await {
-            if let Ok((name, actual, stats, rss)) = joined {
+            if let Ok((name, actual, stats, rss, pages)) = joined {
+                if let Some(conn) = self.vms.get_mut(&name) {
+                    conn.note_coldness(&name, pages, started, now, metrics);
+                }
                 results.insert(name, (actual, stats, rss));
             }
         }
@@ -178,6 +207,8 @@ impl VmRegistry {
                     s.class = settings.class;
                     s.headroom = settings.headroom.map(|h| h.min(conn.configured));
                     s.rss = rss;
+                    s.guest_swap = settings.swap;
+                    s.coldness = conn.coldness;
                     s.stats = stats;
                     conn.last = Some(s.clone());
                     Some(s)
@@ -229,6 +260,37 @@ impl VmRegistry {
 }
 
 impl VmConn {
+    /// Takes a coldness measurement (`pages`: `None` when no window ended this tick). The
+    /// first read after connecting only starts a window: before any clear, `Referenced:`
+    /// counts every access since the pages were mapped. A failed read forgets the last
+    /// measurement rather than reuse a stale one.
+    fn note_coldness(
+        &mut self,
+        vm: &str,
+        pages: Option<Result<Option<GuestRamPages>, QmpError>>,
+        started: tokio::time::Instant,
+        now: Millis,
+        metrics: &Metrics,
+    ) {
+        let Some(pages) = pages else {
+            return;
+        };
+        let first = self.coldness_since.is_none();
+        self.coldness_since = Some(started);
+        self.coldness = match pages {
+            Ok(Some(p)) if !first => Some(Coldness {
+                touched: p.touched,
+                idle: p.idle(),
+                at: now,
+            }),
+            Ok(_) => None,
+            Err(e) => {
+                self.note_error(vm, "coldness", &e, metrics);
+                None
+            }
+        };
+    }
+
     fn note_error(&mut self, vm: &str, what: &'static str, e: &QmpError, metrics: &Metrics) {
         self.errors += 1;
         self.last_error = Some(format!("{what}: {e}"));
