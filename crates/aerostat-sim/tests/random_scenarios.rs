@@ -169,18 +169,30 @@ fn scenario_text(host: &Host, groups: &[Group], fitting: bool) -> String {
             "\n[[vm]]\nname = \"g{i}\"\ncount = {}\nmemory = \"{}MiB\"\n",
             g.count, g.memory
         );
-        let mut opt = |key: &str, v: Option<String>| {
+        let opt = |t: &mut String, key: &str, v: Option<String>| {
             if let Some(v) = v {
                 let _ = writeln!(t, "{key} = {v}");
             }
         };
-        opt("min", g.min.map(|v| format!("\"{v}MiB\"")));
-        opt("swap", g.swap.map(|v| format!("\"{v}MiB\"")));
-        opt("class", g.class.map(|c| format!("\"{}\"", CLASSES[c])));
-        opt("priority", g.priority.map(|p| format!("{p}")));
-        opt("headroom", g.headroom.map(|v| format!("\"{v}MiB\"")));
-        opt("start", g.start_min.map(|m| format!("\"{m}m\"")));
-        opt("stats", g.stats.map(|s| format!("\"{}\"", STATS[s])));
+        opt(&mut t, "min", g.min.map(|v| format!("\"{v}MiB\"")));
+        opt(&mut t, "swap", g.swap.map(|v| format!("\"{v}MiB\"")));
+        opt(
+            &mut t,
+            "class",
+            g.class.map(|c| format!("\"{}\"", CLASSES[c])),
+        );
+        opt(&mut t, "priority", g.priority.map(|p| format!("{p}")));
+        opt(
+            &mut t,
+            "headroom",
+            g.headroom.map(|v| format!("\"{v}MiB\"")),
+        );
+        opt(&mut t, "start", g.start_min.map(|m| format!("\"{m}m\"")));
+        opt(
+            &mut t,
+            "stats",
+            g.stats.map(|s| format!("\"{}\"", STATS[s])),
+        );
         if g.deflate_on_oom {
             t.push_str("deflate_on_oom = true\n");
         }
@@ -190,14 +202,9 @@ fn scenario_text(host: &Host, groups: &[Group], fitting: bool) -> String {
             "[vm.workload]\nkind = \"{kind}\"\nworking_set = \"{}MiB\"\npage_cache = \"{}MiB\"\n",
             g.working_set, g.page_cache
         );
-        let mut opt = |key: &str, v: Option<String>| {
-            if let Some(v) = v {
-                let _ = writeln!(t, "{key} = {v}");
-            }
-        };
-        opt("cold", g.cold.map(|v| format!("\"{v}MiB\"")));
-        opt("cache_hot", g.cache_hot.map(|v| format!("{v}")));
-        opt("noise", g.noise.map(|v| format!("{v}")));
+        opt(&mut t, "cold", g.cold.map(|v| format!("\"{v}MiB\"")));
+        opt(&mut t, "cache_hot", g.cache_hot.map(|v| format!("{v}")));
+        opt(&mut t, "noise", g.noise.map(|v| format!("{v}")));
         match kind {
             "diurnal" => {
                 let _ = writeln!(t, "peak = \"{}MiB\"\nperiod = \"20m\"", g.peak);

@@ -58,6 +58,7 @@ fn table(s: &Status) -> String {
         "current MiB",
         "target MiB",
         "floor MiB",
+        "idle MiB",
         "ok",
         "last rule",
         "last reason",
@@ -78,6 +79,8 @@ fn table(s: &Status) -> String {
             mib(v.actual),
             v.target.map_or(Cell::new("-"), mib),
             mib(v.floor),
+            // Host-measured, for VMs with declared guest swap (docs/observation.md).
+            v.coldness.map_or(Cell::new("-"), |c| mib(c.idle.0)),
             Cell::new(match (v.responsive, v.migrating) {
                 (_, true) => "migrating",
                 (true, false) => "yes",
