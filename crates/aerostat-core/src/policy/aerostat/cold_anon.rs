@@ -29,7 +29,8 @@ const COLD_SLACK: f64 = 64.0 * MIB;
 const COLD_SHARE: f64 = 0.5;
 /// A coldness sample older than this says nothing of now.
 const COLD_FRESH: Millis = Millis(120_000);
-/// After pressure, or a squeeze the guest answered with no swap-out, no squeeze for this long.
+/// After pressure, a reclaim efficiency that shows hot pages, or a stuck squeeze, no squeeze
+/// for this long.
 const COLD_PAUSE: Millis = Millis(30 * 60 * 1000);
 /// A squeeze under which the guest's `used` has not fallen for this long stops: no swap
 /// after all, or nothing cold left in reach — and a guest held with no free memory and
