@@ -172,7 +172,17 @@ impl VmRegistry {
                 let actual = qemu.query_balloon().await;
                 let stats = qemu.guest_stats().await;
                 let rss = qemu.query_rss().ok();
-                let pages = window_over.then(|| qemu.measure_coldness(ram));
+                // A page-table walk: ~10 ms per GiB of 4 KiB pages each for the clear and
+                // the read (docs/observation.md), so off the async workers.
+                let pages = if window_over {
+                    let q = qemu.clone();
+                    match tokio::task::spawn_blocking(move || q.measure_coldness(ram)).await {
+                        Ok(result) => Some(result),
+                        Err(e) => Some(Err(QmpError::Io(std::io::Error::other(e.to_string())))),
+                    }
+                } else {
+                    None
+                };
                 (name, actual, stats, rss, pages)
             });
         }
