@@ -30,8 +30,8 @@ pub use migration::{
     MigrationStatus, RamStats, parse_dirty_rate, parse_migration_info,
 };
 pub use process::{
-    GuestRamPages, clear_referenced, parse_smaps_ram, parse_smaps_ram_rss, parse_vm_rss,
-    read_guest_ram_pages, read_guest_ram_rss, read_rss,
+    GuestRamPages, clear_referenced, parse_smaps_ram, parse_vm_rss, read_guest_ram_pages,
+    read_guest_ram_rss, read_rss,
 };
 pub use status::{RunState, VmStatus};
 pub use virtio_mem::{VirtioMemDevice, parse_memory_devices};

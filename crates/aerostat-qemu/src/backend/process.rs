@@ -75,11 +75,6 @@ impl GuestRamPages {
     }
 }
 
-/// See [`read_guest_ram_rss`]: the touched part is returned alone.
-pub fn parse_smaps_ram_rss(smaps: &str, ram: Bytes) -> Option<Bytes> {
-    parse_smaps_ram(smaps, ram).map(|p| p.touched)
-}
-
 /// See [`read_guest_ram_rss`]. When several mappings have that size, the most touched one
 /// is the RAM (the others are reservations QEMU has not touched).
 pub fn parse_smaps_ram(smaps: &str, ram: Bytes) -> Option<GuestRamPages> {
@@ -127,6 +122,10 @@ pub fn parse_smaps_ram(smaps: &str, ram: Bytes) -> Option<GuestRamPages> {
 mod tests {
     use super::*;
 
+    fn touched_of(smaps: &str, ram: Bytes) -> Option<Bytes> {
+        parse_smaps_ram(smaps, ram).map(|p| p.touched)
+    }
+
     #[test]
     fn idle_is_touched_guest_ram_not_referenced_since_the_clear() {
         let smaps = "\
@@ -165,26 +164,17 @@ Pss:              118784 kB
 Size:             524288 kB
 Rss:                   0 kB
 ";
-        assert_eq!(
-            parse_smaps_ram_rss(smaps, Bytes::mib(512)),
-            Some(Bytes::kib(118784))
-        );
-        assert_eq!(parse_smaps_ram_rss(smaps, Bytes::mib(1024)), None);
-        assert_eq!(
-            parse_smaps_ram_rss("Size: lots kB\nRss: 1 kB\n", Bytes(0)),
-            None
-        );
+        assert_eq!(touched_of(smaps, Bytes::mib(512)), Some(Bytes::kib(118784)));
+        assert_eq!(touched_of(smaps, Bytes::mib(1024)), None);
+        assert_eq!(touched_of("Size: lots kB\nRss: 1 kB\n", Bytes(0)), None);
         // Swapped-out and hugetlbfs pages are the guest's too.
         let swapped = "Size: 524288 kB\nRss: 100000 kB\nSwap: 20000 kB\nPrivate_Hugetlb: 0 kB\n";
         assert_eq!(
-            parse_smaps_ram_rss(swapped, Bytes::mib(512)),
+            touched_of(swapped, Bytes::mib(512)),
             Some(Bytes::kib(120000))
         );
         let huge = "Size: 524288 kB\nRss: 0 kB\nShared_Hugetlb: 0 kB\nPrivate_Hugetlb: 262144 kB\n";
-        assert_eq!(
-            parse_smaps_ram_rss(huge, Bytes::mib(512)),
-            Some(Bytes::kib(262144))
-        );
+        assert_eq!(touched_of(huge, Bytes::mib(512)), Some(Bytes::kib(262144)));
     }
 
     #[test]
