@@ -422,7 +422,9 @@ fn wish_for(
     let need = need.min(g.configured);
     // Cold anon the host saw idle goes into guest swap: a bite below what the guest holds
     // resident (its free memory and headroom go with it while the squeeze lasts).
-    let cold_bite = memo.cold_anon.bite(vm, &r, now);
+    // What the guest holds resident now (MemTotal − MemFree).
+    let resident = (actual - r.free).max(0.0);
+    let cold_bite = memo.cold_anon.bite(vm, &r, resident, now);
     let explain = Explain::Need(Need {
         need,
         cold_bite: cold_bite.unwrap_or(0.0),
@@ -450,11 +452,10 @@ fn wish_for(
     let growing = memo.growth_bps * host.reaction_s > headroom_min;
     let (mut target, mut rule) = target_with_band(host, memo, &g, &room, need, cache.rule);
     if let Some(bite) = cold_bite {
-        // A bite below what the guest holds resident now (MemTotal − MemFree): its LRU
-        // gives up that much, cold cache first, then cold anon. (Relative to `used`, which
-        // the squeeze itself lowers, the target would chase it down at the balloon's speed
-        // rather than a bite a tick: `unseen-1104` evicted hot cache that way.)
-        let resident = (actual - r.free).max(0.0);
+        // A bite below what the guest holds resident now: its LRU gives up that much,
+        // cold cache first, then cold anon. (Relative to `used`, which the squeeze itself
+        // lowers, the target would chase it down at the balloon's speed rather than a bite
+        // a tick: `unseen-1104` evicted hot cache that way.)
         let squeeze = resident - bite;
         if squeeze < target {
             target = squeeze;

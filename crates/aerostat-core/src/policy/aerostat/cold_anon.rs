@@ -67,8 +67,14 @@ struct Squeeze {
 
 impl ColdAnon {
     /// This tick's bite below what the guest holds resident, while a squeeze lasts.
-    /// `r`: this tick's reading.
-    pub(super) fn bite(&mut self, vm: &VmSample, r: &Reading, now: Millis) -> Option<f64> {
+    /// `r`: this tick's reading; `resident`: what the guest holds (MemTotal − MemFree).
+    pub(super) fn bite(
+        &mut self,
+        vm: &VmSample,
+        r: &Reading,
+        resident: f64,
+        now: Millis,
+    ) -> Option<f64> {
         let swapped_out = vm.stats.swap_out.map_or(0, |b| b.0);
         let squeezing = self.squeeze.is_some();
         if r.pressure() || (squeezing && r.efficiency.is_some_and(|e| e < COLD_MIN_EFFICIENCY)) {
@@ -92,7 +98,6 @@ impl ColdAnon {
             // Idle is free pages the host backs, page cache and cold anon. The backed part
             // of the guest's free memory is what the host backs beyond what the guest
             // holds resident (free pages never touched are not backed, so not idle).
-            let resident = (vm.actual.as_f64() - r.free).max(0.0);
             let free_backed = (c.touched.as_f64() - resident).clamp(0.0, r.free);
             // All of the page cache the guest reports, not only the part MemAvailable
             // counts (`r.cache`): the rest is idle too when cold (`unseen-6464`: 10 % of
