@@ -18,7 +18,7 @@ shopt -s inherit_errexit
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 OUT=${1:-${AEROSTAT_GUEST_DIR:-/var/cache/aerostat-guest}}
-MODULES=(virtio_balloon virtio_mem)
+MODULES=(virtio_balloon virtio_mem virtio_blk)
 
 log() { printf 'guest/build: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }

@@ -214,6 +214,9 @@ pub struct VmSpec {
     /// `-incoming URI`: a migration destination (same command line otherwise). Its guest
     /// never prints the ready marker: it arrives already running.
     pub incoming: Option<String>,
+    /// A virtio-blk disk of this many MiB (a sparse file in the VM's temp dir) for the guest
+    /// to swap on: `/dev/vda`, not formatted.
+    pub swap_disk_mib: Option<u64>,
 }
 
 impl VmSpec {
@@ -225,7 +228,13 @@ impl VmSpec {
             daemon_qmp_dir: None,
             cgroup: None,
             incoming: None,
+            swap_disk_mib: None,
         }
+    }
+
+    pub fn swap_disk(mut self, mib: u64) -> VmSpec {
+        self.swap_disk_mib = Some(mib);
+        self
     }
 
     pub fn incoming(mut self, uri: &str) -> VmSpec {
@@ -306,6 +315,18 @@ impl TestVm {
                 .arg(format!("unix:{},server=on,wait=off", d.display()));
         }
         cmd.args(["-device", &balloon]);
+        if let Some(mib) = spec.swap_disk_mib {
+            let disk = dir.path().join("swap.img");
+            std::fs::File::create(&disk)
+                .and_then(|f| f.set_len(mib << 20))
+                .expect("swap disk image");
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},if=none,id=swap0,format=raw,cache=unsafe",
+                    disk.display()
+                ))
+                .args(["-device", "virtio-blk-pci,drive=swap0"]);
+        }
         if let Some(uri) = &spec.incoming {
             cmd.args(["-incoming", uri]);
         }
