@@ -6,7 +6,8 @@
 //!    its configured size;
 //! 2. **step**: a target moves at most `max_inflate_step` below / `max_deflate_step` above
 //!    the balloon's `actual` per tick (so a restart or a lying balloon cannot cause a jump);
-//! 3. **reserve**: Σ targets + overheads ≤ host total − reserve whenever the floors allow it —
+//! 3. **reserve**: Σ targets + overheads ≤ host total − reserve (+ what KSM saves now,
+//!    `HostSample::capacity`) whenever the floors allow it —
 //!    memory guests never touched (host RSS) is taken first, then growth is cut, then
 //!    guests above their floor are shrunk, strictly by priority (a guest's touched memory
 //!    only once every lower-priority guest whose balloon follows is at its floor, even if
@@ -339,7 +340,7 @@ impl Controller {
         // Guard 3: the host reserve.
         let mut alerts = Vec::new();
         if let Some(reserve) = self.guards.reserve {
-            let capacity = obs.host.total - reserve;
+            let capacity = obs.host.capacity(reserve);
             let floors = floors_held(obs);
             if floors > capacity {
                 alerts.push(Alert::FloorsDoNotFit {
@@ -708,7 +709,7 @@ impl Controller {
                 pending,
                 order,
                 excess,
-                obs.host.total - capacity,
+                self.guards.reserve.unwrap_or(Bytes::ZERO),
                 self.guards.max_inflate_step,
             )
         {

@@ -50,9 +50,19 @@ pub struct HostSample {
     /// Cumulative memory "full" stall time in microseconds, when known.
     #[serde(default)]
     pub psi_full_us: Option<u64>,
-    /// Memory saved by same-page merging (KSM), when known.
+    /// Memory saved by same-page merging (KSM), when known: `pages_sharing` × page size.
     #[serde(default)]
     pub ksm_saved: Option<Bytes>,
+}
+
+impl HostSample {
+    /// What the guests' memory and QEMU's overheads may add up to: total − `reserve`, plus
+    /// what KSM saves now. Guest memory is counted whole (a balloon's `actual`), so the pages
+    /// KSM merged are counted once per guest that maps them; the host holds them once.
+    /// Writes to merged pages split them again: the savings then fall, and so does this.
+    pub fn capacity(&self, reserve: Bytes) -> Bytes {
+        self.total.saturating_sub(reserve) + self.ksm_saved.unwrap_or(Bytes::ZERO)
+    }
 }
 
 /// What an operator told us about a VM's importance. Profiles differ in how much

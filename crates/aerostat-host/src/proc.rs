@@ -1,4 +1,5 @@
-//! The whole machine as the host: `/proc/meminfo`, `/proc/vmstat`, `/proc/pressure/memory`.
+//! The whole machine as the host: `/proc/meminfo`, `/proc/vmstat`, `/proc/pressure/memory`,
+//! and what KSM saves (`/sys/kernel/mm/ksm/pages_sharing`).
 
 use std::path::{Path, PathBuf};
 
@@ -82,21 +83,56 @@ pub fn host_sample(mem: &Meminfo, swap: &SwapTraffic, psi: Option<&Pressure>) ->
     }
 }
 
-/// Reads the machine's memory state from a `/proc` tree (the real one, or a copy in tests).
+/// Parses KSM's `pages_sharing` (how many more page mappings share a merged page: the pages
+/// saved) and returns bytes.
+pub fn parse_ksm_pages_sharing(text: &str, path: &Path) -> Result<Bytes, HostError> {
+    text.trim()
+        .parse::<u64>()
+        .map(|pages| Bytes(pages.saturating_mul(SWAP_PAGE_BYTES)))
+        .map_err(|_| HostError::parse(path, 1, format!("`{}` is not a page count", text.trim())))
+}
+
+/// Reads the machine's memory state from a `/proc` tree (the real one, or a copy in tests),
+/// and KSM's savings from its sysfs directory when there is one.
 #[derive(Clone, Debug)]
 pub struct ProcHost {
     root: PathBuf,
+    ksm_dir: Option<PathBuf>,
 }
 
 impl Default for ProcHost {
     fn default() -> Self {
-        ProcHost::new("/proc")
+        ProcHost::new("/proc").with_ksm_dir("/sys/kernel/mm/ksm")
     }
 }
 
 impl ProcHost {
+    /// A `/proc` tree, without KSM (`ksm_saved` unknown).
     pub fn new(root: impl Into<PathBuf>) -> ProcHost {
-        ProcHost { root: root.into() }
+        ProcHost {
+            root: root.into(),
+            ksm_dir: None,
+        }
+    }
+
+    /// KSM's sysfs directory (`/sys/kernel/mm/ksm` on a real host).
+    pub fn with_ksm_dir(mut self, dir: impl Into<PathBuf>) -> ProcHost {
+        self.ksm_dir = Some(dir.into());
+        self
+    }
+
+    /// Memory KSM saves now, or `None` on a kernel built without KSM (no such directory).
+    /// KSM that is switched off saves nothing: `Some(0)`.
+    pub fn ksm_saved(&self) -> Result<Option<Bytes>, HostError> {
+        let Some(dir) = &self.ksm_dir else {
+            return Ok(None);
+        };
+        let path = dir.join("pages_sharing");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => parse_ksm_pages_sharing(&text, &path).map(Some),
+            Err(_) if !path.exists() => Ok(None),
+            Err(e) => Err(HostError::io(path, e)),
+        }
     }
 
     pub fn meminfo(&self) -> Result<Meminfo, HostError> {
@@ -126,7 +162,9 @@ impl ProcHost {
         let mem = self.meminfo()?;
         let swap = self.swap_traffic()?;
         let psi = self.pressure()?;
-        Ok(host_sample(&mem, &swap, psi.as_ref()))
+        let mut sample = host_sample(&mem, &swap, psi.as_ref());
+        sample.ksm_saved = self.ksm_saved()?;
+        Ok(sample)
     }
 }
 
@@ -197,6 +235,7 @@ full avg10=0.00 avg60=0.00 avg300=0.00 total=4567
         std::fs::write(dir.path().join("pressure/memory"), PSI).expect("write");
         let s = host.sample().expect("sample");
         assert_eq!(s.psi_some_us, Some(81234));
+        assert_eq!(s.ksm_saved, None, "no KSM directory: unknown");
         assert_eq!(s.psi_full_us, Some(4567));
         assert_eq!(s.swap_out, Bytes(340 * 4096));
     }
@@ -207,5 +246,28 @@ full avg10=0.00 avg60=0.00 avg300=0.00 total=4567
         let s = ProcHost::default().sample().expect("live /proc");
         assert!(s.total > Bytes::ZERO);
         assert!(s.available <= s.total);
+    }
+}
+
+#[cfg(test)]
+mod ksm_tests {
+    use super::*;
+
+    #[test]
+    fn ksm_savings_are_pages_sharing_in_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = ProcHost::new(dir.path()).with_ksm_dir(dir.path().join("ksm"));
+        assert_eq!(
+            host.ksm_saved().expect("no dir"),
+            None,
+            "kernel without KSM"
+        );
+        std::fs::create_dir(dir.path().join("ksm")).expect("mkdir");
+        std::fs::write(dir.path().join("ksm/pages_sharing"), "262144\n").expect("write");
+        assert_eq!(host.ksm_saved().expect("reads"), Some(Bytes::gib(1)));
+        std::fs::write(dir.path().join("ksm/pages_sharing"), "lots\n").expect("write");
+        let e = host.ksm_saved().expect_err("not a number");
+        assert!(e.to_string().contains("pages_sharing"), "{e}");
+        assert!(e.to_string().contains("`lots`"), "{e}");
     }
 }

@@ -375,7 +375,7 @@ impl Simulation {
             self.alive[i] = false;
             self.membership_changed = true;
             self.vm[i].migrated_at = Some(now.as_secs_f64() + dt_s);
-            self.host.used = self.host.compute_used(&self.guests, &self.alive);
+            self.host.refresh(&self.guests, &self.alive);
         }
         self.tick += 1;
         if self.tick.is_multiple_of(self.sample_every) {
@@ -428,7 +428,7 @@ impl Simulation {
             g.write_stats(now, &mut vm.stats);
         }
         if let Some(e) = self.escape.as_mut() {
-            let capacity = self.scenario.host.memory - self.scenario.host.reserve;
+            let capacity = self.obs.host.capacity(self.scenario.host.reserve);
             e.control(now, &mut self.obs, &self.obs_index, &self.guests, capacity);
         }
         let decision = self.controller.tick(&self.obs);

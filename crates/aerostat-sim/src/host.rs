@@ -32,6 +32,8 @@ pub struct Host {
     pub swap_in_total: f64,
     pub swap_out_total: f64,
     pub psi_some_us: f64,
+    /// Guest memory KSM merged away, as of the last `refresh`.
+    pub ksm_saved: f64,
 }
 
 impl Host {
@@ -46,12 +48,34 @@ impl Host {
             swap_in_total: 0.0,
             swap_out_total: 0.0,
             psi_some_us: 0.0,
+            ksm_saved: 0.0,
             spec,
         }
     }
 
+    /// Guest memory the host holds, before KSM merges it.
+    fn guest_backed(g: &Guest) -> f64 {
+        (g.touched - g.host_swapped_cold - g.host_swapped_hot).max(0.0)
+    }
+
     fn guest_resident(&self, g: &Guest) -> f64 {
-        (g.touched - g.host_swapped_cold - g.host_swapped_hot).max(0.0) * (1.0 - self.spec.ksm)
+        Self::guest_backed(g) * (1.0 - self.spec.ksm)
+    }
+
+    /// Recomputes host used and what KSM saves (after the guests moved).
+    pub fn refresh(&mut self, guests: &[Guest], alive: &[bool]) {
+        self.used = self.compute_used(guests, alive);
+        self.ksm_saved = if self.spec.ksm > 0.0 {
+            let backed: f64 = guests
+                .iter()
+                .zip(alive)
+                .filter(|(_, a)| **a)
+                .map(|(g, _)| Self::guest_backed(g))
+                .sum();
+            backed * self.spec.ksm
+        } else {
+            0.0
+        };
     }
 
     /// Host memory in use now.
@@ -160,7 +184,7 @@ impl Host {
         self.swap_out_total += fx.swap_out;
         let worst = stalls.iter().cloned().fold(0.0, f64::max).min(dt_s);
         self.psi_some_us += worst * 1e6;
-        self.used = self.compute_used(guests, alive);
+        self.refresh(guests, alive);
         fx
     }
 
@@ -178,7 +202,8 @@ impl Host {
             swap_out: Bytes::from_f64(self.swap_out_total),
             psi_some_us: Some(self.psi_some_us as u64),
             psi_full_us: None,
-            ksm_saved: None,
+            // What the host's /sys/kernel/mm/ksm/pages_sharing says, as bytes.
+            ksm_saved: Some(Bytes::from_f64(self.ksm_saved)),
         }
     }
 }

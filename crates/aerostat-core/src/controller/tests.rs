@@ -92,6 +92,8 @@ struct Case {
     reserve: u64,
     /// The host's MemAvailable.
     available: u64,
+    /// What KSM saves (`None`: unknown).
+    ksm_saved: Option<u64>,
     ticks: Vec<(u64, Vec<VmTick>)>,
 }
 
@@ -173,17 +175,19 @@ fn case() -> impl Strategy<Value = Case> {
                 (0u64..=150).prop_map(move |pct| (sum as u128 * pct as u128 / 100) as u64),
                 prop_oneof![Just(0u64), 0u64..=(8 * GIB), Just(GIB), Just(u64::MAX / 4)],
                 prop_oneof![Just(0u64), 0u64..=(64 * GIB)],
+                prop_oneof![Just(None), (0u64..=(16 * GIB)).prop_map(Some)],
                 prop::collection::vec(
                     (0u64..=40_000, prop::collection::vec(vm_tick(), n..=n)),
                     1..=6,
                 ),
             )
         })
-        .prop_map(|(vms, total, reserve, available, ticks)| Case {
+        .prop_map(|(vms, total, reserve, available, ksm_saved, ticks)| Case {
             vms,
             total,
             reserve,
             available,
+            ksm_saved,
             ticks,
         })
 }
@@ -279,6 +283,7 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                 total: Bytes(case.total),
                 free: Bytes(case.total / 2),
                 available: Bytes(case.available),
+                ksm_saved: case.ksm_saved.map(Bytes),
                 ..HostSample::default()
             },
             vms: vms.clone(),
@@ -383,7 +388,8 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
         // Guard 3: the reserve is kept whenever the floors fit, or every VM that may be
         // squeezed is at the lowest target allowed this tick (or held there by priority).
         if let Some(reserve) = guards.reserve {
-            let capacity = Bytes(case.total) - reserve;
+            // What KSM saves is capacity: the merged pages are held once.
+            let capacity = Bytes(case.total) - reserve + Bytes(case.ksm_saved.unwrap_or(0));
             let floors: Bytes = vms
                 .iter()
                 .map(|vm| vm.overhead + if vm.balloon { vm.floor() } else { vm.actual })

@@ -214,7 +214,7 @@ async fn tick(
         }
     }
     let decision = controller.tick(&obs);
-    let capacity = host_sample.total - config.reserve;
+    let capacity = host_sample.capacity(config.reserve);
     let escape_lines = match escape {
         Some(e) => e.tick(&obs, capacity, registry, dry_run).await,
         None => Vec::new(),

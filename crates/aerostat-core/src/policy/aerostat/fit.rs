@@ -11,10 +11,10 @@ use crate::units::Bytes;
 
 use super::wish::Wish;
 
-/// When Σ wishes + overheads exceed host total − reserve, lower wishes toward their
+/// When Σ wishes + overheads exceed host total − reserve (+ KSM savings), lower wishes toward their
 /// `lowest`, cheapest first: lowest weight × room, proportionally.
 pub(super) fn fit_host(settings: &PolicySettings, obs: &Observation, wishes: &mut [Wish]) {
-    let capacity = obs.host.total.saturating_sub(settings.reserve).as_f64();
+    let capacity = obs.host.capacity(settings.reserve).as_f64();
     let mut committed: f64 = obs
         .vms
         .iter()
