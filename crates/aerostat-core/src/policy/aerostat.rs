@@ -70,6 +70,13 @@ const MIN_RECLAIM_EFFICIENCY: f64 = 0.09;
 /// probe does not hunt for the last cold pages among hot ones — each bite that lands on hot
 /// cache is a refault no baseline would cause (MoM and Proxmox do not balloon there).
 const ROOMY_MIN_RECLAIM_EFFICIENCY: f64 = 0.30;
+/// Cold page cache the guest's reclaim efficiency says is left (`Reading::cold_cache`) that
+/// keeps the probe going below the stop efficiency: in a big cache that is mostly hot, a low
+/// efficiency still means much cold cache (`cache-servers`, a reviewer's scenario: 9 % of a
+/// 10 GiB cache is 900 MiB cold per guest, which Proxmox took back and aerostat kept). On a
+/// roomy host a burst room's worth more is left (`unseen-3132`: a burst refaulted the hot
+/// cache a deeper probe had bared).
+const COLD_WORTH_PROBING: f64 = 256.0 * MIB;
 /// How fast the room a learned burst keeps halves (`Memo::learn_burst`).
 const BURST_HALF_LIFE: Millis = Millis(24 * 3600 * 1000);
 /// How long probing pauses after it found the bottom or caused pressure.
@@ -288,6 +295,8 @@ struct HostView {
     /// ... and that of a guest whose cache probe cannot see the hot pages (no scan
     /// statistics).
     blind_probe_headroom_scale: f64,
+    /// At least ROOMY_SHARE of the host available.
+    roomy: bool,
     /// Reclaim efficiency below which the cache probe stops.
     stop_efficiency: f64,
     /// The burst room of a guest of up to SMALL_GUEST (`allocator_scale` sizes the rest) ...
@@ -336,6 +345,7 @@ impl HostView {
             reaction_s: 3.0 * interval_s + 2.0,
             headroom_scale,
             blind_probe_headroom_scale,
+            roomy,
             stop_efficiency,
             small_guest_burst_room,
             burst_room_margin,
@@ -579,6 +589,13 @@ fn cache_step(
     let (r, prof, configured) = (&g.r, &g.prof, g.configured);
     let pressure = r.pressure();
     let cache_floor = prof.cache_floor_frac * r.cache;
+    // On a roomy host the cold cache is where a burst lands first, at no cost: the probe
+    // leaves a burst room's worth of it.
+    let cold_for_bursts = if host.roomy {
+        host.small_guest_burst_room * allocator_scale(configured)
+    } else {
+        0.0
+    };
     let mut keep = memo
         .cache_keep
         .unwrap_or(r.cache)
@@ -607,7 +624,10 @@ fn cache_step(
             new_ooms: r.new_ooms,
             boost,
         };
-    } else if r.efficiency.is_some_and(|e| e < host.stop_efficiency) {
+    } else if r.efficiency.is_some_and(|e| e < host.stop_efficiency)
+        && r.cold_cache()
+            .is_none_or(|cold| cold < COLD_WORTH_PROBING + cold_for_bursts)
+    {
         // The guest's LRU is scanning hot pages: step back once and stay there —
         // unless the guest was held below its wish: then that is what the LRU
         // shows, not the bottom of the cache.

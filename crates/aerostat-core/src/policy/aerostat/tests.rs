@@ -523,16 +523,24 @@ fn a_small_batch_guest_keeps_less_room_for_a_job_start() {
     assert_eq!(headroom_of(1024), 384);
 }
 
-/// The target proposed after a probe bite that reclaimed `reclaimed` of 1000 scanned pages.
 /// The target after one interval in which the guest's LRU freed `reclaimed` of 1000
 /// scanned pages, on a 64 GiB host with `available_gib` available.
 fn target_after_efficiency(reclaimed: u64, available_gib: u64) -> Bytes {
+    target_after_efficiency_with_cache(2048, reclaimed, available_gib)
+}
+
+/// The same for a 16 GiB guest at 14 GiB using 1 GiB with `cache_mib` of page cache.
+fn target_after_efficiency_with_cache(cache_mib: u64, reclaimed: u64, available_gib: u64) -> Bytes {
     let mut p = AerostatPolicy::new(settings());
-    let a = 4 * GIB;
-    let mut o = obs(0, vec![vm("a", 8 * GIB, a, 1024, 2048, 0)]);
+    let (c, a) = if cache_mib > 4096 {
+        (16 * GIB, 14 * GIB)
+    } else {
+        (8 * GIB, 4 * GIB)
+    };
+    let mut o = obs(0, vec![vm("a", c, a, 1024, cache_mib, 0)]);
     o.host = host(64, available_gib);
     p.propose(&o, &[]);
-    let mut v = vm("a", 8 * GIB, a, 1024, 2048, 1);
+    let mut v = vm("a", c, a, 1024, cache_mib, 1);
     v.stats.async_scans = Some(1000);
     v.stats.async_reclaims = Some(reclaimed);
     o.time = Millis::secs(1);
@@ -545,6 +553,18 @@ fn the_cache_probe_goes_on_at_10_percent_efficiency_and_stops_below_9() {
     // A nearly full host (10 GiB of 64 available): the memory is worth the hunt.
     let on = target_after_efficiency(100, 10);
     let stopped = target_after_efficiency(80, 10);
+    assert!(
+        on < stopped,
+        "probing {on} should ask less than stopped {stopped}"
+    );
+}
+
+/// 8 % efficiency in a 10 GiB cache is still ~800 MiB of cold cache: the probe goes on
+/// (`cache-servers`); in a 2 GiB cache it is ~160 MiB, and the probe stops.
+#[test]
+fn a_low_efficiency_in_a_big_cache_still_means_cold_cache_to_probe() {
+    let on = target_after_efficiency_with_cache(10240, 80, 10);
+    let stopped = target_after_efficiency_with_cache(10240, 20, 10);
     assert!(
         on < stopped,
         "probing {on} should ask less than stopped {stopped}"
