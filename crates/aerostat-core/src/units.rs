@@ -232,25 +232,46 @@ impl fmt::Display for Millis {
 
 impl FromStr for Millis {
     type Err = UnitError;
-    /// Accepts `"300ms"`, `"2s"`, `"1.5s"`, `"10m"`, `"24h"`, `"7d"`. A bare number is refused:
-    /// a duration without a unit is ambiguous.
+    /// Accepts `"300ms"`, `"2s"`, `"1.5s"`, `"10m"`, `"24h"`, `"7d"`, and sums of them as
+    /// people write them: `"1h40m"`, `"1h 40m"`, `"2m30s"`. A bare number is refused: a
+    /// duration without a unit is ambiguous.
     fn from_str(s: &str) -> Result<Millis, UnitError> {
-        let (value, unit) = split_number(s)?;
-        let mult: f64 = match unit {
-            "ms" => 1.0,
-            "s" => 1e3,
-            "m" | "min" => 60e3,
-            "h" => 3600e3,
-            "d" => 86400e3,
-            other => {
-                return Err(UnitError::UnknownUnit {
-                    input: s.to_string(),
-                    unit: other.to_string(),
-                    expected: "ms, s, m, h or d",
-                });
-            }
-        };
-        let ms = value * mult;
+        let mut rest = s.trim();
+        if rest.is_empty() {
+            return Err(UnitError::Empty);
+        }
+        let mut ms = 0.0;
+        while !rest.is_empty() {
+            let (value, tail) = split_number(rest).map_err(|e| match e {
+                // "1h 40" or "1hx": name the whole input, not its tail.
+                UnitError::BadNumber(_) | UnitError::Empty => UnitError::BadNumber(s.to_string()),
+                other => other,
+            })?;
+            let end = tail
+                .find(|c: char| !c.is_ascii_alphabetic())
+                .unwrap_or(tail.len());
+            let (unit, next) = tail.split_at(end);
+            let mult: f64 = match unit {
+                "ms" => 1.0,
+                "s" => 1e3,
+                "m" | "min" => 60e3,
+                "h" => 3600e3,
+                "d" => 86400e3,
+                other => {
+                    return Err(UnitError::UnknownUnit {
+                        input: s.to_string(),
+                        unit: if other.is_empty() {
+                            tail.to_string()
+                        } else {
+                            other.to_string()
+                        },
+                        expected: "ms, s, m, h or d, or a sum of them such as 1h30m",
+                    });
+                }
+            };
+            ms += value * mult;
+            rest = next.trim_start();
+        }
         if ms > 1e15 {
             return Err(UnitError::OutOfRange(s.to_string()));
         }
@@ -296,6 +317,16 @@ mod tests {
         assert_eq!("300ms".parse::<Millis>(), Ok(Millis(300)));
         assert_eq!("1.5s".parse::<Millis>(), Ok(Millis(1500)));
         assert!("10".parse::<Millis>().is_err());
+        assert_eq!("1h40m".parse::<Millis>(), Ok(Millis(6_000_000)));
+        assert_eq!("1h 40m".parse::<Millis>(), Ok(Millis(6_000_000)));
+        assert_eq!("2m30s".parse::<Millis>(), Ok(Millis(150_000)));
+        assert_eq!("1d 1.5h".parse::<Millis>(), Ok(Millis(91_800_000)));
+        let e = "1h 40".parse::<Millis>().expect_err("no unit on 40");
+        assert!(e.to_string().contains("`1h 40`"), "{e}");
+        let e = "1h40x".parse::<Millis>().expect_err("unknown unit");
+        assert!(e.to_string().contains("unknown unit `x` in `1h40x`"), "{e}");
+        assert!("h".parse::<Millis>().is_err());
+        assert!("1h-5m".parse::<Millis>().is_err());
     }
 
     proptest! {

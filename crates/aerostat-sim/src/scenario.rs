@@ -446,37 +446,92 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// The dotted key path at byte `offset` (`vm[0].workload.peak`, `host.memory`), from the
-/// table headers above it and the key on its line; for errors of the TOML stage.
+/// The dotted key path at byte `offset` (`vm[0] (web).workload.peak`, `host.memory`,
+/// `vm[1] (runner).workload.phases[2].at`), from the table headers above it, the VM's name,
+/// the array of inline tables it is in and the key before it on its line; for errors of the
+/// TOML stage.
 fn key_path_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let line_no = line_of(text, offset);
     let mut table = String::new();
     let mut vms = 0usize;
-    let mut key = String::new();
+    let mut vm_name: Option<String> = None;
+    // An array opened on an earlier line and not closed yet: its key and its elements so far.
+    let mut array: Option<(String, usize)> = None;
     for (n, line) in text.lines().enumerate() {
-        let t = line.trim();
         if n + 1 == line_no {
-            if let Some((k, _)) = t.split_once('=') {
-                key = k.trim().to_string();
-            }
             break;
+        }
+        let t = line.trim();
+        if let Some((_, elements)) = &mut array {
+            if t.starts_with('{') {
+                *elements += 1;
+            }
+            if t.starts_with(']') || (t.ends_with(']') && !t.starts_with('{')) {
+                array = None;
+            }
+            continue;
         }
         if t == "[[vm]]" {
             table = format!("vm[{vms}]");
             vms += 1;
+            vm_name = None;
         } else if let Some(h) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             let h = h.trim();
             table = match h.strip_prefix("vm.") {
                 Some(rest) if vms > 0 => format!("vm[{}].{rest}", vms - 1),
                 _ => h.to_string(),
             };
+        } else if let Some((k, v)) = t.split_once('=') {
+            let (k, v) = (k.trim(), v.trim());
+            if k == "name" && table.starts_with("vm[") && !table.contains('.') {
+                vm_name = Some(v.trim_matches('"').to_string());
+            }
+            if v.starts_with('[') && !v.contains(']') {
+                array = Some((k.to_string(), 0));
+            }
         }
     }
-    match (table.is_empty(), key.is_empty()) {
-        (_, true) => table,
-        (true, false) => key,
-        (false, false) => format!("{table}.{key}"),
+    // The key: the last `key =` before the offending value on its line, or the key the
+    // offset points at (an unknown field).
+    let before = &text[line_start..offset];
+    let key = match before.rsplit_once('=') {
+        Some((k, _)) => k
+            .trim_end()
+            .rsplit(|c: char| c == '{' || c == ',' || c.is_whitespace())
+            .next()
+            .unwrap_or(""),
+        None => text[offset..]
+            .split(|c: char| c == '=' || c == '\n' || c.is_whitespace())
+            .next()
+            .unwrap_or(""),
     }
+    .to_string();
+    let mut path = table;
+    if let (Some(name), Some(rest)) = (&vm_name, path.strip_prefix("vm[")) {
+        let (index, tail) = rest.split_once(']').unwrap_or((rest, ""));
+        path = format!("vm[{index}] ({name}){tail}");
+    }
+    let mut push = |part: &str| {
+        if !part.is_empty() {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(part);
+        }
+    };
+    if let Some((array_key, elements)) = &array {
+        let line = text[line_start..].lines().next().unwrap_or("");
+        let element = if line.trim_start().starts_with('{') {
+            format!("{array_key}[{elements}]")
+        } else {
+            array_key.clone()
+        };
+        push(&element);
+    }
+    push(&key);
+    path
 }
 
 impl RawScenario {
@@ -638,7 +693,7 @@ impl RawScenario {
                     format!("headroom {h} is above memory {}", v.memory),
                 ));
             }
-            let mut workload = validate_workload(&v.workload, v.memory, kernel, path)
+            let mut workload = validate_workload(&v.workload, v.memory, kernel, pinned, path)
                 .map_err(|(k, m)| invalid(line, key(&format!("workload.{k}")), m))?;
             if workload.at == Millis(u64::MAX) {
                 workload.at = Millis(self.scenario.duration.0 / 3);
@@ -784,14 +839,22 @@ fn validate_migration(m: &RawMigration) -> Result<MigrationSpec, (String, String
     })
 }
 
+/// `pinned` memory (huge pages, VFIO) is the guest's but not the workload's: the guest model
+/// keeps `kernel + pinned` out of what the workload may use.
 fn validate_workload(
     w: &RawWorkload,
     memory: Bytes,
     kernel: Bytes,
+    pinned: Bytes,
     scenario_path: &Path,
 ) -> Result<WorkloadSpec, (String, String)> {
     let err = |k: &str, m: String| Err((k.to_string(), m));
-    let usable = memory - kernel;
+    let usable = memory - kernel - pinned;
+    let minus_pinned = if pinned > Bytes::ZERO {
+        format!(" and the pinned {pinned}")
+    } else {
+        String::new()
+    };
     let working_set = w.working_set.unwrap_or(Bytes::ZERO);
     let needs_ws = !matches!(w.kind, WorkloadKind::Trace | WorkloadKind::Phases);
     if needs_ws && w.working_set.is_none() {
@@ -801,7 +864,7 @@ fn validate_workload(
         return err(
             "working_set",
             format!(
-                "{working_set} is above the configured memory {memory} minus the guest kernel {kernel}"
+                "{working_set} is above the configured memory {memory} minus the guest kernel {kernel}{minus_pinned}"
             ),
         );
     }
@@ -818,7 +881,7 @@ fn validate_workload(
         return err(
             "peak",
             format!(
-                "{peak} is above the configured memory {memory} minus the guest kernel {kernel}"
+                "{peak} is above the configured memory {memory} minus the guest kernel {kernel}{minus_pinned}"
             ),
         );
     }

@@ -155,18 +155,61 @@ fn bad_unit_names_file_line_and_value() {
 fn parse_errors_use_the_file_line_key_format() {
     let text = replace_line(ISSUE_SCHEMA, "min =", "min = \"1GiB\"\nminn = \"1GiB\"");
     let err = error_of(&text, Path::new(PATH));
-    assert_names(&err, Path::new(PATH), line_of(&text, "minn"), "vm[0].minn");
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "minn"),
+        "vm[0] (web).minn",
+    );
     let text = replace_line(ISSUE_SCHEMA, "memory = \"6GiB\"", "memory = \"4GB\"");
     let err = error_of(&text, Path::new(PATH));
     assert_names(
         &err,
         Path::new(PATH),
         line_of(&text, "memory = \"4GB\""),
-        "vm[0].memory",
+        "vm[0] (web).memory",
     );
 }
 
+/// A value inside an array of inline tables is named down to its element, with the VM's
+/// name (a reviewer got `vm[0].workload.{ at` here); durations may be sums (`1h40m`).
+#[test]
+fn errors_in_inline_tables_name_the_array_element() {
+    let phases = "kind = \"phases\"\nphases = [\n  { at = \"0s\", working_set = \"1GiB\" },\n  \
+                  { at = \"1h40m\", working_set = \"2GiB\" },\n  { at = \"3h\", working_set = \"1GiB\", page_cache = \"1GB\" },\n]";
+    let text = replace_line(ISSUE_SCHEMA, "kind =", phases);
+    let text = replace_line(&text, "peak =", "");
+    let text = replace_line(&text, "period =", "");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "{ at = \"3h\""),
+        "`vm[0] (web).workload.phases[2].page_cache`",
+    );
+    assert!(err.contains("unknown unit `GB`"), "{err}");
+    let fixed = text.replace("\"1GB\"", "\"1GiB\"");
+    Scenario::parse(&fixed, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+}
+
 // --- Errors found by validation (stage two) --------------------------------------------
+
+/// Pinned memory is not the workload's: a working set that fits the VM but not beside its
+/// pinned memory is refused (a reviewer's VFIO guest otherwise OOM-killed under every policy).
+#[test]
+fn working_set_beside_pinned_memory() {
+    let text = replace_line(ISSUE_SCHEMA, "min =", "min = \"1GiB\"\npinned = \"3GiB\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[[vm]]"),
+        "vm[0] (web).workload.peak",
+    );
+    assert!(err.contains("and the pinned 3.00 GiB"), "{err}");
+    let fits = replace_line(ISSUE_SCHEMA, "min =", "min = \"1GiB\"\npinned = \"1GiB\"");
+    Scenario::parse(&fits, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+}
 
 #[test]
 fn working_set_above_memory() {
@@ -451,7 +494,7 @@ fn bad_migration_units_name_file_line_and_key() {
         &err,
         Path::new(PATH),
         line_of(&text, "dirty_rate"),
-        "vm[0].workload.dirty_rate",
+        "vm[0] (web).workload.dirty_rate",
     );
     assert!(err.contains("not a rate"), "{err}");
 }
