@@ -35,12 +35,39 @@ fn measure(vm: &TestVm, what: &str) -> GuestRamPages {
     pages
 }
 
-/// Starts `memhog ARGS` in the guest and waits until it holds its memory.
-fn memhog(vm: &TestVm, log: &str, args: &str) {
-    vm.run_ok(&format!("memhog {args} --quiet >/tmp/{log} 2>&1 &"));
+/// Starts `memhog ARGS` in the guest (log `/tmp/NAME.log`, pid `/tmp/NAME.pid`) and waits
+/// until it holds its memory.
+fn memhog(vm: &TestVm, name: &str, args: &str) {
+    vm.run_ok(&format!(
+        "memhog {args} --quiet >/tmp/{name}.log 2>&1 & echo $! >/tmp/{name}.pid"
+    ));
     wait_until(Duration::from_secs(120), &format!("memhog {args}"), || {
-        vm.run(&format!("grep -q holding /tmp/{log}")).0 == 0
+        vm.run(&format!("grep -q holding /tmp/{name}.log")).0 == 0
     });
+}
+
+/// Whether the guest's memhog NAME still runs.
+fn memhog_alive(vm: &TestVm, name: &str) -> bool {
+    vm.run(&format!("kill -0 $(cat /tmp/{name}.pid)")).0 == 0
+}
+
+/// A work dir with the `qmp/` directory the daemon watches.
+fn work_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let work = tempfile::tempdir().expect("work dir");
+    let qmp_dir = work.path().join("qmp");
+    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    (work, qmp_dir)
+}
+
+/// The daemon's config: the aerostat policy every second over the VMs in `qmp_dir`, and
+/// guest swap declared for VM `name` (so it measures that guest's coldness).
+fn daemon_config(qmp_dir: &std::path::Path, name: &str) -> String {
+    format!(
+        "[host]\nreserve = \"256MiB\"\n[policy]\nname = \"aerostat\"\ninterval = \"1s\"\n\
+         [qemu]\nqmp_glob = \"{}/*.qmp\"\nstats_interval = \"1s\"\n\
+         [vm.{name}]\nswap = \"512MiB\"\n",
+        qmp_dir.display()
+    )
 }
 
 #[test]
@@ -49,14 +76,12 @@ fn the_host_sees_memory_a_guest_left_alone_as_idle() {
     let Some(files) = prerequisites("the_host_sees_memory_a_guest_left_alone_as_idle") else {
         return;
     };
-    let work = tempfile::tempdir().expect("work dir");
-    let qmp_dir = work.path().join("qmp");
-    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    let (work, qmp_dir) = work_dir();
     let vm = TestVm::start(
         &files,
         &VmSpec::new("coldness", RAM_MIB).daemon_dir(&qmp_dir),
     );
-    memhog(&vm, "hot.log", "100 --dirty --rate 50");
+    memhog(&vm, "hot", "100 --dirty --rate 50");
     let hot = measure(&vm, "100 MiB rewritten at 50 MiB/s");
     // What is rewritten is seen: the hot 100 MiB are referenced.
     assert!(
@@ -64,7 +89,7 @@ fn the_host_sees_memory_a_guest_left_alone_as_idle() {
         "the rewritten memory is referenced: {hot:?}"
     );
 
-    memhog(&vm, "cold.log", "300");
+    memhog(&vm, "cold", "300");
     let cold = measure(&vm, "and 300 MiB touched once");
     // The 300 MiB the guest touched once are idle in the next window, and still idle in
     // the one after; the hot memory stays referenced.
@@ -83,12 +108,7 @@ fn the_host_sees_memory_a_guest_left_alone_as_idle() {
 
     // The daemon takes the same measurement every 30 s for a VM whose guest swap the
     // operator declared, and shows it in /status (dry run: nothing is sent to the guest).
-    let config = format!(
-        "[host]\nreserve = \"256MiB\"\n[policy]\nname = \"aerostat\"\ninterval = \"1s\"\n\
-         [qemu]\nqmp_glob = \"{}/*.qmp\"\nstats_interval = \"1s\"\n\
-         [vm.coldness]\nswap = \"512MiB\"\n",
-        qmp_dir.display()
-    );
+    let config = daemon_config(&qmp_dir, "coldness");
     let daemon = Daemon::start_with(work.path(), 1, &config, &["--dry-run"]);
     let mut idle = 0;
     wait_until(
@@ -122,11 +142,6 @@ fn vmstat_bytes(vm: &TestVm, name: &str) -> u64 {
     pages * 4096
 }
 
-/// Whether the guest's memhog that logged to /tmp/LOG still runs.
-fn memhog_alive(vm: &TestVm, log: &str) -> bool {
-    vm.run(&format!("kill -0 $(cat /tmp/{log}.pid)")).0 == 0
-}
-
 /// The whole loop on a real guest with swap: the daemon measures the guest's memory idle,
 /// the policy takes cold anonymous memory for cold (idle beyond free memory and page cache),
 /// and the balloon pushes it into the guest's swap — while a process rewriting its memory
@@ -138,9 +153,7 @@ fn the_daemon_pushes_cold_anonymous_memory_into_declared_guest_swap() {
     let Some(files) = prerequisites(test) else {
         return;
     };
-    let work = tempfile::tempdir().expect("work dir");
-    let qmp_dir = work.path().join("qmp");
-    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    let (work, qmp_dir) = work_dir();
     let vm = TestVm::start(
         &files,
         &VmSpec::new("coldswap", RAM_MIB)
@@ -153,23 +166,12 @@ fn the_daemon_pushes_cold_anonymous_memory_into_declared_guest_swap() {
         "guest swap on /dev/vda (a guest built before virtio_blk was added? run \
          `AEROSTAT_GUEST_REBUILD=1 bash guest/build.sh`): {out}"
     );
-    for (log, args) in [("hot", "100 --dirty --rate 50"), ("cold", "300")] {
-        vm.run_ok(&format!(
-            "memhog {args} --quiet >/tmp/{log}.log 2>&1 & echo $! >/tmp/{log}.pid"
-        ));
-        wait_until(Duration::from_secs(120), &format!("memhog {args}"), || {
-            vm.run(&format!("grep -q holding /tmp/{log}.log")).0 == 0
-        });
-    }
+    memhog(&vm, "hot", "100 --dirty --rate 50");
+    memhog(&vm, "cold", "300");
     let swapped_before = vmstat_bytes(&vm, "pswpout");
     let actual_before = vm.balloon_actual();
 
-    let config = format!(
-        "[host]\nreserve = \"256MiB\"\n[policy]\nname = \"aerostat\"\ninterval = \"1s\"\n\
-         [qemu]\nqmp_glob = \"{}/*.qmp\"\nstats_interval = \"1s\"\n\
-         [vm.coldswap]\nswap = \"512MiB\"\n",
-        qmp_dir.display()
-    );
+    let config = daemon_config(&qmp_dir, "coldswap");
     let daemon = Daemon::start(work.path(), 1, &config);
     // The first window ends 30 s after the daemon starts; the squeeze then goes a bite a
     // tick, half the measured cold anon per window.
