@@ -464,6 +464,9 @@ fn key_path_at(text: &str, offset: usize) -> String {
             break;
         }
         let t = line.trim();
+        if t.starts_with('#') {
+            continue;
+        }
         if let Some((_, elements)) = &mut array {
             if t.starts_with('{') {
                 *elements += 1;
@@ -521,14 +524,20 @@ fn key_path_at(text: &str, offset: usize) -> String {
             path.push_str(part);
         }
     };
+    let element = |array_key: &str, index: Option<usize>| match index {
+        Some(i) => format!("{array_key}[{i}]"),
+        None => array_key.to_string(),
+    };
     if let Some((array_key, elements)) = &array {
+        // An element on a line of its own.
         let line = text[line_start..].lines().next().unwrap_or("");
-        let element = if line.trim_start().starts_with('{') {
-            format!("{array_key}[{elements}]")
-        } else {
-            array_key.clone()
-        };
-        push(&element);
+        let index = line.trim_start().starts_with('{').then_some(*elements);
+        push(&element(array_key, index));
+    } else if let Some(open) = before.find("= [").or_else(|| before.find("=[")) {
+        // An array on the offending value's line: `phases = [{ … }, { … }]`.
+        let array_key = before[..open].trim_end().rsplit(char::is_whitespace).next();
+        let opened = before[open..].matches('{').count();
+        push(&element(array_key.unwrap_or(""), opened.checked_sub(1)));
     }
     push(&key);
     path

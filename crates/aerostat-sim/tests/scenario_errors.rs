@@ -190,6 +190,19 @@ fn errors_in_inline_tables_name_the_array_element() {
     assert!(err.contains("unknown unit `GB`"), "{err}");
     let fixed = text.replace("\"1GB\"", "\"1GiB\"");
     Scenario::parse(&fixed, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+    // The same array on one line, after a comment line holding `=` and `[`.
+    let one_line = "# phases = [ at = \"x\" ]\nkind = \"phases\"\nphases = [{ at = \"0s\", \
+                    working_set = \"1GiB\" }, { at = \"1h\", working_set = \"2TB\" }]";
+    let text = replace_line(ISSUE_SCHEMA, "kind =", one_line);
+    let text = replace_line(&text, "peak =", "");
+    let text = replace_line(&text, "period =", "");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "phases = ["),
+        "`vm[0] (web).workload.phases[1].working_set`",
+    );
 }
 
 // --- Errors found by validation (stage two) --------------------------------------------
