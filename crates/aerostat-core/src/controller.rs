@@ -206,6 +206,11 @@ impl Controller {
         self.policy.name()
     }
 
+    /// The policy's [`Policy::unmet_need`] from the last tick.
+    pub fn unmet_need(&self) -> Option<Bytes> {
+        self.policy.unmet_need()
+    }
+
     pub fn guards(&self) -> &GuardConfig {
         &self.guards
     }

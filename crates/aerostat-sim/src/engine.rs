@@ -429,7 +429,16 @@ impl Simulation {
         }
         if let Some(e) = self.escape.as_mut() {
             let capacity = self.obs.host.capacity(self.scenario.host.reserve);
-            e.control(now, &mut self.obs, &self.obs_index, &self.guests, capacity);
+            // What the policy could not give guests under pressure, as of the last tick.
+            let unmet = self.controller.unmet_need();
+            e.control(
+                now,
+                &mut self.obs,
+                &self.obs_index,
+                &self.guests,
+                capacity,
+                unmet,
+            );
         }
         let decision = self.controller.tick(&self.obs);
         for action in decision.actions {

@@ -169,7 +169,8 @@ impl Escape {
     /// Runs on every policy tick, before the controller: marks the migrating guest in `obs`,
     /// watches the pressure, and starts a migration when it has lasted the grace period.
     /// `obs_index[k]` is the guest index of `obs.vms[k]`; `capacity` is host memory minus
-    /// the reserve. Returns the guest a migration was started for.
+    /// the reserve (plus KSM's savings); `unmet` the policy's unmet need of the last tick.
+    /// Returns the guest a migration was started for.
     pub fn control(
         &mut self,
         now: Millis,
@@ -177,12 +178,15 @@ impl Escape {
         obs_index: &[usize],
         guests: &[Guest],
         capacity: Bytes,
+        unmet: Option<Bytes>,
     ) -> Option<usize> {
         let migrating = self.migrating();
         for (vm, &i) in obs.vms.iter_mut().zip(obs_index) {
             vm.migrating = migrating == Some(i);
         }
-        let pressure = self.watch.observe(obs, capacity, self.spec.thrash_limit);
+        let pressure = self
+            .watch
+            .observe(obs, capacity, self.spec.thrash_limit, unmet);
         // As in the daemon: one migration at a time, and a full grace period after it ends
         // before the next (the timer does not run while a migration is in flight).
         if migrating.is_some() {
@@ -200,7 +204,7 @@ impl Escape {
             .iter()
             .map(|&i| Some(self.measure(&guests[i], i, now)))
             .collect();
-        let escape = choose_escape(obs, capacity, &measured, &self.settings);
+        let escape = choose_escape(obs, capacity, &measured, &self.settings, pressure.unmet());
         let chosen = escape.chosen()?;
         let (k, plan) = (chosen.vm, &chosen.plan);
         let planned = plan.chosen?;

@@ -98,3 +98,42 @@ fn with_the_escape_aerostat_has_no_oom_and_the_stalls_end_with_the_migration_wit
         );
     }
 }
+
+/// `docs/examples/working-sets-escape.toml`: the guests' working sets outgrow the host while
+/// the floors fit and aerostat keeps the reserve. The guests thrash in their own swap until
+/// the escape, seeing guests under pressure lack memory the host cannot give, moves some away:
+/// stall falls to a small part of the run without it, and nothing is OOM-killed.
+#[test]
+fn the_escape_moves_guests_away_when_their_working_sets_no_longer_fit() {
+    let path = common::scenarios_dir().join("../docs/examples/working-sets-escape.toml");
+    let s = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let with = |escape: bool| {
+        let mut o = RunOptions::new(PolicyKind::Aerostat);
+        o.escape = escape;
+        o.samples = 0;
+        run(&s, o)
+    };
+    let (on, off) = (with(true), with(false));
+    assert!(off.migrations.is_empty());
+    assert!(!on.migrations.is_empty());
+    for m in &on.migrations {
+        assert!(m.trigger.contains("lack"), "{}", m.trigger);
+        assert_eq!(m.outcome, Outcome::Completed, "{m:?}");
+    }
+    let (stall_on, stall_off) = (
+        on.summary.guest_stall_seconds,
+        off.summary.guest_stall_seconds,
+    );
+    assert!(
+        stall_off > 10_000.0,
+        "without the escape the guests thrash: {stall_off}"
+    );
+    assert!(
+        stall_on < stall_off / 4.0,
+        "{stall_on} with, {stall_off} without"
+    );
+    assert_eq!(
+        (on.summary.guest_oom_kills, on.summary.host_oom_kills),
+        (0, 0)
+    );
+}

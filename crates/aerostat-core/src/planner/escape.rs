@@ -140,13 +140,21 @@ pub fn escape_inputs(
 /// pessimistic on purpose, so an unmeasured guest never looks cheap). `capacity` is host
 /// memory minus the reserve. Guests already migrating, without a plan that completes, or
 /// whose memory size is unknown (0) are not candidates.
+///
+/// `unmet`: the guests' working sets do not fit by this much (`Pressure::WorkingSetsDoNotFit`):
+/// a guest's relief is then all the host memory it holds (overhead + `actual`), and the rest
+/// fit after it when that covers `unmet`. `None`: the floors decide, as above.
 pub fn choose_escape(
     obs: &Observation,
     capacity: Bytes,
     dirty_rates: &[Option<Bytes>],
     settings: &EscapeSettings,
+    unmet: Option<Bytes>,
 ) -> Escape {
-    let need = floors_need(obs);
+    let need = match unmet {
+        Some(u) => capacity + u,
+        None => floors_need(obs),
+    };
     let allowed = Allowed {
         postcopy: settings.postcopy,
         auto_converge: true,
@@ -161,7 +169,10 @@ pub fn choose_escape(
             let inputs = escape_inputs(vm, dirty_rate, settings);
             let plan = choose(&inputs, allowed);
             let predicted_time = plan.chosen_prediction()?.total_time?;
-            let relief = floor_demand(vm);
+            let relief = match unmet {
+                Some(_) => vm.overhead + vm.actual,
+                None => floor_demand(vm),
+            };
             let seconds = predicted_time.as_secs_f64().max(0.001);
             let weight = if vm.priority.is_finite() && vm.priority > 0.0 {
                 vm.priority
@@ -187,7 +198,11 @@ pub fn choose_escape(
             .then(b.score.total_cmp(&a.score))
             .then_with(|| a.name.cmp(&b.name))
     });
-    let reason = describe(need, capacity, &ranking, obs);
+    let situation = match unmet {
+        Some(u) => format!("guests under memory pressure lack {u} the host cannot give"),
+        None => format!("floors need {need}, the host gives {capacity}"),
+    };
+    let reason = describe(&situation, &ranking, obs);
     Escape {
         need,
         capacity,
@@ -196,13 +211,7 @@ pub fn choose_escape(
     }
 }
 
-fn describe(
-    need: Bytes,
-    capacity: Bytes,
-    ranking: &[EscapeCandidate],
-    obs: &Observation,
-) -> String {
-    let situation = format!("floors need {need}, the host gives {capacity}");
+fn describe(situation: &str, ranking: &[EscapeCandidate], obs: &Observation) -> String {
     let Some(best) = ranking.first() else {
         return format!("{situation}: no guest can leave (all migrating, or no plan completes)");
     };
@@ -244,6 +253,21 @@ pub enum Pressure {
         swap_in_per_sec: Bytes,
         limit: Bytes,
     },
+    /// Guests under memory pressure (swapping, refaulting) asked the policy for `unmet` more
+    /// than the host could give ([`crate::policy::Policy::unmet_need`]): their working sets
+    /// no longer fit, though the floors do and the host keeps its reserve — the guests
+    /// thrash in their own swap and page cache instead of the host's.
+    WorkingSetsDoNotFit { unmet: Bytes },
+}
+
+impl Pressure {
+    /// The unmet need of `WorkingSetsDoNotFit`, for [`choose_escape`].
+    pub fn unmet(&self) -> Option<Bytes> {
+        match self {
+            Pressure::WorkingSetsDoNotFit { unmet } => Some(*unmet),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Pressure {
@@ -259,6 +283,10 @@ impl std::fmt::Display for Pressure {
                 f,
                 "the host swaps guest memory in at {swap_in_per_sec}/s (limit {limit}/s)"
             ),
+            Pressure::WorkingSetsDoNotFit { unmet } => write!(
+                f,
+                "guests under memory pressure lack {unmet} the host cannot give"
+            ),
         }
     }
 }
@@ -270,20 +298,29 @@ pub struct PressureWatch {
     last: Option<(Millis, Bytes)>,
 }
 
+/// Unmet need below this is noise (a tick's rounding, one guest's brief refault), not a host
+/// that cannot hold its guests.
+pub const MIN_UNMET: Bytes = Bytes::mib(64);
+
 impl PressureWatch {
     /// `thrash_limit`: host swap-in rate (bytes/s) that counts as thrashing; `None` watches
-    /// the floors only.
+    /// the floors only. `unmet`: the policy's [`crate::policy::Policy::unmet_need`] (`None`
+    /// for a policy that does not say).
     pub fn observe(
         &mut self,
         obs: &Observation,
         capacity: Bytes,
         thrash_limit: Option<Bytes>,
+        unmet: Option<Bytes>,
     ) -> Option<Pressure> {
         let now = (obs.time, obs.host.swap_in);
         let last = self.last.replace(now);
         let need = floors_need(obs);
         if need > capacity {
             return Some(Pressure::FloorsDoNotFit { need, capacity });
+        }
+        if let Some(unmet) = unmet.filter(|u| *u >= MIN_UNMET) {
+            return Some(Pressure::WorkingSetsDoNotFit { unmet });
         }
         let (limit, (t0, in0)) = (thrash_limit?, last?);
         let dt = obs.time.saturating_sub(t0).as_secs_f64();

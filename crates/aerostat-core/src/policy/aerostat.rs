@@ -205,6 +205,8 @@ pub struct AerostatPolicy {
     memos: PerVm<Memo>,
     /// The last tick's wishes, in VM order: [`Policy::explain`] writes reasons from them.
     wishes: Vec<Wish>,
+    /// What the last tick's host-short fit took from guests under memory pressure.
+    unmet: f64,
 }
 
 impl AerostatPolicy {
@@ -213,6 +215,7 @@ impl AerostatPolicy {
             settings,
             memos: PerVm::new(),
             wishes: Vec::new(),
+            unmet: 0.0,
         }
     }
 }
@@ -254,12 +257,16 @@ impl Policy for AerostatPolicy {
             wishes.extend(wish_for(&host, memo, i, vm, current));
         }
 
-        fit_host(&self.settings, obs, wishes);
+        self.unmet = fit_host(&self.settings, obs, wishes);
 
         for w in wishes.iter_mut() {
             let current = targets.get(w.vm).copied().unwrap_or(obs.vms[w.vm].actual);
             out.extend(finish(w, &mut self.memos[w.vm], current, obs.time));
         }
+    }
+
+    fn unmet_need(&self) -> Option<Bytes> {
+        Some(Bytes::from_f64(self.unmet))
     }
 
     fn working_set(&self, vm: usize) -> Option<WorkingSet> {

@@ -95,6 +95,13 @@ pub trait Policy: Send + fmt::Debug {
         let _ = vm;
         None
     }
+    /// Memory that guests under memory pressure (swapping in, refaulting) asked for in the
+    /// last [`Policy::propose_into`] and did not get because the host is short; `None` when
+    /// the policy does not say. Sustained, it means the guests' working sets no longer fit
+    /// the host: the escape's cue to move one away (`planner::escape::Pressure`).
+    fn unmet_need(&self) -> Option<Bytes> {
+        None
+    }
     /// [`Policy::propose_into`] into a new `Vec`, with every deferred reason written out.
     fn propose(&mut self, obs: &Observation, targets: &[Bytes]) -> Vec<Proposal> {
         let mut out = Vec::new();

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aerostat_core::planner::escape::{EscapeSettings, EscapeTimer, PressureWatch, choose_escape};
+use aerostat_core::planner::escape::{
+    EscapeSettings, EscapeTimer, Pressure, PressureWatch, choose_escape,
+};
 use aerostat_core::{Bytes, Millis, Observation};
 use aerostat_qemu::QemuVm;
 use aerostat_qemu::backend::{DirtyRateStatus, MigrationStatus};
@@ -76,11 +78,13 @@ impl EscapeRunner {
         self.running.as_ref().is_some_and(|r| r.vm == vm) || self.departed.contains(vm)
     }
 
-    /// One tick. Returns the lines to print (escape chosen, escape finished).
+    /// One tick. Returns the lines to print (escape chosen, escape finished). `unmet`: the
+    /// policy's unmet need this tick (`Controller::unmet_need`).
     pub async fn tick(
         &mut self,
         obs: &Observation,
         capacity: Bytes,
+        unmet: Option<Bytes>,
         registry: &VmRegistry,
         dry_run: bool,
     ) -> Vec<Value> {
@@ -91,7 +95,9 @@ impl EscapeRunner {
         if let Some(done) = self.finished(obs.time, registry).await {
             lines.push(done);
         }
-        let pressure = self.watch.observe(obs, capacity, self.config.thrash_limit);
+        let pressure = self
+            .watch
+            .observe(obs, capacity, self.config.thrash_limit, unmet);
         if self.running.is_some() {
             return lines;
         }
@@ -120,7 +126,13 @@ impl EscapeRunner {
             // Post-copy needs the destination's QMP, which only a `prepare` hook can give.
             postcopy: self.config.prepare.is_some(),
         };
-        let escape = choose_escape(obs, capacity, &rates, &settings);
+        let escape = choose_escape(
+            obs,
+            capacity,
+            &rates,
+            &settings,
+            pressure.as_ref().and_then(Pressure::unmet),
+        );
         let backoff = Millis(self.config.grace.0.saturating_mul(FAILED_BACKOFF_GRACES));
         let now = obs.time;
         self.failed_at

@@ -216,7 +216,10 @@ async fn tick(
     let decision = controller.tick(&obs);
     let capacity = host_sample.capacity(config.reserve);
     let escape_lines = match escape {
-        Some(e) => e.tick(&obs, capacity, registry, dry_run).await,
+        Some(e) => {
+            e.tick(&obs, capacity, controller.unmet_need(), registry, dry_run)
+                .await
+        }
         None => Vec::new(),
     };
 

@@ -49,7 +49,13 @@ fn prefers_the_guest_whose_departure_makes_the_rest_fit() {
         v.overhead = Bytes::mib(128);
     }
     let obs = host(vms);
-    let e = choose_escape(&obs, Bytes::gib(6), &[Some(Bytes::ZERO); 3], &settings());
+    let e = choose_escape(
+        &obs,
+        Bytes::gib(6),
+        &[Some(Bytes::ZERO); 3],
+        &settings(),
+        None,
+    );
     let best = e.chosen().expect("a candidate");
     assert_eq!(best.name, "big", "{}", e.reason);
     assert!(best.fits_after);
@@ -63,7 +69,7 @@ fn among_sufficient_guests_the_cheaper_migration_wins() {
     // Both shed enough; `busy` dirties memory at the link rate, `quiet` does not.
     let obs = host(vec![vm("busy", 4, 3), vm("quiet", 4, 3)]);
     let rates = [Some(Bytes::mib(200)), Some(Bytes::mib(1))];
-    let e = choose_escape(&obs, Bytes::gib(5), &rates, &settings());
+    let e = choose_escape(&obs, Bytes::gib(5), &rates, &settings(), None);
     assert_eq!(
         e.chosen().map(|c| c.name.as_str()),
         Some("quiet"),
@@ -78,7 +84,13 @@ fn priority_makes_a_guest_dearer_to_move() {
     let mut important = vm("important", 4, 3);
     important.priority = 10.0;
     let obs = host(vec![important, vm("ordinary", 4, 3)]);
-    let e = choose_escape(&obs, Bytes::gib(5), &[Some(Bytes::ZERO); 2], &settings());
+    let e = choose_escape(
+        &obs,
+        Bytes::gib(5),
+        &[Some(Bytes::ZERO); 2],
+        &settings(),
+        None,
+    );
     assert_eq!(e.chosen().map(|c| c.name.as_str()), Some("ordinary"));
 }
 
@@ -90,6 +102,7 @@ fn unmeasured_dirty_rate_is_assumed_pessimistic() {
         Bytes::gib(5),
         &[None, Some(Bytes::mib(8))],
         &settings(),
+        None,
     );
     assert_eq!(e.chosen().map(|c| c.name.as_str()), Some("measured"));
     assert!(
@@ -105,7 +118,7 @@ fn migrating_guests_are_neither_counted_nor_candidates() {
     leaving.migrating = true;
     let obs = host(vec![leaving, vm("staying", 4, 1)]);
     assert_eq!(floors_need(&obs), Bytes::gib(1) + Bytes::mib(256));
-    let e = choose_escape(&obs, Bytes::gib(1), &[None, None], &settings());
+    let e = choose_escape(&obs, Bytes::gib(1), &[None, None], &settings(), None);
     assert_eq!(e.ranking.len(), 1);
     assert_eq!(e.ranking[0].name, "staying");
 }
@@ -115,7 +128,7 @@ fn no_candidate_says_so() {
     let mut leaving = vm("leaving", 8, 8);
     leaving.migrating = true;
     let obs = host(vec![leaving]);
-    let e = choose_escape(&obs, Bytes::gib(1), &[None], &settings());
+    let e = choose_escape(&obs, Bytes::gib(1), &[None], &settings(), None);
     assert!(e.chosen().is_none());
     assert!(e.reason.contains("no guest can leave"), "{}", e.reason);
 }
@@ -127,7 +140,13 @@ fn rss_below_memory_shortens_the_plan() {
     let mut fresh = vm("fresh", 4, 3);
     fresh.rss = Some(Bytes::mib(256) + Bytes::mib(512));
     let obs = host(vec![touched, fresh]);
-    let e = choose_escape(&obs, Bytes::gib(5), &[Some(Bytes::ZERO); 2], &settings());
+    let e = choose_escape(
+        &obs,
+        Bytes::gib(5),
+        &[Some(Bytes::ZERO); 2],
+        &settings(),
+        None,
+    );
     assert_eq!(e.chosen().map(|c| c.name.as_str()), Some("fresh"));
     // 512 MiB of non-zero memory at 128 MiB/s, then the fixed stop-and-copy pause.
     assert_eq!(
@@ -158,20 +177,22 @@ fn pressure_sees_floors_at_once_and_thrashing_from_the_swap_in_rate() {
     let mut obs = host(vec![vm("a", 4, 2)]);
     obs.host.swap_in = Bytes::gib(1);
     assert_eq!(
-        w.observe(&obs, Bytes::gib(8), limit),
+        w.observe(&obs, Bytes::gib(8), limit, None),
         None,
         "first sample: no rate yet"
     );
     obs.time = Millis::secs(10);
     obs.host.swap_in = Bytes::gib(1) + Bytes::mib(100);
     assert_eq!(
-        w.observe(&obs, Bytes::gib(8), limit),
+        w.observe(&obs, Bytes::gib(8), limit, None),
         None,
         "10 MiB/s is under the limit"
     );
     obs.time = Millis::secs(20);
     obs.host.swap_in = Bytes::gib(1) + Bytes::mib(400);
-    let p = w.observe(&obs, Bytes::gib(8), limit).expect("30 MiB/s");
+    let p = w
+        .observe(&obs, Bytes::gib(8), limit, None)
+        .expect("30 MiB/s");
     assert_eq!(
         p,
         Pressure::HostThrashing {
@@ -182,9 +203,13 @@ fn pressure_sees_floors_at_once_and_thrashing_from_the_swap_in_rate() {
     assert!(p.to_string().contains("30 MiB/s"), "{p}");
     obs.time = Millis::secs(30);
     obs.host.swap_in = Bytes::ZERO;
-    assert_eq!(w.observe(&obs, Bytes::gib(8), limit), None, "counter reset");
+    assert_eq!(
+        w.observe(&obs, Bytes::gib(8), limit, None),
+        None,
+        "counter reset"
+    );
     assert!(matches!(
-        w.observe(&obs, Bytes::gib(2), None),
+        w.observe(&obs, Bytes::gib(2), None, None),
         Some(Pressure::FloorsDoNotFit { .. })
     ));
 }
@@ -207,8 +232,8 @@ proptest! {
         let rates: Vec<Option<Bytes>> = specs.iter().map(|s| Some(Bytes::mib(s.2))).collect();
         let obs = host(vms);
         let capacity = Bytes::gib(capacity_gib);
-        let a = choose_escape(&obs, capacity, &rates, &settings());
-        let b = choose_escape(&obs, capacity, &rates, &settings());
+        let a = choose_escape(&obs, capacity, &rates, &settings(), None);
+        let b = choose_escape(&obs, capacity, &rates, &settings(), None);
         prop_assert!(a == b);
         // Post-copy always completes, so every guest is a candidate.
         prop_assert!(a.ranking.len() == obs.vms.len());
@@ -241,6 +266,7 @@ fn escape_inputs_are_the_ones_the_ranking_plans_with() {
         Bytes::gib(1),
         &[Some(Bytes::mib(64))],
         &s,
+        None,
     );
     let plan = choose(
         &measured,
@@ -250,4 +276,67 @@ fn escape_inputs_are_the_ones_the_ranking_plans_with() {
         },
     );
     assert_eq!(e.chosen().expect("a candidate").plan, plan);
+}
+
+/// Guests under pressure lacking memory the host cannot give: working-set pressure, once it
+/// is at least MIN_UNMET, and after the floors (which say more when they do not fit).
+#[test]
+fn pressure_sees_working_sets_that_do_not_fit_from_the_unmet_need() {
+    let mut w = PressureWatch::default();
+    let obs = host(vec![vm("a", 4, 2), vm("b", 4, 2)]);
+    let (capacity, small) = (Bytes::gib(8), Some(MIN_UNMET - Bytes(1)));
+    assert_eq!(w.observe(&obs, capacity, None, None), None, "no unmet need");
+    assert_eq!(w.observe(&obs, capacity, None, small), None, "noise");
+    let p = w.observe(&obs, capacity, None, Some(Bytes::mib(704)));
+    assert_eq!(
+        p,
+        Some(Pressure::WorkingSetsDoNotFit {
+            unmet: Bytes::mib(704)
+        })
+    );
+    let p = p.expect("pressure");
+    assert_eq!(p.unmet(), Some(Bytes::mib(704)));
+    assert!(p.to_string().contains("lack 704 MiB"), "{p}");
+    assert!(matches!(
+        w.observe(&obs, Bytes::gib(2), None, Some(Bytes::mib(704))),
+        Some(Pressure::FloorsDoNotFit { .. })
+    ));
+}
+
+/// Under working-set pressure a guest's relief is all it holds (overhead + actual), and the
+/// rest fit after it when that covers the unmet need: the small guest covers 1 GiB, and its
+/// faster migration wins; 3 GiB only the big one covers.
+#[test]
+fn working_set_pressure_ranks_by_the_memory_a_departure_frees() {
+    let mut small = vm("small", 2, 1);
+    small.actual = Bytes::gib(2);
+    let mut big = vm("big", 8, 1);
+    big.actual = Bytes::gib(6);
+    let obs = host(vec![small, big]);
+    let rates = [Some(Bytes::ZERO); 2];
+    let e = choose_escape(
+        &obs,
+        Bytes::gib(8),
+        &rates,
+        &settings(),
+        Some(Bytes::gib(1)),
+    );
+    assert_eq!(e.chosen().map(|c| c.name.as_str()), Some("small"));
+    assert_eq!(e.ranking[0].relief, Bytes::gib(2) + Bytes::mib(256));
+    assert!(e.ranking.iter().all(|c| c.fits_after));
+    assert!(
+        e.reason
+            .starts_with("guests under memory pressure lack 1.00 GiB"),
+        "{}",
+        e.reason
+    );
+    let e = choose_escape(
+        &obs,
+        Bytes::gib(8),
+        &rates,
+        &settings(),
+        Some(Bytes::gib(3)),
+    );
+    assert_eq!(e.chosen().map(|c| c.name.as_str()), Some("big"));
+    assert_eq!(e.need, Bytes::gib(11));
 }

@@ -12,8 +12,10 @@ use crate::units::Bytes;
 use super::wish::Wish;
 
 /// When Σ wishes + overheads exceed host total − reserve (+ KSM savings), lower wishes toward their
-/// `lowest`, cheapest first: lowest weight × room, proportionally.
-pub(super) fn fit_host(settings: &PolicySettings, obs: &Observation, wishes: &mut [Wish]) {
+/// `lowest`, cheapest first: lowest weight × room, proportionally. Returns what it took from
+/// guests under memory pressure (`Rule::DeflatePressure` wishes): memory guests that are
+/// already swapping or refaulting asked for and the host could not give.
+pub(super) fn fit_host(settings: &PolicySettings, obs: &Observation, wishes: &mut [Wish]) -> f64 {
     let capacity = obs.host.capacity(settings.reserve).as_f64();
     let mut committed: f64 = obs
         .vms
@@ -25,8 +27,9 @@ pub(super) fn fit_host(settings: &PolicySettings, obs: &Observation, wishes: &mu
     }
     let excess = committed - capacity;
     if excess <= 0.0 {
-        return;
+        return 0.0;
     }
+    let mut from_pressured = 0.0;
     // Three tiers: idle headroom of guests that are not growing first, then any headroom,
     // then the cache each guest keeps, down to its `lowest`; within a tier, in proportion
     // to room ÷ weight.
@@ -83,9 +86,13 @@ pub(super) fn fit_host(settings: &PolicySettings, obs: &Observation, wishes: &mu
             }
             w.target -= take;
             left -= take;
+            if w.rule == Rule::DeflatePressure {
+                from_pressured += take;
+            }
             w.rule = Rule::HostShort;
             let (_, taken) = w.host_short.unwrap_or((0.0, 0.0));
             w.host_short = Some((excess, taken + take));
         }
     }
+    from_pressured
 }

@@ -937,3 +937,29 @@ fn memory_ksm_saves_counts_as_host_capacity() {
         "KSM saving nothing"
     );
 }
+
+/// Two guests refaulting on a host that cannot give them more: the fit takes what they ask
+/// for, and the policy reports it as unmet need (the escape's cue). The same guests without
+/// pressure ask for no more than they can be given: nothing unmet.
+#[test]
+fn unmet_need_is_what_guests_under_pressure_asked_for_and_the_host_could_not_give() {
+    let unmet = |faults: u64| {
+        let mut p = AerostatPolicy::new(settings());
+        let at = |t: u64, faults: u64| {
+            let guests = (0..2).map(|i| {
+                let mut v = vm(&format!("g{i}"), 8 * GIB, 15 * GIB / 2, 7168, 0, t);
+                v.stats.major_faults = Some(faults);
+                v
+            });
+            let mut o = obs(t, guests.collect());
+            o.host = host(16, 1);
+            o
+        };
+        p.propose(&at(0, 0), &[]);
+        p.propose(&at(1, faults), &[]);
+        p.unmet_need().expect("aerostat says").0 >> 20
+    };
+    let pressured = unmet(100_000);
+    assert!(pressured >= 64, "{pressured} MiB unmet");
+    assert_eq!(unmet(0), 0);
+}
