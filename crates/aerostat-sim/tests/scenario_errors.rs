@@ -171,15 +171,20 @@ fn parse_errors_use_the_file_line_key_format() {
     );
 }
 
+/// The issue's schema with its diurnal workload replaced by `workload` (a `phases` one).
+fn with_phases(workload: &str) -> String {
+    let text = replace_line(ISSUE_SCHEMA, "kind =", workload);
+    let text = replace_line(&text, "peak =", "");
+    replace_line(&text, "period =", "")
+}
+
 /// A value inside an array of inline tables is named down to its element, with the VM's
 /// name (a reviewer got `vm[0].workload.{ at` here); durations may be sums (`1h40m`).
 #[test]
 fn errors_in_inline_tables_name_the_array_element() {
     let phases = "kind = \"phases\"\nphases = [\n  { at = \"0s\", working_set = \"1GiB\" },\n  \
                   { at = \"1h40m\", working_set = \"2GiB\" },\n  { at = \"3h\", working_set = \"1GiB\", page_cache = \"1GB\" },\n]";
-    let text = replace_line(ISSUE_SCHEMA, "kind =", phases);
-    let text = replace_line(&text, "peak =", "");
-    let text = replace_line(&text, "period =", "");
+    let text = with_phases(phases);
     let err = error_of(&text, Path::new(PATH));
     assert_names(
         &err,
@@ -193,9 +198,7 @@ fn errors_in_inline_tables_name_the_array_element() {
     // The same array on one line, after a comment line holding `=` and `[`.
     let one_line = "# phases = [ at = \"x\" ]\nkind = \"phases\"\nphases = [{ at = \"0s\", \
                     working_set = \"1GiB\" }, { at = \"1h\", working_set = \"2TB\" }]";
-    let text = replace_line(ISSUE_SCHEMA, "kind =", one_line);
-    let text = replace_line(&text, "peak =", "");
-    let text = replace_line(&text, "period =", "");
+    let text = with_phases(one_line);
     let err = error_of(&text, Path::new(PATH));
     assert_names(
         &err,

@@ -314,13 +314,16 @@ fn working_set_pressure_ranks_by_the_memory_a_departure_frees() {
     big.actual = Bytes::gib(6);
     let obs = host(vec![small, big]);
     let rates = [Some(Bytes::ZERO); 2];
-    let e = choose_escape(
-        &obs,
-        Bytes::gib(8),
-        &rates,
-        &settings(),
-        Some(Bytes::gib(1)),
-    );
+    let lacking = |gib| {
+        choose_escape(
+            &obs,
+            Bytes::gib(8),
+            &rates,
+            &settings(),
+            Some(Bytes::gib(gib)),
+        )
+    };
+    let e = lacking(1);
     assert_eq!(e.chosen().map(|c| c.name.as_str()), Some("small"));
     assert_eq!(e.ranking[0].relief, Bytes::gib(2) + Bytes::mib(256));
     assert!(e.ranking.iter().all(|c| c.fits_after));
@@ -330,13 +333,7 @@ fn working_set_pressure_ranks_by_the_memory_a_departure_frees() {
         "{}",
         e.reason
     );
-    let e = choose_escape(
-        &obs,
-        Bytes::gib(8),
-        &rates,
-        &settings(),
-        Some(Bytes::gib(3)),
-    );
+    let e = lacking(3);
     assert_eq!(e.chosen().map(|c| c.name.as_str()), Some("big"));
     assert_eq!(e.need, Bytes::gib(11));
 }
