@@ -156,12 +156,24 @@ fn prediction_error(r: &Value) -> Option<f64> {
 
 const TABLE_HEAD: &str = "| run | outcome | strategy | predicted total | total | error | downtime | paused (STOP→RESUME) | post-copy blocktime | sent | syncs | max throttle |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |";
 
-/// A completed migration kept the guest's pause within the limit, by QEMU's account and by
+/// How far past its downtime limit a converged pre-copy may pause the guest here. QEMU's
+/// limit is a target it plans for from its bandwidth estimate, not a bound: under TCG on two
+/// busy cores the last stop-and-copy overran 300 ms by 18 ms in CI (318 ms, QEMU's own
+/// account). What these tests must catch is a pause of the whole remaining memory — seconds
+/// for 512 MiB at 128 MiB/s — so the bound is twice the limit; the exact pauses go to
+/// docs/migration.md's table, not into a timing assertion.
+fn pause_bound(limit_ms: u64) -> u64 {
+    2 * limit_ms
+}
+
+/// A completed migration kept the guest's pause near the limit, by QEMU's account and by
 /// the events' (STOP on the source to RESUME on the destination).
 fn assert_pause_within(r: &Value, limit_ms: u64) {
-    assert!(u(r, "downtime_ms").expect("downtime") <= limit_ms, "{r:#}");
+    let bound = pause_bound(limit_ms);
+    let downtime = u(r, "downtime_ms").expect("downtime");
+    assert!(downtime <= bound, "downtime {downtime} ms: {r:#}");
     let paused = u(r, "paused_ms").expect("STOP→RESUME measured with --dest-qmp");
-    assert!(paused <= limit_ms, "paused {paused} ms: {r:#}");
+    assert!(paused <= bound, "paused {paused} ms: {r:#}");
 }
 
 fn print_report(label: &str, rc: i32, r: &Value) {
@@ -482,7 +494,7 @@ fn daemon_escape_moves_a_guest_off_a_host_its_floors_no_longer_fit() {
     assert_eq!(done["guest"], "b");
     assert_eq!(done["completed"], true, "{done:#}");
     assert!(
-        done["paused_ms"].as_u64().expect("paused") <= 300,
+        done["paused_ms"].as_u64().expect("paused") <= pause_bound(300),
         "{done:#}"
     );
     // The source quit (its memory left the host), the guest runs on the destination.
