@@ -48,6 +48,7 @@ fn destination(files: &GuestFiles, src: &TestVm, dir: &Path, n: u32) -> (TestVm,
     let port = free_port();
     let spec = VmSpec::new(&format!("{}-dst{n}", src.name), src.mem_mib)
         .daemon_dir(dir)
+        .swap_disk_of(src)
         .incoming(&format!("tcp:127.0.0.1:{port}"));
     let dst = TestVm::spawn(files, &spec);
     let qmp = dst.qmp.clone();
@@ -388,6 +389,65 @@ fn destination_killed_before_the_switch_leaves_the_source_running() {
     assert_guest_alive(&p.src, true);
 }
 
+/// A migration destination ready for each guest (another host: outside the test's cgroup),
+/// and the `prepare` hook that prints the one prepared for the guest it is asked about.
+fn escape_destinations(
+    files: &GuestFiles,
+    vms: &[TestVm],
+    work: &Path,
+    dest_dir: &Path,
+) -> Vec<TestVm> {
+    let mut dests = Vec::new();
+    for vm in vms {
+        let (dst, port) = destination(files, vm, dest_dir, 1);
+        std::fs::write(
+            work.join(format!("{}.dest", vm.name)),
+            format!(
+                "preparing {}\nuri=tcp:127.0.0.1:{port}\ndest_qmp={}\n",
+                vm.name,
+                dest_dir.join(format!("{}.qmp", dst.name)).display()
+            ),
+        )
+        .expect("write destination file");
+        dests.push(dst);
+    }
+    std::fs::write(
+        work.join("prepare.sh"),
+        format!(
+            "#!/bin/sh\nset -e\ntest -n \"$AEROSTAT_VM_MEMORY\"\ncat {}/\"$AEROSTAT_VM\".dest\n",
+            work.display()
+        ),
+    )
+    .expect("write hook");
+    dests
+}
+
+/// The daemon's config for the escape tests: the cgroup is the host (64 MiB reserve), the
+/// guests' floor is `min` with 96 MiB overhead each, `a` outranks `b`, and the escape moves
+/// a guest through the hook `escape_destinations` wrote after 5 s of pressure.
+fn escape_config(work: &Path, cg: &Path, qmp_dir: &Path, min: &str) -> String {
+    format!(
+        "[host]\nreserve = \"64MiB\"\ncgroup = \"{}\"\n\
+         [policy]\nname = \"aerostat\"\ninterval = \"1s\"\n\
+         [qemu]\nqmp_glob = \"{}/*.qmp\"\nstats_interval = \"1s\"\n\
+         [vm_defaults]\nmin = \"{min}\"\noverhead = \"96MiB\"\n\
+         [vm.a]\npriority = 2.0\n\
+         [migration]\nescape = true\nprepare = [\"/bin/sh\", \"{}\"]\ngrace = \"5s\"\n\
+         bandwidth = \"128MiB/s\"\nmax_time = \"60s\"\n",
+        cg.display(),
+        qmp_dir.display(),
+        work.join("prepare.sh").display()
+    )
+}
+
+/// The daemon's decision lines of one event kind (`escape`, `escape_finished`).
+fn escape_lines(d: &Daemon, event: &str) -> Vec<Value> {
+    d.decisions()
+        .into_iter()
+        .filter(|l| l["event"] == event)
+        .collect()
+}
+
 /// (d) The daemon's escape: two guests in a memory cgroup standing for a host that their
 /// floors no longer fit. `--dry-run` names the guest it would move and why, and moves nothing;
 /// then the daemon moves that guest (the lower-priority one) to a destination its `prepare`
@@ -417,49 +477,8 @@ fn daemon_escape_moves_a_guest_off_a_host_its_floors_no_longer_fit() {
         })
         .collect();
     let mut vms = start_all(&files, &specs);
-    // A destination ready for each guest (another host: outside the cgroup); the hook prints
-    // the one prepared for the guest it is asked about.
-    let mut dests = Vec::new();
-    for vm in &vms {
-        let (dst, port) = destination(&files, vm, &dest_dir, 1);
-        std::fs::write(
-            work.path().join(format!("{}.dest", vm.name)),
-            format!(
-                "preparing {}\nuri=tcp:127.0.0.1:{port}\ndest_qmp={}\n",
-                vm.name,
-                dest_dir.join(format!("{}.qmp", dst.name)).display()
-            ),
-        )
-        .expect("write destination file");
-        dests.push(dst);
-    }
-    let hook = work.path().join("prepare.sh");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\nset -e\ntest -n \"$AEROSTAT_VM_MEMORY\"\ncat {}/\"$AEROSTAT_VM\".dest\n",
-            work.path().display()
-        ),
-    )
-    .expect("write hook");
-    let config = format!(
-        "[host]\nreserve = \"64MiB\"\ncgroup = \"{}\"\n\
-         [policy]\nname = \"aerostat\"\ninterval = \"1s\"\n\
-         [qemu]\nqmp_glob = \"{}/*.qmp\"\nstats_interval = \"1s\"\n\
-         [vm_defaults]\nmin = \"448MiB\"\noverhead = \"96MiB\"\n\
-         [vm.a]\npriority = 2.0\n\
-         [migration]\nescape = true\nprepare = [\"/bin/sh\", \"{}\"]\ngrace = \"5s\"\n\
-         bandwidth = \"128MiB/s\"\nmax_time = \"60s\"\n",
-        cg.path().display(),
-        qmp_dir.display(),
-        hook.display()
-    );
-    let escape_lines = |d: &Daemon, event: &str| -> Vec<Value> {
-        d.decisions()
-            .into_iter()
-            .filter(|l| l["event"] == event)
-            .collect()
-    };
+    let mut dests = escape_destinations(&files, &vms, work.path(), &dest_dir);
+    let config = escape_config(work.path(), cg.path(), &qmp_dir, "448MiB");
 
     // Dry run: the choice and its reason, nothing moves.
     let mut dry = Daemon::start_with(work.path(), 1, &config, &["--dry-run"]);
@@ -517,6 +536,102 @@ fn daemon_escape_moves_a_guest_off_a_host_its_floors_no_longer_fit() {
     );
     assert_eq!(run_state(&vms[0]), "running");
     assert_guest_alive(&vms[0], false);
+    assert_eq!(cg.host().sample().expect("cgroup").oom_kills, Some(0));
+    daemon.terminate(Duration::from_secs(5));
+    vms[0].kill();
+    for d in &mut dests {
+        d.kill();
+    }
+}
+
+/// The escape's second trigger, on real guests: the floors fit, the working sets do not. Two
+/// 512 MiB guests with swap on a 1 GiB cgroup host each keep rewriting 400 MiB; the host gives
+/// both 768 MiB, so they swap and ask for memory the host cannot give. After the grace the
+/// daemon moves the lower-priority guest away (its swap disk is shared storage, as a
+/// destination host would see it), and the guest that stays gets its memory back.
+#[test]
+fn daemon_escape_moves_a_guest_away_when_the_working_sets_no_longer_fit() {
+    const TEST: &str = "escape_working_sets";
+    let _serial = serial_lock();
+    let Some(files) = prerequisites(TEST) else {
+        return;
+    };
+    let Some(cg) = TestCgroup::create(TEST, aerostat_core::Bytes::mib(1024)) else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("work dir");
+    let qmp_dir = work.path().join("qmp");
+    let dest_dir = work.path().join("dest");
+    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    std::fs::create_dir(&dest_dir).expect("dest dir");
+    let specs: Vec<VmSpec> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            VmSpec::new(n, 512)
+                .daemon_dir(&qmp_dir)
+                .in_cgroup(cg.path())
+                .swap_disk(512)
+        })
+        .collect();
+    let mut vms = start_all(&files, &specs);
+    for vm in &vms {
+        vm.run_ok("mkswap /dev/vda >/dev/null && swapon /dev/vda");
+    }
+    let mut dests = escape_destinations(&files, &vms, work.path(), &dest_dir);
+    // Floors: 2 × (192 MiB min + 96 MiB overhead) = 576 MiB of the 960 the host gives.
+    let config = escape_config(work.path(), cg.path(), &qmp_dir, "192MiB");
+    let mut daemon = Daemon::start(work.path(), 1, &config);
+    // The idle guests are fitted into the host first: 960 − 2 × 96 = 768 MiB for both.
+    wait_until(
+        Duration::from_secs(90),
+        "the daemon to fit both guests into the host",
+        || vms.iter().map(TestVm::balloon_actual).sum::<u64>() <= 768 << 20,
+    );
+    let t0 = Instant::now();
+    for vm in &vms {
+        vm.run_ok("memhog 400 --dirty --rate 20 --quiet >/tmp/ws.log 2>&1 &");
+    }
+    wait_until(Duration::from_secs(240), "the escape to finish", || {
+        !escape_lines(&daemon, "escape_finished").is_empty()
+    });
+    let chosen = escape_lines(&daemon, "escape").remove(0);
+    let done = escape_lines(&daemon, "escape_finished").remove(0);
+    println!(
+        "escape: {chosen:#}\nfinished {:.1} s after the working sets started: {done:#}",
+        t0.elapsed().as_secs_f64()
+    );
+    let pressure = chosen["pressure"].as_str().expect("pressure");
+    assert!(
+        pressure.contains("guests under memory pressure lack"),
+        "the working-set trigger, not another: {chosen:#}"
+    );
+    assert!(
+        !daemon.log().contains("FloorsDoNotFit"),
+        "the floors fit all along"
+    );
+    assert_eq!(chosen["guest"], "b", "the lower-priority guest: {chosen:#}");
+    assert_eq!(done["completed"], true, "{done:#}");
+    wait_until(
+        Duration::from_secs(30),
+        "the source QEMU of b to exit",
+        || !vms[1].alive(),
+    );
+    // b runs on the destination, its rewriting process too (its swapped pages came along).
+    assert_eq!(dests[1].qmp("query-status", None)["status"], "running");
+    assert_guest_alive(&dests[1], true);
+    // a gets the memory b left: its balloon gives back beyond the 384 MiB it was held to.
+    let grown = wait_until(
+        Duration::from_secs(60),
+        "a's balloon to give back the memory b left",
+        || vms[0].balloon_actual() > 448 << 20,
+    );
+    println!(
+        "a: balloon actual {} MiB, {grown:?} after the escape",
+        vms[0].balloon_actual() >> 20
+    );
+    assert_guest_alive(&vms[0], true);
+    assert_eq!(vms[0].guest_oom_kills(), Some(0));
+    assert_eq!(dests[1].guest_oom_kills(), Some(0));
     assert_eq!(cg.host().sample().expect("cgroup").oom_kills, Some(0));
     daemon.terminate(Duration::from_secs(5));
     vms[0].kill();

@@ -214,9 +214,19 @@ pub struct VmSpec {
     /// `-incoming URI`: a migration destination (same command line otherwise). Its guest
     /// never prints the ready marker: it arrives already running.
     pub incoming: Option<String>,
-    /// A virtio-blk disk of this many MiB (a sparse file in the VM's temp dir) for the guest
-    /// to swap on: `/dev/vda`, not formatted.
-    pub swap_disk_mib: Option<u64>,
+    /// A virtio-blk disk for the guest to swap on: `/dev/vda`, not formatted.
+    pub swap_disk: Option<SwapDisk>,
+}
+
+/// Where a guest's swap disk comes from.
+#[derive(Debug, Clone)]
+pub enum SwapDisk {
+    /// A new sparse file of this many MiB in the VM's temp dir.
+    New(u64),
+    /// The migration source's image: a destination must see the pages the guest swapped out
+    /// (shared storage; QEMU takes the image's write lock on the destination only when the
+    /// migration completes and the source lets go).
+    SharedWith(PathBuf),
 }
 
 impl VmSpec {
@@ -228,12 +238,18 @@ impl VmSpec {
             daemon_qmp_dir: None,
             cgroup: None,
             incoming: None,
-            swap_disk_mib: None,
+            swap_disk: None,
         }
     }
 
     pub fn swap_disk(mut self, mib: u64) -> VmSpec {
-        self.swap_disk_mib = Some(mib);
+        self.swap_disk = Some(SwapDisk::New(mib));
+        self
+    }
+
+    /// The swap disk of the guest `src` (for its migration destination), if it has one.
+    pub fn swap_disk_of(mut self, src: &TestVm) -> VmSpec {
+        self.swap_disk = src.swap_disk.clone().map(SwapDisk::SharedWith);
         self
     }
 
@@ -268,6 +284,8 @@ pub struct TestVm {
     pub daemon_qmp: Option<PathBuf>,
     pub console: PathBuf,
     pub boot_time: Option<Duration>,
+    /// The image behind `/dev/vda`, if the guest has a swap disk.
+    pub swap_disk: Option<PathBuf>,
     started: Instant,
 }
 
@@ -315,11 +333,17 @@ impl TestVm {
                 .arg(format!("unix:{},server=on,wait=off", d.display()));
         }
         cmd.args(["-device", &balloon]);
-        if let Some(mib) = spec.swap_disk_mib {
-            let disk = dir.path().join("swap.img");
-            std::fs::File::create(&disk)
-                .and_then(|f| f.set_len(mib << 20))
-                .expect("swap disk image");
+        let swap_disk = spec.swap_disk.as_ref().map(|d| match d {
+            SwapDisk::New(mib) => {
+                let disk = dir.path().join("swap.img");
+                std::fs::File::create(&disk)
+                    .and_then(|f| f.set_len(mib << 20))
+                    .expect("swap disk image");
+                disk
+            }
+            SwapDisk::SharedWith(path) => path.clone(),
+        });
+        if let Some(disk) = &swap_disk {
             cmd.arg("-drive")
                 .arg(format!(
                     "file={},if=none,id=swap0,format=raw,cache=unsafe",
@@ -349,6 +373,7 @@ impl TestVm {
             daemon_qmp,
             console,
             boot_time: None,
+            swap_disk,
             started: Instant::now(),
         }
     }
