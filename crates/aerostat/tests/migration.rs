@@ -389,8 +389,56 @@ fn destination_killed_before_the_switch_leaves_the_source_running() {
     assert_guest_alive(&p.src, true);
 }
 
-/// A migration destination ready for each guest (another host: outside the test's cgroup),
-/// and the `prepare` hook that prints the one prepared for the guest it is asked about.
+/// The escape tests' host: a 1 GiB memory cgroup holding two 512 MiB guests `a` and `b`
+/// (with a swap disk of `swap_mib` each, swapped on, if given) that the daemon finds in
+/// `WORK/qmp`, and a migration destination ready for each (another host: outside the cgroup).
+struct EscapeHost {
+    cg: TestCgroup,
+    work: tempfile::TempDir,
+    vms: Vec<TestVm>,
+    dests: Vec<TestVm>,
+}
+
+impl EscapeHost {
+    /// `None` after a `SKIP:` line when QEMU, the guest or a cgroup is missing.
+    fn start(test: &str, swap_mib: Option<u64>) -> Option<EscapeHost> {
+        let files = prerequisites(test)?;
+        let cg = TestCgroup::create(test, aerostat_core::Bytes::mib(1024))?;
+        let work = tempfile::tempdir().expect("work dir");
+        let qmp_dir = work.path().join("qmp");
+        let dest_dir = work.path().join("dest");
+        std::fs::create_dir(&qmp_dir).expect("qmp dir");
+        std::fs::create_dir(&dest_dir).expect("dest dir");
+        let specs: Vec<VmSpec> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                let spec = VmSpec::new(n, 512)
+                    .daemon_dir(&qmp_dir)
+                    .in_cgroup(cg.path());
+                match swap_mib {
+                    Some(mib) => spec.swap_disk(mib),
+                    None => spec,
+                }
+            })
+            .collect();
+        let vms = start_all(&files, &specs);
+        if swap_mib.is_some() {
+            for vm in &vms {
+                vm.run_ok("mkswap /dev/vda >/dev/null && swapon /dev/vda");
+            }
+        }
+        let dests = escape_destinations(&files, &vms, work.path(), &dest_dir);
+        Some(EscapeHost {
+            cg,
+            work,
+            vms,
+            dests,
+        })
+    }
+}
+
+/// A migration destination ready for each guest, and the `prepare` hook that prints the one
+/// prepared for the guest it is asked about.
 fn escape_destinations(
     files: &GuestFiles,
     vms: &[TestVm],
@@ -425,7 +473,7 @@ fn escape_destinations(
 /// The daemon's config for the escape tests: the cgroup is the host (64 MiB reserve), the
 /// guests' floor is `min` with 96 MiB overhead each, `a` outranks `b`, and the escape moves
 /// a guest through the hook `escape_destinations` wrote after 5 s of pressure.
-fn escape_config(work: &Path, cg: &Path, qmp_dir: &Path, min: &str) -> String {
+fn escape_config(work: &Path, cg: &Path, min: &str) -> String {
     format!(
         "[host]\nreserve = \"64MiB\"\ncgroup = \"{}\"\n\
          [policy]\nname = \"aerostat\"\ninterval = \"1s\"\n\
@@ -435,7 +483,7 @@ fn escape_config(work: &Path, cg: &Path, qmp_dir: &Path, min: &str) -> String {
          [migration]\nescape = true\nprepare = [\"/bin/sh\", \"{}\"]\ngrace = \"5s\"\n\
          bandwidth = \"128MiB/s\"\nmax_time = \"60s\"\n",
         cg.display(),
-        qmp_dir.display(),
+        work.join("qmp").display(),
         work.join("prepare.sh").display()
     )
 }
@@ -454,31 +502,18 @@ fn escape_lines(d: &Daemon, event: &str) -> Vec<Value> {
 /// hook names, quits the source, and the floors of the guest that stays fit again.
 #[test]
 fn daemon_escape_moves_a_guest_off_a_host_its_floors_no_longer_fit() {
-    const TEST: &str = "escape";
     let _serial = serial_lock();
-    let Some(files) = prerequisites(TEST) else {
+    let Some(EscapeHost {
+        cg,
+        work,
+        mut vms,
+        mut dests,
+    }) = EscapeHost::start("escape", None)
+    else {
         return;
     };
     // Floors: 2 × (448 MiB min + 96 MiB overhead) = 1088 MiB; the host gives 1024 − 64 = 960.
-    let Some(cg) = TestCgroup::create(TEST, aerostat_core::Bytes::mib(1024)) else {
-        return;
-    };
-    let work = tempfile::tempdir().expect("work dir");
-    let qmp_dir = work.path().join("qmp");
-    let dest_dir = work.path().join("dest");
-    std::fs::create_dir(&qmp_dir).expect("qmp dir");
-    std::fs::create_dir(&dest_dir).expect("dest dir");
-    let specs: Vec<VmSpec> = ["a", "b"]
-        .iter()
-        .map(|n| {
-            VmSpec::new(n, 512)
-                .daemon_dir(&qmp_dir)
-                .in_cgroup(cg.path())
-        })
-        .collect();
-    let mut vms = start_all(&files, &specs);
-    let mut dests = escape_destinations(&files, &vms, work.path(), &dest_dir);
-    let config = escape_config(work.path(), cg.path(), &qmp_dir, "448MiB");
+    let config = escape_config(work.path(), cg.path(), "448MiB");
 
     // Dry run: the choice and its reason, nothing moves.
     let mut dry = Daemon::start_with(work.path(), 1, &config, &["--dry-run"]);
@@ -551,35 +586,18 @@ fn daemon_escape_moves_a_guest_off_a_host_its_floors_no_longer_fit() {
 /// destination host would see it), and the guest that stays gets its memory back.
 #[test]
 fn daemon_escape_moves_a_guest_away_when_the_working_sets_no_longer_fit() {
-    const TEST: &str = "escape_working_sets";
     let _serial = serial_lock();
-    let Some(files) = prerequisites(TEST) else {
+    let Some(EscapeHost {
+        cg,
+        work,
+        mut vms,
+        mut dests,
+    }) = EscapeHost::start("escape_working_sets", Some(512))
+    else {
         return;
     };
-    let Some(cg) = TestCgroup::create(TEST, aerostat_core::Bytes::mib(1024)) else {
-        return;
-    };
-    let work = tempfile::tempdir().expect("work dir");
-    let qmp_dir = work.path().join("qmp");
-    let dest_dir = work.path().join("dest");
-    std::fs::create_dir(&qmp_dir).expect("qmp dir");
-    std::fs::create_dir(&dest_dir).expect("dest dir");
-    let specs: Vec<VmSpec> = ["a", "b"]
-        .iter()
-        .map(|n| {
-            VmSpec::new(n, 512)
-                .daemon_dir(&qmp_dir)
-                .in_cgroup(cg.path())
-                .swap_disk(512)
-        })
-        .collect();
-    let mut vms = start_all(&files, &specs);
-    for vm in &vms {
-        vm.run_ok("mkswap /dev/vda >/dev/null && swapon /dev/vda");
-    }
-    let mut dests = escape_destinations(&files, &vms, work.path(), &dest_dir);
     // Floors: 2 × (192 MiB min + 96 MiB overhead) = 576 MiB of the 960 the host gives.
-    let config = escape_config(work.path(), cg.path(), &qmp_dir, "192MiB");
+    let config = escape_config(work.path(), cg.path(), "192MiB");
     let mut daemon = Daemon::start(work.path(), 1, &config);
     // The idle guests are fitted into the host first: 960 − 2 × 96 = 768 MiB for both.
     wait_until(
