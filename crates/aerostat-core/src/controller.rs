@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::decision::{Action, ActionKind, Alert, Decision, Rule};
 use crate::observation::{Observation, VmSample};
 use crate::per_vm::PerVm;
-use crate::planner::escape::{floors_held, hot_memory_stays};
+use crate::planner::escape::{MIN_UNMET, floors_held, hot_memory_stays};
 use crate::policy::{Policy, Proposal, Reason, WorkingSet};
 use crate::units::{Bytes, Millis};
 
@@ -344,6 +344,9 @@ impl Controller {
 
         // Guard 3: the host reserve.
         let mut alerts = Vec::new();
+        if let Some(unmet) = self.policy.unmet_need().filter(|u| *u >= MIN_UNMET) {
+            alerts.push(Alert::WorkingSetsDoNotFit { unmet });
+        }
         if let Some(reserve) = self.guards.reserve {
             let capacity = obs.host.capacity(reserve);
             let floors = floors_held(obs);
@@ -353,6 +356,7 @@ impl Controller {
                     capacity,
                 });
             }
+
             stalled.clear();
             stalled.extend((0..obs.vms.len()).map(|i| {
                 pending[i]

@@ -96,6 +96,26 @@ impl Action {
 pub enum Alert {
     /// Σ floors + overheads exceed what the host can give guests: only migration helps.
     FloorsDoNotFit { need: Bytes, capacity: Bytes },
+    /// Guests under memory pressure (swapping in, refaulting) asked for `unmet` more than
+    /// the host could give them this tick ([`crate::policy::Policy::unmet_need`], at least
+    /// [`crate::planner::escape::MIN_UNMET`]): their working sets no longer fit, though
+    /// their floors may. Only a departure, or more memory, helps.
+    WorkingSetsDoNotFit { unmet: Bytes },
+}
+
+impl std::fmt::Display for Alert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Alert::FloorsDoNotFit { need, capacity } => write!(
+                f,
+                "floors do not fit: floors and overheads need {need}, the host gives guests {capacity}"
+            ),
+            Alert::WorkingSetsDoNotFit { unmet } => write!(
+                f,
+                "working sets do not fit: guests under memory pressure lack {unmet} the host cannot give"
+            ),
+        }
+    }
 }
 
 /// One tick's output.

@@ -623,9 +623,14 @@ fn daemon_escape_moves_a_guest_away_when_the_working_sets_no_longer_fit() {
         pressure.contains("guests under memory pressure lack"),
         "the working-set trigger, not another: {chosen:#}"
     );
+    let log = daemon.log();
     assert!(
-        !daemon.log().contains("FloorsDoNotFit"),
+        !log.contains("floors do not fit"),
         "the floors fit all along"
+    );
+    assert!(
+        log.contains("memory alert") && log.contains("working sets do not fit"),
+        "the operator was told before the escape"
     );
     assert_eq!(chosen["guest"], "b", "the lower-priority guest: {chosen:#}");
     assert_eq!(done["completed"], true, "{done:#}");

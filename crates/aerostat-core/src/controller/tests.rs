@@ -33,6 +33,7 @@ fn aerostat_guards(reserve: Bytes) -> GuardConfig {
 struct Scripted {
     next: Arc<Mutex<Vec<(usize, Bytes)>>>,
     working_sets: Vec<Option<WorkingSet>>,
+    unmet: Option<Bytes>,
 }
 
 impl Policy for Scripted {
@@ -53,6 +54,9 @@ impl Policy for Scripted {
     }
     fn working_set(&self, vm: usize) -> Option<WorkingSet> {
         self.working_sets.get(vm).copied().flatten()
+    }
+    fn unmet_need(&self) -> Option<Bytes> {
+        self.unmet
     }
 }
 
@@ -623,6 +627,41 @@ fn one_tick(
     })
 }
 
+/// The policy's unmet need becomes an alert an operator sees (`aerostat status`, the log)
+/// from 64 MiB on, with or without the escape: the floors fit, the working sets do not.
+#[test]
+fn unmet_need_is_an_alert_that_working_sets_do_not_fit() {
+    let alerts = |unmet: Option<Bytes>| {
+        let script = Scripted {
+            unmet,
+            ..Scripted::default()
+        };
+        let mut ctl = Controller::with_guards(Box::new(script), aerostat_guards(Bytes::gib(1)));
+        let d = ctl.tick(&Observation {
+            time: Millis::secs(100),
+            host: HostSample {
+                total: Bytes::gib(16),
+                ..HostSample::default()
+            },
+            vms: vec![VmSample::new("a", Bytes::gib(8), Bytes::gib(8))],
+        });
+        d.alerts
+    };
+    assert_eq!(
+        alerts(Some(Bytes::mib(100))),
+        vec![Alert::WorkingSetsDoNotFit {
+            unmet: Bytes::mib(100)
+        }]
+    );
+    assert!(
+        alerts(Some(Bytes::mib(100)))[0]
+            .to_string()
+            .contains("working sets do not fit")
+    );
+    assert_eq!(alerts(Some(Bytes::mib(63))), vec![]);
+    assert_eq!(alerts(None), vec![]);
+}
+
 /// A VM whose balloon sits below its (raised) floor is lifted to the floor; when the host
 /// is tight the reserve guard cuts that "growth" proportionally like any other and sends a
 /// target *below the floor* — although other guests could give the memory instead.
@@ -1070,10 +1109,13 @@ fn decision() -> impl Strategy<Value = Decision> {
             rule,
             reason,
         });
-    let alert = (any::<u64>(), any::<u64>()).prop_map(|(n, c)| Alert::FloorsDoNotFit {
-        need: Bytes(n),
-        capacity: Bytes(c),
-    });
+    let alert = prop_oneof![
+        (any::<u64>(), any::<u64>()).prop_map(|(n, c)| Alert::FloorsDoNotFit {
+            need: Bytes(n),
+            capacity: Bytes(c),
+        }),
+        any::<u64>().prop_map(|u| Alert::WorkingSetsDoNotFit { unmet: Bytes(u) }),
+    ];
     (
         any::<u64>(),
         any::<String>(),

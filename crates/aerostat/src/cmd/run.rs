@@ -101,11 +101,51 @@ fn table(s: &Status) -> String {
                 s.capacity >> 20
             )
         });
-    format!(
+    let mut out = format!(
         "policy {} every {} ms{} — tick {}\n{host}\n{t}",
         s.policy,
         s.interval_ms,
         if s.dry_run { " (dry run)" } else { "" },
         s.ticks
-    )
+    );
+    // What no balloon can fix, under the table where the eye ends.
+    for alert in &s.alerts {
+        out.push_str(&format!("\nALERT: {alert}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aerostat_core::{Alert, Bytes};
+
+    #[test]
+    fn the_status_table_ends_with_the_alerts() {
+        let mut s = Status {
+            policy: "aerostat".into(),
+            vms: vec![daemon::VmStatus {
+                name: "web".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(!table(&s).contains("ALERT"));
+        s.alerts = vec![
+            Alert::FloorsDoNotFit {
+                need: Bytes::gib(2),
+                capacity: Bytes::gib(1),
+            },
+            Alert::WorkingSetsDoNotFit {
+                unmet: Bytes::mib(100),
+            },
+        ];
+        let text = table(&s);
+        let last: Vec<&str> = text.lines().rev().take(2).collect();
+        assert!(last[1].starts_with("ALERT: floors do not fit"), "{text}");
+        assert!(
+            last[0].starts_with("ALERT: working sets do not fit") && last[0].contains("100"),
+            "{text}"
+        );
+    }
 }

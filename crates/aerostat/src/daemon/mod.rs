@@ -248,7 +248,7 @@ async fn tick(
         registry.apply(&decision.actions, config, metrics).await;
     }
     for alert in &decision.alerts {
-        tracing::warn!(?alert, "memory alert");
+        tracing::warn!(%alert, "memory alert");
     }
     registry.remember(&decision.actions);
 
