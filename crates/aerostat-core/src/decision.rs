@@ -103,6 +103,18 @@ pub enum Alert {
     WorkingSetsDoNotFit { unmet: Bytes },
 }
 
+impl Alert {
+    /// Every kind, as serialised (`kind`) and labelled in `/metrics`.
+    pub const KINDS: [&'static str; 2] = ["floors_do_not_fit", "working_sets_do_not_fit"];
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Alert::FloorsDoNotFit { .. } => Alert::KINDS[0],
+            Alert::WorkingSetsDoNotFit { .. } => Alert::KINDS[1],
+        }
+    }
+}
+
 impl std::fmt::Display for Alert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -631,6 +631,8 @@ fn metrics_status_and_sigterm() {
         ("aerostat_vm_errors", "counter"),
         ("aerostat_tick_errors", "counter"),
         ("aerostat_tick_duration_seconds", "gauge"),
+        ("aerostat_alert_active", "gauge"),
+        ("aerostat_unmet_need_bytes", "gauge"),
     ] {
         assert_eq!(m.type_of(family), Some(ty), "# TYPE of {family}");
         assert!(
@@ -638,6 +640,15 @@ fn metrics_status_and_sigterm() {
             "# HELP of {family}"
         );
     }
+    // Two idle guests on a roomy host: no alert, every kind present.
+    for kind in aerostat_core::Alert::KINDS {
+        assert_eq!(
+            m.value("aerostat_alert_active", &[("kind", kind)]),
+            Some(0.0),
+            "{kind}"
+        );
+    }
+    assert_eq!(m.value("aerostat_unmet_need_bytes", &[]), Some(0.0));
     let host_total = m
         .value("aerostat_host_total_bytes", &[])
         .expect("host total");

@@ -23,6 +23,11 @@ pub struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub vm: String,
     pub kind: String,
@@ -41,6 +46,8 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub tick_errors: Counter,
     pub tick_seconds: Gauge<f64, AtomicU64>,
+    pub alert_active: Family<AlertLabels, Gauge>,
+    pub unmet_need: Gauge,
     known_vms: Mutex<BTreeSet<String>>,
 }
 
@@ -63,6 +70,8 @@ impl Metrics {
             errors: Family::default(),
             tick_errors: Counter::default(),
             tick_seconds: Gauge::default(),
+            alert_active: Family::default(),
+            unmet_need: Gauge::default(),
             known_vms: Mutex::default(),
             registry: Registry::default(),
         };
@@ -111,7 +120,34 @@ impl Metrics {
             "Wall time of the last control tick, seconds",
             m.tick_seconds.clone(),
         );
+        registry.register(
+            "aerostat_alert_active",
+            "1 while the last tick raised this alert (what no balloon can fix), else 0",
+            m.alert_active.clone(),
+        );
+        registry.register(
+            "aerostat_unmet_need_bytes",
+            "Memory guests under pressure asked for and the host could not give, last tick",
+            m.unmet_need.clone(),
+        );
+        for kind in aerostat_core::Alert::KINDS {
+            m.alert_active
+                .get_or_create(&AlertLabels { kind: kind.into() })
+                .set(0);
+        }
         Metrics { registry, ..m }
+    }
+
+    /// This tick's alerts (every kind present, 0 or 1) and the policy's unmet need.
+    pub fn set_alerts(&self, alerts: &[aerostat_core::Alert], unmet: Option<Bytes>) {
+        for kind in aerostat_core::Alert::KINDS {
+            let active = alerts.iter().any(|a| a.kind() == kind);
+            self.alert_active
+                .get_or_create(&AlertLabels { kind: kind.into() })
+                .set(i64::from(active));
+        }
+        self.unmet_need
+            .set(unmet.map_or(0, |u| i64::try_from(u.0).unwrap_or(i64::MAX)));
     }
 
     pub fn set_vm(&self, vm: &str, actual: Bytes, target: Option<Bytes>, configured: Bytes) {

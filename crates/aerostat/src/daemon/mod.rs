@@ -255,6 +255,7 @@ async fn tick(
     // Publish.
     metrics.host_available.set(host_sample.available.0 as i64);
     metrics.host_total.set(host_sample.total.0 as i64);
+    metrics.set_alerts(&decision.alerts, controller.unmet_need());
     let mut vms = Vec::new();
     for s in &samples {
         let target = controller.target_of(&s.sample.name);
