@@ -527,6 +527,14 @@ fn daemon_escape_moves_a_guest_off_a_host_its_floors_no_longer_fit() {
     let reason = line["reason"].as_str().expect("reason");
     assert!(reason.contains("floors need"), "{reason}");
     assert!(reason.contains("move b"), "{reason}");
+    // What the operator sees meanwhile: the alert under the status table, and in /metrics.
+    let table = dry.status_table();
+    assert!(table.contains("ALERT: floors do not fit"), "{table}");
+    let m = parse_prometheus(&dry.metrics()).expect("metrics");
+    assert_eq!(
+        m.value("aerostat_alert_active", &[("kind", "floors_do_not_fit")]),
+        Some(1.0)
+    );
     dry.terminate(Duration::from_secs(5));
     assert!(escape_lines(&dry, "escape_finished").is_empty());
     assert_eq!(run_state(&vms[1]), "running", "dry run moved nothing");

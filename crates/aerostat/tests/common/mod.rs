@@ -721,6 +721,16 @@ impl Daemon {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
     }
 
+    /// What `aerostat status` prints for this daemon (the table, then any `ALERT:` lines).
+    pub fn status_table(&self) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_aerostat"))
+            .args(["status", "--api", &format!("127.0.0.1:{}", self.port)])
+            .output()
+            .expect("aerostat status");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn metrics(&self) -> String {
         self.get("/metrics").expect("GET /metrics")
     }
