@@ -488,6 +488,33 @@ fn escape_config(work: &Path, cg: &Path, min: &str) -> String {
     )
 }
 
+/// Waits for the daemon's first escape to finish: (its `escape` line, its `escape_finished`
+/// line), printed with the time since `t0`.
+fn wait_for_escape(daemon: &Daemon, t0: Instant, timeout: Duration) -> (Value, Value) {
+    wait_until(timeout, "the escape to finish", || {
+        !escape_lines(daemon, "escape_finished").is_empty()
+    });
+    let chosen = escape_lines(daemon, "escape").remove(0);
+    let done = escape_lines(daemon, "escape_finished").remove(0);
+    println!(
+        "escape: {chosen:#}\nfinished after {:.1} s: {done:#}",
+        t0.elapsed().as_secs_f64()
+    );
+    (chosen, done)
+}
+
+/// `b` left: its source QEMU exited (its memory left the host), and it runs on its
+/// destination (with its memhog, if it had one).
+fn assert_b_moved(vms: &mut [TestVm], dests: &[TestVm], expect_memhog: bool) {
+    wait_until(
+        Duration::from_secs(30),
+        "the source QEMU of b to exit",
+        || !vms[1].alive(),
+    );
+    assert_eq!(dests[1].qmp("query-status", None)["status"], "running");
+    assert_guest_alive(&dests[1], expect_memhog);
+}
+
 /// The daemon's decision lines of one event kind (`escape`, `escape_finished`).
 fn escape_lines(d: &Daemon, event: &str) -> Vec<Value> {
     d.decisions()
@@ -543,15 +570,7 @@ fn daemon_escape_moves_a_guest_off_a_host_its_floors_no_longer_fit() {
     // For real.
     let t0 = Instant::now();
     let mut daemon = Daemon::start(work.path(), 2, &config);
-    wait_until(Duration::from_secs(180), "the escape to finish", || {
-        !escape_lines(&daemon, "escape_finished").is_empty()
-    });
-    let chosen = escape_lines(&daemon, "escape").remove(0);
-    let done = escape_lines(&daemon, "escape_finished").remove(0);
-    println!(
-        "escape: {chosen:#}\nfinished after {:.1} s: {done:#}",
-        t0.elapsed().as_secs_f64()
-    );
+    let (chosen, done) = wait_for_escape(&daemon, t0, Duration::from_secs(180));
     assert_eq!(chosen["guest"], "b");
     assert_eq!(done["guest"], "b");
     assert_eq!(done["completed"], true, "{done:#}");
@@ -559,14 +578,7 @@ fn daemon_escape_moves_a_guest_off_a_host_its_floors_no_longer_fit() {
         done["paused_ms"].as_u64().expect("paused") <= pause_bound(300),
         "{done:#}"
     );
-    // The source quit (its memory left the host), the guest runs on the destination.
-    wait_until(
-        Duration::from_secs(30),
-        "the source QEMU of b to exit",
-        || !vms[1].alive(),
-    );
-    assert_eq!(dests[1].qmp("query-status", None)["status"], "running");
-    assert_guest_alive(&dests[1], false);
+    assert_b_moved(&mut vms, &dests, false);
     // The daemon forgets b; a's floor fits; a stays and runs.
     wait_until(
         Duration::from_secs(30),
@@ -617,15 +629,8 @@ fn daemon_escape_moves_a_guest_away_when_the_working_sets_no_longer_fit() {
     for vm in &vms {
         vm.run_ok("memhog 400 --dirty --rate 20 --quiet >/tmp/ws.log 2>&1 &");
     }
-    wait_until(Duration::from_secs(240), "the escape to finish", || {
-        !escape_lines(&daemon, "escape_finished").is_empty()
-    });
-    let chosen = escape_lines(&daemon, "escape").remove(0);
-    let done = escape_lines(&daemon, "escape_finished").remove(0);
-    println!(
-        "escape: {chosen:#}\nfinished {:.1} s after the working sets started: {done:#}",
-        t0.elapsed().as_secs_f64()
-    );
+    // t0: when the working sets started.
+    let (chosen, done) = wait_for_escape(&daemon, t0, Duration::from_secs(240));
     let pressure = chosen["pressure"].as_str().expect("pressure");
     assert!(
         pressure.contains("guests under memory pressure lack"),
@@ -642,14 +647,8 @@ fn daemon_escape_moves_a_guest_away_when_the_working_sets_no_longer_fit() {
     );
     assert_eq!(chosen["guest"], "b", "the lower-priority guest: {chosen:#}");
     assert_eq!(done["completed"], true, "{done:#}");
-    wait_until(
-        Duration::from_secs(30),
-        "the source QEMU of b to exit",
-        || !vms[1].alive(),
-    );
     // b runs on the destination, its rewriting process too (its swapped pages came along).
-    assert_eq!(dests[1].qmp("query-status", None)["status"], "running");
-    assert_guest_alive(&dests[1], true);
+    assert_b_moved(&mut vms, &dests, true);
     // a gets the memory b left: its balloon gives back beyond the 384 MiB it was held to.
     let grown = wait_until(
         Duration::from_secs(60),
