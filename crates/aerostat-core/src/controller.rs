@@ -356,7 +356,6 @@ impl Controller {
                     capacity,
                 });
             }
-
             stalled.clear();
             stalled.extend((0..obs.vms.len()).map(|i| {
                 pending[i]

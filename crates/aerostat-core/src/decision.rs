@@ -140,3 +140,29 @@ pub struct Decision {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<Alert>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Alert::KINDS` is written by hand beside serde's `kind` tag: they must not drift.
+    #[test]
+    fn alert_kinds_are_the_serialised_tags() {
+        let every = [
+            Alert::FloorsDoNotFit {
+                need: Bytes(2),
+                capacity: Bytes(1),
+            },
+            Alert::WorkingSetsDoNotFit { unmet: Bytes(1) },
+        ];
+        let tags: Vec<String> = every
+            .iter()
+            .map(|a| {
+                let v = serde_json::to_value(a).expect("serialise");
+                assert_eq!(v["kind"], a.kind(), "{a:?}");
+                a.kind().to_string()
+            })
+            .collect();
+        assert_eq!(tags, Alert::KINDS);
+    }
+}

@@ -224,8 +224,8 @@ pub enum SwapDisk {
     /// A new sparse file of this many MiB in the VM's temp dir.
     New(u64),
     /// The migration source's image: a destination must see the pages the guest swapped out
-    /// (shared storage; QEMU takes the image's write lock on the destination only when the
-    /// migration completes and the source lets go).
+    /// (shared storage, as between two hosts; source and destination QEMU opening the same
+    /// image on one machine worked in every run of the escape test).
     SharedWith(PathBuf),
 }
 
