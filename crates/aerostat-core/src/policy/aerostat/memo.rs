@@ -33,6 +33,9 @@ pub(super) struct Memo {
     /// pressure — a burst that outran its room — and when (`burst_room`).
     pub(super) burst_seen: f64,
     pub(super) burst_seen_at: Millis,
+    /// A burst learned in the wake of an OOM kill: its room is kept whole on a nearly full
+    /// host too (`Room::of`).
+    pub(super) burst_killed: bool,
     /// Page cache we let the guest keep; `None` until first seen.
     pub(super) cache_keep: Option<f64>,
     pub(super) probe_paused_until: Millis,
@@ -104,6 +107,12 @@ impl Memo {
         if burst > self.burst_room(now) {
             self.burst_seen = burst;
             self.burst_seen_at = now;
+        }
+        // The kill itself frees the workload (no rise to learn); its restart, climbing back
+        // under pressure while the restart room is held, is the burst that killed it.
+        let after_kill = r.new_ooms > 0 || self.restart_room.is_some_and(|(_, until)| now < until);
+        if after_kill && self.burst_seen > 0.0 {
+            self.burst_killed = true;
         }
     }
 
