@@ -142,6 +142,10 @@ pub struct SimArgs {
     /// to see what it avoided.
     #[arg(long)]
     pub no_escape: bool,
+    /// Stop after this much simulated time (e.g. `30m`), no longer than the scenario's
+    /// `duration`: a quick check of a long scenario.
+    #[arg(long)]
+    pub duration: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +163,10 @@ pub struct BenchPoliciesArgs {
     /// Output directory for bench.json and bench.md.
     #[arg(long, default_value = "out/bench")]
     pub out: PathBuf,
+    /// Stop each scenario after this much simulated time (e.g. `30m`; a scenario shorter
+    /// than that runs whole): a quick check.
+    #[arg(long)]
+    pub duration: Option<String>,
 }
 
 #[derive(Debug, Args)]

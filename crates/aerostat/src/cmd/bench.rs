@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::cli::{BenchPoliciesArgs, BenchSimArgs};
 use crate::cmd::InputError;
-use crate::cmd::sim::load_scenario;
+use crate::cmd::sim::{cut_short, load_scenario};
 use crate::report;
 
 /// Every `*.toml` in `scenarios/`, sorted.
@@ -56,8 +56,12 @@ pub fn policies(args: &BenchPoliciesArgs) -> anyhow::Result<ExitCode> {
     };
     let scenarios: Vec<(PathBuf, Scenario)> = files
         .iter()
-        .map(|f| load_scenario(Some(f)).map(|s| (f.clone(), s)))
-        .collect::<Result<_, _>>()?;
+        .map(|f| {
+            let mut s = load_scenario(Some(f))?;
+            cut_short(&mut s, args.duration.as_deref(), false)?;
+            Ok((f.clone(), s))
+        })
+        .collect::<Result<_, InputError>>()?;
     let jobs: Vec<(usize, PolicyKind)> = (0..scenarios.len())
         .flat_map(|i| PolicyKind::ALL.into_iter().map(move |p| (i, p)))
         .collect();

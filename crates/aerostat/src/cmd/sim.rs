@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use aerostat_core::Millis;
 use aerostat_sim::{RunOptions, Scenario, Simulation};
 use anyhow::Context;
 
@@ -24,8 +25,35 @@ pub fn load_scenario(path: Option<&Path>) -> Result<Scenario, InputError> {
     }
 }
 
+/// `--duration`: a run cut short. Longer than the scenario is an error, since its workloads
+/// and traces were written for its length; `shorter_only = false` (bench) runs those whole.
+pub fn cut_short(
+    scenario: &mut Scenario,
+    duration: Option<&str>,
+    shorter_only: bool,
+) -> Result<(), InputError> {
+    let Some(text) = duration else {
+        return Ok(());
+    };
+    let d: Millis = text
+        .parse()
+        .map_err(|e| InputError(format!("--duration: {e}")))?;
+    if d == Millis(0) {
+        return Err(InputError("--duration: must be more than 0".into()));
+    }
+    if d > scenario.duration && shorter_only {
+        return Err(InputError(format!(
+            "--duration {text} is longer than scenario `{}`'s duration ({}); only a shorter run is allowed",
+            scenario.name, scenario.duration
+        )));
+    }
+    scenario.duration = scenario.duration.min(d);
+    Ok(())
+}
+
 pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
-    let scenario = load_scenario(args.scenario.as_deref())?;
+    let mut scenario = load_scenario(args.scenario.as_deref())?;
+    cut_short(&mut scenario, args.duration.as_deref(), true)?;
     let mut options = RunOptions::new(args.policy);
     options.seed = args.seed;
     options.log_actions = true;
@@ -56,4 +84,33 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_cuts_a_run_short_and_never_stretches_it() {
+        let demo = load_scenario(None).expect("the demo parses");
+        let full = demo.duration;
+        let mut s = demo.clone();
+        cut_short(&mut s, Some("10m"), true).expect("shorter is fine");
+        assert_eq!(s.duration, Millis::secs(600));
+        let mut s = demo.clone();
+        let e = cut_short(&mut s, Some("1000h"), true).expect_err("longer is refused");
+        assert!(
+            e.0.contains("longer than scenario `web-diurnal`"),
+            "{}",
+            e.0
+        );
+        // Bench runs a shorter scenario whole.
+        let mut s = demo.clone();
+        cut_short(&mut s, Some("1000h"), false).expect("bench");
+        assert_eq!(s.duration, full);
+        for bad in ["0s", "ten minutes"] {
+            let e = cut_short(&mut demo.clone(), Some(bad), true).expect_err(bad);
+            assert!(e.0.starts_with("--duration"), "{}", e.0);
+        }
+    }
 }
