@@ -427,6 +427,46 @@ fn page_cache_memavailable_leaves_out_is_not_counted_twice() {
     );
 }
 
+/// After pressure the cache probe pauses for 30 minutes — unless the host has less than 5 %
+/// available and the guest keeps more than 512 MiB of cache: then the probe goes on.
+#[test]
+fn a_host_short_of_memory_ends_the_probe_pause_of_a_big_cache() {
+    let reason_a_minute_after_pressure = |available_gib: u64, cache_mib: u64| {
+        let mut p = AerostatPolicy::new(settings());
+        let mut at = |t: u64, faults: u64| {
+            let mut v = vm("a", 8 * GIB, 6 * GIB, 2000, cache_mib, t);
+            v.stats.major_faults = Some(faults);
+            let mut o = obs(t, vec![v]);
+            o.host.available = Bytes::gib(available_gib);
+            let props = p.propose(&o, &[Bytes::gib(6)]);
+            props
+                .first()
+                .and_then(|x| x.reason.text())
+                .unwrap_or_default()
+                .to_string()
+        };
+        at(0, 0);
+        // Refaults: pressure, and the probe pauses.
+        at(1, 5000);
+        let mut last = String::new();
+        for t in 2..60 {
+            last = at(t, 5000);
+        }
+        last
+    };
+    // 2 of 64 GiB available: the 3 GiB cache is probed again.
+    let short = reason_a_minute_after_pressure(2, 3000);
+    assert!(short.contains("probing page cache"), "{short}");
+    // 8 GiB available, or a 500 MiB cache: the pause holds.
+    for (available, cache) in [(8, 3000), (2, 500)] {
+        let paused = reason_a_minute_after_pressure(available, cache);
+        assert!(
+            !paused.contains("probing"),
+            "{available} GiB, {cache} MiB: {paused}"
+        );
+    }
+}
+
 #[test]
 fn pressure_adds_only_what_free_memory_cannot_hold() {
     let mut p = AerostatPolicy::new(settings());
