@@ -34,6 +34,8 @@ use crate::planner::escape::{MIN_UNMET, floors_held, hot_memory_stays};
 use crate::policy::{Policy, Proposal, Reason, WorkingSet};
 use crate::units::{Bytes, Millis};
 
+mod kept_memory;
+
 /// How long the reserve guard may leave an excess to the next ticks — waiting for untouched
 /// memory (`can_wait`), or holding higher-priority guests' touched memory while
 /// lower-priority ones give a step a tick — before it cuts growth and squeezes every guest
@@ -124,6 +126,9 @@ pub struct VmGuardState {
     /// Until when the VM's balloon is known stalled (not to be pushed).
     #[serde(default)]
     pub stalled_until: Option<Millis>,
+    /// Since when its QEMU has held well more than its balloon claims (`kept_memory`).
+    #[serde(default)]
+    pub kept_since: Option<Millis>,
 }
 
 /// Runs one policy under its guards. One `Controller` per host.
@@ -141,6 +146,9 @@ pub struct Controller {
     /// Σ `actual` of the ballooned VMs at the last tick: while it falls, balloons are
     /// handing memory back and the wait goes on (`reserve_wait_since` restarts).
     last_ballooned: Option<Bytes>,
+    /// Memory balloons claimed to have given back and the host still held, this tick, as
+    /// far as the reserve guard counts it as used (`kept_memory::counted`).
+    kept: Bytes,
 }
 
 #[derive(Debug, Default)]
@@ -199,6 +207,7 @@ impl Controller {
             scratch: Scratch::default(),
             reserve_wait_since: None,
             last_ballooned: None,
+            kept: Bytes::ZERO,
         }
     }
 
@@ -243,6 +252,7 @@ impl Controller {
             target: vm.actual,
             last_deflate: None,
             stalled_until: None,
+            kept_since: None,
         });
 
         let Scratch {
@@ -347,8 +357,21 @@ impl Controller {
         if let Some(unmet) = self.policy.unmet_need().filter(|u| *u >= MIN_UNMET) {
             alerts.push(Alert::WorkingSetsDoNotFit { unmet });
         }
+        // Memory balloons claim to have given back and the host still holds: used, as far
+        // as the reserve guard is concerned.
+        let mut kept_total = Bytes::ZERO;
+        for (i, vm) in obs.vms.iter().enumerate() {
+            if let Some(kept) = kept_memory::kept(vm, &mut self.vms[i].kept_since, obs.time) {
+                kept_total += kept;
+                alerts.push(Alert::BalloonKeepsMemory {
+                    vm: vm.name.clone(),
+                    kept,
+                });
+            }
+        }
+        self.kept = kept_memory::counted(kept_total, &obs.host);
         if let Some(reserve) = self.guards.reserve {
-            let capacity = obs.host.capacity(reserve);
+            let capacity = obs.host.capacity(reserve) - self.kept;
             let floors = floors_held(obs);
             if floors > capacity {
                 alerts.push(Alert::FloorsDoNotFit {
@@ -494,8 +517,16 @@ impl Controller {
             }
             Why::Shrunk { from, to } => {
                 let vm = &obs.vms[i];
+                let kept = if self.kept > Bytes::ZERO {
+                    format!(
+                        " − {} kept by balloons that claim to have given it",
+                        self.kept
+                    )
+                } else {
+                    String::new()
+                };
                 format!(
-                    "host total {} − reserve {} cannot hold every guest's target; {} shrunk \
+                    "host total {} − reserve {}{kept} cannot hold every guest's target; {} shrunk \
                      from {} to {} (priority {})",
                     obs.host.total,
                     self.guards.reserve.unwrap_or_default(),

@@ -101,16 +101,25 @@ pub enum Alert {
     /// [`crate::planner::escape::MIN_UNMET`]): their working sets no longer fit, though
     /// their floors may. Only a departure, or more memory, helps.
     WorkingSetsDoNotFit { unmet: Bytes },
+    /// `vm`'s QEMU has held `kept` more than its balloon claims the guest kept (`rss −
+    /// overhead − actual`) for a minute: a balloon driver that lies, or memory QEMU cannot
+    /// discard (huge pages). The reserve guard counts it as used.
+    BalloonKeepsMemory { vm: String, kept: Bytes },
 }
 
 impl Alert {
     /// Every kind, as serialised (`kind`) and labelled in `/metrics`.
-    pub const KINDS: [&'static str; 2] = ["floors_do_not_fit", "working_sets_do_not_fit"];
+    pub const KINDS: [&'static str; 3] = [
+        "floors_do_not_fit",
+        "working_sets_do_not_fit",
+        "balloon_keeps_memory",
+    ];
 
     pub fn kind(&self) -> &'static str {
         match self {
             Alert::FloorsDoNotFit { .. } => Alert::KINDS[0],
             Alert::WorkingSetsDoNotFit { .. } => Alert::KINDS[1],
+            Alert::BalloonKeepsMemory { .. } => Alert::KINDS[2],
         }
     }
 }
@@ -125,6 +134,10 @@ impl std::fmt::Display for Alert {
             Alert::WorkingSetsDoNotFit { unmet } => write!(
                 f,
                 "working sets do not fit: guests under memory pressure lack {unmet} the host cannot give"
+            ),
+            Alert::BalloonKeepsMemory { vm, kept } => write!(
+                f,
+                "balloon keeps memory: {vm}'s QEMU holds {kept} more than its balloon says the guest kept; counted as used"
             ),
         }
     }
@@ -154,6 +167,10 @@ mod tests {
                 capacity: Bytes(1),
             },
             Alert::WorkingSetsDoNotFit { unmet: Bytes(1) },
+            Alert::BalloonKeepsMemory {
+                vm: "a".into(),
+                kept: Bytes(1),
+            },
         ];
         let tags: Vec<String> = every
             .iter()

@@ -423,7 +423,7 @@ impl Simulation {
                     at: now,
                 });
             }
-            vm.actual = Bytes::from_f64(g.actual);
+            vm.actual = Bytes::from_f64(g.reported_actual());
             vm.rss = Some(Bytes::from_f64(g.touched) + self.scenario.host.vm_overhead);
             g.write_stats(now, &mut vm.stats);
         }

@@ -231,7 +231,7 @@ impl Guest {
         if self.target > self.actual {
             self.actual =
                 (self.actual + self.inflate_rate * DEFLATE_SPEEDUP * dt_s).min(self.target);
-        } else if self.target < self.actual {
+        } else if self.target < self.actual && !self.spec.balloon_lies {
             let free = (self.usable() - self.resident()).max(0.0);
             let reclaimable = free
                 + self.cache_hot
@@ -394,6 +394,16 @@ impl Guest {
             }
         }
         stall
+    }
+
+    /// The `actual` the balloon driver reports: the balloon's size, or, from a driver that
+    /// lies, the target it was asked for (it never inflates).
+    pub fn reported_actual(&self) -> f64 {
+        if self.spec.balloon_lies {
+            self.actual.min(self.target)
+        } else {
+            self.actual
+        }
     }
 
     /// What the guest reports, per its stats mode, written into `out`: the engine's

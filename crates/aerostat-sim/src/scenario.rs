@@ -197,6 +197,10 @@ pub struct RawVm {
     pub balloon: Option<bool>,
     #[serde(default)]
     pub deflate_on_oom: bool,
+    /// The balloon driver reports that it gave back whatever it was asked and keeps the
+    /// memory (a broken or hostile driver; docs/trust-model.md).
+    #[serde(default)]
+    pub balloon_lies: bool,
     /// What the guest reports: "full" (Linux ≥ 6.12), "classic" (older kernels), "none",
     /// or "lying" (claims to be idle).
     #[serde(default)]
@@ -378,6 +382,7 @@ pub struct VmSpec {
     pub start: Millis,
     pub balloon: bool,
     pub deflate_on_oom: bool,
+    pub balloon_lies: bool,
     pub stats: StatsMode,
     pub balloon_rate: Bytes,
     pub kernel: Bytes,
@@ -746,6 +751,7 @@ impl RawScenario {
                     start: Millis(start.0 + stagger.0 * u64::from(r)),
                     balloon: v.balloon.unwrap_or(true),
                     deflate_on_oom: v.deflate_on_oom,
+                    balloon_lies: v.balloon_lies,
                     stats: v.stats.unwrap_or_default(),
                     balloon_rate: v.balloon_rate.map_or(Bytes::gib(1), |r| r.0),
                     kernel,

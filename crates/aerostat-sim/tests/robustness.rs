@@ -116,6 +116,63 @@ fn lying_guests_cannot_break_floors_or_push_the_host_into_swap() {
     }
 }
 
+/// A balloon driver that reports whatever it is asked (`balloon_lies`) while its guest goes
+/// on to use 6 of its 8 GiB, next to two honest guests that grow, on a 16 GiB host without
+/// swap. The host's RSS shows the memory the lie keeps; counted as used, it costs the honest
+/// guests pressure but no VM: without it the host OOM killer took the liar.
+const LYING_BALLOON: &str = r#"
+[scenario]
+name = "lying-balloon"
+duration = "3h"
+seed = 5
+
+[host]
+memory = "16GiB"
+reserve = "1GiB"
+swap = "0"
+
+[[vm]]
+name = "liar"
+memory = "8GiB"
+min = "1GiB"
+balloon_lies = true
+[vm.workload]
+kind = "phases"
+page_cache = "256MiB"
+phases = [
+  { at = "0s", working_set = "1GiB" },
+  { at = "30m", working_set = "6GiB" },
+]
+
+[[vm]]
+name = "honest"
+count = 2
+memory = "6GiB"
+min = "1GiB"
+swap = "2GiB"
+[vm.workload]
+kind = "phases"
+page_cache = "512MiB"
+phases = [
+  { at = "0s", working_set = "2GiB" },
+  { at = "1h", working_set = "4GiB" },
+]
+"#;
+
+#[test]
+fn a_balloon_that_keeps_memory_loses_no_vm_to_the_host_oom_killer() {
+    let scenario = Scenario::parse(LYING_BALLOON, Path::new("lying-balloon.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let result = run(&scenario, RunOptions::new(PolicyKind::Aerostat));
+    let s = &result.summary;
+    assert_floors_kept(&scenario, &result, "aerostat on lying-balloon");
+    assert_eq!(s.host_oom_kills, 0, "{s:?}");
+    assert!(s.per_vm.iter().all(|v| !v.lost), "{s:?}");
+    // The lie was believed at first: the liar's balloon "inflated" while the host kept
+    // its memory (the test means something).
+    assert!(s.peak_host_used_gib > 15.0, "{s:?}");
+}
+
 /// The scenarios written after tuning (`docs/examples/unseen-*.toml`), run in full: the
 /// `aerostat` policy OOM-kills no guest and never lets the host OOM. (`unseen-2` caught a
 /// probe that let the hot cache fill a bursty guest's headroom: one guest OOM kill.)

@@ -393,7 +393,20 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
         // squeezed is at the lowest target allowed this tick (or held there by priority).
         if let Some(reserve) = guards.reserve {
             // What KSM saves is capacity: the merged pages are held once.
-            let capacity = Bytes(case.total) - reserve + Bytes(case.ksm_saved.unwrap_or(0));
+            // Memory a balloon claims to have given back while the host still holds it is
+            // used: each such alert names exactly the VM's `rss − overhead − actual`, more
+            // than 256 MiB.
+            let mut kept = Bytes::ZERO;
+            for a in &d.alerts {
+                if let Alert::BalloonKeepsMemory { vm: name, kept: k } = a {
+                    let vm = vms.iter().find(|v| v.name == *name).expect("a known VM");
+                    let rss = vm.rss.expect("kept memory is measured");
+                    prop_assert_eq!(*k, rss - vm.overhead - vm.actual);
+                    prop_assert!(*k > Bytes::mib(256));
+                    kept += *k;
+                }
+            }
+            let capacity = Bytes(case.total) - reserve + Bytes(case.ksm_saved.unwrap_or(0)) - kept;
             let floors: Bytes = vms
                 .iter()
                 .map(|vm| vm.overhead + if vm.balloon { vm.floor() } else { vm.actual })
@@ -660,6 +673,84 @@ fn unmet_need_is_an_alert_that_working_sets_do_not_fit() {
     );
     assert_eq!(alerts(Some(Bytes::mib(63))), vec![]);
     assert_eq!(alerts(None), vec![]);
+}
+
+/// A balloon that claims 2 GiB while its QEMU holds 8 GiB: after a minute the reserve guard
+/// counts the 6 GiB as used (shrinking the other guest to keep the reserve) and says so.
+/// An honest guest, within the margin of its overhead estimate, never is.
+#[test]
+fn a_balloon_that_keeps_memory_it_claims_to_have_returned_counts_as_used() {
+    let mut ctl = Controller::with_guards(
+        Box::new(Scripted::default()),
+        aerostat_guards(Bytes::gib(1)),
+    );
+    let overhead = Bytes::mib(128);
+    let observe = |t: u64, liar_rss: Bytes| {
+        let mut liar = VmSample::new("liar", Bytes::gib(8), Bytes::gib(2));
+        liar.overhead = overhead;
+        liar.rss = Some(liar_rss + overhead);
+        let mut honest = VmSample::new("honest", Bytes::gib(8), Bytes::gib(8));
+        honest.overhead = overhead;
+        // 200 MiB above its balloon: the overhead estimate was low. Within the margin.
+        honest.rss = Some(Bytes::gib(8) + overhead + Bytes::mib(200));
+        Observation {
+            time: Millis::secs(t),
+            host: HostSample {
+                total: Bytes::gib(16),
+                free: Bytes::gib(8),
+                available: Bytes::gib(8),
+                ..HostSample::default()
+            },
+            vms: vec![honest, liar],
+        }
+    };
+    // 2 + 8 GiB + overheads fit 15 GiB: nothing to do, for the first minute too.
+    for t in 0..60 {
+        let d = ctl.tick(&observe(t, Bytes::gib(8)));
+        assert!(d.actions.is_empty() && d.alerts.is_empty(), "t={t}: {d:?}");
+    }
+    let d = ctl.tick(&observe(60, Bytes::gib(8)));
+    assert_eq!(
+        d.alerts,
+        vec![Alert::BalloonKeepsMemory {
+            vm: "liar".into(),
+            kept: Bytes::gib(6),
+        }]
+    );
+    assert!(
+        d.alerts[0]
+            .to_string()
+            .contains("liar's QEMU holds 6.00 GiB more")
+    );
+    // 8 + 2 + 6 kept + 0.25 GiB overheads: 1.25 GiB over; the guard shrinks, a step a tick.
+    let shrunk: Vec<_> = d
+        .actions
+        .iter()
+        .filter(|a| a.vm == "honest" && a.rule == Rule::GuardReserve)
+        .collect();
+    assert_eq!(shrunk.len(), 1, "{d:?}");
+    assert!(shrunk[0].balloon_target() < Some(Bytes::gib(8)), "{d:?}");
+    assert!(
+        shrunk[0].reason.contains("6.00 GiB kept by balloons"),
+        "{d:?}"
+    );
+    // Once the host measures the memory back, it no longer counts.
+    let d = ctl.tick(&observe(61, Bytes::gib(2)));
+    assert!(d.alerts.is_empty(), "{d:?}");
+
+    // With 8 GiB of host swap free the same lie is reported, but host swap holds the kept
+    // memory: no guest is squeezed for it.
+    let mut ctl = Controller::with_guards(
+        Box::new(Scripted::default()),
+        aerostat_guards(Bytes::gib(1)),
+    );
+    for t in 0..=60 {
+        let mut o = observe(t, Bytes::gib(8));
+        o.host.swap_free = Bytes::gib(8);
+        let d = ctl.tick(&o);
+        assert!(d.actions.is_empty(), "t={t}: {d:?}");
+        assert_eq!(d.alerts.len(), usize::from(t == 60), "t={t}: {d:?}");
+    }
 }
 
 /// A VM whose balloon sits below its (raised) floor is lifted to the floor; when the host
@@ -1115,6 +1206,8 @@ fn decision() -> impl Strategy<Value = Decision> {
             capacity: Bytes(c),
         }),
         any::<u64>().prop_map(|u| Alert::WorkingSetsDoNotFit { unmet: Bytes(u) }),
+        (any::<String>(), any::<u64>())
+            .prop_map(|(vm, k)| Alert::BalloonKeepsMemory { vm, kept: Bytes(k) }),
     ];
     (
         any::<u64>(),
