@@ -246,6 +246,23 @@ pub enum WorkloadKind {
     Trace,
 }
 
+impl WorkloadKind {
+    /// The name as written in scenario files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Steady => "steady",
+            WorkloadKind::Diurnal => "diurnal",
+            WorkloadKind::Burst => "burst",
+            WorkloadKind::Ramp => "ramp",
+            WorkloadKind::Leak => "leak",
+            WorkloadKind::Idle => "idle",
+            WorkloadKind::Boot => "boot",
+            WorkloadKind::Phases => "phases",
+            WorkloadKind::Trace => "trace",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWorkload {
@@ -464,8 +481,14 @@ fn key_path_at(text: &str, offset: usize) -> String {
     let mut vm_name: Option<String> = None;
     // An array opened on an earlier line and not closed yet: its key and its elements so far.
     let mut array: Option<(String, usize)> = None;
+    // The offending line itself is a table header when a field of that table is missing:
+    // then the table is the answer.
+    let at_header = text[line_start..].trim_start().starts_with('[');
     for (n, line) in text.lines().enumerate() {
-        if n + 1 == line_no {
+        if n + 1 == line_no && !at_header {
+            break;
+        }
+        if n + 1 > line_no {
             break;
         }
         let t = line.trim();
@@ -501,10 +524,26 @@ fn key_path_at(text: &str, offset: usize) -> String {
             }
         }
     }
-    // The key: the last `key =` before the offending value on its line, or the key the
-    // offset points at (an unknown field).
+    if at_header {
+        return vm_path(table, vm_name.as_deref());
+    }
+    // The key: the key the offset points at (an unknown field: `bogus = 1`), or the last
+    // `key =` before the offending value on its line.
     let before = &text[line_start..offset];
+    let ident: &str = {
+        let rest = &text[offset..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .unwrap_or(rest.len());
+        let (ident, after) = rest.split_at(end);
+        if after.trim_start().starts_with('=') {
+            ident
+        } else {
+            ""
+        }
+    };
     let key = match before.rsplit_once('=') {
+        _ if !ident.is_empty() => ident,
         Some((k, _)) => k
             .trim_end()
             .rsplit(|c: char| c == '{' || c == ',' || c.is_whitespace())
@@ -516,11 +555,7 @@ fn key_path_at(text: &str, offset: usize) -> String {
             .unwrap_or(""),
     }
     .to_string();
-    let mut path = table;
-    if let (Some(name), Some(rest)) = (&vm_name, path.strip_prefix("vm[")) {
-        let (index, tail) = rest.split_once(']').unwrap_or((rest, ""));
-        path = format!("vm[{index}] ({name}){tail}");
-    }
+    let mut path = vm_path(table, vm_name.as_deref());
     let mut push = |part: &str| {
         if !part.is_empty() {
             if !path.is_empty() {
@@ -546,6 +581,17 @@ fn key_path_at(text: &str, offset: usize) -> String {
     }
     push(&key);
     path
+}
+
+/// `vm[0].workload` → `vm[0] (web).workload`, once the VM's name is known.
+fn vm_path(table: String, vm_name: Option<&str>) -> String {
+    match (vm_name, table.strip_prefix("vm[")) {
+        (Some(name), Some(rest)) => {
+            let (index, tail) = rest.split_once(']').unwrap_or((rest, ""));
+            format!("vm[{index}] ({name}){tail}")
+        }
+        _ => table,
+    }
 }
 
 impl RawScenario {
@@ -707,8 +753,10 @@ impl RawScenario {
                     format!("headroom {h} is above memory {}", v.memory),
                 ));
             }
-            let mut workload = validate_workload(&v.workload, v.memory, kernel, pinned, path)
-                .map_err(|(k, m)| invalid(line, key(&format!("workload.{k}")), m))?;
+            let duration = self.scenario.duration;
+            let mut workload =
+                validate_workload(&v.workload, v.memory, kernel, pinned, duration, path)
+                    .map_err(|(k, m)| invalid(line, key(&format!("workload.{k}")), m))?;
             if workload.at == Millis(u64::MAX) {
                 workload.at = Millis(self.scenario.duration.0 / 3);
             }
@@ -724,6 +772,16 @@ impl RawScenario {
                 ));
             }
             let start = v.start.unwrap_or(Millis::ZERO);
+            if start >= self.scenario.duration {
+                return Err(invalid(
+                    line,
+                    key("start"),
+                    format!(
+                        "{start} is not before the end of the run ({}): the VM never starts",
+                        self.scenario.duration
+                    ),
+                ));
+            }
             let stagger = v.stagger.unwrap_or(Millis::ZERO);
             for r in 0..count {
                 let name = if v.count.is_some() {
@@ -856,15 +914,105 @@ fn validate_migration(m: &RawMigration) -> Result<MigrationSpec, (String, String
 
 /// `pinned` memory (huge pages, VFIO) is the guest's but not the workload's: the guest model
 /// keeps `kernel + pinned` out of what the workload may use.
+/// The workload fields each kind reads, besides those every kind reads (`kind`, `cold`,
+/// `noise`, `cache_hot`, `dirty_rate`).
+fn fields_read(kind: WorkloadKind) -> &'static [&'static str] {
+    match kind {
+        WorkloadKind::Steady | WorkloadKind::Idle => &["working_set", "page_cache"],
+        WorkloadKind::Diurnal => &["working_set", "peak", "period", "phase", "page_cache"],
+        WorkloadKind::Burst => &["working_set", "peak", "at", "rise", "hold", "page_cache"],
+        WorkloadKind::Ramp => &["working_set", "peak", "at", "rise", "page_cache"],
+        WorkloadKind::Leak => &["working_set", "rate", "page_cache"],
+        WorkloadKind::Boot => &["working_set", "peak", "hold", "page_cache"],
+        // `page_cache` is the phases' default.
+        WorkloadKind::Phases => &["phases", "page_cache"],
+        // The trace's rows carry the page cache.
+        WorkloadKind::Trace => &["trace"],
+    }
+}
+
+/// The kind-specific fields set in `w`, by name.
+fn fields_set(w: &RawWorkload) -> [(&'static str, bool); 10] {
+    [
+        ("working_set", w.working_set.is_some()),
+        ("peak", w.peak.is_some()),
+        ("period", w.period.is_some()),
+        ("phase", w.phase.is_some()),
+        ("page_cache", w.page_cache.is_some()),
+        ("at", w.at.is_some()),
+        ("rise", w.rise.is_some()),
+        ("hold", w.hold.is_some()),
+        ("rate", w.rate.is_some()),
+        ("phases", !w.phases.is_empty()),
+    ]
+}
+
 fn validate_workload(
     w: &RawWorkload,
     memory: Bytes,
     kernel: Bytes,
     pinned: Bytes,
+    duration: Millis,
     scenario_path: &Path,
 ) -> Result<WorkloadSpec, (String, String)> {
     let err = |k: &str, m: String| Err((k.to_string(), m));
     let usable = memory - kernel - pinned;
+    // A field the kind never reads is a mistake the run would hide (`peak` on a steady
+    // workload runs as if it were not there).
+    let reads = fields_read(w.kind);
+    let trace_set = ("trace", w.trace.is_some());
+    for (field, set) in fields_set(w).into_iter().chain([trace_set]) {
+        if set && !reads.contains(&field) {
+            return err(
+                field,
+                format!(
+                    "does not apply to kind `{}` (it reads: {}, and cold, noise, cache_hot, dirty_rate)",
+                    w.kind.as_str(),
+                    reads.join(", ")
+                ),
+            );
+        }
+    }
+    let never = |field: &str, at: Millis| {
+        err(
+            field,
+            format!("{at} is not before the end of the run ({duration}): it never happens"),
+        )
+    };
+    if let Some(at) = w.at
+        && at >= duration
+    {
+        return never("at", at);
+    }
+    if let Some(p) = w.phases.iter().skip(1).position(|p| p.at >= duration) {
+        return never(&format!("phases[{}].at", p + 1), w.phases[p + 1].at);
+    }
+    let too_much_cache = |field: &str, cache: Bytes| {
+        err(
+            field,
+            format!(
+                "{cache} is above usable memory {usable} (memory less the guest kernel{}): it could never be resident",
+                if pinned > Bytes::ZERO {
+                    " and pinned memory"
+                } else {
+                    ""
+                }
+            ),
+        )
+    };
+    if let Some(c) = w.page_cache
+        && c > usable
+    {
+        return too_much_cache("page_cache", c);
+    }
+    if let Some((i, c)) = w
+        .phases
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| p.page_cache.filter(|c| *c > usable).map(|c| (i, c)))
+    {
+        return too_much_cache(&format!("phases[{i}].page_cache"), c);
+    }
     let minus_pinned = if pinned > Bytes::ZERO {
         format!(" and the pinned {pinned}")
     } else {
@@ -957,18 +1105,45 @@ fn validate_workload(
                 );
             };
             let file = scenario_path.parent().unwrap_or(Path::new(".")).join(trace);
-            points = crate::workload::load_trace(&file).map_err(|m| ("trace".to_string(), m))?;
-            if let Some((t, ws, _)) = points.iter().find(|p| p.1 > usable) {
-                return err(
-                    "trace",
+            points = crate::workload::load_trace(&file, usable).map_err(|m| {
+                (
+                    "trace".to_string(),
                     format!(
-                        "{}: working set {ws} at {t} is above usable memory {usable}",
-                        file.display()
+                        "{m} (`trace = \"{}\"`, relative to the scenario's directory)",
+                        trace.display()
                     ),
-                );
-            }
+                )
+            })?;
         }
         _ => {}
+    }
+    // The most anonymous memory the workload asks for: its largest working set at the top
+    // of its noise, its cold memory, and what a leak adds by the end of the run. More than
+    // the guest can hold OOM-kills it under any policy, `static` included.
+    let largest = points
+        .iter()
+        .map(|p| p.1)
+        .max()
+        .unwrap_or(Bytes::ZERO)
+        .max(peak)
+        .max(working_set);
+    let noisy = Bytes::from_f64(largest.as_f64() * (1.0 + noise));
+    if noise > 0.0 && noisy + cold > usable {
+        return err(
+            "noise",
+            format!(
+                "the working set {largest} at the top of its noise ({noisy}) plus cold {cold} is above usable memory {usable}: the guest would be OOM-killed whatever the policy"
+            ),
+        );
+    }
+    let leaked = Bytes::from_f64(leak_per_hour.as_f64() * duration.as_secs_f64() / 3600.0);
+    if leaked > Bytes::ZERO && noisy + cold + leaked > usable {
+        return err(
+            "rate",
+            format!(
+                "the leak adds {leaked} by the end of the run: with the working set ({noisy} at the top of its noise) and cold {cold}, more than usable memory {usable}"
+            ),
+        );
     }
     Ok(WorkloadSpec {
         kind: w.kind,

@@ -220,20 +220,27 @@ pub const MAX_TRACE_ROWS: usize = 10_000_000;
 
 /// Reads a trace CSV: a header line, then `time_s,working_set_mib,page_cache_mib` rows in
 /// increasing time. Errors name the file and line.
-pub fn load_trace(path: &Path) -> Result<Vec<(Millis, Bytes, Bytes)>, String> {
+pub fn load_trace(path: &Path, usable: Bytes) -> Result<Vec<(Millis, Bytes, Bytes)>, String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read trace {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot read trace {}: {e}", display_path(path)))?;
     let mut points = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let lineno = n + 1;
         let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || (n == 0 && line.starts_with("time")) {
+        // Comments and blank lines anywhere; the header (`time_s,…`) before the first row,
+        // after any comments.
+        if line.is_empty()
+            || line.starts_with('#')
+            || (points.is_empty() && line.starts_with("time"))
+        {
             continue;
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         let bad = |what: &str| format!("{}:{lineno}: {what}", path.display());
         if fields.len() < 2 || fields.len() > 3 {
-            return Err(bad("expected time_s,working_set_mib[,page_cache_mib]"));
+            return Err(bad(
+                "expected time_s,working_set_mib[,page_cache_mib] (a header, if any, must be the first line that is not a comment)",
+            ));
         }
         let num = |s: &str, name: &str| -> Result<f64, String> {
             s.parse::<f64>()
@@ -255,11 +262,21 @@ pub fn load_trace(path: &Path) -> Result<Vec<(Millis, Bytes, Bytes)>, String> {
         {
             return Err(bad("times must increase"));
         }
-        points.push((
-            t,
+        let (ws, pc) = (
             Bytes::from_f64(ws * Bytes::MIB as f64),
             Bytes::from_f64(pc * Bytes::MIB as f64),
-        ));
+        );
+        if ws > usable {
+            return Err(bad(&format!(
+                "working set {ws} is above usable memory {usable} (memory less the guest kernel and pinned memory)"
+            )));
+        }
+        if pc > usable {
+            return Err(bad(&format!(
+                "page cache {pc} is above usable memory {usable}: it could never be resident"
+            )));
+        }
+        points.push((t, ws, pc));
         if points.len() > MAX_TRACE_ROWS {
             return Err(bad("trace too long"));
         }
@@ -268,6 +285,14 @@ pub fn load_trace(path: &Path) -> Result<Vec<(Millis, Bytes, Bytes)>, String> {
         return Err(format!("{}: trace has no rows", path.display()));
     }
     Ok(points)
+}
+
+/// `path` as given and, when relative, the absolute path it stands for here.
+fn display_path(path: &Path) -> String {
+    match std::path::absolute(path) {
+        Ok(abs) if abs != path => format!("{} ({})", path.display(), abs.display()),
+        _ => path.display().to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -289,9 +314,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("t.csv");
         std::fs::write(&f, "time_s,ws,pc\n0,100,10\n5,abc,1\n").expect("write");
-        let e = load_trace(&f).expect_err("bad number");
+        let e = load_trace(&f, Bytes::gib(1)).expect_err("bad number");
         assert!(e.contains("t.csv:3"), "{e}");
         std::fs::write(&f, "0,100\n0,200\n").expect("write");
-        assert!(load_trace(&f).expect_err("order").contains(":2"));
+        assert!(
+            load_trace(&f, Bytes::gib(1))
+                .expect_err("order")
+                .contains(":2")
+        );
     }
 }

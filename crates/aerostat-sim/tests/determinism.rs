@@ -7,12 +7,9 @@ use aerostat_core::PolicyKind;
 use aerostat_sim::fleet::run_fleet;
 use aerostat_sim::{RunOptions, Scenario, Summary, run};
 
-/// A shipped scenario with its `duration` line replaced.
+/// A shipped scenario cut to `duration`.
 fn shortened(name: &str, duration: &str) -> Scenario {
-    let path = common::scenarios_dir().join(name);
-    let text = std::fs::read_to_string(&path).expect("scenario file");
-    Scenario::parse(&common::with_duration(&text, duration), &path)
-        .unwrap_or_else(|e| panic!("{e}"))
+    common::load_shortened(&common::scenarios_dir().join(name), duration)
 }
 
 fn summary_json(s: &Summary) -> String {

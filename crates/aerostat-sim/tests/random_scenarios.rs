@@ -101,7 +101,8 @@ fn group(fitting: bool) -> impl Strategy<Value = Group> {
                 } else {
                     mib(b.2)
                 },
-                page_cache: b.3,
+                // A page cache larger than the guest can hold is refused.
+                page_cache: if fitting { b.3.min(usable) } else { b.3 },
                 cold: b.4.map(mib),
                 cache_hot: b.5,
                 noise: b.6,

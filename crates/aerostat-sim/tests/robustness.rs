@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use aerostat_core::PolicyKind;
 use aerostat_sim::{RunOptions, Scenario, run};
 
-use common::{assert_floors_kept, scenarios_dir, with_duration};
+use common::{assert_floors_kept, load_shortened, scenarios_dir};
 
 #[test]
 fn no_policy_panics_on_any_shipped_scenario() {
@@ -20,9 +20,7 @@ fn no_policy_panics_on_any_shipped_scenario() {
     files.sort();
     assert!(!files.is_empty());
     for path in &files {
-        let text = std::fs::read_to_string(path).expect("scenario file");
-        let scenario =
-            Scenario::parse(&with_duration(&text, "2h"), path).unwrap_or_else(|e| panic!("{e}"));
+        let scenario = load_shortened(path, "2h");
         for policy in PolicyKind::ALL {
             let mut opts = RunOptions::new(policy);
             opts.log_actions = true;

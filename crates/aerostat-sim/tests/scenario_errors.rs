@@ -174,6 +174,7 @@ fn parse_errors_use_the_file_line_key_format() {
 /// The issue's schema with its diurnal workload replaced by `workload` (a `phases` one).
 fn with_phases(workload: &str) -> String {
     let text = replace_line(ISSUE_SCHEMA, "kind =", workload);
+    let text = replace_line(&text, "working_set =", "");
     let text = replace_line(&text, "peak =", "");
     replace_line(&text, "period =", "")
 }
@@ -208,6 +209,33 @@ fn errors_in_inline_tables_name_the_array_element() {
     );
 }
 
+/// An unknown key inside a phase is named itself, not the key before it (a reviewer got
+/// `phases[0].working_set` for a misspelt key after it).
+#[test]
+fn an_unknown_key_in_a_phase_is_named_itself() {
+    let phases = "kind = \"phases\"\nphases = [\n  { at = \"0s\", working_set = \"1GiB\" },\n  \
+                  { at = \"1h\", working_set = \"2GiB\", pagecache = \"1GiB\" },\n]";
+    let text = with_phases(phases);
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "{ at = \"1h\""),
+        "`vm[0] (web).workload.phases[1].pagecache`",
+    );
+    assert!(err.contains("unknown field `pagecache`"), "{err}");
+}
+
+/// A missing field is blamed on its table, not on `scenario.[host]`.
+#[test]
+fn a_missing_field_names_its_table() {
+    let text = replace_line(ISSUE_SCHEMA, "reserve =", "");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(&err, Path::new(PATH), line_of(&text, "[host]"), "`host`");
+    assert!(err.contains("missing field `reserve`"), "{err}");
+    assert!(!err.contains("scenario.[host]"), "{err}");
+}
+
 // --- Errors found by validation (stage two) --------------------------------------------
 
 /// Pinned memory is not the workload's: a working set that fits the VM but not beside its
@@ -238,6 +266,113 @@ fn working_set_above_memory() {
         "`vm[0] (web).workload.working_set`",
     );
     assert!(err.contains("above the configured memory"), "{err}");
+}
+
+/// A field the workload's kind never reads is refused, naming what it does read.
+#[test]
+fn a_field_the_kind_ignores() {
+    let text = replace_line(ISSUE_SCHEMA, "kind =", "kind = \"steady\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[[vm]]"),
+        "`vm[0] (web).workload.peak`",
+    );
+    assert!(
+        err.contains("does not apply to kind `steady` (it reads: working_set, page_cache"),
+        "{err}"
+    );
+    let text = with_phases(
+        "kind = \"phases\"\nrise = \"1m\"\nphases = [{ at = \"0s\", working_set = \"1GiB\" }]",
+    );
+    let err = error_of(&text, Path::new(PATH));
+    assert!(
+        err.contains("`vm[0] (web).workload.rise`: does not apply to kind `phases`"),
+        "{err}"
+    );
+}
+
+/// Noise that can lift the working set past what the guest holds OOM-kills it under any
+/// policy (a reviewer's 7.5 GiB boot peak with 5 % noise in an 8 GiB guest).
+#[test]
+fn noise_past_usable_memory() {
+    let text = replace_line(ISSUE_SCHEMA, "peak =", "peak = \"5800MiB\"\nnoise = 0.05");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[[vm]]"),
+        "`vm[0] (web).workload.noise`",
+    );
+    assert!(err.contains("at the top of its noise"), "{err}");
+    let calm = text.replace("noise = 0.05", "noise = 0.01");
+    Scenario::parse(&calm, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A leak that outgrows the guest before the run ends.
+#[test]
+fn a_leak_that_outgrows_the_guest() {
+    let text = replace_line(
+        ISSUE_SCHEMA,
+        "kind =",
+        "kind = \"leak\"\nrate = \"200MiB/h\"",
+    );
+    let text = replace_line(&text, "peak =", "");
+    let text = replace_line(&text, "period =", "");
+    // 1.5 GiB + 24 h × 200 MiB: 6.2 GiB in a 6 GiB guest.
+    let err = error_of(&text, Path::new(PATH));
+    assert!(
+        err.contains("`vm[0] (web).workload.rate`: the leak adds 4.69 GiB"),
+        "{err}"
+    );
+    let slow = text.replace("200MiB/h", "100MiB/h");
+    Scenario::parse(&slow, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Page cache the guest could never hold, in the workload or in a phase.
+#[test]
+fn page_cache_above_usable_memory() {
+    let text = replace_line(ISSUE_SCHEMA, "page_cache =", "page_cache = \"6GiB\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert!(
+        err.contains("`vm[0] (web).workload.page_cache`: 6.00 GiB is above usable memory"),
+        "{err}"
+    );
+    let text = with_phases(
+        "kind = \"phases\"\nphases = [{ at = \"0s\", working_set = \"1GiB\", page_cache = \"7GiB\" }]",
+    );
+    let err = error_of(&text, Path::new(PATH));
+    assert!(
+        err.contains("`vm[0] (web).workload.phases[0].page_cache`"),
+        "{err}"
+    );
+}
+
+/// Something set to happen after the run ends never does: a VM's start, a burst's `at`, a
+/// phase.
+#[test]
+fn times_after_the_end_of_the_run() {
+    let text = replace_line(ISSUE_SCHEMA, "stagger =", "start = \"24h\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert!(
+        err.contains(
+            "`vm[0] (web).start`: 24h is not before the end of the run (24h): the VM never starts"
+        ),
+        "{err}"
+    );
+    let text = replace_line(ISSUE_SCHEMA, "kind =", "kind = \"burst\"\nat = \"25h\"");
+    let text = replace_line(&text, "period =", "");
+    let err = error_of(&text, Path::new(PATH));
+    assert!(err.contains("`vm[0] (web).workload.at`: 25h"), "{err}");
+    let text = with_phases(
+        "kind = \"phases\"\nphases = [{ at = \"0s\", working_set = \"1GiB\" }, { at = \"30h\", working_set = \"2GiB\" }]",
+    );
+    let err = error_of(&text, Path::new(PATH));
+    assert!(
+        err.contains("`vm[0] (web).workload.phases[1].at`: 30h"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -376,6 +511,19 @@ fn missing_trace_file() {
     );
     assert!(err.contains("cannot read trace"), "{err}");
     assert!(err.contains("nowhere.csv"), "{err}");
+    // Given a relative path, the error also says where it looked.
+    let here = tempfile::tempdir_in(".").expect("tempdir here");
+    let name = here.path().file_name().expect("a name");
+    trace_scenario(here.path(), "nowhere.csv");
+    let err = Scenario::load(&Path::new(name).join("replay.toml"))
+        .expect_err("missing trace accepted")
+        .to_string();
+    let looked = std::path::absolute(Path::new(name).join("nowhere.csv")).expect("absolute");
+    assert!(err.contains(&format!("({})", looked.display())), "{err}");
+    assert!(
+        err.contains("`trace = \"nowhere.csv\"`, relative to the scenario's directory"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -411,6 +559,24 @@ fn bad_trace_line_is_reported_with_its_number() {
         .to_string();
     assert!(err.contains(&format!("{}:3:", csv.display())), "{err}");
     assert!(err.contains("times must increase"), "{err}");
+
+    // A working set the guest (1 GiB) cannot hold names its line, not its time.
+    std::fs::write(&csv, "0,100,50\n60,2000,50\n").expect("write trace");
+    let err = Scenario::load(&path)
+        .expect_err("too large accepted")
+        .to_string();
+    assert!(
+        err.contains(&format!("{}:2: working set", csv.display())),
+        "{err}"
+    );
+
+    // Comments before the header (a reviewer's file was refused without a word why).
+    std::fs::write(
+        &csv,
+        "# from build-server, 1 min\n\ntime_s,working_set_mib,page_cache_mib\n0,100,50\n60,200,50\n",
+    )
+    .expect("write trace");
+    Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
 
     // A good trace loads.
     std::fs::write(&csv, "0,100,50\n60,200,50\n").expect("write trace");

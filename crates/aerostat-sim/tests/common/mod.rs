@@ -12,18 +12,14 @@ pub fn scenarios_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios")
 }
 
-/// Scenario text with its `duration` line replaced (to run a shipped scenario shorter).
-pub fn with_duration(text: &str, duration: &str) -> String {
-    text.lines()
-        .map(|l| {
-            if l.trim_start().starts_with("duration") {
-                format!("duration = \"{duration}\"")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The scenario at `path`, parsed whole and then cut to `duration` (as `--duration` does:
+/// its workloads' times stay those of the file).
+pub fn load_shortened(path: &Path, duration: &str) -> Scenario {
+    let text = std::fs::read_to_string(path).expect("scenario file");
+    let mut s = Scenario::parse(&text, path).unwrap_or_else(|e| panic!("{e}"));
+    let d: aerostat_core::Millis = duration.parse().expect("a duration");
+    s.duration = s.duration.min(d);
+    s
 }
 
 /// Every action and every sampled target stays at or above the VM's floor; so does the
