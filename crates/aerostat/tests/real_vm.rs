@@ -777,3 +777,70 @@ fn metrics_status_and_sigterm() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+/// A guest whose QEMU cannot discard what its balloon takes (`-overcommit mem-lock=on`:
+/// mlocked memory, `madvise` fails; measured: `actual` 256 MiB, VmRSS 1.19 GiB): QEMU's RSS
+/// stays far above what the balloon says the guest kept, and after a minute the daemon says
+/// so — the same fact a lying balloon driver would leave on the host.
+#[test]
+fn a_balloon_whose_memory_the_host_still_holds_is_reported() {
+    const TEST: &str = "kept";
+    let _serial = serial_lock();
+    let Some(files) = prerequisites(TEST) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let work = tempfile::tempdir().expect("work dir");
+    let qmp_dir = work.path().join("qmp");
+    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    let specs = [VmSpec::new("locked", 1024).mem_lock().daemon_dir(&qmp_dir)];
+    let vms = start_all(&files, &specs);
+    let config = daemon_config(&qmp_dir, None, "512MiB", "");
+    let daemon = Daemon::start(work.path(), 1, &config);
+
+    // The idle guest is reclaimed: its balloon takes at least 512 MiB ...
+    wait_until(Duration::from_secs(90), "the balloon to inflate", || {
+        std::thread::sleep(Duration::from_millis(500));
+        vms[0].balloon_actual() <= 512 << 20
+    });
+    // ... which QEMU cannot hand back to the host.
+    let rss = vm_rss(vms[0].pid()).expect("QEMU's RSS");
+    assert!(
+        rss > Bytes::mib(900),
+        "RSS {rss}: mem-lock did not hold the memory"
+    );
+
+    let alert = |daemon: &Daemon| {
+        daemon.status()["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["kind"] == "balloon_keeps_memory")
+            .cloned()
+    };
+    let took = wait_until(Duration::from_secs(120), "balloon_keeps_memory", || {
+        std::thread::sleep(Duration::from_millis(1000));
+        alert(&daemon).is_some()
+    });
+    let a = alert(&daemon).expect("the alert");
+    assert_eq!(a["vm"], "locked", "{a}");
+    let kept = a["kept"].as_u64().expect("kept bytes");
+    assert!(kept >= 400 << 20, "kept {} MiB", mib(kept));
+    let table = daemon.status_table();
+    assert!(
+        table.contains("ALERT: balloon keeps memory: locked's QEMU holds"),
+        "{table}"
+    );
+    let text = daemon.metrics();
+    let m = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        m.value("aerostat_alert_active", &[("kind", "balloon_keeps_memory")]),
+        Some(1.0)
+    );
+    println!(
+        "{TEST}: kept {} MiB reported {:.0} s after the balloon inflated; RSS {rss}; {:.0} s in all",
+        mib(kept),
+        took.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+}

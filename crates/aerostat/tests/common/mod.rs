@@ -216,6 +216,9 @@ pub struct VmSpec {
     pub incoming: Option<String>,
     /// A virtio-blk disk for the guest to swap on: `/dev/vda`, not formatted.
     pub swap_disk: Option<SwapDisk>,
+    /// `-overcommit mem-lock=on`: guest memory is mlocked, so QEMU cannot discard what the
+    /// balloon takes (`madvise` fails) and its RSS stays up.
+    pub mem_lock: bool,
 }
 
 /// Where a guest's swap disk comes from.
@@ -239,7 +242,13 @@ impl VmSpec {
             cgroup: None,
             incoming: None,
             swap_disk: None,
+            mem_lock: false,
         }
+    }
+
+    pub fn mem_lock(mut self) -> VmSpec {
+        self.mem_lock = true;
+        self
     }
 
     pub fn swap_disk(mut self, mib: u64) -> VmSpec {
@@ -333,6 +342,9 @@ impl TestVm {
                 .arg(format!("unix:{},server=on,wait=off", d.display()));
         }
         cmd.args(["-device", &balloon]);
+        if spec.mem_lock {
+            cmd.args(["-overcommit", "mem-lock=on"]);
+        }
         let swap_disk = spec.swap_disk.as_ref().map(|d| match d {
             SwapDisk::New(mib) => {
                 let disk = dir.path().join("swap.img");
