@@ -51,14 +51,6 @@ fn memhog_alive(vm: &TestVm, name: &str) -> bool {
     vm.run(&format!("kill -0 $(cat /tmp/{name}.pid)")).0 == 0
 }
 
-/// A work dir with the `qmp/` directory the daemon watches.
-fn work_dir() -> (tempfile::TempDir, std::path::PathBuf) {
-    let work = tempfile::tempdir().expect("work dir");
-    let qmp_dir = work.path().join("qmp");
-    std::fs::create_dir(&qmp_dir).expect("qmp dir");
-    (work, qmp_dir)
-}
-
 /// The daemon's config: the aerostat policy every second over the VMs in `qmp_dir`, and
 /// guest swap declared for VM `name` (so it measures that guest's coldness).
 fn daemon_config(qmp_dir: &std::path::Path, name: &str) -> String {

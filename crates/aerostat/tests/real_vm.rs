@@ -320,9 +320,7 @@ fn overcommit_memory_flows_to_the_guest_that_needs_it() {
         return;
     };
     let t0 = Instant::now();
-    let work = tempfile::tempdir().expect("work dir");
-    let qmp_dir = work.path().join("qmp");
-    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    let (work, qmp_dir) = work_dir();
     let names = ["a", "b", "c"];
     let specs: Vec<VmSpec> = names
         .iter()
@@ -401,9 +399,7 @@ fn faults_vm_killed_and_daemon_restarted() {
         return;
     };
     let t0 = Instant::now();
-    let work = tempfile::tempdir().expect("work dir");
-    let qmp_dir = work.path().join("qmp");
-    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    let (work, qmp_dir) = work_dir();
     let specs = [
         VmSpec::new("steady", 1024).daemon_dir(&qmp_dir),
         VmSpec::new("victim", 512).daemon_dir(&qmp_dir),
@@ -524,9 +520,7 @@ fn fault_stalled_balloon_is_detected() {
     let Some(cg) = TestCgroup::create(TEST, Bytes::mib(2048)) else {
         return;
     };
-    let work = tempfile::tempdir().expect("work dir");
-    let qmp_dir = work.path().join("qmp");
-    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    let (work, qmp_dir) = work_dir();
     let specs = [
         VmSpec::new("locked", 768)
             .daemon_dir(&qmp_dir)
@@ -581,9 +575,7 @@ fn metrics_status_and_sigterm() {
         return;
     };
     let t0 = Instant::now();
-    let work = tempfile::tempdir().expect("work dir");
-    let qmp_dir = work.path().join("qmp");
-    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    let (work, qmp_dir) = work_dir();
     let specs = [
         VmSpec::new("web", 512).daemon_dir(&qmp_dir),
         VmSpec::new("db", 768).daemon_dir(&qmp_dir),
@@ -790,9 +782,7 @@ fn a_balloon_whose_memory_the_host_still_holds_is_reported() {
         return;
     };
     let t0 = Instant::now();
-    let work = tempfile::tempdir().expect("work dir");
-    let qmp_dir = work.path().join("qmp");
-    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    let (work, qmp_dir) = work_dir();
     let specs = [VmSpec::new("locked", 1024).mem_lock().daemon_dir(&qmp_dir)];
     let vms = start_all(&files, &specs);
     let config = daemon_config(&qmp_dir, None, "512MiB", "");

@@ -539,6 +539,14 @@ impl Drop for TestVm {
 }
 
 /// Spawns every guest first, then waits for all of them: boots overlap.
+/// A work dir with the `qmp/` directory the daemon watches.
+pub fn work_dir() -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().expect("work dir");
+    let qmp_dir = work.path().join("qmp");
+    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    (work, qmp_dir)
+}
+
 pub fn start_all(files: &GuestFiles, specs: &[VmSpec]) -> Vec<TestVm> {
     let mut vms: Vec<TestVm> = specs.iter().map(|s| TestVm::spawn(files, s)).collect();
     for vm in &mut vms {
