@@ -220,6 +220,13 @@ impl Controller {
         self.policy.unmet_need()
     }
 
+    /// Memory balloons claimed to have given back while the host still held it, as far as
+    /// the last tick counted it against the host's capacity (`kept_memory`): what guests can
+    /// be given is the host's capacity less this, for the escape as for the reserve guard.
+    pub fn kept_memory(&self) -> Bytes {
+        self.kept
+    }
+
     pub fn guards(&self) -> &GuardConfig {
         &self.guards
     }
@@ -263,6 +270,22 @@ impl Controller {
             mut order,
             mut working_set,
         } = std::mem::take(&mut self.scratch);
+        // Memory balloons claim to have given back and the host still holds: used, as far
+        // as the policy's fit and the reserve guard are concerned.
+        let mut alerts = Vec::new();
+        let mut kept_total = Bytes::ZERO;
+        for (i, vm) in obs.vms.iter().enumerate() {
+            if let Some(kept) = kept_memory::kept(vm, &mut self.vms[i].kept_since, obs.time) {
+                kept_total += kept;
+                alerts.push(Alert::BalloonKeepsMemory {
+                    vm: vm.name.clone(),
+                    kept,
+                });
+            }
+        }
+        self.kept = kept_memory::counted(kept_total, &obs.host);
+        self.policy.host_keeps(self.kept);
+
         current.clear();
         current.extend((0..obs.vms.len()).map(|i| self.vms[i].target));
         proposals.clear();
@@ -353,23 +376,9 @@ impl Controller {
         }
 
         // Guard 3: the host reserve.
-        let mut alerts = Vec::new();
         if let Some(unmet) = self.policy.unmet_need().filter(|u| *u >= MIN_UNMET) {
             alerts.push(Alert::WorkingSetsDoNotFit { unmet });
         }
-        // Memory balloons claim to have given back and the host still holds: used, as far
-        // as the reserve guard is concerned.
-        let mut kept_total = Bytes::ZERO;
-        for (i, vm) in obs.vms.iter().enumerate() {
-            if let Some(kept) = kept_memory::kept(vm, &mut self.vms[i].kept_since, obs.time) {
-                kept_total += kept;
-                alerts.push(Alert::BalloonKeepsMemory {
-                    vm: vm.name.clone(),
-                    kept,
-                });
-            }
-        }
-        self.kept = kept_memory::counted(kept_total, &obs.host);
         if let Some(reserve) = self.guards.reserve {
             let capacity = obs.host.capacity(reserve) - self.kept;
             let floors = floors_held(obs);

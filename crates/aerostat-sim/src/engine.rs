@@ -428,7 +428,9 @@ impl Simulation {
             g.write_stats(now, &mut vm.stats);
         }
         if let Some(e) = self.escape.as_mut() {
-            let capacity = self.obs.host.capacity(self.scenario.host.reserve);
+            // Less what balloons keep that the host still holds, as of the last tick.
+            let capacity =
+                self.obs.host.capacity(self.scenario.host.reserve) - self.controller.kept_memory();
             // What the policy could not give guests under pressure, as of the last tick.
             let unmet = self.controller.unmet_need();
             e.control(

@@ -217,6 +217,9 @@ pub struct AerostatPolicy {
     wishes: Vec<Wish>,
     /// What the last tick's host-short fit took from guests under memory pressure.
     unmet: f64,
+    /// Memory the host holds beyond what balloons claim (`Policy::host_keeps`): not
+    /// capacity for the fit.
+    kept: f64,
 }
 
 impl AerostatPolicy {
@@ -226,6 +229,7 @@ impl AerostatPolicy {
             memos: PerVm::new(),
             wishes: Vec::new(),
             unmet: 0.0,
+            kept: 0.0,
         }
     }
 }
@@ -267,7 +271,7 @@ impl Policy for AerostatPolicy {
             wishes.extend(wish_for(&host, memo, i, vm, current));
         }
 
-        self.unmet = fit_host(&self.settings, obs, wishes);
+        self.unmet = fit_host(&self.settings, obs, self.kept, wishes);
 
         for w in wishes.iter_mut() {
             let current = targets.get(w.vm).copied().unwrap_or(obs.vms[w.vm].actual);
@@ -277,6 +281,10 @@ impl Policy for AerostatPolicy {
 
     fn unmet_need(&self) -> Option<Bytes> {
         Some(Bytes::from_f64(self.unmet))
+    }
+
+    fn host_keeps(&mut self, kept: Bytes) {
+        self.kept = kept.as_f64();
     }
 
     fn working_set(&self, vm: usize) -> Option<WorkingSet> {

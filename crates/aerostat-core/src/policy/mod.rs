@@ -102,6 +102,13 @@ pub trait Policy: Send + fmt::Debug {
     fn unmet_need(&self) -> Option<Bytes> {
         None
     }
+    /// Memory the host holds beyond what balloons claim to have kept, as the controller
+    /// counts it this tick (`controller/kept_memory.rs`), told before
+    /// [`Policy::propose_into`]: a policy that fits guests into the host's capacity fits
+    /// them into that much less. Policies that do not fit need not implement it.
+    fn host_keeps(&mut self, kept: Bytes) {
+        let _ = kept;
+    }
     /// [`Policy::propose_into`] into a new `Vec`, with every deferred reason written out.
     fn propose(&mut self, obs: &Observation, targets: &[Bytes]) -> Vec<Proposal> {
         let mut out = Vec::new();

@@ -214,7 +214,7 @@ async fn tick(
         }
     }
     let decision = controller.tick(&obs);
-    let capacity = host_sample.capacity(config.reserve);
+    let capacity = host_sample.capacity(config.reserve) - controller.kept_memory();
     let escape_lines = match escape {
         Some(e) => {
             e.tick(&obs, capacity, controller.unmet_need(), registry, dry_run)

@@ -15,8 +15,15 @@ use super::wish::Wish;
 /// `lowest`, cheapest first: lowest weight × room, proportionally. Returns what it took from
 /// guests under memory pressure (`Rule::DeflatePressure` wishes): memory guests that are
 /// already swapping or refaulting asked for and the host could not give.
-pub(super) fn fit_host(settings: &PolicySettings, obs: &Observation, wishes: &mut [Wish]) -> f64 {
-    let capacity = obs.host.capacity(settings.reserve).as_f64();
+/// `kept`: memory the host holds beyond what balloons claim (`Policy::host_keeps`), not
+/// capacity.
+pub(super) fn fit_host(
+    settings: &PolicySettings,
+    obs: &Observation,
+    kept: f64,
+    wishes: &mut [Wish],
+) -> f64 {
+    let capacity = (obs.host.capacity(settings.reserve).as_f64() - kept).max(0.0);
     let mut committed: f64 = obs
         .vms
         .iter()
