@@ -34,7 +34,7 @@ use crate::planner::escape::{MIN_UNMET, floors_held, hot_memory_stays};
 use crate::policy::{Policy, Proposal, Reason, WorkingSet};
 use crate::units::{Bytes, Millis};
 
-mod kept_memory;
+pub(crate) mod kept_memory;
 
 /// How long the reserve guard may leave an excess to the next ticks — waiting for untouched
 /// memory (`can_wait`), or holding higher-priority guests' touched memory while

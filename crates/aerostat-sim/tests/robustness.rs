@@ -171,6 +171,33 @@ fn a_balloon_that_keeps_memory_loses_no_vm_to_the_host_oom_killer() {
     assert!(s.peak_host_used_gib > 15.0, "{s:?}");
 }
 
+/// The same host with the live-migration escape: the two honest guests' working sets no
+/// longer fit beside the memory the lie keeps, the policy reports that as unmet need, and
+/// the escape moves a guest away. Without it (before the host-short fit counted wishes below
+/// a floor at the floor) the policy saw room that was not there, nothing moved, and the
+/// reserve guard squeezed the honest guests into their swap for an hour: 2,148 stall-s
+/// (with the escape: 24 s).
+#[test]
+fn the_escape_moves_a_guest_when_a_balloon_keeps_the_memory_the_others_need() {
+    let text = LYING_BALLOON.replacen(
+        "[[vm]]",
+        "[migration]\nescape = true\ngrace = \"60s\"\nbandwidth = \"1GiB/s\"\n\n[[vm]]",
+        1,
+    );
+    let scenario = Scenario::parse(&text, Path::new("lying-balloon-escape.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let result = run(&scenario, RunOptions::new(PolicyKind::Aerostat));
+    let s = &result.summary;
+    assert_floors_kept(
+        &scenario,
+        &result,
+        "aerostat on lying-balloon with the escape",
+    );
+    assert_eq!((s.guest_oom_kills, s.host_oom_kills), (0, 0), "{s:?}");
+    assert_eq!(s.migrations, Some(1), "{s:?}");
+    assert!(s.guest_stall_seconds < 200.0, "{s:?}");
+}
+
 /// The scenarios written after tuning (`docs/examples/unseen-*.toml`), run in full: the
 /// `aerostat` policy OOM-kills no guest and never lets the host OOM. (`unseen-2` caught a
 /// probe that let the hot cache fill a bursty guest's headroom: one guest OOM kill.)

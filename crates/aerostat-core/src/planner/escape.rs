@@ -21,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::migration::{Allowed, MigrationInputs, Plan, choose};
+use crate::controller::kept_memory::beyond_claim;
 use crate::observation::{Observation, VmSample};
 use crate::units::{Bytes, Millis};
 
@@ -169,10 +170,14 @@ pub fn choose_escape(
             let inputs = escape_inputs(vm, dirty_rate, settings);
             let plan = choose(&inputs, allowed);
             let predicted_time = plan.chosen_prediction()?.total_time?;
-            let relief = match unmet {
-                Some(_) => vm.overhead + vm.actual,
-                None => floor_demand(vm),
-            };
+            // Host facts over the balloon's claim: a guest whose QEMU holds more than its
+            // balloon says frees that too when it leaves.
+            let kept = beyond_claim(vm).unwrap_or(Bytes::ZERO);
+            let relief = kept
+                + match unmet {
+                    Some(_) => vm.overhead + vm.actual,
+                    None => floor_demand(vm),
+                };
             let seconds = predicted_time.as_secs_f64().max(0.001);
             let weight = if vm.priority.is_finite() && vm.priority > 0.0 {
                 vm.priority

@@ -337,3 +337,34 @@ fn working_set_pressure_ranks_by_the_memory_a_departure_frees() {
     assert_eq!(e.chosen().map(|c| c.name.as_str()), Some("big"));
     assert_eq!(e.need, Bytes::gib(11));
 }
+
+/// A guest whose QEMU holds more than its balloon claims (`rss − overhead` well above
+/// `actual`) frees that too when it leaves: host facts over the balloon's claim. The liar
+/// claims 1 GiB and holds 6, so only its departure covers 3 GiB, though its claim alone
+/// would not.
+#[test]
+fn a_departure_frees_what_the_host_holds_beyond_the_balloons_claim() {
+    let mut honest = vm("honest", 4, 1);
+    honest.actual = Bytes::gib(3);
+    honest.rss = Some(Bytes::gib(3) + honest.overhead);
+    let mut liar = vm("liar", 8, 1);
+    liar.actual = Bytes::gib(1);
+    liar.rss = Some(Bytes::gib(6) + liar.overhead);
+    let obs = host(vec![honest, liar]);
+    let e = choose_escape(
+        &obs,
+        Bytes::gib(8),
+        &[Some(Bytes::ZERO); 2],
+        &settings(),
+        Some(Bytes::gib(3) + Bytes::mib(512)),
+    );
+    let liar = e.ranking.iter().find(|c| c.name == "liar").expect("liar");
+    assert_eq!(liar.relief, Bytes::gib(6) + Bytes::mib(256));
+    assert!(liar.fits_after, "{}", e.reason);
+    assert_eq!(
+        e.chosen().map(|c| c.name.as_str()),
+        Some("liar"),
+        "{}",
+        e.reason
+    );
+}

@@ -12,9 +12,11 @@ use crate::units::Bytes;
 use super::wish::Wish;
 
 /// When Σ wishes + overheads exceed host total − reserve (+ KSM savings), lower wishes toward their
-/// `lowest`, cheapest first: lowest weight × room, proportionally. Returns what it took from
-/// guests under memory pressure (`Rule::DeflatePressure` wishes): memory guests that are
-/// already swapping or refaulting asked for and the host could not give.
+/// `lowest`, cheapest first: lowest weight × room, proportionally. Returns the unmet need:
+/// what it took from guests under memory pressure (`Rule::DeflatePressure` wishes: memory
+/// guests that are already swapping or refaulting asked for and the host could not give),
+/// plus what it could not place at all — the excess left once every wish is at its
+/// `lowest`, which the reserve guard then takes from what the guests use.
 /// `kept`: memory the host holds beyond what balloons claim (`Policy::host_keeps`), not
 /// capacity.
 pub(super) fn fit_host(
@@ -29,8 +31,12 @@ pub(super) fn fit_host(
         .iter()
         .map(|v| (v.overhead + v.actual).as_f64())
         .sum();
+    // A wish below the guest's floor is lifted to it by the controller's floor guard: it
+    // frees nothing below the floor (`lying-balloon`: a 1 GiB floor under a 64 MiB wish made
+    // the fit count 960 MiB the guard then took from the other guests' working sets).
+    let floor = |w: &Wish| obs.vms[w.vm].floor().as_f64();
     for w in wishes.iter() {
-        committed += w.target - obs.vms[w.vm].actual.as_f64();
+        committed += w.target.max(floor(w)) - obs.vms[w.vm].actual.as_f64();
     }
     let excess = committed - capacity;
     if excess <= 0.0 {
@@ -41,11 +47,14 @@ pub(super) fn fit_host(
     // then the cache each guest keeps, down to its `lowest`; within a tier, in proportion
     // to room ÷ weight.
     let mut left = excess;
+    let mut hot_stays = false;
     for tier in 0..3 {
-        let floor_of = |w: &Wish| match tier {
-            0 => w.idle_floor,
-            1 => w.resident.max(w.lowest),
-            _ => w.lowest,
+        let floor_of = |w: &Wish| {
+            floor(w).max(match tier {
+                0 => w.idle_floor,
+                1 => w.resident.max(w.lowest),
+                _ => w.lowest,
+            })
         };
         let total_room: f64 = wishes
             .iter()
@@ -72,6 +81,7 @@ pub(super) fn fit_host(
                 Bytes::from_f64(capacity),
                 Bytes::from_f64(left),
             ) {
+                hot_stays = true;
                 0.0
             } else {
                 (left - headroom).max(0.0)
@@ -101,5 +111,20 @@ pub(super) fn fit_host(
             w.host_short = Some((excess, taken + take));
         }
     }
-    from_pressured
+    // What no tier could take: the guests' own memory does not fit, and the guard will
+    // squeeze them into their swap (`lying-balloon` with the escape: the guard took 0.4 GiB
+    // of two honest guests' working sets every tick for an hour while the policy reported
+    // nothing unmet, so the escape never moved the guest whose balloon kept 5.6 GiB). Not
+    // when hot memory stays on purpose: the floors do not fit, and that is the escape's
+    // other cue.
+    let unplaced = if hot_stays {
+        0.0
+    } else {
+        let headroom: f64 = wishes
+            .iter()
+            .map(|w| (w.target - w.resident).max(0.0))
+            .sum();
+        (left - headroom).max(0.0)
+    };
+    from_pressured + unplaced
 }
