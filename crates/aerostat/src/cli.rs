@@ -180,6 +180,10 @@ pub struct BenchSimArgs {
     /// Worker threads for the fleet run (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// How often the policy decides (e.g. `10s`, MoM's and Proxmox's default; default: the
+    /// demo scenario's, 1 s). The guests are still advanced every simulated second.
+    #[arg(long)]
+    pub interval: Option<String>,
 }
 
 #[derive(Debug, Args)]

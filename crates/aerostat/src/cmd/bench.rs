@@ -208,6 +208,12 @@ pub fn sim(args: &BenchSimArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| InputError(format!("--duration: {e}")))?;
     let mut scenario = load_scenario(None)?;
     scenario.duration = duration;
+    if let Some(interval) = &args.interval {
+        let interval: Millis = interval
+            .parse()
+            .map_err(|e| InputError(format!("--interval: {e}")))?;
+        scenario.interval = Some(interval);
+    }
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
