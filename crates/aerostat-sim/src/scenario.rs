@@ -594,6 +594,20 @@ fn vm_path(table: String, vm_name: Option<&str>) -> String {
     }
 }
 
+/// What is wrong with a policy interval on a simulation of this tick, if anything: the
+/// engine runs the policy on whole ticks, and the policy sizes its rooms from the interval
+/// it is told, so an interval that is not a whole number of ticks would size them for a
+/// cadence that never runs.
+pub fn interval_problem(interval: Millis, tick: Millis) -> Option<String> {
+    if interval < tick || !interval.0.is_multiple_of(tick.0) {
+        Some(format!("must be a whole number of ticks (tick {tick})"))
+    } else if interval > Millis::secs(3600) {
+        Some("must be at most 1h".into())
+    } else {
+        None
+    }
+}
+
 impl RawScenario {
     pub fn validate(self, text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
         let invalid = |line: usize, key: String, message: String| ScenarioError::Invalid {
@@ -620,6 +634,13 @@ impl RawScenario {
                 "scenario.tick".into(),
                 "must be between 1ms and 60s".into(),
             ));
+        }
+        if let Some(why) = self
+            .scenario
+            .interval
+            .and_then(|i| interval_problem(i, tick))
+        {
+            return Err(invalid(meta_line, "scenario.interval".into(), why));
         }
         if self.scenario.duration.0 / tick.0 > 100_000_000 {
             return Err(invalid(

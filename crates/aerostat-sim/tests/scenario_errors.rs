@@ -418,6 +418,29 @@ fn reserve_not_below_host_memory() {
     }
 }
 
+/// The policy runs on whole ticks and sizes its rooms from the interval it is told: an
+/// interval below the tick, or not a whole number of ticks, is refused; 10 s is accepted.
+#[test]
+fn policy_interval_must_be_whole_ticks() {
+    for interval in ["0s", "500ms", "1500ms", "2h"] {
+        let text = replace_line(
+            ISSUE_SCHEMA,
+            "seed =",
+            &format!("seed = 7\ninterval = \"{interval}\""),
+        );
+        let err = error_of(&text, Path::new(PATH));
+        assert_names(
+            &err,
+            Path::new(PATH),
+            line_of(&text, "[scenario]"),
+            "`scenario.interval`",
+        );
+    }
+    let text = replace_line(ISSUE_SCHEMA, "seed =", "seed = 7\ninterval = \"10s\"");
+    let s = Scenario::parse(&text, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.interval, Some(Millis::secs(10)));
+}
+
 #[test]
 fn floors_and_reserve_above_host() {
     // 12 floors of 6 GiB + overheads + 4 GiB reserve > 64 GiB + 1 GiB swap.

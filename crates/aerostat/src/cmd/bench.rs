@@ -212,6 +212,9 @@ pub fn sim(args: &BenchSimArgs) -> anyhow::Result<ExitCode> {
         let interval: Millis = interval
             .parse()
             .map_err(|e| InputError(format!("--interval: {e}")))?;
+        if let Some(why) = aerostat_sim::scenario::interval_problem(interval, scenario.tick) {
+            return Err(InputError(format!("--interval: {why}")).into());
+        }
         scenario.interval = Some(interval);
     }
     if let Some(n) = args.threads {
