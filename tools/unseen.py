@@ -75,8 +75,10 @@ def scenario(k):
             vm.append(f'class = "{cls}"')
         if r.random() < 0.2:
             vm.append("deflate_on_oom = true")
+        start = 0
         if r.random() < 0.3:
-            vm.append(f'start = "{r.randint(0, hours * 60 // 2)}m"')
+            start = r.randint(0, hours * 60 // 2)
+            vm.append(f'start = "{start}m"')
         w = [f'[vm.workload]\nkind = "{kind}"\nworking_set = "{mib(ws)}"\npage_cache = "{mib(cache)}"']
         top = ws
         if kind in ("diurnal", "burst", "ramp"):
@@ -87,7 +89,9 @@ def scenario(k):
             if r.random() < 0.5:
                 w.append(f'phase = "{r.randint(0, 12)}h"')
         if kind == "burst":
-            w.append(f'at = "{r.randint(5, hours * 60 - 5)}m"\n'
+            # Workload times count from the VM's start: a burst past the end never happens
+            # (the simulator refuses it).
+            w.append(f'at = "{r.randint(5, hours * 60 - start - 5)}m"\n'
                      f'rise = "{r.choice([5, 10, 30, 60, 300])}s"\n'
                      f'hold = "{r.choice([5, 30, 60, 120])}m"')
         if kind == "leak":

@@ -774,23 +774,9 @@ impl RawScenario {
                     format!("headroom {h} is above memory {}", v.memory),
                 ));
             }
-            let duration = self.scenario.duration;
-            let mut workload =
-                validate_workload(&v.workload, v.memory, kernel, pinned, duration, path)
-                    .map_err(|(k, m)| invalid(line, key(&format!("workload.{k}")), m))?;
-            if workload.at == Millis(u64::MAX) {
-                workload.at = Millis(self.scenario.duration.0 / 3);
-            }
             let count = v.count.unwrap_or(1);
             if count == 0 {
                 return Err(invalid(line, key("count"), "must be at least 1".into()));
-            }
-            if vms.len() + count as usize > MAX_VMS {
-                return Err(invalid(
-                    line,
-                    key("count"),
-                    format!("more than {MAX_VMS} VMs in all"),
-                ));
             }
             let start = v.start.unwrap_or(Millis::ZERO);
             if start >= self.scenario.duration {
@@ -804,6 +790,38 @@ impl RawScenario {
                 ));
             }
             let stagger = v.stagger.unwrap_or(Millis::ZERO);
+            let last_start = Millis(start.0 + stagger.0 * u64::from(count - 1));
+            if last_start >= self.scenario.duration {
+                return Err(invalid(
+                    line,
+                    key("stagger"),
+                    format!(
+                        "replica {} would start at {last_start}, not before the end of the run ({}): it never starts",
+                        count - 1,
+                        self.scenario.duration
+                    ),
+                ));
+            }
+            // Workload times count from each VM's own start (the engine steps a workload
+            // with the time since it started): what the first replica never reaches, none
+            // does.
+            let lifetime = RunSpan {
+                start,
+                end: self.scenario.duration,
+            };
+            let mut workload =
+                validate_workload(&v.workload, v.memory, kernel, pinned, lifetime, path)
+                    .map_err(|(k, m)| invalid(line, key(&format!("workload.{k}")), m))?;
+            if workload.at == Millis(u64::MAX) {
+                workload.at = Millis(self.scenario.duration.0 / 3);
+            }
+            if vms.len() + count as usize > MAX_VMS {
+                return Err(invalid(
+                    line,
+                    key("count"),
+                    format!("more than {MAX_VMS} VMs in all"),
+                ));
+            }
             for r in 0..count {
                 let name = if v.count.is_some() {
                     format!("{}-{r}", v.name)
@@ -968,14 +986,29 @@ fn fields_set(w: &RawWorkload) -> [(&'static str, bool); 10] {
     ]
 }
 
+/// A VM's time in the run: from its start (the first replica's) to the end of the run.
+#[derive(Clone, Copy)]
+struct RunSpan {
+    start: Millis,
+    end: Millis,
+}
+
+impl RunSpan {
+    /// How long the workload runs: workload times count from the VM's start.
+    fn len(self) -> Millis {
+        self.end.saturating_sub(self.start)
+    }
+}
+
 fn validate_workload(
     w: &RawWorkload,
     memory: Bytes,
     kernel: Bytes,
     pinned: Bytes,
-    duration: Millis,
+    span: RunSpan,
     scenario_path: &Path,
 ) -> Result<WorkloadSpec, (String, String)> {
+    let duration = span.len();
     let err = |k: &str, m: String| Err((k.to_string(), m));
     let usable = memory - kernel - pinned;
     // A field the kind never reads is a mistake the run would hide (`peak` on a steady
@@ -995,10 +1028,15 @@ fn validate_workload(
         }
     }
     let never = |field: &str, at: Millis| {
-        err(
-            field,
-            format!("{at} is not before the end of the run ({duration}): it never happens"),
-        )
+        let message = if span.start == Millis::ZERO {
+            format!("{at} is not before the end of the run ({duration}): it never happens")
+        } else {
+            format!(
+                "{at} after the VM starts (at {}) is not before the end of the run ({}): it never happens (workload times count from the VM's start)",
+                span.start, span.end
+            )
+        };
+        err(field, message)
     };
     if let Some(at) = w.at
         && at >= duration

@@ -375,6 +375,38 @@ fn times_after_the_end_of_the_run() {
     );
 }
 
+/// Workload times count from the VM's start (the engine steps a workload with the time since
+/// it started): a burst 20 h into a VM that starts at 6 h of a 24 h run never happens, and a
+/// replica staggered past the end never starts. 17 h after a start at 6 h still happens.
+#[test]
+fn workload_times_count_from_the_vms_start() {
+    let burst = |at: &str| {
+        let text = replace_line(ISSUE_SCHEMA, "stagger =", "start = \"6h\"");
+        let text = replace_line(&text, "kind =", &format!("kind = \"burst\"\nat = \"{at}\""));
+        replace_line(&text, "period =", "")
+    };
+    let err = error_of(&burst("20h"), Path::new(PATH));
+    assert!(
+        err.contains("`vm[0] (web).workload.at`: 20h after the VM starts (at 6h)"),
+        "{err}"
+    );
+    Scenario::parse(&burst("17h"), Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+
+    // 12 replicas 2 h apart: the last would start at 22 h (fine), 3 h apart at 33 h.
+    let staggered =
+        |every: &str| replace_line(ISSUE_SCHEMA, "stagger =", &format!("stagger = \"{every}\""));
+    Scenario::parse(&staggered("2h"), Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+    let text = staggered("3h");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[[vm]]"),
+        "`vm[0] (web).stagger`",
+    );
+    assert!(err.contains("replica 11 would start at 33h"), "{err}");
+}
+
 #[test]
 fn operator_headroom_above_memory() {
     let text = replace_line(
