@@ -177,6 +177,18 @@ fn assert_pause_within(r: &Value, limit_ms: u64) {
     assert!(paused <= bound, "paused {paused} ms: {r:#}");
 }
 
+/// A post-copy switch paused the guest near the limit, by the events (STOP on the source to
+/// RESUME on the destination): the guest's real pause. QEMU's own `downtime` for a post-copy
+/// run is not asserted: it usually matches (2-10 ms here), but in one CI run (session 15) the
+/// second post-copy hop reported 7,768 ms while STOP→RESUME was 10 ms and the guest was
+/// already running on the destination (post-copy blocktime 7,055 ms): QEMU's figure was then
+/// not the guest's pause.
+fn assert_postcopy_pause_within(r: &Value, limit_ms: u64) {
+    let bound = pause_bound(limit_ms);
+    let paused = u(r, "paused_ms").expect("STOP→RESUME measured with --dest-qmp");
+    assert!(paused <= bound, "paused {paused} ms: {r:#}");
+}
+
 fn print_report(label: &str, rc: i32, r: &Value) {
     println!("--- {label}: rc {rc} ---");
     println!("plan: {}", r["plan"]["reason"].as_str().unwrap_or(""));
@@ -317,7 +329,7 @@ fn rewriting_guest_lands_through_postcopy_where_precopy_does_not() {
         assert_eq!(switches.len(), 1, "{r:#}");
         assert_eq!(switches[0]["action"], "migrate-start-postcopy");
         assert!(u(r, "total_time_ms").expect("total") <= 60_000, "{r:#}");
-        assert_pause_within(r, 300);
+        assert_postcopy_pause_within(r, 300);
         assert_eq!(r["destination_status"], "running");
     };
     assert_eq!(rc, 0, "{r:#}");
