@@ -790,7 +790,12 @@ impl RawScenario {
                 ));
             }
             let stagger = v.stagger.unwrap_or(Millis::ZERO);
-            let last_start = Millis(start.0 + stagger.0 * u64::from(count - 1));
+            // Saturating: a stagger of centuries must be refused, not wrap around.
+            let last_start = Millis(
+                start
+                    .0
+                    .saturating_add(stagger.0.saturating_mul(u64::from(count - 1))),
+            );
             if last_start >= self.scenario.duration {
                 return Err(invalid(
                     line,
