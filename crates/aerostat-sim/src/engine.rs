@@ -111,10 +111,15 @@ struct VmAcc {
 impl Simulation {
     pub fn new(scenario: Scenario, options: RunOptions) -> Simulation {
         let seed = options.seed.unwrap_or(scenario.seed);
-        let interval = options
+        let asked = options
             .interval
             .or(scenario.interval)
             .unwrap_or_else(|| options.policy.native_interval());
+        // The engine decides on whole ticks: the policy is told the cadence it really gets
+        // (a 1 s native interval on a 60 s tick is a 60 s interval, and the policy sizes its
+        // burst room from it).
+        let interval_ticks = (asked.0 / scenario.tick.0).max(1);
+        let interval = Millis(interval_ticks * scenario.tick.0);
         let settings = PolicySettings {
             reserve: scenario.host.reserve,
             interval,
@@ -136,7 +141,6 @@ impl Simulation {
             .collect();
         let n = guests.len();
         let ticks = scenario.duration.0 / scenario.tick.0;
-        let interval_ticks = (interval.0 / scenario.tick.0).max(1);
         let sample_every = if options.samples == 0 {
             u64::MAX
         } else {

@@ -819,6 +819,18 @@ impl RawScenario {
                     .map_err(|(k, m)| invalid(line, key(&format!("workload.{k}")), m))?;
             if workload.at == Millis(u64::MAX) {
                 workload.at = Millis(self.scenario.duration.0 / 3);
+                // The default is a third of the run, counted from the VM's start like any
+                // workload time: a VM starting after two thirds would never reach it.
+                if fields_read(workload.kind).contains(&"at") && workload.at >= lifetime.len() {
+                    return Err(invalid(
+                        line,
+                        key("workload.at"),
+                        format!(
+                            "not set, and its default ({}, a third of the run, counted from the VM's start at {start}) is past the end of the run: set it",
+                            workload.at
+                        ),
+                    ));
+                }
             }
             if vms.len() + count as usize > MAX_VMS {
                 return Err(invalid(

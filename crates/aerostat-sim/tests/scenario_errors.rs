@@ -391,6 +391,16 @@ fn workload_times_count_from_the_vms_start() {
         "{err}"
     );
     Scenario::parse(&burst("17h"), Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+    // Without `at`, the default (a third of the run, 8 h) counts from the start too: past
+    // the end for a VM starting at 18 h.
+    let text = replace_line(ISSUE_SCHEMA, "stagger =", "start = \"18h\"");
+    let text = replace_line(&text, "kind =", "kind = \"burst\"");
+    let text = replace_line(&text, "period =", "");
+    let err = error_of(&text, Path::new(PATH));
+    assert!(
+        err.contains("`vm[0] (web).workload.at`: not set, and its default (8h"),
+        "{err}"
+    );
 
     // 12 replicas 2 h apart: the last would start at 22 h (fine), 3 h apart at 33 h.
     let staggered =

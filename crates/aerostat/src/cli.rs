@@ -180,8 +180,9 @@ pub struct BenchSimArgs {
     /// Worker threads for the fleet run (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// How often the policy decides (e.g. `10s`, MoM's and Proxmox's default; default: the
-    /// demo scenario's, 1 s). The guests are still advanced every simulated second.
+    /// How often every policy decides, e.g. `10s` (default: each policy's own: aerostat 1 s,
+    /// static and Proxmox 10 s, MoM 15 s). The guests are still advanced every simulated
+    /// second.
     #[arg(long)]
     pub interval: Option<String>,
 }

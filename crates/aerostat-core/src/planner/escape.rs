@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::migration::{Allowed, MigrationInputs, Plan, choose};
-use crate::controller::kept_memory::beyond_claim;
+use crate::controller::kept_memory::{beyond_claim, counted};
 use crate::observation::{Observation, VmSample};
 use crate::units::{Bytes, Millis};
 
@@ -171,8 +171,9 @@ pub fn choose_escape(
             let plan = choose(&inputs, allowed);
             let predicted_time = plan.chosen_prediction()?.total_time?;
             // Host facts over the balloon's claim: a guest whose QEMU holds more than its
-            // balloon says frees that too when it leaves.
-            let kept = beyond_claim(vm).unwrap_or(Bytes::ZERO);
+            // balloon says frees that too when it leaves — as far as the capacity counts it
+            // (`kept_memory::counted`: what host swap cannot hold).
+            let kept = beyond_claim(vm).map_or(Bytes::ZERO, |k| counted(k, &obs.host));
             let relief = kept
                 + match unmet {
                     Some(_) => vm.overhead + vm.actual,
@@ -259,7 +260,8 @@ pub enum Pressure {
         limit: Bytes,
     },
     /// Guests under memory pressure (swapping, refaulting) asked the policy for `unmet` more
-    /// than the host could give ([`crate::policy::Policy::unmet_need`]): their working sets
+    /// than the host could give, or use that much more than it can hold once each is at its
+    /// least ([`crate::policy::Policy::unmet_need`]; the message says "lack" for both): their working sets
     /// no longer fit, though the floors do and the host keeps its reserve — the guests
     /// thrash in their own swap and page cache instead of the host's.
     WorkingSetsDoNotFit { unmet: Bytes },

@@ -96,8 +96,9 @@ pub trait Policy: Send + fmt::Debug {
         None
     }
     /// Memory that guests under memory pressure (swapping in, refaulting) asked for in the
-    /// last [`Policy::propose_into`] and did not get because the host is short; `None` when
-    /// the policy does not say. Sustained, it means the guests' working sets no longer fit
+    /// last [`Policy::propose_into`] and did not get because the host is short, plus memory
+    /// guests use that the host cannot hold once every guest is at its least (the reserve
+    /// guard then takes it from what they use); `None` when the policy does not say. Sustained, it means the guests' working sets no longer fit
     /// the host: the escape's cue to move one away (`planner::escape::Pressure`).
     fn unmet_need(&self) -> Option<Bytes> {
         None

@@ -68,9 +68,10 @@ pub(super) fn fit_host(
         // batch guest's hot cache thrashed for eight fleet mates' 768 MiB of headroom,
         // with 4 GiB of the host free).
         let short = if tier == 2 {
+            // Headroom above the floor only: what a floor holds no one can take later.
             let headroom: f64 = wishes
                 .iter()
-                .map(|w| (w.target - w.resident).max(0.0))
+                .map(|w| (w.target.max(floor(w)) - w.resident.max(floor(w))).max(0.0))
                 .sum();
             // When even the floors do not fit, taking hot cache cannot make room: it only
             // trades host swap for refaults. While host swap can hold the rest, the hot
@@ -111,8 +112,9 @@ pub(super) fn fit_host(
             w.host_short = Some((excess, taken + take));
         }
     }
-    // What no tier could take: the guests' own memory does not fit, and the guard will
-    // squeeze them into their swap (`lying-balloon` with the escape: the guard took 0.4 GiB
+    // What no tier could take, once every wish is at its `lowest` (the tiers share the
+    // shortfall in one pass, so room a capped share left counts as placeable): the guests'
+    // own memory does not fit, and the guard will squeeze them into their swap (`lying-balloon` with the escape: the guard took 0.4 GiB
     // of two honest guests' working sets every tick for an hour while the policy reported
     // nothing unmet, so the escape never moved the guest whose balloon kept 5.6 GiB). Not
     // when hot memory stays on purpose: the floors do not fit, and that is the escape's
@@ -120,11 +122,11 @@ pub(super) fn fit_host(
     let unplaced = if hot_stays {
         0.0
     } else {
-        let headroom: f64 = wishes
+        let room: f64 = wishes
             .iter()
-            .map(|w| (w.target - w.resident).max(0.0))
+            .map(|w| (w.target - w.lowest.max(floor(w))).max(0.0))
             .sum();
-        (left - headroom).max(0.0)
+        (left - room).max(0.0)
     };
     from_pressured + unplaced
 }
