@@ -367,4 +367,19 @@ fn a_departure_frees_what_the_host_holds_beyond_the_balloons_claim() {
         "{}",
         e.reason
     );
+
+    // What host swap can hold of it is not counted against the capacity
+    // (`kept_memory::counted`), so it is no relief either: with 5 GiB of swap free, only
+    // the claim.
+    let mut obs = obs;
+    obs.host.swap_free = Bytes::gib(5);
+    let e = choose_escape(
+        &obs,
+        Bytes::gib(8),
+        &[Some(Bytes::ZERO); 2],
+        &settings(),
+        Some(Bytes::gib(3) + Bytes::mib(512)),
+    );
+    let liar = e.ranking.iter().find(|c| c.name == "liar").expect("liar");
+    assert_eq!(liar.relief, Bytes::gib(1) + Bytes::mib(256));
 }
