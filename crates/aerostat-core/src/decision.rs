@@ -97,7 +97,8 @@ pub enum Alert {
     /// Σ floors + overheads exceed what the host can give guests: only migration helps.
     FloorsDoNotFit { need: Bytes, capacity: Bytes },
     /// Guests under memory pressure (swapping in, refaulting) asked for `unmet` more than
-    /// the host could give them this tick, or use that much more than it can hold ([`crate::policy::Policy::unmet_need`], at least
+    /// the host could give them this tick, or use that much more than it can hold
+    /// ([`crate::policy::Policy::unmet_need`], at least
     /// [`crate::planner::escape::MIN_UNMET`]): their working sets no longer fit, though
     /// their floors may. Only a departure, or more memory, helps.
     WorkingSetsDoNotFit { unmet: Bytes },

@@ -261,7 +261,8 @@ pub enum Pressure {
     },
     /// Guests under memory pressure (swapping, refaulting) asked the policy for `unmet` more
     /// than the host could give, or use that much more than it can hold once each is at its
-    /// least ([`crate::policy::Policy::unmet_need`]; the message says "lack" for both): their working sets
+    /// least ([`crate::policy::Policy::unmet_need`]; the message says "lack" for both):
+    /// their working sets
     /// no longer fit, though the floors do and the host keeps its reserve — the guests
     /// thrash in their own swap and page cache instead of the host's.
     WorkingSetsDoNotFit { unmet: Bytes },
