@@ -1809,11 +1809,17 @@ fn aerostat_settles_where_its_own_burst_room_moves_the_host_across_roomy() {
         g(9 * GIB, 6_378_026_424, 1_352_914_696, VmClass::Interactive),
         g(3 * GIB, 2_093_796_510, 869_730_858, VmClass::Batch),
     ];
-    let total = host_total_for(&guests, 100);
+    assert_settles_on_a_following_host(&guests, 100);
+}
+
+/// `aerostat` on a host of `host_pct` % of the guests' sizes that follows their balloons,
+/// their statistics following too, no reserve: quiet after AEROSTAT_SETTLE ticks.
+fn assert_settles_on_a_following_host(guests: &[SteadyGuest], host_pct: u64) {
+    let total = host_total_for(guests, host_pct);
     let n = AEROSTAT_SETTLE + QUIET;
     let last = last_active_tick(
         PolicyKind::Aerostat,
-        &guests,
+        guests,
         total,
         HostInput::Follows,
         0,
@@ -1822,7 +1828,7 @@ fn aerostat_settles_where_its_own_burst_room_moves_the_host_across_roomy() {
     );
     assert!(
         last.is_none_or(|k| k < AEROSTAT_SETTLE),
-        "last action at tick {last:?}"
+        "still acting at tick {last:?} of {n}"
     );
 }
 
@@ -1842,20 +1848,5 @@ fn a_lone_guest_settles_when_the_host_follows_its_balloon() {
         priority: 1.0,
         scan_stats: false,
     };
-    let guests = [guest];
-    let total = host_total_for(&guests, 66);
-    let n = AEROSTAT_SETTLE + QUIET;
-    let last = last_active_tick(
-        PolicyKind::Aerostat,
-        &guests,
-        total,
-        HostInput::Follows,
-        0,
-        true,
-        n,
-    );
-    assert!(
-        last.is_none_or(|k| k < AEROSTAT_SETTLE),
-        "still acting at tick {last:?} of {n}"
-    );
+    assert_settles_on_a_following_host(&[guest], 66);
 }
