@@ -17,8 +17,10 @@
 //!    move count for nothing; waiting and holding by priority last 30 s at most, counted
 //!    from the last tick in which the balloons handed memory back at a step's pace;
 //! 4. **hysteresis**: changes smaller than `min_change` are dropped (unless they give a guest
-//!    memory it is missing, or all of its memory), and a guest that was just given memory is
-//!    not squeezed again within `inflate_hold`.
+//!    memory it is missing, or all of its memory, or are the bounds' — which skip the dead
+//!    band except for a move of mere rounding away from safety), and a guest that was just
+//!    given memory is not squeezed again within `inflate_hold`; growth the reserve guard cuts
+//!    to rounding is cut whole.
 //!
 //! Guards 1-3 are safety; they win over the policy. Guard 4 only suppresses churn.
 
@@ -35,6 +37,11 @@ use crate::policy::{Policy, Proposal, Reason, WorkingSet};
 use crate::units::{Bytes, Millis};
 
 pub(crate) mod kept_memory;
+
+/// Growth the reserve guard's proportional cut leaves below this, or a bound's move away
+/// from safety this small, is rounding, not memory a guest can use or give: it is not sent
+/// (by a controller with a dead band at least this wide).
+const ROUNDING_NOISE: Bytes = Bytes::mib(1);
 
 /// How long the reserve guard may leave an excess to the next ticks — waiting for untouched
 /// memory (`can_wait`), or holding higher-priority guests' touched memory while
@@ -358,19 +365,35 @@ impl Controller {
             let Some(p) = pending[i].as_ref() else {
                 continue;
             };
-            let safety = matches!(p.rule, Rule::GuardFloor | Rule::GuardMax);
             let from = current[i];
+            // A bound's target skips the hold and the dead band — the squeeze a short host
+            // needs does not wait — except a move away from safety of mere rounding: a
+            // proposal below the floor lifted to a floor the guest is a byte above (that
+            // guest was sent down to its floor and a byte back, every 31 s for ever).
+            // Dropping every such shrink below `min_change` instead OOM-killed a desktop on
+            // reviewer-3 `ksm-vdi-clones`: those few MiB were the short host's.
+            let bound = matches!(p.rule, Rule::GuardFloor | Rule::GuardMax);
+            let toward_safety = match p.rule {
+                Rule::GuardFloor => p.target > from,
+                Rule::GuardMax => p.target < from,
+                _ => false,
+            };
             // Giving a guest all its memory back, or memory it is missing, is never churn:
             // a guest thrashing 12 MiB below its configured size would otherwise stay there
             // (`unseen-6246`: sixteen 1 GiB guests whose working set outgrew them).
             let relief = p.target > from
                 && (p.target == obs.vms[i].configured || p.rule == Rule::DeflatePressure);
-            let churn = !relief && p.target.abs_diff(from) < self.guards.min_change;
+            let dead_band = if bound {
+                ROUNDING_NOISE.min(self.guards.min_change)
+            } else {
+                self.guards.min_change
+            };
+            let churn = !relief && !toward_safety && p.target.abs_diff(from) < dead_band;
             let held = p.target < from
                 && self.vms[i]
                     .last_deflate
                     .is_some_and(|t| obs.time.saturating_sub(t) < self.guards.inflate_hold);
-            if p.target == from || (!safety && (churn || held)) {
+            if p.target == from || churn || (!bound && held) {
                 pending[i] = None;
             }
         }
@@ -781,8 +804,16 @@ impl Controller {
                     continue;
                 }
                 let g = p.target - base(i);
-                // Round the cut up so the sum of cuts covers the excess.
+                // Round the cut up so the sum of cuts covers the excess; growth the rounding
+                // leaves (below ROUNDING_NOISE) is cut too — the hysteresis already ran, and
+                // a few bytes would be sent on their own.
                 let cut = Bytes(((g.as_f64() * cut_fraction).ceil() as u64).min(g.0));
+                let left = g - cut;
+                let cut = if left < ROUNDING_NOISE.min(self.guards.min_change) {
+                    g
+                } else {
+                    cut
+                };
                 let new = p.target - cut;
                 if let Why::Policy { growth_cut, .. } = &mut p.why {
                     *growth_cut = Some((p.target, new));

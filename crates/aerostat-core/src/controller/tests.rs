@@ -844,6 +844,69 @@ fn giving_a_guest_all_its_memory_is_never_churn() {
     assert!(d.actions.is_empty(), "{:?}", d.actions);
 }
 
+/// A guest a byte above its floor, whose policy asks for less than the floor: lifting the
+/// proposal to the floor makes a 1-byte shrink, which is churn, not safety. (The settle
+/// property test: ten guests on a short host, one a byte above its floor, was sent to the
+/// floor and a byte back every 31 s for ever.)
+#[test]
+fn lifting_a_proposal_to_a_floor_the_guest_is_above_is_not_safety() {
+    let mut vm = VmSample::new("a", Bytes::gib(16), Bytes(768 * MIB + 1));
+    vm.min = Some(Bytes::mib(768));
+    let d = one_tick(
+        aerostat_guards(Bytes::ZERO),
+        Bytes::gib(32),
+        vec![vm.clone()],
+        vec![(0, Bytes::mib(700))],
+    );
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    // Below its floor, the guest is lifted to it, however little is missing.
+    vm.actual = Bytes(768 * MIB - 1);
+    let d = one_tick(
+        aerostat_guards(Bytes::ZERO),
+        Bytes::gib(32),
+        vec![vm],
+        vec![(0, Bytes::mib(700))],
+    );
+    assert_eq!(
+        d.actions.first().and_then(Action::balloon_target),
+        Some(Bytes::mib(768)),
+        "{:?}",
+        d.actions
+    );
+}
+
+/// The reserve guard cuts a guest's growth to what the host can hold; what is left below
+/// `ROUNDING_NOISE` is cut too rather than sent on its own — the hysteresis has already
+/// run. (The other half of the same 31 s cycle: the cut left that guest a byte above its
+/// floor.) A few MiB left are memory and are sent.
+#[test]
+fn a_growth_cut_sends_no_rounding() {
+    let a = VmSample::new("a", Bytes::gib(8), Bytes::gib(4));
+    let b = VmSample::new("b", Bytes::gib(8), Bytes::gib(4));
+    // a asks for 1 GiB more; the host holds all but 512 KiB of it.
+    let total = Bytes::gib(8) + Bytes(512 * 1024);
+    let d = one_tick(
+        aerostat_guards(Bytes::ZERO),
+        total,
+        vec![a.clone(), b.clone()],
+        vec![(0, Bytes::gib(5))],
+    );
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    // With 12 MiB of room, a gets them.
+    let d = one_tick(
+        aerostat_guards(Bytes::ZERO),
+        Bytes::gib(8) + Bytes::mib(12),
+        vec![a, b],
+        vec![(0, Bytes::gib(5))],
+    );
+    assert_eq!(
+        d.actions.first().and_then(Action::balloon_target),
+        Some(Bytes::gib(4) + Bytes::mib(12)),
+        "{:?}",
+        d.actions
+    );
+}
+
 /// QEMU reports `actual` above the configured size (the operator lowered `configured`, or
 /// the balloon misreports): the reserve guard shrinks only down to `actual − step`, and sends
 /// that target although it is above the configured maximum the bounds guard enforced.
