@@ -19,8 +19,9 @@
 //! 4. **hysteresis**: changes smaller than `min_change` are dropped (unless they give a guest
 //!    memory it is missing, or all of its memory, or are the bounds' — which skip the dead
 //!    band except for a move of mere rounding away from safety), and a guest that was just
-//!    given memory is not squeezed again within `inflate_hold`; growth the reserve guard cuts
-//!    to rounding is cut whole.
+//!    given memory is not squeezed again within `inflate_hold` (the bounds' actions skip the
+//!    hold); growth the reserve guard cuts to rounding is cut whole. Rounding: less than
+//!    1 MiB, or `min_change` if that is smaller (so a passthrough profile drops nothing).
 //!
 //! Guards 1-3 are safety; they win over the policy. Guard 4 only suppresses churn.
 

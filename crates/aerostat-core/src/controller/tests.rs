@@ -883,7 +883,7 @@ fn lifting_a_proposal_to_a_floor_the_guest_is_above_is_not_safety() {
 fn a_growth_cut_sends_no_rounding() {
     let a = VmSample::new("a", Bytes::gib(8), Bytes::gib(4));
     let b = VmSample::new("b", Bytes::gib(8), Bytes::gib(4));
-    // a asks for 1 GiB more; the host holds all but 512 KiB of it.
+    // a asks for 1 GiB more; the host has room for only 512 KiB of it.
     let total = Bytes::gib(8) + Bytes(512 * 1024);
     let d = one_tick(
         aerostat_guards(Bytes::ZERO),
@@ -1031,7 +1031,9 @@ enum HostInput {
     /// been capped by the balloon. (Counting every deflated byte as resident at once, a
     /// lone 1 GiB guest on a 718 MiB host cycled between two targets every 31 s: the room
     /// the host's share gave it took the share back. No host does that; the policy's
-    /// ramps assume deflated room is untouched — see `available_share`.)
+    /// ramps assume deflated room is untouched — see `available_share`.) Not modelled: a
+    /// guest that fills all the room it is given with page cache at once (streaming I/O);
+    /// its cache here is capped at its steady size.
     Follows,
 }
 
@@ -1133,11 +1135,14 @@ const AEROSTAT_SETTLE: usize = 3000;
 const BASELINE_SETTLE: usize = 1000;
 /// Quiet ticks checked after that.
 const QUIET: usize = 300;
+/// `aerostat`'s inflate hold (30 s) in its 1 s ticks.
+const AEROSTAT_INFLATE_HOLD_TICKS: usize = 30;
 
 /// Whether the guests' burst rooms, all together, are at most the tenth of the host over
-/// which `aerostat` ramps them with the host's available share (`BURST_ROOM_RAMP`: 256 MiB
-/// per guest at a 1 s interval, in proportion to its size above 4 GiB up to twice that,
-/// plus 16 MiB). Only then can the rooms not carry the host back and forth across the
+/// which `aerostat` ramps them with the host's available share (twice `BURST_ROOM_RAMP`;
+/// a room is 256 MiB per guest at a 1 s interval, in proportion to its size above 4 GiB
+/// up to twice that, plus 16 MiB — the policy's constants, restated here: keep them in
+/// step). Only then can the rooms not carry the host back and forth across the
 /// band. On a smaller host they can, and a guest whose page cache fills each deflate
 /// cycles: a 6 GiB guest on a 2.4 GiB host moved 24 MiB each way every 31 s, its 400 MiB
 /// room swinging the host's share 16 points across a band of 10 (a known limitation,
@@ -1173,14 +1178,10 @@ proptest! {
     ) {
         let total = host_total_for(&guests, host_pct);
         let n = AEROSTAT_SETTLE + QUIET;
-        // The host follows the balloons only where the guests' statistics do: statistics
-        // that stay put while the host sees the guest's memory move are a guest lying about
-        // its memory, and the closed loop between them has no fixed point to find (a guest
-        // whose `available` stays above its balloon reads as using nothing, is reclaimed,
-        // and touches its memory again as soon as it is given room). And only on a host
-        // whose burst-room band is wider than the guests' burst rooms (see
-        // `burst_rooms_fit_the_band`).
-        let hosts: &[HostInput] = if follow && burst_rooms_fit_the_band(&guests, total) {
+        // The host follows the balloons only where the guests' burst rooms fit the band (see
+        // `burst_rooms_fit_the_band`), whether or not their statistics follow too.
+        let fits = burst_rooms_fit_the_band(&guests, total);
+        let hosts: &[HostInput] = if fits {
             &[HostInput::Constant { free: total / 3 }, HostInput::Follows]
         } else {
             &[HostInput::Constant { free: total / 3 }]
@@ -1195,13 +1196,17 @@ proptest! {
             );
         }
         // Where the rooms outgrow the band, the closed loop may cycle (docs/policy.md item
-        // 7) — but no faster than a move each way per guest per inflate hold (30 s).
-        if follow && !burst_rooms_fit_the_band(&guests, total) {
+        // 7). An empirical bound, not a guarantee — the inflate hold delays only the first
+        // inflation after a deflate: all guests together move no more than twice per guest
+        // per hold (30 s), as every cycle found does (a move each way every 31 s). With a
+        // host that charged deflated room at once, a guest stepping down in three 24 MiB
+        // bites made 36 moves in 300 ticks.
+        if !fits {
             let a = activity(
                 PolicyKind::Aerostat, &guests, total, HostInput::Follows, reserve_gib * GIB,
                 follow, n,
             );
-            let bound = 2 * guests.len() * QUIET.div_ceil(30);
+            let bound = 2 * guests.len() * QUIET.div_ceil(AEROSTAT_INFLATE_HOLD_TICKS);
             prop_assert!(
                 a.late_moves <= bound,
                 "{} moves in the last {} ticks on a tiny host, more than {}", a.late_moves,
@@ -1952,7 +1957,14 @@ fn a_tiny_hosts_cycle_is_a_move_each_way_per_inflate_hold() {
         true,
         n,
     );
-    assert!(a.late_moves <= 2 * QUIET.div_ceil(30), "{a:?}");
+    assert!(
+        a.late_moves > 0,
+        "the documented cycle is gone: update docs/policy.md item 7"
+    );
+    assert!(
+        a.late_moves <= 2 * QUIET.div_ceil(AEROSTAT_INFLATE_HOLD_TICKS),
+        "{a:?}"
+    );
 }
 
 /// The settle property's case that once cycled: one 1 GiB guest using 410 MiB on a host of
