@@ -122,6 +122,12 @@ impl GuardConfig {
             stall_block: Millis::ZERO,
         }
     }
+
+    /// A move this small is ROUNDING_NOISE under this profile: never more than its dead
+    /// band, so a profile without one (passthrough) drops nothing.
+    fn rounding(&self) -> Bytes {
+        ROUNDING_NOISE.min(self.min_change)
+    }
 }
 
 /// What the controller remembers per VM between ticks.
@@ -385,7 +391,7 @@ impl Controller {
             let relief = p.target > from
                 && (p.target == obs.vms[i].configured || p.rule == Rule::DeflatePressure);
             let dead_band = if bound {
-                ROUNDING_NOISE.min(self.guards.min_change)
+                self.guards.rounding()
             } else {
                 self.guards.min_change
             };
@@ -810,7 +816,7 @@ impl Controller {
                 // a few bytes would be sent on their own.
                 let cut = Bytes(((g.as_f64() * cut_fraction).ceil() as u64).min(g.0));
                 let left = g - cut;
-                let cut = if left < ROUNDING_NOISE.min(self.guards.min_change) {
+                let cut = if left < self.guards.rounding() {
                     g
                 } else {
                     cut

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::decision::{Action, ActionKind, Alert, Decision, Rule};
 use crate::observation::{GuestStats, HostSample, Observation, VmClass, VmSample};
-use crate::policy::{PolicyKind, PolicySettings, Proposal, Reason, WorkingSet};
+use crate::policy::{PolicyKind, PolicySettings, Proposal, Reason, WorkingSet, aerostat};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -1138,23 +1138,21 @@ const QUIET: usize = 300;
 /// `aerostat`'s inflate hold (30 s) in its 1 s ticks.
 const AEROSTAT_INFLATE_HOLD_TICKS: usize = 30;
 
-/// Whether the guests' burst rooms, all together, are at most the tenth of the host over
-/// which `aerostat` ramps them with the host's available share (twice `BURST_ROOM_RAMP`;
-/// a room is 256 MiB per guest at a 1 s interval, in proportion to its size above 4 GiB
-/// up to twice that, plus 16 MiB — the policy's constants, restated here: keep them in
-/// step). Only then can the rooms not carry the host back and forth across the
-/// band. On a smaller host they can, and a guest whose page cache fills each deflate
+/// Whether the guests' burst rooms at `aerostat`'s 1 s interval, all together, are at most
+/// the tenth of the host over which it ramps them with the host's available share (256 MiB
+/// per guest, in proportion to its size above 4 GiB up to twice that, plus 16 MiB). Only
+/// then can the rooms not carry the host back and forth across the band. On a smaller host they can, and a guest whose page cache fills each deflate
 /// cycles: a 6 GiB guest on a 2.4 GiB host moved 24 MiB each way every 31 s, its 400 MiB
 /// room swinging the host's share 16 points across a band of 10 (a known limitation,
 /// `docs/policy.md`; widening the band to the rooms cost two guest OOM kills in the
 /// reviewers' scenarios).
 fn burst_rooms_fit_the_band(guests: &[SteadyGuest], host_total: u64) -> bool {
+    let interval_s = PolicyKind::Aerostat.native_interval().as_secs_f64();
     let rooms: f64 = guests
         .iter()
-        .map(|g| 256.0 * MIB as f64 * (g.configured as f64 / (4 * GIB) as f64).clamp(1.0, 2.0))
-        .map(|room| room + (16 * MIB) as f64)
+        .map(|g| aerostat::whole_burst_room(g.configured as f64, interval_s))
         .sum();
-    rooms <= host_total as f64 / 10.0
+    rooms <= host_total as f64 * aerostat::BURST_ROOM_BAND
 }
 
 fn host_total_for(guests: &[SteadyGuest], pct: u64) -> u64 {

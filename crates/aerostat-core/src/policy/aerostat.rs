@@ -854,5 +854,16 @@ fn allocator_scale(configured: f64) -> f64 {
     (configured / SMALL_GUEST).clamp(1.0, MAX_ALLOC_SCALE)
 }
 
+/// The whole burst room (a roomy host's) of a guest of `configured` bytes at a policy
+/// interval of `interval_s`, as `wish_for` sizes it, and the share of the host the ramp that
+/// scales it spans: for the controller's settle property, which checks the closed loop only
+/// where the guests' rooms fit that band.
+#[cfg(test)]
+pub(crate) fn whole_burst_room(configured: f64, interval_s: f64) -> f64 {
+    0.5 * interval_s * FAST_ALLOC_BPS * allocator_scale(configured) + MIN_CHANGE.as_f64()
+}
+#[cfg(test)]
+pub(crate) const BURST_ROOM_BAND: f64 = 2.0 * BURST_ROOM_RAMP;
+
 #[cfg(test)]
 mod tests;
