@@ -138,6 +138,11 @@ pub enum UnitError {
     },
     #[error("`{0}` is out of range")]
     OutOfRange(String),
+    #[error("missing unit in `{input}` (use {expected})")]
+    MissingUnit {
+        input: String,
+        expected: &'static str,
+    },
 }
 
 fn split_number(s: &str) -> Result<(f64, &str), UnitError> {
@@ -257,6 +262,12 @@ impl FromStr for Millis {
                 "m" | "min" => 60e3,
                 "h" => 3600e3,
                 "d" => 86400e3,
+                "" if tail.is_empty() => {
+                    return Err(UnitError::MissingUnit {
+                        input: s.to_string(),
+                        expected: "ms, s, m, h or d, or a sum of them such as 1h30m",
+                    });
+                }
                 other => {
                     return Err(UnitError::UnknownUnit {
                         input: s.to_string(),

@@ -642,6 +642,13 @@ impl RawScenario {
         {
             return Err(invalid(meta_line, "scenario.interval".into(), why));
         }
+        if self.scenario.duration < tick {
+            return Err(invalid(
+                meta_line,
+                "scenario.duration".into(),
+                format!("shorter than one tick ({tick}): nothing would run"),
+            ));
+        }
         if self.scenario.duration.0 / tick.0 > 100_000_000 {
             return Err(invalid(
                 meta_line,
@@ -716,7 +723,14 @@ impl RawScenario {
                 return Err(invalid(
                     line,
                     format!("vm[{i}].name"),
-                    "must be non-empty [A-Za-z0-9_-]".into(),
+                    if v.name.is_empty() {
+                        "must not be empty".into()
+                    } else {
+                        format!(
+                            "`{}`: only ASCII letters, digits, `-` and `_` are allowed (names label CSV columns)",
+                            v.name
+                        )
+                    },
                 ));
             }
             if v.memory < Bytes::mib(128) {
@@ -901,6 +915,22 @@ impl RawScenario {
                 format!(
                     "the guests' floors ({floors}, kernels {kernels}) plus the reserve {} exceed host memory {} + swap {}",
                     host.reserve, host.memory, host.swap
+                ),
+            ));
+        }
+        // QEMU's own memory is never ballooned nor swapped by the model: a host that cannot
+        // hold it with the reserve OOM-kills its guests at once under any policy.
+        let overheads = Bytes(host.vm_overhead.0.saturating_mul(vms.len() as u64));
+        if host.reserve + overheads >= host.memory {
+            return Err(invalid(
+                host_line,
+                "host.memory".into(),
+                format!(
+                    "the VMs' QEMU overheads ({} × {} = {overheads}) plus the reserve {} leave nothing of host memory {} for the guests",
+                    vms.len(),
+                    host.vm_overhead,
+                    host.reserve,
+                    host.memory
                 ),
             ));
         }

@@ -149,6 +149,62 @@ fn bad_unit_names_file_line_and_value() {
     assert!(err.contains("unknown unit `GB` in `4GB`"), "{err}");
 }
 
+#[test]
+fn a_duration_without_a_unit_says_so() {
+    for bare in ["5", "1h30"] {
+        let text = replace_line(
+            ISSUE_SCHEMA,
+            "duration =",
+            &format!("duration = \"{bare}\""),
+        );
+        let err = error_of(&text, Path::new(PATH));
+        assert_names(
+            &err,
+            Path::new(PATH),
+            line_of(&text, "duration ="),
+            "scenario.duration",
+        );
+        assert!(err.contains(&format!("missing unit in `{bare}`")), "{err}");
+    }
+}
+
+/// A run shorter than one tick would report the empty numbers of no run at all.
+#[test]
+fn a_run_shorter_than_a_tick_is_refused() {
+    let text = replace_line(ISSUE_SCHEMA, "duration =", "duration = \"500ms\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert!(err.contains("scenario.duration"), "{err}");
+    assert!(err.contains("shorter than one tick (1s)"), "{err}");
+}
+
+/// QEMU's own memory is neither ballooned nor swapped: a host that cannot hold it beside the
+/// reserve OOM-kills every guest in its first second, whatever the policy.
+#[test]
+fn a_host_smaller_than_the_vms_overheads_is_refused() {
+    let text = replace_line(ISSUE_SCHEMA, "memory = \"64GiB\"", "memory = \"4800MiB\"");
+    let text = replace_line(&text, "swap = \"32GiB\"", "swap = \"64GiB\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[host]"),
+        "host.memory",
+    );
+    assert!(
+        err.contains("QEMU overheads (12 × 64 MiB = 768 MiB)"),
+        "{err}"
+    );
+}
+
+/// A VM name that is not empty is not told it is.
+#[test]
+fn a_vm_name_with_other_characters_is_named() {
+    let text = replace_line(ISSUE_SCHEMA, "name = \"web\"", "name = \"wéb\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert!(err.contains("vm[0].name"), "{err}");
+    assert!(err.contains("`wéb`: only ASCII letters"), "{err}");
+}
+
 /// What the brief asks of every error: `file:LINE:` and the key path. The TOML parser's
 /// errors give `file: TOML parse error at line N, column C` and the bare field name.
 #[test]

@@ -171,15 +171,16 @@ pub struct BenchPoliciesArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchSimArgs {
-    /// Hosts in the fleet run.
-    #[arg(long, default_value_t = 64)]
-    pub hosts: usize,
+    /// Hosts in the fleet run (at most 100,000: each holds its whole simulation in memory).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub hosts: u64,
     /// Simulated duration of each run.
     #[arg(long, default_value = "6h")]
     pub duration: String,
-    /// Worker threads for the fleet run (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// Worker threads for the fleet run (default: all cores; at most 1,024 — more only
+    /// spends the run creating threads).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub threads: Option<u64>,
     /// How often every policy decides, e.g. `10s` (default: each policy's own: aerostat 1 s,
     /// static and Proxmox 10 s, MoM 15 s). The guests are still advanced every simulated
     /// second.

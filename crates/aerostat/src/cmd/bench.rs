@@ -207,6 +207,7 @@ pub fn sim(args: &BenchSimArgs) -> anyhow::Result<ExitCode> {
         .parse()
         .map_err(|e| InputError(format!("--duration: {e}")))?;
     let mut scenario = load_scenario(None)?;
+    super::sim::at_least_a_tick(duration, scenario.tick, &args.duration)?;
     scenario.duration = duration;
     if let Some(interval) = &args.interval {
         let interval: Millis = interval
@@ -219,7 +220,7 @@ pub fn sim(args: &BenchSimArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
+            .num_threads(n as usize)
             .build_global()
             .context("building the thread pool")?;
     }
@@ -233,7 +234,7 @@ pub fn sim(args: &BenchSimArgs) -> anyhow::Result<ExitCode> {
         let single_ticks = one.vm_ticks();
         let single = started.elapsed().as_secs_f64();
         let started = Instant::now();
-        let (_, fleet_ticks) = run_fleet(&scenario, &opts, args.hosts);
+        let (_, fleet_ticks) = run_fleet(&scenario, &opts, args.hosts as usize);
         let fleet = started.elapsed().as_secs_f64();
         crate::say!(
             "policy {:<8} single host ({} VMs, {}): {:>7.1} M VM-ticks/s | fleet of {} hosts on {} threads: {:>7.1} M VM-ticks/s ({:.2} s)",

@@ -208,6 +208,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             .ok()
             .filter(|d| *d > Millis::ZERO)
             .ok_or_else(|| InputError(format!("--duration: `{d}` is not a positive duration")))?;
+        super::sim::at_least_a_tick(scenario.duration, scenario.tick, d)?;
     }
     if let Some(b) = &args.swap_bandwidth {
         let Rate(bw) = b

@@ -38,9 +38,7 @@ pub fn cut_short(
     let d: Millis = text
         .parse()
         .map_err(|e| InputError(format!("--duration: {e}")))?;
-    if d == Millis(0) {
-        return Err(InputError("--duration: must be more than 0".into()));
-    }
+    at_least_a_tick(d, scenario.tick, text)?;
     if d > scenario.duration && shorter_only {
         return Err(InputError(format!(
             "--duration {text} is longer than scenario `{}`'s duration ({}); only a shorter run is allowed",
@@ -48,6 +46,17 @@ pub fn cut_short(
         )));
     }
     scenario.duration = scenario.duration.min(d);
+    Ok(())
+}
+
+/// A `--duration` shorter than one simulator tick runs nothing, and a run of no ticks has no
+/// results to report (`plan` called every ratio safe on one).
+pub fn at_least_a_tick(d: Millis, tick: Millis, text: &str) -> Result<(), InputError> {
+    if d < tick {
+        return Err(InputError(format!(
+            "--duration {text} is shorter than one simulator tick ({tick}): nothing would run"
+        )));
+    }
     Ok(())
 }
 
