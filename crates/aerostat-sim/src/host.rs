@@ -64,7 +64,13 @@ impl Host {
 
     /// Recomputes host used and what KSM saves (after the guests moved).
     pub fn refresh(&mut self, guests: &[Guest], alive: &[bool]) {
-        self.used = self.compute_used(guests, alive);
+        let used = self.compute_used(guests, alive);
+        self.refresh_with(used, guests, alive);
+    }
+
+    /// [`Host::refresh`] with host used already computed from the guests as they are.
+    fn refresh_with(&mut self, used: f64, guests: &[Guest], alive: &[bool]) {
+        self.used = used;
         self.ksm_saved = if self.spec.ksm > 0.0 {
             let backed: f64 = guests
                 .iter()
@@ -116,7 +122,10 @@ impl Host {
         }
         self.swap_used = swap_used;
 
-        let mut excess = self.compute_used(guests, alive) - self.memory;
+        let used = self.compute_used(guests, alive);
+        let mut excess = used - self.memory;
+        // Whether host swap-out below moved guest pages (and so changed host used).
+        let swapped_out = excess > 0.0;
         if excess > 0.0 {
             // Cold pages first, then hot, proportionally to what each guest has.
             for hot_pass in [false, true] {
@@ -184,7 +193,13 @@ impl Host {
         self.swap_out_total += fx.swap_out;
         let worst = stalls.iter().cloned().fold(0.0, f64::max).min(dt_s);
         self.psi_some_us += worst * 1e6;
-        self.refresh(guests, alive);
+        // Host used as computed above still holds unless swap-out moved pages: no second
+        // pass over the guests on the ticks (nearly all) when the host has room.
+        if swapped_out {
+            self.refresh(guests, alive);
+        } else {
+            self.refresh_with(used, guests, alive);
+        }
         fx
     }
 

@@ -97,15 +97,33 @@ pub struct Workload {
     stream: u64,
     /// The bucket of the last noise read.
     noise: NoiseBucket,
+    /// The spec's sizes in f64 bytes, converted once: `demand` runs every VM-tick.
+    sizes: Sizes,
+}
+
+/// [`WorkloadSpec`] sizes as `f64` bytes.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    working_set: f64,
+    peak: f64,
+    page_cache: f64,
+    cold: f64,
 }
 
 impl Workload {
     pub fn new(spec: WorkloadSpec, seed: u64, stream: u64) -> Workload {
+        let sizes = Sizes {
+            working_set: spec.working_set.as_f64(),
+            peak: spec.peak.as_f64(),
+            page_cache: spec.page_cache.as_f64(),
+            cold: spec.cold.as_f64(),
+        };
         Workload {
             spec,
             seed,
             stream,
             noise: NoiseBucket::new(seed, stream, 0),
+            sizes,
         }
     }
 
@@ -126,10 +144,10 @@ impl Workload {
     pub fn demand(&mut self, t: Millis, shape: &mut ShapeMemo) -> Demand {
         let noise = self.noise(t);
         let s = &self.spec;
-        let ws = s.working_set.as_f64();
-        let peak = s.peak.as_f64();
-        let mut cache = s.page_cache.as_f64();
-        let mut cold = s.cold.as_f64();
+        let ws = self.sizes.working_set;
+        let peak = self.sizes.peak;
+        let mut cache = self.sizes.page_cache;
+        let mut cold = self.sizes.cold;
         let hot = match s.kind {
             WorkloadKind::Steady | WorkloadKind::Idle => ws,
             WorkloadKind::Diurnal => {

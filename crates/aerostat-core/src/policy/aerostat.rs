@@ -268,14 +268,18 @@ impl Policy for AerostatPolicy {
                 continue;
             }
             let current = targets.get(i).map_or(vm.actual.as_f64(), |t| t.as_f64());
-            wishes.extend(wish_for(&host, memo, i, vm, current));
+            if let Some(wish) = wish_for(&host, memo, i, vm, current) {
+                wishes.push(wish);
+            }
         }
 
         self.unmet = fit_host(&self.settings, obs, self.kept, wishes);
 
         for w in wishes.iter_mut() {
             let current = targets.get(w.vm).copied().unwrap_or(obs.vms[w.vm].actual);
-            out.extend(finish(w, &mut self.memos[w.vm], current, obs.time));
+            if let Some(proposal) = finish(w, &mut self.memos[w.vm], current, obs.time) {
+                out.push(proposal);
+            }
         }
     }
 

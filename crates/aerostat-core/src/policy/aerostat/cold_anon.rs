@@ -75,7 +75,6 @@ impl ColdAnon {
         resident: f64,
         now: Millis,
     ) -> Option<f64> {
-        let swapped_out = vm.stats.swap_out.map_or(0, |b| b.0);
         let squeezing = self.squeeze.is_some();
         if r.pressure() || (squeezing && r.efficiency.is_some_and(|e| e < COLD_MIN_EFFICIENCY)) {
             self.stop(now);
@@ -87,13 +86,18 @@ impl ColdAnon {
         if now < self.paused_until {
             return None;
         }
+        // A squeeze starts from a coldness window not used yet: with none running and no such
+        // window (most guests, most ticks) there is nothing to do.
+        let window = vm
+            .coldness
+            .filter(|c| c.at > self.window_at && now.saturating_sub(c.at) <= COLD_FRESH);
+        if !squeezing && window.is_none() {
+            return None;
+        }
+        let swapped_out = vm.stats.swap_out.map_or(0, |b| b.0);
         let in_swap = swapped_out.saturating_sub(vm.stats.swap_in.map_or(0, |b| b.0)) as f64;
         let swap_room = swap - in_swap - (SWAP_MARGIN_SHARE * swap).max(SWAP_MARGIN_MIN);
-        if self.squeeze.is_none()
-            && let Some(c) = vm.coldness
-            && c.at > self.window_at
-            && now.saturating_sub(c.at) <= COLD_FRESH
-        {
+        if !squeezing && let Some(c) = window {
             self.window_at = c.at;
             // Idle is free pages the host backs, page cache and cold anon. The backed part
             // of the guest's free memory is what the host backs beyond what the guest
