@@ -23,6 +23,8 @@ pub mod units;
 
 pub use controller::{Controller, GuardConfig};
 pub use decision::{Action, ActionKind, Alert, Decision, Rule};
-pub use observation::{Coldness, GuestStats, HostSample, Observation, VmClass, VmSample};
+pub use observation::{
+    Coldness, GuestStats, HostSample, Observation, PRIORITY_RANGE, VmClass, VmSample,
+};
 pub use policy::{Policy, PolicyKind, PolicySettings, Proposal, Reason, WorkingSet};
 pub use units::{Bytes, Millis, UnitError};

@@ -97,6 +97,11 @@ impl VmClass {
     }
 }
 
+/// The priorities an operator may write: a thousandfold either way of the default 1.0. Wider
+/// ratios say nothing more about who gives memory first, and 1e308 overflowed the policy's
+/// weights to infinity.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<f64> = 1e-3..=1e3;
+
 /// One VM at one instant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,7 +124,8 @@ pub struct VmSample {
     /// Guest memory that is pinned (huge pages, VFIO): a balloon cannot take it back.
     #[serde(default)]
     pub pinned: Bytes,
-    /// Relative importance; higher is more important. 1.0 when not set.
+    /// Relative importance; higher is more important. 1.0 when not set. Scenario files and
+    /// the daemon's config accept [`PRIORITY_RANGE`].
     #[serde(default = "default_priority")]
     pub priority: f64,
     /// Proxmox-style shares (0 excludes the VM from auto-ballooning). 1000 when not set.

@@ -768,11 +768,15 @@ impl RawScenario {
                 ));
             }
             let priority = v.priority.unwrap_or(1.0);
-            if !(priority.is_finite() && priority > 0.0) {
+            if !aerostat_core::PRIORITY_RANGE.contains(&priority) {
                 return Err(invalid(
                     line,
                     key("priority"),
-                    "must be a positive number".into(),
+                    format!(
+                        "must be between {} and {}",
+                        aerostat_core::PRIORITY_RANGE.start(),
+                        aerostat_core::PRIORITY_RANGE.end()
+                    ),
                 ));
             }
             let pinned = v.pinned.unwrap_or(Bytes::ZERO);

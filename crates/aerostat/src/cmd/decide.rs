@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use aerostat_core::{Controller, Observation, PolicySettings};
+use aerostat_core::{Controller, Millis, Observation, PRIORITY_RANGE, PolicySettings};
 use serde::Deserialize;
 
 use crate::cli::DecideArgs;
@@ -18,6 +18,7 @@ pub fn run(args: &DecideArgs) -> anyhow::Result<ExitCode> {
     if observations.is_empty() {
         return Err(InputError(format!("{}: no observations", path.display())).into());
     }
+    check(&settings, &observations).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
     let mut controller = Controller::new(args.policy.build(&settings));
     let mut last = None;
     for obs in &observations {
@@ -51,5 +52,98 @@ fn parse(text: &str) -> Result<(PolicySettings, Vec<Observation>), String> {
     } else {
         let obs: Observation = serde_json::from_str(text).map_err(err)?;
         Ok((PolicySettings::default(), vec![obs]))
+    }
+}
+
+/// What JSON's types cannot say: the values a scenario file or the daemon's config would have
+/// refused, named by their path in the file. (A balloon `actual` above `configured` is
+/// accepted: QEMU can report it, and the controller clamps it.)
+fn check(settings: &PolicySettings, observations: &[Observation]) -> Result<(), String> {
+    if settings.interval == Millis::ZERO {
+        return Err("`settings.interval`: must be positive".into());
+    }
+    if settings.proxmox_ballooning_target > 100 {
+        return Err(format!(
+            "`settings.proxmox_ballooning_target`: {} is not a percentage (0-100)",
+            settings.proxmox_ballooning_target
+        ));
+    }
+    let mut last_time = None;
+    for (k, obs) in observations.iter().enumerate() {
+        let at = if observations.len() > 1 {
+            format!("observations[{k}].")
+        } else {
+            String::new()
+        };
+        if last_time.is_some_and(|t| obs.time < t) {
+            return Err(format!(
+                "`{at}time`: {} is before the previous observation's time",
+                obs.time.0
+            ));
+        }
+        last_time = Some(obs.time);
+        let mut names = std::collections::BTreeSet::new();
+        for (i, vm) in obs.vms.iter().enumerate() {
+            let key = |field: &str| format!("`{at}vms[{i}] ({}).{field}`", vm.name);
+            if vm.name.is_empty() {
+                return Err(format!("`{at}vms[{i}].name`: must not be empty"));
+            }
+            if !names.insert(vm.name.as_str()) {
+                return Err(format!("{}: duplicate VM name", key("name")));
+            }
+            if !PRIORITY_RANGE.contains(&vm.priority) {
+                return Err(format!(
+                    "{}: {} is not between {} and {}",
+                    key("priority"),
+                    vm.priority,
+                    PRIORITY_RANGE.start(),
+                    PRIORITY_RANGE.end()
+                ));
+            }
+            if vm.min.is_some_and(|m| m > vm.configured) {
+                return Err(format!("{}: above `configured`", key("min")));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observation(vms: &str) -> String {
+        format!(
+            r#"{{"time": 0, "host": {{"total": 17179869184, "free": 8589934592, "available": 8589934592}}, "vms": [{vms}]}}"#
+        )
+    }
+
+    const VM: &str = r#"{"name": "db", "configured": 4294967296, "actual": 4294967296}"#;
+
+    fn refused(text: &str) -> String {
+        let (settings, obs) = parse(text).expect("parses");
+        check(&settings, &obs).expect_err("accepted")
+    }
+
+    #[test]
+    fn a_sound_observation_passes() {
+        let (settings, obs) = parse(&observation(VM)).expect("parses");
+        check(&settings, &obs).expect("accepted");
+    }
+
+    #[test]
+    fn values_a_config_would_refuse_are_named() {
+        let dup = format!("{VM}, {VM}");
+        assert!(refused(&observation(&dup)).contains("`vms[1] (db).name`: duplicate"));
+        let prio = VM.replace('}', r#", "priority": -1}"#);
+        assert!(refused(&observation(&prio)).contains("`vms[0] (db).priority`: -1 is not between"));
+        let min = VM.replace('}', r#", "min": 8589934592}"#);
+        assert!(refused(&observation(&min)).contains("`vms[0] (db).min`: above"));
+        let back = format!(
+            "[{}, {}]",
+            observation(VM).replace(r#""time": 0"#, r#""time": 5"#),
+            observation(VM)
+        );
+        assert!(refused(&back).contains("`observations[1].time`: 0 is before"));
     }
 }

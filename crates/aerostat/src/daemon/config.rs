@@ -255,9 +255,11 @@ impl Config {
         let settle =
             |key: &str, raw: &RawVm, base: &VmSettings| -> Result<VmSettings, ConfigError> {
                 let priority = raw.priority.unwrap_or(base.priority);
-                if !(priority.is_finite() && priority > 0.0) {
+                if !aerostat_core::PRIORITY_RANGE.contains(&priority) {
                     return Err(invalid(format!(
-                        "`{key}.priority`: must be a positive number"
+                        "`{key}.priority`: must be between {} and {}",
+                        aerostat_core::PRIORITY_RANGE.start(),
+                        aerostat_core::PRIORITY_RANGE.end()
                     )));
                 }
                 Ok(VmSettings {

@@ -116,7 +116,17 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
         ),
         None => HostProbe::Proc(ProcHost::default()),
     };
-    host.sample().context("reading host memory")?;
+    let first = host.sample().context("reading host memory")?;
+    // A reserve the host cannot hold (a `TiB` typed for `MiB`) would have every guest
+    // squeezed toward its floor and the escape called from the first tick.
+    if config.reserve >= first.total {
+        anyhow::bail!(
+            "host.reserve ({}) is not below the host's memory ({}): nothing would be left for the guests",
+            config.reserve,
+            first.total
+        );
+    }
+    warn_unmatched_vm_tables(&config);
     let settings = PolicySettings {
         reserve: config.reserve,
         interval: config.interval,
@@ -301,6 +311,27 @@ pub struct ObservedVm {
 }
 
 /// Names of VMs from sockets: the file stem.
+/// Warns about `[vm.NAME]` tables that name no VM behind `qmp_glob` now: a misspelt name
+/// would leave that VM on `[vm_defaults]` (its floor too) without a word. Not an error: the
+/// VM may simply not be running yet.
+fn warn_unmatched_vm_tables(config: &Config) {
+    let running: std::collections::BTreeSet<String> = match glob::glob(&config.qmp_glob) {
+        Ok(paths) => paths
+            .filter_map(Result::ok)
+            .filter_map(|p| vm_name(&p))
+            .collect(),
+        Err(_) => return, // the loop reports a bad glob every tick
+    };
+    for name in config.vms.keys().filter(|n| !running.contains(*n)) {
+        let seen: Vec<&str> = running.iter().map(String::as_str).collect();
+        tracing::warn!(
+            vm = %name,
+            sockets = %seen.join(", "),
+            "[vm.{name}] matches no QMP socket under qmp_glob yet; a VM of another name gets [vm_defaults]"
+        );
+    }
+}
+
 pub fn vm_name(path: &std::path::Path) -> Option<String> {
     path.file_stem()?.to_str().map(str::to_string)
 }

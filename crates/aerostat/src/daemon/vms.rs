@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aerostat_core::{Action, Bytes, Coldness, Millis, VmSample};
-use aerostat_qemu::backend::GuestRamPages;
+use aerostat_qemu::backend::{GuestRamPages, MAX_GUEST_MEMORY};
 use aerostat_qemu::{QemuVm, QmpError, QmpOptions};
 use tokio::task::JoinSet;
 
@@ -126,6 +126,9 @@ impl VmRegistry {
             .client()
             .execute("query-memory-size-summary", None)
             .await?;
+        // A VM is adopted only with a believable size: every floor, step and share of the
+        // host is counted from it (a 2^64 − 1 reply had the policy "deflate" a guest by
+        // exabytes; 0 adopts a VM nothing can be decided for).
         let configured = summary
             .get("base-memory")
             .and_then(serde_json::Value::as_u64)
@@ -133,6 +136,14 @@ impl VmRegistry {
             .ok_or_else(|| QmpError::Protocol {
                 detail: "query-memory-size-summary: no base-memory".into(),
             })?;
+        if configured == Bytes::ZERO || configured > MAX_GUEST_MEMORY {
+            return Err(QmpError::Protocol {
+                detail: format!(
+                    "query-memory-size-summary: base-memory {} is outside 1 B ..= {MAX_GUEST_MEMORY}",
+                    configured.0
+                ),
+            });
+        }
         Ok(VmConn {
             socket: path.clone(),
             qemu: Arc::new(qemu),
