@@ -481,6 +481,8 @@ fn key_path_at(text: &str, offset: usize) -> String {
     let mut vm_name: Option<String> = None;
     // An array opened on an earlier line and not closed yet: its key and its elements so far.
     let mut array: Option<(String, usize)> = None;
+    // Elements seen so far of each array of tables (`[[vm.workload.phases]]`) in this VM.
+    let mut tables_in_arrays: std::collections::BTreeMap<String, usize> = Default::default();
     // The offending line itself is a table header when a field of that table is missing:
     // then the table is the answer.
     let at_header = text[line_start..].trim_start().starts_with('[');
@@ -508,6 +510,17 @@ fn key_path_at(text: &str, offset: usize) -> String {
             table = format!("vm[{vms}]");
             vms += 1;
             vm_name = None;
+            tables_in_arrays.clear();
+        } else if let Some(h) = t.strip_prefix("[[").and_then(|h| h.strip_suffix("]]")) {
+            // An array of tables inside the VM (`[[vm.workload.phases]]`): its element.
+            let h = h.trim();
+            let index = tables_in_arrays.entry(h.to_string()).or_insert(0);
+            let path = match h.strip_prefix("vm.") {
+                Some(rest) if vms > 0 => format!("vm[{}].{rest}", vms - 1),
+                _ => h.to_string(),
+            };
+            table = format!("{path}[{index}]");
+            *index += 1;
         } else if let Some(h) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             let h = h.trim();
             table = match h.strip_prefix("vm.") {
@@ -530,6 +543,9 @@ fn key_path_at(text: &str, offset: usize) -> String {
     // The key: the key the offset points at (an unknown field: `bogus = 1`), or the last
     // `key =` before the offending value on its line.
     let before = &text[line_start..offset];
+    // The offset at an inline table itself (a field missing from `{ at = "2m" }`): the
+    // element is the answer, no key inside it.
+    let at_inline_table = text[offset..].starts_with('{');
     let ident: &str = {
         let rest = &text[offset..];
         let end = rest
@@ -543,6 +559,7 @@ fn key_path_at(text: &str, offset: usize) -> String {
         }
     };
     let key = match before.rsplit_once('=') {
+        _ if at_inline_table => "",
         _ if !ident.is_empty() => ident,
         Some((k, _)) => k
             .trim_end()
@@ -577,7 +594,12 @@ fn key_path_at(text: &str, offset: usize) -> String {
         // An array on the offending value's line: `phases = [{ … }, { … }]`.
         let array_key = before[..open].trim_end().rsplit(char::is_whitespace).next();
         let opened = before[open..].matches('{').count();
-        push(&element(array_key.unwrap_or(""), opened.checked_sub(1)));
+        let index = if at_inline_table {
+            Some(opened)
+        } else {
+            opened.checked_sub(1)
+        };
+        push(&element(array_key.unwrap_or(""), index));
     }
     push(&key);
     path

@@ -265,6 +265,34 @@ fn errors_in_inline_tables_name_the_array_element() {
     );
 }
 
+/// A field missing from a phase names the phase, in each way TOML writes an array of tables
+/// (an audit got `phases[2].{at`, `phases[0].working_set` for the second element, and
+/// `[vm.workload.phases]` without the VM).
+#[test]
+fn a_phase_missing_a_field_is_named_by_its_index() {
+    let multi_line = "kind = \"phases\"\nphases = [\n  { at = \"0s\", working_set = \"1GiB\" },\n  \
+                      { at = \"1h\", working_set = \"2GiB\" },\n  { at = \"2h\" },\n]";
+    let one_line =
+        "kind = \"phases\"\nphases = [{ at = \"0s\", working_set = \"1GiB\" }, { at = \"1h\" }]";
+    for (workload, index) in [(multi_line, 2), (one_line, 1)] {
+        let err = error_of(&with_phases(workload), Path::new(PATH));
+        let want = format!("`vm[0] (web).workload.phases[{index}]`: missing field `working_set`");
+        assert!(err.contains(&want), "{err}");
+    }
+    let tables = format!(
+        "{}\n[[vm.workload.phases]]\nat = \"0s\"\nworking_set = \"1GiB\"\n\
+         [[vm.workload.phases]]\nat = \"1h\"\nworking_set = \"2GB\"\n",
+        with_phases("kind = \"phases\"")
+    );
+    let err = error_of(&tables, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&tables, "working_set = \"2GB\""),
+        "`vm[0] (web).workload.phases[1].working_set`",
+    );
+}
+
 /// An unknown key inside a phase is named itself, not the key before it (a reviewer got
 /// `phases[0].working_set` for a misspelt key after it).
 #[test]

@@ -49,11 +49,18 @@ struct ScenarioResult {
 }
 
 pub fn policies(args: &BenchPoliciesArgs) -> anyhow::Result<ExitCode> {
-    let files = if args.scenarios.is_empty() {
+    let mut files = if args.scenarios.is_empty() {
         default_scenarios()?
     } else {
         args.scenarios.clone()
     };
+    // A file given twice would be run and reported twice.
+    let mut seen = std::collections::BTreeSet::new();
+    files.retain(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
+    if files.is_empty() {
+        return Err(InputError("no scenario files (*.toml) to run".into()).into());
+    }
+    super::output_dir(&args.out)?;
     let scenarios: Vec<(PathBuf, Scenario)> = files
         .iter()
         .map(|f| {

@@ -202,6 +202,7 @@ struct Plan {
 pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let ratios = parse_ratios(&args.ratios)?;
     let mut scenario = load_scenario(args.scenario.as_deref())?;
+    super::output_dir(&args.out)?;
     if let Some(d) = &args.duration {
         scenario.duration = d
             .parse::<Millis>()

@@ -63,6 +63,7 @@ pub fn at_least_a_tick(d: Millis, tick: Millis, text: &str) -> Result<(), InputE
 pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let mut scenario = load_scenario(args.scenario.as_deref())?;
     cut_short(&mut scenario, args.duration.as_deref(), true)?;
+    super::output_dir(&args.out)?;
     let mut options = RunOptions::new(args.policy);
     options.seed = args.seed;
     options.log_actions = true;

@@ -362,17 +362,36 @@ impl Config {
 /// The line (1-based) where dotted `key` (`host.reserve`, `vm.db.min`) is set: the `key =` line
 /// under its `[table]` header.
 fn key_line(text: &str, key: &str) -> Option<usize> {
-    let (table, name) = key.rsplit_once('.')?;
+    // `vm."db"` and `vm . db` are `vm.db`.
+    let normal = |k: &str| -> String {
+        k.split('.')
+            .map(|part| part.trim().trim_matches('"'))
+            .collect::<Vec<_>>()
+            .join(".")
+    };
     let mut current = String::new();
     for (n, line) in text.lines().enumerate() {
-        let t = line.trim();
+        // A comment after a header or a value (`[host]  # the host`); a `#` inside a quoted
+        // value is rare in this file and at worst costs the line number.
+        let t = line.split('#').next().unwrap_or("").trim();
         if let Some(h) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            current = h.trim().to_string();
-        } else if current == table
-            && let Some((k, _)) = t.split_once('=')
-            && k.trim() == name
-        {
-            return Some(n + 1);
+            current = normal(h.trim_matches(|c| c == '[' || c == ']'));
+        } else if let Some((k, v)) = t.split_once('=') {
+            let full = match current.as_str() {
+                "" => normal(k),
+                table => format!("{table}.{}", normal(k)),
+            };
+            if full == key {
+                return Some(n + 1);
+            }
+            // An inline table holding the key: `host = { reserve = "512MB" }`.
+            if let Some(rest) = key.strip_prefix(&format!("{full}."))
+                && v.trim_start().starts_with('{')
+                && v.split(['{', ','])
+                    .any(|kv| kv.split_once('=').is_some_and(|(k, _)| normal(k) == rest))
+            {
+                return Some(n + 1);
+            }
         }
     }
     None
@@ -455,6 +474,34 @@ mod tests {
             .expect_err("unknown key")
             .to_string();
         assert!(e.contains("reserv") && e.contains("line 3"), "{e}");
+    }
+
+    /// The line is found however the key is written: after a header with a comment, as a
+    /// dotted key, in an inline table, under a quoted table name (an audit got no line for
+    /// each of these).
+    #[test]
+    fn errors_find_their_line_in_every_toml_form() {
+        let tail = "[qemu]\nqmp_glob = \"/tmp/*.qmp\"\n";
+        for (text, line) in [
+            (
+                format!("[host]   # the host\nreserve = \"512MB\"\n{tail}"),
+                2,
+            ),
+            (format!("host.reserve = \"512MB\"\n{tail}"), 1),
+            (format!("host = {{ reserve = \"512MB\" }}\n{tail}"), 1),
+            (
+                format!("[host]\nreserve = \"512MiB\"\n{tail}[vm.\"db\"]\nmin = \"2GB\"\n"),
+                6,
+            ),
+        ] {
+            let e = Config::parse(&text, Path::new("a.toml"))
+                .expect_err("bad unit accepted")
+                .to_string();
+            assert!(
+                e.contains(&format!("a.toml: line {line}: `")),
+                "{text}\n{e}"
+            );
+        }
     }
 
     #[test]
