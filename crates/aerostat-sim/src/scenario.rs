@@ -448,6 +448,8 @@ impl Scenario {
 
     /// Parses scenario text; `path` names the file in errors and anchors trace files.
     pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
+        // A byte-order mark (some Windows editors write one) is not TOML, and invisible.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let raw: RawScenario = toml::from_str(text).map_err(|e| match e.span() {
             Some(span) => ScenarioError::Invalid {
                 path: path.to_path_buf(),
@@ -988,18 +990,10 @@ fn validate_migration(m: &RawMigration) -> Result<MigrationSpec, (String, String
         return Err(("bandwidth".into(), "must be positive".into()));
     }
     let downtime = m.downtime.unwrap_or(d.downtime);
-    if downtime == Millis::ZERO {
-        return Err(("downtime".into(), "must be positive".into()));
-    }
     let max_time = m.max_time.unwrap_or(d.max_time);
-    if max_time == Millis::ZERO {
-        return Err(("max_time".into(), "must be positive".into()));
-    }
-    if max_time < downtime {
-        return Err((
-            "max_time".into(),
-            format!("{max_time} is below the downtime limit {downtime}"),
-        ));
+    if let Some((key, why)) = aerostat_core::planner::migration::timing_problem(downtime, max_time)
+    {
+        return Err((key.into(), why));
     }
     let thrash_limit = m.thrash_limit.map(|r| r.0);
     if thrash_limit == Some(Bytes::ZERO) {

@@ -241,6 +241,8 @@ pub const MAX_TRACE_ROWS: usize = 10_000_000;
 pub fn load_trace(path: &Path, usable: Bytes) -> Result<Vec<(Millis, Bytes, Bytes)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read trace {}: {e}", display_path(path)))?;
+    // Spreadsheets save CSV with a byte-order mark, invisible in the error it would cause.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut points = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let lineno = n + 1;

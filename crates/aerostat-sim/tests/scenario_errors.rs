@@ -168,6 +168,13 @@ fn a_duration_without_a_unit_says_so() {
     }
 }
 
+/// A byte-order mark (some Windows editors write one) is not an error.
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    let text = format!("\u{feff}{ISSUE_SCHEMA}");
+    Scenario::parse(&text, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// A run shorter than one tick would report the empty numbers of no run at all.
 #[test]
 fn a_run_shorter_than_a_tick_is_refused() {

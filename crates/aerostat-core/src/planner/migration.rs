@@ -43,6 +43,26 @@ pub const DEFAULT_POSTCOPY_SWITCH: Millis = Millis(20);
 /// (docs/migration.md); KVM hosts pause for less.
 pub const DEFAULT_STOP_AND_COPY: Millis = Millis(100);
 
+/// What is wrong with a migration's downtime limit and time budget, if anything, as the
+/// setting's name and why — one rule for scenario files, the daemon's config and `aerostat
+/// migrate`: both positive, and the budget at least the downtime (a migration cannot stop
+/// the guest longer than it may take in all).
+pub fn timing_problem(downtime: Millis, max_time: Millis) -> Option<(&'static str, String)> {
+    if downtime == Millis::ZERO {
+        return Some(("downtime", "must be positive".into()));
+    }
+    if max_time == Millis::ZERO {
+        return Some(("max_time", "must be positive".into()));
+    }
+    if max_time < downtime {
+        return Some((
+            "max_time",
+            format!("{max_time} is below the downtime limit {downtime}"),
+        ));
+    }
+    None
+}
+
 /// What the planner is told about one migration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MigrationInputs {

@@ -32,6 +32,8 @@ pub fn run(args: &DecideArgs) -> anyhow::Result<ExitCode> {
 /// Parses the file; serde_json errors name the line and column. The shape is chosen
 /// up front (array, object with `observations`, one observation) and parsed strictly.
 fn parse(text: &str) -> Result<(PolicySettings, Vec<Observation>), String> {
+    // A byte-order mark is not JSON, and invisible in serde's "expected value" error.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start();
     let err = |e: serde_json::Error| e.to_string();
     if trimmed.starts_with('[') {

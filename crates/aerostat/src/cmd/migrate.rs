@@ -103,6 +103,10 @@ fn parse_settings(args: &MigrateArgs) -> Result<Settings, InputError> {
         .max_time
         .parse()
         .map_err(|e: aerostat_core::UnitError| bad("max-time", e.to_string()))?;
+    if let Some((key, why)) = aerostat_core::planner::migration::timing_problem(downtime, max_time)
+    {
+        return Err(bad(&key.replace('_', "-"), why));
+    }
     let Rate(bandwidth) = args.bandwidth.parse().map_err(|e| bad("bandwidth", e))?;
     if bandwidth.0 == 0 {
         return Err(bad("bandwidth", "must be more than 0".into()));

@@ -236,10 +236,12 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         Some(k) => k
             .parse()
             .ok()
-            .filter(|k: &f64| k.is_finite() && *k > 0.0)
+            // A missing hot page re-touched between once an hour and a thousand times a
+            // second: outside that, R_max comes out as 10^300 or 1 for any host.
+            .filter(|k: &f64| (1e-4..=1e3).contains(k))
             .ok_or_else(|| {
                 InputError(format!(
-                    "--swap-io-per-deficit: `{k}` is not a positive number (per second)"
+                    "--swap-io-per-deficit: `{k}` is not a number between 0.0001 and 1000 (per second)"
                 ))
             })?,
     };

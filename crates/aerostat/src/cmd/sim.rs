@@ -46,6 +46,19 @@ pub fn cut_short(
         )));
     }
     scenario.duration = scenario.duration.min(d);
+    // Said, not refused: a quick look at the first minutes is what `--duration` is for.
+    let late: Vec<&str> = scenario
+        .vms
+        .iter()
+        .filter(|v| v.start >= scenario.duration)
+        .map(|v| v.name.as_str())
+        .collect();
+    if !late.is_empty() {
+        eprintln!(
+            "note: --duration {text} ends before these VMs start, so they do not run: {}",
+            late.join(", ")
+        );
+    }
     Ok(())
 }
 

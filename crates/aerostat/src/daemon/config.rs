@@ -176,6 +176,8 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // A byte-order mark (some Windows editors write one) is not TOML, and invisible.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         // Messages start with the key in backticks (`host.reserve`: …); the key's line is
         // added so that every error points into the file.
         let invalid = |message: String| ConfigError::Invalid {
@@ -217,7 +219,11 @@ impl Config {
             None => Millis::secs(2),
             Some(v) => millis("qemu.stats_interval", v)?,
         };
-        if stats_interval < Millis::secs(1) || stats_interval > Millis::secs(3600) {
+        // QEMU's guest-stats-polling-interval is whole seconds: 1500ms would be cut to 1s.
+        if stats_interval < Millis::secs(1)
+            || stats_interval > Millis::secs(3600)
+            || stats_interval.0 % 1000 != 0
+        {
             return Err(invalid(
                 "`qemu.stats_interval`: must be between 1s and 1h (whole seconds)".into(),
             ));
@@ -336,6 +342,31 @@ impl Config {
                     None => None,
                 },
             };
+            if let Some((key, why)) =
+                aerostat_core::planner::migration::timing_problem(escape.downtime, escape.max_time)
+            {
+                return Err(invalid(format!("`migration.{key}`: {why}")));
+            }
+            if let Some(p) = escape.peers.iter().find(|p| {
+                let (scheme, rest) = p.split_once(':').unwrap_or(("", ""));
+                scheme.is_empty() || rest.is_empty()
+            }) {
+                return Err(invalid(format!(
+                    "`migration.peers`: `{p}` is not a migration URI (tcp:HOST:PORT)"
+                )));
+            }
+            // The prepare command runs only when the escape fires, perhaps days later: a
+            // path that does not exist is said now.
+            if m.escape
+                && let Some(program) = escape.prepare.as_ref().map(|argv| Path::new(&argv[0]))
+                && program.components().count() > 1
+                && !program.is_file()
+            {
+                return Err(invalid(format!(
+                    "`migration.prepare`: {} does not exist",
+                    program.display()
+                )));
+            }
             m.escape.then_some(escape)
         };
         Ok(Config {

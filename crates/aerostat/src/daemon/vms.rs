@@ -31,6 +31,11 @@ pub struct VmConn {
     /// last measurement; only for VMs whose guest swap the operator declared.
     coldness_since: Option<tokio::time::Instant>,
     coldness: Option<Coldness>,
+    /// Whether the last statistics held the guest's total and free memory; `None` before
+    /// the first. Logged when it changes: out-of-range or garbled values are dropped by
+    /// design (untrusted), and without a line the operator would not know why the policy
+    /// holds the VM where it is.
+    stats_usable: Option<bool>,
 }
 
 /// How long one coldness window lasts: the host's own LRU reads the same accessed bits, so
@@ -155,6 +160,7 @@ impl VmRegistry {
             errors: 0,
             coldness_since: None,
             coldness: None,
+            stats_usable: None,
         })
     }
 
@@ -230,6 +236,7 @@ impl VmRegistry {
                     s.rss = rss;
                     s.guest_swap = settings.swap;
                     s.coldness = conn.coldness;
+                    conn.note_stats_usable(name, &stats);
                     s.stats = stats;
                     conn.last = Some(s.clone());
                     Some(s)
@@ -310,6 +317,25 @@ impl VmConn {
                 None
             }
         };
+    }
+
+    /// Logs when the guest's statistics become unusable (no believable total or free
+    /// memory) or usable again.
+    fn note_stats_usable(&mut self, name: &str, stats: &aerostat_core::GuestStats) {
+        let usable = stats.total.is_some() && stats.free.is_some();
+        if self.stats_usable == Some(usable) {
+            return;
+        }
+        self.stats_usable = Some(usable);
+        if usable {
+            tracing::info!(vm = name, "guest statistics usable");
+        } else {
+            tracing::warn!(
+                vm = name,
+                "guest statistics unusable (total or free memory missing or implausible): \
+                 the policy holds this VM where it is; the host-side guards still apply"
+            );
+        }
     }
 
     fn note_error(&mut self, vm: &str, what: &'static str, e: &QmpError, metrics: &Metrics) {
