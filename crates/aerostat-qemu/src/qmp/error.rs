@@ -12,8 +12,10 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
     /// The socket (or a `/proc` file read on the VM's behalf) failed.
+    /// (The message holds the I/O error; it is not also the error's `source`, or chained
+    /// reports printed it twice.)
     #[error("QMP I/O error: {0}")]
-    Io(#[source] io::Error),
+    Io(io::Error),
     /// No reply within the command's deadline. A late reply is recognised by its id and dropped.
     #[error("QMP command `{command}` got no reply within {after:?}")]
     Timeout { command: String, after: Duration },

@@ -300,6 +300,16 @@ async fn destination_healthy(dest: Option<&QemuVm>) -> Result<(), String> {
 }
 
 async fn migrate(args: &MigrateArgs, s: &Settings) -> anyhow::Result<Report> {
+    // A file that is there but no socket would be reported as "connection refused".
+    if let Ok(meta) = std::fs::metadata(&args.vm)
+        && !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type())
+    {
+        return Err(InputError(format!(
+            "{}: not a socket (QEMU serves QMP on one: -qmp unix:PATH,server=on,wait=off)",
+            args.vm.display()
+        ))
+        .into());
+    }
     let vm = connect(&args.vm)
         .await
         .with_context(|| format!("connecting to the source QMP {}", args.vm.display()))?;
