@@ -102,6 +102,24 @@ impl VmClass {
 /// weights to infinity.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<f64> = 1e-3..=1e3;
 
+/// Why `priority` is refused, if it is: outside [`PRIORITY_RANGE`] (NaN included). One
+/// message for scenario files, the daemon's config and `aerostat decide`.
+pub fn priority_problem(priority: f64) -> Option<String> {
+    (!PRIORITY_RANGE.contains(&priority)).then(|| {
+        // 1e308 written out would be 309 digits.
+        let value = if (1e-6..1e6).contains(&priority.abs()) {
+            priority.to_string()
+        } else {
+            format!("{priority:e}")
+        };
+        format!(
+            "{value} is not between {} and {}",
+            PRIORITY_RANGE.start(),
+            PRIORITY_RANGE.end()
+        )
+    })
+}
+
 /// One VM at one instant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

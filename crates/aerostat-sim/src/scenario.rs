@@ -792,16 +792,8 @@ impl RawScenario {
                 ));
             }
             let priority = v.priority.unwrap_or(1.0);
-            if !aerostat_core::PRIORITY_RANGE.contains(&priority) {
-                return Err(invalid(
-                    line,
-                    key("priority"),
-                    format!(
-                        "must be between {} and {}",
-                        aerostat_core::PRIORITY_RANGE.start(),
-                        aerostat_core::PRIORITY_RANGE.end()
-                    ),
-                ));
+            if let Some(why) = aerostat_core::priority_problem(priority) {
+                return Err(invalid(line, key("priority"), why));
             }
             let pinned = v.pinned.unwrap_or(Bytes::ZERO);
             if pinned > v.memory {

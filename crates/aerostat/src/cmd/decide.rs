@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use aerostat_core::{Controller, Millis, Observation, PRIORITY_RANGE, PolicySettings};
+use aerostat_core::{Controller, Millis, Observation, PolicySettings, priority_problem};
 use serde::Deserialize;
 
 use crate::cli::DecideArgs;
@@ -93,14 +93,8 @@ fn check(settings: &PolicySettings, observations: &[Observation]) -> Result<(), 
             if !names.insert(vm.name.as_str()) {
                 return Err(format!("{}: duplicate VM name", key("name")));
             }
-            if !PRIORITY_RANGE.contains(&vm.priority) {
-                return Err(format!(
-                    "{}: {} is not between {} and {}",
-                    key("priority"),
-                    vm.priority,
-                    PRIORITY_RANGE.start(),
-                    PRIORITY_RANGE.end()
-                ));
+            if let Some(why) = priority_problem(vm.priority) {
+                return Err(format!("{}: {why}", key("priority")));
             }
             if vm.min.is_some_and(|m| m > vm.configured) {
                 return Err(format!("{}: above `configured`", key("min")));

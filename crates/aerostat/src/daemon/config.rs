@@ -261,12 +261,8 @@ impl Config {
         let settle =
             |key: &str, raw: &RawVm, base: &VmSettings| -> Result<VmSettings, ConfigError> {
                 let priority = raw.priority.unwrap_or(base.priority);
-                if !aerostat_core::PRIORITY_RANGE.contains(&priority) {
-                    return Err(invalid(format!(
-                        "`{key}.priority`: must be between {} and {}",
-                        aerostat_core::PRIORITY_RANGE.start(),
-                        aerostat_core::PRIORITY_RANGE.end()
-                    )));
+                if let Some(why) = aerostat_core::priority_problem(priority) {
+                    return Err(invalid(format!("`{key}.priority`: {why}")));
                 }
                 Ok(VmSettings {
                     min: match &raw.min {
@@ -310,7 +306,10 @@ impl Config {
                     "`migration.peers`: the escape needs at least one peer (or a `prepare` command that names one)".into(),
                 ));
             }
-            if let Some(p) = m.peers.iter().find(|p| !p.contains(':')) {
+            if let Some(p) = m.peers.iter().find(|p| {
+                let (scheme, rest) = p.split_once(':').unwrap_or(("", ""));
+                scheme.is_empty() || rest.is_empty()
+            }) {
                 return Err(invalid(format!(
                     "`migration.peers`: `{p}` is not a migration URI (tcp:HOST:PORT)"
                 )));
@@ -346,14 +345,6 @@ impl Config {
                 aerostat_core::planner::migration::timing_problem(escape.downtime, escape.max_time)
             {
                 return Err(invalid(format!("`migration.{key}`: {why}")));
-            }
-            if let Some(p) = escape.peers.iter().find(|p| {
-                let (scheme, rest) = p.split_once(':').unwrap_or(("", ""));
-                scheme.is_empty() || rest.is_empty()
-            }) {
-                return Err(invalid(format!(
-                    "`migration.peers`: `{p}` is not a migration URI (tcp:HOST:PORT)"
-                )));
             }
             // The prepare command runs only when the escape fires, perhaps days later: a
             // path that does not exist is said now.

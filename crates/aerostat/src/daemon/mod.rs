@@ -322,8 +322,8 @@ fn warn_unmatched_vm_tables(config: &Config) {
             .collect(),
         Err(_) => return, // the loop reports a bad glob every tick
     };
+    let seen: Vec<&str> = running.iter().map(String::as_str).collect();
     for name in config.vms.keys().filter(|n| !running.contains(*n)) {
-        let seen: Vec<&str> = running.iter().map(String::as_str).collect();
         tracing::warn!(
             vm = %name,
             sockets = %seen.join(", "),
