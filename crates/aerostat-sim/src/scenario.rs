@@ -1190,7 +1190,13 @@ fn validate_workload(
     }
     let leak_per_hour = w.rate.map_or(Bytes::ZERO, |r| r.0);
     if w.kind == WorkloadKind::Leak && leak_per_hour == Bytes::ZERO {
-        return err("rate", "required for a leak (e.g. \"100MiB/h\")".into());
+        let problem = match w.rate {
+            None => "required for a leak (e.g. \"100MiB/h\")",
+            Some(_) => {
+                "must be positive for a leak (e.g. \"100MiB/h\"); a guest that does not grow is `steady`"
+            }
+        };
+        return err("rate", problem.into());
     }
     let mut points = Vec::new();
     match w.kind {

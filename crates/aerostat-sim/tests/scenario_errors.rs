@@ -421,6 +421,25 @@ fn a_leak_that_outgrows_the_guest() {
     Scenario::parse(&slow, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// A leak needs a rate, and a rate of zero is not a leak.
+#[test]
+fn a_leak_without_growth_says_which() {
+    let base = replace_line(ISSUE_SCHEMA, "peak =", "");
+    let base = replace_line(&base, "period =", "");
+    let missing = replace_line(&base, "kind =", "kind = \"leak\"");
+    let err = error_of(&missing, Path::new(PATH));
+    assert!(
+        err.contains("`vm[0] (web).workload.rate`: required for a leak"),
+        "{err}"
+    );
+    let zero = replace_line(&base, "kind =", "kind = \"leak\"\nrate = \"0MiB/h\"");
+    let err = error_of(&zero, Path::new(PATH));
+    assert!(
+        err.contains("`vm[0] (web).workload.rate`: must be positive"),
+        "{err}"
+    );
+}
+
 /// Page cache the guest could never hold, in the workload or in a phase.
 #[test]
 fn page_cache_above_usable_memory() {

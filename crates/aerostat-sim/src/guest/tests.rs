@@ -39,8 +39,9 @@ fn spec(k: Keys) -> Result<VmSpec, String> {
     let shape = match kind {
         "diurnal" => format!("peak = \"{peak}MiB\"\nperiod = \"10m\"\n"),
         "burst" | "ramp" => format!("peak = \"{peak}MiB\"\nat = \"1m\"\nrise = \"5s\"\n"),
-        // Over the 1 h run a leak adds the rise: the same room as a peak.
-        "leak" => format!("rate = \"{}MiB/h\"\n", peak - ws),
+        // Over the 1 h run a leak adds the rise: the same room as a peak. A leak must grow
+        // (a rate of 0 is refused), so the smallest rise is 1 MiB/h.
+        "leak" => format!("rate = \"{}MiB/h\"\n", (peak - ws).max(1)),
         _ => String::new(),
     };
     let text = format!(
