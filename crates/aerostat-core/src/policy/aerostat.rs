@@ -45,6 +45,7 @@ use crate::per_vm::PerVm;
 use crate::policy::{Policy, PolicySettings, Proposal, Reason, WorkingSet};
 use crate::units::{Bytes, Millis};
 
+use cold_anon::ColdAnon;
 use fit::fit_host;
 use memo::Memo;
 use reading::{Reading, read};
@@ -419,12 +420,14 @@ fn wish_for(
         .saturating_sub(memo.last_time.unwrap_or(now))
         .as_secs_f64()
         .max(1e-3);
-    let Some(r) = read(vm, memo, now, dt, host.interval) else {
+    let Some(mut r) = read(vm, memo, now, dt, host.interval) else {
         // Blind: no (fresh) stats. Hold the VM where it is; host pressure is
         // handled by the guards from host facts alone.
         memo.last_time = None;
         return None;
     };
+    // The first swap-ins of a cold-anon squeeze are its cost, not pressure.
+    memo.cold_anon.excuse_first_pass(vm, &mut r, now);
     let g = Guest {
         index,
         vm,
@@ -464,9 +467,7 @@ fn wish_for(
     let need = need.min(g.configured);
     // Cold anon the host saw idle goes into guest swap: a bite below what the guest holds
     // resident (its free memory and headroom go with it while the squeeze lasts).
-    // What the guest holds resident now (MemTotal − MemFree).
-    let resident = (actual - r.free).max(0.0);
-    let cold_bite = memo.cold_anon.bite(vm, &r, resident, now);
+    let cold_bite = memo.cold_anon.bite(vm, &r, actual, now);
     let explain = Explain::Need(Need {
         need,
         cold_bite: cold_bite.unwrap_or(0.0),
@@ -498,7 +499,7 @@ fn wish_for(
         // cold cache first, then cold anon. (Relative to `used`, which the squeeze itself
         // lowers, the target would chase it down at the balloon's speed rather than a bite
         // a tick: `unseen-1104` evicted hot cache that way.)
-        let squeeze = resident - bite;
+        let squeeze = ColdAnon::target(&r, actual, bite);
         if squeeze < target {
             target = squeeze;
             rule = Rule::Reclaim;

@@ -12,6 +12,9 @@ use super::{PAGE, REFAULT_PRESSURE_PPS, STALE_INTERVALS, SWAP_IN_PRESSURE_BPS};
 pub(super) struct Reading {
     pub(super) used: f64,
     pub(super) free: f64,
+    /// What the guest holds resident (MemTotal − MemFree, less a balloon counted inside),
+    /// from one snapshot of its stats.
+    pub(super) resident: f64,
     pub(super) cache: f64,
     pub(super) swap_in_bps: f64,
     pub(super) refault_pps: f64,
@@ -76,6 +79,11 @@ pub(super) fn read(
     };
     let used = (total - available - balloon_inside).max(0.0);
     let free = clamp(s.free).unwrap_or(0.0).min(total);
+    // From the stats' own MemTotal, not the live `actual`: while a balloon inflates, the
+    // stats lag it, and `actual` less a MemFree from before the inflate read hundreds of
+    // MiB low — a cold-anon bite below that landed on hot memory (a real guest, session
+    // 17). With the balloon inside MemTotal the live `actual` is all there is.
+    let resident = (total - balloon_inside - free).max(0.0);
     // The page cache counted is the part MemAvailable counts: `used` already holds the
     // rest (shmem, the kernel's low-watermark share), and counting it again in the cache
     // a guest keeps left each guest that much above its need (10 % of the cache in the
@@ -87,6 +95,7 @@ pub(super) fn read(
     let mut r = Reading {
         used,
         free,
+        resident,
         cache,
         has_scan_stats: s.async_scans.is_some(),
         ..Reading::default()

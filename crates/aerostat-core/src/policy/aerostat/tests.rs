@@ -265,44 +265,87 @@ fn creeping_usage_never_eats_into_the_burst_room() {
     }
 }
 
-/// A guest using 3 GiB of its 4 GiB, 1 GiB of which the host measured idle beyond its free
-/// memory and cache, with 2 GiB of swap the operator declared: the policy squeezes it a bite
-/// below what it holds resident, so its LRU pushes the cold anon into swap. Without the
-/// measurement, without declared swap, or under pressure: never below its need.
-#[test]
-fn cold_anon_the_host_saw_idle_goes_into_declared_guest_swap() {
-    let proposal = |swap: Option<Bytes>, idle_mib: Option<u64>, faults: u64| {
-        let mut p = AerostatPolicy::new(settings());
-        let at = |t: u64, faults: u64| {
-            let mut v = vm("a", 4 * GIB, 4 * GIB, 3072, 0, t);
+/// One tick of a guest using 3 GiB of its 4 GiB whose host measured `idle_mib` idle (the
+/// host backs all it holds resident, and no more), with `swap` declared by the operator.
+/// `tick`: the time, the balloon's `actual`, and the guest's swap counters and major
+/// faults so far (MiB, MiB, faults).
+#[derive(Clone, Copy)]
+struct ColdTick {
+    t: u64,
+    actual_mib: u64,
+    swap_in_mib: u64,
+    swap_out_mib: u64,
+    faults: u64,
+}
+
+fn cold_tick(t: u64, actual_mib: u64) -> ColdTick {
+    ColdTick {
+        t,
+        actual_mib,
+        swap_in_mib: 0,
+        swap_out_mib: 0,
+        faults: 0,
+    }
+}
+
+/// The policy's target (MiB) and reason at each tick, for the guest of `ColdTick`.
+fn cold_anon_run(
+    swap: Option<Bytes>,
+    idle_mib: Option<u64>,
+    ticks: &[ColdTick],
+) -> Vec<(u64, String)> {
+    let mut p = AerostatPolicy::new(settings());
+    ticks
+        .iter()
+        .map(|k| {
+            let mut v = vm("a", 4 * GIB, k.actual_mib << 20, 3072, 0, k.t);
             v.guest_swap = swap;
-            v.stats.major_faults = Some(faults);
+            v.stats.major_faults = Some(k.faults);
+            v.stats.swap_in = Some(Bytes::mib(k.swap_in_mib));
+            v.stats.swap_out = Some(Bytes::mib(k.swap_out_mib));
             v.coldness = idle_mib.map(|idle| crate::observation::Coldness {
-                // The host backs all the guest holds resident, and no more.
                 touched: Bytes::mib(3072 + 96),
                 idle: Bytes::mib(idle),
-                at: Millis::secs(t),
+                at: Millis::secs(1),
             });
-            v
-        };
-        p.propose(&obs(0, vec![at(0, 0)]), &[]);
-        p.propose(&obs(1, vec![at(1, faults)]), &[])
-            .first()
-            .map(|x| {
-                (
-                    x.target.0 >> 20,
-                    x.reason.text().unwrap_or_default().to_string(),
-                )
-            })
-    };
-    let free = 4096 - 3072; // what `vm` leaves free
-    let resident = 4096 - free;
-    let (target, reason) = proposal(Some(Bytes::gib(2)), Some(1024), 0).expect("a squeeze");
-    assert_eq!(target, resident - 32, "{reason}");
+            p.propose(&obs(k.t, vec![v]), &[])
+                .first()
+                .map(|x| {
+                    (
+                        x.target.0 >> 20,
+                        x.reason.text().unwrap_or_default().to_string(),
+                    )
+                })
+                .unwrap_or((k.actual_mib, String::new()))
+        })
+        .collect()
+}
+
+/// A guest using 3 GiB of its 4 GiB, 1 GiB of which the host measured idle beyond its free
+/// memory and cache, with 2 GiB of swap the operator declared: the policy brings the
+/// balloon to 64 MiB above what the guest holds, then squeezes it a bite below, so its LRU
+/// pushes the cold anon into swap. Without the measurement, without declared swap, or under
+/// pressure: never below its need.
+#[test]
+fn cold_anon_the_host_saw_idle_goes_into_declared_guest_swap() {
+    let resident = 3072; // `vm` leaves the rest of `actual` free
+    let run = cold_anon_run(
+        Some(Bytes::gib(2)),
+        Some(1024),
+        &[
+            cold_tick(0, 4096),
+            cold_tick(1, 4096),
+            cold_tick(2, resident + 64),
+        ],
+    );
+    let (approach, reason) = &run[1];
+    assert_eq!(*approach, resident + 64, "{reason}");
     assert!(
         reason.contains("cold anonymous memory into guest swap"),
         "{reason}"
     );
+    let (bite, reason) = &run[2];
+    assert_eq!(*bite, resident - 32, "{reason}");
     for (swap, idle, faults) in [
         (Some(Bytes::gib(2)), None, 0),
         (None, Some(1024), 0),
@@ -310,13 +353,88 @@ fn cold_anon_the_host_saw_idle_goes_into_declared_guest_swap() {
         // Idle no more than the slack: nothing cold to speak of.
         (Some(Bytes::gib(2)), Some(64), 0),
     ] {
-        if let Some((target, reason)) = proposal(swap, idle, faults) {
-            assert!(
-                target > resident,
-                "{swap:?} {idle:?} {faults}: {target} ({reason})"
-            );
-        }
+        let ticks = [
+            cold_tick(0, resident + 64),
+            ColdTick {
+                faults,
+                ..cold_tick(1, resident + 64)
+            },
+        ];
+        let (target, reason) = &cold_anon_run(swap, idle, &ticks)[1];
+        assert!(
+            *target > resident,
+            "{swap:?} {idle:?} {faults}: {target} ({reason})"
+        );
     }
+}
+
+/// A real kernel keeps its watermark reserve free: MemAvailable counts it as taken (so
+/// `used` does), MemFree does not. The bite is below `used` then, not below what MemFree
+/// leaves, or the guest would reclaim the bite plus the reserve.
+#[test]
+fn cold_anon_bites_below_used_when_the_kernel_keeps_a_reserve_free() {
+    let mut p = AerostatPolicy::new(settings());
+    let at = |t: u64| {
+        // A balloon at 3200 MiB, MemFree 128 MiB of which the kernel keeps 70 MiB:
+        // MemAvailable 58 MiB.
+        let mut v = vm("a", 4 * GIB, 3200 << 20, 3072 - 896, 0, t);
+        v.stats.free = Some(Bytes::mib(128));
+        v.stats.available = Some(Bytes::mib(58));
+        v.guest_swap = Some(Bytes::gib(2));
+        v.coldness = Some(crate::observation::Coldness {
+            touched: Bytes::mib(3200),
+            idle: Bytes::mib(1024),
+            at: Millis::secs(t),
+        });
+        v
+    };
+    p.propose(&obs(0, vec![at(0)]), &[]);
+    let props = p.propose(&obs(1, vec![at(1)]), &[]);
+    // used = 3200 − 58 = 3142 MiB; resident (MemTotal − MemFree) = 3072 MiB.
+    let reason = props[0].reason.text().unwrap_or_default();
+    assert_eq!(props[0].target.0 >> 20, 3142 - 32, "{reason}");
+}
+
+/// The guest LRU's first pass: a real kernel swaps some hot anon out with the first bites
+/// and back in within seconds. Up to 64 MiB of swap-ins in the first 5 s of the squeeze's
+/// swap-out are its cost, not pressure; more, or later, stop it and deflate.
+#[test]
+fn cold_anon_tolerates_the_first_pass_only() {
+    let swapping = |t: u64, swap_in_mib: u64| ColdTick {
+        swap_in_mib,
+        swap_out_mib: 32 * t,
+        faults: swap_in_mib * 256,
+        ..cold_tick(t, 3072 + 64 - 32 * t)
+    };
+    let still_squeezing = |ticks: &[ColdTick]| {
+        let run = cold_anon_run(Some(Bytes::gib(2)), Some(1024), ticks);
+        let (target, reason) = run.last().cloned().expect("a tick");
+        let last = ticks.last().expect("a tick");
+        (target < last.actual_mib, reason)
+    };
+    let base = [cold_tick(0, 3072 + 64), cold_tick(1, 3072 + 64)];
+    // 40 MiB swapped back in over the first two seconds of swap-out: the squeeze goes on.
+    let ticks = [
+        &base[..],
+        &[swapping(2, 0), swapping(3, 20), swapping(4, 40)],
+    ]
+    .concat();
+    let (squeezing, reason) = still_squeezing(&ticks);
+    assert!(squeezing, "{reason}");
+    // 80 MiB: more than a first pass.
+    let ticks = [
+        &base[..],
+        &[swapping(2, 0), swapping(3, 40), swapping(4, 80)],
+    ]
+    .concat();
+    let (squeezing, reason) = still_squeezing(&ticks);
+    assert!(!squeezing && reason.contains("under pressure"), "{reason}");
+    // 10 MiB, but 8 s after the swap-out began: the squeeze reached hot anon.
+    let mut ticks = base.to_vec();
+    ticks.extend((2..=9).map(|t| swapping(t, 0)));
+    ticks.push(swapping(10, 10));
+    let (squeezing, reason) = still_squeezing(&ticks);
+    assert!(!squeezing && reason.contains("under pressure"), "{reason}");
 }
 
 /// Bigger guests have more vCPUs and fault memory in faster: an 8 GiB guest keeps room
