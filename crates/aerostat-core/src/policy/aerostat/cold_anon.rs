@@ -40,12 +40,13 @@ const COLD_STUCK: Millis = Millis(10_000);
 /// A squeeze ends after this long, done or not: the next window measures again.
 const COLD_MAX_SQUEEZE: Millis = Millis(120_000);
 /// Swap-ins a squeeze may cost before they count as pressure, in its first seconds of
-/// swap-out: the guest LRU's first pass. A real kernel (Linux 6.1 with MGLRU, a 1 GiB
+/// swap-out: the guest LRU's first pass. A real kernel (Linux 6.12 with MGLRU, a 1 GiB
 /// guest under TCG, 100 MiB rewritten every 2 s next to 300 MiB touched once) cannot tell
-/// hot anon from cold until reclaim has aged it once: the first 32 MiB bites swapped 24–38
-/// MiB of the hot pages back in over 2 s, and none after (session 18, by hand:
-/// `docs/benchmarks.md`, "Real guests"). Stopping on that first pass stopped every squeeze
-/// of a real guest at its first bite. Later swap-ins are the squeeze reaching hot anon.
+/// hot anon from cold until reclaim has aged it once: the first 32 MiB bites swapped 38–54
+/// MiB of the hot pages back in over 2 s, and none after (session 18,
+/// `tools/squeeze-by-hand.sh`; docs/benchmarks.md, "Real guests"). Stopping on that first
+/// pass stopped every squeeze of a real guest at its first bite. Later swap-ins are the
+/// squeeze reaching hot anon.
 const COLD_FIRST_PASS: f64 = 64.0 * MIB;
 const COLD_FIRST_PASS_TIME: Millis = Millis(5_000);
 /// How far above what the guest holds a squeeze's balloon stops before its first bite:
