@@ -173,6 +173,13 @@ pub struct VmSample {
     /// "Coldness"). `None`: not measured.
     #[serde(default)]
     pub coldness: Option<Coldness>,
+    /// Whether the balloon device has deflate-on-oom (QEMU's `deflate-on-oom` property):
+    /// the guest then keeps the balloon's pages in its MemTotal, counted as taken, where
+    /// without it MemTotal shrinks with the balloon. `None`: unknown, and the policy takes a
+    /// MemTotal within 1 % of the configured size for it — which a real guest's MemTotal
+    /// never is below a few GiB (a 1 GiB guest reports 967 MiB).
+    #[serde(default)]
+    pub deflate_on_oom: Option<bool>,
     /// Guest-reported statistics. Untrusted.
     #[serde(default)]
     pub stats: GuestStats,
@@ -218,6 +225,7 @@ impl VmSample {
             rss: None,
             guest_swap: None,
             coldness: None,
+            deflate_on_oom: None,
             stats: GuestStats::default(),
         }
     }

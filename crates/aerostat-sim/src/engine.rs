@@ -408,6 +408,8 @@ impl Simulation {
                 vm.headroom = s.headroom;
                 // The scenario's guest swap is what the operator knows of the guest's image.
                 vm.guest_swap = (s.swap > Bytes::ZERO).then_some(s.swap);
+                // The operator configured the device: not hidden from a real controller.
+                vm.deflate_on_oom = Some(s.deflate_on_oom);
                 self.obs.vms.push(vm);
                 self.obs_index.push(i);
             }

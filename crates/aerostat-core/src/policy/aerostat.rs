@@ -488,7 +488,7 @@ fn wish_for(
 
     if let Some(moved_bps) = memo.balloon_stalled(current, actual, dt, now) {
         let wish = stalled_wish(&g, anon, moved_bps);
-        memo.remember_reading(now, &vm.stats, actual, r.used);
+        memo.remember_reading(now, &vm.stats, actual, &r);
         return Some(wish);
     }
 
@@ -527,7 +527,7 @@ fn wish_for(
         explain,
         host_short: None,
     };
-    memo.remember_reading(now, &vm.stats, actual, r.used);
+    memo.remember_reading(now, &vm.stats, actual, &r);
     Some(wish)
 }
 

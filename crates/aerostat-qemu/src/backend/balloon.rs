@@ -114,6 +114,21 @@ impl QemuVm {
             .ok_or_else(|| QmpError::protocol(format!("guest-stats-polling-interval: {v}")))
     }
 
+    /// Whether the balloon device was started with `deflate-on-oom=on` (the guest then
+    /// keeps the balloon's pages in its MemTotal).
+    pub async fn balloon_deflates_on_oom(&self) -> Result<bool, QmpError> {
+        let path = self.balloon_path().await?;
+        let v = self
+            .client
+            .execute(
+                "qom-get",
+                Some(json!({ "path": path, "property": "deflate-on-oom" })),
+            )
+            .await?;
+        v.as_bool()
+            .ok_or_else(|| QmpError::protocol(format!("deflate-on-oom: {v}")))
+    }
+
     /// The guest's latest balloon statistics. Untrusted: see [`parse_guest_stats`].
     pub async fn guest_stats(&self) -> Result<GuestStats, QmpError> {
         let path = self.balloon_path().await?;

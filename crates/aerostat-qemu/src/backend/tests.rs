@@ -25,6 +25,7 @@ fn fake_vm() -> FakeQmp {
                        {"name": "device[0]", "type": "child<virtio-balloon-pci>"}]),
             )],
             "qom-set" => vec![ok(cmd, json!({}))],
+            "qom-get" if args["property"] == "deflate-on-oom" => vec![ok(cmd, json!(true))],
             "qom-get" if args["property"] == "guest-stats" => vec![ok(
                 cmd,
                 json!({"stats": {"stat-free-memory": 1000, "stat-total-memory": u64::MAX},
@@ -101,6 +102,31 @@ async fn balloon_path_is_found_once_and_used() {
         vec![json!({"path": "/machine/peripheral-anon/device[0]",
                     "property": "guest-stats-polling-interval", "value": 2})]
     );
+}
+
+/// The balloon's `deflate-on-oom` is read from its QOM path; a reply that is not a
+/// boolean is a protocol error, not a guess.
+#[tokio::test]
+async fn deflate_on_oom_is_read_from_the_balloon() {
+    let fake = fake_vm();
+    let qemu = vm(&fake).await;
+    assert!(qemu.balloon_deflates_on_oom().await.expect("qom-get"));
+    assert_eq!(
+        sent(&fake, "qom-get"),
+        vec![json!({"path": "/machine/peripheral-anon/device[0]", "property": "deflate-on-oom"})]
+    );
+    let odd = FakeQmp::qemu(|cmd| match cmd["execute"].as_str().unwrap_or("") {
+        "qom-list" => vec![ok(
+            cmd,
+            json!([{"name": "balloon0", "type": "child<virtio-balloon-pci>"}]),
+        )],
+        _ => vec![ok(cmd, json!("yes"))],
+    });
+    let qemu = vm(&odd).await;
+    assert!(matches!(
+        qemu.balloon_deflates_on_oom().await,
+        Err(QmpError::Protocol { .. })
+    ));
 }
 
 #[tokio::test]

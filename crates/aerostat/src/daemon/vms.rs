@@ -36,6 +36,9 @@ pub struct VmConn {
     /// design (untrusted), and without a line the operator would not know why the policy
     /// holds the VM where it is.
     stats_usable: Option<bool>,
+    /// The balloon device's `deflate-on-oom`, read once at adoption; `None` when QEMU did
+    /// not say (the policy then infers it from the guest's MemTotal).
+    deflate_on_oom: Option<bool>,
 }
 
 /// How long one coldness window lasts: the host's own LRU reads the same accessed bits, so
@@ -149,6 +152,16 @@ impl VmRegistry {
                 ),
             });
         }
+        // Whether the balloon's pages stay in the guest's MemTotal: without it, a small
+        // guest's `used` would read as its use plus the balloon.
+        let deflate_on_oom = match qemu.balloon_deflates_on_oom().await {
+            Ok(on) => Some(on),
+            Err(QmpError::NoDevice { .. }) => None,
+            Err(e) => {
+                tracing::warn!(vm = %name, error = %e, "cannot read the balloon's deflate-on-oom; inferring it from MemTotal");
+                None
+            }
+        };
         Ok(VmConn {
             socket: path.clone(),
             qemu: Arc::new(qemu),
@@ -161,6 +174,7 @@ impl VmRegistry {
             coldness_since: None,
             coldness: None,
             stats_usable: None,
+            deflate_on_oom,
         })
     }
 
@@ -236,6 +250,7 @@ impl VmRegistry {
                     s.rss = rss;
                     s.guest_swap = settings.swap;
                     s.coldness = conn.coldness;
+                    s.deflate_on_oom = conn.deflate_on_oom;
                     conn.note_stats_usable(name, &stats);
                     s.stats = stats;
                     conn.last = Some(s.clone());

@@ -22,6 +22,10 @@ pub(super) struct Memo {
     pub(super) last_counters: Counters,
     pub(super) last_actual: f64,
     pub(super) last_used: f64,
+    /// The last reading's stats time (`last_update`) and the `actual` taken for when the
+    /// guest took them (`actual_when_stats_taken`).
+    pub(super) stats_at: Option<Millis>,
+    pub(super) actual_then: f64,
     /// Growth rate of `used`, bytes/s: rises when two readings agree, decays slowly.
     pub(super) growth_bps: f64,
     /// The rate of `used` seen last tick.
@@ -243,12 +247,39 @@ impl Memo {
         now: Millis,
         stats: &GuestStats,
         actual: f64,
-        used: f64,
+        r: &Reading,
     ) {
+        let (used, actual_then) = (r.used, r.actual_then);
         self.last_time = Some(now);
         self.last_counters = Counters::of(stats);
         self.last_actual = actual;
         self.last_used = used;
+        self.stats_at = stats.last_update;
+        self.actual_then = actual_then;
+    }
+
+    /// The `actual` the guest's stats were taken at, or more (less balloon): a guest polled
+    /// every second reports stats taken up to a second or two before the live `actual`,
+    /// and while the balloon inflates they count less of it than `actual` says. New stats
+    /// (a `last_update` not seen at the last reading) were taken since that reading: the
+    /// larger of its `actual` and the live one. The same stats again: the same `actual`
+    /// as then. Stats taken now (or without a time): the live `actual`.
+    pub(super) fn actual_when_stats_taken(
+        &self,
+        now: Millis,
+        actual: f64,
+        stats_at: Option<Millis>,
+    ) -> f64 {
+        match stats_at {
+            Some(at) if at < now && self.last_time.is_some() => {
+                if Some(at) == self.stats_at {
+                    self.actual_then
+                } else {
+                    actual.max(self.last_actual)
+                }
+            }
+            _ => actual,
+        }
     }
 
     /// Remembers the target asked for after the fit (`current` is the controller's target

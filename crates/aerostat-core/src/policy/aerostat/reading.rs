@@ -15,6 +15,9 @@ pub(super) struct Reading {
     /// What the guest holds resident (MemTotal − MemFree, less a balloon counted inside),
     /// from one snapshot of its stats.
     pub(super) resident: f64,
+    /// The balloon's `actual` when the guest took these stats, or more
+    /// (`Memo::actual_when_stats_taken`).
+    pub(super) actual_then: f64,
     pub(super) cache: f64,
     pub(super) swap_in_bps: f64,
     pub(super) refault_pps: f64,
@@ -68,14 +71,22 @@ pub(super) fn read(
         Some(clamp(s.free)? + clamp(s.disk_caches).unwrap_or(0.0))
     })?;
     let available = available.min(total);
-    // With deflate-on-oom MemTotal stays at the configured size and the balloon's pages
-    // count as used inside the guest; without it MemTotal shrinks with the balloon. Stats
-    // lag the live `actual` while a balloon moves, so only a MemTotal at the configured
-    // size is read as "balloon inside".
-    let balloon_inside = if total >= 0.99 * configured {
-        (total - vm.actual.as_f64()).max(0.0)
-    } else {
-        0.0
+    // With deflate-on-oom MemTotal stays where it was and the balloon's pages count as
+    // used inside the guest; without it MemTotal shrinks with the balloon. When the sample
+    // does not say which, stats lag the live `actual` while a balloon moves, so only a
+    // MemTotal at the configured size is read as "balloon inside" (a real guest's MemTotal
+    // is below it by what the kernel reserved: 57 MiB of 1 GiB, so the device's property
+    // is what tells a small guest apart).
+    // With deflate-on-oom the balloon counted is the one when the guest took its stats:
+    // the live `actual` less a MemAvailable from before an inflate read a real guest's
+    // use as 0 and dived its balloon to 272 MiB (session 18).
+    let actual_then = memo.actual_when_stats_taken(now, vm.actual.as_f64(), s.last_update);
+    let balloon = (configured - actual_then).max(0.0);
+    let balloon_inside = match vm.deflate_on_oom {
+        Some(true) => balloon.min(total),
+        Some(false) => 0.0,
+        None if total >= 0.99 * configured => (total - vm.actual.as_f64()).max(0.0),
+        None => 0.0,
     };
     let used = (total - available - balloon_inside).max(0.0);
     let free = clamp(s.free).unwrap_or(0.0).min(total);
@@ -96,6 +107,7 @@ pub(super) fn read(
         used,
         free,
         resident,
+        actual_then,
         cache,
         has_scan_stats: s.async_scans.is_some(),
         ..Reading::default()

@@ -437,6 +437,67 @@ fn cold_anon_tolerates_the_first_pass_only() {
     assert!(!squeezing && reason.contains("under pressure"), "{reason}");
 }
 
+/// The `used` (MiB) the first proposal's reason gives ("need N MiB = used M + …").
+fn used_in_reason(props: &[Proposal]) -> u64 {
+    let reason = props[0].reason.text().unwrap_or_default();
+    reason
+        .split("used ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `used` in {reason}"))
+}
+
+/// A real 1 GiB guest with deflate-on-oom, its balloon at 771 MiB (measured, session 18):
+/// MemTotal stays at 967 MiB (the kernel's own 57 MiB are never in it) and the balloon's
+/// 253 MiB count as taken. With the device's property the policy reads the guest's use
+/// (105 MiB); without it, MemTotal is not within 1 % of the configured size and the
+/// balloon reads as use.
+#[test]
+fn deflate_on_oom_balloon_is_not_read_as_use() {
+    let used_read = |deflate_on_oom: Option<bool>| {
+        let mut p = AerostatPolicy::new(settings());
+        let mut v = vm("a", GIB, 771 << 20, 0, 0, 0);
+        v.stats.total = Some(Bytes::kib(990_356));
+        v.stats.free = Some(Bytes::kib(694_592));
+        v.stats.available = Some(Bytes::kib(623_548));
+        v.deflate_on_oom = deflate_on_oom;
+        used_in_reason(&p.propose(&obs(0, vec![v]), &[]))
+    };
+    // 967 − 609 − 253 MiB.
+    assert_eq!(used_read(Some(true)), 105);
+    assert_eq!(used_read(None), 105 + 253);
+    // Without deflate-on-oom the same MemTotal holds no balloon.
+    assert_eq!(used_read(Some(false)), 105 + 253);
+}
+
+/// The same guest one tick after its balloon went from 1024 to 771 MiB, before it has
+/// taken new stats (QEMU polls them every second): the stats still show no balloon, so
+/// none is subtracted — the live `actual` against them read its use as 0 and dived its
+/// balloon to 272 MiB on a real guest. New stats count the balloon of the last reading or
+/// now, whichever is smaller.
+#[test]
+fn deflate_on_oom_balloon_is_counted_as_of_the_stats() {
+    let mut p = AerostatPolicy::new(settings());
+    let tick = |p: &mut AerostatPolicy, t: u64, actual_mib: u64, stats_at_ms: u64, avail_kib| {
+        let mut v = vm("a", GIB, actual_mib << 20, 0, 0, 0);
+        v.deflate_on_oom = Some(true);
+        v.stats.total = Some(Bytes::kib(990_356));
+        v.stats.free = Some(Bytes::kib(avail_kib + 71_000));
+        v.stats.available = Some(Bytes::kib(avail_kib));
+        v.stats.last_update = Some(Millis(stats_at_ms));
+        used_in_reason(&p.propose(&obs(t, vec![v]), &[]))
+    };
+    // No balloon yet: 967 − 862 MiB.
+    assert_eq!(tick(&mut p, 10, 1024, 9_000, 882_648), 105);
+    // Inflated to 771 MiB, the same stats: still 105, not 105 − 253.
+    assert_eq!(tick(&mut p, 11, 771, 9_000, 882_648), 105);
+    // New stats, taken at the new size: 967 − 609 − 253.
+    assert_eq!(tick(&mut p, 12, 771, 11_000, 623_548), 105);
+    // Stats taken now (the simulator's): the live `actual`.
+    assert_eq!(tick(&mut p, 13, 771, 13_000, 623_548), 105);
+}
+
 /// Bigger guests have more vCPUs and fault memory in faster: an 8 GiB guest keeps room
 /// for half a second of 1 GiB/s, a 6 GiB one of 768 MiB/s; no guest more than twice
 /// the small guest's room. Each plus the guards' 16 MiB dead band.
