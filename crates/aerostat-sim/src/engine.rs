@@ -431,7 +431,15 @@ impl Simulation {
             }
             vm.actual = Bytes::from_f64(g.reported_actual());
             vm.rss = Some(Bytes::from_f64(g.touched) + self.scenario.host.vm_overhead);
-            g.write_stats(now, &mut vm.stats);
+            // A guest polled every `stats_interval` reports the stats of its last poll
+            // next to the live `actual`, as QEMU does.
+            let due = match (g.spec.stats_interval, vm.stats.last_update) {
+                (Some(every), Some(at)) => now.saturating_sub(at) >= every,
+                _ => true,
+            };
+            if due {
+                g.write_stats(now, &mut vm.stats);
+            }
         }
         if let Some(e) = self.escape.as_mut() {
             // Less what balloons keep that the host still holds, as of the last tick.

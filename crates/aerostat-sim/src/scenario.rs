@@ -205,6 +205,11 @@ pub struct RawVm {
     /// or "lying" (claims to be idle).
     #[serde(default)]
     pub stats: Option<StatsMode>,
+    /// How often the guest's statistics are refreshed (QEMU's polling interval): between
+    /// polls the policy reads the last poll's stats next to the live balloon `actual`, as
+    /// on a real host. Default: every tick.
+    #[serde(default, deserialize_with = "human_opt")]
+    pub stats_interval: Option<Millis>,
     /// Balloon inflation rate (default 1GiB/s, as measured on KVM).
     #[serde(default, deserialize_with = "human_opt")]
     pub balloon_rate: Option<Rate>,
@@ -401,6 +406,7 @@ pub struct VmSpec {
     pub deflate_on_oom: bool,
     pub balloon_lies: bool,
     pub stats: StatsMode,
+    pub stats_interval: Option<Millis>,
     pub balloon_rate: Bytes,
     pub kernel: Bytes,
     pub pinned: Bytes,
@@ -791,6 +797,13 @@ impl RawScenario {
                     "must be positive".into(),
                 ));
             }
+            if v.stats_interval == Some(Millis::ZERO) {
+                return Err(invalid(
+                    line,
+                    key("stats_interval"),
+                    "must be positive (leave it out for stats every tick)".into(),
+                ));
+            }
             let priority = v.priority.unwrap_or(1.0);
             if let Some(why) = aerostat_core::priority_problem(priority) {
                 return Err(invalid(line, key("priority"), why));
@@ -901,6 +914,7 @@ impl RawScenario {
                     deflate_on_oom: v.deflate_on_oom,
                     balloon_lies: v.balloon_lies,
                     stats: v.stats.unwrap_or_default(),
+                    stats_interval: v.stats_interval,
                     balloon_rate: v.balloon_rate.map_or(Bytes::gib(1), |r| r.0),
                     kernel,
                     pinned,
