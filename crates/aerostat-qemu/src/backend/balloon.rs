@@ -99,15 +99,21 @@ impl QemuVm {
         Ok(())
     }
 
-    /// The statistics polling interval QEMU uses now, seconds (0: off).
-    pub async fn stats_polling_interval(&self) -> Result<u32, QmpError> {
+    /// One property of the balloon device (`qom-get`).
+    async fn balloon_property(&self, property: &str) -> Result<Value, QmpError> {
         let path = self.balloon_path().await?;
-        let v = self
-            .client
+        self.client
             .execute(
                 "qom-get",
-                Some(json!({ "path": path, "property": "guest-stats-polling-interval" })),
+                Some(json!({ "path": path, "property": property })),
             )
+            .await
+    }
+
+    /// The statistics polling interval QEMU uses now, seconds (0: off).
+    pub async fn stats_polling_interval(&self) -> Result<u32, QmpError> {
+        let v = self
+            .balloon_property("guest-stats-polling-interval")
             .await?;
         v.as_u64()
             .and_then(|n| u32::try_from(n).ok())
@@ -117,29 +123,14 @@ impl QemuVm {
     /// Whether the balloon device was started with `deflate-on-oom=on` (the guest then
     /// keeps the balloon's pages in its MemTotal).
     pub async fn balloon_deflates_on_oom(&self) -> Result<bool, QmpError> {
-        let path = self.balloon_path().await?;
-        let v = self
-            .client
-            .execute(
-                "qom-get",
-                Some(json!({ "path": path, "property": "deflate-on-oom" })),
-            )
-            .await?;
+        let v = self.balloon_property("deflate-on-oom").await?;
         v.as_bool()
             .ok_or_else(|| QmpError::protocol(format!("deflate-on-oom: {v}")))
     }
 
     /// The guest's latest balloon statistics. Untrusted: see [`parse_guest_stats`].
     pub async fn guest_stats(&self) -> Result<GuestStats, QmpError> {
-        let path = self.balloon_path().await?;
-        let v = self
-            .client
-            .execute(
-                "qom-get",
-                Some(json!({ "path": path, "property": "guest-stats" })),
-            )
-            .await?;
-        parse_guest_stats(&v)
+        parse_guest_stats(&self.balloon_property("guest-stats").await?)
     }
 }
 
