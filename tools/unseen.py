@@ -161,6 +161,9 @@ def main():
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--out", default="out/unseen")
     ap.add_argument("--aerostat", default="target/release/aerostat")
+    ap.add_argument("--stats-interval", metavar="DURATION",
+                    help="every VM's guest stats refreshed only this often (e.g. 2s), as "
+                         "QEMU's polled stats are; the same scenarios otherwise")
     a = ap.parse_args()
     sdir = os.path.join(a.out, "scenarios")
     os.makedirs(sdir, exist_ok=True)
@@ -170,6 +173,8 @@ def main():
         text = scenario(k)
         if text is None:
             continue
+        if a.stats_interval:
+            text = text.replace("[[vm]]\n", f'[[vm]]\nstats_interval = "{a.stats_interval}"\n')
         path = os.path.join(sdir, f"unseen-{k}.toml")
         with open(path, "w") as f:
             f.write(text)
