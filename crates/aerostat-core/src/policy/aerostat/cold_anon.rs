@@ -109,13 +109,11 @@ impl ColdAnon {
     }
 
     /// This tick's squeeze target for a guest whose balloon is at `actual`: a `bite` below
-    /// what it holds (resident, and never less than `used`: a real kernel keeps its
-    /// watermark reserve free, MemAvailable counts it as taken and MemFree does not, so a
-    /// bite below what MemFree leaves reclaims the bite plus the reserve, 69 MiB more in a
-    /// 1 GiB guest) — once the balloon is within COLD_APPROACH_MARGIN of that; until then,
-    /// that margin above it.
+    /// what it holds (`Reading::held`: a bite below what MemFree leaves would reclaim the
+    /// bite plus the kernel's reserve) — once the balloon is within COLD_APPROACH_MARGIN of
+    /// that; until then, that margin above it.
     pub(super) fn target(r: &Reading, actual: f64, bite: f64) -> f64 {
-        let held = r.resident.max(r.used);
+        let held = r.held();
         if actual > held + COLD_APPROACH_MARGIN {
             held + COLD_APPROACH_MARGIN
         } else {
@@ -152,7 +150,8 @@ impl ColdAnon {
             return None;
         }
         let swapped_out = vm.stats.swap_out.map_or(0, |b| b.0);
-        let in_swap = swapped_out.saturating_sub(vm.stats.swap_in.map_or(0, |b| b.0)) as f64;
+        let swapped_in = vm.stats.swap_in.map_or(0, |b| b.0);
+        let in_swap = swapped_out.saturating_sub(swapped_in) as f64;
         let swap_room = swap - in_swap - (SWAP_MARGIN_SHARE * swap).max(SWAP_MARGIN_MIN);
         if !squeezing && let Some(c) = window {
             self.window_at = c.at;
@@ -175,7 +174,7 @@ impl ColdAnon {
                     goal: r.used - budget,
                     low: r.used,
                     low_at: now,
-                    swap_in_at_start: vm.stats.swap_in.map_or(0, |b| b.0),
+                    swap_in_at_start: swapped_in,
                     swap_out_at_start: swapped_out,
                     swapping_since: None,
                 });
@@ -184,7 +183,7 @@ impl ColdAnon {
         let sq = self.squeeze.as_mut()?;
         // While the balloon still approaches what the guest holds, `used` has no reason
         // to fall yet: the squeeze is not stuck.
-        let approaching = actual > r.resident.max(r.used) + COLD_APPROACH_MARGIN;
+        let approaching = actual > r.held() + COLD_APPROACH_MARGIN;
         if r.used < sq.low - MIB || approaching {
             sq.low = sq.low.min(r.used);
             sq.low_at = now;

@@ -249,13 +249,12 @@ impl Memo {
         actual: f64,
         r: &Reading,
     ) {
-        let (used, actual_then) = (r.used, r.actual_then);
         self.last_time = Some(now);
         self.last_counters = Counters::of(stats);
         self.last_actual = actual;
-        self.last_used = used;
+        self.last_used = r.used;
         self.stats_at = stats.last_update;
-        self.actual_then = actual_then;
+        self.actual_then = r.actual_then;
     }
 
     /// The `actual` the guest's stats were taken at, or more (less balloon): a guest polled

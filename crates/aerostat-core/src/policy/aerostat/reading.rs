@@ -30,6 +30,13 @@ pub(super) struct Reading {
 }
 
 impl Reading {
+    /// What the guest holds: resident, and never less than `used` — a real kernel keeps its
+    /// watermark reserve free, and MemAvailable (so `used`) counts it as taken where
+    /// MemFree does not (70 MiB in a 1 GiB guest).
+    pub(super) fn held(&self) -> f64 {
+        self.resident.max(self.used)
+    }
+
     /// Cold page cache left, estimated from the last interval's reclaim efficiency. A CLOCK
     /// scan passes over hot pages and frees cold ones, so the share of scanned pages it
     /// freed is the cold share of the cache when the interval began; what it freed since
@@ -72,14 +79,13 @@ pub(super) fn read(
     })?;
     let available = available.min(total);
     // With deflate-on-oom MemTotal stays where it was and the balloon's pages count as
-    // used inside the guest; without it MemTotal shrinks with the balloon. When the sample
-    // does not say which, stats lag the live `actual` while a balloon moves, so only a
+    // used inside the guest; without it MemTotal shrinks with the balloon. The balloon
+    // counted is the one when the guest took its stats: the live `actual` less a
+    // MemAvailable from before an inflate read a real guest's use as 0 and dived its
+    // balloon to 272 MiB (session 18). When the sample does not say which, only a
     // MemTotal at the configured size is read as "balloon inside" (a real guest's MemTotal
     // is below it by what the kernel reserved: 57 MiB of 1 GiB, so the device's property
     // is what tells a small guest apart).
-    // With deflate-on-oom the balloon counted is the one when the guest took its stats:
-    // the live `actual` less a MemAvailable from before an inflate read a real guest's
-    // use as 0 and dived its balloon to 272 MiB (session 18).
     let actual_then = memo.actual_when_stats_taken(now, vm.actual.as_f64(), s.last_update);
     let balloon = (configured - actual_then).max(0.0);
     let balloon_inside = match vm.deflate_on_oom {
