@@ -164,6 +164,9 @@ def main():
     ap.add_argument("--stats-interval", metavar="DURATION",
                     help="every VM's guest stats refreshed only this often (e.g. 2s), as "
                          "QEMU's polled stats are; the same scenarios otherwise")
+    ap.add_argument("--min-free", metavar="VALUE",
+                    help="every guest keeps free memory as Linux does: \"linux\" (a common "
+                         "guest's min_free_kbytes) or a size; the same scenarios otherwise")
     a = ap.parse_args()
     sdir = os.path.join(a.out, "scenarios")
     os.makedirs(sdir, exist_ok=True)
@@ -175,6 +178,8 @@ def main():
             continue
         if a.stats_interval:
             text = text.replace("[[vm]]\n", f'[[vm]]\nstats_interval = "{a.stats_interval}"\n')
+        if a.min_free:
+            text = text.replace("[[vm]]\n", f'[[vm]]\nmin_free = "{a.min_free}"\n')
         path = os.path.join(sdir, f"unseen-{k}.toml")
         with open(path, "w") as f:
             f.write(text)

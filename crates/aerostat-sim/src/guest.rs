@@ -51,6 +51,12 @@ pub struct Guest {
     // Sizes and rates from the spec, in f64 bytes.
     configured: f64,
     fixed: f64,
+    /// Free memory the guest kernel keeps: kswapd reclaims up to the high watermark
+    /// (0 for a guest that keeps none).
+    wmark_high: f64,
+    /// MemAvailable leaves out half the page cache, at most the low watermark — in a guest
+    /// that keeps watermarks (`None`: it leaves out a tenth of the cache).
+    wmark_low: Option<f64>,
     swap_size: f64,
     swap_bw: f64,
     inflate_rate: f64,
@@ -93,14 +99,19 @@ impl Guest {
         let fixed = (spec.kernel + spec.pinned).as_f64().min(configured);
         let d = workload.demand(Millis::ZERO, &mut ShapeMemo::default());
         let usable = configured - fixed;
-        // Guests start warm: their working set and page cache already resident.
+        let wmark_high = spec.watermarks.map_or(0.0, |w| w.high.as_f64());
+        // Guests start warm: their working set and page cache already resident, the
+        // kernel's watermark still free.
         let anon_hot = d.hot_anon.min(usable);
         let anon_cold = d.cold_anon.min(usable - anon_hot);
-        let cache_hot = d.hot_cache.min(usable - anon_hot - anon_cold);
-        let cache_cold = (d.cache - d.hot_cache).min(usable - anon_hot - anon_cold - cache_hot);
+        let cache_room = (usable - wmark_high - anon_hot - anon_cold).max(0.0);
+        let cache_hot = d.hot_cache.min(cache_room);
+        let cache_cold = (d.cache - d.hot_cache).min(cache_room - cache_hot);
         Guest {
             configured,
             fixed,
+            wmark_high,
+            wmark_low: spec.watermarks.map(|w| w.low.as_f64()),
             swap_size: spec.swap.as_f64(),
             swap_bw: spec.swap_bandwidth.as_f64(),
             inflate_rate: spec.balloon_rate.as_f64(),
@@ -147,7 +158,8 @@ impl Guest {
         (self.swap_size - self.swap_hot - self.swap_cold).max(0.0)
     }
 
-    /// The guest's true working set: memory it needs resident to run without stalls.
+    /// The guest's true working set: memory it needs to run without stalls — resident, or
+    /// kept free by its kernel (the watermark: below it the kernel reclaims).
     /// Cold anon counts when there is no swap to put it in.
     pub fn true_working_set(&self) -> f64 {
         let d = &self.demand;
@@ -156,7 +168,7 @@ impl Guest {
         } else {
             d.cold_anon
         };
-        self.fixed + d.hot_anon + d.hot_cache + cold
+        self.fixed + self.wmark_high + d.hot_anon + d.hot_cache + cold
     }
 
     /// What a host-side coldness measurement would count idle now (docs/observation.md,
@@ -283,7 +295,7 @@ impl Guest {
         }
         let cold_want = (d.cache - d.hot_cache).max(0.0);
         if cold_want > self.cache_cold {
-            let room = (self.usable() - self.resident()).max(0.0);
+            let room = (self.usable() - self.wmark_high - self.resident()).max(0.0);
             self.cache_cold += (cold_want - self.cache_cold)
                 .min(CACHE_FILL_RATE * dt_s)
                 .min(room);
@@ -309,8 +321,10 @@ impl Guest {
             fx.stall_s += s / self.swap_bw;
         }
 
-        // 4. Fit resident memory into usable memory.
-        let over = self.resident() - self.usable();
+        // 4. Fit resident memory into usable memory less the high watermark: kswapd
+        //    reclaims as soon as free memory falls below it. What reclaim cannot free lives
+        //    in the watermark (the kernel's reserve); only past it is the guest out of memory.
+        let over = self.resident() - (self.usable() - self.wmark_high);
         if over > 0.0 {
             fx.stall_s += self.reclaim(over, dt_s, &mut fx.oom_killed, now);
         }
@@ -373,6 +387,9 @@ impl Guest {
             stall += x / self.swap_bw;
             over -= x;
         }
+        // The watermark is the kernel's to give last: a guest reclaim could not bring back
+        // above it is short, not out of memory.
+        over -= self.wmark_high;
         if over > 1.0 {
             if self.spec.deflate_on_oom && self.actual < self.configured {
                 // The driver hands pages back rather than let the guest OOM.
@@ -394,6 +411,18 @@ impl Guest {
             }
         }
         stall
+    }
+
+    /// MemAvailable: free memory plus the page cache, less what the kernel keeps. Like
+    /// the kernel, it cannot tell hot cache from cold.
+    fn mem_available(&self, free: f64, cache: f64) -> f64 {
+        match self.wmark_low {
+            // As Linux counts it (`si_mem_available`): free memory less the high
+            // watermark, plus the page cache less what the kernel expects to keep (half
+            // of it, at most the low watermark).
+            Some(low) => (free - self.wmark_high + cache - (cache / 2.0).min(low)).max(0.0),
+            None => free + 0.9 * cache,
+        }
     }
 
     /// The `actual` the balloon driver reports: the balloon's size, or, from a driver that
@@ -452,8 +481,7 @@ impl Guest {
         *out = GuestStats {
             total: b(total),
             free: b(free),
-            // MemAvailable: free plus most of the page cache (the kernel cannot tell hot from cold).
-            available: b(free + 0.9 * cache),
+            available: b(self.mem_available(free, cache)),
             disk_caches: b(cache),
             swap_in: b(self.swap_in_total),
             swap_out: b(self.swap_out_total),

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use aerostat_core::linux::Watermarks;
 use aerostat_core::{Bytes, Millis, VmClass};
 use serde::{Deserialize, Deserializer};
 
@@ -61,6 +62,25 @@ impl std::str::FromStr for Rate {
             return Err(format!("`{s}` is not a rate (write it like \"500MiB/s\")"));
         };
         bytes.parse().map(Rate).map_err(|e| e.to_string())
+    }
+}
+
+/// A guest's `min_free`: Linux's usual value for its size, or a size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MinFree {
+    Linux,
+    Set(Bytes),
+}
+
+impl std::str::FromStr for MinFree {
+    type Err = String;
+    fn from_str(s: &str) -> Result<MinFree, String> {
+        if s.trim() == "linux" {
+            return Ok(MinFree::Linux);
+        }
+        s.parse().map(MinFree::Set).map_err(|e| {
+            format!("{e} (write \"linux\" for a common Linux guest's, or a size like \"44MiB\")")
+        })
     }
 }
 
@@ -219,6 +239,11 @@ pub struct RawVm {
     /// Pinned memory (huge pages, VFIO): not balloonable.
     #[serde(default, deserialize_with = "human_opt")]
     pub pinned: Option<Bytes>,
+    /// A guest kernel that keeps free memory as Linux does: `"linux"` (a common guest's
+    /// `vm.min_free_kbytes`, [`Watermarks::typical`]) or that sysctl as a size. Left out,
+    /// the guest keeps none: every free page is the balloon's at no cost.
+    #[serde(default, deserialize_with = "human_opt")]
+    pub min_free: Option<MinFree>,
     pub workload: RawWorkload,
 }
 
@@ -410,6 +435,9 @@ pub struct VmSpec {
     pub balloon_rate: Bytes,
     pub kernel: Bytes,
     pub pinned: Bytes,
+    /// The guest kernel's watermarks (from `min_free` and the guest's size), when it
+    /// keeps them.
+    pub watermarks: Option<Watermarks>,
     pub workload: WorkloadSpec,
 }
 
@@ -774,6 +802,22 @@ impl RawScenario {
             if kernel >= v.memory {
                 return Err(invalid(line, key("kernel"), "must be below memory".into()));
             }
+            let watermarks = v.min_free.map(|m| match m {
+                MinFree::Linux => Watermarks::typical(v.memory),
+                MinFree::Set(min_free) => Watermarks::of(v.memory, min_free),
+            });
+            if let Some(watermarks) = watermarks
+                && kernel + watermarks.high >= v.memory
+            {
+                return Err(invalid(
+                    line,
+                    key("min_free"),
+                    format!(
+                        "its high watermark {} plus the guest kernel {kernel} must be below memory",
+                        watermarks.high
+                    ),
+                ));
+            }
             if let Some(min) = v.min
                 && min > v.memory
             {
@@ -918,6 +962,7 @@ impl RawScenario {
                     balloon_rate: v.balloon_rate.map_or(Bytes::gib(1), |r| r.0),
                     kernel,
                     pinned,
+                    watermarks,
                     workload: workload.clone(),
                 });
             }

@@ -884,3 +884,42 @@ fn invalid_migration_values_name_the_table() {
         assert!(err.contains(what), "{body}: {err}");
     }
 }
+
+#[test]
+fn min_free_gives_linux_watermarks_or_says_what_it_takes() {
+    use aerostat_core::linux::Watermarks;
+    let with = |value: &str| {
+        replace_line(
+            ISSUE_SCHEMA,
+            "class =",
+            &format!("class = \"stateless\"\nmin_free = {value}"),
+        )
+    };
+    // Left out: a guest that keeps no free memory of its own.
+    let s = Scenario::parse(ISSUE_SCHEMA, Path::new(PATH)).expect("valid");
+    assert!(s.vms.iter().all(|v| v.watermarks.is_none()));
+    let s = Scenario::parse(&with("\"linux\""), Path::new(PATH)).expect("valid");
+    assert_eq!(
+        s.vms[0].watermarks,
+        Some(Watermarks::typical(Bytes::gib(6)))
+    );
+    let s = Scenario::parse(&with("\"8MiB\""), Path::new(PATH)).expect("valid");
+    assert_eq!(
+        s.vms[0].watermarks,
+        Some(Watermarks::of(Bytes::gib(6), Bytes::mib(8)))
+    );
+    let text = with("\"lots\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "min_free"),
+        "`vm[0] (web).min_free`",
+    );
+    assert!(err.contains("\"linux\""), "{err}");
+    // Watermarks that leave the guest nothing are refused.
+    let text = with("\"5GiB\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(&err, Path::new(PATH), line_of(&text, "[[vm]]"), "min_free");
+    assert!(err.contains("must be below memory"), "{err}");
+}

@@ -23,6 +23,8 @@ struct Keys {
     cold: u64,
     swap: u64,
     deflate_on_oom: bool,
+    /// The guest's `min_free` key, quoted (`"\"linux\""`), or "" for none.
+    min_free: &'static str,
 }
 
 fn spec(k: Keys) -> Result<VmSpec, String> {
@@ -35,6 +37,7 @@ fn spec(k: Keys) -> Result<VmSpec, String> {
         cold,
         swap,
         deflate_on_oom,
+        min_free,
     } = k;
     let shape = match kind {
         "diurnal" => format!("peak = \"{peak}MiB\"\nperiod = \"10m\"\n"),
@@ -44,10 +47,15 @@ fn spec(k: Keys) -> Result<VmSpec, String> {
         "leak" => format!("rate = \"{}MiB/h\"\n", (peak - ws).max(1)),
         _ => String::new(),
     };
+    let min_free = if min_free.is_empty() {
+        String::new()
+    } else {
+        format!("min_free = {min_free}\n")
+    };
     let text = format!(
         "[scenario]\nname = \"g\"\nduration = \"1h\"\nseed = 1\n[host]\nmemory = \"64GiB\"\nreserve = \"1GiB\"\n\
          [[vm]]\nname = \"g\"\nmemory = \"{memory}MiB\"\nswap = \"{swap}MiB\"\n\
-         deflate_on_oom = {deflate_on_oom}\n[vm.workload]\nkind = \"{kind}\"\n\
+         deflate_on_oom = {deflate_on_oom}\n{min_free}[vm.workload]\nkind = \"{kind}\"\n\
          working_set = \"{ws}MiB\"\npage_cache = \"{cache}MiB\"\ncold = \"{cold}MiB\"\nnoise = 0\n{shape}"
     );
     Scenario::parse(&text, Path::new("g.toml"))
@@ -136,6 +144,7 @@ proptest! {
         cache in 0u64..=4096,
         swap in 0u64..=2048,
         deflate_on_oom in any::<bool>(),
+        linux in any::<bool>(),
         free_page_reporting in any::<bool>(),
         // Balloon targets as fractions of configured memory, each held for a while.
         targets in prop::collection::vec((0.0f64..=1.0, 1usize..=120), 1..=12),
@@ -144,7 +153,8 @@ proptest! {
         let (ws, cold) = (share(ws_share), share(cold_share));
         let cache = cache.min(memory * 3 / 4);
         let peak = ws + share(rise_share);
-        let keys = Keys { kind, memory, ws, peak, cache, cold, swap, deflate_on_oom };
+        let min_free = if linux { "\"linux\"" } else { "" };
+        let keys = Keys { kind, memory, ws, peak, cache, cold, swap, deflate_on_oom, min_free };
         let spec = spec(keys)
             .unwrap_or_else(|e| panic!("a guest the simulator refuses: {e}"));
         let mut g = Guest::new(spec, 7, 0, free_page_reporting);
@@ -160,12 +170,16 @@ proptest! {
                 let fx = g.step(now, now, dt, &mut ShapeMemo::default());
                 assert_consistent(&g, &fx, dt, tick);
                 g.write_stats(now, &mut s);
-                let (total, free, available) = (
+                let (total, free, available, cache) = (
                     s.total.map_or(0, |b| b.0),
                     s.free.map_or(0, |b| b.0),
                     s.available.map_or(0, |b| b.0),
+                    s.disk_caches.map_or(0, |b| b.0),
                 );
-                prop_assert!(free <= total && available >= free, "tick {tick}: {s:?}");
+                prop_assert!(free <= total && available <= free + cache + 1, "tick {tick}: {s:?}");
+                // Without watermarks every free page counts as available; with them the
+                // kernel's reserve does not.
+                prop_assert!(linux || available >= free, "tick {tick}: {s:?}");
                 let now_counters = counters(&s);
                 prop_assert!(
                     now_counters.iter().zip(&last).all(|(a, b)| a >= b),
@@ -189,6 +203,7 @@ fn a_shared_shape_memo_gives_every_replica_the_cosine_it_would_compute_alone() {
         cold: 0,
         swap: 0,
         deflate_on_oom: false,
+        min_free: "",
     })
     .expect("a valid guest");
     let mut alone = [
@@ -205,5 +220,104 @@ fn a_shared_shape_memo_gives_every_replica_the_cosine_it_would_compute_alone() {
             assert_eq!(a.demand, s.demand, "tick {tick}");
             assert_eq!(a.actual.to_bits(), s.actual.to_bits(), "tick {tick}");
         }
+    }
+}
+
+/// A steady 1 GiB guest with Linux's watermarks (or none), settled at full size.
+fn settled_guest(min_free: &'static str, ws: u64, cache: u64) -> Guest {
+    let spec = spec(Keys {
+        kind: "steady",
+        memory: 1024,
+        ws,
+        peak: ws,
+        cache,
+        cold: 0,
+        swap: 0,
+        deflate_on_oom: false,
+        min_free,
+    })
+    .expect("a valid guest");
+    let mut g = Guest::new(spec, 7, 0, false);
+    for tick in 0..60u64 {
+        let now = Millis(tick * 1000);
+        g.step(now, now, 1.0, &mut ShapeMemo::default());
+    }
+    g
+}
+
+fn free(g: &Guest) -> f64 {
+    g.usable() - g.resident()
+}
+
+#[test]
+fn a_linux_guest_gives_its_watermark_only_by_evicting_page_cache() {
+    for linux in [true, false] {
+        let mut g = settled_guest(if linux { "\"linux\"" } else { "" }, 300, 400);
+        let high = if linux { 66.0 * MIB } else { 0.0 };
+        let cache = g.cache_hot + g.cache_cold;
+        assert!(free(&g) > 100.0 * MIB, "free {:.1} MiB", free(&g) / MIB);
+        // A balloon that takes all but 20 MiB of the free memory...
+        let free_before = free(&g);
+        g.target = g.actual - (free_before - 20.0 * MIB);
+        for tick in 60..63u64 {
+            let now = Millis(tick * 1000);
+            let fx = g.step(now, now, 1.0, &mut ShapeMemo::default());
+            assert_consistent(&g, &fx, 1.0, tick as usize);
+        }
+        let evicted = cache - (g.cache_hot + g.cache_cold);
+        if linux {
+            // ...makes kswapd evict cache until the high watermark is free again.
+            assert!(free(&g) >= high - EPS, "free {:.1} MiB", free(&g) / MIB);
+            assert!(
+                (evicted - (high - 20.0 * MIB)).abs() < MIB,
+                "evicted {:.1} MiB",
+                evicted / MIB
+            );
+        } else {
+            // A guest without watermarks gives free memory for free.
+            assert!(evicted.abs() < EPS, "evicted {:.1} MiB", evicted / MIB);
+        }
+    }
+}
+
+#[test]
+fn a_linux_guest_reports_mem_available_as_linux_counts_it() {
+    let g = settled_guest("\"linux\"", 300, 600);
+    let mut s = GuestStats::default();
+    g.write_stats(Millis::ZERO, &mut s);
+    let (free, available, cache) = (
+        s.free.expect("free").as_f64(),
+        s.available.expect("available").as_f64(),
+        s.disk_caches.expect("caches").as_f64(),
+    );
+    // MemFree less the high watermark (66 MiB), plus the cache less the low one (55 MiB).
+    let want = free - 66.0 * MIB + cache - 55.0 * MIB;
+    assert!((available - want).abs() < 2.0, "{available} vs {want}");
+}
+
+#[test]
+fn a_linux_guest_short_of_its_watermark_is_not_out_of_memory() {
+    // Nothing to reclaim (no cache, no swap): a balloon 40 MiB inside the 66 MiB
+    // watermark leaves the guest short; a workload that then grows past the watermark is
+    // out of memory.
+    for (growth, killed) in [(20u64, false), (30, true)] {
+        let mut g = settled_guest("\"linux\"", 600, 0);
+        g.target = g.actual - (free(&g) - 66.0 * MIB) - 40.0 * MIB;
+        let mut oom = false;
+        for tick in 60..70u64 {
+            if tick == 63 {
+                g.override_working_set(Some(Bytes::mib(600 + growth)));
+            }
+            let now = Millis(tick * 1000);
+            oom |= g.step(now, now, 1.0, &mut ShapeMemo::default()).oom_killed;
+            if tick == 62 {
+                assert!(
+                    (free(&g) - 26.0 * MIB).abs() < MIB,
+                    "free {:.1}",
+                    free(&g) / MIB
+                );
+            }
+        }
+        assert_eq!(oom, killed, "{growth} MiB more");
     }
 }
