@@ -110,13 +110,20 @@ pub(super) fn read(
     // read 66–100 MiB low, and a guest whose hot cache is smaller than its reserve read
     // none at all — the balloon took that cache, the guest refaulted it, the balloon gave
     // it back (with Linux's watermarks in the simulator: 724,535 actions and 6,519
-    // stall-s in `overcommitted`). The reserve is estimated from the configured size;
-    // while the guest reclaims, MemFree is inside it, and only MemFree is added.
-    let reserve = Watermarks::typical(vm.configured).high.as_f64().min(free);
-    let cache = clamp(s.disk_caches)
-        .unwrap_or(0.0)
-        .min(total)
-        .min((available - free + reserve).max(0.0));
+    // stall-s in `overcommitted`). The reserve is what MemAvailable leaves out of MemFree
+    // and the cache beyond the share of the cache Linux keeps (half, at most the low
+    // watermark), at most a common guest's high watermark for its configured size, and at
+    // most MemFree (a guest reclaiming is inside its reserve). A guest that reports less
+    // left out has less reserve: the simulator's default guests keep none and leave out a
+    // tenth of their cache, and a fixed estimate counted that tenth twice (reviewer-2
+    // `priority-inversion`: the batch guests kept 800 MiB more and a desk's spike met a
+    // short host).
+    let disk_caches = clamp(s.disk_caches).unwrap_or(0.0).min(total);
+    let linux = Watermarks::typical(vm.configured);
+    let left_out = (free + disk_caches - available).max(0.0);
+    let reserve = (left_out - (disk_caches / 2.0).min(linux.low.as_f64()))
+        .clamp(0.0, linux.high.as_f64().min(free));
+    let cache = disk_caches.min((available - free + reserve).max(0.0));
     let mut r = Reading {
         used,
         free,
