@@ -950,21 +950,10 @@ fn a_real_guest_keeps_the_reserve_the_policy_estimates() {
         "mke2fs -q /dev/vda && mkdir -p /mnt/d && mount /dev/vda /mnt/d && \
          dd if=/dev/zero of=/mnt/d/f bs=1M count=200 2>/dev/null && sync",
     );
-    let meminfo = vm.run_ok(
-        "grep -E '^(MemFree|MemAvailable|Active\\(file\\)|Inactive\\(file\\)|SReclaimable):' /proc/meminfo",
-    );
-    let field = |name: &str| -> u64 {
-        meminfo
-            .lines()
-            .find(|l| l.starts_with(&format!("{name}:")))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in {meminfo:?}"))
-            * 1024
-    };
-    let (free, available) = (field("MemFree"), field("MemAvailable"));
-    let file = field("Active(file)") + field("Inactive(file)");
-    let slab = field("SReclaimable");
+    let m = vm.meminfo();
+    let (free, available) = (m.bytes("MemFree"), m.bytes("MemAvailable"));
+    let file = m.bytes("Active(file)") + m.bytes("Inactive(file)");
+    let slab = m.bytes("SReclaimable");
     // What si_mem_available counts of the page cache and of reclaimable slab.
     let counted = file - (file / 2).min(low) + slab - (slab / 2).min(low);
     let read_bare = available.saturating_sub(free);
@@ -1030,17 +1019,11 @@ fn a_real_guest_keeps_the_reserve_the_policy_estimates() {
         Duration::from_secs(30),
         "kswapd to restore the watermark",
         || {
-            let m = vm
-                .run_ok("grep -E '^(MemFree|Active\\(file\\)|Inactive\\(file\\)):' /proc/meminfo");
-            let kib = |name: &str| -> u64 {
-                m.lines()
-                    .find(|l| l.starts_with(&format!("{name}:")))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0)
-                    * 1024
-            };
-            after = (kib("MemFree"), kib("Active(file)") + kib("Inactive(file)"));
+            let m = vm.meminfo();
+            after = (
+                m.bytes("MemFree"),
+                m.bytes("Active(file)") + m.bytes("Inactive(file)"),
+            );
             after.0 >= low
         },
     );

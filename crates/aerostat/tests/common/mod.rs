@@ -475,11 +475,12 @@ impl TestVm {
 
     /// A `/proc/meminfo` field in kB.
     pub fn meminfo_kb(&self, field: &str) -> u64 {
-        let out = self.run_ok(&format!("grep '^{field}:' /proc/meminfo"));
-        out.split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{}: no {field} in {out:?}", self.name))
+        self.meminfo().bytes(field) / 1024
+    }
+
+    /// One snapshot of `/proc/meminfo`: fields read together are of the same moment.
+    pub fn meminfo(&self) -> Meminfo {
+        Meminfo(self.run_ok("cat /proc/meminfo"))
     }
 
     /// QMP over the test's own socket.
@@ -1049,4 +1050,20 @@ pub fn parse_prometheus(text: &str) -> Result<PromText, String> {
         });
     }
     Ok(out)
+}
+
+/// A snapshot of a guest's `/proc/meminfo` (`TestVm::meminfo`).
+pub struct Meminfo(String);
+
+impl Meminfo {
+    /// A field in bytes (meminfo gives kB); panics when the guest has no such field.
+    pub fn bytes(&self, field: &str) -> u64 {
+        self.0
+            .lines()
+            .find(|l| l.starts_with(&format!("{field}:")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {field} in {:?}", self.0))
+            * 1024
+    }
 }
