@@ -150,6 +150,11 @@ impl Guest {
         (self.actual - self.fixed).max(0.0)
     }
 
+    /// What pages may fill before kswapd reclaims: usable memory less the high watermark.
+    fn fill_limit(&self) -> f64 {
+        self.usable() - self.wmark_high
+    }
+
     fn resident(&self) -> f64 {
         self.anon_hot + self.anon_cold + self.cache_hot + self.cache_cold
     }
@@ -295,7 +300,7 @@ impl Guest {
         }
         let cold_want = (d.cache - d.hot_cache).max(0.0);
         if cold_want > self.cache_cold {
-            let room = (self.usable() - self.wmark_high - self.resident()).max(0.0);
+            let room = (self.fill_limit() - self.resident()).max(0.0);
             self.cache_cold += (cold_want - self.cache_cold)
                 .min(CACHE_FILL_RATE * dt_s)
                 .min(room);
@@ -324,7 +329,7 @@ impl Guest {
         // 4. Fit resident memory into usable memory less the high watermark: kswapd
         //    reclaims as soon as free memory falls below it. What reclaim cannot free lives
         //    in the watermark (the kernel's reserve); only past it is the guest out of memory.
-        let over = self.resident() - (self.usable() - self.wmark_high);
+        let over = self.resident() - self.fill_limit();
         if over > 0.0 {
             fx.stall_s += self.reclaim(over, dt_s, &mut fx.oom_killed, now);
         }
