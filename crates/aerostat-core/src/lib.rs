@@ -20,6 +20,7 @@ pub mod observation;
 mod per_vm;
 pub mod planner;
 pub mod policy;
+pub mod resize;
 pub mod units;
 
 pub use controller::{Controller, GuardConfig};

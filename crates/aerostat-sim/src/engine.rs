@@ -359,10 +359,12 @@ impl Simulation {
             }
             let acc = &mut self.vm[i];
             let stall = self.stalls[i].min(dt_s);
-            if g.spec.balloon {
+            if g.spec.resizable() {
                 acc.reclaimed += (g.configured() - g.actual) * dt_s;
             }
-            acc.oracle += g.oracle_reclaimable() * dt_s;
+            // No policy can take a virtio-mem guest without a balloon below its boot memory.
+            let reachable = g.configured() - g.spec.device_floor().as_f64();
+            acc.oracle += g.oracle_reclaimable().min(reachable) * dt_s;
             acc.stall += stall;
             acc.seconds += dt_s;
             self.window_stall[i] += stall;
@@ -398,8 +400,12 @@ impl Simulation {
                 }
                 let s = &g.spec;
                 let mut vm = VmSample::new(s.name.clone(), s.memory, s.memory);
-                vm.min = s.min;
-                vm.balloon = s.balloon;
+                // A virtio-mem guest without a balloon keeps its boot memory.
+                vm.min = match s.device_floor() {
+                    Bytes::ZERO => s.min,
+                    boot => Some(s.min.map_or(boot, |m| m.max(boot))),
+                };
+                vm.balloon = s.resizable();
                 vm.overhead = self.scenario.host.vm_overhead;
                 vm.pinned = s.pinned;
                 vm.priority = s.priority;
@@ -469,6 +475,12 @@ impl Simulation {
                 continue;
             };
             let i = self.obs_index[k];
+            let spec = &self.guests[i].spec;
+            // As the daemon does: the device carries what lies above boot memory, in blocks.
+            let target = match spec.virtio_mem {
+                Some(v) => v.carried_out(target, spec.memory, spec.balloon),
+                None => target,
+            };
             self.guests[i].target = target.as_f64();
             self.vm[i].actions += 1;
             self.summary.actions += 1;

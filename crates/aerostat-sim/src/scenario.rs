@@ -244,7 +244,46 @@ pub struct RawVm {
     /// the guest keeps none: every free page is the balloon's at no cost.
     #[serde(default, deserialize_with = "human_opt")]
     pub min_free: Option<MinFree>,
+    /// Memory above `boot` is a virtio-mem device (see [`VirtioMem`]).
+    #[serde(default)]
+    pub virtio_mem: Option<RawVirtioMem>,
     pub workload: RawWorkload,
+}
+
+/// `virtio_mem = { boot = "2GiB", block = "2MiB" }` in a `[[vm]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVirtioMem {
+    #[serde(deserialize_with = "human")]
+    pub boot: Bytes,
+    #[serde(default, deserialize_with = "human_opt")]
+    pub block: Option<Bytes>,
+}
+
+/// A guest whose memory above `boot` is a virtio-mem device of `memory − boot`: a target is
+/// carried out in whole blocks (rounded up, `aerostat_core::resize::split`), as the daemon
+/// does, and a guest without a balloon (`balloon = false`) cannot go below `boot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioMem {
+    pub boot: Bytes,
+    pub block: Bytes,
+}
+
+impl VirtioMem {
+    /// The memory the guest ends up with for `target`, with or without a balloon below boot
+    /// memory.
+    pub fn carried_out(&self, target: Bytes, memory: Bytes, balloon: bool) -> Bytes {
+        let device = aerostat_core::resize::Pluggable {
+            max: memory - self.boot,
+            block: self.block,
+        };
+        let target = if balloon {
+            target
+        } else {
+            target.max(self.boot)
+        };
+        aerostat_core::resize::split(target, self.boot, &[device]).total()
+    }
 }
 
 /// What a simulated guest reports through its balloon's statistics.
@@ -438,7 +477,25 @@ pub struct VmSpec {
     /// The guest kernel's watermarks (from `min_free` and the guest's size), when it
     /// keeps them.
     pub watermarks: Option<Watermarks>,
+    /// Memory above boot memory is a virtio-mem device.
+    pub virtio_mem: Option<VirtioMem>,
     pub workload: WorkloadSpec,
+}
+
+impl VmSpec {
+    /// Whether a policy can change the guest's memory: a balloon, or a virtio-mem device.
+    pub fn resizable(&self) -> bool {
+        self.balloon || self.virtio_mem.is_some()
+    }
+
+    /// The lowest memory the guest's devices can reach: boot memory for a virtio-mem guest
+    /// without a balloon, else nothing.
+    pub fn device_floor(&self) -> Bytes {
+        match self.virtio_mem {
+            Some(v) if !self.balloon => v.boot,
+            _ => Bytes::ZERO,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -636,6 +693,19 @@ fn key_path_at(text: &str, offset: usize) -> String {
             opened.checked_sub(1)
         };
         push(&element(array_key.unwrap_or(""), index));
+    } else if let Some(open) = before.find("= {").or_else(|| before.find("={")) {
+        // A key of an inline table on the offending value's line: `virtio_mem = { bogus = 1 }`.
+        push(
+            before[..open]
+                .trim_end()
+                .rsplit(char::is_whitespace)
+                .next()
+                .unwrap_or(""),
+        );
+    } else if at_inline_table {
+        // A field missing from an inline table: the table is the answer.
+        let table_key = before.trim_end().trim_end_matches('=').trim_end();
+        push(table_key.rsplit(char::is_whitespace).next().unwrap_or(""));
     }
     push(&key);
     path
@@ -818,6 +888,13 @@ impl RawScenario {
                     ),
                 ));
             }
+            let virtio_mem = match &v.virtio_mem {
+                None => None,
+                Some(raw) => Some(
+                    validate_virtio_mem(raw, v.memory, kernel)
+                        .map_err(|(k, m)| invalid(line, key(&format!("virtio_mem.{k}")), m))?,
+                ),
+            };
             if let Some(min) = v.min
                 && min > v.memory
             {
@@ -963,6 +1040,7 @@ impl RawScenario {
                     kernel,
                     pinned,
                     watermarks,
+                    virtio_mem,
                     workload: workload.clone(),
                 });
             }
@@ -985,7 +1063,10 @@ impl RawScenario {
         let kernels: Bytes = vms.iter().map(|v| v.kernel.min(v.memory)).sum();
         let floors: Bytes = vms
             .iter()
-            .map(|v| v.min.unwrap_or(Bytes::ZERO).max(v.kernel) + host.vm_overhead)
+            .map(|v| {
+                let floor = v.min.unwrap_or(Bytes::ZERO).max(v.device_floor());
+                floor.max(v.kernel) + host.vm_overhead
+            })
             .sum();
         if host.reserve + floors > host.memory + host.swap {
             return Err(invalid(
@@ -1032,6 +1113,43 @@ impl RawScenario {
             vms,
         })
     }
+}
+
+/// A virtio-mem device's boot memory and block size, as QEMU would take them.
+fn validate_virtio_mem(
+    raw: &RawVirtioMem,
+    memory: Bytes,
+    kernel: Bytes,
+) -> Result<VirtioMem, (String, String)> {
+    let block = raw.block.unwrap_or(Bytes::mib(2));
+    if raw.boot <= kernel || raw.boot >= memory {
+        return Err((
+            "boot".into(),
+            format!(
+                "boot memory {} must be above the guest kernel {kernel} and below memory {memory}",
+                raw.boot
+            ),
+        ));
+    }
+    if !block.0.is_power_of_two() || block < Bytes::kib(4) {
+        return Err((
+            "block".into(),
+            format!("{block} is not a power of two of at least 4KiB (QEMU's default: 2MiB)"),
+        ));
+    }
+    let device = memory - raw.boot;
+    if !device.0.is_multiple_of(block.0) {
+        return Err((
+            "block".into(),
+            format!(
+                "the device (memory − boot = {device}) is not a whole number of {block} blocks"
+            ),
+        ));
+    }
+    Ok(VirtioMem {
+        boot: raw.boot,
+        block,
+    })
 }
 
 fn validate_migration(m: &RawMigration) -> Result<MigrationSpec, (String, String)> {

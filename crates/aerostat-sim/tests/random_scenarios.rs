@@ -41,6 +41,27 @@ struct Group {
     noise: Option<f64>,
     at_min: u64,
     rise_s: u64,
+    /// A virtio-mem device above boot memory: where boot memory lies between the kernel and
+    /// the guest's size (a share), and whether the guest also has a balloon.
+    virtio_mem: Option<(f64, bool)>,
+}
+
+impl Group {
+    /// Boot memory of a virtio-mem guest, in MiB: above its kernel, below its memory.
+    fn boot_mib(&self, share: f64) -> u64 {
+        let kernel = default_kernel(Bytes::mib(self.memory)).0 >> 20;
+        kernel + 1 + (share * (self.memory.saturating_sub(kernel + 2)) as f64) as u64
+    }
+
+    /// The lowest memory a policy may give each guest: its floor, or its boot memory when
+    /// only a virtio-mem device can resize it.
+    fn floor_mib(&self) -> u64 {
+        let min = self.min.unwrap_or(0);
+        match self.virtio_mem {
+            Some((share, false)) => min.max(self.boot_mib(share)),
+            _ => min,
+        }
+    }
 }
 
 /// Sizes are drawn as shares. `fitting`: shares of the guest's usable memory (its memory
@@ -72,6 +93,7 @@ fn group(fitting: bool) -> impl Strategy<Value = Group> {
             prop::option::of(0.0f64..=0.3),
             0u64..=25,
             1u64..=300,
+            prop::option::of((0.0f64..=1.0, any::<bool>())),
         ),
     )
         .prop_map(move |(a, b)| {
@@ -110,6 +132,7 @@ fn group(fitting: bool) -> impl Strategy<Value = Group> {
                 // 30 min run is refused (it would never happen).
                 at_min: b.7.min(29 - a.7.unwrap_or(0)),
                 rise_s: b.8,
+                virtio_mem: b.9,
             }
         })
 }
@@ -149,7 +172,7 @@ fn scenario_text(host: &Host, groups: &[Group], fitting: bool) -> String {
             .iter()
             .map(|g| {
                 let kernel = default_kernel(Bytes::mib(g.memory)).0 >> 20;
-                u64::from(g.count) * (g.min.unwrap_or(0) + kernel + 1)
+                u64::from(g.count) * (g.floor_mib() + kernel + 1)
             })
             .sum();
         let need_gib = (floors_mib + host.reserve_mib).div_ceil(1024) + 1;
@@ -198,6 +221,16 @@ fn scenario_text(host: &Host, groups: &[Group], fitting: bool) -> String {
         );
         if g.deflate_on_oom {
             t.push_str("deflate_on_oom = true\n");
+        }
+        if let Some((share, balloon)) = g.virtio_mem {
+            let boot = g.boot_mib(share);
+            let _ = writeln!(
+                t,
+                "virtio_mem = {{ boot = \"{boot}MiB\", block = \"1MiB\" }}"
+            );
+            if !balloon {
+                t.push_str("balloon = false\n");
+            }
         }
         let kind = KINDS[g.kind];
         let _ = write!(

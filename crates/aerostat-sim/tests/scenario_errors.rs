@@ -923,3 +923,34 @@ fn min_free_gives_linux_watermarks_or_says_what_it_takes() {
     assert_names(&err, Path::new(PATH), line_of(&text, "[[vm]]"), "min_free");
     assert!(err.contains("must be below memory"), "{err}");
 }
+
+/// `virtio_mem = { boot, block }`: memory above `boot` is a virtio-mem device. Bad values
+/// name the key: boot memory outside (kernel, memory), a block that is not a power of two,
+/// a device that is not whole blocks, unknown keys.
+#[test]
+fn virtio_mem_says_what_it_takes() {
+    let with = |value: &str| {
+        replace_line(
+            ISSUE_SCHEMA,
+            "class =",
+            &format!("class = \"stateless\"\nvirtio_mem = {value}"),
+        )
+    };
+    let s = Scenario::parse(&with(r#"{ boot = "2GiB" }"#), Path::new(PATH)).expect("valid");
+    let v = s.vms[0].virtio_mem.expect("a device");
+    assert_eq!((v.boot, v.block), (Bytes::gib(2), Bytes::mib(2)));
+    assert!(s.vms.iter().all(|v| v.virtio_mem.is_some()));
+    for (value, says) in [
+        (r#"{ boot = "6GiB" }"#, "below memory"),
+        (r#"{ boot = "64MiB" }"#, "above the guest kernel"),
+        (r#"{ boot = "2GiB", block = "3MiB" }"#, "power of two"),
+        (r#"{ boot = "1000MiB", block = "128MiB" }"#, "whole number"),
+        (r#"{ boot = "2GiB", size = "1GiB" }"#, "size"),
+        (r#"{ block = "2MiB" }"#, "boot"),
+    ] {
+        let text = with(value);
+        let err = error_of(&text, Path::new(PATH));
+        assert!(err.contains("virtio_mem"), "{value}: {err}");
+        assert!(err.contains(says), "{value}: {err}");
+    }
+}

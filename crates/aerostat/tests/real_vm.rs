@@ -1045,3 +1045,107 @@ fn a_real_guest_keeps_the_reserve_the_policy_estimates() {
         mib(file_after)
     );
 }
+
+/// A guest with boot memory and a virtio-mem device is one guest to the policy: the daemon
+/// counts it as boot memory + the device's size, and carries a target out by unplugging above
+/// boot memory and ballooning below it (`aerostat_core::resize`). The idle guest gives back
+/// what it has plugged, as whole blocks; a workload that outgrows boot memory gets it plugged
+/// again, with no OOM kill.
+#[test]
+fn the_daemon_unplugs_and_replugs_a_virtio_mem_guest() {
+    const TEST: &str = "virtio_mem";
+    const BOOT_MIB: u64 = 512;
+    const DEVICE_MIB: u64 = 1024;
+    let _serial = serial_lock();
+    let Some(files) = prerequisites(TEST) else {
+        return;
+    };
+    let (work, qmp_dir) = work_dir();
+    let spec = VmSpec::new("vmem", BOOT_MIB)
+        .daemon_dir(&qmp_dir)
+        .virtio_mem(DEVICE_MIB, 768);
+    let vms = start_all(&files, &[spec]);
+    let vm = &vms[0];
+    wait_until(Duration::from_secs(60), "768 MiB plugged at boot", || {
+        std::thread::sleep(Duration::from_millis(200));
+        vm.virtio_mem().0 == 768 << 20
+    });
+    println!(
+        "{TEST}: booted with {} MiB boot + {} MiB plugged; MemTotal {} MiB",
+        mib(vm.balloon_actual()),
+        mib(vm.virtio_mem().0),
+        vm.meminfo_kb("MemTotal") >> 10
+    );
+
+    let config = daemon_config(&qmp_dir, None, "256MiB", "");
+    let mut daemon = Daemon::start(work.path(), 1, &config);
+    // The idle guest needs less than its boot memory: the device unplugs everything, then
+    // (not before: the daemon holds the balloon while the device unplugs) the balloon takes
+    // boot memory down to the target.
+    let mut balloon_while_plugged: Option<u64> = None;
+    let took = wait_until(
+        Duration::from_secs(90),
+        "the idle guest to unplug, then balloon",
+        || {
+            std::thread::sleep(Duration::from_millis(200));
+            let (plugged, _) = vm.virtio_mem();
+            let balloon = vm.balloon_actual();
+            if plugged > 0 {
+                balloon_while_plugged = Some(balloon_while_plugged.unwrap_or(balloon).min(balloon));
+            }
+            plugged == 0 && balloon < BOOT_MIB << 20
+        },
+    );
+    let status = daemon.vm_status("vmem").expect("vmem in /status");
+    println!(
+        "{TEST}: unplugged and ballooned in {:.1} s; balloon actual {} MiB; MemTotal {} MiB; status {}",
+        took.as_secs_f64(),
+        mib(vm.balloon_actual()),
+        vm.meminfo_kb("MemTotal") >> 10,
+        status
+    );
+    assert_eq!(
+        balloon_while_plugged.unwrap_or(BOOT_MIB << 20),
+        BOOT_MIB << 20,
+        "the balloon inflated while the device was still unplugging"
+    );
+    assert_eq!(
+        status["configured"].as_u64(),
+        Some((BOOT_MIB + DEVICE_MIB) << 20),
+        "configured = boot memory + the device"
+    );
+    assert_eq!(status["virtio_mem"]["boot"].as_u64(), Some(BOOT_MIB << 20));
+    assert_eq!(status["virtio_mem"]["max"].as_u64(), Some(DEVICE_MIB << 20));
+    let table = daemon.status_table();
+    assert!(table.contains("virtio-mem MiB"), "{table}");
+
+    // A workload that outgrows boot memory, 100 MiB at a time: each step is one memhog
+    // touching its memory at full speed, inside the policy's burst room (272 MiB here).
+    for step in 1..=7 {
+        vm.run_ok(&format!("memhog 100 --quiet >/tmp/hog{step}.log 2>&1 &"));
+        wait_until(Duration::from_secs(90), &format!("memhog #{step}"), || {
+            std::thread::sleep(Duration::from_millis(300));
+            vm.run(&format!("grep -q holding /tmp/hog{step}.log")).0 == 0
+        });
+        // Two ticks for the daemon to see the step: a workload that grows faster than the
+        // 1 s loop can see outruns any burst room (docs/policy.md, item 7).
+        daemon.wait_ticks(2);
+        println!(
+            "{TEST}: {} MiB of memhog holding; plugged {} MiB, balloon actual {} MiB",
+            step * 100,
+            mib(vm.virtio_mem().0),
+            mib(vm.balloon_actual())
+        );
+    }
+    let decisions = decisions_for(&daemon.decisions(), "vmem");
+    print_decisions(TEST, &decisions);
+    let (plugged, _) = vm.virtio_mem();
+    assert!(
+        plugged >= (700 - BOOT_MIB) << 20,
+        "a 700 MiB workload on {BOOT_MIB} MiB of boot memory runs on plugged memory: {} MiB",
+        mib(plugged)
+    );
+    assert_eq!(plugged % (2 << 20), 0, "whole 2 MiB blocks");
+    assert_eq!(vm.guest_oom_kills(), Some(0));
+    daemon.terminate(Duration::from_secs(5));
+}

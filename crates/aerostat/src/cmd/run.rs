@@ -59,6 +59,7 @@ fn table(s: &Status) -> String {
         "target MiB",
         "floor MiB",
         "idle MiB",
+        "virtio-mem MiB",
         "ok",
         "last rule",
         "last reason",
@@ -81,6 +82,11 @@ fn table(s: &Status) -> String {
             mib(v.floor),
             // Host-measured, for VMs with declared guest swap (docs/observation.md).
             v.coldness.map_or(Cell::new("-"), |c| mib(c.idle.0)),
+            // Plugged now / asked for; the rest of `current` is boot memory (the balloon's).
+            v.virtio_mem.map_or(Cell::new("-"), |m| {
+                Cell::new(format!("{}/{}", m.plugged >> 20, m.requested >> 20))
+                    .set_alignment(CellAlignment::Right)
+            }),
             Cell::new(match (v.responsive, v.migrating) {
                 (_, true) => "migrating",
                 (true, false) => "yes",

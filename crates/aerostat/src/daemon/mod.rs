@@ -66,6 +66,22 @@ pub struct VmStatus {
     /// The last coldness measurement (only for VMs with declared guest swap).
     #[serde(default)]
     pub coldness: Option<aerostat_core::Coldness>,
+    /// The VM's virtio-mem devices, if it has any aerostat resizes.
+    #[serde(default)]
+    pub virtio_mem: Option<VirtioMemStatus>,
+}
+
+/// A VM's virtio-mem devices, added up (`/status`; only for VMs that have them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioMemStatus {
+    /// Boot memory: the balloon's part; `actual` = the balloon's `actual` + `plugged`.
+    pub boot: u64,
+    /// Memory the devices plug now.
+    pub plugged: u64,
+    /// What aerostat asked them to plug.
+    pub requested: u64,
+    /// The most they can plug.
+    pub max: u64,
 }
 
 /// Where host memory comes from: the machine, or a memory cgroup standing for the host.
@@ -209,7 +225,7 @@ async fn tick(
     ticks: u64,
     clock: Clock,
 ) -> anyhow::Result<()> {
-    registry.discover(config, metrics).await;
+    registry.discover(config, metrics, clock.now()).await;
     let host_sample = host.sample().context("reading host memory")?;
     let now = clock.now();
     let samples = registry.observe(config, metrics, now).await;
@@ -255,6 +271,7 @@ async fn tick(
     let _ = stdout.flush();
     drop(stdout);
     if !dry_run {
+        registry.apply_after_unplug(metrics).await;
         registry.apply(&decision.actions, config, metrics).await;
     }
     for alert in &decision.alerts {
@@ -289,6 +306,7 @@ async fn tick(
             errors: conn.map_or(0, |c| c.errors),
             stats: s.sample.stats.clone(),
             coldness: s.sample.coldness,
+            virtio_mem: conn.and_then(|c| c.virtio_mem_status()),
         });
     }
     metrics.forget_vms_except(&vms.iter().map(|v| v.name.clone()).collect::<Vec<_>>());

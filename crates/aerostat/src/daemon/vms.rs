@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aerostat_core::resize::{self, Pluggable, Resize};
 use aerostat_core::{Action, Bytes, Coldness, Millis, VmSample};
-use aerostat_qemu::backend::{GuestRamPages, MAX_GUEST_MEMORY};
+use aerostat_qemu::backend::{GuestRamPages, MAX_GUEST_MEMORY, VirtioMemDevice};
 use aerostat_qemu::{QemuVm, QmpError, QmpOptions};
 use tokio::task::JoinSet;
 
@@ -20,7 +21,29 @@ use super::{ObservedVm, vm_name};
 pub struct VmConn {
     pub socket: PathBuf,
     qemu: Arc<QemuVm>,
+    /// Boot memory (`-m`, QEMU's `base-memory`): what the balloon works on.
+    boot: Bytes,
+    /// Boot memory plus what the virtio-mem devices can plug: the most the guest can have.
     configured: Bytes,
+    /// Whether the VM has a virtio-balloon device. A VM with virtio-mem devices may have none:
+    /// its boot memory is then its floor.
+    has_balloon: bool,
+    /// The virtio-mem devices aerostat resizes (those with an `id=`), found at adoption, with
+    /// the sizes of the last sample. A target above boot memory is theirs
+    /// (`aerostat_core::resize`).
+    devices: Vec<VirtioMemDevice>,
+    /// A balloon target below boot memory that waits for the devices to finish unplugging:
+    /// inflating while they migrate pages out of their blocks froze a real guest's
+    /// statistics for 30 s (the policy then held the guest while a workload grew into an OOM
+    /// kill), so the balloon goes second.
+    balloon_after_unplug: Option<Bytes>,
+    /// The balloon's `actual` at the last sample (boot memory without a balloon).
+    balloon_actual: Bytes,
+    /// When aerostat adopted the VM (epoch ms). Statistics the guest reported before the
+    /// second it turned polling on may be the driver's first report, from boot: a real guest
+    /// read that way looked 200 MiB emptier than it was (a workload started since) and was
+    /// inflated onto it.
+    adopted_at: Millis,
     /// Last good sample, reused (as unresponsive) when the VM does not answer.
     last: Option<VmSample>,
     pub last_rule: Option<String>,
@@ -80,7 +103,8 @@ impl VmRegistry {
     }
 
     /// Connects to new sockets, forgets vanished ones.
-    pub async fn discover(&mut self, config: &Config, metrics: &Metrics) {
+    /// `now`: epoch milliseconds, when a VM adopted now is adopted.
+    pub async fn discover(&mut self, config: &Config, metrics: &Metrics, now_ms: Millis) {
         let paths: Vec<PathBuf> = match glob::glob(&config.qmp_glob) {
             Ok(paths) => paths.filter_map(Result::ok).collect(),
             Err(e) => {
@@ -104,7 +128,7 @@ impl VmRegistry {
             if self.vms.contains_key(&name) || self.retry_at.get(&path).is_some_and(|t| *t > now) {
                 continue;
             }
-            match self.connect(&name, &path, config).await {
+            match self.connect(&name, &path, config, now_ms).await {
                 Ok(conn) => {
                     tracing::info!(vm = %name, socket = %path.display(), configured = %conn.configured, "VM adopted");
                     self.retry_at.remove(&path);
@@ -124,6 +148,7 @@ impl VmRegistry {
         name: &str,
         path: &PathBuf,
         config: &Config,
+        adopted_at: Millis,
     ) -> Result<VmConn, QmpError> {
         let qemu = QemuVm::connect_with(path, self.options).await?;
         // aerostat turns guest statistics on itself, whatever the VM was started with.
@@ -137,21 +162,34 @@ impl VmRegistry {
         // A VM is adopted only with a believable size: every floor, step and share of the
         // host is counted from it (a 2^64 − 1 reply had the policy "deflate" a guest by
         // exabytes; 0 adopts a VM nothing can be decided for).
-        let configured = summary
+        let boot = summary
             .get("base-memory")
             .and_then(serde_json::Value::as_u64)
             .map(Bytes)
             .ok_or_else(|| QmpError::Protocol {
                 detail: "query-memory-size-summary: no base-memory".into(),
             })?;
-        if configured == Bytes::ZERO || configured > MAX_GUEST_MEMORY {
+        if boot == Bytes::ZERO || boot > MAX_GUEST_MEMORY {
             return Err(QmpError::Protocol {
                 detail: format!(
                     "query-memory-size-summary: base-memory {} is outside 1 B ..= {MAX_GUEST_MEMORY}",
+                    boot.0
+                ),
+            });
+        }
+        let devices = resizable_devices(name, qemu.query_memory_devices().await?);
+        let configured = devices
+            .iter()
+            .fold(boot, |a, d| a + pluggable(d).capacity());
+        if configured > MAX_GUEST_MEMORY {
+            return Err(QmpError::Protocol {
+                detail: format!(
+                    "boot memory and virtio-mem devices add up to {} bytes, over {MAX_GUEST_MEMORY}",
                     configured.0
                 ),
             });
         }
+        let has_balloon = qemu.find_balloon_path().await?.is_some();
         // Whether the balloon's pages stay in the guest's MemTotal: without it, a small
         // guest's `used` would read as its use plus the balloon.
         let deflate_on_oom = match qemu.balloon_deflates_on_oom().await {
@@ -165,7 +203,13 @@ impl VmRegistry {
         Ok(VmConn {
             socket: path.clone(),
             qemu: Arc::new(qemu),
+            boot,
             configured,
+            has_balloon,
+            devices,
+            balloon_after_unplug: None,
+            balloon_actual: boot,
+            adopted_at,
             last: None,
             last_rule: None,
             last_reason: None,
@@ -198,9 +242,12 @@ impl VmRegistry {
                 && conn
                     .coldness_since
                     .is_none_or(|t| started.duration_since(t) >= COLDNESS_WINDOW);
-            let ram = conn.configured;
+            // Coldness is measured on boot memory: that is the `-m`-sized mapping it finds.
+            let ram = conn.boot;
+            let (has_balloon, boot) = (conn.has_balloon, conn.boot);
+            let has_devices = !conn.devices.is_empty();
             set.spawn(async move {
-                let actual = qemu.query_balloon().await;
+                let actual = memory_now(&qemu, has_balloon, boot, has_devices).await;
                 let stats = qemu.guest_stats().await;
                 let rss = qemu.query_rss().ok();
                 // A page-table walk: ~10 ms per GiB of 4 KiB pages each for the clear and
@@ -231,9 +278,28 @@ impl VmRegistry {
             let settings = config.vm(name);
             let mut responsive = false;
             let sample = match results.remove(name) {
-                Some((Ok(actual), stats, rss)) => {
+                Some((Ok((balloon, devices)), stats, rss)) => {
+                    conn.balloon_actual = balloon;
+                    let Some(actual) = conn.note_devices(devices).map(|p| balloon + p) else {
+                        let e = QmpError::Protocol {
+                            detail: "a virtio-mem device of this VM is gone".into(),
+                        };
+                        conn.note_error(name, "query-memory-devices", &e, metrics);
+                        out.extend(conn.unresponsive());
+                        continue;
+                    };
                     responsive = true;
+                    let before_adoption = |s: &aerostat_core::GuestStats| {
+                        let adopted_s = conn.adopted_at.0 / 1000 * 1000;
+                        s.last_update.is_some_and(|t| t.0 < adopted_s)
+                    };
+                    let mut waiting = false;
                     let stats = match stats {
+                        // From before aerostat asked: not a reading (the policy waits for one).
+                        Ok(s) if before_adoption(&s) => {
+                            waiting = true;
+                            Default::default()
+                        }
                         Ok(s) => s,
                         Err(e) => {
                             conn.note_error(name, "stats", &e, metrics);
@@ -242,7 +308,13 @@ impl VmRegistry {
                     };
                     let mut s =
                         VmSample::new(name.clone(), conn.configured, actual.min(conn.configured));
-                    s.min = Some(settings.min.min(conn.configured));
+                    // Without a balloon, boot memory cannot be given back.
+                    let floor = if conn.has_balloon {
+                        settings.min
+                    } else {
+                        settings.min.max(conn.boot)
+                    };
+                    s.min = Some(floor.min(conn.configured));
                     s.overhead = settings.overhead;
                     s.priority = settings.priority;
                     s.class = settings.class;
@@ -251,17 +323,19 @@ impl VmRegistry {
                     s.guest_swap = settings.swap;
                     s.coldness = conn.coldness;
                     s.deflate_on_oom = conn.deflate_on_oom;
-                    conn.note_stats_usable(name, &stats);
+                    // Neither a balloon nor a device: counted toward the host, never acted on.
+                    s.balloon = conn.has_balloon || !conn.devices.is_empty();
+                    if !waiting {
+                        conn.note_stats_usable(name, &stats);
+                    }
                     s.stats = stats;
                     conn.last = Some(s.clone());
                     Some(s)
                 }
-                Some((Err(e), _, _)) => {
-                    conn.note_error(name, "query-balloon", &e, metrics);
-                    conn.last.clone().map(|mut s| {
-                        s.balloon = false;
-                        s
-                    })
+                Some((Err((what, e)), _, _)) => {
+                    conn.note_error(name, what, &e, metrics);
+                    out.extend(conn.unresponsive());
+                    continue;
                 }
                 None => conn.last.clone(),
             };
@@ -276,7 +350,8 @@ impl VmRegistry {
         out
     }
 
-    /// Sends balloon targets.
+    /// Carries out memory targets: the balloon below boot memory, the virtio-mem devices
+    /// above it (`aerostat_core::resize::split`).
     pub async fn apply(&mut self, actions: &[Action], _config: &Config, metrics: &Metrics) {
         for action in actions {
             let Some(target) = action.balloon_target() else {
@@ -285,8 +360,41 @@ impl VmRegistry {
             let Some(conn) = self.vms.get_mut(&action.vm) else {
                 continue;
             };
-            if let Err(e) = conn.qemu.set_balloon(target).await {
-                conn.note_error(&action.vm, "balloon", &e, metrics);
+            let plan = conn.split(target);
+            conn.balloon_after_unplug = None;
+            if conn.has_balloon {
+                if plan.balloon < conn.balloon_actual && conn.unplugging(&plan) {
+                    conn.balloon_after_unplug = Some(plan.balloon);
+                } else if let Err(e) = conn.qemu.set_balloon(plan.balloon).await {
+                    conn.note_error(&action.vm, "balloon", &e, metrics);
+                }
+            }
+            for i in 0..conn.devices.len() {
+                let (dev, size) = (&conn.devices[i], plan.plugged[i]);
+                if dev.requested_size == size {
+                    continue;
+                }
+                let id = dev.id.clone().unwrap_or_default();
+                match conn.qemu.set_virtio_mem_requested(&id, size).await {
+                    Ok(()) => conn.devices[i].requested_size = size,
+                    Err(e) => conn.note_error(&action.vm, "virtio-mem", &e, metrics),
+                }
+            }
+        }
+    }
+
+    /// Sends the balloon targets that waited for their VM's devices to finish unplugging.
+    pub async fn apply_after_unplug(&mut self, metrics: &Metrics) {
+        for (name, conn) in &mut self.vms {
+            let Some(balloon) = conn.balloon_after_unplug else {
+                continue;
+            };
+            if conn.devices.iter().any(|d| d.size > d.requested_size) {
+                continue;
+            }
+            conn.balloon_after_unplug = None;
+            if let Err(e) = conn.qemu.set_balloon(balloon).await {
+                conn.note_error(name, "balloon", &e, metrics);
             }
         }
     }
@@ -302,7 +410,111 @@ impl VmRegistry {
     }
 }
 
+/// The VM's memory now: the balloon's `actual` (boot memory without a balloon) and, when it
+/// has virtio-mem devices, their sizes. Errors name the QMP command that failed.
+async fn memory_now(
+    qemu: &QemuVm,
+    has_balloon: bool,
+    boot: Bytes,
+    has_devices: bool,
+) -> Result<(Bytes, Option<Vec<VirtioMemDevice>>), (&'static str, QmpError)> {
+    let balloon = if has_balloon {
+        // QEMU's `actual` counts boot memory only (measured: 512 MiB with 512 MiB plugged).
+        let actual = qemu.query_balloon().await;
+        actual.map_err(|e| ("query-balloon", e))?.min(boot)
+    } else {
+        boot
+    };
+    let devices = if has_devices {
+        let devices = qemu.query_memory_devices().await;
+        Some(devices.map_err(|e| ("query-memory-devices", e))?)
+    } else {
+        None
+    };
+    Ok((balloon, devices))
+}
+
+/// The virtio-mem devices aerostat can resize: those with an `id=` (QMP names a device by it)
+/// and a block size QEMU could have reported (a power of two, at most the device). Others stay
+/// as they are, with a warning.
+fn resizable_devices(vm: &str, all: Vec<VirtioMemDevice>) -> Vec<VirtioMemDevice> {
+    all.into_iter()
+        .filter(|d| {
+            let ok = d.id.is_some()
+                && d.block_size.0.is_power_of_two()
+                && d.block_size <= d.max_size
+                && d.max_size <= MAX_GUEST_MEMORY;
+            if !ok {
+                tracing::warn!(vm, memdev = %d.memdev, "virtio-mem device without an id= or with implausible sizes: left as it is");
+            }
+            ok
+        })
+        .collect()
+}
+
+fn pluggable(d: &VirtioMemDevice) -> Pluggable {
+    Pluggable {
+        max: d.max_size,
+        block: d.block_size,
+    }
+}
+
 impl VmConn {
+    /// How a target is reached on this VM.
+    fn split(&self, target: Bytes) -> Resize {
+        let devices: Vec<Pluggable> = self.devices.iter().map(pluggable).collect();
+        resize::split(target, self.boot, &devices)
+    }
+
+    /// Whether a device still has to unplug, now or to reach `plan`.
+    fn unplugging(&self, plan: &Resize) -> bool {
+        let devices = self.devices.iter().zip(&plan.plugged);
+        devices.into_iter().any(|(d, &p)| d.size > p)
+    }
+
+    /// Takes the devices' sizes from a fresh `query-memory-devices` and returns what they
+    /// plug; `None` when one of the adopted devices is missing from it.
+    fn note_devices(&mut self, fresh: Option<Vec<VirtioMemDevice>>) -> Option<Bytes> {
+        let Some(fresh) = fresh else {
+            return Some(Bytes::ZERO);
+        };
+        let mut plugged = Bytes::ZERO;
+        for dev in &mut self.devices {
+            let now = fresh.iter().find(|f| f.id == dev.id)?;
+            dev.size = now.size.min(dev.max_size);
+            dev.requested_size = now.requested_size;
+            plugged += dev.size;
+        }
+        Some(plugged)
+    }
+
+    /// The devices added up, for `/status`; `None` without any.
+    pub fn virtio_mem_status(&self) -> Option<super::VirtioMemStatus> {
+        if self.devices.is_empty() {
+            return None;
+        }
+        let sum = |f: fn(&VirtioMemDevice) -> Bytes| {
+            self.devices.iter().fold(Bytes::ZERO, |a, d| a + f(d)).0
+        };
+        Some(super::VirtioMemStatus {
+            boot: self.boot.0,
+            plugged: sum(|d| d.size),
+            requested: sum(|d| d.requested_size),
+            max: sum(|d| d.max_size),
+        })
+    }
+
+    /// The last sample, counted toward the host but given no action this tick.
+    fn unresponsive(&self) -> Option<ObservedVm> {
+        let mut sample = self.last.clone()?;
+        sample.balloon = false;
+        Some(ObservedVm {
+            sample,
+            socket: self.socket.display().to_string(),
+            responsive: false,
+        })
+    }
+
     /// Takes a coldness measurement (`pages`: `None` when no window ended this tick). The
     /// first read after connecting only starts a window: before any clear, `Referenced:`
     /// counts every access since the pages were mapped. A failed read forgets the last

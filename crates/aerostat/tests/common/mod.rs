@@ -219,6 +219,10 @@ pub struct VmSpec {
     /// `-overcommit mem-lock=on`: guest memory is mlocked, so QEMU cannot discard what the
     /// balloon takes (`madvise` fails) and its RSS stays up.
     pub mem_lock: bool,
+    /// A virtio-mem device (`id=vm0`): its size and what it plugs at boot, in MiB. `mem_mib`
+    /// is then the boot memory, and the guest boots with `memhp_default_state=online_movable`
+    /// (without it the plugged memory is never unplugged; guest/README.md).
+    pub virtio_mem: Option<(u64, u64)>,
 }
 
 /// Where a guest's swap disk comes from.
@@ -243,7 +247,13 @@ impl VmSpec {
             incoming: None,
             swap_disk: None,
             mem_lock: false,
+            virtio_mem: None,
         }
+    }
+
+    pub fn virtio_mem(mut self, max_mib: u64, plugged_mib: u64) -> VmSpec {
+        self.virtio_mem = Some((max_mib, plugged_mib));
+        self
     }
 
     pub fn mem_lock(mut self) -> VmSpec {
@@ -317,17 +327,27 @@ impl TestVm {
         if spec.deflate_on_oom {
             balloon.push_str(",deflate-on-oom=on");
         }
+        let (memory, append) = match spec.virtio_mem {
+            None => (
+                format!("{}M", spec.mem_mib),
+                "console=ttyS0 quiet panic=-1".to_string(),
+            ),
+            Some((max, _)) => (
+                format!("{}M,maxmem={}M", spec.mem_mib, spec.mem_mib + max),
+                "console=ttyS0 quiet panic=-1 memhp_default_state=online_movable".to_string(),
+            ),
+        };
         let mut cmd = Command::new(QEMU);
         cmd.args(["-nodefaults", "-no-user-config", "-machine", "pc"])
             // A small translation cache: TCG's default (up to 1 GiB) would dwarf the guests.
             .args(["-accel", "tcg,tb-size=32", "-cpu", "max", "-smp", "1"])
-            .args(["-m", &format!("{}M", spec.mem_mib)])
+            .args(["-m", &memory])
             .args(["-display", "none", "-vga", "none", "-no-reboot"])
             .arg("-kernel")
             .arg(&files.vmlinuz)
             .arg("-initrd")
             .arg(&files.initrd)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .args(["-append", &append])
             .arg("-chardev")
             .arg(format!(
                 "socket,id=ser0,path={},server=on,wait=off,logfile={}",
@@ -342,6 +362,14 @@ impl TestVm {
                 .arg(format!("unix:{},server=on,wait=off", d.display()));
         }
         cmd.args(["-device", &balloon]);
+        if let Some((max, plugged)) = spec.virtio_mem {
+            cmd.arg("-object")
+                .arg(format!("memory-backend-ram,id=vmem0,size={max}M"))
+                .arg("-device")
+                .arg(format!(
+                    "virtio-mem-pci,id=vm0,memdev=vmem0,requested-size={plugged}M"
+                ));
+        }
         if spec.mem_lock {
             cmd.args(["-overcommit", "mem-lock=on"]);
         }
@@ -493,6 +521,17 @@ impl TestVm {
         self.qmp("query-balloon", None)["actual"]
             .as_u64()
             .expect("actual")
+    }
+
+    /// What the virtio-mem device `vm0` plugs now, and what it was asked to plug (bytes).
+    pub fn virtio_mem(&self) -> (u64, u64) {
+        let devices = self.qmp("query-memory-devices", None);
+        let data = &devices[0]["data"];
+        let size = data["size"].as_u64().expect("size");
+        (
+            size,
+            data["requested-size"].as_u64().expect("requested-size"),
+        )
     }
 
     /// The guest's balloon statistics (`stats` object of `guest-stats`).

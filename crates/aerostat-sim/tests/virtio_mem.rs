@@ -1,0 +1,83 @@
+//! Guests with a virtio-mem device: the same policy, its targets carried out as the daemon
+//! carries them out (`aerostat_core::resize::split`) — above boot memory in whole blocks,
+//! and below it only with a balloon.
+
+use std::path::Path;
+
+use aerostat_core::{Bytes, PolicyKind};
+use aerostat_sim::{RunOptions, Scenario, Simulation};
+
+fn scenario(balloon: bool) -> Scenario {
+    let text = format!(
+        r#"
+[scenario]
+name = "virtio-mem"
+duration = "1h"
+seed = 3
+[host]
+memory = "32GiB"
+reserve = "2GiB"
+[[vm]]
+name = "vm"
+count = 2
+memory = "8GiB"
+min = "512MiB"
+balloon = {balloon}
+virtio_mem = {{ boot = "2GiB", block = "128MiB" }}
+[vm.workload]
+kind = "steady"
+working_set = "512MiB"
+page_cache = "256MiB"
+"#
+    );
+    Scenario::parse(&text, Path::new("virtio-mem.toml")).expect("valid scenario")
+}
+
+/// Runs the scenario, looking at every guest's memory each simulated minute: the lowest
+/// seen, and whether each was boot memory plus whole blocks.
+fn run(balloon: bool) -> (Bytes, bool, Simulation) {
+    let mut sim = Simulation::new(scenario(balloon), RunOptions::new(PolicyKind::Aerostat));
+    let (mut lowest, mut whole_blocks) = (Bytes(u64::MAX), true);
+    for _ in 0..60 {
+        sim.advance(60);
+        for vm in ["vm-0", "vm-1"] {
+            let target = sim.target_of(vm).expect("a target");
+            let actual = sim.actual_of(vm).expect("an actual");
+            lowest = lowest.min(actual);
+            if target >= Bytes::gib(2) {
+                whole_blocks &= (target - Bytes::gib(2)).0.is_multiple_of(Bytes::mib(128).0);
+            }
+        }
+    }
+    (lowest, whole_blocks, sim)
+}
+
+#[test]
+fn without_a_balloon_boot_memory_is_the_floor() {
+    let (lowest, whole_blocks, sim) = run(false);
+    assert_eq!(
+        lowest,
+        Bytes::gib(2),
+        "unplugged down to boot memory, never below"
+    );
+    assert!(
+        whole_blocks,
+        "targets are boot memory + whole 128 MiB blocks"
+    );
+    let s = sim.run().summary;
+    assert_eq!(s.guest_oom_kills, 0);
+    // 6 GiB of each 8 GiB guest unplugged for most of the hour.
+    assert!(s.reclaimed_gib_hours > 10.0, "{}", s.reclaimed_gib_hours);
+}
+
+#[test]
+fn with_a_balloon_the_guest_goes_below_boot_memory() {
+    let (lowest, whole_blocks, sim) = run(true);
+    assert!(
+        lowest < Bytes::gib(2),
+        "the balloon takes boot memory: lowest {lowest}"
+    );
+    assert!(whole_blocks);
+    let s = sim.run().summary;
+    assert_eq!(s.guest_oom_kills, 0);
+}
