@@ -26,6 +26,9 @@ pub(super) struct Memo {
     /// guest took them (`actual_when_stats_taken`).
     pub(super) stats_at: Option<Millis>,
     pub(super) actual_then: f64,
+    /// Memory the guest's kernel keeps out of MemTotal (`reading::read`), from the last
+    /// reading whose balloon was known exactly.
+    pub(super) hidden: f64,
     /// Growth rate of `used`, bytes/s: rises when two readings agree, decays slowly.
     pub(super) growth_bps: f64,
     /// The rate of `used` seen last tick.
@@ -255,6 +258,23 @@ impl Memo {
         self.last_used = r.used;
         self.stats_at = stats.last_update;
         self.actual_then = r.actual_then;
+        self.hidden = r.hidden;
+    }
+
+    /// Whether `actual_when_stats_taken` is exact rather than an upper bound: stats taken
+    /// now, the first reading, or new stats while the balloon stood still since the last.
+    pub(super) fn stats_actual_exact(
+        &self,
+        now: Millis,
+        actual: f64,
+        stats_at: Option<Millis>,
+    ) -> bool {
+        match stats_at {
+            Some(at) if at < now && self.last_time.is_some() => {
+                Some(at) != self.stats_at && (actual - self.last_actual).abs() < MIB
+            }
+            _ => true,
+        }
     }
 
     /// The `actual` the guest's stats were taken at, or more (less balloon): a guest polled

@@ -19,6 +19,8 @@ pub(super) struct Reading {
     /// The balloon's `actual` when the guest took these stats, or more
     /// (`Memo::actual_when_stats_taken`).
     pub(super) actual_then: f64,
+    /// What the guest's kernel keeps out of MemTotal (counted in `used`).
+    pub(super) hidden: f64,
     pub(super) cache: f64,
     pub(super) swap_in_bps: f64,
     pub(super) refault_pps: f64,
@@ -102,8 +104,14 @@ pub(super) fn read(
     // any: without it the room left in a real guest was that much smaller than the policy
     // thought (272 MiB of burst room was 159 MiB free, and a workload growing 100 MiB at a
     // time was OOM-killed; docs/benchmarks.md, "virtio-mem"). The simulator's guests count
-    // their kernel in MemTotal, so there it is 0.
-    let hidden = (actual_then - (total - balloon_inside)).max(0.0);
+    // their kernel in MemTotal, so there it is 0. Measured only when the balloon at the
+    // stats is known exactly: with an upper bound (stats older than a balloon step) it
+    // would read the step as kernel memory, raise `used` by it and deflate further.
+    let hidden = if memo.stats_actual_exact(now, vm.actual.as_f64(), s.last_update) {
+        (actual_then - (total - balloon_inside)).max(0.0)
+    } else {
+        memo.hidden
+    };
     let used = (total - available - balloon_inside + hidden).max(0.0);
     let free = clamp(s.free).unwrap_or(0.0).min(total);
     // From the stats' own MemTotal, not the live `actual`: while a balloon inflates, the
@@ -138,6 +146,7 @@ pub(super) fn read(
         free,
         resident,
         actual_then,
+        hidden,
         cache,
         has_scan_stats: s.async_scans.is_some(),
         ..Reading::default()

@@ -493,6 +493,31 @@ fn memory_the_kernel_keeps_out_of_memtotal_is_used() {
     assert_eq!((r.used / MIB).round() as u64, 53);
 }
 
+/// What the kernel keeps out of MemTotal is measured only when the balloon at the stats is
+/// known exactly: stats from before a deflate, next to the live `actual`, would read the
+/// step as kernel memory — `used` up by the step, so a bigger deflate, and so on.
+#[test]
+fn hidden_kernel_memory_is_not_read_across_a_balloon_step() {
+    let mut p = AerostatPolicy::new(settings());
+    let tick = |p: &mut AerostatPolicy, t: u64, actual_mib: u64, stats_at_ms: u64, total_mib| {
+        let mut v = vm("a", GIB, actual_mib << 20, 0, 0, 0);
+        v.deflate_on_oom = Some(false);
+        v.stats.total = Some(Bytes::mib(total_mib));
+        v.stats.free = Some(Bytes::mib(total_mib - 100));
+        v.stats.available = Some(Bytes::mib(total_mib - 100));
+        v.stats.last_update = Some(Millis(stats_at_ms));
+        used_in_reason(&p.propose(&obs(t, vec![v]), &[]))
+    };
+    // 100 MiB used inside MemTotal, 57 MiB outside it.
+    assert_eq!(tick(&mut p, 10, 1024, 9_000, 967), 157);
+    // Inflated to 771 MiB; stats from before: the remembered 57.
+    assert_eq!(tick(&mut p, 11, 771, 10_000, 967), 157);
+    // Stats at the new size, the balloon still: measured again.
+    assert_eq!(tick(&mut p, 12, 771, 11_000, 714), 157);
+    // Deflated to 1 GiB; stats from before the deflate: still 57, not 1024 − 714.
+    assert_eq!(tick(&mut p, 13, 1024, 12_000, 714), 157);
+}
+
 /// A Linux guest keeps its high watermark free (66 MiB in 1 GiB: `Watermarks::typical`),
 /// and MemAvailable counts MemFree less that reserve plus the page cache less what the
 /// kernel keeps of it (half, at most the low watermark, 55 MiB). The cache read is what
