@@ -1046,6 +1046,30 @@ fn a_real_guest_keeps_the_reserve_the_policy_estimates() {
     );
 }
 
+/// A workload that outgrows boot memory, 100 MiB at a time: each step is one memhog touching
+/// its memory at full speed, inside the policy's burst room (272 MiB in a small guest).
+fn grow_in_100_mib_steps(test: &str, vm: &TestVm, daemon: &Daemon, steps: u64) {
+    for step in 1..=steps {
+        vm.run_ok(&format!("memhog 100 --quiet >/tmp/hog{step}.log 2>&1 &"));
+        wait_until(Duration::from_secs(90), &format!("memhog #{step}"), || {
+            std::thread::sleep(Duration::from_millis(300));
+            vm.run(&format!("grep -q holding /tmp/hog{step}.log")).0 == 0
+        });
+        // Two ticks for the daemon to see the step: a workload that grows faster than the
+        // 1 s loop can see outruns any burst room (docs/policy.md, item 7).
+        daemon.wait_ticks(2);
+        println!(
+            "{test}: {} MiB of memhog holding; plugged {:?} MiB, balloon actual {} MiB",
+            step * 100,
+            vm.virtio_mem_devices()
+                .iter()
+                .map(|(size, _)| mib(*size))
+                .collect::<Vec<_>>(),
+            mib(vm.balloon_actual())
+        );
+    }
+}
+
 /// A guest with boot memory and a virtio-mem device is one guest to the policy: the daemon
 /// counts it as boot memory + the device's size, and carries a target out by unplugging above
 /// boot memory and ballooning below it (`aerostat_core::resize`). The idle guest gives back
@@ -1119,24 +1143,7 @@ fn the_daemon_unplugs_and_replugs_a_virtio_mem_guest() {
     let table = daemon.status_table();
     assert!(table.contains("virtio-mem MiB"), "{table}");
 
-    // A workload that outgrows boot memory, 100 MiB at a time: each step is one memhog
-    // touching its memory at full speed, inside the policy's burst room (272 MiB here).
-    for step in 1..=7 {
-        vm.run_ok(&format!("memhog 100 --quiet >/tmp/hog{step}.log 2>&1 &"));
-        wait_until(Duration::from_secs(90), &format!("memhog #{step}"), || {
-            std::thread::sleep(Duration::from_millis(300));
-            vm.run(&format!("grep -q holding /tmp/hog{step}.log")).0 == 0
-        });
-        // Two ticks for the daemon to see the step: a workload that grows faster than the
-        // 1 s loop can see outruns any burst room (docs/policy.md, item 7).
-        daemon.wait_ticks(2);
-        println!(
-            "{TEST}: {} MiB of memhog holding; plugged {} MiB, balloon actual {} MiB",
-            step * 100,
-            mib(vm.virtio_mem().0),
-            mib(vm.balloon_actual())
-        );
-    }
+    grow_in_100_mib_steps(TEST, vm, &daemon, 7);
     let decisions = decisions_for(&daemon.decisions(), "vmem");
     print_decisions(TEST, &decisions);
     let (plugged, _) = vm.virtio_mem();
@@ -1146,6 +1153,85 @@ fn the_daemon_unplugs_and_replugs_a_virtio_mem_guest() {
         mib(plugged)
     );
     assert_eq!(plugged % (2 << 20), 0, "whole 2 MiB blocks");
+    assert_eq!(vm.guest_oom_kills(), Some(0));
+    daemon.terminate(Duration::from_secs(5));
+}
+
+/// NUMA-aware resizing: a guest with two NUMA nodes, each with its own virtio-mem device.
+/// The daemon shares what lies above boot memory between the devices in proportion to their
+/// size (equal here), so memory is taken from each node, and given back to each, alike —
+/// where a balloon takes its pages wherever the guest's allocator finds them.
+#[test]
+fn the_daemon_resizes_each_numa_nodes_device_alike() {
+    const TEST: &str = "virtio_mem_numa";
+    const BOOT_MIB: u64 = 512;
+    const DEVICE_MIB: u64 = 512;
+    let _serial = serial_lock();
+    let Some(files) = prerequisites(TEST) else {
+        return;
+    };
+    let (work, qmp_dir) = work_dir();
+    let spec = VmSpec::new("numa", BOOT_MIB)
+        .daemon_dir(&qmp_dir)
+        .virtio_mem(DEVICE_MIB, 256)
+        .numa_nodes(2);
+    let vms = start_all(&files, &[spec]);
+    let vm = &vms[0];
+    // A node that gave back all its memory goes offline and its directory goes with it.
+    let node1_kb = || -> u64 {
+        let line = vm.run_ok(
+            "grep MemTotal /sys/devices/system/node/node1/meminfo 2>/dev/null || echo 'Node 1 MemTotal: 0 kB'",
+        );
+        let kb = line
+            .split_whitespace()
+            .rev()
+            .nth(1)
+            .and_then(|v| v.parse().ok());
+        kb.unwrap_or_else(|| panic!("node 1 meminfo: {line:?}"))
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "256 MiB plugged on each node",
+        || {
+            std::thread::sleep(Duration::from_millis(200));
+            vm.virtio_mem_devices() == vec![(256 << 20, 256 << 20); 2]
+        },
+    );
+    println!("{TEST}: booted; node 1 MemTotal {} MiB", node1_kb() >> 10);
+
+    let config = daemon_config(&qmp_dir, None, "256MiB", "");
+    let mut daemon = Daemon::start(work.path(), 1, &config);
+    let took = wait_until(Duration::from_secs(90), "both nodes to unplug", || {
+        std::thread::sleep(Duration::from_millis(200));
+        vm.virtio_mem_devices() == vec![(0, 0); 2]
+    });
+    println!(
+        "{TEST}: both devices unplugged in {:.1} s; node 1 MemTotal {} MiB",
+        took.as_secs_f64(),
+        node1_kb() >> 10
+    );
+    assert_eq!(node1_kb(), 0, "node 1 gave back all it had");
+    let status = daemon.vm_status("numa").expect("numa in /status");
+    assert_eq!(
+        status["configured"].as_u64(),
+        Some((BOOT_MIB + 2 * DEVICE_MIB) << 20)
+    );
+
+    grow_in_100_mib_steps(TEST, vm, &daemon, 7);
+    let devices = vm.virtio_mem_devices();
+    let decisions = decisions_for(&daemon.decisions(), "numa");
+    print_decisions(TEST, &decisions);
+    println!(
+        "{TEST}: devices (plugged, requested) {devices:?}; node 1 MemTotal {} MiB",
+        node1_kb() >> 10
+    );
+    let (node0, node1) = (devices[0], devices[1]);
+    assert_eq!(node0.1, node1.1, "equal devices are asked for equal shares");
+    assert!(
+        node0.1 + node1.1 >= (700 - BOOT_MIB) << 20,
+        "the workload runs on plugged memory: {devices:?}"
+    );
+    assert!(node1_kb() > 0, "node 1 has memory again");
     assert_eq!(vm.guest_oom_kills(), Some(0));
     daemon.terminate(Duration::from_secs(5));
 }

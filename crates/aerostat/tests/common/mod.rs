@@ -223,6 +223,9 @@ pub struct VmSpec {
     /// is then the boot memory, and the guest boots with `memhp_default_state=online_movable`
     /// (without it the plugged memory is never unplugged; guest/README.md).
     pub virtio_mem: Option<(u64, u64)>,
+    /// NUMA nodes (at least 1): with more than one, node 0 holds the boot memory and the vCPU,
+    /// and each node gets its own virtio-mem device (`vm<node>`) of `virtio_mem`'s size.
+    pub numa_nodes: u32,
 }
 
 /// Where a guest's swap disk comes from.
@@ -248,7 +251,14 @@ impl VmSpec {
             swap_disk: None,
             mem_lock: false,
             virtio_mem: None,
+            numa_nodes: 1,
         }
+    }
+
+    /// A virtio-mem device on each of `nodes` NUMA nodes.
+    pub fn numa_nodes(mut self, nodes: u32) -> VmSpec {
+        self.numa_nodes = nodes.max(1);
+        self
     }
 
     pub fn virtio_mem(mut self, max_mib: u64, plugged_mib: u64) -> VmSpec {
@@ -333,7 +343,11 @@ impl TestVm {
                 "console=ttyS0 quiet panic=-1".to_string(),
             ),
             Some((max, _)) => (
-                format!("{}M,maxmem={}M", spec.mem_mib, spec.mem_mib + max),
+                format!(
+                    "{}M,maxmem={}M",
+                    spec.mem_mib,
+                    spec.mem_mib + max * u64::from(spec.numa_nodes)
+                ),
                 "console=ttyS0 quiet panic=-1 memhp_default_state=online_movable".to_string(),
             ),
         };
@@ -362,13 +376,24 @@ impl TestVm {
                 .arg(format!("unix:{},server=on,wait=off", d.display()));
         }
         cmd.args(["-device", &balloon]);
-        if let Some((max, plugged)) = spec.virtio_mem {
+        if spec.numa_nodes > 1 {
+            // Boot memory and the vCPU on node 0; the other nodes start without memory.
             cmd.arg("-object")
-                .arg(format!("memory-backend-ram,id=vmem0,size={max}M"))
-                .arg("-device")
-                .arg(format!(
-                    "virtio-mem-pci,id=vm0,memdev=vmem0,requested-size={plugged}M"
-                ));
+                .arg(format!("memory-backend-ram,id=m0,size={}M", spec.mem_mib))
+                .args(["-numa", "node,nodeid=0,cpus=0,memdev=m0"]);
+            for node in 1..spec.numa_nodes {
+                cmd.args(["-numa", &format!("node,nodeid={node}")]);
+            }
+        }
+        if let Some((max, plugged)) = spec.virtio_mem {
+            for node in 0..spec.numa_nodes {
+                cmd.arg("-object")
+                    .arg(format!("memory-backend-ram,id=vmem{node},size={max}M"))
+                    .arg("-device")
+                    .arg(format!(
+                        "virtio-mem-pci,id=vm{node},memdev=vmem{node},node={node},requested-size={plugged}M"
+                    ));
+            }
         }
         if spec.mem_lock {
             cmd.args(["-overcommit", "mem-lock=on"]);
@@ -525,13 +550,20 @@ impl TestVm {
 
     /// What the virtio-mem device `vm0` plugs now, and what it was asked to plug (bytes).
     pub fn virtio_mem(&self) -> (u64, u64) {
+        self.virtio_mem_devices()[0]
+    }
+
+    /// The same for every virtio-mem device, in QEMU's order (`vm0`, `vm1`, …).
+    pub fn virtio_mem_devices(&self) -> Vec<(u64, u64)> {
         let devices = self.qmp("query-memory-devices", None);
-        let data = &devices[0]["data"];
-        let size = data["size"].as_u64().expect("size");
-        (
-            size,
-            data["requested-size"].as_u64().expect("requested-size"),
-        )
+        let list = devices.as_array().expect("a list of memory devices");
+        list.iter()
+            .map(|d| {
+                let size = d["data"]["size"].as_u64().expect("size");
+                let requested = d["data"]["requested-size"].as_u64();
+                (size, requested.expect("requested-size"))
+            })
+            .collect()
     }
 
     /// The guest's balloon statistics (`stats` object of `guest-stats`).
