@@ -15,6 +15,7 @@
 
 pub mod controller;
 pub mod decision;
+pub mod ksm;
 pub mod linux;
 pub mod observation;
 mod per_vm;

@@ -7,7 +7,8 @@
 //! tests need to create a cgroup, limit it, move a process in and remove it.
 //!
 //! **Does not** decide anything, talk to QEMU, or act on the host beyond those cgroup helpers
-//! (KSM, NUMA page moves and the like come later, each in its own module). It is synchronous:
+//! and KSM's sysfs controls ([`KsmSysfs`]; NUMA page moves and the like come later, each in its
+//! own module). It is synchronous:
 //! every probe reads a few small kernel files, which never block for long.
 //!
 //! **Key design decision:** hand-written parsers over the `procfs` crate. `procfs` covers
@@ -20,6 +21,7 @@
 
 mod cgroup;
 mod error;
+mod ksm;
 mod parse;
 mod proc;
 
@@ -28,6 +30,7 @@ pub use cgroup::{
     own_memory_cgroup, parse_proc_cgroup, parse_v1_stat, parse_v2_stat, running_as_root,
 };
 pub use error::HostError;
+pub use ksm::{KSM_DIR, KsmState, KsmSysfs};
 pub use parse::{Pressure, parse_pressure};
 pub use proc::{
     Meminfo, ProcHost, SWAP_PAGE_BYTES, SwapTraffic, host_sample, parse_meminfo, parse_vmstat,

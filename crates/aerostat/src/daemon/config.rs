@@ -39,6 +39,21 @@ struct RawConfig {
     vm: BTreeMap<String, RawVm>,
     #[serde(default)]
     migration: RawMigration,
+    #[serde(default)]
+    ksm: RawKsm,
+}
+
+/// `[ksm]`: whether aerostat runs the host's KSM (oVirt MoM's KSM policy).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKsm {
+    #[serde(default)]
+    control: bool,
+    #[serde(default)]
+    interval: Option<String>,
+    /// KSM's sysfs directory (default `/sys/kernel/mm/ksm`).
+    #[serde(default)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +145,16 @@ pub struct Config {
     pub vms: BTreeMap<String, VmSettings>,
     /// `[migration]`: the memory-pressure escape; `None` when off (the default).
     pub escape: Option<EscapeConfig>,
+    /// `[ksm]` with `control = true`; `None` leaves the host's KSM alone (the default).
+    pub ksm: Option<KsmConfig>,
+}
+
+/// `[ksm] control = true`: aerostat starts, stops and paces KSM (`aerostat_core::ksm`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KsmConfig {
+    /// How often (default 10s, MoM's as vdsm runs it).
+    pub interval: Millis,
+    pub dir: PathBuf,
 }
 
 /// `[migration]` with `escape = true`: move a guest away when the host cannot hold them.
@@ -364,6 +389,26 @@ impl Config {
             }
             m.escape.then_some(escape)
         };
+        let ksm = if raw.ksm.control {
+            let interval = match raw.ksm.interval.as_deref() {
+                Some(v) => millis("ksm.interval", v)?,
+                None => Millis::secs(10),
+            };
+            if interval < Millis::secs(1) || interval > Millis::secs(3600) {
+                return Err(invalid(format!(
+                    "`ksm.interval`: {interval} is outside 1s – 1h"
+                )));
+            }
+            Some(KsmConfig {
+                interval,
+                dir: raw
+                    .ksm
+                    .dir
+                    .unwrap_or_else(|| PathBuf::from(aerostat_host::KSM_DIR)),
+            })
+        } else {
+            None
+        };
         Ok(Config {
             reserve,
             cgroup: raw.host.cgroup,
@@ -376,6 +421,7 @@ impl Config {
             defaults,
             vms,
             escape,
+            ksm,
         })
     }
 
@@ -562,5 +608,34 @@ mod tests {
             .expect_err("bad policy")
             .to_string();
         assert!(e.contains("policy.name"), "{e}");
+    }
+
+    #[test]
+    fn ksm_control_is_off_unless_asked_and_its_keys_are_checked() {
+        let c = Config::parse(EXAMPLE, Path::new("aerostat.toml")).expect("example is valid");
+        assert_eq!(c.ksm, None, "the example leaves KSM alone");
+        let on = EXAMPLE.replace("control = false", "control = true");
+        let c = Config::parse(&on, Path::new("aerostat.toml")).expect("valid");
+        assert_eq!(
+            c.ksm,
+            Some(KsmConfig {
+                interval: Millis::secs(10),
+                dir: PathBuf::from("/sys/kernel/mm/ksm"),
+            })
+        );
+        let e = Config::parse(
+            &on.replace("interval = \"10s\"\n", "interval = \"50ms\"\n"),
+            Path::new("aerostat.toml"),
+        )
+        .expect_err("too short")
+        .to_string();
+        assert!(e.contains("`ksm.interval`"), "{e}");
+        let e = Config::parse(
+            &on.replace("control = true", "control = true\nrate = 3"),
+            Path::new("aerostat.toml"),
+        )
+        .expect_err("unknown key")
+        .to_string();
+        assert!(e.contains("rate"), "{e}");
     }
 }

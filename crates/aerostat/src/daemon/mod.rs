@@ -12,6 +12,7 @@
 pub mod api;
 pub mod config;
 mod escape;
+mod ksm;
 pub mod metrics;
 mod vms;
 
@@ -170,6 +171,7 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
 
     let mut registry = VmRegistry::new(&config);
     let mut escape = config.escape.clone().map(EscapeRunner::new);
+    let mut ksm = config.ksm.as_ref().map(ksm::KsmRunner::new);
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut ticker = tokio::time::interval(Duration::from_millis(config.interval.0));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -189,6 +191,7 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
             &mut registry,
             &mut controller,
             escape.as_mut(),
+            ksm.as_mut(),
             &metrics,
             &status,
             dry_run,
@@ -219,6 +222,7 @@ async fn tick(
     registry: &mut VmRegistry,
     controller: &mut Controller,
     escape: Option<&mut EscapeRunner>,
+    ksm: Option<&mut ksm::KsmRunner>,
     metrics: &Metrics,
     status: &RwLock<Status>,
     dry_run: bool,
@@ -266,6 +270,9 @@ async fn tick(
             .inc();
     }
     for line in &escape_lines {
+        let _ = writeln!(stdout, "{line}");
+    }
+    if let Some(line) = ksm.and_then(|k| k.tick(now, &host_sample, &obs.vms, dry_run)) {
         let _ = writeln!(stdout, "{line}");
     }
     let _ = stdout.flush();
