@@ -25,6 +25,10 @@ impl Drop for RestoreKsm {
     fn drop(&mut self) {
         let dir = self.sysfs.dir().to_path_buf();
         let b = self.before;
+        // Unmerge first: with ksmd stopped, the pages it merged for the test's guests would
+        // stay counted in `pages_sharing` after they exit, a KSM saving the next test's host
+        // does not have. Writing 2 returns when everything is unmerged.
+        let _ = std::fs::write(dir.join("run"), "2");
         let _ = std::fs::write(dir.join("run"), "0");
         let _ = std::fs::write(dir.join("pages_to_scan"), b.pages_to_scan.to_string());
         let _ = std::fs::write(dir.join("sleep_millisecs"), b.sleep_ms.to_string());
@@ -52,6 +56,8 @@ fn the_daemon_runs_ksm_when_the_guests_could_use_up_the_host() {
         sysfs: sysfs.clone(),
         before,
     };
+    // Start from nothing merged (2: unmerge everything, then stop).
+    std::fs::write(KSM_DIR.to_string() + "/run", "2").expect("unmerge before the test");
     std::fs::write(KSM_DIR.to_string() + "/run", "0").expect("stop KSM before the test");
     let saved_before = sysfs.read().expect("KSM state").pages_sharing;
 
