@@ -401,10 +401,7 @@ impl Simulation {
                 let s = &g.spec;
                 let mut vm = VmSample::new(s.name.clone(), s.memory, s.memory);
                 // A virtio-mem guest without a balloon keeps its boot memory.
-                vm.min = match s.device_floor() {
-                    Bytes::ZERO => s.min,
-                    boot => Some(s.min.map_or(boot, |m| m.max(boot))),
-                };
+                vm.min = s.floor();
                 vm.balloon = s.resizable();
                 vm.overhead = self.scenario.host.vm_overhead;
                 vm.pinned = s.pinned;

@@ -496,6 +496,14 @@ impl VmSpec {
             _ => Bytes::ZERO,
         }
     }
+
+    /// The floor a policy sees: the operator's `min`, raised to what the devices can reach.
+    pub fn floor(&self) -> Option<Bytes> {
+        match self.device_floor() {
+            Bytes::ZERO => self.min,
+            boot => Some(self.min.map_or(boot, |m| m.max(boot))),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1063,10 +1071,7 @@ impl RawScenario {
         let kernels: Bytes = vms.iter().map(|v| v.kernel.min(v.memory)).sum();
         let floors: Bytes = vms
             .iter()
-            .map(|v| {
-                let floor = v.min.unwrap_or(Bytes::ZERO).max(v.device_floor());
-                floor.max(v.kernel) + host.vm_overhead
-            })
+            .map(|v| v.floor().unwrap_or(Bytes::ZERO).max(v.kernel) + host.vm_overhead)
             .sum();
         if host.reserve + floors > host.memory + host.swap {
             return Err(invalid(

@@ -31,11 +31,7 @@ pub fn assert_floors_kept(scenario: &Scenario, result: &RunResult, what: &str) {
             .iter()
             .find(|v| v.name == name)
             .unwrap_or_else(|| panic!("{what}: unknown VM {name}"));
-        v.min
-            .unwrap_or_default()
-            .max(v.pinned)
-            .max(v.device_floor())
-            .min(v.memory)
+        v.floor().unwrap_or_default().max(v.pinned).min(v.memory)
     };
     for (t, a) in &result.actions {
         let to = a.balloon_target().expect("balloon action");

@@ -261,43 +261,32 @@ impl Memo {
         self.hidden = r.hidden;
     }
 
-    /// Whether `actual_when_stats_taken` is exact rather than an upper bound: stats taken
-    /// now, the first reading, or new stats while the balloon stood still since the last.
-    pub(super) fn stats_actual_exact(
-        &self,
-        now: Millis,
-        actual: f64,
-        stats_at: Option<Millis>,
-    ) -> bool {
-        match stats_at {
-            Some(at) if at < now && self.last_time.is_some() => {
-                Some(at) != self.stats_at && (actual - self.last_actual).abs() < MIB
-            }
-            _ => true,
-        }
-    }
-
     /// The `actual` the guest's stats were taken at, or more (less balloon): a guest polled
     /// every second reports stats taken up to a second or two before the live `actual`,
     /// and while the balloon inflates they count less of it than `actual` says. New stats
     /// (a `last_update` not seen at the last reading) were taken since that reading: the
     /// larger of its `actual` and the live one. The same stats again: the same `actual`
     /// as then. Stats taken now (or without a time): the live `actual`.
+    ///
+    /// The `bool` says whether that `actual` is exact rather than an upper bound: stats
+    /// taken now, the first reading, or new stats while the balloon stood still since the
+    /// last reading.
     pub(super) fn actual_when_stats_taken(
         &self,
         now: Millis,
         actual: f64,
         stats_at: Option<Millis>,
-    ) -> f64 {
+    ) -> (f64, bool) {
         match stats_at {
             Some(at) if at < now && self.last_time.is_some() => {
                 if Some(at) == self.stats_at {
-                    self.actual_then
+                    (self.actual_then, false)
                 } else {
-                    actual.max(self.last_actual)
+                    let still = (actual - self.last_actual).abs() < MIB;
+                    (actual.max(self.last_actual), still)
                 }
             }
-            _ => actual,
+            _ => (actual, true),
         }
     }
 

@@ -89,7 +89,8 @@ pub(super) fn read(
     // MemTotal at the configured size is read as "balloon inside" (a real guest's MemTotal
     // is below it by what the kernel reserved: 57 MiB of 1 GiB, so the device's property
     // is what tells a small guest apart).
-    let actual_then = memo.actual_when_stats_taken(now, vm.actual.as_f64(), s.last_update);
+    let (actual_then, actual_then_exact) =
+        memo.actual_when_stats_taken(now, vm.actual.as_f64(), s.last_update);
     let balloon = (configured - actual_then).max(0.0);
     let balloon_inside = match vm.deflate_on_oom {
         Some(true) => balloon.min(total),
@@ -107,7 +108,7 @@ pub(super) fn read(
     // their kernel in MemTotal, so there it is 0. Measured only when the balloon at the
     // stats is known exactly: with an upper bound (stats older than a balloon step) it
     // would read the step as kernel memory, raise `used` by it and deflate further.
-    let hidden = if memo.stats_actual_exact(now, vm.actual.as_f64(), s.last_update) {
+    let hidden = if actual_then_exact {
         (actual_then - (total - balloon_inside)).max(0.0)
     } else {
         memo.hidden
