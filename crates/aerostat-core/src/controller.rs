@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::decision::{Action, ActionKind, Alert, Decision, Rule};
 use crate::observation::{Observation, VmSample};
 use crate::per_vm::PerVm;
+use crate::planner::escape::trend::Trend;
 use crate::planner::escape::{MIN_UNMET, floors_held, hot_memory_stays};
 use crate::policy::{Policy, Proposal, Reason, WorkingSet};
 use crate::units::{Bytes, Millis};
@@ -58,7 +59,7 @@ const RESERVE_PROGRESS_PER_TICK: Bytes = Bytes::mib(256);
 /// above the last target it was sent (a balloon that did not move last tick — stuck, or
 /// not yet flagged as stalled — gives nothing in the next ticks either).
 fn balloon_follows(vm: &VmSample, current_target: Bytes, step: Option<Bytes>) -> bool {
-    step.is_none_or(|step| vm.actual < current_target + step)
+    step.is_none_or(|step| vm.actual < current_target + vm.inflate_step(step))
 }
 
 /// How far the reserve guard shrinks a guest (never below its floor, nor by more than a
@@ -143,6 +144,9 @@ pub struct VmGuardState {
     /// Since when its QEMU has held well more than its balloon claims (`kept_memory`).
     #[serde(default)]
     pub kept_since: Option<Millis>,
+    /// The policy's working set for it over the last minutes, for the escape's outlook.
+    #[serde(skip)]
+    pub trend: Trend,
 }
 
 /// Runs one policy under its guards. One `Controller` per host.
@@ -245,6 +249,14 @@ impl Controller {
         &self.guards
     }
 
+    /// How fast `vm`'s working set grows at `now`, per second, as the policy has estimated
+    /// it over the last minutes ([`Trend`]; 0 for a policy that does not estimate one).
+    pub fn growth_of(&self, vm: &str, now: Millis) -> Bytes {
+        self.vms
+            .get(vm)
+            .map_or(Bytes::ZERO, |s| s.trend.growth(now))
+    }
+
     /// The target last sent to `vm`, if the controller knows it.
     pub fn target_of(&self, vm: &str) -> Option<Bytes> {
         self.vms.get(vm).map(|s| s.target)
@@ -277,6 +289,7 @@ impl Controller {
                 last_deflate: None,
                 stalled_until: None,
                 kept_since: None,
+                trend: Trend::default(),
             });
         }
 
@@ -308,6 +321,14 @@ impl Controller {
         current.extend((0..obs.vms.len()).map(|i| self.vms[i].target));
         proposals.clear();
         self.policy.propose_into(obs, &current, &mut proposals);
+        for i in 0..obs.vms.len() {
+            let trend = &mut self.vms[i].trend;
+            if trend.due(obs.time)
+                && let Some(ws) = self.policy.working_set(i)
+            {
+                trend.push(obs.time, ws.anon);
+            }
+        }
         pending.clear();
         pending.resize_with(obs.vms.len(), || None);
         for p in proposals.drain(..) {
@@ -336,11 +357,15 @@ impl Controller {
             let proposed = p.target;
             let mut t = proposed;
             if let Some(step) = self.guards.max_inflate_step {
-                t = t.max((vm.actual - step).min(current[i]));
+                t = t.max((vm.actual - vm.inflate_step(step)).min(current[i]));
             }
             if let Some(step) = self.guards.max_deflate_step {
                 t = t.min((vm.actual + step).max(current[i]));
             }
+            // What virtio-mem devices can hold: a target between two block steps is
+            // carried out at the step above, and the controller keeps that one, so the
+            // guest's `actual` can reach it.
+            t = vm.on_blocks(t);
             let floor = vm.floor();
             let mut bound = None;
             if t < floor {
@@ -703,7 +728,7 @@ impl Controller {
             let vm = &obs.vms[i];
             let mut lo = bottom(i, take);
             if let Some(step) = self.guards.max_inflate_step {
-                lo = lo.max(vm.actual - step);
+                lo = lo.max(vm.actual - vm.inflate_step(step));
             }
             if matches!(take, Take::Untouched | Take::UntouchedOrStep)
                 && let Some(rss) = vm.rss
@@ -763,14 +788,18 @@ impl Controller {
                 let lo = lowest(i);
                 if !skip_raise && !held && t > lo {
                     let taken = (t - lo).min(*excess);
-                    // A VM whose actual is above its configured size (misreport) is clamped.
-                    let new = (t - taken).min(vm.configured);
-                    *excess = *excess - taken;
-                    pending[i] = Some(Pending {
-                        target: new,
-                        rule: Rule::GuardReserve,
-                        why: Why::Shrunk { from: t, to: new },
-                    });
+                    // A VM whose actual is above its configured size (misreport) is clamped
+                    // (the clamp is not counted as taken); virtio-mem devices give whole
+                    // block steps, so the step above counts (less than one: nothing).
+                    let new = vm.on_blocks((t - taken).min(vm.configured));
+                    if new < t {
+                        *excess = *excess - (t - new).min(taken);
+                        pending[i] = Some(Pending {
+                            target: new,
+                            rule: Rule::GuardReserve,
+                            why: Why::Shrunk { from: t, to: new },
+                        });
+                    }
                 }
                 tier_has_more |= balloon_follows(vm, current[i], self.guards.max_inflate_step)
                     && final_of(i, pending) > bottom(i, take);

@@ -27,7 +27,7 @@ pub mod units;
 pub use controller::{Controller, GuardConfig};
 pub use decision::{Action, ActionKind, Alert, Decision, Rule};
 pub use observation::{
-    Coldness, GuestStats, HostSample, Observation, PRIORITY_RANGE, VmClass, VmSample,
+    Blocks, Coldness, GuestStats, HostSample, Observation, PRIORITY_RANGE, VmClass, VmSample,
     priority_problem,
 };
 pub use policy::{Policy, PolicyKind, PolicySettings, Proposal, Reason, WorkingSet};

@@ -180,9 +180,25 @@ pub struct VmSample {
     /// never is below a few GiB (a 1 GiB guest reports 967 MiB).
     #[serde(default)]
     pub deflate_on_oom: Option<bool>,
+    /// virtio-mem devices carry the memory above `boot` in whole blocks (`None`: a balloon
+    /// alone, which moves by the page).
+    #[serde(default)]
+    pub blocks: Option<Blocks>,
     /// Guest-reported statistics. Untrusted.
     #[serde(default)]
     pub stats: GuestStats,
+}
+
+/// How a VM with virtio-mem devices moves above its boot memory: in `step`s, the devices'
+/// blocks together (each device plugs or unplugs whole blocks; a share of a target that is
+/// not a whole block is rounded up, `resize::split`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocks {
+    /// Boot memory (`-m`): the balloon's part, below which no device goes.
+    pub boot: Bytes,
+    /// Σ of the devices' block sizes: the least change of a target above `boot` that moves
+    /// every device.
+    pub step: Bytes,
 }
 
 /// One host-side coldness measurement of a guest's memory.
@@ -226,7 +242,30 @@ impl VmSample {
             guest_swap: None,
             coldness: None,
             deflate_on_oom: None,
+            blocks: None,
             stats: GuestStats::default(),
+        }
+    }
+
+    /// The most a target may fall below `actual` in a tick: the controller's `step`, and at
+    /// least one block step of a virtio-mem VM (a smaller fall rounds up to no move at all:
+    /// 1 GiB blocks under a 512 MiB step never unplugged; reviewer-4, session 21).
+    pub fn inflate_step(&self, step: Bytes) -> Bytes {
+        match self.blocks {
+            Some(b) if self.actual > b.boot => step.max(b.step),
+            _ => step,
+        }
+    }
+
+    /// `target` as the VM's devices can hold it: above boot memory, rounded up to a whole
+    /// block step (never above `configured`), as the backend carries it out.
+    pub fn on_blocks(&self, target: Bytes) -> Bytes {
+        match self.blocks {
+            Some(b) if target > b.boot && b.step > Bytes::ZERO => {
+                let above = (target - b.boot).0.div_ceil(b.step.0);
+                (b.boot + Bytes(above.saturating_mul(b.step.0))).min(self.configured)
+            }
+            _ => target,
         }
     }
 

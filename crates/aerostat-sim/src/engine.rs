@@ -9,7 +9,8 @@
 //! numbers on every machine; fleets run hosts in parallel (see [`crate::fleet`]).
 
 use aerostat_core::{
-    Action, Bytes, Coldness, Controller, Millis, Observation, PolicyKind, PolicySettings, VmSample,
+    Action, Blocks, Bytes, Coldness, Controller, Millis, Observation, PolicyKind, PolicySettings,
+    VmSample,
 };
 
 use crate::guest::Guest;
@@ -260,6 +261,17 @@ impl Simulation {
         Bytes::from_f64(self.host.used)
     }
 
+    /// Guest memory KSM has merged away now (what the host's `pages_sharing` says).
+    pub fn ksm_saved(&self) -> Bytes {
+        Bytes::from_f64(self.host.ksm_saved)
+    }
+
+    /// ksmd under `host.ksm_control = "mom"`: whether MoM's rule runs it, and its
+    /// `pages_to_scan`; `None` under `"always"`.
+    pub fn ksmd(&self) -> Option<(bool, u64)> {
+        self.host.ksmd_state()
+    }
+
     /// A VM's balloon target now.
     pub fn target_of(&self, vm: &str) -> Option<Bytes> {
         self.guest_index(vm)
@@ -413,6 +425,10 @@ impl Simulation {
                 vm.guest_swap = (s.swap > Bytes::ZERO).then_some(s.swap);
                 // The operator configured the device: not hidden from a real controller.
                 vm.deflate_on_oom = Some(s.deflate_on_oom);
+                vm.blocks = s.virtio_mem.map(|d| Blocks {
+                    boot: d.boot,
+                    step: d.block,
+                });
                 self.obs.vms.push(vm);
                 self.obs_index.push(i);
             }
@@ -448,15 +464,14 @@ impl Simulation {
             // Less what balloons keep that the host still holds, as of the last tick.
             let capacity =
                 self.obs.host.capacity(self.scenario.host.reserve) - self.controller.kept_memory();
-            // What the policy could not give guests under pressure, as of the last tick.
-            let unmet = self.controller.unmet_need();
+            // The policy's unmet need and the guests' growth, as of the last tick.
             e.control(
                 now,
                 &mut self.obs,
                 &self.obs_index,
                 &self.guests,
                 capacity,
-                unmet,
+                &self.controller,
             );
         }
         let decision = self.controller.tick(&self.obs);

@@ -456,23 +456,14 @@ impl Guest {
                 return;
             }
             StatsMode::Lying => {
-                *out = GuestStats {
-                    total: b(total),
-                    free: b(total - self.fixed),
-                    available: b(total - self.fixed),
-                    disk_caches: b(0.0),
-                    swap_in: b(0.0),
-                    swap_out: b(0.0),
-                    major_faults: Some(0),
-                    minor_faults: Some(0),
-                    oom_kills: Some(0),
-                    alloc_stalls: Some(0),
-                    async_scans: Some(0),
-                    direct_scans: Some(0),
-                    async_reclaims: Some(0),
-                    direct_reclaims: Some(0),
-                    last_update: Some(now),
-                };
+                // Idle: everything but its kernel free, nothing happening.
+                *out = fabricated(total, total - self.fixed, 0, 0, now);
+                return;
+            }
+            StatsMode::Greedy => {
+                // Full, and swapping in 16 MiB/s with 4,096 major faults a second.
+                let secs = now.0 / 1000;
+                *out = fabricated(total, 0.0, 16 * secs, 4096 * secs, now);
                 return;
             }
             StatsMode::Full => true,
@@ -500,6 +491,35 @@ impl Guest {
             direct_reclaims: recent(0),
             last_update: Some(now),
         };
+    }
+}
+
+/// What a lying guest reports: `free` (and available) of `total`, no cache, `swapped_mib`
+/// in and out and `major_faults` since boot, and no OOM kill, stall or scan.
+fn fabricated(
+    total: f64,
+    free: f64,
+    swapped_mib: u64,
+    major_faults: u64,
+    now: Millis,
+) -> GuestStats {
+    let b = |v: f64| Some(Bytes::from_f64(v));
+    GuestStats {
+        total: b(total),
+        free: b(free),
+        available: b(free),
+        disk_caches: b(0.0),
+        swap_in: Some(Bytes::mib(swapped_mib)),
+        swap_out: Some(Bytes::mib(swapped_mib)),
+        major_faults: Some(major_faults),
+        minor_faults: Some(0),
+        oom_kills: Some(0),
+        alloc_stalls: Some(0),
+        async_scans: Some(0),
+        direct_scans: Some(0),
+        async_reclaims: Some(0),
+        direct_reclaims: Some(0),
+        last_update: Some(now),
     }
 }
 

@@ -180,6 +180,10 @@ pub struct RawHost {
     /// Fraction of guest anonymous memory KSM merges away (default 0: KSM off).
     #[serde(default)]
     pub ksm: Option<f64>,
+    /// Who runs KSM: "always" (default: `ksm` merged from the start) or "mom" (oVirt MoM's
+    /// rule, as the daemon runs it: KSM merges toward `ksm` at the pace the rule sets).
+    #[serde(default)]
+    pub ksm_control: Option<KsmControl>,
     /// Guests report freed pages to the host (virtio-balloon free page reporting).
     #[serde(default)]
     pub free_page_reporting: bool,
@@ -222,7 +226,7 @@ pub struct RawVm {
     #[serde(default)]
     pub balloon_lies: bool,
     /// What the guest reports: "full" (Linux ≥ 6.12), "classic" (older kernels), "none",
-    /// or "lying" (claims to be idle).
+    /// "lying" (claims to be idle) or "greedy" (claims to be full and under pressure).
     #[serde(default)]
     pub stats: Option<StatsMode>,
     /// How often the guest's statistics are refreshed (QEMU's polling interval): between
@@ -299,6 +303,10 @@ pub enum StatsMode {
     None,
     /// Reports that it is idle and has everything free, whatever it does.
     Lying,
+    /// Reports that it uses everything it has and is under pressure (no free memory, no
+    /// cache, 16 MiB/s of swap-ins, 4,096 major faults a second), whatever it does: a guest
+    /// after memory it does not need.
+    Greedy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -451,7 +459,21 @@ pub struct HostSpec {
     pub system: Bytes,
     pub vm_overhead: Bytes,
     pub ksm: f64,
+    pub ksm_control: KsmControl,
     pub free_page_reporting: bool,
+}
+
+/// Who runs the host's KSM in a scenario (`host.ksm_control`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KsmControl {
+    /// `host.ksm` of guest memory is merged from the start, whatever the host's state.
+    #[default]
+    Always,
+    /// oVirt MoM's KSM rule (`aerostat_core::ksm::KsmPolicy`), every 10 s, as the daemon's
+    /// `[ksm] control` runs it: merging starts and stops with the rule and moves toward
+    /// `host.ksm` at the pace it sets (`pages_to_scan` every `sleep_ms`).
+    Mom,
 }
 
 #[derive(Debug, Clone)]
@@ -550,12 +572,23 @@ impl Scenario {
         // A byte-order mark (some Windows editors write one) is not TOML, and invisible.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let raw: RawScenario = toml::from_str(text).map_err(|e| match e.span() {
-            Some(span) => ScenarioError::Invalid {
-                path: path.to_path_buf(),
-                line: line_of(text, span.start),
-                key: key_path_at(text, span.start),
-                message: e.message().trim_end().to_string(),
-            },
+            Some(span) => {
+                let offset = duplicate_key_at(text, span.start, e.message()).unwrap_or(span.start);
+                let key = key_path_at(text, offset);
+                let message = match names_for(&key) {
+                    // TOML's own words for a number or a date where a name belongs.
+                    Some(names) if e.message().trim_end() == "wanted string or table" => {
+                        format!("wanted {names}, in quotes")
+                    }
+                    _ => e.message().trim_end().to_string(),
+                };
+                ScenarioError::Invalid {
+                    path: path.to_path_buf(),
+                    line: line_of(text, offset),
+                    key,
+                    message,
+                }
+            }
             None => ScenarioError::Parse {
                 path: path.to_path_buf(),
                 message: e.to_string().trim_end().to_string(),
@@ -563,6 +596,69 @@ impl Scenario {
         })?;
         raw.validate(text, path)
     }
+}
+
+/// The names a key of a named kind takes (`kind`, `class`, `stats`, `ksm_control`), as the
+/// parser lists them for a name it does not know: `\`steady\`, \`diurnal\`, …`.
+fn names_for(key: &str) -> Option<String> {
+    fn names<T: serde::de::DeserializeOwned>() -> Option<String> {
+        let nothing = serde::de::value::StrDeserializer::<serde::de::value::Error>::new("");
+        let e = T::deserialize(nothing).err()?.to_string();
+        Some(e.split_once("expected ")?.1.to_string())
+    }
+    match key.rsplit('.').next()? {
+        "kind" => names::<WorkloadKind>(),
+        "class" => names::<VmClass>(),
+        "stats" => names::<StatsMode>(),
+        "ksm_control" => names::<KsmControl>(),
+        _ => None,
+    }
+}
+
+/// Where a key given twice is given the second time. The TOML stage reports a duplicate
+/// key (`duplicate key `K``) at the start of the table that holds it — inside an inline
+/// table, its first blank — where the key path named the table twice and not the key
+/// (`vm[0] (a).workload.workload`). The second `K =` from there, before the next table
+/// header (or the first, when the report points at the duplicate itself).
+fn duplicate_key_at(text: &str, from: usize, message: &str) -> Option<usize> {
+    let key = message
+        .strip_prefix("duplicate key `")?
+        .split('`')
+        .next()
+        .filter(|k| !k.is_empty())?;
+    let from = from.min(text.len());
+    let rest = &text[from..];
+    let end = rest
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .find(|&i| rest[i..].trim_start().starts_with('['))
+        .unwrap_or(rest.len());
+    let scope = &rest[..end];
+    let mut found = scope.match_indices(key).filter(|&(i, _)| {
+        let before = scope[..i].chars().next_back();
+        let after = scope[i + key.len()..].trim_start();
+        before.is_none_or(|c| c.is_whitespace() || c == '{' || c == ',') && after.starts_with('=')
+    });
+    let first = found.next()?.0;
+    Some(from + found.next().map_or(first, |(i, _)| i))
+}
+
+/// `line` without a trailing `# comment` (a `#` inside a quoted string is kept).
+fn without_comment(line: &str) -> &str {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match quote {
+            Some('"') if escaped => escaped = false,
+            Some('"') if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '#' => return &line[..i],
+            None => {}
+        }
+    }
+    line
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -587,6 +683,8 @@ fn key_path_at(text: &str, offset: usize) -> String {
     // The offending line itself is a table header when a field of that table is missing:
     // then the table is the answer.
     let at_header = text[line_start..].trim_start().starts_with('[');
+    // Inside a multi-line string (`description = """…"""`) nothing is a header or a key.
+    let mut in_multiline: Option<&str> = None;
     for (n, line) in text.lines().enumerate() {
         if n + 1 == line_no && !at_header {
             break;
@@ -594,8 +692,20 @@ fn key_path_at(text: &str, offset: usize) -> String {
         if n + 1 > line_no {
             break;
         }
-        let t = line.trim();
-        if t.starts_with('#') {
+        if let Some(delim) = in_multiline {
+            if line.matches(delim).count() % 2 == 1 {
+                in_multiline = None;
+            }
+            continue;
+        }
+        if let Some(delim) = ["\"\"\"", "'''"]
+            .into_iter()
+            .find(|d| line.matches(d).count() % 2 == 1)
+        {
+            in_multiline = Some(delim);
+        }
+        let t = without_comment(line).trim();
+        if t.is_empty() {
             continue;
         }
         if let Some((_, elements)) = &mut array {
@@ -763,6 +873,13 @@ impl RawScenario {
                 "must be positive".into(),
             ));
         }
+        if self.scenario.name.trim().is_empty() {
+            return Err(invalid(
+                meta_line,
+                "scenario.name".into(),
+                "must not be empty: it names the scenario in every table and file".into(),
+            ));
+        }
         let tick = self.scenario.tick.unwrap_or(Millis::secs(1));
         if tick == Millis::ZERO || tick > Millis::secs(60) {
             return Err(invalid(
@@ -825,6 +942,14 @@ impl RawScenario {
                 "must be a fraction in [0, 0.9]".into(),
             ));
         }
+        let ksm_control = h.ksm_control.unwrap_or_default();
+        if ksm_control == KsmControl::Mom && ksm == 0.0 {
+            return Err(invalid(
+                host_line,
+                "host.ksm_control".into(),
+                "\"mom\" runs KSM by MoM's rule, but `host.ksm` (what KSM can merge) is 0".into(),
+            ));
+        }
         let swap_bandwidth = h.swap_bandwidth.map_or(Bytes::mib(200), |r| r.0);
         if swap_bandwidth == Bytes::ZERO {
             return Err(invalid(
@@ -841,6 +966,7 @@ impl RawScenario {
             system,
             vm_overhead: h.vm_overhead.unwrap_or(Bytes::mib(64)),
             ksm,
+            ksm_control,
             free_page_reporting: h.free_page_reporting,
         };
 
@@ -989,6 +1115,7 @@ impl RawScenario {
             let lifetime = RunSpan {
                 start,
                 end: self.scenario.duration,
+                tick,
             };
             let mut workload =
                 validate_workload(&v.workload, v.memory, kernel, pinned, lifetime, path)
@@ -1080,6 +1207,18 @@ impl RawScenario {
                 format!(
                     "the guests' floors ({floors}, kernels {kernels}) plus the reserve {} exceed host memory {} + swap {}",
                     host.reserve, host.memory, host.swap
+                ),
+            ));
+        }
+        // The host's own processes are always resident (`host.system`): with the floors they
+        // must fit too, or every policy loses a VM to the host OOM killer.
+        if host.system + floors > host.memory + host.swap {
+            return Err(invalid(
+                host_line,
+                "host.system".into(),
+                format!(
+                    "the host's own processes ({}) plus the guests' floors ({floors}, kernels {kernels}) exceed host memory {} + swap {}",
+                    host.system, host.memory, host.swap
                 ),
             ));
         }
@@ -1232,6 +1371,8 @@ fn fields_set(w: &RawWorkload) -> [(&'static str, bool); 10] {
 struct RunSpan {
     start: Millis,
     end: Millis,
+    /// The simulator's tick: shapes must be slower than it to be seen.
+    tick: Millis,
 }
 
 impl RunSpan {
@@ -1363,6 +1504,15 @@ fn validate_workload(
     if period == Millis::ZERO {
         return err("period", "must be positive".into());
     }
+    if w.kind == WorkloadKind::Diurnal && period.0 < 2 * span.tick.0 {
+        return err(
+            "period",
+            format!(
+                "{period} is shorter than two simulator ticks ({}): sampled once a tick the cycle would alias",
+                span.tick
+            ),
+        );
+    }
     let cold = w.cold.unwrap_or(Bytes::ZERO);
     if cold + peak.max(working_set) > usable {
         return err(
@@ -1414,10 +1564,14 @@ fn validate_workload(
             points = crate::workload::load_trace(&file, usable).map_err(|m| {
                 (
                     "trace".to_string(),
-                    format!(
-                        "{m} (`trace = \"{}\"`, relative to the scenario's directory)",
-                        trace.display()
-                    ),
+                    if trace.is_absolute() {
+                        format!("{m} (`trace = \"{}\"`)", trace.display())
+                    } else {
+                        format!(
+                            "{m} (`trace = \"{}\"`, relative to the scenario's directory)",
+                            trace.display()
+                        )
+                    },
                 )
             })?;
         }

@@ -238,7 +238,27 @@ pub const MAX_TRACE_ROWS: usize = 10_000_000;
 
 /// Reads a trace CSV: a header line, then `time_s,working_set_mib,page_cache_mib` rows in
 /// increasing time. Errors name the file and line.
+/// The largest trace file read (256 MiB: ten million rows of a few dozen bytes).
+pub const MAX_TRACE_BYTES: u64 = 256 << 20;
+
 pub fn load_trace(path: &Path, usable: Bytes) -> Result<Vec<(Millis, Bytes, Bytes)>, String> {
+    // A regular file of bounded size: a device (`/dev/zero`) or a FIFO would be read
+    // without end.
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read trace {}: {e}", display_path(path)))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "trace {} is not a regular file",
+            display_path(path)
+        ));
+    }
+    if meta.len() > MAX_TRACE_BYTES {
+        return Err(format!(
+            "trace {} is {} bytes, more than the {MAX_TRACE_BYTES} a trace may have",
+            display_path(path),
+            meta.len()
+        ));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read trace {}: {e}", display_path(path)))?;
     // Spreadsheets save CSV with a byte-order mark, invisible in the error it would cause.
@@ -275,12 +295,16 @@ pub fn load_trace(path: &Path, usable: Bytes) -> Result<Vec<(Millis, Bytes, Byte
         } else {
             0.0
         };
+        let secs = t;
         let t = Millis((t * 1000.0) as u64);
         if points
             .last()
             .is_some_and(|p: &(Millis, Bytes, Bytes)| p.0 >= t)
         {
-            return Err(bad("times must increase"));
+            // Times are kept in whole milliseconds (up to ~584 million years).
+            return Err(bad(&format!(
+                "times must increase by at least 1 ms (time_s {secs} is not after the row before, in whole milliseconds)"
+            )));
         }
         let (ws, pc) = (
             Bytes::from_f64(ws * Bytes::MIB as f64),

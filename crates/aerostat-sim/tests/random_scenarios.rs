@@ -17,7 +17,7 @@ use common::assert_floors_kept;
 
 const KINDS: [&str; 6] = ["steady", "idle", "diurnal", "burst", "ramp", "leak"];
 const CLASSES: [&str; 5] = ["general", "stateless", "database", "batch", "interactive"];
-const STATS: [&str; 4] = ["full", "classic", "none", "lying"];
+const STATS: [&str; 5] = ["full", "classic", "none", "lying", "greedy"];
 
 /// One `[[vm]]` group, sizes in MiB.
 #[derive(Debug, Clone)]

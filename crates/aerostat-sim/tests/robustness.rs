@@ -227,3 +227,84 @@ fn aerostat_kills_nothing_on_the_unseen_scenarios() {
         );
     }
 }
+
+/// Three honest 4 GiB guests that grow from 1 to 3 GiB, next to a 6 GiB guest that uses
+/// 1.25 GiB but reports itself full and under pressure (`stats = "greedy"`), on a 16 GiB
+/// host whose live-migration escape is on. Believed, the liar kept its whole 6 GiB: the honest
+/// guests stalled 172 s and the escape migrated it (session 21). The host's measure of what
+/// the guest touched bounds its claims: it is reclaimed nearly as if it had told the truth.
+const GREEDY: &str = r#"
+[scenario]
+name = "greedy-guest"
+duration = "6h"
+seed = 11
+
+[host]
+memory = "16GiB"
+reserve = "2GiB"
+swap = "4GiB"
+
+[migration]
+escape = true
+grace = "60s"
+bandwidth = "1GiB/s"
+
+[[vm]]
+name = "app"
+count = 3
+memory = "4GiB"
+min = "1GiB"
+swap = "1GiB"
+[vm.workload]
+kind = "diurnal"
+working_set = "1GiB"
+peak = "3GiB"
+period = "6h"
+page_cache = "512MiB"
+
+[[vm]]
+name = "greedy"
+memory = "6GiB"
+min = "1GiB"
+stats = "greedy"
+[vm.workload]
+kind = "steady"
+working_set = "1GiB"
+page_cache = "256MiB"
+"#;
+
+#[test]
+fn a_guest_that_claims_memory_it_never_touched_gains_little() {
+    let run_text = |text: &str| {
+        let scenario =
+            Scenario::parse(text, Path::new("greedy.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let result = run(&scenario, RunOptions::new(PolicyKind::Aerostat));
+        assert_floors_kept(&scenario, &result, "aerostat on greedy");
+        result.summary
+    };
+    let lying = run_text(GREEDY);
+    let honest = run_text(&GREEDY.replace("stats = \"greedy\"\n", ""));
+    let vm = |s: &aerostat_sim::Summary, name: &str| {
+        s.per_vm
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("{name} in {s:?}"))
+            .clone()
+    };
+    // The liar is reclaimed nearly as much as when it tells the truth: what it keeps beyond
+    // is the host measure's margin (448 MiB for 6 GiB) ...
+    let (l, h) = (vm(&lying, "greedy"), vm(&honest, "greedy"));
+    assert!(
+        l.reclaimed_gib_hours > 0.75 * h.reclaimed_gib_hours,
+        "lying {l:?} against honest {h:?}"
+    );
+    // ... so it neither starts a migration nor costs the honest guests a stall.
+    assert_eq!(lying.migrations, Some(0), "{lying:?}");
+    for app in ["app-0", "app-1", "app-2"] {
+        let (l, h) = (vm(&lying, app), vm(&honest, app));
+        assert!(
+            l.stall_seconds <= h.stall_seconds + 0.5 && l.oom_kills == 0,
+            "{app}: lying neighbour {l:?}, honest neighbour {h:?}"
+        );
+    }
+}

@@ -203,6 +203,35 @@ fn a_host_smaller_than_the_vms_overheads_is_refused() {
     );
 }
 
+/// `ksm_control = "mom"` runs KSM by MoM's rule: without `ksm` (what it can merge) there is
+/// nothing to run, and a control that is not one of the two is named.
+#[test]
+fn ksm_control_is_checked() {
+    let text = replace_line(
+        ISSUE_SCHEMA,
+        "swap = \"32GiB\"",
+        "swap = \"32GiB\"\nksm_control = \"mom\"",
+    );
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[host]"),
+        "host.ksm_control",
+    );
+    assert!(err.contains("`host.ksm`"), "{err}");
+    let ok = text.replace("ksm_control = \"mom\"", "ksm_control = \"mom\"\nksm = 0.2");
+    Scenario::parse(&ok, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+    let bad = text.replace("\"mom\"", "\"ksmtuned\"");
+    let err = error_of(&bad, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&bad, "ksm_control"),
+        "host.ksm_control",
+    );
+}
+
 /// A VM name that is not empty is not told it is.
 #[test]
 fn a_vm_name_with_other_characters_is_named() {
@@ -953,4 +982,122 @@ fn virtio_mem_says_what_it_takes() {
         assert!(err.contains("virtio_mem"), "{value}: {err}");
         assert!(err.contains(says), "{value}: {err}");
     }
+}
+
+/// Errors of the TOML stage name the right table even after a header with a comment, or a
+/// multi-line string holding text that looks like a header (found by a bad-input hunt,
+/// session 21: `host.working_set`, and the wrong VM).
+#[test]
+fn key_paths_see_through_comments_and_multiline_strings() {
+    let text = ISSUE_SCHEMA
+        .replace("[[vm]]\n", "[[vm]]  # the fleet\n")
+        .replace("[vm.workload]", "[vm.workload] # what it runs")
+        .replace("working_set = \"1.5GiB\"", "working_set = \"1.5GB\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "working_set"),
+        "`vm[0] (web).workload.working_set`",
+    );
+    let text = ISSUE_SCHEMA
+        .replace(
+            "description = \"12 stateless",
+            "description = \"\"\"\n[[vm]]\nname = \"fake\"\n\"\"\" # 12 stateless",
+        )
+        .replace("working_set = \"1.5GiB\"", "working_set = \"1.5GB\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert!(err.contains("`vm[0] (web).workload.working_set`"), "{err}");
+}
+
+/// Nonsense the parser once let through (a bad-input hunt, session 21).
+#[test]
+fn a_host_its_own_processes_fill_an_empty_name_and_an_aliased_period_are_refused() {
+    let text = replace_line(
+        ISSUE_SCHEMA,
+        "reserve = \"4GiB\"",
+        "reserve = \"4GiB\"\nsystem = \"60GiB\"",
+    );
+    let text = replace_line(&text, "swap = \"32GiB\"", "swap = \"0\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[host]"),
+        "host.system",
+    );
+    let text = replace_line(ISSUE_SCHEMA, "name = \"web-diurnal\"", "name = \" \"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[scenario]"),
+        "scenario.name",
+    );
+    let text = replace_line(ISSUE_SCHEMA, "period = \"24h\"", "period = \"1500ms\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[[vm]]"),
+        "vm[0] (web).workload.period",
+    );
+    assert!(err.contains("two simulator ticks"), "{err}");
+}
+
+/// A trace that is not a regular file (a device would be read without end) is refused.
+#[test]
+fn a_trace_that_is_a_device_is_refused() {
+    let text = ISSUE_SCHEMA
+        .replace(
+            "kind = \"diurnal\"",
+            "kind = \"trace\"\ntrace = \"/dev/zero\"",
+        )
+        .replace("peak = \"4GiB\"             # for diurnal/burst/ramp\n", "")
+        .replace("period = \"24h\"            # for diurnal\n", "")
+        .replace(
+            "working_set = \"1.5GiB\"    # baseline anonymous working set\n",
+            "",
+        )
+        .replace("page_cache = \"1GiB\"\n", "");
+    let err = error_of(&text, Path::new(PATH));
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(err.contains("workload.trace"), "{err}");
+}
+
+/// A key given twice is named where it is given the second time, inside an inline table
+/// too (the bad-input hunt of session 21 got `vm[0] (a).workload.workload`), and a kind that
+/// is not a string says which kinds there are.
+#[test]
+fn a_duplicate_key_and_a_kind_of_the_wrong_type_are_named() {
+    let text = "[scenario]\nname = \"dup\"\nduration = \"1h\"\n[host]\nmemory = \"16GiB\"\n\
+                reserve = \"1GiB\"\n[[vm]]\nname = \"a\"\nmemory = \"4GiB\"\nworkload = { kind = \
+                \"steady\", working_set = \"1GiB\", working_set = \"2GiB\" }\n";
+    let err = error_of(text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(text, "workload ="),
+        "`vm[0] (a).workload.working_set`: duplicate key",
+    );
+    let text = text.replace(
+        "workload = { kind = \"steady\", working_set = \"1GiB\", working_set = \"2GiB\" }",
+        "memory = \"2GiB\"\n[vm.workload]\nkind = \"steady\"\nworking_set = \"1GiB\"",
+    );
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        10,
+        "`vm[0] (a).memory`: duplicate key",
+    );
+    let text = replace_line(ISSUE_SCHEMA, "kind =", "kind = 5");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "kind ="),
+        "`vm[0] (web).workload.kind`",
+    );
+    assert!(err.contains("wanted one of `steady`, `diurnal`"), "{err}");
 }

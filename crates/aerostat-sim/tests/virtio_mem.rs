@@ -81,3 +81,54 @@ fn with_a_balloon_the_guest_goes_below_boot_memory() {
     let s = sim.run().summary;
     assert_eq!(s.guest_oom_kills, 0);
 }
+
+/// Blocks larger than the controller's inflate step (1 GiB against 512 MiB, as a device
+/// over 1 GiB huge pages needs): every target 512 MiB lower rounded back up to the same
+/// block, so the device never unplugged and the policy took it for a stalled balloon
+/// (reviewer-4's `hana-virtio-mem-1g-blocks`, session 21: 595 OOM kills in its neighbours).
+/// The step is now at least a block, and targets are kept on the block grid.
+#[test]
+fn blocks_larger_than_the_inflate_step_are_unplugged() {
+    let text = r#"
+[scenario]
+name = "big-blocks"
+duration = "1h"
+seed = 5
+[host]
+memory = "64GiB"
+reserve = "4GiB"
+[[vm]]
+name = "db"
+memory = "32GiB"
+balloon = false
+virtio_mem = { boot = "8GiB", block = "1GiB" }
+[vm.workload]
+kind = "steady"
+working_set = "6GiB"
+page_cache = "1GiB"
+"#;
+    let scenario = Scenario::parse(text, Path::new("big-blocks.toml")).expect("valid scenario");
+    let mut opts = RunOptions::new(PolicyKind::Aerostat);
+    opts.log_actions = true;
+    let mut sim = Simulation::new(scenario, opts);
+    sim.advance(600);
+    // Need: 6 GiB used + 1 GiB cache + headroom ≈ 8.3 GiB, so 9 GiB in whole blocks.
+    let actual = sim.actual_of("db").expect("an actual");
+    assert!(
+        actual <= Bytes::gib(10),
+        "32 GiB unplugged toward the need within 10 minutes: {actual}"
+    );
+    let stalled = sim
+        .actions()
+        .iter()
+        .filter(|(_, a)| a.rule == aerostat_core::Rule::BalloonStalled)
+        .count();
+    assert_eq!(stalled, 0, "{:?}", sim.actions());
+    for (_, a) in sim.actions() {
+        let aerostat_core::ActionKind::Balloon { to, .. } = a.kind;
+        assert!(
+            (to - Bytes::gib(8)).0.is_multiple_of(Bytes::GIB),
+            "a target off the block grid: {a:?}"
+        );
+    }
+}

@@ -43,7 +43,7 @@ pub struct PlanArgs {
     /// Overcommit ratios to simulate (Σ configured ÷ (host memory − reserve)), comma-separated.
     #[arg(long, default_value = "1.0,1.25,1.5,1.75,2.0")]
     pub ratios: String,
-    /// Simulated duration of each run (default: the scenario's own).
+    /// Simulated duration of each run: the scenario's own (default) or shorter.
     #[arg(long)]
     pub duration: Option<String>,
     #[arg(long, default_value = "aerostat")]
@@ -174,7 +174,7 @@ pub struct BenchSimArgs {
     /// Hosts in the fleet run (at most 100,000: each holds its whole simulation in memory).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub hosts: u64,
-    /// Simulated duration of each run.
+    /// Simulated duration of each run (at most the demo scenario's 24 h).
     #[arg(long, default_value = "6h")]
     pub duration: String,
     /// Worker threads for the fleet run (default: all cores; at most 1,024 — more only

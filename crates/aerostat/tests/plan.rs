@@ -93,3 +93,43 @@ fn bad_ratios_exit_2_naming_the_flag() {
         "nothing written on bad input"
     );
 }
+
+/// A ratio that would put more VMs on the host than a scenario may hold, or a run longer than
+/// the scenario its workloads were checked for, is refused up front (a bad-input hunt,
+/// session 21: 10⁹ VMs aborted on allocation; a 10-minute leak run for a day was blamed on
+/// overcommit).
+#[test]
+fn a_fleet_too_big_to_simulate_or_a_longer_run_exits_2() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("small.toml"), SCENARIO).expect("scenario written");
+    // One 256 MiB guest on a 4 TiB host: at R = 1, 16,376 of them.
+    let huge = SCENARIO
+        .replace("memory = \"16GiB\"", "memory = \"4TiB\"")
+        .replace(
+            "count = 4\nmemory = \"3.5GiB\"\nmin = \"1GiB\"",
+            "count = 1\nmemory = \"256MiB\"",
+        )
+        .replace("working_set = \"1.5GiB\"", "working_set = \"64MiB\"")
+        .replace("page_cache = \"512MiB\"", "page_cache = \"16MiB\"");
+    std::fs::write(dir.path().join("huge.toml"), huge).expect("scenario written");
+    let out = aerostat(
+        &["plan", "huge.toml", "--ratios", "1", "--quiet"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--ratios") && stderr.contains("at most 10000"),
+        "{stderr}"
+    );
+    let out = aerostat(
+        &["plan", "small.toml", "--duration", "2h", "--quiet"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--duration 2h is longer than scenario `plan-small`"),
+        "{stderr}"
+    );
+}

@@ -560,7 +560,7 @@ fn fault_stalled_balloon_is_detected() {
         .count();
     print_decisions("stalled", &later);
     assert_eq!(pushes, 0, "no further inflation after the stall");
-    assert_eq!(vms[0].guest_oom_kills(), Some(0));
+    vms[0].assert_no_oom_kill();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -909,7 +909,7 @@ fn a_deflate_on_oom_balloon_is_not_read_as_use() {
         "the balloon was handed back: actual {} MiB",
         mib(vm.balloon_actual())
     );
-    assert_eq!(vm.guest_oom_kills(), Some(0));
+    vm.assert_no_oom_kill();
 }
 
 /// The sum over the guest's zones of one watermark line of `/proc/zoneinfo`, in bytes.
@@ -1160,7 +1160,7 @@ fn the_daemon_unplugs_and_replugs_a_virtio_mem_guest() {
         mib(plugged)
     );
     assert_eq!(plugged % (2 << 20), 0, "whole 2 MiB blocks");
-    assert_eq!(vm.guest_oom_kills(), Some(0));
+    vm.assert_no_oom_kill();
     daemon.terminate(Duration::from_secs(5));
 }
 
@@ -1239,6 +1239,6 @@ fn the_daemon_resizes_each_numa_nodes_device_alike() {
         "the workload runs on plugged memory: {devices:?}"
     );
     assert!(node1_kb() > 0, "node 1 has memory again");
-    assert_eq!(vm.guest_oom_kills(), Some(0));
+    vm.assert_no_oom_kill();
     daemon.terminate(Duration::from_secs(5));
 }

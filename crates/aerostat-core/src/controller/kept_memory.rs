@@ -18,10 +18,12 @@ use crate::units::{Bytes, Millis};
 /// close the gap within seconds.
 pub const KEPT_AFTER: Millis = Millis(60_000);
 
-/// The gap that is noise, not kept memory: the configured overhead is an estimate (a TCG
-/// guest's translation cache alone is 60–90 MiB, docs/config.md), plus 1/32 of the guest for
-/// its page tables and rounding.
-fn margin(vm: &VmSample) -> Bytes {
+/// How far a VM's `rss − overhead` may stray from the guest's own numbers before it says
+/// something: the configured overhead is an estimate (a TCG guest's translation cache alone
+/// is 60–90 MiB, docs/config.md), plus 1/32 of the guest for its page tables and rounding.
+/// The same noise both ways: here (memory kept beyond the balloon's claim) and in the
+/// `aerostat` policy's cap on claimed use (memory a guest never touched).
+pub(crate) fn margin(vm: &VmSample) -> Bytes {
     Bytes::mib(256) + Bytes(vm.configured.0 / 32)
 }
 

@@ -47,12 +47,21 @@ pub const DEFAULT_STOP_AND_COPY: Millis = Millis(100);
 /// setting's name and why — one rule for scenario files, the daemon's config and `aerostat
 /// migrate`: both positive, and the budget at least the downtime (a migration cannot stop
 /// the guest longer than it may take in all).
+/// QEMU refuses a `downtime-limit` above 2000 s (`MAX_MIGRATE_DOWNTIME_SECONDS`).
+pub const MAX_DOWNTIME: Millis = Millis(2_000_000);
+
 pub fn timing_problem(downtime: Millis, max_time: Millis) -> Option<(&'static str, String)> {
     if downtime == Millis::ZERO {
         return Some(("downtime", "must be positive".into()));
     }
     if max_time == Millis::ZERO {
         return Some(("max_time", "must be positive".into()));
+    }
+    if downtime > MAX_DOWNTIME {
+        return Some((
+            "downtime",
+            format!("{downtime} is above QEMU's largest `downtime-limit` ({MAX_DOWNTIME})"),
+        ));
     }
     if max_time < downtime {
         return Some((

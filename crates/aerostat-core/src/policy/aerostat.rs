@@ -111,6 +111,14 @@ const RAISE_CUT_HOLD: Millis = Millis(30_000);
 const RECLAIM_BITE: f64 = 64.0 * MIB;
 /// How long the room a workload held before an OOM kill is kept for its restart.
 const RESTART_HOLD: Millis = Millis(10 * 60 * 1000);
+/// A fall of `used` between two readings by this share of the guest (and at least
+/// STOP_MIN) is a workload stopping, not shrinking.
+const STOP_SHARE: f64 = 0.25;
+const STOP_MIN: f64 = 1024.0 * MIB;
+/// The level a stopped workload fell from must have held this long, within this share of
+/// the guest: a service that ran, not a boot's or a job's spike.
+const STOP_LEVEL_HELD: Millis = Millis(10 * 60 * 1000);
+const STOP_LEVEL_BAND: f64 = 0.05;
 /// How fast an application in a guest of up to SMALL_GUEST can fault in new memory (page
 /// faults and zeroing): a burst's worst case between two readings.
 const FAST_ALLOC_BPS: f64 = 512.0 * MIB;
@@ -428,6 +436,14 @@ fn wish_for(
     };
     // The first swap-ins of a cold-anon squeeze are its cost, not pressure.
     memo.cold_anon.excuse_first_pass(vm, &mut r, now);
+    // A deflate-on-oom balloon gives pages back from the guest's OOM notifier: `actual`
+    // rising past the target nobody raised is a guest at its OOM point — a host-side fact,
+    // whatever its statistics say. (Reviewer-4's Windows hosts, whose driver reported them
+    // all free, were squeezed, deflated themselves, and were squeezed again, 177 times.)
+    let asked = memo.last_actual.max(current);
+    if vm.deflate_on_oom == Some(true) && memo.last_time.is_some() && actual > asked + MIB {
+        r.self_deflated = actual - asked;
+    }
     let g = Guest {
         index,
         vm,
@@ -438,7 +454,7 @@ fn wish_for(
         r,
     };
 
-    memo.track_growth(&r, actual, dt);
+    memo.track_growth(&r, vm, actual, dt);
     // Before the room: a burst that just outran it sets this tick's room already.
     memo.learn_burst(&r, now);
     let room = Room::of(host, memo, &g);
@@ -451,7 +467,7 @@ fn wish_for(
     memo.note_holds(current, now);
     let squeezed = memo.squeezed(now);
     memo.track_cold_cache(&r, now);
-    let restart = memo.room_for_restart(&r, now);
+    let (restart, restart_why) = memo.room_for_restart(&r, now, g.configured);
     let cache = cache_step(host, memo, &g, &room, squeezed);
     let keep = cache.keep;
 
@@ -475,11 +491,13 @@ fn wish_for(
         burst_free: room.burst_free,
         used: r.used,
         restart,
+        restart_why,
         keep,
         cache: r.cache,
         headroom,
         headroom_scale: room.headroom_scale,
         detail: cache.detail,
+        unbacked: r.unbacked,
     });
 
     // What the guest cannot lose without swapping: `used` plus a sliver of room (never
@@ -487,7 +505,8 @@ fn wish_for(
     let anon = r.used + headroom_min.min(class_headroom.max(headroom));
 
     if let Some(moved_bps) = memo.balloon_stalled(current, actual, dt, now) {
-        let wish = stalled_wish(&g, anon, moved_bps);
+        let block = memo.inflate_blocked_until.saturating_sub(now);
+        let wish = stalled_wish(&g, anon, moved_bps, block);
         memo.remember_reading(now, &vm.stats, actual, &r);
         return Some(wish);
     }
@@ -662,6 +681,7 @@ fn cache_step(
             swap_in_bps: r.swap_in_bps,
             refault_pps: r.refault_pps,
             new_ooms: r.new_ooms,
+            self_deflated: r.self_deflated,
             boost,
         };
     } else if r.efficiency.is_some_and(|e| e < host.stop_efficiency)
@@ -710,7 +730,7 @@ fn cache_step(
 
 /// The wish for a guest whose balloon stalled (`Memo::balloon_stalled`): a little more than
 /// it holds now, all of it kept.
-fn stalled_wish(g: &Guest, anon: f64, moved_bps: f64) -> Wish {
+fn stalled_wish(g: &Guest, anon: f64, moved_bps: f64, block: Millis) -> Wish {
     let t = (g.actual + STALL_GIVEBACK).min(g.configured);
     Wish {
         vm: g.index,
@@ -725,6 +745,7 @@ fn stalled_wish(g: &Guest, anon: f64, moved_bps: f64) -> Wish {
             actual: g.actual,
             target: g.current,
             moved_bps,
+            block,
         },
         host_short: None,
     }

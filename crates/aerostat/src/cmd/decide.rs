@@ -84,6 +84,24 @@ fn check(settings: &PolicySettings, observations: &[Observation]) -> Result<(), 
             ));
         }
         last_time = Some(obs.time);
+        let host = &obs.host;
+        if host.total == aerostat_core::Bytes::ZERO {
+            return Err(format!("`{at}host.total`: must be positive"));
+        }
+        for (field, v) in [("free", host.free), ("available", host.available)] {
+            if v > host.total {
+                return Err(format!(
+                    "`{at}host.{field}`: {v} is above `host.total` ({})",
+                    host.total
+                ));
+            }
+        }
+        if settings.reserve >= host.total {
+            return Err(format!(
+                "`settings.reserve`: {} is not below `{at}host.total` ({})",
+                settings.reserve, host.total
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, vm) in obs.vms.iter().enumerate() {
             let key = |field: &str| format!("`{at}vms[{i}] ({}).{field}`", vm.name);
@@ -98,6 +116,12 @@ fn check(settings: &PolicySettings, observations: &[Observation]) -> Result<(), 
             }
             if vm.min.is_some_and(|m| m > vm.configured) {
                 return Err(format!("{}: above `configured`", key("min")));
+            }
+            if vm.pinned > vm.configured {
+                return Err(format!("{}: above `configured`", key("pinned")));
+            }
+            if vm.headroom.is_some_and(|h| h > vm.configured) {
+                return Err(format!("{}: above `configured`", key("headroom")));
             }
         }
     }
@@ -141,5 +165,14 @@ mod tests {
             observation(VM)
         );
         assert!(refused(&back).contains("`observations[1].time`: 0 is before"));
+        // Found by a bad-input hunt (session 21).
+        let pinned = VM.replace('}', r#", "pinned": 8589934592}"#);
+        assert!(refused(&observation(&pinned)).contains("`vms[0] (db).pinned`: above"));
+        let headroom = VM.replace('}', r#", "headroom": 8589934592}"#);
+        assert!(refused(&observation(&headroom)).contains("`vms[0] (db).headroom`: above"));
+        let free = observation(VM).replace(r#""free": 8589934592"#, r#""free": 68719476736"#);
+        assert!(refused(&free).contains("`host.free`: 64.00 GiB is above `host.total`"));
+        let zero = observation(VM).replace(r#""total": 17179869184"#, r#""total": 0"#);
+        assert!(refused(&zero).contains("`host.total`: must be positive"));
     }
 }

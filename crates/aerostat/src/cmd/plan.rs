@@ -203,14 +203,9 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let ratios = parse_ratios(&args.ratios)?;
     let mut scenario = load_scenario(args.scenario.as_deref())?;
     super::output_dir(&args.out)?;
-    if let Some(d) = &args.duration {
-        scenario.duration = d
-            .parse::<Millis>()
-            .ok()
-            .filter(|d| *d > Millis::ZERO)
-            .ok_or_else(|| InputError(format!("--duration: `{d}` is not a positive duration")))?;
-        super::sim::at_least_a_tick(scenario.duration, scenario.tick, d)?;
-    }
+    // Shorter only, as for `sim`: the scenario's workloads (a leak's rate, a trace) were
+    // checked for its own length, and a longer run outgrows them.
+    super::sim::cut_short(&mut scenario, args.duration.as_deref(), true)?;
     if let Some(b) = &args.swap_bandwidth {
         let Rate(bw) = b
             .parse()
@@ -284,10 +279,18 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|&r| {
             let counts = inputs.scaled_counts(r * base_scale);
+            let vms: u64 = counts.iter().map(|&c| u64::from(c)).sum();
             if counts.iter().all(|&c| c == 0) {
                 Err(InputError(format!(
                     "--ratios: {r} leaves no whole VM of `{}` on the host",
                     scenario.name
+                )))
+            } else if vms > aerostat_sim::scenario::MAX_VMS as u64 {
+                // A scenario file is held to the same limit: each VM is simulated.
+                Err(InputError(format!(
+                    "--ratios: {r} puts {vms} VMs of `{}` on the host; a simulated host holds at most {}",
+                    scenario.name,
+                    aerostat_sim::scenario::MAX_VMS
                 )))
             } else {
                 Ok((r, counts))

@@ -98,7 +98,8 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawQemu {
     qmp_glob: String,
-    /// Guest statistics polling interval set on every VM (default 2s).
+    /// Guest statistics polling interval set on every VM (default: the policy's interval,
+    /// rounded up to whole seconds).
     #[serde(default)]
     stats_interval: Option<String>,
     /// Timeout of one QMP command (default 2s).
@@ -335,12 +336,13 @@ impl Config {
                     "`migration.peers`: the escape needs at least one peer (or a `prepare` command that names one)".into(),
                 ));
             }
-            if let Some(p) = m.peers.iter().find(|p| {
-                let (scheme, rest) = p.split_once(':').unwrap_or(("", ""));
-                scheme.is_empty() || rest.is_empty()
-            }) {
+            if let Some((p, why)) = m
+                .peers
+                .iter()
+                .find_map(|p| peer_problem(p).map(|why| (p, why)))
+            {
                 return Err(invalid(format!(
-                    "`migration.peers`: `{p}` is not a migration URI (tcp:HOST:PORT)"
+                    "`migration.peers`: `{p}` is not a migration URI ({why})"
                 )));
             }
             if m.prepare
@@ -379,28 +381,36 @@ impl Config {
             // path that does not exist is said now.
             if m.escape
                 && let Some(program) = escape.prepare.as_ref().map(|argv| Path::new(&argv[0]))
-                && program.components().count() > 1
-                && !program.is_file()
             {
-                return Err(invalid(format!(
-                    "`migration.prepare`: {} does not exist",
-                    program.display()
-                )));
+                if program.components().count() > 1 && !program.is_file() {
+                    return Err(invalid(format!(
+                        "`migration.prepare`: {} does not exist",
+                        program.display()
+                    )));
+                }
+                if program.components().count() == 1 && !on_path(program) {
+                    return Err(invalid(format!(
+                        "`migration.prepare`: `{}` is not a file in any directory of PATH",
+                        program.display()
+                    )));
+                }
             }
             m.escape.then_some(escape)
         };
+        // Checked with the control off too, as `[migration]` is with the escape off: a wrong
+        // value is said when it is written, not when the control is turned on.
+        let ksm_interval = match raw.ksm.interval.as_deref() {
+            Some(v) => millis("ksm.interval", v)?,
+            None => Millis::secs(10),
+        };
+        if ksm_interval < Millis::secs(1) || ksm_interval > Millis::secs(3600) {
+            return Err(invalid(format!(
+                "`ksm.interval`: {ksm_interval} is outside 1s – 1h"
+            )));
+        }
         let ksm = if raw.ksm.control {
-            let interval = match raw.ksm.interval.as_deref() {
-                Some(v) => millis("ksm.interval", v)?,
-                None => Millis::secs(10),
-            };
-            if interval < Millis::secs(1) || interval > Millis::secs(3600) {
-                return Err(invalid(format!(
-                    "`ksm.interval`: {interval} is outside 1s – 1h"
-                )));
-            }
             Some(KsmConfig {
-                interval,
+                interval: ksm_interval,
                 dir: raw
                     .ksm
                     .dir
@@ -467,6 +477,33 @@ fn key_line(text: &str, key: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// Why `uri` is not a migration URI QEMU takes, if it is not: a scheme and an address, and
+/// for `tcp:` a host and a port number.
+fn peer_problem(uri: &str) -> Option<String> {
+    let Some((scheme, rest)) = uri
+        .split_once(':')
+        .filter(|(s, r)| !s.is_empty() && !r.is_empty())
+    else {
+        return Some("SCHEME:ADDRESS, e.g. tcp:HOST:PORT".into());
+    };
+    if scheme == "tcp" {
+        let port_ok = rest.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            return Some("tcp:HOST:PORT, with a port number".into());
+        }
+    }
+    None
+}
+
+/// Whether a bare command name resolves to a file in a directory of `PATH`, as running it
+/// would look it up.
+fn on_path(program: &Path) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 #[cfg(test)]
@@ -542,6 +579,26 @@ mod tests {
                 .contains("migration.bandwidth")
         );
         assert!(err("escape = true\nprepare = []\n").contains("migration.prepare"));
+        // Found by a bad-input hunt (session 21): accepted, they could only fail when the
+        // escape fired.
+        assert!(
+            err("escape = true\npeers = [\"tcp:host-without-port\"]\n")
+                .contains("with a port number")
+        );
+        assert!(err("escape = true\npeers = [\"tcp:h:99999\"]\n").contains("not a migration URI"));
+        assert!(
+            err("escape = true\npeers = [\"tcp:h:1\"]\ndowntime = \"1h\"\nmax_time = \"2h\"\n")
+                .contains("migration.downtime")
+        );
+        assert!(
+            err("escape = true\nprepare = [\"no-such-prepare-command-aerostat\"]\n")
+                .contains("not a file in any directory of PATH")
+        );
+        Config::parse(
+            &format!("{base}escape = true\nprepare = [\"sh\", \"-c\", \"true\"]\npeers = [\"unix:/run/x.sock\"]\n"),
+            Path::new("a.toml"),
+        )
+        .expect("a command on PATH and a unix peer");
         assert!(
             err("escape = true\npeers = [\"tcp:h:1\"]\ngrace = \"soon\"\n")
                 .contains("line 8: `migration.grace`")
@@ -628,6 +685,14 @@ mod tests {
             Path::new("aerostat.toml"),
         )
         .expect_err("too short")
+        .to_string();
+        assert!(e.contains("`ksm.interval`"), "{e}");
+        // Checked with the control off too.
+        let e = Config::parse(
+            &EXAMPLE.replace("interval = \"10s\"\n", "interval = \"2 h\"\n"),
+            Path::new("aerostat.toml"),
+        )
+        .expect_err("bad interval with KSM off")
         .to_string();
         assert!(e.contains("`ksm.interval`"), "{e}");
         let e = Config::parse(

@@ -79,12 +79,14 @@ impl EscapeRunner {
     }
 
     /// One tick. Returns the lines to print (escape chosen, escape finished). `unmet`: the
-    /// policy's unmet need this tick (`Controller::unmet_need`).
+    /// policy's unmet need this tick (`Controller::unmet_need`); `growth[i]`: how fast
+    /// `obs.vms[i]`'s working set grows, per second (`Controller::growth_of`).
     pub async fn tick(
         &mut self,
         obs: &Observation,
         capacity: Bytes,
         unmet: Option<Bytes>,
+        growth: &[Bytes],
         registry: &VmRegistry,
         dry_run: bool,
     ) -> Vec<Value> {
@@ -130,6 +132,7 @@ impl EscapeRunner {
             obs,
             capacity,
             &rates,
+            growth,
             &settings,
             pressure.as_ref().and_then(Pressure::unmet),
         );
@@ -168,6 +171,7 @@ impl EscapeRunner {
                 "guest": c.name,
                 "relief": c.relief.0,
                 "fits_after": c.fits_after,
+                "fits_ahead": c.fits_ahead,
                 "dirty_rate": c.dirty_rate.map(|d| d.0),
                 "strategy": c.plan.chosen.map(|s| s.as_str()),
                 "predicted_ms": c.predicted_time.0,

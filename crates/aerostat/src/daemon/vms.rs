@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aerostat_core::resize::{self, Pluggable, Resize};
-use aerostat_core::{Action, Bytes, Coldness, Millis, VmSample};
+use aerostat_core::{Action, Blocks, Bytes, Coldness, Millis, VmSample};
 use aerostat_qemu::backend::{GuestRamPages, MAX_GUEST_MEMORY, VirtioMemDevice};
 use aerostat_qemu::{QemuVm, QmpError, QmpOptions};
 use tokio::task::JoinSet;
@@ -40,9 +40,9 @@ pub struct VmConn {
     /// The balloon's `actual` at the last sample (boot memory without a balloon).
     balloon_actual: Bytes,
     /// When aerostat adopted the VM (epoch ms). Statistics the guest reported before the
-    /// second it turned polling on may be the driver's first report, from boot: a real guest
-    /// read that way looked 200 MiB emptier than it was (a workload started since) and was
-    /// inflated onto it.
+    /// second after it turned polling on may be the driver's first report, from boot: a real
+    /// guest read that way looked 200 MiB emptier than it was (a workload started since) and
+    /// was inflated onto it.
     adopted_at: Millis,
     /// Last good sample, reused (as unresponsive) when the VM does not answer.
     last: Option<VmSample>,
@@ -162,13 +162,16 @@ impl VmRegistry {
         // A VM is adopted only with a believable size: every floor, step and share of the
         // host is counted from it (a 2^64 − 1 reply had the policy "deflate" a guest by
         // exabytes; 0 adopts a VM nothing can be decided for).
-        let boot = summary
-            .get("base-memory")
-            .and_then(serde_json::Value::as_u64)
-            .map(Bytes)
-            .ok_or_else(|| QmpError::Protocol {
-                detail: "query-memory-size-summary: no base-memory".into(),
-            })?;
+        let boot = match summary.get("base-memory") {
+            None => Err("no base-memory".to_string()),
+            Some(v) => v
+                .as_u64()
+                .map(Bytes)
+                .ok_or_else(|| format!("base-memory {v} is not a byte count")),
+        }
+        .map_err(|why| QmpError::Protocol {
+            detail: format!("query-memory-size-summary: {why}"),
+        })?;
         if boot == Bytes::ZERO || boot > MAX_GUEST_MEMORY {
             return Err(QmpError::Protocol {
                 detail: format!(
@@ -289,9 +292,13 @@ impl VmRegistry {
                         continue;
                     };
                     responsive = true;
+                    // QEMU stamps statistics in whole seconds: those stamped in the second
+                    // of the adoption may be older than it (a restarted daemon read a guest
+                    // whose balloon had just been deflated behind its back with the MemTotal
+                    // from before, and took 451 MiB of the step for kernel memory; session 23).
                     let before_adoption = |s: &aerostat_core::GuestStats| {
                         let adopted_s = conn.adopted_at.0 / 1000 * 1000;
-                        s.last_update.is_some_and(|t| t.0 < adopted_s)
+                        s.last_update.is_some_and(|t| t.0 <= adopted_s)
                     };
                     let mut waiting = false;
                     let stats = match stats {
@@ -323,6 +330,10 @@ impl VmRegistry {
                     s.guest_swap = settings.swap;
                     s.coldness = conn.coldness;
                     s.deflate_on_oom = conn.deflate_on_oom;
+                    s.blocks = (!conn.devices.is_empty()).then(|| Blocks {
+                        boot: conn.boot,
+                        step: conn.devices.iter().map(|d| d.block_size).sum(),
+                    });
                     // Neither a balloon nor a device: counted toward the host, never acted on.
                     s.balloon = conn.has_balloon || !conn.devices.is_empty();
                     if !waiting {
@@ -397,6 +408,16 @@ impl VmRegistry {
                 conn.note_error(name, "balloon", &e, metrics);
             }
         }
+    }
+
+    /// VMs adopted less than `grace` ago whose guest has not reported statistics since
+    /// aerostat turned polling on.
+    pub fn awaiting_first_stats(&self, now: Millis, grace: Millis) -> Vec<&str> {
+        self.vms
+            .iter()
+            .filter(|(_, c)| c.stats_usable.is_none() && now.saturating_sub(c.adopted_at) < grace)
+            .map(|(name, _)| name.as_str())
+            .collect()
     }
 
     /// Keeps the last rule and reason per VM for `/status`.

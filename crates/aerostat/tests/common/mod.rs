@@ -581,6 +581,20 @@ impl TestVm {
             .filter(|&v| v != u64::MAX)
     }
 
+    /// Asserts the guest has OOM-killed nothing; when it has, the failure carries the guest
+    /// kernel's OOM report (which process, which node and zone ran out), since a real-VM
+    /// failure is often seen once, in CI, with nothing else to go on.
+    pub fn assert_no_oom_kill(&self) {
+        let kills = self.guest_oom_kills();
+        if kills != Some(0) {
+            let (_, report) = self.run("dmesg | sed -n '/invoked oom-killer/,$p' | head -120");
+            panic!(
+                "{}: guest OOM kills {kills:?}, want Some(0); guest kernel's report:\n{report}",
+                self.name
+            );
+        }
+    }
+
     /// Kills QEMU now (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -739,7 +753,12 @@ impl Daemon {
             .arg("--config")
             .arg(&config_path)
             .args(args)
-            .env("RUST_LOG", "info")
+            // AEROSTAT_TEST_RUST_LOG=info,aerostat::observation=debug logs every observation
+            // the policy was given (with AEROSTAT_TEST_KEEP_LOGS=DIR to keep the logs).
+            .env(
+                "RUST_LOG",
+                std::env::var("AEROSTAT_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
@@ -897,7 +916,53 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking() {
+        if let Some(keep) = std::env::var_os("AEROSTAT_TEST_KEEP_LOGS") {
+            let keep = PathBuf::from(keep);
+            let stamp = format!("{}-{}", self.pid, std::process::id());
+            for f in [&self.stdout, &self.stderr] {
+                if let Some(name) = f.file_name() {
+                    let to = keep.join(format!("{stamp}-{}", name.to_string_lossy()));
+                    if let Err(e) =
+                        std::fs::create_dir_all(&keep).and_then(|_| std::fs::copy(f, &to))
+                    {
+                        eprintln!("keeping {}: {e}", f.display());
+                    }
+                }
+            }
+        }
+        if !std::thread::panicking() {
+            // Every test guest is honest: the host's measure of what it never touched must
+            // never have raised its free memory (docs/trust-model.md). A real kernel or QEMU
+            // that broke the policy's assumption would show here. (A cut `used` is printed,
+            // not failed: once, in 1 of ~10 runs of `faults_vm_killed_and_daemon_restarted`,
+            // a reading right after the test deflated the balloon behind the daemon's back
+            // was cut by 20 MiB — a misread of the balloon step, or the margin; session 21.
+            // In session 23 the same test failed here: the restarted daemon read stats stamped
+            // in its adoption second, taken before that deflate, and took the step for kernel
+            // memory. Such stats are no longer a reading.)
+            for l in self.decision_lines() {
+                if l.contains("MiB used, more than the host saw it touch") {
+                    eprintln!("note: a guest's used was cut by the host's measure: {l}");
+                }
+            }
+            let cut: Vec<String> = self
+                .decision_lines()
+                .into_iter()
+                .filter(|l| l.contains("MiB free, less than the host never saw it touch"))
+                .collect();
+            assert!(
+                cut.is_empty(),
+                "the host's measure cut an honest real guest's claims:\n{}\n--- all decisions ---\n{}\n--- log tail ---\n{}",
+                cut.join("\n"),
+                self.decision_lines().join("\n"),
+                self.log()
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        } else {
             let log = self.log();
             let tail: Vec<&str> = log.lines().collect();
             eprintln!(

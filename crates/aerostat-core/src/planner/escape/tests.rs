@@ -53,6 +53,7 @@ fn prefers_the_guest_whose_departure_makes_the_rest_fit() {
         &obs,
         Bytes::gib(6),
         &[Some(Bytes::ZERO); 3],
+        &[],
         &settings(),
         None,
     );
@@ -69,7 +70,7 @@ fn among_sufficient_guests_the_cheaper_migration_wins() {
     // Both shed enough; `busy` dirties memory at the link rate, `quiet` does not.
     let obs = host(vec![vm("busy", 4, 3), vm("quiet", 4, 3)]);
     let rates = [Some(Bytes::mib(200)), Some(Bytes::mib(1))];
-    let e = choose_escape(&obs, Bytes::gib(5), &rates, &settings(), None);
+    let e = choose_escape(&obs, Bytes::gib(5), &rates, &[], &settings(), None);
     assert_eq!(
         e.chosen().map(|c| c.name.as_str()),
         Some("quiet"),
@@ -88,6 +89,7 @@ fn priority_makes_a_guest_dearer_to_move() {
         &obs,
         Bytes::gib(5),
         &[Some(Bytes::ZERO); 2],
+        &[],
         &settings(),
         None,
     );
@@ -101,6 +103,7 @@ fn unmeasured_dirty_rate_is_assumed_pessimistic() {
         &obs,
         Bytes::gib(5),
         &[None, Some(Bytes::mib(8))],
+        &[],
         &settings(),
         None,
     );
@@ -118,7 +121,7 @@ fn migrating_guests_are_neither_counted_nor_candidates() {
     leaving.migrating = true;
     let obs = host(vec![leaving, vm("staying", 4, 1)]);
     assert_eq!(floors_need(&obs), Bytes::gib(1) + Bytes::mib(256));
-    let e = choose_escape(&obs, Bytes::gib(1), &[None, None], &settings(), None);
+    let e = choose_escape(&obs, Bytes::gib(1), &[None, None], &[], &settings(), None);
     assert_eq!(e.ranking.len(), 1);
     assert_eq!(e.ranking[0].name, "staying");
 }
@@ -128,7 +131,7 @@ fn no_candidate_says_so() {
     let mut leaving = vm("leaving", 8, 8);
     leaving.migrating = true;
     let obs = host(vec![leaving]);
-    let e = choose_escape(&obs, Bytes::gib(1), &[None], &settings(), None);
+    let e = choose_escape(&obs, Bytes::gib(1), &[None], &[], &settings(), None);
     assert!(e.chosen().is_none());
     assert!(e.reason.contains("no guest can leave"), "{}", e.reason);
 }
@@ -144,6 +147,7 @@ fn rss_below_memory_shortens_the_plan() {
         &obs,
         Bytes::gib(5),
         &[Some(Bytes::ZERO); 2],
+        &[],
         &settings(),
         None,
     );
@@ -232,8 +236,8 @@ proptest! {
         let rates: Vec<Option<Bytes>> = specs.iter().map(|s| Some(Bytes::mib(s.2))).collect();
         let obs = host(vms);
         let capacity = Bytes::gib(capacity_gib);
-        let a = choose_escape(&obs, capacity, &rates, &settings(), None);
-        let b = choose_escape(&obs, capacity, &rates, &settings(), None);
+        let a = choose_escape(&obs, capacity, &rates, &[], &settings(), None);
+        let b = choose_escape(&obs, capacity, &rates, &[], &settings(), None);
         prop_assert!(a == b);
         // Post-copy always completes, so every guest is a candidate.
         prop_assert!(a.ranking.len() == obs.vms.len());
@@ -265,6 +269,7 @@ fn escape_inputs_are_the_ones_the_ranking_plans_with() {
         &host(vec![v.clone()]),
         Bytes::gib(1),
         &[Some(Bytes::mib(64))],
+        &[],
         &s,
         None,
     );
@@ -319,6 +324,7 @@ fn working_set_pressure_ranks_by_the_memory_a_departure_frees() {
             &obs,
             Bytes::gib(8),
             &rates,
+            &[],
             &settings(),
             Some(Bytes::gib(gib)),
         )
@@ -356,6 +362,7 @@ fn a_departure_frees_what_the_host_holds_beyond_the_balloons_claim() {
             obs,
             Bytes::gib(8),
             &[Some(Bytes::ZERO); 2],
+            &[],
             &settings(),
             Some(Bytes::gib(3) + Bytes::mib(512)),
         )
@@ -379,4 +386,56 @@ fn a_departure_frees_what_the_host_holds_beyond_the_balloons_claim() {
     // the claim.
     obs.host.swap_free = Bytes::gib(5);
     assert_eq!(liar(&escape(&obs)).relief, Bytes::gib(1) + Bytes::mib(256));
+}
+
+/// Working sets that do not fit by 512 MiB, and `ramping` growing 8 MiB/s (14 GiB over
+/// the half-hour outlook): `app` covers this tick's lack in half the time, but the
+/// rest would not fit for long after it; `ramping` sheds its growth as it leaves, in under
+/// 4× app's priority-weighted seconds. A departure priced far above the cheapest (`db`,
+/// priority 4, dirtying memory nearly at the link rate without post-copy) is not chosen for
+/// the outlook. Without growth the cheapest covering now wins, as before.
+#[test]
+fn a_departure_that_covers_the_growth_seen_wins_within_reason() {
+    let mut app = vm("app", 8, 1);
+    app.actual = Bytes::gib(6);
+    let mut ramping = vm("ramping", 16, 1);
+    ramping.actual = Bytes::gib(12);
+    let mut db = vm("db", 64, 40);
+    db.actual = Bytes::gib(60);
+    db.priority = 4.0;
+    let obs = host(vec![app, db, ramping]);
+    let settings = EscapeSettings {
+        bandwidth: Bytes::gib(1),
+        max_time: Millis::secs(600),
+        postcopy: false,
+        ..settings()
+    };
+    let rates = [
+        Some(Bytes::mib(50)),
+        Some(Bytes::mib(900)),
+        Some(Bytes::mib(100)),
+    ];
+    let unmet = Some(Bytes::mib(512));
+    let capacity = Bytes::gib(80);
+    let growth = [Bytes::ZERO, Bytes::ZERO, Bytes::mib(8)];
+    let e = choose_escape(&obs, capacity, &rates, &growth, &settings, unmet);
+    assert_eq!(e.need_ahead, e.need + Bytes::mib(8 * 1800));
+    let ranked: Vec<&str> = e.ranking.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(ranked, ["ramping", "app", "db"], "{}", e.reason);
+    assert!(
+        e.reason.contains("and 30m ahead at the growth seen"),
+        "{}",
+        e.reason
+    );
+    assert!(e.reason.contains("but not 30m ahead"), "{}", e.reason);
+    let db = e
+        .ranking
+        .iter()
+        .find(|c| c.name == "db")
+        .expect("db ranked");
+    assert!(db.fits_ahead, "the database would cover the outlook too");
+
+    let still = choose_escape(&obs, capacity, &rates, &[], &settings, unmet);
+    assert_eq!(still.chosen().map(|c| c.name.as_str()), Some("app"));
+    assert_eq!(still.need_ahead, still.need);
 }

@@ -54,6 +54,12 @@ const COLD_FIRST_PASS_TIME: Millis = Millis(5_000);
 /// swapped out, 58 MiB of it hot, back in within 2 s); an inflate to 64 MiB above `used`
 /// reclaimed nothing, and 32 MiB bites from there on cost only the LRU's first pass.
 const COLD_APPROACH_MARGIN: f64 = 2.0 * COLD_BITE;
+/// A balloon within this of the approach point has arrived: the controller does not send a
+/// change smaller than its hysteresis (16 MiB), so an approach target that moves less than
+/// that (the guest's `used` fell a few MiB) would be asked for and never sent, and the
+/// squeeze would wait at the approach point until it timed out — a real guest's swap-out
+/// never began within 240 s (CI, sessions 17 and 22).
+const COLD_APPROACH_ARRIVED: f64 = 16.0 * MIB;
 /// Guest swap never filled past this share (and at least SWAP_MARGIN_MIN left): a full swap
 /// turns the next squeeze into hot-cache eviction, or an OOM kill.
 const SWAP_MARGIN_SHARE: f64 = 0.1;
@@ -114,11 +120,17 @@ impl ColdAnon {
     /// that; until then, that margin above it.
     pub(super) fn target(r: &Reading, actual: f64, bite: f64) -> f64 {
         let held = r.held();
-        if actual > held + COLD_APPROACH_MARGIN {
+        if Self::approaching(r, actual) {
             held + COLD_APPROACH_MARGIN
         } else {
             held - bite
         }
+    }
+
+    /// Whether the balloon is still on its way down to COLD_APPROACH_MARGIN above what the
+    /// guest holds (within COLD_APPROACH_ARRIVED of that point it has arrived).
+    fn approaching(r: &Reading, actual: f64) -> bool {
+        actual > r.held() + COLD_APPROACH_MARGIN + COLD_APPROACH_ARRIVED
     }
 
     /// This tick's bite below what the guest holds resident, while a squeeze lasts.
@@ -181,8 +193,10 @@ impl ColdAnon {
             }
         }
         let sq = self.squeeze.as_mut()?;
-        // While the balloon still approaches what the guest holds, `used` has no reason
-        // to fall yet: the squeeze is not stuck.
+        // While the balloon has not come below the approach point, `used` has no reason
+        // to fall yet: the squeeze is not stuck. (Not `approaching`: within its slack the
+        // bite is asked for, and the controller may hold it — a guest just given memory is
+        // not squeezed for 30 s.)
         let approaching = actual > r.held() + COLD_APPROACH_MARGIN;
         if r.used < sq.low - MIB || approaching {
             sq.low = sq.low.min(r.used);

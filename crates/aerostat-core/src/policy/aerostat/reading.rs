@@ -1,12 +1,17 @@
 //! Reading a guest's stats: its numbers clamped to what it was configured with, and its
 //! cumulative counters turned into rates since the last reading.
 
+use crate::controller::kept_memory;
 use crate::linux::Watermarks;
 use crate::observation::VmSample;
 use crate::units::{Bytes, Millis};
 
 use super::memo::Memo;
 use super::{PAGE, REFAULT_PRESSURE_PPS, STALE_INTERVALS, SWAP_IN_PRESSURE_BPS};
+
+/// A coldness window older than this says nothing of what the guest holds now (the host
+/// measures one every 30 s).
+const ACCESSED_FRESH: Millis = Millis(30_000);
 
 /// Guest numbers after clamping, and what changed since the last tick.
 #[derive(Debug, Default, Clone, Copy)]
@@ -21,6 +26,12 @@ pub(super) struct Reading {
     pub(super) actual_then: f64,
     /// What the guest's kernel keeps out of MemTotal (counted in `used`).
     pub(super) hidden: f64,
+    /// The guest's MemTotal in these stats (clamped): without deflate-on-oom it moves with
+    /// the balloon as of the stats, which the live `actual` does not date.
+    pub(super) total: f64,
+    /// Stats the last reading had not seen (a guest polled less often than the policy
+    /// ticks repeats its stats in between).
+    pub(super) new_stats: bool,
     pub(super) cache: f64,
     pub(super) swap_in_bps: f64,
     pub(super) refault_pps: f64,
@@ -30,6 +41,25 @@ pub(super) struct Reading {
     /// Bytes the guest's LRU reclaimed over the last interval.
     pub(super) reclaimed: f64,
     pub(super) has_scan_stats: bool,
+    /// What the host's measure cut from the guest's claims (all 0: nothing).
+    pub(super) unbacked: Unbacked,
+    /// Bytes a deflate-on-oom guest took back from its balloon beyond its target since the
+    /// last reading (0: none).
+    pub(super) self_deflated: f64,
+}
+
+/// Guest claims the host's own measure does not back (docs/trust-model.md): memory a guest
+/// uses it has written, and QEMU's `rss` counts every page the guest wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Unbacked {
+    /// `used` as the guest claimed it and as counted, when cut to what the host saw it touch.
+    pub(super) used: Option<(f64, f64)>,
+    /// `free` as the guest claimed it and as counted, when raised to what the host never saw
+    /// it touch.
+    pub(super) free: Option<(f64, f64)>,
+    /// `used` as the guest claimed it and as counted, when raised to what the host saw it
+    /// access in its last coldness window.
+    pub(super) accessed: Option<(f64, f64)>,
 }
 
 impl Reading {
@@ -49,12 +79,13 @@ impl Reading {
         Some((e * (self.cache + self.reclaimed) - self.reclaimed).clamp(0.0, self.cache))
     }
 
-    /// Whether the guest is under pressure: swapping in, refaulting its working set, or
-    /// OOM-killing.
+    /// Whether the guest is under pressure: swapping in, refaulting its working set,
+    /// OOM-killing, or (deflate-on-oom) deflating its own balloon.
     pub(super) fn pressure(&self) -> bool {
         self.swap_in_bps > SWAP_IN_PRESSURE_BPS
             || self.refault_pps > REFAULT_PRESSURE_PPS
             || self.new_ooms > 0
+            || self.self_deflated > 0.0
     }
 }
 
@@ -89,11 +120,9 @@ pub(super) fn read(
     // MemTotal at the configured size is read as "balloon inside" (a real guest's MemTotal
     // is below it by what the kernel reserved: 57 MiB of 1 GiB, so the device's property
     // is what tells a small guest apart).
-    let (actual_then, actual_then_exact) =
-        memo.actual_when_stats_taken(now, vm.actual.as_f64(), s.last_update);
-    let balloon = (configured - actual_then).max(0.0);
-    let balloon_inside = match vm.deflate_on_oom {
-        Some(true) => balloon.min(total),
+    let then = memo.actual_when_stats_taken(now, vm.actual.as_f64(), s.last_update);
+    let balloon_inside_at = |actual_then: f64| match vm.deflate_on_oom {
+        Some(true) => (configured - actual_then).clamp(0.0, total),
         Some(false) => 0.0,
         None if total >= 0.99 * configured => (total - vm.actual.as_f64()).max(0.0),
         None => 0.0,
@@ -108,18 +137,36 @@ pub(super) fn read(
     // their kernel in MemTotal, so there it is 0. Measured only when the balloon at the
     // stats is known exactly: with an upper bound (stats older than a balloon step) it
     // would read the step as kernel memory, raise `used` by it and deflate further.
-    let hidden = if actual_then_exact {
-        (actual_then - (total - balloon_inside)).max(0.0)
+    let hidden = if then.exact {
+        (then.high - (total - balloon_inside_at(then.high))).max(0.0)
     } else {
         memo.hidden
     };
-    let used = (total - available - balloon_inside + hidden).max(0.0);
-    let free = clamp(s.free).unwrap_or(0.0).min(total);
+    let used_at = |actual_then: f64| total - available - balloon_inside_at(actual_then) + hidden;
+    // Which `actual` in that range. The largest (the least balloon) unless the balloon
+    // inflated since the last reading: stats taken before an inflate, read against the live
+    // `actual`, counted a real guest's use as 0 and dived its balloon to 272 MiB (session
+    // 18). But stats taken halfway through an inflate, read against the `actual` before
+    // it, count the part already inflated as use: a real idle guest read 355, 428, 500 MiB
+    // used on three ticks of one inflate, was deflated 212 MiB and held there (CI, session
+    // 22). So while the balloon inflates, `used` is what the last reading said if the
+    // range allows: a rise hidden within one interval's inflate shows as soon as the
+    // balloon stands still, and pressure shows at once.
+    let inflated = vm.actual.as_f64() < memo.last_actual;
+    let actual_then = if inflated && !then.exact {
+        let over = (used_at(then.high) - memo.last_used).max(0.0);
+        (then.high - over).max(then.low)
+    } else {
+        then.high
+    };
+    let balloon_inside = balloon_inside_at(actual_then);
+    let mut used = used_at(actual_then).max(0.0);
+    let mut free = clamp(s.free).unwrap_or(0.0).min(total);
     // From the stats' own MemTotal, not the live `actual`: while a balloon inflates, the
     // stats lag it, and `actual` less a MemFree from before the inflate read hundreds of
     // MiB low — a cold-anon bite below that landed on hot memory (a real guest, session
     // 17). With the balloon inside MemTotal the live `actual` is all there is.
-    let resident = (total - balloon_inside - free).max(0.0);
+    let mut resident = (total - balloon_inside - free).max(0.0);
     // The page cache counted is the part MemAvailable counts: `used` already holds the
     // rest (shmem, the kernel's low-watermark share), and counting it again in the cache
     // a guest keeps left each guest that much above its need (`overcommitted`: 36–41 MiB
@@ -141,15 +188,66 @@ pub(super) fn read(
     let left_out = (free + disk_caches - available).max(0.0);
     let reserve = (left_out - (disk_caches / 2.0).min(linux.low.as_f64()))
         .clamp(0.0, linux.high.as_f64().min(free));
-    let cache = disk_caches.min((available - free + reserve).max(0.0));
+    let mut cache = disk_caches.min((available - free + reserve).max(0.0));
+    // Host facts bound the guest's claims. What a guest uses or caches it has written, and
+    // the host counts every page a guest wrote: its QEMU's `rss` (resident, host-swapped and
+    // hugetlbfs pages) less QEMU's own overhead, within the noise of that estimate (the
+    // margin the kept-memory check allows the other way). Claimed use beyond it is memory
+    // the guest never touched; memory the host never saw touched is free, whatever the
+    // guest says. Believed, such claims earn a guest memory — a pressure boost is what its
+    // free memory cannot hold — and, on a full host, other guests' room and a live
+    // migration. Honest guests stay inside both bounds: the kernel's free-page reserve,
+    // which MemAvailable counts as taken untouched, is a fraction of the margin. (Not while
+    // migrating: a destination's `rss` fills as pages arrive.)
+    let mut unbacked = Unbacked::default();
+    let margin = kept_memory::margin(vm).as_f64();
+    if let Some(rss) = vm.rss.filter(|_| !vm.migrating) {
+        let touched = (rss - vm.overhead).as_f64();
+        if used > touched + margin {
+            unbacked.used = Some((used, touched + margin));
+            used = touched + margin;
+        }
+        cache = cache.min(touched + margin - used);
+        // The balloon as of the stats, or now if it has inflated since (its pages left `rss`).
+        let actual = actual_then.min(vm.actual.as_f64());
+        let untouched = (actual - touched - margin).min(total);
+        if free < untouched {
+            unbacked.free = Some((free, untouched));
+            free = untouched;
+            resident = resident.min(total - balloon_inside - free).max(0.0);
+        }
+    }
+    // The other way: memory the host saw the guest access in its last coldness window is
+    // not free, whatever the guest says. A guest that claims to hold less than it accessed,
+    // by more than the margin, is believed no further: `used` is at least what it accessed
+    // less the cache it reports. (Reviewer-4's Windows hosts, whose driver reported them all
+    // free, were squeezed below their working sets for 16 h.) Honest guests hold what they
+    // accessed: free pages are never accessed.
+    if let Some(c) = vm
+        .coldness
+        .filter(|c| now.saturating_sub(c.at) <= ACCESSED_FRESH)
+    {
+        let accessed = (c.touched - c.idle).as_f64();
+        let holds = (total - balloon_inside - free).max(0.0);
+        if accessed > holds + margin {
+            let counted = used.max(accessed - cache);
+            unbacked.accessed = Some((used, counted));
+            used = counted;
+            free = free.min((total - balloon_inside - accessed).max(0.0));
+            resident = resident.max(accessed.min(total - balloon_inside));
+        }
+    }
     let mut r = Reading {
         used,
         free,
         resident,
         actual_then,
         hidden,
+        total,
+        new_stats: s.last_update.is_none() || s.last_update != memo.stats_at,
         cache,
         has_scan_stats: s.async_scans.is_some(),
+        unbacked,
         ..Reading::default()
     };
     if memo.last_time.is_some() {
@@ -169,6 +267,15 @@ pub(super) fn read(
             r.efficiency = Some((reclaims / scans).min(1.0));
             r.reclaimed = reclaims * PAGE;
         }
+    }
+    // A guest caught claiming less free memory than the host sees it never touched is not
+    // believed about pressure either: swap-ins, refaults and OOM kills next to untouched
+    // memory are not for want of memory, and counted they would hold its memory for ever
+    // (no reclaim under pressure) and boost it every tick.
+    if r.unbacked.free.is_some() {
+        r.swap_in_bps = 0.0;
+        r.refault_pps = 0.0;
+        r.new_ooms = 0;
     }
     Some(r)
 }

@@ -6,9 +6,11 @@ use std::fmt::Write as _;
 use crate::decision::Rule;
 use crate::observation::VmSample;
 use crate::policy::PolicySettings;
-use crate::units::Bytes;
+use crate::units::{Bytes, Millis};
 
-use super::{MIB, MIN_RECLAIM_EFFICIENCY, STALL_BLOCK, STALL_GIVEBACK};
+use super::memo::Restart;
+use super::reading::Unbacked;
+use super::{MIB, MIN_RECLAIM_EFFICIENCY, STALL_GIVEBACK};
 
 /// What the policy asks for one VM this tick. When the host is short, the fit
 /// (`fit::fit_host`) lowers `target` through three floors, cheapest first: `idle_floor`,
@@ -53,6 +55,8 @@ pub(super) enum Explain {
         actual: f64,
         target: f64,
         moved_bps: f64,
+        /// How long inflation stops.
+        block: Millis,
     },
 }
 
@@ -68,14 +72,17 @@ pub(super) struct Need {
     /// operator's headroom or a burst it made (0: none).
     pub(super) burst_free: f64,
     pub(super) used: f64,
-    /// Room kept for a workload an OOM kill stopped (above `used`).
+    /// Room kept for a workload an OOM kill stopped, or that stopped itself (above `used`).
     pub(super) restart: f64,
+    pub(super) restart_why: Restart,
     pub(super) keep: f64,
     pub(super) cache: f64,
     pub(super) headroom: f64,
     /// The share of the class's headroom a nearly full host left (1: all of it).
     pub(super) headroom_scale: f64,
     pub(super) detail: Detail,
+    /// Guest claims the host's measure did not back.
+    pub(super) unbacked: Unbacked,
 }
 
 /// How the cache allowance (`keep`) moved this tick, and why.
@@ -85,6 +92,8 @@ pub(super) enum Detail {
         swap_in_bps: f64,
         refault_pps: f64,
         new_ooms: u64,
+        /// Taken back from the balloon by a deflate-on-oom guest (0: none).
+        self_deflated: f64,
         boost: f64,
     },
     /// The guest's reclaim efficiency fell below `stop`.
@@ -124,6 +133,7 @@ impl Wish {
                 actual,
                 target,
                 moved_bps,
+                block,
             } => {
                 let _ = write!(
                     text,
@@ -132,7 +142,7 @@ impl Wish {
                     target / MIB,
                     moved_bps / 1e6,
                     STALL_GIVEBACK / MIB,
-                    STALL_BLOCK
+                    block
                 );
                 return text;
             }
@@ -144,7 +154,16 @@ impl Wish {
             n.used / MIB
         );
         if n.restart > 0.0 {
-            let _ = write!(text, " + {:.0} used before an OOM kill", n.restart / MIB);
+            let _ = match n.restart_why {
+                Restart::Killed => {
+                    write!(text, " + {:.0} used before an OOM kill", n.restart / MIB)
+                }
+                Restart::Stopped => write!(
+                    text,
+                    " + {:.0} used before its workload stopped (kept for its restart)",
+                    n.restart / MIB
+                ),
+            };
         }
         let _ = write!(
             text,
@@ -172,6 +191,30 @@ impl Wish {
                 n.cold_bite / MIB
             );
         }
+        if let Some((claimed, counted)) = n.unbacked.used {
+            let _ = write!(
+                text,
+                "the guest claims {:.0} MiB used, more than the host saw it touch: counting {:.0}; ",
+                claimed / MIB,
+                counted / MIB
+            );
+        }
+        if let Some((claimed, counted)) = n.unbacked.accessed {
+            let _ = write!(
+                text,
+                "the guest claims {:.0} MiB used, less than the host saw it access in its last window: counting {:.0}; ",
+                claimed / MIB,
+                counted / MIB
+            );
+        }
+        if let Some((claimed, counted)) = n.unbacked.free {
+            let _ = write!(
+                text,
+                "the guest claims {:.0} MiB free, less than the host never saw it touch: counting {:.0}; ",
+                claimed / MIB,
+                counted / MIB
+            );
+        }
         if n.headroom_scale < 1.0 {
             let _ = write!(
                 text,
@@ -184,13 +227,22 @@ impl Wish {
                 swap_in_bps,
                 refault_pps,
                 new_ooms,
+                self_deflated,
                 boost,
             } => write!(
                 text,
-                "guest under pressure (swap-in {:.1} MiB/s, major faults {:.0}/s, {} new OOM kills): +{:.0} MiB",
+                "guest under pressure (swap-in {:.1} MiB/s, major faults {:.0}/s, {} new OOM kills{}): +{:.0} MiB",
                 swap_in_bps / MIB,
                 refault_pps,
                 new_ooms,
+                if self_deflated > 0.0 {
+                    format!(
+                        ", {:.0} MiB taken back from its deflate-on-oom balloon",
+                        self_deflated / MIB
+                    )
+                } else {
+                    String::new()
+                },
                 boost / MIB
             ),
             Detail::Efficiency { efficiency, stop } => write!(
