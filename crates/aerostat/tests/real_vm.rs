@@ -1229,8 +1229,10 @@ fn the_daemon_resizes_each_numa_nodes_device_alike() {
     let decisions = decisions_for(&daemon.decisions(), "numa");
     print_decisions(TEST, &decisions);
     println!(
-        "{TEST}: devices (plugged, requested) {devices:?}; node 1 MemTotal {} MiB",
-        node1_kb() >> 10
+        "{TEST}: devices (plugged, requested) {devices:?}; node 1 MemTotal {} MiB; zones with \
+         memory: {}",
+        node1_kb() >> 10,
+        vm.run_ok("awk '/^Node/{z=$2$4} /present/{if($2>0)printf \"%s %d MiB; \", z, $2/256}' /proc/zoneinfo")
     );
     let (node0, node1) = (devices[0], devices[1]);
     assert_eq!(node0.1, node1.1, "equal devices are asked for equal shares");

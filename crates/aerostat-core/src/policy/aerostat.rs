@@ -434,6 +434,7 @@ fn wish_for(
         memo.last_time = None;
         return None;
     };
+    r.without_unplugging(vm, memo, current);
     // The first swap-ins of a cold-anon squeeze are its cost, not pressure.
     memo.cold_anon.excuse_first_pass(vm, &mut r, now);
     // A deflate-on-oom balloon gives pages back from the guest's OOM notifier: `actual`

@@ -79,6 +79,24 @@ impl Reading {
         Some((e * (self.cache + self.reclaimed) - self.reclaimed).clamp(0.0, self.cache))
     }
 
+    /// Leaves out of `used` a rise that memory its virtio-mem devices are unplugging
+    /// explains (`current`: the controller's target now). A guest takes the blocks it gives
+    /// back off its free lists (and migrates what they hold) before its MemTotal drops, so
+    /// until then they read as use: a real two-node guest read 47, 174, 301 MiB used over
+    /// the 3 s its first 96 MiB took to unplug, and the rise, read as growth, had all of it
+    /// plugged back, over and over (CI, session 23). A rise within what the devices have
+    /// yet to give back is not counted; beyond it, it is. What it hides shows once the
+    /// blocks are gone or the unplug stalls (the target then goes back up); pressure shows
+    /// at once. The balloon below boot memory needs none of this: its pages leave MemTotal
+    /// as they go.
+    pub(super) fn without_unplugging(&mut self, vm: &VmSample, memo: &Memo, current: f64) {
+        let Some(blocks) = vm.blocks.filter(|_| memo.last_time.is_some()) else {
+            return;
+        };
+        let unplugging = (self.actual_then - current.max(blocks.boot.as_f64())).max(0.0);
+        self.used = self.used.min((self.used - unplugging).max(memo.last_used));
+    }
+
     /// Whether the guest is under pressure: swapping in, refaulting its working set,
     /// OOM-killing, or (deflate-on-oom) deflating its own balloon.
     pub(super) fn pressure(&self) -> bool {
