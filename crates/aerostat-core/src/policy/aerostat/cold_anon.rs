@@ -17,7 +17,7 @@ use crate::observation::VmSample;
 use crate::units::{Bytes, Millis};
 
 use super::reading::Reading;
-use super::{MIB, PAGE};
+use super::{MIB, MIN_CHANGE, PAGE};
 
 /// Largest bite below what the guest holds resident, per tick: under the guest swap's
 /// write bandwidth, so the swap-out itself does not stall the guest.
@@ -55,11 +55,11 @@ const COLD_FIRST_PASS_TIME: Millis = Millis(5_000);
 /// reclaimed nothing, and 32 MiB bites from there on cost only the LRU's first pass.
 const COLD_APPROACH_MARGIN: f64 = 2.0 * COLD_BITE;
 /// A balloon within this of the approach point has arrived: the controller does not send a
-/// change smaller than its hysteresis (16 MiB), so an approach target that moves less than
+/// change smaller than its hysteresis (MIN_CHANGE), so an approach target that moves less than
 /// that (the guest's `used` fell a few MiB) would be asked for and never sent, and the
 /// squeeze would wait at the approach point until it timed out — a real guest's swap-out
 /// never began within 240 s (CI, sessions 17 and 22).
-const COLD_APPROACH_ARRIVED: f64 = 16.0 * MIB;
+const COLD_APPROACH_ARRIVED: f64 = MIN_CHANGE.0 as f64;
 /// Guest swap never filled past this share (and at least SWAP_MARGIN_MIN left): a full swap
 /// turns the next squeeze into hot-cache eviction, or an OOM kill.
 const SWAP_MARGIN_SHARE: f64 = 0.1;

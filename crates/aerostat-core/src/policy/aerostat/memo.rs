@@ -11,7 +11,7 @@ use super::cold_anon::ColdAnon;
 use super::reading::Reading;
 use super::wish::Wish;
 use super::{
-    BURST_HALF_LIFE, MIB, MIN_BAND, MIN_BITE, PROBE_PAUSE, RECLAIM_BITE, RESTART_HOLD,
+    BURST_HALF_LIFE, MIB, MIN_BAND, MIN_BITE, MIN_CHANGE, PROBE_PAUSE, RECLAIM_BITE, RESTART_HOLD,
     SQUEEZE_EXPLAINS, STALL_AFTER, STALL_BLOCK, STALL_GAP, STALL_RATE_BPS, STOP_LEVEL_BAND,
     STOP_LEVEL_HELD, STOP_MIN, STOP_SHARE,
 };
@@ -100,7 +100,7 @@ impl Memo {
             // Stats taken while the balloon moved are noisy (they lag `actual`): then a
             // rise counts only once it is seen twice in a row, so one noisy sample cannot
             // buy an idle guest headroom. With a still balloon it counts at once.
-            let step = 16.0 * MIB;
+            let step = MIN_CHANGE.as_f64();
             let balloon_moved = (actual - self.last_actual).abs() > step;
             // A deflate the two stats straddle (their MemTotal grew by it) while the live
             // `actual` stood still at both ticks: a real Linux guest (6.x) frees a
