@@ -286,23 +286,41 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// Events QEMU may send ahead of the greeting before the connection is refused.
+const EVENTS_BEFORE_GREETING: usize = 16;
+
+/// Reads the greeting. Events before it are skipped: QEMU 10 sent a `BALLOON_CHANGE` meant
+/// for the previous client of the socket as the first line of the next connection (a
+/// real-VM test, session 24) — its old session's state outlives the close for a moment.
 async fn read_greeting(
     lines: &mut LineReader<BufReader<OwnedReadHalf>>,
 ) -> Result<QmpGreeting, QmpError> {
-    match lines.next_line().await? {
-        None => Err(QmpError::Closed),
-        Some(super::wire::Line::TooLong { bytes }) => Err(QmpError::protocol(format!(
-            "greeting line of {bytes} bytes exceeds {MAX_LINE_BYTES}"
-        ))),
-        Some(super::wire::Line::Complete(line)) => match parse_message(&line) {
-            Ok(Message::Greeting(g)) => Ok(g),
-            Ok(other) => Err(QmpError::protocol(format!(
-                "expected the QMP greeting, got {}",
-                describe(&other)
-            ))),
-            Err(m) => Err(QmpError::protocol(format!("bad greeting: {}", m.detail))),
-        },
+    for _ in 0..=EVENTS_BEFORE_GREETING {
+        match lines.next_line().await? {
+            None => return Err(QmpError::Closed),
+            Some(super::wire::Line::TooLong { bytes }) => {
+                return Err(QmpError::protocol(format!(
+                    "greeting line of {bytes} bytes exceeds {MAX_LINE_BYTES}"
+                )));
+            }
+            Some(super::wire::Line::Complete(line)) => match parse_message(&line) {
+                Ok(Message::Greeting(g)) => return Ok(g),
+                Ok(Message::Event(e)) => {
+                    tracing::debug!(event = %e.name, "QMP: an event before the greeting, skipped");
+                }
+                Ok(other) => {
+                    return Err(QmpError::protocol(format!(
+                        "expected the QMP greeting, got {}",
+                        describe(&other)
+                    )));
+                }
+                Err(m) => return Err(QmpError::protocol(format!("bad greeting: {}", m.detail))),
+            },
+        }
     }
+    Err(QmpError::protocol(format!(
+        "more than {EVENTS_BEFORE_GREETING} events before the QMP greeting"
+    )))
 }
 
 fn describe(m: &Message) -> &'static str {

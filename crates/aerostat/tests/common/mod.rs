@@ -165,8 +165,16 @@ pub fn qmp(path: &Path, command: &str, arguments: Option<Value>) -> Result<Value
         .map_err(|e| e.to_string())?;
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream);
+    // QEMU can send an event meant for the socket's previous client ahead of the greeting
+    // (a BALLOON_CHANGE, session 24): skip a few.
     let mut line = String::new();
-    reader.read_line(&mut line).map_err(|e| e.to_string())?;
+    for _ in 0..16 {
+        line.clear();
+        reader.read_line(&mut line).map_err(|e| e.to_string())?;
+        if !line.contains("\"event\"") {
+            break;
+        }
+    }
     if !line.contains("\"QMP\"") {
         return Err(format!("no QMP greeting: {line}"));
     }
