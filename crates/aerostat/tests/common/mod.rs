@@ -345,11 +345,8 @@ impl TestVm {
         if spec.deflate_on_oom {
             balloon.push_str(",deflate-on-oom=on");
         }
-        let (memory, append) = match spec.virtio_mem {
-            None => (
-                format!("{}M", spec.mem_mib),
-                "console=ttyS0 quiet panic=-1".to_string(),
-            ),
+        let (memory, hotplug) = match spec.virtio_mem {
+            None => (format!("{}M", spec.mem_mib), ""),
             Some((max, _)) => (
                 format!(
                     "{}M,maxmem={}M",
@@ -363,14 +360,13 @@ impl TestVm {
                     // page-table allocation was OOM-killed with 271 MiB free on node 1
                     // (session 24, 2 runs in 3). The kernel's auto-movable policy onlines
                     // a node's memory movable only within a ratio of its kernel memory.
-                    "console=ttyS0 quiet panic=-1 memhp_default_state=online \
-                     memory_hotplug.online_policy=auto-movable"
-                        .to_string()
+                    " memhp_default_state=online memory_hotplug.online_policy=auto-movable"
                 } else {
-                    "console=ttyS0 quiet panic=-1 memhp_default_state=online_movable".to_string()
+                    " memhp_default_state=online_movable"
                 },
             ),
         };
+        let append = format!("console=ttyS0 quiet panic=-1{hotplug}");
         let mut cmd = Command::new(QEMU);
         cmd.args(["-nodefaults", "-no-user-config", "-machine", "pc"])
             // A small translation cache: TCG's default (up to 1 GiB) would dwarf the guests.

@@ -84,7 +84,7 @@ impl Reading {
     /// back off its free lists (and migrates what they hold) before its MemTotal drops, so
     /// until then they read as use: a real two-node guest read 47, 174, 301 MiB used over
     /// the 3 s its first 96 MiB took to unplug, and the rise, read as growth, had all of it
-    /// plugged back, over and over (CI, session 23). A rise within what the devices have
+    /// plugged back, over and over (session 24). A rise within what the devices have
     /// yet to give back is not counted; beyond it, it is. What it hides shows once the
     /// blocks are gone or the unplug stalls (the target then goes back up); pressure shows
     /// at once. The balloon below boot memory needs none of this: its pages leave MemTotal
