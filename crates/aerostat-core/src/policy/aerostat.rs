@@ -422,7 +422,6 @@ fn wish_for(
     current: f64,
 ) -> Option<Wish> {
     let now = host.now;
-    let actual = vm.actual.as_f64();
     // Seconds since the last reading (at least 1 ms; 1 ms when there was none).
     let dt = now
         .saturating_sub(memo.last_time.unwrap_or(now))
@@ -434,7 +433,8 @@ fn wish_for(
         memo.last_time = None;
         return None;
     };
-    r.without_unplugging(vm, memo, current);
+    // Blocks off the guest's free lists are gone from it, whatever the device reports yet.
+    let actual = vm.actual.as_f64() - r.without_unplugging(vm, memo, current);
     // The first swap-ins of a cold-anon squeeze are its cost, not pressure.
     memo.cold_anon.excuse_first_pass(vm, &mut r, now);
     // A deflate-on-oom balloon gives pages back from the guest's OOM notifier: `actual`

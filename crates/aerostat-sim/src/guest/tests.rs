@@ -321,3 +321,85 @@ fn a_linux_guest_short_of_its_watermark_is_not_out_of_memory() {
         assert_eq!(oom, killed, "{growth} MiB more");
     }
 }
+
+/// A virtio-mem guest's unplug: the blocks a tick takes leave its free memory at once but
+/// its MemTotal and the device's reported size only a tick later (a real guest isolates a
+/// block's pages before it reports the block gone), and its balloon inflates below boot
+/// memory only once the device is down to it.
+#[test]
+fn a_virtio_mem_unplug_reads_as_use_for_a_tick_and_the_balloon_goes_second() {
+    let text = "[scenario]\nname = \"g\"\nduration = \"1h\"\nseed = 1\n[host]\nmemory = \"64GiB\"\n\
+                reserve = \"1GiB\"\n[[vm]]\nname = \"g\"\nmemory = \"4GiB\"\nballoon_rate = \"256MiB/s\"\n\
+                virtio_mem = { boot = \"2GiB\", block = \"2MiB\" }\n[vm.workload]\nkind = \"steady\"\n\
+                working_set = \"512MiB\"\npage_cache = \"0MiB\"\nnoise = 0\n";
+    let spec = Scenario::parse(text, Path::new("g.toml"))
+        .expect("valid")
+        .vms[0]
+        .clone();
+    let mut g = Guest::new(spec, 7, 0, false);
+    let read = |g: &Guest| {
+        let mut s = GuestStats::default();
+        g.write_stats(Millis::ZERO, &mut s);
+        let total = s.total.expect("total").as_f64();
+        (
+            total,
+            total - s.free.expect("free").as_f64(),
+            g.reported_actual(),
+        )
+    };
+    let step = |g: &mut Guest, tick: u64| {
+        let now = Millis(tick * 1000);
+        let fx = g.step(now, now, 1.0, &mut ShapeMemo::default());
+        assert_consistent(g, &fx, 1.0, tick as usize);
+    };
+    step(&mut g, 0);
+    let (total, used_before, _) = read(&g);
+    assert_eq!(total, 4096.0 * MIB);
+
+    // 2.5 GiB down: 2 GiB of device, then 512 MiB of balloon.
+    g.target = 1536.0 * MIB;
+    step(&mut g, 1);
+    let (total, used, reported) = read(&g);
+    assert_eq!(g.actual, 3840.0 * MIB, "a second of unplug at 256 MiB/s");
+    assert_eq!(
+        (total, reported),
+        (4096.0 * MIB, 4096.0 * MIB),
+        "reported a tick late"
+    );
+    assert_eq!(
+        used - used_before,
+        256.0 * MIB,
+        "the blocks read as use meanwhile"
+    );
+
+    for tick in 2..=8 {
+        step(&mut g, tick);
+    }
+    assert_eq!(g.actual, 2048.0 * MIB, "the device is down to boot memory");
+    assert_eq!(
+        read(&g).2,
+        2304.0 * MIB,
+        "its last 256 MiB reported next tick"
+    );
+    step(&mut g, 9);
+    let (total, used, reported) = read(&g);
+    assert_eq!(
+        g.actual,
+        2048.0 * MIB,
+        "the balloon waits a tick for the device"
+    );
+    assert_eq!((total, reported), (2048.0 * MIB, 2048.0 * MIB));
+    assert_eq!(
+        used, used_before,
+        "the blocks are gone, and so is their use"
+    );
+    step(&mut g, 10);
+    let (total, used, reported) = read(&g);
+    assert_eq!(g.actual, 1792.0 * MIB, "then the balloon inflates");
+    assert_eq!(
+        (total, reported),
+        (1792.0 * MIB, 1792.0 * MIB),
+        "balloon pages leave at once"
+    );
+    assert_eq!(used, used_before);
+}

@@ -89,12 +89,19 @@ impl Reading {
     /// blocks are gone or the unplug stalls (the target then goes back up); pressure shows
     /// at once. The balloon below boot memory needs none of this: its pages leave MemTotal
     /// as they go.
-    pub(super) fn without_unplugging(&mut self, vm: &VmSample, memo: &Memo, current: f64) {
+    /// Returns the rise left out: blocks already off the free lists.
+    pub(super) fn without_unplugging(&mut self, vm: &VmSample, memo: &Memo, current: f64) -> f64 {
         let Some(blocks) = vm.blocks.filter(|_| memo.last_time.is_some()) else {
-            return;
+            return 0.0;
         };
         let unplugging = (self.actual_then - current.max(blocks.boot.as_f64())).max(0.0);
-        self.used = self.used.min((self.used - unplugging).max(memo.last_used));
+        let hidden = self.used - self.used.min((self.used - unplugging).max(memo.last_used));
+        self.used -= hidden;
+        // The blocks left MemFree, so they read as resident too: a cold-anon squeeze that
+        // counted them thought the guest still held its memory, and targeted above what it
+        // had asked (the simulator, session 25).
+        self.resident = (self.resident - hidden).max(0.0);
+        hidden
     }
 
     /// Whether the guest is under pressure: swapping in, refaulting its working set,
