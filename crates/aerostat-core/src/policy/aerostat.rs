@@ -433,8 +433,11 @@ fn wish_for(
         memo.last_time = None;
         return None;
     };
-    // Blocks off the guest's free lists are gone from it, whatever the device reports yet.
-    let actual = vm.actual.as_f64() - r.without_unplugging(vm, memo, current);
+    let actual = vm.actual.as_f64();
+    // Blocks off the guest's free lists are gone from it, whatever the device reports yet:
+    // a cold-anon squeeze reckons from what the guest has (the memo keeps what the device
+    // reported: the next reading's range of `actual` at its stats is the device's).
+    let unplugging = r.without_unplugging(vm, memo, current);
     // The first swap-ins of a cold-anon squeeze are its cost, not pressure.
     memo.cold_anon.excuse_first_pass(vm, &mut r, now);
     // A deflate-on-oom balloon gives pages back from the guest's OOM notifier: `actual`
@@ -484,7 +487,7 @@ fn wish_for(
     let need = need.min(g.configured);
     // Cold anon the host saw idle goes into guest swap: a bite below what the guest holds
     // resident (its free memory and headroom go with it while the squeeze lasts).
-    let cold_bite = memo.cold_anon.bite(vm, &r, actual, now);
+    let cold_bite = memo.cold_anon.bite(vm, &r, actual - unplugging, now);
     let explain = Explain::Need(Need {
         need,
         cold_bite: cold_bite.unwrap_or(0.0),
@@ -519,7 +522,7 @@ fn wish_for(
         // cold cache first, then cold anon. (Relative to `used`, which the squeeze itself
         // lowers, the target would chase it down at the balloon's speed rather than a bite
         // a tick: `unseen-1104` evicted hot cache that way.)
-        let squeeze = ColdAnon::target(&r, actual, bite);
+        let squeeze = ColdAnon::target(&r, actual - unplugging, bite);
         if squeeze < target {
             target = squeeze;
             rule = Rule::Reclaim;

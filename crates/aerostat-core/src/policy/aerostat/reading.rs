@@ -94,7 +94,16 @@ impl Reading {
         let Some(blocks) = vm.blocks.filter(|_| memo.last_time.is_some()) else {
             return 0.0;
         };
-        let unplugging = (self.actual_then - current.max(blocks.boot.as_f64())).max(0.0);
+        // What the guest still counts: its size at the stats, or more where its MemTotal
+        // (and the kernel's part outside it) still holds blocks its devices already report
+        // gone — a real guest's devices went 1024 → 766 MiB while stats taken before still
+        // counted 910 MiB of MemTotal (session 25). A deflate-on-oom balloon's pages are
+        // inside MemTotal: there only the size counts.
+        let counted = match vm.deflate_on_oom {
+            Some(true) => self.actual_then,
+            _ => self.actual_then.max(self.total + self.hidden),
+        };
+        let unplugging = (counted - current.max(blocks.boot.as_f64())).max(0.0);
         let hidden = self.used - self.used.min((self.used - unplugging).max(memo.last_used));
         self.used -= hidden;
         // The blocks left MemFree, so they read as resident too: a cold-anon squeeze that
