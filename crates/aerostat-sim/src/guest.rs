@@ -364,7 +364,8 @@ impl Guest {
         } else {
             self.touched.max(used)
         }
-        .min(self.actual);
+        // The host backs blocks being unplugged until the device reports them gone.
+        .min(self.actual + self.unplugging);
         fx.stall_s = fx.stall_s.min(dt_s);
         fx
     }
@@ -459,7 +460,7 @@ impl Guest {
         if self.spec.balloon_lies {
             self.actual.min(self.target)
         } else {
-            self.actual + self.unplugging
+            (self.actual + self.unplugging).min(self.configured)
         }
     }
 

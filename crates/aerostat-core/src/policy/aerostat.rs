@@ -435,9 +435,17 @@ fn wish_for(
     };
     let actual = vm.actual.as_f64();
     // Blocks off the guest's free lists are gone from it, whatever the device reports yet:
-    // a cold-anon squeeze reckons from what the guest has (the memo keeps what the device
-    // reported: the next reading's range of `actual` at its stats is the device's).
+    // a cold-anon squeeze reckons from what the guest has — its MemTotal (and the kernel's
+    // part outside it) less those blocks, or the size the device reports if that is less
+    // (a device may report blocks gone before MemTotal drops, session 25). The memo keeps
+    // what the device reported: the next reading's range of `actual` at its stats is the
+    // device's. (A deflate-on-oom balloon's pages are inside MemTotal: the size there.)
     let unplugging = r.without_unplugging(vm, memo, current);
+    let squeeze_actual = if unplugging > 0.0 && vm.deflate_on_oom != Some(true) {
+        actual.min(r.total + r.hidden - unplugging)
+    } else {
+        actual
+    };
     // The first swap-ins of a cold-anon squeeze are its cost, not pressure.
     memo.cold_anon.excuse_first_pass(vm, &mut r, now);
     // A deflate-on-oom balloon gives pages back from the guest's OOM notifier: `actual`
@@ -487,7 +495,7 @@ fn wish_for(
     let need = need.min(g.configured);
     // Cold anon the host saw idle goes into guest swap: a bite below what the guest holds
     // resident (its free memory and headroom go with it while the squeeze lasts).
-    let cold_bite = memo.cold_anon.bite(vm, &r, actual - unplugging, now);
+    let cold_bite = memo.cold_anon.bite(vm, &r, squeeze_actual, now);
     let explain = Explain::Need(Need {
         need,
         cold_bite: cold_bite.unwrap_or(0.0),
@@ -522,7 +530,7 @@ fn wish_for(
         // cold cache first, then cold anon. (Relative to `used`, which the squeeze itself
         // lowers, the target would chase it down at the balloon's speed rather than a bite
         // a tick: `unseen-1104` evicted hot cache that way.)
-        let squeeze = ColdAnon::target(&r, actual - unplugging, bite);
+        let squeeze = ColdAnon::target(&r, squeeze_actual, bite);
         if squeeze < target {
             target = squeeze;
             rule = Rule::Reclaim;
