@@ -590,39 +590,27 @@ fn a_rise_across_a_balloon_step_the_stats_straddle_is_not_growth() {
     );
 }
 
-/// A real two-node guest (512 MiB boot, two virtio-mem devices) unplugging what it had
-/// plugged (observed, session 24): the blocks it gives back leave its free lists before its
-/// MemTotal drops, and its use read 47, 174, 174, 301 MiB over the 3 s its first 96 MiB
-/// took. Read as growth, that plugged it back up to 928 MiB, and 30 s later all 1,536. A
-/// rise within what the devices are still unplugging is not use; the unplug goes on.
-#[test]
-fn memory_a_virtio_mem_device_is_unplugging_is_not_use() {
+/// Replays a two-node guest's readings through the policy (512 MiB boot, virtio-mem devices
+/// up to 1.5 GiB, no deflate-on-oom), each `(tick ms, actual MiB, stats taken ms, MemTotal,
+/// MemFree, MemAvailable, disk caches)`, the controller's target being what the policy
+/// asked last (guards aside); returns what it asked (MiB) and the `used` its reasons read.
+fn replay_unplug(seen: &[(u64, u64, u64, Bytes, Bytes, Bytes, Bytes)]) -> (Vec<u64>, Vec<u64>) {
     let mut p = AerostatPolicy::new(settings());
-    // (tick ms, actual MiB, stats taken ms, MemTotal, MemFree, MemAvailable) in bytes, as
-    // observed.
-    let seen = [
-        (77_924, 1024, 76_000, 955_228_160, 915_230_720, 905_789_440),
-        (78_924, 1024, 77_000, 955_228_160, 781_279_232, 771_837_952),
-        (79_924, 1024, 77_000, 955_228_160, 781_279_232, 771_837_952),
-        (80_924, 928, 79_000, 955_228_160, 648_065_024, 638_623_744),
-        (81_924, 928, 80_000, 854_564_864, 815_849_472, 806_408_192),
-    ];
     let (mut targets, mut asked, mut used) = (Vec::new(), Vec::new(), Vec::new());
-    for (t, actual, at, total, free, available) in seen {
+    for &(t, actual, at, total, free, available, caches) in seen {
         let mut v = vm("numa", 1536 << 20, actual << 20, 0, 0, 0);
         v.deflate_on_oom = Some(false);
         v.blocks = Some(Blocks {
             boot: Bytes::mib(512),
             step: Bytes::mib(4),
         });
-        v.stats.total = Some(Bytes(total));
-        v.stats.free = Some(Bytes(free));
-        v.stats.available = Some(Bytes(available));
-        v.stats.disk_caches = Some(Bytes(2_969_600));
+        v.stats.total = Some(total);
+        v.stats.free = Some(free);
+        v.stats.available = Some(available);
+        v.stats.disk_caches = Some(caches);
         v.stats.last_update = Some(Millis(at));
         let mut o = obs(0, vec![v]);
         o.time = Millis(t);
-        // The controller's target: what the policy asked for last (guards aside).
         let props = p.propose(&o, &targets);
         if let Some(prop) = props.first() {
             targets = vec![prop.target];
@@ -630,6 +618,37 @@ fn memory_a_virtio_mem_device_is_unplugging_is_not_use() {
             used.push(used_in_reason(&props));
         }
     }
+    (asked, used)
+}
+
+/// A real two-node guest (512 MiB boot, two virtio-mem devices) unplugging what it had
+/// plugged (observed, session 24): the blocks it gives back leave its free lists before its
+/// MemTotal drops, and its use read 47, 174, 174, 301 MiB over the 3 s its first 96 MiB
+/// took. Read as growth, that plugged it back up to 928 MiB, and 30 s later all 1,536. A
+/// rise within what the devices are still unplugging is not use; the unplug goes on.
+#[test]
+fn memory_a_virtio_mem_device_is_unplugging_is_not_use() {
+    // MemTotal, MemFree, MemAvailable in bytes, as observed.
+    let seen = [
+        (77_924, 1024, 76_000, 955_228_160, 915_230_720, 905_789_440),
+        (78_924, 1024, 77_000, 955_228_160, 781_279_232, 771_837_952),
+        (79_924, 1024, 77_000, 955_228_160, 781_279_232, 771_837_952),
+        (80_924, 928, 79_000, 955_228_160, 648_065_024, 638_623_744),
+        (81_924, 928, 80_000, 854_564_864, 815_849_472, 806_408_192),
+    ]
+    .map(|(t, actual, at, total, free, available)| {
+        let caches = Bytes(2_969_600);
+        (
+            t,
+            actual,
+            at,
+            Bytes(total),
+            Bytes(free),
+            Bytes(available),
+            caches,
+        )
+    });
+    let (asked, used) = replay_unplug(&seen);
     // Used as before the unplug (47 MiB + the kernel's 114 outside MemTotal), and the
     // reclaim goes on below boot memory.
     assert!(used.iter().all(|&u| u <= 161), "used read {used:?}");
@@ -646,36 +665,26 @@ fn memory_a_virtio_mem_device_is_unplugging_is_not_use() {
 /// part of it read as growth here (used 345 MiB where 285 were used).
 #[test]
 fn memory_a_virtio_mem_device_reports_unplugged_before_memtotal_is_not_use() {
-    let mut p = AerostatPolicy::new(settings());
-    // (tick ms, actual MiB, stats taken ms, MemTotal MiB, MemAvailable MiB).
+    // MemTotal and MemAvailable in MiB; MemFree 9 MiB above MemAvailable, 2 MiB of cache.
     let seen = [
         (1_000, 1024, 500, 910, 739),
         (2_000, 1024, 1_500, 910, 460),
         (3_000, 766, 2_500, 910, 470),
         (4_000, 512, 3_500, 398, 335),
-    ];
-    let (mut targets, mut asked, mut used) = (Vec::new(), Vec::new(), Vec::new());
-    for (t, actual, at, total, available) in seen {
-        let mut v = vm("numa", 1536 << 20, actual << 20, 0, 0, 0);
-        v.deflate_on_oom = Some(false);
-        v.blocks = Some(Blocks {
-            boot: Bytes::mib(512),
-            step: Bytes::mib(4),
-        });
-        v.stats.total = Some(Bytes::mib(total));
-        v.stats.free = Some(Bytes::mib(available + 9));
-        v.stats.available = Some(Bytes::mib(available));
-        v.stats.disk_caches = Some(Bytes::mib(2));
-        v.stats.last_update = Some(Millis(at));
-        let mut o = obs(0, vec![v]);
-        o.time = Millis(t);
-        let props = p.propose(&o, &targets);
-        if let Some(prop) = props.first() {
-            targets = vec![prop.target];
-            asked.push(prop.target.0 >> 20);
-            used.push(used_in_reason(&props));
-        }
-    }
+    ]
+    .map(|(t, actual, at, total, available)| {
+        let mib = Bytes::mib;
+        (
+            t,
+            actual,
+            at,
+            mib(total),
+            mib(available + 9),
+            mib(available),
+            mib(2),
+        )
+    });
+    let (asked, used) = replay_unplug(&seen);
     // Used as before the unplug (171 MiB + the kernel's 114 outside MemTotal).
     assert!(used.iter().all(|&u| u <= 285), "used read {used:?}");
     assert!(
