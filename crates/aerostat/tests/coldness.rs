@@ -166,15 +166,18 @@ fn the_daemon_pushes_cold_anonymous_memory_into_declared_guest_swap() {
     let config = daemon_config(&qmp_dir, "coldswap");
     let daemon = Daemon::start(work.path(), 1, &config);
     // The first window ends 30 s after the daemon starts; the squeeze then goes a bite a
-    // tick, half the measured cold anon per window.
+    // tick, half the measured cold anon per window, and stops at the guest's first pressure
+    // — how far it gets before the hot writer's swap-ins end it varies under TCG: 133–139
+    // MiB in most runs, 81 MiB in one (session 25, where 100 MiB was waited for). 64 MiB is
+    // two of its 32 MiB bites.
     let mut swapped = 0;
     let took = wait_until(
         Duration::from_secs(240),
-        "100 MiB of the guest's memory in its swap",
+        "64 MiB of the guest's memory in its swap",
         || {
             std::thread::sleep(Duration::from_secs(2));
             swapped = vmstat_bytes(&vm, "pswpout") - swapped_before;
-            swapped >= 100 << 20
+            swapped >= 64 << 20
         },
     );
     let swapped_in = vmstat_bytes(&vm, "pswpin");
