@@ -56,20 +56,10 @@ const RESERVE_WAIT_LIMIT: Millis = Millis(30_000);
 const RESERVE_PROGRESS_PER_TICK: Bytes = Bytes::mib(256);
 
 /// Whether `vm`'s balloon follows its targets: it is not still a whole inflation step
-/// above the last target it was sent (a balloon that did not move last tick — stuck, or
+/// (`VmSample::following_slack`) above the last target it was sent (a balloon that did not move last tick — stuck, or
 /// not yet flagged as stalled — gives nothing in the next ticks either).
 fn balloon_follows(vm: &VmSample, current_target: Bytes, step: Option<Bytes>) -> bool {
-    step.is_none_or(|step| {
-        // A virtio-mem device reports blocks gone a tick after they left the guest's free
-        // lists: above boot memory, a step more is still following. (A device stuck there
-        // counts as following until the policy flags it stalled, 6 s for `aerostat`, and at
-        // most RESERVE_WAIT_LIMIT.)
-        let steps = match vm.blocks {
-            Some(b) if vm.actual > b.boot => 2,
-            _ => 1,
-        };
-        vm.actual < current_target + Bytes(vm.inflate_step(step).0 * steps)
-    })
+    step.is_none_or(|step| vm.actual < current_target + vm.following_slack(step))
 }
 
 /// How far the reserve guard shrinks a guest (never below its floor, nor by more than a

@@ -251,10 +251,24 @@ impl VmSample {
     /// least one block step of a virtio-mem VM (a smaller fall rounds up to no move at all:
     /// 1 GiB blocks under a 512 MiB step never unplugged; reviewer-4, session 21).
     pub fn inflate_step(&self, step: Bytes) -> Bytes {
-        match self.blocks {
-            Some(b) if self.actual > b.boot => step.max(b.step),
-            _ => step,
+        match self.above_boot() {
+            Some(b) => step.max(b.step),
+            None => step,
         }
+    }
+
+    /// How far above its target a shrinking VM may still stand and be following it: a
+    /// step (`inflate_step`), and above boot memory two — a virtio-mem device reports
+    /// blocks gone a tick after they left the guest's free lists. (A device stuck there
+    /// counts as following until the policy flags it stalled, 6 s for `aerostat`.)
+    pub fn following_slack(&self, step: Bytes) -> Bytes {
+        let steps = if self.above_boot().is_some() { 2 } else { 1 };
+        Bytes(self.inflate_step(step).0.saturating_mul(steps))
+    }
+
+    /// The VM's virtio-mem blocks while it stands above its boot memory (blocks plugged).
+    fn above_boot(&self) -> Option<Blocks> {
+        self.blocks.filter(|b| self.actual > b.boot)
     }
 
     /// `target` as the VM's devices can hold it: above boot memory, rounded up to a whole
