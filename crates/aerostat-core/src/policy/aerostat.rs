@@ -714,6 +714,11 @@ fn cache_step(
         };
     } else if (now >= memo.probe_paused_until || host.probe_pause_off && keep > PAUSE_ENDS_CACHE)
         && (r.has_scan_stats || keep > 0.5 * r.cache)
+        // While a cold-anon squeeze sets the target the probe learns nothing, and steps
+        // taken meanwhile leave it below the cache the guest holds when the squeeze ends:
+        // a gap the guest meets with its anon, `used` falls, and the target relative to it
+        // follows (`unseen-14121`: 40–60 MiB a second for 8 s, then hot cache refaulted).
+        && !memo.cold_anon.squeezing()
     {
         let step = prof.probe_per_min * configured * interval_s / 60.0;
         // Without scan statistics we cannot see the bottom coming: probe only

@@ -130,6 +130,11 @@ impl ColdAnon {
             && swapped_in as f64 <= COLD_FIRST_PASS
     }
 
+    /// Whether a squeeze is under way (it began on an earlier tick and has not ended).
+    pub(super) fn squeezing(&self) -> bool {
+        self.squeeze.is_some()
+    }
+
     /// This tick's squeeze target for a guest whose balloon is at `actual`: a `bite` below
     /// what it holds (`Reading::held`: a bite below what MemFree leaves would reclaim the
     /// bite plus the kernel's reserve) — once the balloon is within COLD_APPROACH_MARGIN of
