@@ -357,7 +357,7 @@ impl Controller {
             let proposed = p.target;
             let mut t = proposed;
             if let Some(step) = self.guards.max_inflate_step {
-                t = t.max((vm.actual - vm.inflate_step(step)).min(current[i]));
+                t = t.max(vm.inflate_floor(step, current[i]).min(current[i]));
             }
             if let Some(step) = self.guards.max_deflate_step {
                 t = t.min((vm.actual + step).max(current[i]));
@@ -728,7 +728,7 @@ impl Controller {
             let vm = &obs.vms[i];
             let mut lo = bottom(i, take);
             if let Some(step) = self.guards.max_inflate_step {
-                lo = lo.max(vm.actual - vm.inflate_step(step));
+                lo = lo.max(vm.inflate_floor(step, current[i]));
             }
             if matches!(take, Take::Untouched | Take::UntouchedOrStep)
                 && let Some(rss) = vm.rss

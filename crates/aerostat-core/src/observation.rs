@@ -257,6 +257,23 @@ impl VmSample {
         }
     }
 
+    /// The lowest target the step bound allows this tick, with `current` the VM's last
+    /// target: a step (`inflate_step`) below its size — and for a virtio-mem device above
+    /// boot memory, a step below the last target while the device stands no more than a
+    /// step above it: the device reports blocks gone a tick after they left the guest, and
+    /// counted from the size it reports, an unplug went a step every other tick (session
+    /// 25). At most two steps below the reported size, so a stuck device is not run away
+    /// from.
+    pub fn inflate_floor(&self, step: Bytes, current: Bytes) -> Bytes {
+        let step = self.inflate_step(step);
+        let from = if self.above_boot().is_some() {
+            current.max(self.actual - step).min(self.actual)
+        } else {
+            self.actual
+        };
+        from - step
+    }
+
     /// How far above its target a shrinking VM may still stand and be following it: a
     /// step (`inflate_step`), and above boot memory two — a virtio-mem device reports
     /// blocks gone a tick after they left the guest's free lists. (A device stuck there
