@@ -56,8 +56,9 @@ const RESERVE_WAIT_LIMIT: Millis = Millis(30_000);
 const RESERVE_PROGRESS_PER_TICK: Bytes = Bytes::mib(256);
 
 /// Whether `vm`'s balloon follows its targets: it is not still a whole inflation step
-/// (`VmSample::following_slack`) above the last target it was sent (a balloon that did not move last tick — stuck, or
-/// not yet flagged as stalled — gives nothing in the next ticks either).
+/// (`VmSample::following_slack`) above the last target it was sent (a balloon that did not
+/// move last tick — stuck, or not yet flagged as stalled — gives nothing in the next ticks
+/// either).
 fn balloon_follows(vm: &VmSample, current_target: Bytes, step: Option<Bytes>) -> bool {
     step.is_none_or(|step| vm.actual < current_target + vm.following_slack(step))
 }

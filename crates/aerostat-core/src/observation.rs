@@ -263,15 +263,16 @@ impl VmSample {
     /// step above it: the device reports blocks gone a tick after they left the guest, and
     /// counted from the size it reports, an unplug went a step every other tick (session
     /// 25). At most two steps below the reported size, so a stuck device is not run away
-    /// from.
+    /// from; and below boot memory, where the balloon moves (still deflated while the
+    /// device reports more than boot memory), never more than the plain `step` below it (a
+    /// block step of 1 GiB under a 512 MiB step asked a balloon for 1 GiB at once).
     pub fn inflate_floor(&self, step: Bytes, current: Bytes) -> Bytes {
-        let step = self.inflate_step(step);
-        let from = if self.above_boot().is_some() {
-            current.max(self.actual - step).min(self.actual)
-        } else {
-            self.actual
+        let Some(blocks) = self.above_boot() else {
+            return self.actual - step;
         };
-        from - step
+        let block_step = self.inflate_step(step);
+        let from = current.max(self.actual - block_step).min(self.actual);
+        (from - block_step).max(blocks.boot - step)
     }
 
     /// How far above its target a shrinking VM may still stand and be following it: a

@@ -696,7 +696,8 @@ fn cache_step(
             self_deflated: r.self_deflated,
             boost,
         };
-    } else if r.efficiency.is_some_and(|e| e < host.stop_efficiency)
+    } else if !memo.cold_anon.squeezing()
+        && r.efficiency.is_some_and(|e| e < host.stop_efficiency)
         && r.cold_cache()
             .is_none_or(|cold| cold < COLD_WORTH_PROBING + cold_for_bursts)
     {
@@ -714,8 +715,9 @@ fn cache_step(
         };
     } else if (now >= memo.probe_paused_until || host.probe_pause_off && keep > PAUSE_ENDS_CACHE)
         && (r.has_scan_stats || keep > 0.5 * r.cache)
-        // While a cold-anon squeeze sets the target the probe learns nothing, and steps
-        // taken meanwhile leave it below the cache the guest holds when the squeeze ends:
+        // While a cold-anon squeeze sets the target the probe learns nothing (the LRU's
+        // efficiency is the squeeze's, read by the squeeze, not the efficiency branch
+        // above), and steps taken meanwhile leave it below the cache the guest holds when the squeeze ends:
         // a gap the guest meets with its anon, `used` falls, and the target relative to it
         // follows (`unseen-14121`: 40–60 MiB a second for 8 s, then hot cache refaulted).
         && !memo.cold_anon.squeezing()

@@ -173,7 +173,12 @@ impl ColdAnon {
         }
         // Only into swap the operator declared: its size bounds what can go there (what
         // the guest has in swap is what it swapped out less what it swapped back in).
-        let swap = vm.guest_swap.filter(|s| s.0 > 0)?.as_f64();
+        // A squeeze whose swap is no longer declared ends (left standing, it would keep the
+        // cache probe waiting for ever).
+        let Some(swap) = vm.guest_swap.filter(|s| s.0 > 0).map(Bytes::as_f64) else {
+            self.squeeze = None;
+            return None;
+        };
         if now < self.paused_until {
             return None;
         }

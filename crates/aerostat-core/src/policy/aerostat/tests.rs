@@ -491,7 +491,7 @@ fn cold_anon_excuses_a_low_reclaim_efficiency_in_the_first_pass_only() {
         let (target, reason) = run.last().cloned().expect("a tick");
         (target < ticks.last().expect("a tick").actual_mib, reason)
     };
-    // 6 % on the first tick of swap-out: the squeeze goes on.
+    // 6 % on the second tick of swap-out, inside the first pass: the squeeze goes on.
     let (squeezing, reason) = squeezing_after(3, 3);
     assert!(squeezing, "{reason}");
     // 6 % 8 s after the swap-out began: the squeeze reached hot pages, and stops.
