@@ -673,6 +673,12 @@ fn cache_step(
         .min(r.cache.max(cache_floor));
     let mut rule = Rule::Reclaim;
     let detail;
+    // While a cold-anon squeeze sets the target the probe learns nothing — the LRU's
+    // efficiency is the squeeze's, read by the squeeze — so neither its efficiency stop nor
+    // its steps go on: steps taken meanwhile left it below the cache the guest held when the
+    // squeeze ended, a gap the guest met with its anon, `used` fell, and the target relative
+    // to it followed (`unseen-14121`: 40–60 MiB a second for 8 s, then hot cache refaulted).
+    let squeezing = memo.cold_anon.squeezing();
     if pressure {
         // Give back what the guest is missing, with margin, and stop probing.
         let missing = r.swap_in_bps.max(r.refault_pps * PAGE) * interval_s * 10.0;
@@ -696,7 +702,7 @@ fn cache_step(
             self_deflated: r.self_deflated,
             boost,
         };
-    } else if !memo.cold_anon.squeezing()
+    } else if !squeezing
         && r.efficiency.is_some_and(|e| e < host.stop_efficiency)
         && r.cold_cache()
             .is_none_or(|cold| cold < COLD_WORTH_PROBING + cold_for_bursts)
@@ -715,12 +721,7 @@ fn cache_step(
         };
     } else if (now >= memo.probe_paused_until || host.probe_pause_off && keep > PAUSE_ENDS_CACHE)
         && (r.has_scan_stats || keep > 0.5 * r.cache)
-        // While a cold-anon squeeze sets the target the probe learns nothing (the LRU's
-        // efficiency is the squeeze's, read by the squeeze, not the efficiency branch
-        // above), and steps taken meanwhile leave it below the cache the guest holds when the squeeze ends:
-        // a gap the guest meets with its anon, `used` falls, and the target relative to it
-        // follows (`unseen-14121`: 40–60 MiB a second for 8 s, then hot cache refaulted).
-        && !memo.cold_anon.squeezing()
+        && !squeezing
     {
         let step = prof.probe_per_min * configured * interval_s / 60.0;
         // Without scan statistics we cannot see the bottom coming: probe only

@@ -114,8 +114,8 @@ impl ColdAnon {
     /// COLD_FIRST_PASS swapped in since it began: the guest LRU's first pass, which cannot
     /// tell hot anon from cold until it has aged it once. Its swap-ins, and a low reclaim
     /// efficiency (hot pages scanned and kept), are the pass's cost: on a real guest the
-    /// first tick of swap-out read 48–56 % efficiency in most runs and 6 % in one, whose
-    /// squeeze then stopped at 45 MiB of the 130-odd the others reached (CI, session 25).
+    /// first tick of swap-out read 17–77 % efficiency in six runs and 6 % in one, whose
+    /// squeeze then stopped at 45 MiB where the others reached 98–142 (CI, sessions 25–26).
     fn in_first_pass(&self, vm: &VmSample, now: Millis) -> bool {
         let Some(sq) = self.squeeze.as_ref() else {
             return false;
@@ -163,7 +163,7 @@ impl ColdAnon {
         actual: f64,
         now: Millis,
     ) -> Option<f64> {
-        let squeezing = self.squeeze.is_some();
+        let squeezing = self.squeezing();
         let hot_scanned = squeezing
             && !self.in_first_pass(vm, now)
             && r.efficiency.is_some_and(|e| e < COLD_MIN_EFFICIENCY);
