@@ -738,6 +738,7 @@ impl Controller {
             }
             lo.min(vm.configured)
         };
+        let any_blocks = obs.vms.iter().any(|vm| vm.blocks.is_some());
         // The priority hold (below) lasts as long as waiting may: RESERVE_WAIT_LIMIT.
         let hold_by_priority = may_wait;
         // Shrinks guests as far as `take` allows, lowest priority first, most room first.
@@ -755,55 +756,75 @@ impl Controller {
                     .then(room(b).cmp(&room(a)))
                     .then(a.cmp(&b))
             });
-            // Whether a guest of lower priority than the one at hand can give more in the
-            // next ticks (its balloon follows, and it stays above its floor after this
-            // tick's shrink).
-            let mut lower_has_more = false;
-            let mut tier_has_more = false;
-            let mut tier = None;
-            for &i in order.iter() {
-                if *excess == Bytes::ZERO {
+            // Two sweeps: the first takes what each guest can give up to the excess, a
+            // virtio-mem device's at the block step above (less than a block: nothing); if
+            // that leaves an excess, the second lets a device give a whole block that is
+            // more than the rest — the host's reserve before a sub-block of a guest's slack
+            // (a property-test case: 1 GiB blocks left 496 MiB of the reserve short).
+            for whole_blocks in [false, true] {
+                if *excess == Bytes::ZERO || (whole_blocks && !any_blocks) {
                     break;
                 }
-                let vm = &obs.vms[i];
-                if tier.is_none_or(|p: f64| vm.priority.total_cmp(&p).is_gt()) {
-                    lower_has_more |= tier_has_more;
-                    tier_has_more = false;
-                    tier = Some(vm.priority);
-                }
-                let t = final_of(i, pending);
-                // Before the growth cut, only memory known to be untouched is taken — not a
-                // raise (growth: the cut decides on it), not a VM whose RSS is unknown.
-                let skip_raise = take == Take::Untouched && (t > current[i] || vm.rss.is_none());
-                // Memory that may be touched (all of it below RSS; a step of a guest whose RSS
-                // is unknown) is taken from a guest only once every guest of lower priority
-                // is at its floor — not merely at the most the step bound lets it give this
-                // tick: the excess closes at their pace over the next ticks, not out of a
-                // more important guest's working set (a generated scenario: a priority-3
-                // guest of 1 GiB squeezed to its floor at start-up, next to 12 GiB guests of
-                // priority 2 giving 512 MiB a tick: 6 OOM kills). Like the wait, for
-                // RESERVE_WAIT_LIMIT at most: a balloon that creeps cannot hold it forever.
-                let may_touch = matches!(take, Take::Touched | Take::AboveHot | Take::AboveAnon)
-                    || (take == Take::UntouchedOrStep && vm.rss.is_none());
-                let held = may_touch && hold_by_priority && (lower_has_more || others_have_more);
-                let lo = lowest(i);
-                if !skip_raise && !held && t > lo {
-                    let taken = (t - lo).min(*excess);
-                    // A VM whose actual is above its configured size (misreport) is clamped
-                    // (the clamp is not counted as taken); virtio-mem devices give whole
-                    // block steps, so the step above counts (less than one: nothing).
-                    let new = vm.on_blocks((t - taken).min(vm.configured));
-                    if new < t {
-                        *excess = *excess - (t - new).min(taken);
-                        pending[i] = Some(Pending {
-                            target: new,
-                            rule: Rule::GuardReserve,
-                            why: Why::Shrunk { from: t, to: new },
-                        });
+                // Whether a guest of lower priority than the one at hand can give more in the
+                // next ticks (its balloon follows, and it stays above its floor after this
+                // tick's shrink).
+                let mut lower_has_more = false;
+                let mut tier_has_more = false;
+                let mut tier = None;
+                for &i in order.iter() {
+                    if *excess == Bytes::ZERO {
+                        break;
                     }
+                    let vm = &obs.vms[i];
+                    if tier.is_none_or(|p: f64| vm.priority.total_cmp(&p).is_gt()) {
+                        lower_has_more |= tier_has_more;
+                        tier_has_more = false;
+                        tier = Some(vm.priority);
+                    }
+                    let t = final_of(i, pending);
+                    // Before the growth cut, only memory known to be untouched is taken — not a
+                    // raise (growth: the cut decides on it), not a VM whose RSS is unknown.
+                    let skip_raise =
+                        take == Take::Untouched && (t > current[i] || vm.rss.is_none());
+                    // Memory that may be touched (all of it below RSS; a step of a guest whose RSS
+                    // is unknown) is taken from a guest only once every guest of lower priority
+                    // is at its floor — not merely at the most the step bound lets it give this
+                    // tick: the excess closes at their pace over the next ticks, not out of a
+                    // more important guest's working set (a generated scenario: a priority-3
+                    // guest of 1 GiB squeezed to its floor at start-up, next to 12 GiB guests of
+                    // priority 2 giving 512 MiB a tick: 6 OOM kills). Like the wait, for
+                    // RESERVE_WAIT_LIMIT at most: a balloon that creeps cannot hold it forever.
+                    let may_touch =
+                        matches!(take, Take::Touched | Take::AboveHot | Take::AboveAnon)
+                            || (take == Take::UntouchedOrStep && vm.rss.is_none());
+                    let held =
+                        may_touch && hold_by_priority && (lower_has_more || others_have_more);
+                    let lo = lowest(i);
+                    if !skip_raise && !held && t > lo {
+                        let taken = (t - lo).min(*excess);
+                        // A VM whose actual is above its configured size (misreport) is clamped
+                        // (the clamp is not counted as taken); virtio-mem devices give whole
+                        // block steps, so the step above counts — or, in the second sweep, the
+                        // step below if it stays at or above the lowest.
+                        let want = (t - taken).min(vm.configured);
+                        let below = vm.on_blocks_below(want);
+                        let new = if whole_blocks && below >= lo {
+                            below
+                        } else {
+                            vm.on_blocks(want)
+                        };
+                        if new < t {
+                            *excess = *excess - (t - new).min(taken);
+                            pending[i] = Some(Pending {
+                                target: new,
+                                rule: Rule::GuardReserve,
+                                why: Why::Shrunk { from: t, to: new },
+                            });
+                        }
+                    }
+                    tier_has_more |= balloon_follows(vm, current[i], self.guards.max_inflate_step)
+                        && final_of(i, pending) > bottom(i, take);
                 }
-                tier_has_more |= balloon_follows(vm, current[i], self.guards.max_inflate_step)
-                    && final_of(i, pending) > bottom(i, take);
             }
         };
 

@@ -301,6 +301,19 @@ impl VmSample {
         }
     }
 
+    /// `target` rounded down to a whole block step above boot memory, where `on_blocks`
+    /// rounds up: what a VM with virtio-mem blocks can give when the host needs less than
+    /// a block from it and nobody else can give the rest.
+    pub fn on_blocks_below(&self, target: Bytes) -> Bytes {
+        match self.blocks {
+            Some(b) if target > b.boot && b.step > Bytes::ZERO => {
+                let above = (target - b.boot).0 / b.step.0;
+                (b.boot + Bytes(above.saturating_mul(b.step.0))).min(self.configured)
+            }
+            _ => target,
+        }
+    }
+
     /// The lowest target the controller may set: the operator floor, never below the pinned
     /// memory, never above the configured size.
     pub fn floor(&self) -> Bytes {
