@@ -1753,7 +1753,11 @@ fn reserve_takes_a_whole_block_when_only_a_virtio_mem_vm_can_give() {
     };
     // The plain guest can give the 496 MiB: it does, and no block leaves.
     let d = reserve_tick(vec![], total, Bytes::ZERO, vms(Bytes::gib(1)));
-    assert_eq!(target(&d, "plain"), Some(Bytes::gib(2) - Bytes::mib(496)), "{d:?}");
+    assert_eq!(
+        target(&d, "plain"),
+        Some(Bytes::gib(2) - Bytes::mib(496)),
+        "{d:?}"
+    );
     assert_eq!(target(&d, "mem"), None, "{d:?}");
     // The plain guest is at its floor: the virtio-mem guest gives a whole block.
     let d = reserve_tick(vec![], total, Bytes::ZERO, vms(Bytes::gib(2)));

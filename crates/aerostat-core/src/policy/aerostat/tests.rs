@@ -278,6 +278,8 @@ struct ColdTick {
     faults: u64,
     scanned: u64,
     reclaimed: u64,
+    /// The operator's swap declaration is gone this tick (a reconfigured VM).
+    undeclared: bool,
 }
 
 fn cold_tick(t: u64, actual_mib: u64) -> ColdTick {
@@ -289,6 +291,7 @@ fn cold_tick(t: u64, actual_mib: u64) -> ColdTick {
         faults: 0,
         scanned: 0,
         reclaimed: 0,
+        undeclared: false,
     }
 }
 
@@ -303,7 +306,7 @@ fn cold_anon_run(
         .iter()
         .map(|k| {
             let mut v = vm("a", 4 * GIB, k.actual_mib << 20, 3072, 0, k.t);
-            v.guest_swap = swap;
+            v.guest_swap = swap.filter(|_| !k.undeclared);
             v.stats.major_faults = Some(k.faults);
             v.stats.swap_in = Some(Bytes::mib(k.swap_in_mib));
             v.stats.swap_out = Some(Bytes::mib(k.swap_out_mib));
@@ -500,6 +503,41 @@ fn cold_anon_excuses_a_low_reclaim_efficiency_in_the_first_pass_only() {
     // The same run at 60 % goes on: the efficiency stopped it, nothing else.
     let (squeezing, reason) = squeezing_after(10, 11);
     assert!(squeezing, "{reason}");
+}
+
+/// A squeeze whose guest's swap is no longer declared ends, and does not pick up again when
+/// the declaration comes back: only a new coldness window starts one. (Left standing, it
+/// kept the cache probe waiting for a squeeze that could never go on — session 26's review.)
+#[test]
+fn cold_anon_a_squeeze_ends_when_its_swap_is_no_longer_declared() {
+    let swapping = |t: u64| ColdTick {
+        swap_out_mib: 32 * (t - 1),
+        ..cold_tick(t, 3072 + 64 - 32 * (t - 1))
+    };
+    let run = |undeclared_at: Option<u64>| {
+        let mut ticks = vec![cold_tick(0, 3072 + 64), cold_tick(1, 3072 + 64)];
+        ticks.extend((2..=6).map(|t| ColdTick {
+            undeclared: Some(t) == undeclared_at,
+            ..swapping(t)
+        }));
+        cold_anon_run(Some(Bytes::gib(2)), Some(1024), &ticks)
+    };
+    let bites = |run: &[(u64, String)]| -> Vec<bool> {
+        run.iter()
+            .enumerate()
+            .map(|(t, (target, _))| *target < 3072 + 64 - 32 * (t as u64).saturating_sub(1))
+            .collect()
+    };
+    // Declared throughout: a bite every tick from the approach on.
+    let all = run(None);
+    assert!(bites(&all)[2..].iter().all(|b| *b), "{all:?}");
+    // Undeclared at tick 4: no bite then, nor after the declaration is back.
+    let cut = run(Some(4));
+    assert_eq!(
+        bites(&cut)[2..],
+        [true, true, false, false, false],
+        "{cut:?}"
+    );
 }
 
 /// The `used` (MiB) the first proposal's reason gives ("need N MiB = used M + …").
