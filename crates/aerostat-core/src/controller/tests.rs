@@ -638,9 +638,11 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+// 10,000 cases a run (0.6 s in release): the reserve guard's sub-block gap with virtio-mem
+// blocks (session 27) failed 17 of 20 runs of 2,000 cases; more cases, fewer such misses.
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 2000,
+        cases: 10_000,
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
