@@ -100,6 +100,8 @@ struct Case {
     available: u64,
     /// What KSM saves (`None`: unknown).
     ksm_saved: Option<u64>,
+    /// Host swap, all of it (the reserve guard leaves a sub-block excess to it).
+    swap_total: u64,
     ticks: Vec<(u64, Vec<VmTick>)>,
 }
 
@@ -191,20 +193,24 @@ fn case() -> impl Strategy<Value = Case> {
                 prop_oneof![Just(0u64), 0u64..=(8 * GIB), Just(GIB), Just(u64::MAX / 4)],
                 prop_oneof![Just(0u64), 0u64..=(64 * GIB)],
                 prop_oneof![Just(None), (0u64..=(16 * GIB)).prop_map(Some)],
+                prop_oneof![2 => Just(0u64), 1 => 0u64..=(4 * GIB), 1 => Just(u64::MAX / 4)],
                 prop::collection::vec(
                     (0u64..=40_000, prop::collection::vec(vm_tick(), n..=n)),
                     1..=6,
                 ),
             )
         })
-        .prop_map(|(vms, total, reserve, available, ksm_saved, ticks)| Case {
-            vms,
-            total,
-            reserve,
-            available,
-            ksm_saved,
-            ticks,
-        })
+        .prop_map(
+            |(vms, total, reserve, available, ksm_saved, swap_total, ticks)| Case {
+                vms,
+                total,
+                reserve,
+                available,
+                ksm_saved,
+                swap_total,
+                ticks,
+            },
+        )
 }
 
 fn sample(i: usize, s: &VmSpec) -> VmSample {
@@ -314,6 +320,7 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                 free: Bytes(case.total / 2),
                 available: Bytes(case.available),
                 ksm_saved: case.ksm_saved.map(Bytes),
+                swap_total: Bytes(case.swap_total),
                 ..HostSample::default()
             },
             vms: vms.clone(),
@@ -491,6 +498,14 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
             // still holds memory above the layer before: the next ticks take that first.
             let above_hot_left = some_above(f64::INFINITY, &hot_level);
             let above_anon_left = some_above(f64::INFINITY, &anon_level);
+            // A virtio-mem guest may keep a block above its lowest where the excess left is
+            // less than a block and host swap can hold it: the guard takes a whole block more
+            // than the excess from a guest's hot cache or working set only when host swap
+            // cannot (it always does from untouched memory, free memory and cold cache).
+            let excess = committed - capacity;
+            let sub_block_left = |vm: &VmSample| {
+                vm.blocks.is_some_and(|b| excess < b.step) && Bytes(case.swap_total) >= excess
+            };
             let all_lowest = vms.iter().enumerate().all(|(i, vm)| {
                 let t = prev[i].unwrap_or(vm.actual);
                 let lowest = lowest_allowed(vm, &guards);
@@ -501,6 +516,7 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                 !vm.balloon
                     || vm.migrating
                     || at_most(lowest)
+                    || sub_block_left(vm)
                     || lower_has_more(vm)
                     || (above_anon_left && at_most(lowest.max(anon_level(i))))
                     || (above_hot_left && at_most(lowest.max(hot_level(i))))
@@ -518,7 +534,6 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
             // the host has room now (the excess, or its whole reserve, is available) and
             // the guests it may shrink hold that much untouched memory (RSS) that only the
             // step bound keeps it from taking.
-            let excess = committed - capacity;
             let untouched: Bytes = vms
                 .iter()
                 .enumerate()
@@ -540,7 +555,11 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                 .sum();
             let waiting =
                 Bytes(case.available) >= growth + excess.min(reserve) && untouched >= excess;
-            if waiting && committed > capacity && !all_lowest {
+            // When even the floors do not fit and host swap can hold the excess, the guard
+            // stops above the guests' hot layers (`hot_memory_stays`), short of the lowest
+            // the check below expects.
+            let hot_stays = floors > capacity && Bytes(case.swap_total) >= excess;
+            if waiting && committed > capacity && !all_lowest && !hot_stays {
                 // Waiting is allowed only after the first pass took all memory known to be
                 // untouched that the step bound lets it take this tick (growth is left as
                 // asked).
@@ -1729,8 +1748,9 @@ fn reserve_waits_for_a_virtio_mem_device_that_reports_a_tick_late() {
 
 /// The reserve guard and virtio-mem blocks: an excess smaller than a block is taken from a
 /// guest that can give it exactly; where only a VM with blocks can give, it gives a whole
-/// block. (Before, "less than one block: nothing" left the host short for good — a property
-/// test case with 1 GiB blocks kept 496 MiB of the reserve in the guests.)
+/// block — of memory that costs it nothing, or of its working set when host swap cannot
+/// hold the rest. (Before, "less than one block: nothing" left the host short for good: a
+/// property-test case with 1 GiB blocks kept 496 MiB of the reserve in the guests.)
 #[test]
 fn reserve_takes_a_whole_block_when_only_a_virtio_mem_vm_can_give() {
     let vms = |plain_min: Bytes| {
@@ -1761,10 +1781,40 @@ fn reserve_takes_a_whole_block_when_only_a_virtio_mem_vm_can_give() {
         "{d:?}"
     );
     assert_eq!(target(&d, "mem"), None, "{d:?}");
-    // The plain guest is at its floor: the virtio-mem guest gives a whole block.
+    // The plain guest is at its floor: the virtio-mem guest gives a whole block of the
+    // memory it never touched.
     let d = reserve_tick(vec![], total, Bytes::ZERO, vms(Bytes::gib(2)));
     assert_eq!(target(&d, "mem"), Some(Bytes::gib(5)), "{d:?}");
     assert_eq!(target(&d, "plain"), None, "{d:?}");
+    // Were all 6 GiB its processes' memory, the block would come out of its working set:
+    // it goes only when host swap cannot hold the 496 MiB left.
+    let touched = |swap_total: Bytes| {
+        let mut vms = vms(Bytes::gib(2));
+        vms[0].rss = Some(Bytes::gib(6));
+        let script = Scripted {
+            working_sets: vec![Some(WorkingSet {
+                anon: Bytes::gib(6),
+                hot: Bytes::gib(6),
+            })],
+            ..Scripted::default()
+        };
+        let mut ctl = Controller::with_guards(Box::new(script), aerostat_guards(Bytes::gib(2)));
+        ctl.tick(&Observation {
+            time: Millis::secs(100),
+            host: HostSample {
+                total,
+                swap_total,
+                ..HostSample::default()
+            },
+            vms,
+        })
+    };
+    let d = touched(Bytes::ZERO);
+    assert_eq!(target(&d, "mem"), Some(Bytes::gib(5)), "{d:?}");
+    let d = touched(Bytes::mib(496));
+    assert_eq!(target(&d, "mem"), None, "{d:?}");
+    let d = touched(Bytes::mib(495));
+    assert_eq!(target(&d, "mem"), Some(Bytes::gib(5)), "{d:?}");
 }
 
 /// A virtio-mem VM's step floor (`VmSample::inflate_floor`): a block step below its last
