@@ -18,6 +18,7 @@ pub mod engine;
 pub mod fleet;
 pub mod guest;
 pub mod host;
+pub mod input;
 pub mod metrics;
 pub mod migration;
 pub mod scenario;

@@ -560,10 +560,13 @@ pub const MAX_VMS: usize = 10_000;
 impl Scenario {
     /// Reads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            crate::input::read_bounded(path, crate::input::MAX_TOML_BYTES).map_err(|source| {
+                ScenarioError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
         Scenario::parse(&text, path)
     }
 

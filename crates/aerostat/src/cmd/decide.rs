@@ -3,7 +3,8 @@
 
 use std::process::ExitCode;
 
-use aerostat_core::{Controller, Millis, Observation, PolicySettings, priority_problem};
+use aerostat_core::{Bytes, Controller, Millis, Observation, PolicySettings, priority_problem};
+use aerostat_qemu::backend::MAX_GUEST_MEMORY;
 use serde::Deserialize;
 
 use crate::cli::DecideArgs;
@@ -11,7 +12,7 @@ use crate::cmd::InputError;
 
 pub fn run(args: &DecideArgs) -> anyhow::Result<ExitCode> {
     let path = &args.observation;
-    let text = std::fs::read_to_string(path)
+    let text = aerostat_sim::input::read_bounded(path, aerostat_sim::input::MAX_JSON_BYTES)
         .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
     let (settings, observations) =
         parse(&text).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
@@ -29,18 +30,18 @@ pub fn run(args: &DecideArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parses the file; serde_json errors name the line and column. The shape is chosen
-/// up front (array, object with `observations`, one observation) and parsed strictly.
+/// Parses the file; errors name the field's path (`observations[3].vms[0].stats.free`),
+/// line and column. The shape is chosen up front (array, object with `observations`, one
+/// observation) and parsed strictly.
 fn parse(text: &str) -> Result<(PolicySettings, Vec<Observation>), String> {
     // A byte-order mark is not JSON, and invisible in serde's "expected value" error.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start();
-    let err = |e: serde_json::Error| e.to_string();
     if trimmed.starts_with('[') {
-        let obs: Vec<Observation> = serde_json::from_str(text).map_err(err)?;
+        let obs: Vec<Observation> = from_json(text)?;
         return Ok((PolicySettings::default(), obs));
     }
-    let value: serde_json::Value = serde_json::from_str(text).map_err(err)?;
+    let value: serde_json::Value = from_json(text)?;
     if value.get("observations").is_some() {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -49,12 +50,30 @@ fn parse(text: &str) -> Result<(PolicySettings, Vec<Observation>), String> {
             settings: Option<PolicySettings>,
             observations: Vec<Observation>,
         }
-        let full: Full = serde_json::from_str(text).map_err(err)?;
+        let full: Full = from_json(text)?;
         Ok((full.settings.unwrap_or_default(), full.observations))
     } else {
-        let obs: Observation = serde_json::from_str(text).map_err(err)?;
+        let obs: Observation = from_json(text)?;
         Ok((PolicySettings::default(), vec![obs]))
     }
+}
+
+/// `serde_json::from_str`, with the path of the field an error is about: in a file of
+/// 10,000 VMs on one line (the daemon's debug log), "line 1 column 48213" alone names
+/// nothing.
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            inner.to_string()
+        } else {
+            format!("`{path}`: {inner}")
+        }
+    })?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
 }
 
 /// What JSON's types cannot say: the values a scenario file or the daemon's config would have
@@ -85,7 +104,7 @@ fn check(settings: &PolicySettings, observations: &[Observation]) -> Result<(), 
         }
         last_time = Some(obs.time);
         let host = &obs.host;
-        if host.total == aerostat_core::Bytes::ZERO {
+        if host.total == Bytes::ZERO {
             return Err(format!("`{at}host.total`: must be positive"));
         }
         for (field, v) in [("free", host.free), ("available", host.available)] {
@@ -113,6 +132,28 @@ fn check(settings: &PolicySettings, observations: &[Observation]) -> Result<(), 
             }
             if let Some(why) = priority_problem(vm.priority) {
                 return Err(format!("{}: {why}", key("priority")));
+            }
+            // As the daemon reads QEMU's `base-memory` (a guest of 0 B was a balloon target
+            // of 0 B; of 2^64 − 1, a host short by 615 TiB).
+            if vm.configured == Bytes::ZERO || vm.configured > MAX_GUEST_MEMORY {
+                return Err(format!(
+                    "{}: {} is not between 1 B and {MAX_GUEST_MEMORY}",
+                    key("configured"),
+                    vm.configured
+                ));
+            }
+            if let Some(b) = vm.blocks {
+                if b.boot > vm.configured {
+                    return Err(format!("{}: above `configured`", key("blocks.boot")));
+                }
+                // Σ of the devices' block sizes, each a power of two of at least a page.
+                if b.step < Bytes::kib(4) || !b.step.0.is_multiple_of(Bytes::kib(4).0) {
+                    return Err(format!(
+                        "{}: {} is not a whole number of 4 KiB pages",
+                        key("blocks.step"),
+                        b.step
+                    ));
+                }
             }
             if vm.min.is_some_and(|m| m > vm.configured) {
                 return Err(format!("{}: above `configured`", key("min")));
@@ -174,5 +215,39 @@ mod tests {
         assert!(refused(&free).contains("`host.free`: 64.00 GiB is above `host.total`"));
         let zero = observation(VM).replace(r#""total": 17179869184"#, r#""total": 0"#);
         assert!(refused(&zero).contains("`host.total`: must be positive"));
+        // Found by a bad-input hunt (session 27): a guest of 0 B was sent a target of 0 B,
+        // and a block step of 3 B made targets of odd bytes.
+        let empty = VM.replace(r#""configured": 4294967296"#, r#""configured": 0"#);
+        assert!(refused(&observation(&empty)).contains("`vms[0] (db).configured`: 0 B is not"));
+        let huge = VM.replace(
+            r#""configured": 4294967296"#,
+            r#""configured": 18446744073709551615"#,
+        );
+        assert!(refused(&observation(&huge)).contains("`vms[0] (db).configured`"));
+        let boot = VM.replace('}', r#", "blocks": {"boot": 8589934592, "step": 2097152}}"#);
+        assert!(refused(&observation(&boot)).contains("`vms[0] (db).blocks.boot`: above"));
+        let step = VM.replace('}', r#", "blocks": {"boot": 1073741824, "step": 3}}"#);
+        assert!(refused(&observation(&step)).contains("`vms[0] (db).blocks.step`: 3 B is not"));
+        // Two NUMA nodes' 2 MiB and 4 MiB devices: a step of 6 MiB is sound.
+        let numa = VM.replace('}', r#", "blocks": {"boot": 1073741824, "step": 6291456}}"#);
+        let (settings, obs) = parse(&observation(&numa)).expect("parses");
+        check(&settings, &obs).expect("accepted");
+    }
+
+    /// A wrong type names the field's path, not only a line and column (the daemon's debug
+    /// log holds an observation of thousands of VMs on one line).
+    #[test]
+    fn a_wrong_type_names_its_path() {
+        let neg = VM.replace('}', r#", "stats": {"free": -1}}"#);
+        let err = parse(&observation(&neg)).expect_err("refused");
+        assert!(
+            err.starts_with("`vms[0].stats.free`: invalid value"),
+            "{err}"
+        );
+        let list = format!("[{}, {}]", observation(VM), observation(&neg));
+        let err = parse(&list).expect_err("refused");
+        assert!(err.starts_with("`[1].vms[0].stats.free`"), "{err}");
+        let trailing = format!("{} x", observation(VM));
+        assert!(parse(&trailing).expect_err("refused").contains("trailing"));
     }
 }
