@@ -107,7 +107,7 @@ pub const PRIORITY_RANGE: std::ops::RangeInclusive<f64> = 1e-3..=1e3;
 pub fn priority_problem(priority: f64) -> Option<String> {
     (!PRIORITY_RANGE.contains(&priority)).then(|| {
         // 1e308 written out would be 309 digits.
-        let value = if (1e-6..1e6).contains(&priority.abs()) {
+        let value = if priority == 0.0 || (1e-6..1e6).contains(&priority.abs()) {
             priority.to_string()
         } else {
             format!("{priority:e}")

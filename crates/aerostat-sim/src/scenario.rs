@@ -577,11 +577,18 @@ impl Scenario {
         let raw: RawScenario = toml::from_str(text).map_err(|e| match e.span() {
             Some(span) => {
                 let offset = duplicate_key_at(text, span.start, e.message()).unwrap_or(span.start);
-                let key = key_path_at(text, offset);
+                let mut key = key_path_at(text, offset);
                 let message = match names_for(&key) {
                     // TOML's own words for a number or a date where a name belongs.
                     Some(names) if e.message().trim_end() == "wanted string or table" => {
                         format!("wanted {names}, in quotes")
+                    }
+                    // A list of tables where one table belongs (`[[vm.workload]]`): serde's
+                    // words were "wanted exactly 1 element, more than 1 element".
+                    _ if e.message().starts_with("wanted exactly") && key.ends_with(']') => {
+                        key.truncate(key.rfind('[').unwrap_or(key.len()));
+                        let header = table_header(&key);
+                        format!("one table, not a list: write `[{header}]`, not `[[{header}]]`")
                     }
                     _ => e.message().trim_end().to_string(),
                 };
@@ -599,6 +606,14 @@ impl Scenario {
         })?;
         raw.validate(text, path)
     }
+}
+
+/// A key path as a TOML table header: `vm[0] (a).workload` → `vm.workload`.
+fn table_header(key: &str) -> String {
+    key.split('.')
+        .map(|part| part.split(['[', ' ']).next().unwrap_or(part))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// The names a key of a named kind takes (`kind`, `class`, `stats`, `ksm_control`), as the
@@ -848,7 +863,9 @@ fn vm_path(table: String, vm_name: Option<&str>) -> String {
 /// it is told, so an interval that is not a whole number of ticks would size them for a
 /// cadence that never runs.
 pub fn interval_problem(interval: Millis, tick: Millis) -> Option<String> {
-    if interval < tick || !interval.0.is_multiple_of(tick.0) {
+    if interval == Millis::ZERO {
+        Some("must be positive".into())
+    } else if interval < tick || !interval.0.is_multiple_of(tick.0) {
         Some(format!("must be a whole number of ticks (tick {tick})"))
     } else if interval > Millis::secs(3600) {
         Some("must be at most 1h".into())

@@ -616,6 +616,8 @@ fn policy_interval_must_be_whole_ticks() {
             line_of(&text, "[scenario]"),
             "`scenario.interval`",
         );
+        // 0 s is not a whole number of ticks to fix, but no interval at all.
+        assert_eq!(err.contains("must be positive"), interval == "0s", "{err}");
     }
     let text = replace_line(ISSUE_SCHEMA, "seed =", "seed = 7\ninterval = \"10s\"");
     let s = Scenario::parse(&text, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
@@ -1100,4 +1102,24 @@ fn a_duplicate_key_and_a_kind_of_the_wrong_type_are_named() {
         "`vm[0] (web).workload.kind`",
     );
     assert!(err.contains("wanted one of `steady`, `diurnal`"), "{err}");
+}
+
+/// `[[vm.workload]]` where `[vm.workload]` belongs: serde's words ("wanted exactly 1
+/// element, more than 1 element") contradicted the one element written (a bad-input hunt,
+/// session 27).
+#[test]
+fn a_list_of_tables_where_one_table_belongs_says_so() {
+    let text = ISSUE_SCHEMA.replace("[vm.workload]", "[[vm.workload]]");
+    let path = Path::new(PATH);
+    let err = error_of(&text, path);
+    assert_names(
+        &err,
+        path,
+        line_of(&text, "[[vm.workload]]"),
+        "`vm[0] (web).workload`",
+    );
+    assert!(
+        err.contains("one table, not a list: write `[vm.workload]`, not `[[vm.workload]]`"),
+        "{err}"
+    );
 }

@@ -133,3 +133,25 @@ fn a_fleet_too_big_to_simulate_or_a_longer_run_exits_2() {
         "{stderr}"
     );
 }
+
+/// A VM larger than the host leaves no whole VM at the low ratios: the error says what does
+/// not fit and from which ratio one VM does (a bad-input hunt, session 27: it named only
+/// `--ratios`, which the user had not passed).
+#[test]
+fn a_vm_larger_than_the_host_names_the_ratio_that_keeps_one() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let big = SCENARIO
+        .replace("memory = \"16GiB\"", "memory = \"2GiB\"")
+        .replace("reserve = \"2GiB\"", "reserve = \"1GiB\"")
+        .replace("count = 4\n", "count = 1\n");
+    std::fs::write(dir.path().join("big.toml"), big).expect("scenario written");
+    let out = aerostat(&["plan", "big.toml", "--quiet"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // 3.5 GiB against 1 GiB usable: one VM from ½ × 3.5 = 1.75.
+    assert!(
+        stderr.contains("configured with 3.50 GiB in all and the host holds 1.00 GiB")
+            && stderr.contains("ratios from 1.75 keep at least one"),
+        "{stderr}"
+    );
+}

@@ -198,6 +198,11 @@ mod tests {
         assert!(refused(&observation(&dup)).contains("`vms[1] (db).name`: duplicate"));
         let prio = VM.replace('}', r#", "priority": -1}"#);
         assert!(refused(&observation(&prio)).contains("`vms[0] (db).priority`: -1 is not between"));
+        // 0 was written `0e0` (session 27's bad-input hunt).
+        let zero = VM.replace('}', r#", "priority": 0.0}"#);
+        assert!(refused(&observation(&zero)).contains("`vms[0] (db).priority`: 0 is not between"));
+        let huge = VM.replace('}', r#", "priority": 1e300}"#);
+        assert!(refused(&observation(&huge)).contains("`vms[0] (db).priority`: 1e300 is not"));
         let min = VM.replace('}', r#", "min": 8589934592}"#);
         assert!(refused(&observation(&min)).contains("`vms[0] (db).min`: above"));
         let back = format!(

@@ -281,9 +281,16 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             let counts = inputs.scaled_counts(r * base_scale);
             let vms: u64 = counts.iter().map(|&c| u64::from(c)).sum();
             if counts.iter().all(|&c| c == 0) {
+                // A group keeps a VM from count × scale ≥ ½ (rounded to whole VMs).
+                let most = inputs.groups.iter().map(|g| g.count).max().unwrap_or(1);
+                let least = 0.5 / (base_scale * f64::from(most.max(1)));
                 Err(InputError(format!(
-                    "--ratios: {r} leaves no whole VM of `{}` on the host",
-                    scenario.name
+                    "--ratios: {r} leaves no whole VM of `{}` on the host: its VMs are \
+                     configured with {} in all and the host holds {} after its reserve; \
+                     ratios from {least:.2} keep at least one",
+                    scenario.name,
+                    Bytes::from_f64(inputs.configured_total()),
+                    inputs.usable
                 )))
             } else if vms > aerostat_sim::scenario::MAX_VMS as u64 {
                 // A scenario file is held to the same limit: each VM is simulated.

@@ -332,9 +332,11 @@ impl Config {
                 }
                 Ok(b)
             };
+            // Named by `migration.escape`, the key the file has (the peers it lacks have
+            // no line to point at).
             if m.escape && m.peers.is_empty() && m.prepare.is_none() {
                 return Err(invalid(
-                    "`migration.peers`: the escape needs at least one peer (or a `prepare` command that names one)".into(),
+                    "`migration.escape`: the escape needs at least one peer in `migration.peers` (or a `prepare` command that names one)".into(),
                 ));
             }
             if let Some((p, why)) = m
@@ -420,6 +422,16 @@ impl Config {
         } else {
             None
         };
+        if raw
+            .host
+            .cgroup
+            .as_ref()
+            .is_some_and(|c| c.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "`host.cgroup`: must not be empty (leave it out to read the whole host)".into(),
+            ));
+        }
         Ok(Config {
             reserve,
             cgroup: raw.host.cgroup,
@@ -573,7 +585,22 @@ mod tests {
                 .expect_err(extra)
                 .to_string()
         };
-        assert!(err("escape = true\n").contains("migration.peers"));
+        // Named by the line of the key the file has (session 27: no line before).
+        let no_peer = err("escape = true\n");
+        assert!(
+            no_peer.contains("line 6: `migration.escape`") && no_peer.contains("migration.peers"),
+            "{no_peer}"
+        );
+        let cgroup = Config::parse(
+            &base.replace("[host]\n", "[host]\ncgroup = \"\"\n"),
+            Path::new("a.toml"),
+        )
+        .expect_err("empty cgroup")
+        .to_string();
+        assert!(
+            cgroup.contains("`host.cgroup`: must not be empty"),
+            "{cgroup}"
+        );
         assert!(err("escape = true\npeers = [\"host\"]\n").contains("not a migration URI"));
         assert!(
             err("escape = true\npeers = [\"tcp:h:1\"]\nbandwidth = \"1GiB\"\n")

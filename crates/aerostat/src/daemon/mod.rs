@@ -141,7 +141,7 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     // squeezed toward its floor and the escape called from the first tick.
     if config.reserve >= first.total {
         anyhow::bail!(
-            "host.reserve ({}) is not below the host's memory ({}): nothing would be left for the guests",
+            "`host.reserve` ({}) is not below this host's memory ({}): nothing would be left for the guests",
             config.reserve,
             first.total
         );
