@@ -283,7 +283,8 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             if counts.iter().all(|&c| c == 0) {
                 // A group keeps a VM from count × scale ≥ ½ (rounded to whole VMs).
                 let most = inputs.groups.iter().map(|g| g.count).max().unwrap_or(1);
-                let least = 0.5 / (base_scale * f64::from(most.max(1)));
+                // Rounded up, so the ratio printed keeps one.
+                let least = (50.0 / (base_scale * f64::from(most.max(1)))).ceil() / 100.0;
                 Err(InputError(format!(
                     "--ratios: {r} leaves no whole VM of `{}` on the host: its VMs are \
                      configured with {} in all and the host holds {} after its reserve; \
