@@ -286,7 +286,12 @@ pub fn load_trace(path: &Path, usable: Bytes) -> Result<Vec<(Millis, Bytes, Byte
             s.parse::<f64>()
                 .ok()
                 .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| bad(&format!("{name} `{s}` is not a non-negative number")))
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "{name} `{}` is not a non-negative number",
+                        shorten(s)
+                    ))
+                })
         };
         let t = num(fields[0], "time_s")?;
         let ws = num(fields[1], "working_set_mib")?;
@@ -303,7 +308,7 @@ pub fn load_trace(path: &Path, usable: Bytes) -> Result<Vec<(Millis, Bytes, Byte
         {
             // Times are kept in whole milliseconds (up to ~584 million years).
             return Err(bad(&format!(
-                "times must increase by at least 1 ms (time_s {secs} is not after the row before, in whole milliseconds)"
+                "times must increase by at least 1 ms (time_s {secs:?} is not after the row before, in whole milliseconds)"
             )));
         }
         let (ws, pc) = (
@@ -329,6 +334,16 @@ pub fn load_trace(path: &Path, usable: Bytes) -> Result<Vec<(Millis, Bytes, Byte
         return Err(format!("{}: trace has no rows", path.display()));
     }
     Ok(points)
+}
+
+/// A field as an error quotes it: whole up to 40 characters, else its start and its length
+/// (a line of 250 million digits made a 250 MB error).
+fn shorten(field: &str) -> String {
+    const MAX: usize = 40;
+    match field.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}… ({} characters)", &field[..end], field.chars().count()),
+        None => field.to_string(),
+    }
 }
 
 /// `path` as given and, when relative, the absolute path it stands for here.
@@ -366,5 +381,13 @@ mod tests {
                 .expect_err("order")
                 .contains(":2")
         );
+        // A huge field is quoted by its start and length, a tiny time in exponent form
+        // (session 27's bad-input hunt: a 250 MB error, a 330-digit time).
+        std::fs::write(&f, format!("0,{}\n", "9".repeat(100_000))).expect("write");
+        let e = load_trace(&f, Bytes::gib(1)).expect_err("infinite");
+        assert!(e.len() < 200 && e.contains("… (100000 characters)"), "{e}");
+        std::fs::write(&f, "0,1\n5e-324,1\n").expect("write");
+        let e = load_trace(&f, Bytes::gib(1)).expect_err("same millisecond");
+        assert!(e.contains("time_s 5e-324 is not after"), "{e}");
     }
 }
