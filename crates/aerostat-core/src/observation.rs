@@ -292,22 +292,23 @@ impl VmSample {
     /// `target` as the VM's devices can hold it: above boot memory, rounded up to a whole
     /// block step (never above `configured`), as the backend carries it out.
     pub fn on_blocks(&self, target: Bytes) -> Bytes {
-        match self.blocks {
-            Some(b) if target > b.boot && b.step > Bytes::ZERO => {
-                let above = (target - b.boot).0.div_ceil(b.step.0);
-                (b.boot + Bytes(above.saturating_mul(b.step.0))).min(self.configured)
-            }
-            _ => target,
-        }
+        self.block_grid(target, u64::div_ceil)
     }
 
     /// `target` rounded down to a whole block step above boot memory, where `on_blocks`
     /// rounds up: what a VM with virtio-mem blocks can give when the host needs less than
     /// a block from it and nobody else can give the rest.
     pub fn on_blocks_below(&self, target: Bytes) -> Bytes {
+        self.block_grid(target, |above, step| above / step)
+    }
+
+    /// `target` on the block grid above boot memory (never above `configured`), the whole
+    /// steps above boot counted by `steps(bytes above boot, step)`; at or below boot
+    /// memory, or without blocks, `target` itself.
+    fn block_grid(&self, target: Bytes, steps: fn(u64, u64) -> u64) -> Bytes {
         match self.blocks {
             Some(b) if target > b.boot && b.step > Bytes::ZERO => {
-                let above = (target - b.boot).0 / b.step.0;
+                let above = steps((target - b.boot).0, b.step.0);
                 (b.boot + Bytes(above.saturating_mul(b.step.0))).min(self.configured)
             }
             _ => target,
