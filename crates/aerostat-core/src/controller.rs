@@ -738,7 +738,7 @@ impl Controller {
             }
             lo.min(vm.configured)
         };
-        let any_blocks = obs.vms.iter().any(|vm| vm.blocks.is_some());
+        let any_blocks = obs.vms.iter().any(|vm| vm.grid().is_some());
         // Whether a virtio-mem device may give a whole block where the excess left is less:
         // where that costs the guest nothing (untouched memory; free memory and cold cache,
         // when the policy knows the guest's hot layer), and deeper only when host swap
@@ -775,7 +775,7 @@ impl Controller {
                 }
                 let block = |i: usize| {
                     obs.vms[i]
-                        .blocks
+                        .grid()
                         .filter(|_| whole_blocks)
                         .map_or(Bytes::ZERO, |b| b.step)
                 };

@@ -199,6 +199,11 @@ pub struct Blocks {
     /// Σ of the devices' block sizes: the least change of a target above `boot` that moves
     /// every device.
     pub step: Bytes,
+    /// Whether a balloon beside the devices takes back what rounding a target up to whole
+    /// blocks adds (`resize::balloon_trims`): then a target above `boot` is carried out
+    /// exactly, not on the block grid. Absent: `false`.
+    #[serde(default)]
+    pub balloon_trims: bool,
 }
 
 /// One host-side coldness measurement of a guest's memory.
@@ -249,9 +254,10 @@ impl VmSample {
 
     /// The most a target may fall below `actual` in a tick: the controller's `step`, and at
     /// least one block step of a virtio-mem VM (a smaller fall rounds up to no move at all:
-    /// 1 GiB blocks under a 512 MiB step never unplugged; reviewer-4, session 21).
+    /// 1 GiB blocks under a 512 MiB step never unplugged; reviewer-4, session 21) — unless
+    /// a balloon trims the targets, and so carries a smaller fall.
     pub fn inflate_step(&self, step: Bytes) -> Bytes {
-        match self.above_boot() {
+        match self.above_boot().filter(|b| !b.balloon_trims) {
             Some(b) => step.max(b.step),
             None => step,
         }
@@ -284,6 +290,12 @@ impl VmSample {
         Bytes(self.inflate_step(step).0.saturating_mul(steps))
     }
 
+    /// The VM's virtio-mem blocks when its targets above boot memory go by whole block
+    /// steps: no balloon trims them.
+    pub fn grid(&self) -> Option<Blocks> {
+        self.blocks.filter(|b| !b.balloon_trims)
+    }
+
     /// The VM's virtio-mem blocks while it stands above its boot memory (blocks plugged).
     fn above_boot(&self) -> Option<Blocks> {
         self.blocks.filter(|b| self.actual > b.boot)
@@ -304,9 +316,9 @@ impl VmSample {
 
     /// `target` on the block grid above boot memory (never above `configured`), the whole
     /// steps above boot counted by `steps(bytes above boot, step)`; at or below boot
-    /// memory, or without blocks, `target` itself.
+    /// memory, without blocks, or with a balloon that trims, `target` itself.
     fn block_grid(&self, target: Bytes, steps: fn(u64, u64) -> u64) -> Bytes {
-        match self.blocks {
+        match self.grid() {
             Some(b) if target > b.boot && b.step > Bytes::ZERO => {
                 let above = steps((target - b.boot).0, b.step.0);
                 (b.boot + Bytes(above.saturating_mul(b.step.0))).min(self.configured)

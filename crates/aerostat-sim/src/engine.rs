@@ -9,8 +9,7 @@
 //! numbers on every machine; fleets run hosts in parallel (see [`crate::fleet`]).
 
 use aerostat_core::{
-    Action, Blocks, Bytes, Coldness, Controller, Millis, Observation, PolicyKind, PolicySettings,
-    VmSample,
+    Action, Bytes, Coldness, Controller, Millis, Observation, PolicyKind, PolicySettings, VmSample,
 };
 
 use crate::guest::Guest;
@@ -425,10 +424,7 @@ impl Simulation {
                 vm.guest_swap = (s.swap > Bytes::ZERO).then_some(s.swap);
                 // The operator configured the device: not hidden from a real controller.
                 vm.deflate_on_oom = Some(s.deflate_on_oom);
-                vm.blocks = s.virtio_mem.map(|d| Blocks {
-                    boot: d.boot,
-                    step: d.block,
-                });
+                vm.blocks = s.virtio_mem.map(|d| d.blocks(s.balloon));
                 self.obs.vms.push(vm);
                 self.obs_index.push(i);
             }

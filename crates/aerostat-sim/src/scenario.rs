@@ -265,8 +265,9 @@ pub struct RawVirtioMem {
 }
 
 /// A guest whose memory above `boot` is a virtio-mem device of `memory − boot`: a target is
-/// carried out in whole blocks (rounded up, `aerostat_core::resize::split`), as the daemon
-/// does, and a guest without a balloon (`balloon = false`) cannot go below `boot`.
+/// carried out in whole blocks (rounded up, `aerostat_core::resize::split`; a balloon beside
+/// blocks above 16 MiB takes the rounding back), as the daemon does, and a guest without a
+/// balloon (`balloon = false`) cannot go below `boot`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VirtioMem {
     pub boot: Bytes,
@@ -286,7 +287,17 @@ impl VirtioMem {
         } else {
             target.max(self.boot)
         };
-        aerostat_core::resize::split(target, self.boot, &[device]).total()
+        let trim = self.blocks(balloon).balloon_trims;
+        aerostat_core::resize::split(target, self.boot, &[device], trim).total()
+    }
+
+    /// The device as a controller sees it.
+    pub fn blocks(&self, balloon: bool) -> aerostat_core::observation::Blocks {
+        aerostat_core::observation::Blocks {
+            boot: self.boot,
+            step: self.block,
+            balloon_trims: aerostat_core::resize::balloon_trims(balloon, self.block),
+        }
     }
 }
 

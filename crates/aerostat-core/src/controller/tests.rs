@@ -75,8 +75,9 @@ struct VmSpec {
     rss: Option<u64>,
     /// The policy's working-set estimate (anon, hot), when it has one.
     working_set: Option<(u64, u64)>,
-    /// virtio-mem devices above this boot memory, resized in these steps (`VmSample::blocks`).
-    blocks: Option<(u64, u64)>,
+    /// virtio-mem devices above this boot memory, resized in these steps, and whether a
+    /// balloon trims the targets (`VmSample::blocks`).
+    blocks: Option<(u64, u64, bool)>,
 }
 
 /// What happens to one VM in one tick.
@@ -131,6 +132,7 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
             (
                 0u64..=100,
                 prop_oneof![Just(2 * MIB), Just(128 * MIB), Just(GIB)],
+                prop::bool::weighted(0.5),
             ),
         ),
     )
@@ -164,7 +166,7 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
                     // started its guest yet) exercises the saturating subtraction.
                     rss: rss_pct.map(|p| if p < 5 { pct(p) } else { pct(p) + overhead }),
                     working_set: ws_pct.map(|(anon, cache)| (pct(anon), pct(anon + cache))),
-                    blocks: blocks.map(|(boot_pct, step)| (pct(boot_pct), step)),
+                    blocks: blocks.map(|(boot_pct, step, trims)| (pct(boot_pct), step, trims)),
                 }
             },
         )
@@ -222,18 +224,21 @@ fn sample(i: usize, s: &VmSpec) -> VmSample {
     vm.balloon = s.balloon;
     vm.migrating = s.migrating;
     vm.rss = s.rss.map(Bytes);
-    vm.blocks = s.blocks.map(|(boot, step)| Blocks {
+    vm.blocks = s.blocks.map(|(boot, step, balloon_trims)| Blocks {
         boot: Bytes(boot),
         step: Bytes(step),
+        balloon_trims,
     });
     vm
 }
 
 /// How far below `actual` the step bound lets a VM go in a tick: a step — and with
-/// virtio-mem blocks above boot memory at least a block step, twice (a device reports
-/// blocks gone a tick late, so it steps from its last target).
+/// virtio-mem blocks above boot memory at least a block step (a step where a balloon trims
+/// the targets), twice (a device reports blocks gone a tick late, so it steps from its last
+/// target).
 fn inflate_reach(vm: &VmSample, step: Bytes) -> Bytes {
     match vm.blocks {
+        Some(b) if vm.actual > b.boot && b.balloon_trims => Bytes(2 * step.0),
         Some(b) if vm.actual > b.boot => Bytes(2 * step.max(b.step).0),
         _ => step,
     }
@@ -507,7 +512,7 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
             // — and the regression test below pins that case.)
             let excess = committed - capacity;
             let sub_block_left = |vm: &VmSample| {
-                vm.blocks.is_some_and(|b| excess < b.step) && Bytes(case.swap_total) >= excess
+                vm.grid().is_some_and(|b| excess < b.step) && Bytes(case.swap_total) >= excess
             };
             let all_lowest = vms.iter().enumerate().all(|(i, vm)| {
                 let t = prev[i].unwrap_or(vm.actual);
@@ -1698,6 +1703,7 @@ fn big_guest_hands_back_beside_a_db(report_late: bool) -> Bytes {
             big.blocks = Some(Blocks {
                 boot: Bytes::gib(2),
                 step: Bytes::mib(2),
+                balloon_trims: false,
             });
         }
         let d = ctl.tick(&Observation {
@@ -1765,6 +1771,7 @@ fn reserve_takes_a_whole_block_when_only_a_virtio_mem_vm_can_give() {
         mem.blocks = Some(Blocks {
             boot: Bytes::gib(4),
             step: Bytes::gib(1),
+            balloon_trims: false,
         });
         let mut plain = VmSample::new("plain", Bytes::gib(4), Bytes::gib(2));
         plain.rss = Some(Bytes::gib(1));
@@ -1848,6 +1855,7 @@ fn the_step_floor_of_a_virtio_mem_vm() {
     vm.blocks = Some(Blocks {
         boot: Bytes::gib(4),
         step: Bytes::gib(1),
+        balloon_trims: false,
     });
     let step = Bytes::mib(512);
     // The device reports 5 GiB, a tick behind its last target, boot memory.

@@ -330,10 +330,7 @@ impl VmRegistry {
                     s.guest_swap = settings.swap;
                     s.coldness = conn.coldness;
                     s.deflate_on_oom = conn.deflate_on_oom;
-                    s.blocks = (!conn.devices.is_empty()).then(|| Blocks {
-                        boot: conn.boot,
-                        step: conn.devices.iter().map(|d| d.block_size).sum(),
-                    });
+                    s.blocks = (!conn.devices.is_empty()).then(|| conn.blocks());
                     // Neither a balloon nor a device: counted toward the host, never acted on.
                     s.balloon = conn.has_balloon || !conn.devices.is_empty();
                     if !waiting {
@@ -481,10 +478,21 @@ fn pluggable(d: &VirtioMemDevice) -> Pluggable {
 }
 
 impl VmConn {
+    /// The VM's virtio-mem devices together, as the controller sees them.
+    fn blocks(&self) -> Blocks {
+        let step = self.devices.iter().map(|d| d.block_size).sum();
+        Blocks {
+            boot: self.boot,
+            step,
+            balloon_trims: resize::balloon_trims(self.has_balloon, step),
+        }
+    }
+
     /// How a target is reached on this VM.
     fn split(&self, target: Bytes) -> Resize {
         let devices: Vec<Pluggable> = self.devices.iter().map(pluggable).collect();
-        resize::split(target, self.boot, &devices)
+        let trim = self.blocks().balloon_trims;
+        resize::split(target, self.boot, &devices, trim)
     }
 
     /// Whether a device still has to unplug, now or to reach `plan`.

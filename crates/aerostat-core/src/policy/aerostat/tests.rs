@@ -685,6 +685,7 @@ fn replay_unplug(seen: &[(u64, u64, u64, Bytes, Bytes, Bytes, Bytes)]) -> (Vec<u
         v.blocks = Some(Blocks {
             boot: Bytes::mib(512),
             step: Bytes::mib(4),
+            balloon_trims: false,
         });
         v.stats.total = Some(total);
         v.stats.free = Some(free);
