@@ -1174,6 +1174,77 @@ fn the_daemon_unplugs_and_replugs_a_virtio_mem_guest() {
     daemon.terminate(Duration::from_secs(5));
 }
 
+/// Blocks larger than 16 MiB beside a balloon: the daemon plugs whole blocks and the balloon
+/// takes back what rounding the target up to them adds (`aerostat_core::resize::balloon_trims`),
+/// so the guest holds its target, not the block step above it — a guest with 1 GiB blocks
+/// otherwise held 1 GiB or 2 GiB and nothing between (session 28). A 700 MiB workload on
+/// 512 MiB of boot memory and 128 MiB blocks: some blocks stay plugged and the balloon takes
+/// boot memory beside them.
+#[test]
+fn the_balloon_takes_back_what_128_mib_blocks_round_up() {
+    const TEST: &str = "virtio_mem_trim";
+    const BOOT: u64 = 512 << 20;
+    const BLOCK: u64 = 128 << 20;
+    let _serial = serial_lock();
+    let Some(files) = prerequisites(TEST) else {
+        return;
+    };
+    let (work, qmp_dir) = work_dir();
+    let spec = VmSpec::new("trim", BOOT >> 20)
+        .daemon_dir(&qmp_dir)
+        .virtio_mem(1024, 1024)
+        .virtio_mem_block(128);
+    let vms = start_all(&files, &[spec]);
+    let vm = &vms[0];
+    wait_until(Duration::from_secs(60), "1 GiB plugged at boot", || {
+        std::thread::sleep(Duration::from_millis(200));
+        vm.virtio_mem().0 == 1 << 30
+    });
+    vm.run_ok("memhog 700 --quiet >/tmp/hog.log 2>&1 &");
+    wait_until(Duration::from_secs(90), "memhog holding 700 MiB", || {
+        std::thread::sleep(Duration::from_millis(300));
+        vm.run("grep -q holding /tmp/hog.log").0 == 0
+    });
+
+    let config = daemon_config(&qmp_dir, None, "256MiB", "");
+    let mut daemon = Daemon::start(work.path(), 1, &config);
+    let mut seen = (0, 0, 0);
+    let took = wait_until(
+        Duration::from_secs(90),
+        "whole blocks plugged and the balloon below boot memory, together at the target",
+        || {
+            std::thread::sleep(Duration::from_millis(300));
+            let Some(target) = daemon.vm_status("trim").and_then(|v| v["target"].as_u64()) else {
+                return false;
+            };
+            let (plugged, requested) = vm.virtio_mem();
+            let balloon = vm.balloon_actual();
+            seen = (target, plugged, balloon);
+            plugged > 0
+                && plugged == requested
+                && balloon < BOOT
+                && (balloon + plugged).abs_diff(target) < 8 << 20
+        },
+    );
+    let (target, plugged, balloon) = seen;
+    println!(
+        "{TEST}: after {:.1} s target {} MiB = {} MiB plugged + {} MiB balloon actual; MemTotal {} MiB",
+        took.as_secs_f64(),
+        mib(target),
+        mib(plugged),
+        mib(balloon),
+        vm.meminfo_kb("MemTotal") >> 10
+    );
+    print_decisions(TEST, &decisions_for(&daemon.decisions(), "trim"));
+    assert_eq!(plugged % BLOCK, 0, "whole 128 MiB blocks");
+    assert!(
+        target.saturating_sub(BOOT) < plugged,
+        "the target is below the blocks plugged: the balloon carries the difference"
+    );
+    vm.assert_no_oom_kill();
+    daemon.terminate(Duration::from_secs(5));
+}
+
 /// NUMA-aware resizing: a guest with two NUMA nodes, each with its own virtio-mem device.
 /// The daemon shares what lies above boot memory between the devices in proportion to their
 /// size (equal here), so memory is taken from each node, and given back to each, alike —

@@ -231,6 +231,8 @@ pub struct VmSpec {
     /// is then the boot memory, and the guest boots with `memhp_default_state=online_movable`
     /// (without it the plugged memory is never unplugged; guest/README.md).
     pub virtio_mem: Option<(u64, u64)>,
+    /// The virtio-mem device's block size in MiB (`None`: QEMU's default, 2 MiB here).
+    pub virtio_mem_block_mib: Option<u64>,
     /// NUMA nodes (at least 1): with more than one, node 0 holds the boot memory and the vCPU,
     /// and each node gets its own virtio-mem device (`vm<node>`) of `virtio_mem`'s size.
     pub numa_nodes: u32,
@@ -259,6 +261,7 @@ impl VmSpec {
             swap_disk: None,
             mem_lock: false,
             virtio_mem: None,
+            virtio_mem_block_mib: None,
             numa_nodes: 1,
         }
     }
@@ -271,6 +274,12 @@ impl VmSpec {
 
     pub fn virtio_mem(mut self, max_mib: u64, plugged_mib: u64) -> VmSpec {
         self.virtio_mem = Some((max_mib, plugged_mib));
+        self
+    }
+
+    /// The virtio-mem device's block size.
+    pub fn virtio_mem_block(mut self, mib: u64) -> VmSpec {
+        self.virtio_mem_block_mib = Some(mib);
         self
     }
 
@@ -402,12 +411,15 @@ impl TestVm {
             }
         }
         if let Some((max, plugged)) = spec.virtio_mem {
+            let block = spec
+                .virtio_mem_block_mib
+                .map_or(String::new(), |b| format!(",block-size={b}M"));
             for node in 0..spec.numa_nodes {
                 cmd.arg("-object")
                     .arg(format!("memory-backend-ram,id=vmem{node},size={max}M"))
                     .arg("-device")
                     .arg(format!(
-                        "virtio-mem-pci,id=vm{node},memdev=vmem{node},node={node},requested-size={plugged}M"
+                        "virtio-mem-pci,id=vm{node},memdev=vmem{node},node={node},requested-size={plugged}M{block}"
                     ));
             }
         }
