@@ -35,9 +35,82 @@ pub fn read_bounded(path: &Path, max: u64) -> io::Result<String> {
     Ok(text)
 }
 
+/// A field as an error quotes it: whole up to 40 characters, else its start and its length
+/// (a trace line of 250 million digits made a 250 MB error).
+pub fn shorten(field: &str) -> String {
+    match field.char_indices().nth(40) {
+        Some((end, _)) => format!("{}… ({} characters)", &field[..end], field.chars().count()),
+        None => field.to_string(),
+    }
+}
+
+/// `text` whole up to `max` characters, else its start and its length in at most `max`
+/// (so cutting twice changes nothing).
+fn cut(text: &str, max: usize) -> String {
+    if text.char_indices().nth(max).is_none() {
+        return text.to_string();
+    }
+    let keep = text
+        .char_indices()
+        .nth(max - 30)
+        .map_or(text.len(), |(i, _)| i);
+    format!("{}… ({} characters)", &text[..keep], text.chars().count())
+}
+
+/// An error message with every quoted part (between backticks or double quotes) cut at 100
+/// characters (a key path with a VM's name fits), each line at 300 and the message at 2,000:
+/// parsers
+/// quote the value they refuse, and a value of a million digits made a megabyte of error.
+pub fn shorten_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(4_096));
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = &rest[open..=open];
+        out.push_str(&rest[..=open]);
+        rest = &rest[open + 1..];
+        let Some(close) = rest.find(quote) else {
+            break;
+        };
+        out.push_str(&cut(&rest[..close], 100));
+        out.push_str(quote);
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    // A parser's snippet of the offending line is not quoted: each line is cut too.
+    let lines: Vec<String> = out.split('\n').map(|line| cut(line, 300)).collect();
+    cut(&lines.join("\n"), 2_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_parts_are_shortened() {
+        let huge = "9".repeat(1_000_000);
+        let message = format!("`{huge}GiB`: not a size; \"{huge}\" either, `kind`");
+        let short = shorten_quoted(&message);
+        assert_eq!(
+            short,
+            format!(
+                "`{}… (1000003 characters)`: not a size; \"{}… (1000000 characters)\" either, `kind`",
+                &huge[..70],
+                &huge[..70]
+            )
+        );
+        // An unclosed quote and a long unquoted message are cut too.
+        let short = shorten_quoted(&format!("`{huge}"));
+        assert!(
+            short.len() < 2_100 && short.ends_with("(1000001 characters)"),
+            "{short}"
+        );
+        assert_eq!(shorten_quoted("plain `a` \"b\""), "plain `a` \"b\"");
+        // Shortening twice changes nothing (a scenario's error inside the CLI's).
+        let once = shorten_quoted(&message);
+        assert_eq!(shorten_quoted(&once), once);
+        let once = shorten_quoted(&"x\n".repeat(5_000));
+        assert_eq!(shorten_quoted(&once), once);
+    }
 
     #[test]
     fn a_file_at_the_bound_is_read_and_one_past_it_refused() {

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::input::shorten_quoted;
 use aerostat_core::linux::Watermarks;
 use aerostat_core::{Bytes, Millis, VmClass};
 use serde::{Deserialize, Deserializer};
@@ -21,9 +22,9 @@ pub enum ScenarioError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
+    #[error("{path}: {}", shorten_quoted(.message))]
     Parse { path: PathBuf, message: String },
-    #[error("{path}:{line}: `{key}`: {message}")]
+    #[error("{path}:{line}: {}", shorten_quoted(&format!("`{key}`: {message}")))]
     Invalid {
         path: PathBuf,
         line: usize,
@@ -388,8 +389,10 @@ pub struct RawWorkload {
     #[serde(default, deserialize_with = "human_opt")]
     pub phase: Option<Millis>,
     /// Phases: `[{ at = "1h", working_set = "2GiB", page_cache = "1GiB" }, ...]`.
+    /// `None` where the file has no `phases` (`phases = []` is set, and an error on any
+    /// other kind than `phases`).
     #[serde(default)]
-    pub phases: Vec<RawPhase>,
+    pub phases: Option<Vec<RawPhase>>,
     /// Trace: CSV with `time_s,working_set_mib,page_cache_mib` rows (relative to the scenario file).
     #[serde(default)]
     pub trace: Option<PathBuf>,
@@ -1393,7 +1396,7 @@ fn fields_set(w: &RawWorkload) -> [(&'static str, bool); 10] {
         ("rise", w.rise.is_some()),
         ("hold", w.hold.is_some()),
         ("rate", w.rate.is_some()),
-        ("phases", !w.phases.is_empty()),
+        ("phases", w.phases.is_some()),
     ]
 }
 
@@ -1456,8 +1459,9 @@ fn validate_workload(
     {
         return never("at", at);
     }
-    if let Some(p) = w.phases.iter().skip(1).position(|p| p.at >= duration) {
-        return never(&format!("phases[{}].at", p + 1), w.phases[p + 1].at);
+    let phases = w.phases.as_deref().unwrap_or_default();
+    if let Some(p) = phases.iter().skip(1).position(|p| p.at >= duration) {
+        return never(&format!("phases[{}].at", p + 1), phases[p + 1].at);
     }
     let too_much_cache = |field: &str, cache: Bytes| {
         err(
@@ -1479,6 +1483,8 @@ fn validate_workload(
     }
     if let Some((i, c)) = w
         .phases
+        .as_deref()
+        .unwrap_or_default()
         .iter()
         .enumerate()
         .find_map(|(i, p)| p.page_cache.filter(|c| *c > usable).map(|c| (i, c)))
@@ -1564,10 +1570,11 @@ fn validate_workload(
     let mut points = Vec::new();
     match w.kind {
         WorkloadKind::Phases => {
-            if w.phases.is_empty() {
+            let phases = w.phases.as_deref().unwrap_or_default();
+            if phases.is_empty() {
                 return err("phases", "at least one phase is required".into());
             }
-            for (i, p) in w.phases.iter().enumerate() {
+            for (i, p) in phases.iter().enumerate() {
                 if p.working_set > usable {
                     return err(
                         &format!("phases[{i}].working_set"),

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use aerostat_core::{Bytes, Millis};
 
+use crate::input::shorten;
 use crate::scenario::{WorkloadKind, WorkloadSpec};
 
 /// What the guest's applications want at one instant, in bytes.
@@ -334,16 +335,6 @@ pub fn load_trace(path: &Path, usable: Bytes) -> Result<Vec<(Millis, Bytes, Byte
         return Err(format!("{}: trace has no rows", path.display()));
     }
     Ok(points)
-}
-
-/// A field as an error quotes it: whole up to 40 characters, else its start and its length
-/// (a line of 250 million digits made a 250 MB error).
-fn shorten(field: &str) -> String {
-    const MAX: usize = 40;
-    match field.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{}… ({} characters)", &field[..end], field.chars().count()),
-        None => field.to_string(),
-    }
 }
 
 /// `path` as given and, when relative, the absolute path it stands for here.

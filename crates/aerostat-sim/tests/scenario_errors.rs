@@ -411,6 +411,13 @@ fn a_field_the_kind_ignores() {
         err.contains("`vm[0] (web).workload.rise`: does not apply to kind `phases`"),
         "{err}"
     );
+    // An empty list is set too (it passed silently until session 28).
+    let text = replace_line(ISSUE_SCHEMA, "peak =", "peak = \"4GiB\"\nphases = []");
+    let err = error_of(&text, Path::new(PATH));
+    assert!(
+        err.contains("`vm[0] (web).workload.phases`: does not apply to kind `diurnal`"),
+        "{err}"
+    );
 }
 
 /// Noise that can lift the working set past what the guest holds OOM-kills it under any

@@ -12,9 +12,9 @@ mod plan;
 mod run;
 mod sim;
 
-/// Bad input (file, flag): exit code 2.
+/// Bad input (file, flag): exit code 2. A value it quotes is shortened (`shorten_quoted`).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
+#[error("{}", aerostat_sim::input::shorten_quoted(.0))]
 pub struct InputError(pub String);
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use aerostat_core::{Bytes, Millis, PolicyKind, VmClass};
+use aerostat_sim::input::shorten_quoted;
 use aerostat_sim::scenario::Rate;
 use serde::Deserialize;
 
@@ -19,7 +20,7 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
+    #[error("{path}: {}", shorten_quoted(.message))]
     Invalid { path: PathBuf, message: String },
 }
 
