@@ -708,10 +708,11 @@ impl Controller {
             }
         }));
         let working_set: &[WorkingSet] = working_set;
-        // Memory a virtio-mem guest without a trimming balloon holds above its hot layer only
-        // because its targets go by whole blocks: up to the block step at or above that
-        // layer. The policy finds the guest does not need it, so the host backs it only as
-        // the guest fills it with cold cache — which host swap can hold, as it holds
+        // Memory a virtio-mem guest without a trimming balloon holds above its hot layer that
+        // the guard would take (free memory and cold cache: the first passes take down to that
+        // layer) but its whole blocks keep: up to the block step at or above the layer —
+        // headroom the policy gave it included. The guest does not need it, so the host backs
+        // it only as the guest fills it with cold cache, which host swap can hold, as it holds
         // `static`'s guests' at their configured sizes. As far as host swap can, it is not
         // counted in the excess. (Seed 1000's 100 generated scenarios with 1 GiB blocks and
         // no balloon, session 28: 2 GiB guests whose 1.3 GiB need rounded up to 2 GiB did not
@@ -734,12 +735,17 @@ impl Controller {
         };
         let over =
             |pending: &[Option<Pending>]| (committed(pending) - capacity) - grid_rounding(pending);
-        let mut excess = over(pending);
+        // Host swap the rounding leaves for the rest of the excess (`over_take`), kept with
+        // the excess: `recount` sets both.
+        let swap_spare = std::cell::Cell::new(Bytes::ZERO);
+        let recount = |pending: &[Option<Pending>]| {
+            swap_spare.set(obs.host.swap_total - grid_rounding(pending));
+            over(pending)
+        };
+        let mut excess = recount(pending);
         if excess == Bytes::ZERO {
             return ReserveOutcome::Fits;
         }
-        // Host swap the rounding leaves for the rest of the excess.
-        let swap_spare = obs.host.swap_total - grid_rounding(pending);
 
         // Guests the guard may shrink, and how far (`Take`): first only down to what the
         // guest has touched (host-measured RSS minus overhead: taking untouched memory costs
@@ -783,8 +789,8 @@ impl Controller {
             Take::Untouched => true,
             Take::UntouchedOrStep => obs.vms[i].rss.is_some(),
             // Without the policy's estimate the hot layer is the floor.
-            Take::AboveHot => self.policy.working_set(i).is_some() || swap_spare < excess,
-            Take::AboveAnon | Take::Touched => swap_spare < excess,
+            Take::AboveHot => self.policy.working_set(i).is_some() || swap_spare.get() < excess,
+            Take::AboveAnon | Take::Touched => swap_spare.get() < excess,
         };
         // The priority hold (below) lasts as long as waiting may: RESERVE_WAIT_LIMIT.
         let hold_by_priority = may_wait;
@@ -882,12 +888,28 @@ impl Controller {
             }
         };
 
+        // A pass that may take a guest below its hot layer runs until what it takes leaves no
+        // rounding behind uncounted (such a guest loses its block rounding, `grid_rounding`,
+        // and what that covered is excess again; each round takes some guest lower, or
+        // nothing), so the next step starts only from what this one could not give.
+        let settle = |excess: &mut Bytes,
+                      pending: &mut [Option<Pending>],
+                      order: &mut Vec<usize>,
+                      take: Take,
+                      others_have_more: bool| {
+            for _ in 0..=obs.vms.len() {
+                let before = committed(pending);
+                shrink(excess, pending, order, take, others_have_more);
+                *excess = recount(pending);
+                if *excess == Bytes::ZERO || committed(pending) == before {
+                    break;
+                }
+            }
+        };
+
         // 1. Untouched memory, before anyone's growth: a guest asking for memory gets it
         //    rather than leave idle pages with another.
-        shrink(&mut excess, pending, order, Take::Untouched, false);
-        // A guest taken below its hot layer no longer has block rounding above it: what that
-        // covered is excess again (after every pass).
-        excess = over(pending);
+        settle(&mut excess, pending, order, Take::Untouched, false);
         if excess == Bytes::ZERO {
             return ReserveOutcome::Fits;
         }
@@ -940,7 +962,7 @@ impl Controller {
                 p.rule = Rule::GuardReserve;
                 p.target = new;
             }
-            excess = over(pending);
+            excess = recount(pending);
         }
 
         // 4. A step of every guest whose RSS is unknown (and the untouched memory of those
@@ -960,8 +982,7 @@ impl Controller {
                         && final_of(i, pending) > layer(&working_set[i])
                 })
             };
-        shrink(&mut excess, pending, order, Take::UntouchedOrStep, false);
-        excess = over(pending);
+        settle(&mut excess, pending, order, Take::UntouchedOrStep, false);
         shrink(&mut excess, pending, order, Take::AboveHot, false);
         // When even the floors do not fit and host swap can hold the rest, hot memory stays
         // where it is: the guest knows what is cold — not what is hot.
@@ -969,19 +990,9 @@ impl Controller {
             return ReserveOutcome::Squeezed;
         }
         let hot_left = left_above(pending, order, |ws| ws.hot);
-        shrink(&mut excess, pending, order, Take::AboveAnon, hot_left);
-        excess = over(pending);
+        settle(&mut excess, pending, order, Take::AboveAnon, hot_left);
         let anon_left = left_above(pending, order, |ws| ws.anon);
-        // Until what it takes leaves no rounding behind uncounted (each round takes a
-        // guest below its hot layer for good, or nothing).
-        for _ in 0..=obs.vms.len() {
-            let before = committed(pending);
-            shrink(&mut excess, pending, order, Take::Touched, anon_left);
-            excess = over(pending);
-            if excess == Bytes::ZERO || committed(pending) == before {
-                break;
-            }
-        }
+        settle(&mut excess, pending, order, Take::Touched, anon_left);
         ReserveOutcome::Squeezed
     }
 }

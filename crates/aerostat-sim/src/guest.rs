@@ -266,7 +266,7 @@ impl Guest {
                 + (self.anon_hot + self.anon_cold).min(self.swap_room());
             // A virtio-mem guest unplugs down to boot memory before its balloon inflates
             // below it, once the device reports its blocks gone, as the daemon sequences
-            // them (`balloon_after_unplug`).
+            // them (`balloon_after_devices`).
             let boot = self.spec.virtio_mem.map(|v| v.boot.as_f64());
             let down_to = match boot {
                 Some(boot) if self.actual > boot || reported_late > 0.0 => self.target.max(boot),

@@ -68,8 +68,11 @@ pub fn shorten_quoted(message: &str) -> String {
         let quote = &rest[open..=open];
         out.push_str(&rest[..=open]);
         rest = &rest[open + 1..];
-        let Some(close) = rest.find(quote) else {
-            break;
+        // A quote closes on its own line; one that does not is literal (an apostrophe-like
+        // quote in the parser's snippet of the user's line).
+        let line = &rest[..rest.find('\n').unwrap_or(rest.len())];
+        let Some(close) = line.find(quote) else {
+            continue;
         };
         out.push_str(&cut(&rest[..close], 100));
         out.push_str(quote);
@@ -105,6 +108,16 @@ mod tests {
             "{short}"
         );
         assert_eq!(shorten_quoted("plain `a` \"b\""), "plain `a` \"b\"");
+        // A quote without its pair on its line is literal: the next line's quotes pair up.
+        let odd = format!(
+            "line 3 | x = \"{}\n  |     ^\nexpected `{}`",
+            "y".repeat(150),
+            "z".repeat(150)
+        );
+        let short = shorten_quoted(&odd);
+        assert!(short.contains("expected `zzz"), "{short}");
+        assert!(short.contains("(150 characters)`"), "{short}");
+        assert!(short.contains("  |     ^"), "{short}");
         // Shortening twice changes nothing (a scenario's error inside the CLI's).
         let once = shorten_quoted(&message);
         assert_eq!(shorten_quoted(&once), once);

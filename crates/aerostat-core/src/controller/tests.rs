@@ -504,18 +504,9 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
             // still holds memory above the layer before: the next ticks take that first.
             let above_hot_left = some_above(f64::INFINITY, &hot_level);
             let above_anon_left = some_above(f64::INFINITY, &anon_level);
-            // A virtio-mem guest may keep a block above its lowest where the excess left is
-            // less than a block and host swap can hold it: the guard takes a whole block more
-            // than the excess from a guest's hot cache or working set only when host swap
-            // cannot. (It always does from untouched memory, free memory and cold cache; this
-            // check does not tell those apart — the excess a pass saw can exceed the one left
-            // — and the regression test below pins that case.)
+            // What block grids round up above hot layers is not counted, as far as host swap
+            // can hold it (`grid_rounding`): the guard's excess is what is left.
             let excess = committed - capacity;
-            let sub_block_left = |vm: &VmSample| {
-                vm.grid().is_some_and(|b| excess < b.step) && Bytes(case.swap_total) >= excess
-            };
-            // Nor is what block grids round up above hot layers counted, as far as host swap
-            // can hold it (`grid_rounding`).
             let rounding: Bytes = vms
                 .iter()
                 .enumerate()
@@ -530,7 +521,18 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                     prev[i].unwrap_or(vm.actual).min(vm.on_blocks(hot)) - hot
                 })
                 .sum();
-            let rounding_left = excess <= rounding.min(Bytes(case.swap_total));
+            let rounding = rounding.min(Bytes(case.swap_total));
+            let left = excess - rounding;
+            let swap_spare = Bytes(case.swap_total) - rounding;
+            let rounding_left = left == Bytes::ZERO;
+            // A virtio-mem guest may keep a block above its lowest where the excess left is
+            // less than a block and the host swap the rounding leaves can hold it: the guard
+            // takes a whole block more than the excess from a guest's hot cache or working
+            // set only when host swap cannot. (It always does from untouched memory, free
+            // memory and cold cache; this check does not tell those apart — the excess a pass
+            // saw can exceed the one left — and the regression test below pins that case.)
+            let sub_block_left =
+                |vm: &VmSample| vm.grid().is_some_and(|b| left < b.step) && swap_spare >= left;
             let all_lowest = rounding_left
                 || vms.iter().enumerate().all(|(i, vm)| {
                     let t = prev[i].unwrap_or(vm.actual);
@@ -579,8 +581,6 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                 .enumerate()
                 .map(|(i, vm)| prev[i].unwrap_or(vm.actual) - before[i].max(vm.floor()))
                 .sum();
-            // The guard's excess leaves out block rounding host swap can hold.
-            let left = excess - rounding.min(Bytes(case.swap_total));
             let waiting = Bytes(case.available) >= growth + left.min(reserve) && untouched >= left;
             // When even the floors do not fit and host swap can hold the excess, the guard
             // stops at the guests' hot layers (`hot_memory_stays`) unless it waited.

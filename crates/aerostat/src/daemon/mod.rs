@@ -327,7 +327,7 @@ async fn tick(
     let _ = stdout.flush();
     drop(stdout);
     if !dry_run {
-        registry.apply_after_unplug(metrics).await;
+        registry.apply_after_devices(metrics).await;
         registry.apply(&decision.actions, config, metrics).await;
     }
     for alert in &decision.alerts {

@@ -32,11 +32,18 @@ pub struct VmConn {
     /// the sizes of the last sample. A target above boot memory is theirs
     /// (`aerostat_core::resize`).
     devices: Vec<VirtioMemDevice>,
-    /// A balloon target below boot memory that waits for the devices to finish unplugging:
-    /// inflating while they migrate pages out of their blocks froze a real guest's
-    /// statistics for 30 s (the policy then held the guest while a workload grew into an OOM
-    /// kill), so the balloon goes second.
-    balloon_after_unplug: Option<Bytes>,
+    /// A balloon inflate that waits for the devices to reach their requested sizes:
+    /// - inflating while they migrate pages out of their blocks froze a real guest's
+    ///   statistics for 30 s (the policy then held the guest while a workload grew into an
+    ///   OOM kill), so the balloon goes second;
+    /// - a trimming balloon (`resize::balloon_trims`) inflating while a block is still to be
+    ///   plugged would squeeze a guest the policy is growing (1.9 → 2.1 GiB with 1 GiB blocks
+    ///   asks for a block plugged and 800 MiB ballooned): the block comes first.
+    ///
+    /// A deflate is never held: a shrink that crosses a block downward (2.1 → 1.95 GiB)
+    /// deflates first and then unplugs, so the guest has room for what the unplug migrates;
+    /// the host backs up to a block more until the unplug is done.
+    balloon_after_devices: Option<Bytes>,
     /// The balloon's `actual` at the last sample (boot memory without a balloon).
     balloon_actual: Bytes,
     /// When aerostat adopted the VM (epoch ms). Statistics the guest reported before the
@@ -210,7 +217,7 @@ impl VmRegistry {
             configured,
             has_balloon,
             devices,
-            balloon_after_unplug: None,
+            balloon_after_devices: None,
             balloon_actual: boot,
             adopted_at,
             last: None,
@@ -369,10 +376,10 @@ impl VmRegistry {
                 continue;
             };
             let plan = conn.split(target);
-            conn.balloon_after_unplug = None;
+            conn.balloon_after_devices = None;
             if conn.has_balloon {
-                if plan.balloon < conn.balloon_actual && conn.unplugging(&plan) {
-                    conn.balloon_after_unplug = Some(plan.balloon);
+                if plan.balloon < conn.balloon_actual && conn.resizing(&plan) {
+                    conn.balloon_after_devices = Some(plan.balloon);
                 } else if let Err(e) = conn.qemu.set_balloon(plan.balloon).await {
                     conn.note_error(&action.vm, "balloon", &e, metrics);
                 }
@@ -391,16 +398,16 @@ impl VmRegistry {
         }
     }
 
-    /// Sends the balloon targets that waited for their VM's devices to finish unplugging.
-    pub async fn apply_after_unplug(&mut self, metrics: &Metrics) {
+    /// Sends the balloon inflates that waited for their VM's devices to reach their sizes.
+    pub async fn apply_after_devices(&mut self, metrics: &Metrics) {
         for (name, conn) in &mut self.vms {
-            let Some(balloon) = conn.balloon_after_unplug else {
+            let Some(balloon) = conn.balloon_after_devices else {
                 continue;
             };
-            if conn.devices.iter().any(|d| d.size > d.requested_size) {
+            if conn.devices.iter().any(|d| d.size != d.requested_size) {
                 continue;
             }
-            conn.balloon_after_unplug = None;
+            conn.balloon_after_devices = None;
             if let Err(e) = conn.qemu.set_balloon(balloon).await {
                 conn.note_error(name, "balloon", &e, metrics);
             }
@@ -484,7 +491,7 @@ impl VmConn {
         Blocks {
             boot: self.boot,
             step,
-            balloon_trims: resize::balloon_trims(self.has_balloon, step),
+            balloon_trims: resize::balloon_trims(self.has_balloon, step, self.boot),
         }
     }
 
@@ -495,10 +502,10 @@ impl VmConn {
         resize::split(target, self.boot, &devices, trim)
     }
 
-    /// Whether a device still has to unplug, now or to reach `plan`.
-    fn unplugging(&self, plan: &Resize) -> bool {
+    /// Whether a device still has to plug or unplug to reach `plan`.
+    fn resizing(&self, plan: &Resize) -> bool {
         let devices = self.devices.iter().zip(&plan.plugged);
-        devices.into_iter().any(|(d, &p)| d.size > p)
+        devices.into_iter().any(|(d, &p)| d.size != p)
     }
 
     /// Takes the devices' sizes from a fresh `query-memory-devices` and returns what they
