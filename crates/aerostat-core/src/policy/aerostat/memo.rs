@@ -111,7 +111,8 @@ impl Memo {
             // what the lists could hold counts at once; the rest once seen twice. Not with
             // virtio-mem devices: memory a device plugs goes online straight into the free
             // lists, and its MemTotal grows with every plug the workload asked for (a real
-            // NUMA guest growing into its plugs was OOM-killed with the rise held back).
+            // NUMA guest growing into its plugs was OOM-killed with the rise held back) —
+            // beside a balloon that trims, too: its growth still comes mostly as plugs.
             let page_lists = if vm.blocks.is_some() {
                 0.0
             } else {

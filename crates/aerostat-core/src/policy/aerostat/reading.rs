@@ -88,7 +88,9 @@ impl Reading {
     /// yet to give back is not counted; beyond it, it is. What it hides shows once the
     /// blocks are gone or the unplug stalls (the target then goes back up); pressure shows
     /// at once. The balloon below boot memory needs none of this: its pages leave MemTotal
-    /// as they go.
+    /// as they go. (Beside blocks it trims, `resize::balloon_trims`, an inflate still to
+    /// come counts here as if it were blocks: it widens the bound by less than a block step,
+    /// and the daemon sends it only once the devices are done.)
     /// Returns the rise left out: blocks already off the free lists.
     pub(super) fn without_unplugging(&mut self, vm: &VmSample, memo: &Memo, current: f64) -> f64 {
         let Some(blocks) = vm.blocks.filter(|_| memo.last_time.is_some()) else {
