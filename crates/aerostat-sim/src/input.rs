@@ -69,9 +69,12 @@ pub fn shorten_quoted(message: &str) -> String {
         out.push_str(&rest[..=open]);
         rest = &rest[open + 1..];
         // A quote closes on its own line; one that does not is literal (an apostrophe-like
-        // quote in the parser's snippet of the user's line).
-        let line = &rest[..rest.find('\n').unwrap_or(rest.len())];
-        let Some(close) = line.find(quote) else {
+        // quote in the parser's snippet of the user's line). One scan to the first of the
+        // two, so a long line with many quotes stays linear.
+        let Some(close) = rest
+            .find([quote.as_bytes()[0] as char, '\n'])
+            .filter(|&at| rest[at..].starts_with(quote))
+        else {
             continue;
         };
         out.push_str(&cut(&rest[..close], 100));

@@ -32,7 +32,8 @@ pub struct VmConn {
     /// the sizes of the last sample. A target above boot memory is theirs
     /// (`aerostat_core::resize`).
     devices: Vec<VirtioMemDevice>,
-    /// A balloon inflate that waits for the devices to reach their requested sizes:
+    /// A plan whose balloon inflate waits for the devices to reach the plan's sizes (a
+    /// device request that fails drops it: the guest keeps more):
     /// - inflating while they migrate pages out of their blocks froze a real guest's
     ///   statistics for 30 s (the policy then held the guest while a workload grew into an
     ///   OOM kill), so the balloon goes second;
@@ -43,7 +44,10 @@ pub struct VmConn {
     /// A deflate is never held: a shrink that crosses a block downward (2.1 → 1.95 GiB)
     /// deflates first and then unplugs, so the guest has room for what the unplug migrates;
     /// the host backs up to a block more until the unplug is done.
-    balloon_after_devices: Option<Bytes>,
+    balloon_after_devices: Option<Resize>,
+    /// The last balloon target sent, if any: a balloon still inflating toward it is stopped
+    /// where it stands when a new plan holds its inflate.
+    balloon_sent: Option<Bytes>,
     /// The balloon's `actual` at the last sample (boot memory without a balloon).
     balloon_actual: Bytes,
     /// When aerostat adopted the VM (epoch ms). Statistics the guest reported before the
@@ -218,6 +222,7 @@ impl VmRegistry {
             has_balloon,
             devices,
             balloon_after_devices: None,
+            balloon_sent: None,
             balloon_actual: boot,
             adopted_at,
             last: None,
@@ -379,9 +384,15 @@ impl VmRegistry {
             conn.balloon_after_devices = None;
             if conn.has_balloon {
                 if plan.balloon < conn.balloon_actual && conn.resizing(&plan) {
-                    conn.balloon_after_devices = Some(plan.balloon);
-                } else if let Err(e) = conn.qemu.set_balloon(plan.balloon).await {
-                    conn.note_error(&action.vm, "balloon", &e, metrics);
+                    // A balloon still inflating toward an older, lower target stops where
+                    // it stands: the hold is for the devices to move first.
+                    if conn.balloon_sent.is_some_and(|t| t < conn.balloon_actual) {
+                        let here = conn.balloon_actual;
+                        conn.send_balloon(&action.vm, here, metrics).await;
+                    }
+                    conn.balloon_after_devices = Some(plan.clone());
+                } else {
+                    conn.send_balloon(&action.vm, plan.balloon, metrics).await;
                 }
             }
             for i in 0..conn.devices.len() {
@@ -392,7 +403,12 @@ impl VmRegistry {
                 let id = dev.id.clone().unwrap_or_default();
                 match conn.qemu.set_virtio_mem_requested(&id, size).await {
                     Ok(()) => conn.devices[i].requested_size = size,
-                    Err(e) => conn.note_error(&action.vm, "virtio-mem", &e, metrics),
+                    Err(e) => {
+                        conn.note_error(&action.vm, "virtio-mem", &e, metrics);
+                        // The devices will not get there: the inflate is not sent at all
+                        // (the guest keeps more; the next target plans again).
+                        conn.balloon_after_devices = None;
+                    }
                 }
             }
         }
@@ -401,16 +417,16 @@ impl VmRegistry {
     /// Sends the balloon inflates that waited for their VM's devices to reach their sizes.
     pub async fn apply_after_devices(&mut self, metrics: &Metrics) {
         for (name, conn) in &mut self.vms {
-            let Some(balloon) = conn.balloon_after_devices else {
+            let Some(plan) = &conn.balloon_after_devices else {
                 continue;
             };
-            if conn.devices.iter().any(|d| d.size != d.requested_size) {
+            // Every device at the size the plan asked of it (a device gone since: never).
+            if conn.devices.len() != plan.plugged.len() || conn.resizing(plan) {
                 continue;
             }
+            let balloon = plan.balloon;
             conn.balloon_after_devices = None;
-            if let Err(e) = conn.qemu.set_balloon(balloon).await {
-                conn.note_error(name, "balloon", &e, metrics);
-            }
+            conn.send_balloon(name, balloon, metrics).await;
         }
     }
 
@@ -500,6 +516,14 @@ impl VmConn {
         let devices: Vec<Pluggable> = self.devices.iter().map(pluggable).collect();
         let trim = self.blocks().balloon_trims;
         resize::split(target, self.boot, &devices, trim)
+    }
+
+    /// Sets the balloon's target, remembering it.
+    async fn send_balloon(&mut self, vm: &str, target: Bytes, metrics: &Metrics) {
+        match self.qemu.set_balloon(target).await {
+            Ok(()) => self.balloon_sent = Some(target),
+            Err(e) => self.note_error(vm, "balloon", &e, metrics),
+        }
     }
 
     /// Whether a device still has to plug or unplug to reach `plan`.
