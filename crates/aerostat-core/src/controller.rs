@@ -733,14 +733,13 @@ impl Controller {
                 .sum();
             rounding.min(obs.host.swap_total)
         };
-        let over =
-            |pending: &[Option<Pending>]| (committed(pending) - capacity) - grid_rounding(pending);
         // Host swap the rounding leaves for the rest of the excess (`over_take`), kept with
         // the excess: `recount` sets both.
         let swap_spare = std::cell::Cell::new(Bytes::ZERO);
         let recount = |pending: &[Option<Pending>]| {
-            swap_spare.set(obs.host.swap_total - grid_rounding(pending));
-            over(pending)
+            let rounding = grid_rounding(pending);
+            swap_spare.set(obs.host.swap_total - rounding);
+            (committed(pending) - capacity) - rounding
         };
         let mut excess = recount(pending);
         if excess == Bytes::ZERO {
@@ -986,7 +985,7 @@ impl Controller {
         shrink(&mut excess, pending, order, Take::AboveHot, false);
         // When even the floors do not fit and host swap can hold the rest, hot memory stays
         // where it is: the guest knows what is cold — not what is hot.
-        if hot_memory_stays(obs, floors, capacity, excess + grid_rounding(pending)) {
+        if hot_memory_stays(obs, floors, capacity, committed(pending) - capacity) {
             return ReserveOutcome::Squeezed;
         }
         let hot_left = left_above(pending, order, |ws| ws.hot);

@@ -267,8 +267,8 @@ pub struct RawVirtioMem {
 
 /// A guest whose memory above `boot` is a virtio-mem device of `memory − boot`: a target is
 /// carried out in whole blocks (rounded up, `aerostat_core::resize::split`; a balloon beside
-/// blocks above 16 MiB takes the rounding back, `resize::balloon_trims`), as the daemon does, and a guest without a
-/// balloon (`balloon = false`) cannot go below `boot`.
+/// blocks above 16 MiB takes the rounding back, `resize::balloon_trims`), as the daemon
+/// does, and a guest without a balloon (`balloon = false`) cannot go below `boot`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VirtioMem {
     pub boot: Bytes,
