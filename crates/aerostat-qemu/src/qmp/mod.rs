@@ -22,8 +22,9 @@ mod client;
 mod error;
 mod wire;
 
-#[cfg(test)]
-pub(crate) mod testing;
+/// A fake QMP server for tests, here and in the daemon's (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use client::{MAX_BUFFERED_EVENTS, QmpClient, QmpOptions};
 pub use error::QmpError;

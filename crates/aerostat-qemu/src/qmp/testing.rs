@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[cfg(test)]
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -142,6 +143,7 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, outs: Vec<Out>) -> b
 }
 
 /// Arbitrary JSON biased toward QMP's keys, so the parser's deeper branches get exercised.
+#[cfg(test)]
 pub fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
@@ -162,6 +164,7 @@ pub fn arb_json() -> impl Strategy<Value = Value> {
     })
 }
 
+#[cfg(test)]
 fn arb_key() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![

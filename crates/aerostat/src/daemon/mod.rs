@@ -327,8 +327,8 @@ async fn tick(
     let _ = stdout.flush();
     drop(stdout);
     if !dry_run {
-        registry.apply_after_devices(metrics).await;
-        registry.apply(&decision.actions, config, metrics).await;
+        registry.apply_after_devices(metrics, now).await;
+        registry.apply(&decision.actions, metrics, now).await;
     }
     for alert in &decision.alerts {
         tracing::warn!(%alert, "memory alert");

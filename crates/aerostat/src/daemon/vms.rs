@@ -44,7 +44,17 @@ pub struct VmConn {
     /// A deflate is never held: a shrink that crosses a block downward (2.1 → 1.95 GiB)
     /// deflates first and then unplugs, so the guest has room for what the unplug migrates;
     /// the host backs up to a block more until the unplug is done.
+    ///
+    /// An unplug the guest cannot finish (blocks pinned by unmovable pages; Linux retries
+    /// only every 50 s or more) would hold the inflate for good: once the devices have not
+    /// moved for [`DEVICES_STUCK_AFTER`] and each still plugs at least the plan's size, the
+    /// inflate goes (the guest keeps its target plus what it could not unplug). A plug that
+    /// never lands (no driver) keeps holding: inflating then would take the guest below its
+    /// target.
     balloon_after_devices: Option<Resize>,
+    /// When a device's size last changed or aerostat last asked one for a new size: where a
+    /// stall starts.
+    devices_moved_at: Millis,
     /// The last balloon target sent, if any: a balloon still inflating toward it is stopped
     /// where it stands when a new plan holds its inflate.
     balloon_sent: Option<Bytes>,
@@ -74,6 +84,11 @@ pub struct VmConn {
     /// not say (the policy then infers it from the guest's MemTotal).
     deflate_on_oom: Option<bool>,
 }
+
+/// How long the virtio-mem devices may stand short of their requested sizes before a held
+/// inflate stops waiting for them. A real unplug moves every second or two (session 24:
+/// 768 MiB in 4–5 s on a TCG guest); a guest that fails one retries after 50 s at the least.
+const DEVICES_STUCK_AFTER: Millis = Millis::secs(30);
 
 /// How long one coldness window lasts: the host's own LRU reads the same accessed bits, so
 /// they are cleared this seldom, not every tick (docs/observation.md, "Coldness").
@@ -222,6 +237,7 @@ impl VmRegistry {
             has_balloon,
             devices,
             balloon_after_devices: None,
+            devices_moved_at: adopted_at,
             balloon_sent: None,
             balloon_actual: boot,
             adopted_at,
@@ -295,7 +311,8 @@ impl VmRegistry {
             let sample = match results.remove(name) {
                 Some((Ok((balloon, devices)), stats, rss)) => {
                     conn.balloon_actual = balloon;
-                    let Some(actual) = conn.note_devices(devices).map(|p| balloon + p) else {
+                    let plugged = conn.note_devices(devices, now);
+                    let Some(actual) = plugged.map(|p| balloon + p) else {
                         let e = QmpError::Protocol {
                             detail: "a virtio-mem device of this VM is gone".into(),
                         };
@@ -371,8 +388,10 @@ impl VmRegistry {
     }
 
     /// Carries out memory targets: the balloon below boot memory, the virtio-mem devices
-    /// above it (`aerostat_core::resize::split`).
-    pub async fn apply(&mut self, actions: &[Action], _config: &Config, metrics: &Metrics) {
+    /// above it (`aerostat_core::resize::split`). A deflate goes before the devices move,
+    /// an inflate after them (see `VmConn::balloon_after_devices`). `now`: the daemon's
+    /// clock (epoch ms), as for `observe`.
+    pub async fn apply(&mut self, actions: &[Action], metrics: &Metrics, now: Millis) {
         for action in actions {
             let Some(target) = action.balloon_target() else {
                 continue;
@@ -382,19 +401,11 @@ impl VmRegistry {
             };
             let plan = conn.split(target);
             conn.balloon_after_devices = None;
-            if conn.has_balloon {
-                if plan.balloon < conn.balloon_actual && conn.resizing(&plan) {
-                    // A balloon still inflating toward an older, lower target stops where
-                    // it stands: the hold is for the devices to move first.
-                    if conn.balloon_sent.is_some_and(|t| t < conn.balloon_actual) {
-                        let here = conn.balloon_actual;
-                        conn.send_balloon(&action.vm, here, metrics).await;
-                    }
-                    conn.balloon_after_devices = Some(plan.clone());
-                } else {
-                    conn.send_balloon(&action.vm, plan.balloon, metrics).await;
-                }
+            let inflate = conn.has_balloon && plan.balloon < conn.balloon_actual;
+            if conn.has_balloon && !inflate {
+                conn.send_balloon(&action.vm, plan.balloon, metrics).await;
             }
+            let mut device_failed = false;
             for i in 0..conn.devices.len() {
                 let (dev, size) = (&conn.devices[i], plan.plugged[i]);
                 if dev.requested_size == size {
@@ -402,31 +413,50 @@ impl VmRegistry {
                 }
                 let id = dev.id.clone().unwrap_or_default();
                 match conn.qemu.set_virtio_mem_requested(&id, size).await {
-                    Ok(()) => conn.devices[i].requested_size = size,
+                    Ok(()) => {
+                        conn.devices[i].requested_size = size;
+                        conn.devices_moved_at = now;
+                    }
                     Err(e) => {
                         conn.note_error(&action.vm, "virtio-mem", &e, metrics);
-                        // The devices will not get there: the inflate is not sent at all
-                        // (the guest keeps more; the next target plans again).
-                        conn.balloon_after_devices = None;
+                        device_failed = true;
                     }
                 }
+            }
+            if !inflate {
+                continue;
+            }
+            if conn.inflate_may_go(&action.vm, &plan, now) {
+                conn.send_balloon(&action.vm, plan.balloon, metrics).await;
+                continue;
+            }
+            // A balloon still inflating toward an older, lower target stops where it
+            // stands: the hold is for the devices to move first.
+            if conn.balloon_sent.is_some_and(|t| t < conn.balloon_actual) {
+                let here = conn.balloon_actual;
+                conn.send_balloon(&action.vm, here, metrics).await;
+            }
+            // A device that refused its size will not get there: the inflate is not held
+            // but dropped (the guest keeps more; the next target plans again).
+            if !device_failed {
+                conn.balloon_after_devices = Some(plan);
             }
         }
     }
 
-    /// Sends the balloon inflates that waited for their VM's devices to reach their sizes.
-    pub async fn apply_after_devices(&mut self, metrics: &Metrics) {
+    /// Sends the balloon inflates that waited for their VM's devices to reach their sizes
+    /// (or to stop short above them). `now`: the daemon's clock.
+    pub async fn apply_after_devices(&mut self, metrics: &Metrics, now: Millis) {
         for (name, conn) in &mut self.vms {
-            let Some(plan) = &conn.balloon_after_devices else {
+            let Some(plan) = conn.balloon_after_devices.take() else {
                 continue;
             };
-            // Every device at the size the plan asked of it (a device gone since: never).
-            if conn.devices.len() != plan.plugged.len() || conn.resizing(plan) {
+            // A device gone since: never.
+            if conn.devices.len() != plan.plugged.len() || !conn.inflate_may_go(name, &plan, now) {
+                conn.balloon_after_devices = Some(plan);
                 continue;
             }
-            let balloon = plan.balloon;
-            conn.balloon_after_devices = None;
-            conn.send_balloon(name, balloon, metrics).await;
+            conn.send_balloon(name, plan.balloon, metrics).await;
         }
     }
 
@@ -532,18 +562,45 @@ impl VmConn {
         devices.into_iter().any(|(d, &p)| d.size != p)
     }
 
-    /// Takes the devices' sizes from a fresh `query-memory-devices` and returns what they
-    /// plug; `None` when one of the adopted devices is missing from it.
-    fn note_devices(&mut self, fresh: Option<Vec<VirtioMemDevice>>) -> Option<Bytes> {
+    /// Whether `plan`'s inflate can be sent: every device is at the plan's size, or they
+    /// have all stopped at or above it for [`DEVICES_STUCK_AFTER`] (the guest then keeps at
+    /// least the plan's total). Logs the second case.
+    fn inflate_may_go(&self, vm: &str, plan: &Resize, now: Millis) -> bool {
+        if !self.resizing(plan) {
+            return true;
+        }
+        let still_for = now.saturating_sub(self.devices_moved_at);
+        let devices = self.devices.iter().zip(&plan.plugged);
+        let above_plan = devices.into_iter().all(|(d, &p)| d.size >= p);
+        let go = still_for >= DEVICES_STUCK_AFTER && above_plan;
+        if go {
+            tracing::warn!(
+                vm,
+                still_s = still_for.0 / 1000,
+                "virtio-mem devices stopped short of their requested sizes: inflating the balloon without waiting for them"
+            );
+        }
+        go
+    }
+
+    /// Takes the devices' sizes from a fresh `query-memory-devices` (read at `now`) and
+    /// returns what they plug; `None` when one of the adopted devices is missing from it.
+    fn note_devices(&mut self, fresh: Option<Vec<VirtioMemDevice>>, now: Millis) -> Option<Bytes> {
         let Some(fresh) = fresh else {
             return Some(Bytes::ZERO);
         };
         let mut plugged = Bytes::ZERO;
+        let mut moved = false;
         for dev in &mut self.devices {
             let now = fresh.iter().find(|f| f.id == dev.id)?;
-            dev.size = now.size.min(dev.max_size);
+            let size = now.size.min(dev.max_size);
+            moved |= size != dev.size;
+            dev.size = size;
             dev.requested_size = now.requested_size;
             plugged += dev.size;
+        }
+        if moved {
+            self.devices_moved_at = now;
         }
         Some(plugged)
     }
@@ -635,3 +692,6 @@ impl VmConn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

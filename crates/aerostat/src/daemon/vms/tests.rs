@@ -1,0 +1,303 @@
+//! The order in which the daemon moves a VM's balloon and virtio-mem devices, against a fake
+//! QEMU: a guest with 512 MiB of boot memory, a balloon, and one virtio-mem device of up to
+//! 1 GiB in 128 MiB blocks (so the balloon also trims what rounding up to blocks adds).
+//! The real guest's side of the same order is in `tests/real_vm.rs`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use aerostat_core::{Action, ActionKind, Bytes, Millis, Rule};
+use aerostat_qemu::qmp::testing::{FakeQmp, Out, err, ok};
+use serde_json::{Value, json};
+
+use super::VmRegistry;
+use crate::daemon::config::Config;
+use crate::daemon::metrics::Metrics;
+
+const MIB: u64 = 1 << 20;
+const VM: &str = "qmp";
+
+/// What the fake QEMU's guest holds and does.
+#[derive(Debug)]
+struct Guest {
+    /// The balloon's `actual`.
+    actual: u64,
+    /// Whether the balloon reaches a new target at once (else it stays until a test moves it).
+    balloon_follows: bool,
+    /// The device's plugged size; it moves only when a test moves it (the guest's driver).
+    size: u64,
+    requested: u64,
+    /// Whether QEMU refuses a new requested size.
+    refuses_resize: bool,
+}
+
+impl Guest {
+    fn new(actual_mib: u64, plugged_mib: u64) -> Guest {
+        Guest {
+            actual: actual_mib * MIB,
+            balloon_follows: true,
+            size: plugged_mib * MIB,
+            requested: plugged_mib * MIB,
+            refuses_resize: false,
+        }
+    }
+}
+
+/// QEMU 10's replies for this guest, as far as the daemon asks.
+fn answer(guest: &mut Guest, cmd: &Value) -> Vec<Out> {
+    let args = &cmd["arguments"];
+    let reply = match cmd["execute"].as_str().unwrap_or_default() {
+        "qom-list" if args["path"] == "/machine/peripheral" => json!([
+            {"name": "balloon0", "type": "child<virtio-balloon-pci>"},
+            {"name": "vm0", "type": "child<virtio-mem-pci>"},
+        ]),
+        "qom-list" => json!([]),
+        "qom-set" if args["property"] == "requested-size" => {
+            if guest.refuses_resize {
+                return vec![err(cmd, "GenericError", "cannot change the size")];
+            }
+            guest.requested = args["value"].as_u64().unwrap_or_default();
+            json!({})
+        }
+        "qom-set" => json!({}),
+        "qom-get" if args["property"] == "deflate-on-oom" => json!(false),
+        "qom-get" => json!({
+            "stats": {"stat-total-memory": 900 * MIB, "stat-free-memory": 400 * MIB},
+            "last-update": 2_000_000_000u64,
+        }),
+        "query-memory-size-summary" => {
+            json!({"base-memory": 512 * MIB, "plugged-memory": guest.size})
+        }
+        "query-memory-devices" => json!([{"type": "virtio-mem", "data": {
+            "memdev": "/objects/mem0", "id": "vm0", "node": 0, "memaddr": 1u64 << 32,
+            "size": guest.size, "requested-size": guest.requested,
+            "max-size": 1024 * MIB, "block-size": 128 * MIB,
+        }}]),
+        "query-balloon" => json!({"actual": guest.actual}),
+        "balloon" => {
+            if guest.balloon_follows {
+                guest.actual = args["value"].as_u64().unwrap_or_default().min(512 * MIB);
+            }
+            json!({})
+        }
+        _ => return vec![err(cmd, "CommandNotFound", "not in this fake")],
+    };
+    vec![ok(cmd, reply)]
+}
+
+/// A daemon's registry that has adopted the fake guest and read it once.
+struct Rig {
+    fake: FakeQmp,
+    guest: Arc<Mutex<Guest>>,
+    registry: VmRegistry,
+    config: Config,
+    metrics: Metrics,
+}
+
+impl Rig {
+    async fn adopt(guest: Guest) -> Rig {
+        let guest = Arc::new(Mutex::new(guest));
+        let model = Arc::clone(&guest);
+        let fake = FakeQmp::qemu(move |cmd| answer(&mut model.lock().expect("guest"), cmd));
+        let text = format!(
+            "[host]\nreserve = \"512MiB\"\n[qemu]\nqmp_glob = \"{}\"\n",
+            fake.path.display()
+        );
+        let config = Config::parse(&text, Path::new("a.toml")).expect("config");
+        let metrics = Metrics::new();
+        let mut registry = VmRegistry::new(&config);
+        registry.discover(&config, &metrics, Millis::secs(1)).await;
+        assert!(registry.get(VM).is_some(), "the fake guest is adopted");
+        let mut rig = Rig {
+            fake,
+            guest,
+            registry,
+            config,
+            metrics,
+        };
+        rig.observe(2).await;
+        rig
+    }
+
+    /// Reads the guest at `secs` on the daemon's clock.
+    async fn observe(&mut self, secs: u64) {
+        let vms = self
+            .registry
+            .observe(&self.config, &self.metrics, Millis::secs(secs))
+            .await;
+        assert!(vms.iter().all(|v| v.responsive), "the fake guest answers");
+    }
+
+    /// The controller's action at `secs`: bring the guest to `mib`.
+    async fn target(&mut self, mib: u64, secs: u64) {
+        let action = Action {
+            vm: VM.into(),
+            kind: ActionKind::Balloon {
+                from: Bytes::ZERO,
+                to: Bytes::mib(mib),
+            },
+            rule: Rule::MomShrink,
+            reason: "test".into(),
+        };
+        let now = Millis::secs(secs);
+        self.registry.apply(&[action], &self.metrics, now).await;
+    }
+
+    /// The daemon's tick at `secs` sends the inflates that waited.
+    async fn after_devices(&mut self, secs: u64) {
+        let now = Millis::secs(secs);
+        self.registry.apply_after_devices(&self.metrics, now).await;
+    }
+
+    /// The balloon targets sent so far, MiB.
+    fn balloons(&self) -> Vec<u64> {
+        self.sent("balloon")
+            .iter()
+            .map(|a| a["value"].as_u64().unwrap_or_default() / MIB)
+            .collect()
+    }
+
+    /// The requested sizes sent to the device so far, MiB.
+    fn device_requests(&self) -> Vec<u64> {
+        self.sent("qom-set")
+            .iter()
+            .filter(|a| a["property"] == "requested-size")
+            .map(|a| a["value"].as_u64().unwrap_or_default() / MIB)
+            .collect()
+    }
+
+    fn sent(&self, command: &str) -> Vec<Value> {
+        let received = self.fake.received.lock().expect("log");
+        let of = received.iter().filter(|c| c["execute"] == command);
+        of.map(|c| c["arguments"].clone()).collect()
+    }
+
+    /// The guest's driver plugs or unplugs to `mib`.
+    fn device_reaches(&self, mib: u64) {
+        self.guest.lock().expect("guest").size = mib * MIB;
+    }
+}
+
+/// 1 GiB (512 boot + 512 plugged) → 400 MiB: the device unplugs first, and only then does
+/// the balloon inflate below boot memory.
+#[tokio::test]
+async fn an_inflate_waits_for_the_unplug() {
+    let mut rig = Rig::adopt(Guest::new(512, 512)).await;
+    rig.target(400, 10).await;
+    assert_eq!(rig.device_requests(), [0]);
+    assert_eq!(
+        rig.balloons(),
+        [] as [u64; 0],
+        "held while the device unplugs"
+    );
+
+    rig.observe(11).await;
+    rig.after_devices(12).await;
+    assert_eq!(
+        rig.balloons(),
+        [] as [u64; 0],
+        "the device has not moved yet"
+    );
+
+    rig.device_reaches(0);
+    rig.observe(13).await;
+    rig.after_devices(14).await;
+    assert_eq!(
+        rig.balloons(),
+        [400],
+        "sent once the device is at the plan's size"
+    );
+    rig.after_devices(15).await;
+    assert_eq!(rig.balloons(), [400], "and only once");
+}
+
+/// 512 MiB (boot only) → 700 MiB: two blocks plug 768 MiB and the balloon trims 68 MiB,
+/// but only once the blocks are there; a plug that never lands holds it for good (the
+/// inflate would take the guest below its target).
+#[tokio::test]
+async fn a_trim_waits_for_the_plug_however_long() {
+    let mut rig = Rig::adopt(Guest::new(512, 0)).await;
+    rig.target(700, 10).await;
+    assert_eq!(rig.device_requests(), [256]);
+    rig.observe(11).await;
+    rig.observe(600).await;
+    rig.after_devices(601).await;
+    assert_eq!(rig.balloons(), [] as [u64; 0], "no plug, no trim");
+
+    rig.device_reaches(256);
+    rig.observe(602).await;
+    rig.after_devices(603).await;
+    assert_eq!(rig.balloons(), [444]);
+}
+
+/// An unplug the guest cannot finish (blocks pinned) stops short above the plan: 30 s after
+/// its last move the inflate goes, and the guest keeps its target plus what it could not
+/// unplug. The stall counts from the last move, or from the request.
+#[tokio::test]
+async fn an_unplug_that_stops_short_releases_the_inflate() {
+    let mut rig = Rig::adopt(Guest::new(512, 512)).await;
+    rig.target(400, 100).await;
+    rig.observe(120).await;
+    rig.after_devices(120).await;
+    assert_eq!(rig.balloons(), [] as [u64; 0], "20 s since the request");
+    rig.device_reaches(256);
+    rig.observe(125).await;
+    rig.observe(140).await;
+    rig.after_devices(150).await;
+    assert_eq!(
+        rig.balloons(),
+        [] as [u64; 0],
+        "25 s since the device last moved"
+    );
+    rig.observe(155).await;
+    rig.after_devices(155).await;
+    assert_eq!(rig.balloons(), [400], "30 s since the device last moved");
+}
+
+/// A device that refuses its new size will not get there: the inflate is dropped, not
+/// held (the guest keeps more), and a stall does not release it either.
+#[tokio::test]
+async fn a_refused_resize_drops_the_inflate() {
+    let mut rig = Rig::adopt(Guest::new(512, 512)).await;
+    rig.guest.lock().expect("guest").refuses_resize = true;
+    rig.target(400, 10).await;
+    rig.observe(11).await;
+    rig.after_devices(600).await;
+    assert_eq!(rig.balloons(), [] as [u64; 0]);
+    assert_eq!(rig.registry.get(VM).map(|c| c.errors), Some(1));
+}
+
+/// A balloon still inflating toward an older, lower target stops where it stands while a
+/// new plan's inflate waits for the devices.
+#[tokio::test]
+async fn an_older_inflate_stops_where_it_stands() {
+    let mut rig = Rig::adopt(Guest::new(512, 512)).await;
+    rig.guest.lock().expect("guest").balloon_follows = false;
+    // 900 MiB: the device stays at 512 MiB, the balloon trims to 388 MiB, at once.
+    rig.target(900, 10).await;
+    assert_eq!(rig.balloons(), [388]);
+    rig.guest.lock().expect("guest").actual = 450 * MIB;
+    rig.observe(11).await;
+    // 400 MiB: the device must unplug first; the balloon, at 450 on its way to 388, stops.
+    rig.target(400, 12).await;
+    assert_eq!(rig.balloons(), [388, 450]);
+    assert_eq!(rig.device_requests(), [0]);
+}
+
+/// A deflate never waits, and goes before the unplug: the guest needs the room for what the
+/// unplug migrates.
+#[tokio::test]
+async fn a_deflate_goes_before_the_unplug() {
+    let mut rig = Rig::adopt(Guest::new(300, 512)).await;
+    rig.target(500, 10).await;
+    let order: Vec<String> = rig
+        .fake
+        .commands()
+        .into_iter()
+        .filter(|c| c == "balloon" || c == "qom-set")
+        .collect();
+    // The adoption's qom-set (statistics polling) comes first.
+    assert_eq!(order, ["qom-set", "balloon", "qom-set"]);
+    assert_eq!(rig.balloons(), [500]);
+    assert_eq!(rig.device_requests(), [0]);
+}
