@@ -38,11 +38,26 @@ fn parse(text: &str) -> Result<(PolicySettings, Vec<Observation>), String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
+        let value: serde_json::Value = from_json(text)?;
+        let list = value.as_array().map(Vec::as_slice).unwrap_or_default();
+        for (k, o) in list.iter().enumerate() {
+            arrays_only_as_vms(o, &format!("[{k}]"))?;
+        }
         let obs: Vec<Observation> = from_json(text)?;
         return Ok((PolicySettings::default(), obs));
     }
     let value: serde_json::Value = from_json(text)?;
-    if value.get("observations").is_some() {
+    if let Some(observations) = value.get("observations") {
+        if let Some(settings) = value.get("settings") {
+            no_arrays(settings, "settings")?;
+        }
+        let list = observations
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (k, o) in list.iter().enumerate() {
+            arrays_only_as_vms(o, &format!("observations[{k}]"))?;
+        }
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Full {
@@ -53,8 +68,44 @@ fn parse(text: &str) -> Result<(PolicySettings, Vec<Observation>), String> {
         let full: Full = from_json(text)?;
         Ok((full.settings.unwrap_or_default(), full.observations))
     } else {
+        arrays_only_as_vms(&value, "")?;
         let obs: Observation = from_json(text)?;
         Ok((PolicySettings::default(), vec![obs]))
+    }
+}
+
+/// An observation's only list is `vms`. serde takes a JSON array for a struct too, field by
+/// field in order (`"host": [17179869184, 0, 0]`), which no producer of this schema writes:
+/// a file like that is refused, naming where, rather than read by position.
+fn arrays_only_as_vms(observation: &serde_json::Value, at: &str) -> Result<(), String> {
+    let Some(fields) = observation.as_object() else {
+        return no_arrays(observation, at);
+    };
+    let dot = if at.is_empty() { "" } else { "." };
+    for (key, v) in fields {
+        let path = format!("{at}{dot}{key}");
+        match (key.as_str(), v.as_array()) {
+            ("vms", Some(vms)) => {
+                for (i, vm) in vms.iter().enumerate() {
+                    no_arrays(vm, &format!("{path}[{i}]"))?;
+                }
+            }
+            _ => no_arrays(v, &path)?,
+        }
+    }
+    Ok(())
+}
+
+/// Refuses any JSON array in `v` (see [`arrays_only_as_vms`]).
+fn no_arrays(v: &serde_json::Value, at: &str) -> Result<(), String> {
+    match v {
+        serde_json::Value::Array(_) => Err(format!(
+            "`{at}`: a JSON array where an object or a value belongs"
+        )),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .try_for_each(|(key, v)| no_arrays(v, &format!("{at}.{key}"))),
+        _ => Ok(()),
     }
 }
 
@@ -254,5 +305,67 @@ mod tests {
         assert!(err.starts_with("`[1].vms[0].stats.free`"), "{err}");
         let trailing = format!("{} x", observation(VM));
         assert!(parse(&trailing).expect_err("refused").contains("trailing"));
+    }
+
+    /// serde reads a JSON array as a struct, field by field; the schema never writes one
+    /// (session 28's audit): refused, named by its path, in each of the file's shapes.
+    #[test]
+    fn an_array_in_place_of_an_object_is_refused() {
+        let host = r#""host": {"total": 17179869184, "free": 8589934592, "available": 8589934592}"#;
+        let positional = observation(VM).replace(host, r#""host": [17179869184, 0, 0]"#);
+        let err = parse(&positional).expect_err("refused");
+        assert_eq!(
+            err,
+            "`host`: a JSON array where an object or a value belongs"
+        );
+        let stats = VM.replace('}', r#", "stats": [1, 2]}"#);
+        let list = format!("[{}, {}]", observation(VM), observation(&stats));
+        let err = parse(&list).expect_err("refused");
+        assert!(err.starts_with("`[1].vms[0].stats`: a JSON array"), "{err}");
+        let full = format!(
+            r#"{{"settings": {{"reserve": [1]}}, "observations": [{}]}}"#,
+            observation(VM)
+        );
+        let err = parse(&full).expect_err("refused");
+        assert!(err.starts_with("`settings.reserve`: a JSON array"), "{err}");
+        let full = format!(r#"{{"observations": [{}]}}"#, observation(&stats));
+        let err = parse(&full).expect_err("refused");
+        assert!(err.starts_with("`observations[0].vms[0].stats`"), "{err}");
+        // What the daemon's debug log writes (every optional part present) has no other list.
+        let mut vm = aerostat_core::VmSample::new("db", Bytes::gib(4), Bytes::gib(3));
+        vm.blocks = Some(aerostat_core::Blocks {
+            boot: Bytes::gib(1),
+            step: Bytes::mib(2),
+            balloon_trims: false,
+        });
+        vm.coldness = Some(aerostat_core::Coldness {
+            touched: Bytes::gib(2),
+            idle: Bytes::gib(1),
+            at: Millis::secs(1),
+        });
+        vm.min = Some(Bytes::gib(1));
+        vm.rss = Some(Bytes::gib(3));
+        vm.deflate_on_oom = Some(true);
+        let logged = serde_json::to_string(&Observation {
+            time: Millis::secs(2),
+            host: aerostat_core::HostSample {
+                total: Bytes::gib(16),
+                ..Default::default()
+            },
+            vms: vec![vm],
+        })
+        .expect("serializes");
+        parse(&logged).expect("the daemon's own observation parses");
+        // Every shape still reads its lists.
+        parse(&format!(
+            r#"{{"observations": [{0}, {0}]}}"#,
+            observation(VM)
+        ))
+        .expect("parses");
+        parse(&format!(
+            "[{0}, {0}]",
+            observation(&format!("{VM}, {}", VM.replace("db", "web")))
+        ))
+        .expect("parses");
     }
 }
