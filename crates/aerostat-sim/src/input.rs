@@ -8,6 +8,8 @@ use std::path::Path;
 
 use aerostat_core::Bytes;
 
+pub mod table;
+
 /// The largest scenario or config file read: far above any real one (the largest shipped
 /// scenario is a few KiB; 10,000 VMs of `[[vm]]` tables are about 2 MiB).
 pub const MAX_TOML_BYTES: u64 = 64 << 20;

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::input::shorten_quoted;
+use crate::input::table::{spanned_tables, table, table_opt, tables_opt};
 use aerostat_core::linux::Watermarks;
 use aerostat_core::{Bytes, Millis, VmClass};
 use serde::{Deserialize, Deserializer};
@@ -104,12 +105,14 @@ impl std::str::FromStr for PerHour {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawScenario {
+    #[serde(deserialize_with = "table")]
     pub scenario: RawMeta,
+    #[serde(deserialize_with = "table")]
     pub host: RawHost,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "spanned_tables")]
     pub vm: Vec<toml::Spanned<RawVm>>,
     /// The host's live-migration escape (default: off).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table_opt")]
     pub migration: Option<RawMigration>,
 }
 
@@ -250,8 +253,9 @@ pub struct RawVm {
     #[serde(default, deserialize_with = "human_opt")]
     pub min_free: Option<MinFree>,
     /// Memory above `boot` is a virtio-mem device (see [`VirtioMem`]).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table_opt")]
     pub virtio_mem: Option<RawVirtioMem>,
+    #[serde(deserialize_with = "table")]
     pub workload: RawWorkload,
 }
 
@@ -391,7 +395,7 @@ pub struct RawWorkload {
     /// Phases: `[{ at = "1h", working_set = "2GiB", page_cache = "1GiB" }, ...]`.
     /// `None` where the file has no `phases` (`phases = []` is set, and an error on any
     /// other kind than `phases`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "tables_opt")]
     pub phases: Option<Vec<RawPhase>>,
     /// Trace: CSV with `time_s,working_set_mib,page_cache_mib` rows (relative to the scenario file).
     #[serde(default)]
@@ -592,18 +596,27 @@ impl Scenario {
             Some(span) => {
                 let offset = duplicate_key_at(text, span.start, e.message()).unwrap_or(span.start);
                 let mut key = key_path_at(text, offset);
+                let array_for_table = e
+                    .message()
+                    .starts_with("invalid type: sequence, expected a table");
                 let message = match names_for(&key) {
                     // TOML's own words for a number or a date where a name belongs.
                     Some(names) if e.message().trim_end() == "wanted string or table" => {
                         format!("wanted {names}, in quotes")
                     }
                     // A list of tables where one table belongs (`[[vm.workload]]`): serde's
-                    // words were "wanted exactly 1 element, more than 1 element".
-                    _ if e.message().starts_with("wanted exactly") && key.ends_with(']') => {
+                    // words were "wanted exactly 1 element, more than 1 element", and are
+                    // "invalid type: sequence" since a table is read from a table only
+                    // (`input::table`).
+                    _ if (e.message().starts_with("wanted exactly")
+                        || (array_for_table && at_list_header(text, offset)))
+                        && key.ends_with(']') =>
+                    {
                         key.truncate(key.rfind('[').unwrap_or(key.len()));
                         let header = table_header(&key);
                         format!("one table, not a list: write `[{header}]`, not `[[{header}]]`")
                     }
+                    _ if array_for_table => "wanted a table, not an array".to_string(),
                     _ => e.message().trim_end().to_string(),
                 };
                 ScenarioError::Invalid {
@@ -620,6 +633,13 @@ impl Scenario {
         })?;
         raw.validate(text, path)
     }
+}
+
+/// Whether the line of `offset` is a list-of-tables header (`[[vm.workload]]`).
+fn at_list_header(text: &str, offset: usize) -> bool {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    text[line_start..].trim_start().starts_with("[[")
 }
 
 /// A key path as a TOML table header: `vm[0] (a).workload` → `vm.workload`.
@@ -786,9 +806,10 @@ fn key_path_at(text: &str, offset: usize) -> String {
     // The key: the key the offset points at (an unknown field: `bogus = 1`), or the last
     // `key =` before the offending value on its line.
     let before = &text[line_start..offset];
-    // The offset at an inline table itself (a field missing from `{ at = "2m" }`): the
-    // element is the answer, no key inside it.
-    let at_inline_table = text[offset..].starts_with('{');
+    // The offset at an inline table itself (a field missing from `{ at = "2m" }`), or at an
+    // array where a table belongs (`phases = [["2m"]]`): the element is the answer, no key
+    // inside it.
+    let at_inline_table = text[offset..].starts_with(['{', '[']);
     let ident: &str = {
         let rest = &text[offset..];
         let end = rest
@@ -836,7 +857,9 @@ fn key_path_at(text: &str, offset: usize) -> String {
     } else if let Some(open) = before.find("= [").or_else(|| before.find("=[")) {
         // An array on the offending value's line: `phases = [{ … }, { … }]`.
         let array_key = before[..open].trim_end().rsplit(char::is_whitespace).next();
-        let opened = before[open..].matches('{').count();
+        // Elements opened before the offset, inside the array's own `[`.
+        let inside = before[open..].split_once('[').map_or("", |(_, rest)| rest);
+        let opened = inside.matches(['{', '[']).count();
         let index = if at_inline_table {
             Some(opened)
         } else {

@@ -1130,3 +1130,66 @@ fn a_list_of_tables_where_one_table_belongs_says_so() {
         "{err}"
     );
 }
+
+/// An array where a table belongs: serde's derive read it field by field, in order, so
+/// `host = ["64GiB", "4GiB"]` was a host of 64 GiB with a 4 GiB reserve (session 29).
+/// Each place a table goes refuses one, naming the key and line.
+#[test]
+fn an_array_where_a_table_belongs_is_refused() {
+    let path = Path::new(PATH);
+    let host = ISSUE_SCHEMA
+        .replace("[host]\n", "")
+        .replace("memory = \"64GiB\"\n", "")
+        .replace(
+            "reserve = \"4GiB\"          # kept for the hypervisor, never given to guests\n",
+            "",
+        )
+        .replace("swap = \"32GiB\"\n", "")
+        .replace("swap_bandwidth = \"500MiB/s\"\n", "");
+    let host = format!("host = [\"64GiB\", \"4GiB\", \"32GiB\", \"500MiB/s\"]\n{host}");
+    let err = error_of(&host, path);
+    assert_names(&err, path, 1, "`host`: wanted a table, not an array");
+
+    let workload = ISSUE_SCHEMA.replace(
+        "[vm.workload]\n",
+        "workload = [\"diurnal\", \"1.5GiB\"]\n[unused]\n",
+    );
+    let err = error_of(&workload, path);
+    assert_names(
+        &err,
+        path,
+        line_of(&workload, "workload ="),
+        "`vm[0] (web).workload`: wanted a table, not an array",
+    );
+
+    let device = replace_line(ISSUE_SCHEMA, "stagger", "virtio_mem = [\"2GiB\", \"2MiB\"]");
+    let err = error_of(&device, path);
+    assert_names(
+        &err,
+        path,
+        line_of(&device, "virtio_mem"),
+        "`vm[0] (web).virtio_mem`: wanted a table, not an array",
+    );
+
+    let phases = replace_line(ISSUE_SCHEMA, "kind =", "kind = \"phases\"")
+        .replace("peak = \"4GiB\"             # for diurnal/burst/ramp\n", "")
+        .replace("period = \"24h\"            # for diurnal\n", "")
+        .replace(
+            "page_cache = \"1GiB\"\n",
+            "phases = [{ at = \"0s\", working_set = \"1GiB\" }, [\"1h\", \"2GiB\"]]\n",
+        );
+    let err = error_of(&phases, path);
+    assert_names(
+        &err,
+        path,
+        line_of(&phases, "phases ="),
+        "`vm[0] (web).workload.phases[1]`: wanted a table, not an array",
+    );
+
+    let vm = format!(
+        "vm = [[\"web\", 12, \"6GiB\"]]\n{}",
+        &ISSUE_SCHEMA[..ISSUE_SCHEMA.find("[[vm]]").unwrap_or(0)]
+    );
+    let err = error_of(&vm, path);
+    assert_names(&err, path, 1, "`vm[0]`: wanted a table, not an array");
+}

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use aerostat_core::{Bytes, Millis, PolicyKind, VmClass};
 use aerostat_sim::input::shorten_quoted;
+use aerostat_sim::input::table::{table, tables_by_name};
 use aerostat_sim::scenario::Rate;
 use serde::Deserialize;
 
@@ -27,20 +28,24 @@ pub enum ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    // Each section is read from a table only (`input::table`): serde's derive would read
+    // `host = ["512MiB"]` field by field.
+    #[serde(deserialize_with = "table")]
     host: RawHost,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     policy: RawPolicy,
+    #[serde(deserialize_with = "table")]
     qemu: RawQemu,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     api: RawApi,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     vm_defaults: RawVm,
     /// Per-VM settings, by VM name (the QMP socket's file stem).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "tables_by_name")]
     vm: BTreeMap<String, RawVm>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     migration: RawMigration,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     ksm: RawKsm,
 }
 
@@ -651,6 +656,36 @@ mod tests {
             .expect_err("unknown key")
             .to_string();
         assert!(e.contains("reserv") && e.contains("line 3"), "{e}");
+    }
+
+    /// An array where a section belongs is refused at its line: serde's derive read
+    /// `host = ["512MiB"]` as a host with a 512 MiB reserve (session 29).
+    #[test]
+    fn an_array_where_a_section_belongs_is_refused() {
+        let tail = "[qemu]\nqmp_glob = \"/tmp/*.qmp\"\n";
+        for (text, line) in [
+            (format!("host = [\"512MiB\"]\n{tail}"), 1),
+            (
+                format!("[host]\nreserve = \"512MiB\"\n{tail}[vm]\ndb = [\"2GiB\"]\n"),
+                6,
+            ),
+            (
+                format!("[host]\nreserve = \"512MiB\"\n{tail}[[ksm]]\ncontrol = true\n"),
+                5,
+            ),
+            (
+                format!("vm_defaults = [\"1GiB\"]\n[host]\nreserve = \"512MiB\"\n{tail}"),
+                1,
+            ),
+        ] {
+            let e = Config::parse(&text, Path::new("a.toml"))
+                .expect_err("an array accepted")
+                .to_string();
+            assert!(
+                e.contains(&format!("line {line}")) && e.contains("expected a table"),
+                "{text}\n{e}"
+            );
+        }
     }
 
     /// The line is found however the key is written: after a header with a comment, as a
