@@ -728,18 +728,24 @@ fn key_path_at(text: &str, offset: usize) -> String {
     let mut table = String::new();
     let mut vms = 0usize;
     let mut vm_name: Option<String> = None;
-    // An array opened on an earlier line and not closed yet: its key and its elements so far.
-    let mut array: Option<(String, usize)> = None;
+    // An array opened on an earlier line and not closed yet: its key, its elements so far
+    // and how deep its brackets are open.
+    let mut array: Option<(String, usize, usize)> = None;
     // Elements seen so far of each array of tables (`[[vm.workload.phases]]`) in this VM.
     let mut tables_in_arrays: std::collections::BTreeMap<String, usize> = Default::default();
     // The offending line itself is a table header when a field of that table is missing:
-    // then the table is the answer.
-    let at_header = text[line_start..].trim_start().starts_with('[');
+    // then the table is the answer. (A line that opens with `[` inside an open array is an
+    // element: `  ["1h", "2GiB"],`.)
+    let opens_with_bracket = text[line_start..].trim_start().starts_with('[');
+    let mut at_header = false;
     // Inside a multi-line string (`description = """…"""`) nothing is a header or a key.
     let mut in_multiline: Option<&str> = None;
     for (n, line) in text.lines().enumerate() {
-        if n + 1 == line_no && !at_header {
-            break;
+        if n + 1 == line_no {
+            at_header = opens_with_bracket && array.is_none() && in_multiline.is_none();
+            if !at_header {
+                break;
+            }
         }
         if n + 1 > line_no {
             break;
@@ -760,11 +766,12 @@ fn key_path_at(text: &str, offset: usize) -> String {
         if t.is_empty() {
             continue;
         }
-        if let Some((_, elements)) = &mut array {
-            if t.starts_with('{') {
+        if let Some((_, elements, depth)) = &mut array {
+            if *depth == 1 && t.starts_with(['{', '[']) {
                 *elements += 1;
             }
-            if t.starts_with(']') || (t.ends_with(']') && !t.starts_with('{')) {
+            *depth = (*depth + t.matches('[').count()).saturating_sub(t.matches(']').count());
+            if *depth == 0 {
                 array = None;
             }
             continue;
@@ -795,8 +802,12 @@ fn key_path_at(text: &str, offset: usize) -> String {
             if k == "name" && table.starts_with("vm[") && !table.contains('.') {
                 vm_name = Some(v.trim_matches('"').to_string());
             }
-            if v.starts_with('[') && !v.contains(']') {
-                array = Some((k.to_string(), 0));
+            let depth = v
+                .matches('[')
+                .count()
+                .saturating_sub(v.matches(']').count());
+            if v.starts_with('[') && depth > 0 {
+                array = Some((k.to_string(), 0, depth));
             }
         }
     }
@@ -807,9 +818,14 @@ fn key_path_at(text: &str, offset: usize) -> String {
     // `key =` before the offending value on its line.
     let before = &text[line_start..offset];
     // The offset at an inline table itself (a field missing from `{ at = "2m" }`), or at an
-    // array where a table belongs (`phases = [["2m"]]`): the element is the answer, no key
-    // inside it.
-    let at_inline_table = text[offset..].starts_with(['{', '[']);
+    // array that is an element where a table belongs (`phases = [["2m"]]`, not `at = ["2m"]`):
+    // the element is the answer, no key inside it.
+    let at_inline_table = text[offset..].starts_with('{')
+        || (text[offset..].starts_with('[')
+            && matches!(
+                before.trim_end().chars().next_back(),
+                Some('[' | ',') | None
+            ));
     let ident: &str = {
         let rest = &text[offset..];
         let end = rest
@@ -849,17 +865,31 @@ fn key_path_at(text: &str, offset: usize) -> String {
         Some(i) => format!("{array_key}[{i}]"),
         None => array_key.to_string(),
     };
-    if let Some((array_key, elements)) = &array {
+    if let Some((array_key, elements, _)) = &array {
         // An element on a line of its own.
         let line = text[line_start..].lines().next().unwrap_or("");
-        let index = line.trim_start().starts_with('{').then_some(*elements);
+        let index = line
+            .trim_start()
+            .starts_with(['{', '['])
+            .then_some(*elements);
         push(&element(array_key, index));
     } else if let Some(open) = before.find("= [").or_else(|| before.find("=[")) {
         // An array on the offending value's line: `phases = [{ … }, { … }]`.
         let array_key = before[..open].trim_end().rsplit(char::is_whitespace).next();
-        // Elements opened before the offset, inside the array's own `[`.
+        // Elements opened before the offset, inside the array's own `[` (not brackets
+        // within an element: `{ at = "1h", tags = ["a"] }` is one).
         let inside = before[open..].split_once('[').map_or("", |(_, rest)| rest);
-        let opened = inside.matches(['{', '[']).count();
+        let (mut opened, mut depth) = (0usize, 0usize);
+        for c in inside.chars() {
+            match c {
+                '{' | '[' => {
+                    opened += usize::from(depth == 0);
+                    depth += 1;
+                }
+                '}' | ']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
         let index = if at_inline_table {
             Some(opened)
         } else {

@@ -1193,3 +1193,49 @@ fn an_array_where_a_table_belongs_is_refused() {
     let err = error_of(&vm, path);
     assert_names(&err, path, 1, "`vm[0]`: wanted a table, not an array");
 }
+
+/// An array inside an inline table is a value, not an element: its key is named; an
+/// element written as an array on a line of its own is an element, not a table header
+/// (a review of session 29's table change found both named wrong).
+#[test]
+fn arrays_inside_tables_and_on_their_own_lines_are_named() {
+    let path = Path::new(PATH);
+    let device = replace_line(
+        ISSUE_SCHEMA,
+        "stagger",
+        "virtio_mem = { boot = [\"1GiB\"], block = \"2MiB\" }",
+    );
+    let err = error_of(&device, path);
+    assert_names(
+        &err,
+        path,
+        line_of(&device, "virtio_mem"),
+        "`vm[0] (web).virtio_mem.boot`",
+    );
+
+    let phases = |list: &str| {
+        replace_line(ISSUE_SCHEMA, "kind =", "kind = \"phases\"")
+            .replace("peak = \"4GiB\"             # for diurnal/burst/ramp\n", "")
+            .replace("period = \"24h\"            # for diurnal\n", "")
+            .replace("page_cache = \"1GiB\"\n", list)
+    };
+    let inline = phases("phases = [{ at = \"0s\", working_set = \"1GiB\" }, { at = [\"1h\"] }]\n");
+    let err = error_of(&inline, path);
+    assert_names(
+        &err,
+        path,
+        line_of(&inline, "phases ="),
+        "`vm[0] (web).workload.phases[1].at`",
+    );
+
+    let lines = phases(
+        "phases = [\n  { at = \"0s\", working_set = \"1GiB\" },\n  [\"1h\", \"2GiB\"],\n]\n",
+    );
+    let err = error_of(&lines, path);
+    assert_names(
+        &err,
+        path,
+        line_of(&lines, "[\"1h\""),
+        "`vm[0] (web).workload.phases[1]`: wanted a table, not an array",
+    );
+}

@@ -52,9 +52,11 @@ pub struct VmConn {
     /// never lands (no driver) keeps holding: inflating then would take the guest below its
     /// target.
     balloon_after_devices: Option<Resize>,
-    /// When a device's size last changed or aerostat last asked one for a new size: where a
-    /// stall starts.
+    /// When a device's size last changed, aerostat last asked one for a new size, or the
+    /// sizes could not be read: where a stall starts.
     devices_moved_at: Millis,
+    /// The stall last logged (by its start): once per stall, not once per inflate.
+    stall_logged: Option<Millis>,
     /// The last balloon target sent, if any: a balloon still inflating toward it is stopped
     /// where it stands when a new plan holds its inflate.
     balloon_sent: Option<Bytes>,
@@ -238,6 +240,7 @@ impl VmRegistry {
             devices,
             balloon_after_devices: None,
             devices_moved_at: adopted_at,
+            stall_logged: None,
             balloon_sent: None,
             balloon_actual: boot,
             adopted_at,
@@ -313,6 +316,8 @@ impl VmRegistry {
                     conn.balloon_actual = balloon;
                     let plugged = conn.note_devices(devices, now);
                     let Some(actual) = plugged.map(|p| balloon + p) else {
+                        // Sizes not seen are not sizes that stood still.
+                        conn.devices_moved_at = now;
                         let e = QmpError::Protocol {
                             detail: "a virtio-mem device of this VM is gone".into(),
                         };
@@ -370,11 +375,15 @@ impl VmRegistry {
                     Some(s)
                 }
                 Some((Err((what, e)), _, _)) => {
+                    conn.devices_moved_at = now;
                     conn.note_error(name, what, &e, metrics);
                     out.extend(conn.unresponsive());
                     continue;
                 }
-                None => conn.last.clone(),
+                None => {
+                    conn.devices_moved_at = now;
+                    conn.last.clone()
+                }
             };
             if let Some(sample) = sample {
                 out.push(ObservedVm {
@@ -426,7 +435,11 @@ impl VmRegistry {
             if !inflate {
                 continue;
             }
-            if conn.inflate_may_go(&action.vm, &plan, now) {
+            // A device that refused its new size will not get there: an inflate that would
+            // wait for it is dropped, not held (the guest keeps more; the next target plans
+            // again) — and not sent on a stall either.
+            let dropped = device_failed && conn.resizing(&plan);
+            if !dropped && conn.inflate_may_go(&action.vm, &plan, now) {
                 conn.send_balloon(&action.vm, plan.balloon, metrics).await;
                 continue;
             }
@@ -436,9 +449,7 @@ impl VmRegistry {
                 let here = conn.balloon_actual;
                 conn.send_balloon(&action.vm, here, metrics).await;
             }
-            // A device that refused its size will not get there: the inflate is not held
-            // but dropped (the guest keeps more; the next target plans again).
-            if !device_failed {
+            if !dropped {
                 conn.balloon_after_devices = Some(plan);
             }
         }
@@ -451,8 +462,7 @@ impl VmRegistry {
             let Some(plan) = conn.balloon_after_devices.take() else {
                 continue;
             };
-            // A device gone since: never.
-            if conn.devices.len() != plan.plugged.len() || !conn.inflate_may_go(name, &plan, now) {
+            if !conn.inflate_may_go(name, &plan, now) {
                 conn.balloon_after_devices = Some(plan);
                 continue;
             }
@@ -564,8 +574,8 @@ impl VmConn {
 
     /// Whether `plan`'s inflate can be sent: every device is at the plan's size, or they
     /// have all stopped at or above it for [`DEVICES_STUCK_AFTER`] (the guest then keeps at
-    /// least the plan's total). Logs the second case.
-    fn inflate_may_go(&self, vm: &str, plan: &Resize, now: Millis) -> bool {
+    /// least the plan's total). Logs the second case, once per stall.
+    fn inflate_may_go(&mut self, vm: &str, plan: &Resize, now: Millis) -> bool {
         if !self.resizing(plan) {
             return true;
         }
@@ -573,7 +583,8 @@ impl VmConn {
         let devices = self.devices.iter().zip(&plan.plugged);
         let above_plan = devices.into_iter().all(|(d, &p)| d.size >= p);
         let go = still_for >= DEVICES_STUCK_AFTER && above_plan;
-        if go {
+        if go && self.stall_logged != Some(self.devices_moved_at) {
+            self.stall_logged = Some(self.devices_moved_at);
             tracing::warn!(
                 vm,
                 still_s = still_for.0 / 1000,

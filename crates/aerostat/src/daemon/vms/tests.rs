@@ -29,6 +29,8 @@ struct Guest {
     requested: u64,
     /// Whether QEMU refuses a new requested size.
     refuses_resize: bool,
+    /// Whether `query-memory-devices` fails (a QMP hiccup).
+    devices_unreadable: bool,
 }
 
 impl Guest {
@@ -39,6 +41,7 @@ impl Guest {
             size: plugged_mib * MIB,
             requested: plugged_mib * MIB,
             refuses_resize: false,
+            devices_unreadable: false,
         }
     }
 }
@@ -67,6 +70,9 @@ fn answer(guest: &mut Guest, cmd: &Value) -> Vec<Out> {
         }),
         "query-memory-size-summary" => {
             json!({"base-memory": 512 * MIB, "plugged-memory": guest.size})
+        }
+        "query-memory-devices" if guest.devices_unreadable => {
+            return vec![err(cmd, "GenericError", "try again")];
         }
         "query-memory-devices" => json!([{"type": "virtio-mem", "data": {
             "memdev": "/objects/mem0", "id": "vm0", "node": 0, "memaddr": 1u64 << 32,
@@ -125,7 +131,11 @@ impl Rig {
             .registry
             .observe(&self.config, &self.metrics, Millis::secs(secs))
             .await;
-        assert!(vms.iter().all(|v| v.responsive), "the fake guest answers");
+        let unreadable = self.guest.lock().expect("guest").devices_unreadable;
+        assert!(
+            vms.iter().all(|v| v.responsive != unreadable),
+            "the fake guest answers as set"
+        );
     }
 
     /// The controller's action at `secs`: bring the guest to `mib`.
@@ -255,16 +265,39 @@ async fn an_unplug_that_stops_short_releases_the_inflate() {
 }
 
 /// A device that refuses its new size will not get there: the inflate is dropped, not
-/// held (the guest keeps more), and a stall does not release it either.
+/// held (the guest keeps more), and a stall does not release it either — nor send it at
+/// once where the devices last moved long ago (a review found that).
 #[tokio::test]
 async fn a_refused_resize_drops_the_inflate() {
     let mut rig = Rig::adopt(Guest::new(512, 512)).await;
     rig.guest.lock().expect("guest").refuses_resize = true;
-    rig.target(400, 10).await;
-    rig.observe(11).await;
+    rig.observe(99).await;
+    rig.target(400, 100).await;
+    rig.observe(101).await;
     rig.after_devices(600).await;
     assert_eq!(rig.balloons(), [] as [u64; 0]);
     assert_eq!(rig.registry.get(VM).map(|c| c.errors), Some(1));
+}
+
+/// Sizes the daemon could not read are not sizes that stood still: a failed reading
+/// restarts the stall clock.
+#[tokio::test]
+async fn an_unread_device_is_not_a_stalled_one() {
+    let mut rig = Rig::adopt(Guest::new(512, 512)).await;
+    rig.target(400, 100).await;
+    rig.guest.lock().expect("guest").devices_unreadable = true;
+    rig.observe(125).await;
+    rig.guest.lock().expect("guest").devices_unreadable = false;
+    rig.observe(140).await;
+    rig.after_devices(140).await;
+    assert_eq!(
+        rig.balloons(),
+        [] as [u64; 0],
+        "40 s since the request, 15 s since seen"
+    );
+    rig.observe(155).await;
+    rig.after_devices(155).await;
+    assert_eq!(rig.balloons(), [400], "30 s since last unread");
 }
 
 /// A balloon still inflating toward an older, lower target stops where it stands while a
