@@ -1171,13 +1171,9 @@ fn an_array_where_a_table_belongs_is_refused() {
         "`vm[0] (web).virtio_mem`: wanted a table, not an array",
     );
 
-    let phases = replace_line(ISSUE_SCHEMA, "kind =", "kind = \"phases\"")
-        .replace("peak = \"4GiB\"             # for diurnal/burst/ramp\n", "")
-        .replace("period = \"24h\"            # for diurnal\n", "")
-        .replace(
-            "page_cache = \"1GiB\"\n",
-            "phases = [{ at = \"0s\", working_set = \"1GiB\" }, [\"1h\", \"2GiB\"]]\n",
-        );
+    let phases = with_phases(
+        "kind = \"phases\"\nphases = [{ at = \"0s\", working_set = \"1GiB\" }, [\"1h\", \"2GiB\"]]",
+    );
     let err = error_of(&phases, path);
     assert_names(
         &err,
@@ -1213,13 +1209,9 @@ fn arrays_inside_tables_and_on_their_own_lines_are_named() {
         "`vm[0] (web).virtio_mem.boot`",
     );
 
-    let phases = |list: &str| {
-        replace_line(ISSUE_SCHEMA, "kind =", "kind = \"phases\"")
-            .replace("peak = \"4GiB\"             # for diurnal/burst/ramp\n", "")
-            .replace("period = \"24h\"            # for diurnal\n", "")
-            .replace("page_cache = \"1GiB\"\n", list)
-    };
-    let inline = phases("phases = [{ at = \"0s\", working_set = \"1GiB\" }, { at = [\"1h\"] }]\n");
+    let inline = with_phases(
+        "kind = \"phases\"\nphases = [{ at = \"0s\", working_set = \"1GiB\" }, { at = [\"1h\"] }]",
+    );
     let err = error_of(&inline, path);
     assert_names(
         &err,
@@ -1228,8 +1220,8 @@ fn arrays_inside_tables_and_on_their_own_lines_are_named() {
         "`vm[0] (web).workload.phases[1].at`",
     );
 
-    let lines = phases(
-        "phases = [\n  { at = \"0s\", working_set = \"1GiB\" },\n  [\"1h\", \"2GiB\"],\n]\n",
+    let lines = with_phases(
+        "kind = \"phases\"\nphases = [\n  { at = \"0s\", working_set = \"1GiB\" },\n  [\"1h\", \"2GiB\"],\n]",
     );
     let err = error_of(&lines, path);
     assert_names(
