@@ -637,9 +637,15 @@ impl Scenario {
 
 /// Whether the line of `offset` is a list-of-tables header (`[[vm.workload]]`).
 fn at_list_header(text: &str, offset: usize) -> bool {
+    text[line_start(text, offset)..]
+        .trim_start()
+        .starts_with("[[")
+}
+
+/// Where the line of byte `offset` (at most the end of `text`) begins.
+fn line_start(text: &str, offset: usize) -> usize {
     let offset = offset.min(text.len());
-    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    text[line_start..].trim_start().starts_with("[[")
+    text[..offset].rfind('\n').map_or(0, |i| i + 1)
 }
 
 /// A key path as a TOML table header: `vm[0] (a).workload` → `vm.workload`.
@@ -723,7 +729,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// TOML stage.
 fn key_path_at(text: &str, offset: usize) -> String {
     let offset = offset.min(text.len());
-    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_start = line_start(text, offset);
     let line_no = line_of(text, offset);
     let mut table = String::new();
     let mut vms = 0usize;

@@ -39,10 +39,7 @@ fn parse(text: &str) -> Result<(PolicySettings, Vec<Observation>), String> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
         let value: serde_json::Value = from_json(text)?;
-        let list = value.as_array().map(Vec::as_slice).unwrap_or_default();
-        for (k, o) in list.iter().enumerate() {
-            arrays_only_as_vms(o, &format!("[{k}]"))?;
-        }
+        each_with_arrays_only_as_vms(&value, "")?;
         let obs: Vec<Observation> = from_json(text)?;
         return Ok((PolicySettings::default(), obs));
     }
@@ -51,13 +48,7 @@ fn parse(text: &str) -> Result<(PolicySettings, Vec<Observation>), String> {
         if let Some(settings) = value.get("settings") {
             no_arrays(settings, "settings")?;
         }
-        let list = observations
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        for (k, o) in list.iter().enumerate() {
-            arrays_only_as_vms(o, &format!("observations[{k}]"))?;
-        }
+        each_with_arrays_only_as_vms(observations, "observations")?;
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Full {
@@ -92,6 +83,15 @@ fn arrays_only_as_vms(observation: &serde_json::Value, at: &str) -> Result<(), S
             }
             _ => no_arrays(v, &path)?,
         }
+    }
+    Ok(())
+}
+
+/// [`arrays_only_as_vms`] for each observation of a list (`at`: the list's path).
+fn each_with_arrays_only_as_vms(list: &serde_json::Value, at: &str) -> Result<(), String> {
+    let list = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    for (k, observation) in list.iter().enumerate() {
+        arrays_only_as_vms(observation, &format!("{at}[{k}]"))?;
     }
     Ok(())
 }

@@ -316,8 +316,6 @@ impl VmRegistry {
                     conn.balloon_actual = balloon;
                     let plugged = conn.note_devices(devices, now);
                     let Some(actual) = plugged.map(|p| balloon + p) else {
-                        // Sizes not seen are not sizes that stood still.
-                        conn.devices_moved_at = now;
                         let e = QmpError::Protocol {
                             detail: "a virtio-mem device of this VM is gone".into(),
                         };
@@ -595,7 +593,8 @@ impl VmConn {
     }
 
     /// Takes the devices' sizes from a fresh `query-memory-devices` (read at `now`) and
-    /// returns what they plug; `None` when one of the adopted devices is missing from it.
+    /// returns what they plug; `None` when one of the adopted devices is missing from it
+    /// (the stall clock then restarts, as for any reading that failed).
     fn note_devices(&mut self, fresh: Option<Vec<VirtioMemDevice>>, now: Millis) -> Option<Bytes> {
         let Some(fresh) = fresh else {
             return Some(Bytes::ZERO);
@@ -603,11 +602,15 @@ impl VmConn {
         let mut plugged = Bytes::ZERO;
         let mut moved = false;
         for dev in &mut self.devices {
-            let now = fresh.iter().find(|f| f.id == dev.id)?;
-            let size = now.size.min(dev.max_size);
+            let Some(read) = fresh.iter().find(|f| f.id == dev.id) else {
+                // Sizes not seen are not sizes that stood still.
+                self.devices_moved_at = now;
+                return None;
+            };
+            let size = read.size.min(dev.max_size);
             moved |= size != dev.size;
             dev.size = size;
-            dev.requested_size = now.requested_size;
+            dev.requested_size = read.requested_size;
             plugged += dev.size;
         }
         if moved {
