@@ -70,10 +70,38 @@ fn groups(scenario: &Scenario) -> Vec<Group> {
         .collect()
 }
 
+/// What sets a VM's need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum NeedBasis {
+    /// Its workload at its worst: the hot memory the policy leaves it.
+    Peak,
+    /// Its floor (`min`, or a virtio-mem guest's boot memory without a balloon): the
+    /// policy takes it no lower, whatever the workload.
+    Floor,
+    /// Nothing can take memory back (no balloon, no virtio-mem): Linux fills free memory
+    /// with page cache, so in time the guest holds all it was configured with.
+    NotResizable,
+}
+
+impl NeedBasis {
+    fn describe(self) -> &'static str {
+        match self {
+            NeedBasis::Peak => "its peak (working set + hot cache + kernel) + overhead",
+            NeedBasis::Floor => "its floor (`min`, or boot memory without a balloon) + overhead",
+            NeedBasis::NotResizable => {
+                "all its memory + overhead: no balloon or virtio-mem device takes any back"
+            }
+        }
+    }
+}
+
 /// Memory one VM needs resident to run without stalls, at its workload's worst: the peak
 /// anonymous working set, the hot part of the largest page cache, kernel, pinned memory and
-/// QEMU's overhead.
-fn need(vm: &VmSpec, overhead: Bytes) -> Bytes {
+/// QEMU's overhead — and never less than what no policy can take from it: its floor, or, for
+/// a guest nothing resizes, its configured size (the model's pooled memory is only the
+/// memory a policy can move).
+fn need(vm: &VmSpec, overhead: Bytes) -> (Bytes, NeedBasis) {
     let w = &vm.workload;
     let ws = w
         .points
@@ -82,7 +110,29 @@ fn need(vm: &VmSpec, overhead: Bytes) -> Bytes {
         .fold(w.working_set.max(w.peak), Bytes::max);
     let cache = w.points.iter().map(|p| p.2).fold(w.page_cache, Bytes::max);
     let hot_cache = Bytes::from_f64(cache.as_f64() * w.cache_hot);
-    (ws + hot_cache + vm.kernel + vm.pinned + overhead).min(vm.memory + overhead)
+    let peak = (ws + hot_cache + vm.kernel + vm.pinned).min(vm.memory);
+    let (held, basis) = if vm.resizable() {
+        (
+            vm.floor().unwrap_or(Bytes::ZERO).min(vm.memory),
+            NeedBasis::Floor,
+        )
+    } else {
+        (vm.memory, NeedBasis::NotResizable)
+    };
+    if held > peak {
+        (held + overhead, basis)
+    } else {
+        (peak + overhead, NeedBasis::Peak)
+    }
+}
+
+/// A group's need: its worst member's, and what sets it.
+fn group_need(g: &Group, overhead: Bytes) -> (Bytes, NeedBasis) {
+    g.members
+        .iter()
+        .map(|v| need(v, overhead))
+        .max_by_key(|&(n, _)| n)
+        .unwrap_or((Bytes::ZERO, NeedBasis::Peak))
 }
 
 /// The scenario with each group's count replaced; new replicas copy the group's last one
@@ -184,6 +234,8 @@ struct Model {
     swap_io_per_deficit: f64,
     working_set_fraction: f64,
     groups: Vec<VmGroup>,
+    /// What sets each group's need, in the order of `groups`.
+    need_basis: Vec<NeedBasis>,
     r_max: Estimate,
     max_safe_fleet: Fleet,
 }
@@ -254,12 +306,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
                     count: g.members.len() as u32,
                     configured: first.memory,
                     // The group's worst member: replicas of one table share a workload.
-                    need: g
-                        .members
-                        .iter()
-                        .map(|v| need(v, host.vm_overhead))
-                        .max()
-                        .unwrap_or(Bytes::ZERO),
+                    need: group_need(g, host.vm_overhead).0,
                 }
             })
             .collect(),
@@ -389,6 +436,10 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             swap_io_per_deficit,
             working_set_fraction: inputs.working_set_fraction(),
             groups: inputs.groups.clone(),
+            need_basis: groups
+                .iter()
+                .map(|g| group_need(g, scenario.host.vm_overhead).1)
+                .collect(),
             r_max,
             max_safe_fleet: fleet,
         },
@@ -412,13 +463,14 @@ fn print(plan: &Plan, scenario: &Scenario) {
         m.swap_bandwidth_mib_s,
         100.0 * m.safe_fraction
     );
-    for g in &m.groups {
+    for (g, basis) in m.groups.iter().zip(&m.need_basis) {
         crate::say!(
-            "  {} × {}: configured {}, needs {} resident at peak (working set + hot cache + kernel + overhead)",
+            "  {} × {}: configured {}, needs {} resident: {}",
             g.count,
             g.name,
             g.configured,
-            g.need
+            g.need,
+            basis.describe()
         );
     }
     crate::say!("{}", m.r_max.explanation);
@@ -508,6 +560,40 @@ mod tests {
             let e = parse_ratios(bad).expect_err(bad);
             assert!(e.0.starts_with("--ratios:"), "{}", e.0);
         }
+    }
+
+    /// A VM's need is its peak, unless a floor or the lack of any device that resizes it
+    /// keeps more of it on the host.
+    #[test]
+    fn need_counts_what_no_policy_can_take() {
+        let vm = |extra: &str| {
+            let text = format!(
+                "[scenario]\nname = \"n\"\nduration = \"1h\"\n[host]\nmemory = \"64GiB\"\nreserve = \"4GiB\"\nswap = \"0B\"\n\
+                 [[vm]]\nname = \"a\"\nmemory = \"8GiB\"\n{extra}\n\
+                 [vm.workload]\nkind = \"steady\"\nworking_set = \"2GiB\"\npage_cache = \"0B\"\n"
+            );
+            Scenario::parse(&text, Path::new("n.toml"))
+                .expect("the test scenario parses")
+                .vms
+                .remove(0)
+        };
+        let overhead = Bytes::mib(100);
+        let peak = vm("");
+        let (n, basis) = need(&peak, overhead);
+        assert_eq!(basis, NeedBasis::Peak);
+        assert_eq!(n, Bytes::gib(2) + peak.kernel + overhead);
+
+        let floored = vm("min = \"6GiB\"");
+        assert_eq!(
+            need(&floored, overhead),
+            (Bytes::gib(6) + overhead, NeedBasis::Floor)
+        );
+
+        let fixed = vm("balloon = false");
+        assert_eq!(
+            need(&fixed, overhead),
+            (Bytes::gib(8) + overhead, NeedBasis::NotResizable)
+        );
     }
 
     #[test]
