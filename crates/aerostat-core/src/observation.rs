@@ -160,6 +160,12 @@ pub struct VmSample {
     /// A migration of this VM is in progress.
     #[serde(default)]
     pub migrating: bool,
+    /// Whether a live migration can move this VM. `false` for a guest QEMU will not migrate:
+    /// a passthrough device without migration support (most VFIO devices: QEMU registers a
+    /// migration blocker), or pinned DMA memory the guest's driver must first quiesce. The
+    /// escape never chooses such a guest. `true` when not set.
+    #[serde(default = "default_true")]
+    pub migratable: bool,
     /// Host-measured resident memory of the VM's process, when known.
     #[serde(default)]
     pub rss: Option<Bytes>,
@@ -243,6 +249,7 @@ impl VmSample {
             class: VmClass::General,
             headroom: None,
             migrating: false,
+            migratable: true,
             rss: None,
             guest_swap: None,
             coldness: None,

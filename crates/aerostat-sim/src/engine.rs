@@ -416,6 +416,7 @@ impl Simulation {
                 vm.balloon = s.resizable();
                 vm.overhead = self.scenario.host.vm_overhead;
                 vm.pinned = s.pinned;
+                vm.migratable = s.migratable;
                 vm.priority = s.priority;
                 vm.shares = s.shares;
                 vm.class = s.class;

@@ -253,6 +253,10 @@ pub struct RawVm {
     /// Pinned memory (huge pages, VFIO): not balloonable.
     #[serde(default, deserialize_with = "human_opt")]
     pub pinned: Option<Bytes>,
+    /// Whether a live migration can move the VM (`VmSample::migratable`); `false` for a
+    /// passthrough device QEMU will not migrate. Default `true`.
+    #[serde(default)]
+    pub migratable: Option<bool>,
     /// A guest kernel that keeps free memory as Linux does: `"linux"` (a common guest's
     /// `vm.min_free_kbytes`, [`Watermarks::typical`]) or that sysctl as a size. Left out,
     /// the guest keeps none: every free page is the balloon's at no cost.
@@ -520,6 +524,8 @@ pub struct VmSpec {
     pub balloon_rate: Bytes,
     pub kernel: Bytes,
     pub pinned: Bytes,
+    /// A live migration can move it (`VmSample::migratable`).
+    pub migratable: bool,
     /// The guest kernel's watermarks (from `min_free` and the guest's size), when it
     /// keeps them.
     pub watermarks: Option<Watermarks>,

@@ -62,6 +62,43 @@ fn the_escape_moves_the_pinned_newcomer_once_after_the_grace_period() {
     }
 }
 
+/// The same host with a GPU whose passthrough device cannot migrate
+/// (`docs/examples/escape-passthrough.toml`): the escape never moves it, moves the database —
+/// the one departure after which the floors fit — and says why not the GPU.
+#[test]
+fn a_guest_that_cannot_migrate_stays_and_the_escape_moves_the_next_that_makes_the_rest_fit() {
+    let examples = common::scenarios_dir().join("../docs/examples");
+    let s =
+        Scenario::load(&examples.join("escape-passthrough.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let gpu = s.vms.iter().find(|v| v.name == "gpu").expect("gpu");
+    assert!(!gpu.migratable);
+    // Only that differs from the shipped scenario.
+    let shipped = scenario();
+    assert_eq!(s.vms.len(), shipped.vms.len());
+    for policy in PolicyKind::ALL {
+        let mut o = RunOptions::new(policy);
+        o.samples = 0;
+        let r = run(&s, o);
+        assert_eq!(r.migrations.len(), 1, "{policy}: {:?}", r.migrations);
+        let mig = &r.migrations[0];
+        assert_eq!(mig.vm, "db", "{policy}: {}", mig.reason);
+        assert_eq!(mig.outcome, Outcome::Completed, "{policy}: {mig:?}");
+        assert!(
+            mig.reason.contains("(gpu cannot migrate)"),
+            "{}",
+            mig.reason
+        );
+        let gpu = r
+            .summary
+            .per_vm
+            .iter()
+            .find(|v| v.name == "gpu")
+            .expect("gpu");
+        assert!(gpu.migrated_at.is_none() && !gpu.lost, "{policy}: {gpu:?}");
+        assert_eq!(r.summary.host_oom_kills, 0, "{policy}");
+    }
+}
+
 #[test]
 fn with_the_escape_aerostat_has_no_oom_and_the_stalls_end_with_the_migration_without_it_they_never_do()
  {

@@ -155,8 +155,9 @@ pub fn escape_inputs(
 /// Ranks the guests that could leave. `dirty_rates[i]` is guest `i`'s measured dirty rate
 /// (`None`: not measured; the plan then assumes it dirties memory as fast as the link sends —
 /// pessimistic on purpose, so an unmeasured guest never looks cheap). `capacity` is host
-/// memory minus the reserve. Guests already migrating, without a plan that completes, or
-/// whose memory size is unknown (0) are not candidates.
+/// memory minus the reserve. Guests already migrating, that cannot migrate
+/// (`VmSample::migratable`), without a plan that completes, or whose memory size is unknown
+/// (0) are not candidates.
 ///
 /// `unmet`: the guests' working sets do not fit by this much (`Pressure::WorkingSetsDoNotFit`):
 /// a guest's relief is then all the host memory it holds (overhead + `actual`), and the rest
@@ -202,7 +203,7 @@ pub fn choose_escape(
         .vms
         .iter()
         .enumerate()
-        .filter(|(_, vm)| !vm.migrating && vm.configured > Bytes::ZERO)
+        .filter(|(_, vm)| !vm.migrating && vm.migratable && vm.configured > Bytes::ZERO)
         .filter_map(|(i, vm)| {
             let dirty_rate = dirty_rates.get(i).copied().flatten();
             let inputs = escape_inputs(vm, dirty_rate, settings);
@@ -286,8 +287,21 @@ fn describe(
     obs: &Observation,
     growing: bool,
 ) -> String {
+    // Named, so that an operator sees why a guest that would do is not moved.
+    let unmovable: Vec<&str> = obs
+        .vms
+        .iter()
+        .filter(|vm| !vm.migratable && !vm.migrating)
+        .map(|vm| vm.name.as_str())
+        .collect();
+    let unmovable = match unmovable.as_slice() {
+        [] => String::new(),
+        names => format!(" ({} cannot migrate)", names.join(", ")),
+    };
     let Some(best) = ranking.first() else {
-        return format!("{situation}: no guest can leave (all migrating, or no plan completes)");
+        return format!(
+            "{situation}: no guest can leave (all migrating or unable to, or no plan completes){unmovable}"
+        );
     };
     let line = |c: &EscapeCandidate| {
         let strategy = c.plan.chosen.map(|s| s.as_str()).unwrap_or("no strategy");
@@ -317,6 +331,7 @@ fn describe(
     if let Some(next) = ranking.get(1) {
         s.push_str(&format!("; next best: {}", line(next)));
     }
+    s.push_str(&unmovable);
     s
 }
 

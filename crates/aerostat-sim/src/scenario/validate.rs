@@ -343,6 +343,7 @@ impl RawScenario {
                     start: Millis(start.0 + stagger.0 * u64::from(r)),
                     balloon: v.balloon.unwrap_or(true),
                     deflate_on_oom: v.deflate_on_oom,
+                    migratable: v.migratable.unwrap_or(true),
                     balloon_lies: v.balloon_lies,
                     stats: v.stats.unwrap_or_default(),
                     stats_interval: v.stats_interval,

@@ -135,6 +135,8 @@ struct RawVm {
     headroom: Option<String>,
     #[serde(default)]
     swap: Option<String>,
+    #[serde(default)]
+    migratable: Option<bool>,
 }
 
 /// Validated configuration.
@@ -196,6 +198,9 @@ pub struct VmSettings {
     /// daemon also measures the guest's cold memory (docs/observation.md, "Coldness"), and
     /// the `aerostat` policy may push cold anonymous memory into that swap. `None`: none.
     pub swap: Option<Bytes>,
+    /// Whether the escape may live-migrate the VM (`VmSample::migratable`): `false` for a
+    /// guest with a passthrough device QEMU will not migrate. Default `true`.
+    pub migratable: bool,
 }
 
 impl Config {
@@ -294,6 +299,7 @@ impl Config {
             class: VmClass::General,
             headroom: None,
             swap: None,
+            migratable: true,
         };
         let settle =
             |key: &str, raw: &RawVm, base: &VmSettings| -> Result<VmSettings, ConfigError> {
@@ -320,6 +326,7 @@ impl Config {
                         Some(v) => Some(bytes(&format!("{key}.swap"), v)?),
                         None => base.swap,
                     },
+                    migratable: raw.migratable.unwrap_or(base.migratable),
                 })
             };
         let defaults = settle("vm_defaults", &raw.vm_defaults, &base)?;
@@ -542,6 +549,18 @@ mod tests {
         assert_eq!(c.vm("db").headroom, None);
         assert_eq!(c.vm("build").swap, Some(Bytes::gib(2)));
         assert_eq!(c.vm("db").swap, None);
+        assert!(!c.vm("gpu").migratable);
+        assert!(
+            c.vm("db").migratable,
+            "migratable unless declared otherwise"
+        );
+        let e = Config::parse(
+            &EXAMPLE.replace("migratable = false", "migratable = \"no\""),
+            Path::new("aerostat.toml"),
+        )
+        .expect_err("not a bool")
+        .to_string();
+        assert!(e.contains("line 22") && e.contains("migratable"), "{e}");
         let e = Config::parse(
             &EXAMPLE.replace("swap = \"2GiB\"", "swap = \"2 gigs\""),
             Path::new("aerostat.toml"),

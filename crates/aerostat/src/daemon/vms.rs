@@ -360,6 +360,7 @@ impl VmRegistry {
                     s.headroom = settings.headroom.map(|h| h.min(conn.configured));
                     s.rss = rss;
                     s.guest_swap = settings.swap;
+                    s.migratable = settings.migratable;
                     s.coldness = conn.coldness;
                     s.deflate_on_oom = conn.deflate_on_oom;
                     s.blocks = (!conn.devices.is_empty()).then(|| conn.blocks());

@@ -127,6 +127,43 @@ fn migrating_guests_are_neither_counted_nor_candidates() {
 }
 
 #[test]
+fn a_guest_that_cannot_migrate_is_never_chosen_and_is_named() {
+    // As `prefers_the_guest_whose_departure_makes_the_rest_fit`, but `big` has a
+    // passthrough device QEMU will not migrate: the small ones are all there is.
+    let mut vms = vec![vm("small-0", 2, 0), vm("small-1", 2, 0), vm("big", 8, 6)];
+    for v in &mut vms {
+        v.overhead = Bytes::mib(128);
+    }
+    vms[2].migratable = false;
+    let obs = host(vms);
+    let e = choose_escape(
+        &obs,
+        Bytes::gib(6),
+        &[Some(Bytes::ZERO); 3],
+        &[],
+        &settings(),
+        None,
+    );
+    assert_eq!(e.ranking.len(), 2, "{}", e.reason);
+    assert!(e.ranking.iter().all(|c| c.name != "big"), "{}", e.reason);
+    assert!(e.reason.contains("(big cannot migrate)"), "{}", e.reason);
+
+    let mut alone = vm("gpu", 8, 8);
+    alone.migratable = false;
+    let e = choose_escape(
+        &host(vec![alone]),
+        Bytes::gib(1),
+        &[None],
+        &[],
+        &settings(),
+        None,
+    );
+    assert!(e.chosen().is_none());
+    assert!(e.reason.contains("no guest can leave"), "{}", e.reason);
+    assert!(e.reason.contains("(gpu cannot migrate)"), "{}", e.reason);
+}
+
+#[test]
 fn no_candidate_says_so() {
     let mut leaving = vm("leaving", 8, 8);
     leaving.migrating = true;
