@@ -12,6 +12,7 @@ mod balloon;
 mod events;
 mod json;
 mod migration;
+mod passthrough;
 mod process;
 mod status;
 mod virtio_mem;

@@ -198,9 +198,10 @@ pub struct VmSettings {
     /// daemon also measures the guest's cold memory (docs/observation.md, "Coldness"), and
     /// the `aerostat` policy may push cold anonymous memory into that swap. `None`: none.
     pub swap: Option<Bytes>,
-    /// Whether the escape may live-migrate the VM (`VmSample::migratable`): `false` for a
-    /// guest with a passthrough device QEMU will not migrate. Default `true`.
-    pub migratable: bool,
+    /// Whether the escape may live-migrate the VM (`VmSample::migratable`). `None` (the
+    /// default): unless QEMU shows it a VFIO device, which QEMU refuses to migrate unless the
+    /// device supports it.
+    pub migratable: Option<bool>,
 }
 
 impl Config {
@@ -299,7 +300,7 @@ impl Config {
             class: VmClass::General,
             headroom: None,
             swap: None,
-            migratable: true,
+            migratable: None,
         };
         let settle =
             |key: &str, raw: &RawVm, base: &VmSettings| -> Result<VmSettings, ConfigError> {
@@ -326,7 +327,7 @@ impl Config {
                         Some(v) => Some(bytes(&format!("{key}.swap"), v)?),
                         None => base.swap,
                     },
-                    migratable: raw.migratable.unwrap_or(base.migratable),
+                    migratable: raw.migratable.or(base.migratable),
                 })
             };
         let defaults = settle("vm_defaults", &raw.vm_defaults, &base)?;
@@ -549,10 +550,11 @@ mod tests {
         assert_eq!(c.vm("db").headroom, None);
         assert_eq!(c.vm("build").swap, Some(Bytes::gib(2)));
         assert_eq!(c.vm("db").swap, None);
-        assert!(!c.vm("gpu").migratable);
-        assert!(
+        assert_eq!(c.vm("gpu").migratable, Some(false));
+        assert_eq!(
             c.vm("db").migratable,
-            "migratable unless declared otherwise"
+            None,
+            "left to the devices QEMU shows"
         );
         let e = Config::parse(
             &EXAMPLE.replace("migratable = false", "migratable = \"no\""),

@@ -28,6 +28,9 @@ pub struct VmConn {
     /// Whether the VM has a virtio-balloon device. A VM with virtio-mem devices may have none:
     /// its boot memory is then its floor.
     has_balloon: bool,
+    /// The QOM paths of its VFIO devices, found at adoption: QEMU refuses to migrate most of
+    /// them, so the guest counts as unmovable unless `vm.NAME.migratable = true`.
+    passthrough: Vec<String>,
     /// The virtio-mem devices aerostat resizes (those with an `id=`), found at adoption, with
     /// the sizes of the last sample. A target above boot memory is theirs
     /// (`aerostat_core::resize`).
@@ -221,6 +224,16 @@ impl VmRegistry {
             });
         }
         let has_balloon = qemu.find_balloon_path().await?.is_some();
+        let passthrough = match qemu.passthrough_devices().await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(vm = %name, error = %e, "cannot list the guest's devices; taking it for one without passthrough devices");
+                Vec::new()
+            }
+        };
+        if !passthrough.is_empty() {
+            tracing::info!(vm = %name, devices = ?passthrough, "VFIO devices, which QEMU refuses to migrate unless they support it: the escape will not move this guest unless vm.{name}.migratable = true");
+        }
         // Whether the balloon's pages stay in the guest's MemTotal: without it, a small
         // guest's `used` would read as its use plus the balloon.
         let deflate_on_oom = match qemu.balloon_deflates_on_oom().await {
@@ -237,6 +250,7 @@ impl VmRegistry {
             boot,
             configured,
             has_balloon,
+            passthrough,
             devices,
             balloon_after_devices: None,
             devices_moved_at: adopted_at,
@@ -360,7 +374,9 @@ impl VmRegistry {
                     s.headroom = settings.headroom.map(|h| h.min(conn.configured));
                     s.rss = rss;
                     s.guest_swap = settings.swap;
-                    s.migratable = settings.migratable;
+                    // A VFIO device QEMU shows makes a guest unmovable unless the operator
+                    // says its device migrates.
+                    s.migratable = settings.migratable.unwrap_or(conn.passthrough.is_empty());
                     s.coldness = conn.coldness;
                     s.deflate_on_oom = conn.deflate_on_oom;
                     s.blocks = (!conn.devices.is_empty()).then(|| conn.blocks());

@@ -31,6 +31,8 @@ struct Guest {
     refuses_resize: bool,
     /// Whether `query-memory-devices` fails (a QMP hiccup).
     devices_unreadable: bool,
+    /// Whether QEMU shows a VFIO device (`-device vfio-pci,id=hostdev0,...`).
+    vfio: bool,
 }
 
 impl Guest {
@@ -42,6 +44,7 @@ impl Guest {
             requested: plugged_mib * MIB,
             refuses_resize: false,
             devices_unreadable: false,
+            vfio: false,
         }
     }
 }
@@ -50,10 +53,16 @@ impl Guest {
 fn answer(guest: &mut Guest, cmd: &Value) -> Vec<Out> {
     let args = &cmd["arguments"];
     let reply = match cmd["execute"].as_str().unwrap_or_default() {
-        "qom-list" if args["path"] == "/machine/peripheral" => json!([
-            {"name": "balloon0", "type": "child<virtio-balloon-pci>"},
-            {"name": "vm0", "type": "child<virtio-mem-pci>"},
-        ]),
+        "qom-list" if args["path"] == "/machine/peripheral" => {
+            let mut children = vec![
+                json!({"name": "balloon0", "type": "child<virtio-balloon-pci>"}),
+                json!({"name": "vm0", "type": "child<virtio-mem-pci>"}),
+            ];
+            if guest.vfio {
+                children.push(json!({"name": "hostdev0", "type": "child<vfio-pci>"}));
+            }
+            json!(children)
+        }
         "qom-list" => json!([]),
         "qom-set" if args["property"] == "requested-size" => {
             if guest.refuses_resize {
@@ -102,11 +111,16 @@ struct Rig {
 
 impl Rig {
     async fn adopt(guest: Guest) -> Rig {
+        Rig::adopt_with(guest, "").await
+    }
+
+    /// As `adopt`, with `vm_config` after the daemon config's `[vm.qmp]` header.
+    async fn adopt_with(guest: Guest, vm_config: &str) -> Rig {
         let guest = Arc::new(Mutex::new(guest));
         let model = Arc::clone(&guest);
         let fake = FakeQmp::qemu(move |cmd| answer(&mut model.lock().expect("guest"), cmd));
         let text = format!(
-            "[host]\nreserve = \"512MiB\"\n[qemu]\nqmp_glob = \"{}\"\n",
+            "[host]\nreserve = \"512MiB\"\n[qemu]\nqmp_glob = \"{}\"\n[vm.{VM}]\n{vm_config}\n",
             fake.path.display()
         );
         let config = Config::parse(&text, Path::new("a.toml")).expect("config");
@@ -333,4 +347,29 @@ async fn a_deflate_goes_before_the_unplug() {
     assert_eq!(order, ["qom-set", "balloon", "qom-set"]);
     assert_eq!(rig.balloons(), [500]);
     assert_eq!(rig.device_requests(), [0]);
+}
+
+/// A guest QEMU shows a VFIO device for is unmovable for the escape unless the operator says
+/// its device migrates; the operator's word wins either way.
+#[tokio::test]
+async fn a_vfio_device_makes_a_guest_unmovable_unless_the_config_says_otherwise() {
+    for (vfio, config, movable) in [
+        (false, "", true),
+        (true, "", false),
+        (true, "migratable = true", true),
+        (false, "migratable = false", false),
+    ] {
+        let mut guest = Guest::new(512, 512);
+        guest.vfio = vfio;
+        let mut rig = Rig::adopt_with(guest, config).await;
+        let vms = rig
+            .registry
+            .observe(&rig.config, &rig.metrics, Millis::secs(3))
+            .await;
+        assert_eq!(vms.len(), 1);
+        assert_eq!(
+            vms[0].sample.migratable, movable,
+            "vfio {vfio}, config {config:?}"
+        );
+    }
 }
