@@ -22,6 +22,7 @@ mod per_vm;
 pub mod planner;
 pub mod policy;
 pub mod resize;
+pub mod swapping;
 pub mod units;
 
 pub use controller::{Controller, GuardConfig};

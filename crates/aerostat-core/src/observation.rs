@@ -169,6 +169,11 @@ pub struct VmSample {
     /// Host-measured resident memory of the VM's process, when known.
     #[serde(default)]
     pub rss: Option<Bytes>,
+    /// Host-measured: the VM's memory the host has swapped out (the QEMU process's
+    /// `VmSwap`), when known. Read by [`crate::swapping`] only, to tell host swapping from
+    /// the guest's own.
+    #[serde(default)]
+    pub host_swapped: Option<Bytes>,
     /// The guest's swap as the operator declares it (its image's swap device or file).
     /// Balloon statistics carry no swap totals: without this, only a swap-out already seen
     /// shows the guest has swap. `None`: not declared.
@@ -250,6 +255,7 @@ impl VmSample {
             headroom: None,
             migrating: false,
             migratable: true,
+            host_swapped: None,
             rss: None,
             guest_swap: None,
             coldness: None,

@@ -447,6 +447,8 @@ impl Simulation {
             }
             vm.actual = Bytes::from_f64(g.reported_actual());
             vm.rss = Some(Bytes::from_f64(g.touched) + self.scenario.host.vm_overhead);
+            // QEMU's `VmSwap`: a host-side fact a real controller reads too.
+            vm.host_swapped = Some(Bytes::from_f64(g.host_swapped_cold + g.host_swapped_hot));
             // A guest polled every `stats_interval` reports the stats of its last poll
             // next to the live `actual`, as QEMU does.
             let due = match (g.spec.stats_interval, vm.stats.last_update) {

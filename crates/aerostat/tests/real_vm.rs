@@ -728,6 +728,20 @@ fn metrics_status_and_sigterm() {
         .filter_map(|v| v["name"].as_str())
         .collect();
     assert_eq!(listed, ["db", "web"]);
+    // Whose swap-ins, from two ticks' counters: QEMU's VmSwap is read for each guest, and
+    // idle guests that swap nothing in are not said to swap.
+    for v in st["vms"].as_array().expect("vms") {
+        let s = &v["swapping"];
+        assert!(
+            s["host_swapped"].is_u64(),
+            "{}: VmSwap read: {s}",
+            v["name"]
+        );
+        assert!(s["why"].as_str().is_some_and(|w| !w.is_empty()), "{s}");
+        let quiet = s["guest_swap_in_bps"].as_u64().is_some_and(|r| r < MIB)
+            && s["host_swap_in_bps"].as_u64().is_some_and(|r| r < MIB);
+        assert!(!quiet || s["level"] == "none", "{}: {s}", v["name"]);
+    }
     for v in st["vms"].as_array().expect("vms") {
         assert_eq!(v["responsive"], true);
         assert!(v["socket"].as_str().is_some_and(|s| s.ends_with(".qmp")));

@@ -31,8 +31,8 @@ pub use migration::{
     MigrationStatus, RamStats, parse_dirty_rate, parse_migration_info,
 };
 pub use process::{
-    GuestRamPages, clear_referenced, parse_smaps_ram, parse_vm_rss, read_guest_ram_pages,
-    read_guest_ram_rss, read_rss,
+    GuestRamPages, ProcessMemory, clear_referenced, parse_process_memory, parse_smaps_ram,
+    parse_vm_rss, read_guest_ram_pages, read_guest_ram_rss, read_process_memory, read_rss,
 };
 pub use status::{RunState, VmStatus};
 pub use virtio_mem::{VirtioMemDevice, parse_memory_devices};
@@ -107,13 +107,18 @@ impl QemuVm {
     /// Memory the QEMU process has touched (`VmRSS + VmSwap + HugetlbPages` in
     /// `/proc/PID/status`): a host-side fact.
     pub fn query_rss(&self) -> Result<aerostat_core::Bytes, QmpError> {
+        self.query_process_memory().map(|m| m.touched)
+    }
+
+    /// The QEMU process's memory: what it touched, and what of it the host swapped out.
+    pub fn query_process_memory(&self) -> Result<ProcessMemory, QmpError> {
         let pid = self.pid().ok_or_else(|| {
             QmpError::Io(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "the QMP peer's pid is unknown (SO_PEERCRED failed)",
             ))
         })?;
-        read_rss(pid)
+        read_process_memory(pid)
     }
 }
 

@@ -4,11 +4,21 @@ use aerostat_core::Bytes;
 
 use crate::qmp::QmpError;
 
-/// Reads `VmRSS` of process `pid`. A vanished process is an `Io` error (`NotFound`).
-pub fn read_rss(pid: u32) -> Result<Bytes, QmpError> {
+/// The QEMU process's memory as the host sees it, from one `/proc/PID/status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// What the process has touched: `VmRSS` (resident) + `VmSwap` (touched, then swapped
+    /// out by the host) + `HugetlbPages` (hugetlbfs pages are not in `VmRSS`).
+    pub touched: Bytes,
+    /// `VmSwap`: what the host has swapped out (`None`: no such line).
+    pub swapped: Option<Bytes>,
+}
+
+/// Reads process `pid`'s memory. A vanished process is an `Io` error (`NotFound`).
+pub fn read_process_memory(pid: u32) -> Result<ProcessMemory, QmpError> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).map_err(QmpError::Io)?;
-    parse_vm_rss(&text).ok_or_else(|| {
+    parse_process_memory(&text).ok_or_else(|| {
         QmpError::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("{path}: no parsable `VmRSS:` line"),
@@ -16,18 +26,32 @@ pub fn read_rss(pid: u32) -> Result<Bytes, QmpError> {
     })
 }
 
-/// Memory the process has touched, from a `/proc/PID/status` text: `VmRSS` (resident) +
-/// `VmSwap` (touched, then swapped out by the host) + `HugetlbPages` (hugetlbfs pages are not
-/// in `VmRSS`). `None` without a `VmRSS:` line (kernel threads, zombies).
-pub fn parse_vm_rss(status: &str) -> Option<Bytes> {
+/// Reads what process `pid` has touched ([`ProcessMemory::touched`]).
+pub fn read_rss(pid: u32) -> Result<Bytes, QmpError> {
+    read_process_memory(pid).map(|m| m.touched)
+}
+
+/// A `/proc/PID/status` text's memory; `None` without a `VmRSS:` line (kernel threads,
+/// zombies) or with sizes that overflow.
+pub fn parse_process_memory(status: &str) -> Option<ProcessMemory> {
     let field = |name: &str| -> Option<u64> {
         let rest = status.lines().find_map(|l| l.strip_prefix(name))?.trim();
         rest.strip_suffix("kB")?.trim().parse::<u64>().ok()
     };
+    let swapped = field("VmSwap:");
     let kib = field("VmRSS:")?
-        .checked_add(field("VmSwap:").unwrap_or(0))?
+        .checked_add(swapped.unwrap_or(0))?
         .checked_add(field("HugetlbPages:").unwrap_or(0))?;
-    kib.checked_mul(1024).map(Bytes)
+    Some(ProcessMemory {
+        touched: Bytes(kib.checked_mul(1024)?),
+        swapped: swapped.and_then(|k| k.checked_mul(1024)).map(Bytes),
+    })
+}
+
+/// What the process has touched, from a `/proc/PID/status` text
+/// ([`ProcessMemory::touched`]).
+pub fn parse_vm_rss(status: &str) -> Option<Bytes> {
+    parse_process_memory(status).map(|m| m.touched)
 }
 
 /// Touched memory of the guest's RAM inside QEMU: `Rss:` + `Swap:` + `Private_Hugetlb:` +
@@ -184,6 +208,14 @@ Rss:                   0 kB
         assert_eq!(parse_vm_rss(text), Some(Bytes::kib(215040)));
         let swapped = "VmRSS:\t  100 kB\nVmSwap:\t  20 kB\nHugetlbPages:\t 2048 kB\n";
         assert_eq!(parse_vm_rss(swapped), Some(Bytes::kib(2168)));
+        assert_eq!(
+            parse_process_memory(swapped).map(|m| m.swapped),
+            Some(Some(Bytes::kib(20)))
+        );
+        assert_eq!(
+            parse_process_memory(text).map(|m| m.swapped.is_some()),
+            Some(text.contains("VmSwap:"))
+        );
         assert_eq!(parse_vm_rss("Name:\tkthreadd\nState:\tS\n"), None);
         assert_eq!(parse_vm_rss("VmRSS:\tlots kB\n"), None);
         assert_eq!(parse_vm_rss("VmRSS:\t99999999999999999999 kB\n"), None);

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use aerostat_core::swapping::SwapLevel;
 use anyhow::Context;
 use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 use tracing_subscriber::EnvFilter;
@@ -61,6 +62,7 @@ fn table(s: &Status) -> String {
         "idle MiB",
         "virtio-mem MiB",
         "ok",
+        "swapping",
         "last rule",
         "last reason",
     ]);
@@ -91,6 +93,11 @@ fn table(s: &Status) -> String {
                 (_, true) => "migrating",
                 (true, false) => "yes",
                 (false, false) => "NO",
+            }),
+            // Whose swap-ins: the guest's own, the host's, or both (double paging).
+            Cell::new(match v.swapping.as_ref().map(|s| s.level) {
+                None | Some(SwapLevel::None) => "-",
+                Some(level) => level.as_str(),
             }),
             Cell::new(v.last_rule.as_deref().unwrap_or("-")),
             Cell::new(reason),
@@ -137,6 +144,20 @@ mod tests {
             ..Default::default()
         };
         assert!(!table(&s).contains("ALERT"));
+        // The swapping column shows whose swap-ins, and nothing for none.
+        let header = |t: &str| t.lines().nth(3).unwrap_or_default().to_string();
+        let row = |t: &str| t.lines().nth(5).unwrap_or_default().to_string();
+        let text = table(&s);
+        assert!(header(&text).contains("swapping"), "{text}");
+        s.vms[0].swapping = Some(aerostat_core::swapping::Swapping {
+            level: SwapLevel::Both,
+            guest_swap_in_bps: Some(2 << 20),
+            host_swap_in_bps: Some(2 << 20),
+            host_swapped: Some(300 << 20),
+            why: String::new(),
+        });
+        let text = table(&s);
+        assert!(row(&text).contains("both"), "{text}");
         s.alerts = vec![
             Alert::FloorsDoNotFit {
                 need: Bytes::gib(2),

@@ -48,6 +48,10 @@ pub struct Status {
     pub capacity: u64,
     pub vms: Vec<VmStatus>,
     pub alerts: Vec<aerostat_core::Alert>,
+    /// The last tick's observation: the counters the next tick's rates start from (not
+    /// served).
+    #[serde(skip)]
+    pub previous: Option<Observation>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -73,6 +77,10 @@ pub struct VmStatus {
     /// The VM's virtio-mem devices, if it has any aerostat resizes.
     #[serde(default)]
     pub virtio_mem: Option<VirtioMemStatus>,
+    /// Who is swapping its memory, the guest or the host (`aerostat_core::swapping`), from
+    /// this tick's and the last tick's counters.
+    #[serde(default)]
+    pub swapping: Option<aerostat_core::swapping::Swapping>,
 }
 
 /// A VM's virtio-mem devices, added up (`/status`; only for VMs that have them).
@@ -339,6 +347,9 @@ async fn tick(
     metrics.host_available.set(host_sample.available.0 as i64);
     metrics.host_total.set(host_sample.total.0 as i64);
     metrics.set_alerts(&decision.alerts, controller.unmet_need());
+    let previous = status.read().ok().and_then(|s| s.previous.clone());
+    // Aligned with `obs.vms`, which follows `samples`.
+    let mut swapping = aerostat_core::swapping::diagnose(previous.as_ref(), &obs).into_iter();
     let mut vms = Vec::new();
     for s in &samples {
         let target = controller.target_of(&s.sample.name);
@@ -363,6 +374,7 @@ async fn tick(
             stats: s.sample.stats.clone(),
             coldness: s.sample.coldness,
             virtio_mem: conn.and_then(|c| c.virtio_mem_status()),
+            swapping: swapping.next(),
         });
     }
     metrics.forget_vms_except(&vms.iter().map(|v| v.name.clone()).collect::<Vec<_>>());
@@ -373,6 +385,7 @@ async fn tick(
     st.host = Some(host_sample);
     st.vms = vms;
     st.alerts = decision.alerts;
+    st.previous = Some(obs);
     Ok(())
 }
 

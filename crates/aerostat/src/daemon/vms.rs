@@ -297,7 +297,7 @@ impl VmRegistry {
             set.spawn(async move {
                 let actual = memory_now(&qemu, has_balloon, boot, has_devices).await;
                 let stats = qemu.guest_stats().await;
-                let rss = qemu.query_rss().ok();
+                let process = qemu.query_process_memory().ok();
                 // A page-table walk: ~10 ms per GiB of 4 KiB pages each for the clear and
                 // the read (docs/observation.md), so off the async workers.
                 let pages = if window_over {
@@ -309,16 +309,16 @@ impl VmRegistry {
                 } else {
                     None
                 };
-                (name, actual, stats, rss, pages)
+                (name, actual, stats, process, pages)
             });
         }
         let mut results = BTreeMap::new();
         while let Some(joined) = set.join_next().await {
-            if let Ok((name, actual, stats, rss, pages)) = joined {
+            if let Ok((name, actual, stats, process, pages)) = joined {
                 if let Some(conn) = self.vms.get_mut(&name) {
                     conn.note_coldness(&name, pages, started, now, metrics);
                 }
-                results.insert(name, (actual, stats, rss));
+                results.insert(name, (actual, stats, process));
             }
         }
         let mut out = Vec::new();
@@ -326,7 +326,7 @@ impl VmRegistry {
             let settings = config.vm(name);
             let mut responsive = false;
             let sample = match results.remove(name) {
-                Some((Ok((balloon, devices)), stats, rss)) => {
+                Some((Ok((balloon, devices)), stats, process)) => {
                     conn.balloon_actual = balloon;
                     let plugged = conn.note_devices(devices, now);
                     let Some(actual) = plugged.map(|p| balloon + p) else {
@@ -372,7 +372,8 @@ impl VmRegistry {
                     s.priority = settings.priority;
                     s.class = settings.class;
                     s.headroom = settings.headroom.map(|h| h.min(conn.configured));
-                    s.rss = rss;
+                    s.rss = process.map(|m| m.touched);
+                    s.host_swapped = process.and_then(|m| m.swapped);
                     s.guest_swap = settings.swap;
                     // A VFIO device QEMU shows makes a guest unmovable unless the operator
                     // says its device migrates.
