@@ -84,6 +84,10 @@ pub struct MigrateArgs {
     /// Budget for the whole migration; pre-copy that cannot switch is cancelled at it.
     #[arg(long, default_value = "60s")]
     pub max_time: String,
+    /// Budget for the bytes on the wire (a metered or shared link, e.g. `20GiB`): pre-copy
+    /// that would send more moves to post-copy, or is cancelled when it cannot. Default: none.
+    #[arg(long)]
+    pub max_bytes: Option<String>,
     /// Bandwidth cap for both pre-copy and post-copy (`max-bandwidth`,
     /// `max-postcopy-bandwidth`).
     #[arg(long, default_value = "128MiB/s")]

@@ -95,6 +95,12 @@ pub struct MigrationInputs {
     /// downtime is this plus the last dirty pages over the link.
     #[serde(default)]
     pub stop_and_copy: Millis,
+    /// Budget for the bytes on the wire (a metered or shared link): a strategy that would
+    /// send more does not land. Pre-copy resends what the guest dirties, pass after pass;
+    /// post-copy sends each page once more at most, so a traffic budget is what moves a
+    /// rewriting guest to post-copy even when time would allow pre-copy. `None`: no limit.
+    #[serde(default)]
+    pub max_bytes: Option<Bytes>,
 }
 
 impl MigrationInputs {
@@ -115,7 +121,13 @@ impl MigrationInputs {
             working_set: None,
             postcopy_switch: DEFAULT_POSTCOPY_SWITCH,
             stop_and_copy: DEFAULT_STOP_AND_COPY,
+            max_bytes: None,
         }
+    }
+
+    /// Whether `bytes` on the wire stay within the traffic budget.
+    fn within_traffic(&self, bytes: f64) -> bool {
+        self.max_bytes.is_none_or(|m| bytes <= m.as_f64())
     }
 
     /// Bytes the first pass must really send.
@@ -271,7 +283,9 @@ fn simulate_precopy(inp: &MigrationInputs, pending: f64, auto_converge: bool) ->
             return Prediction {
                 strategy,
                 converges: true,
-                lands: tt <= inp.max_time && dt <= inp.downtime_limit,
+                lands: tt <= inp.max_time
+                    && dt <= inp.downtime_limit
+                    && inp.within_traffic(sent + p),
                 total_time: Some(tt),
                 downtime: Some(dt),
                 bytes_sent: Some(Bytes::from_f64(sent + p)),
@@ -358,7 +372,9 @@ fn postcopy_prediction(
     Prediction {
         strategy,
         converges: true,
-        lands: total <= inp.max_time && downtime <= inp.downtime_limit,
+        lands: total <= inp.max_time
+            && downtime <= inp.downtime_limit
+            && inp.within_traffic(precopy_bytes + pending),
         total_time: Some(total),
         downtime: Some(downtime),
         bytes_sent: Some(Bytes::from_f64(precopy_bytes + pending)),
@@ -450,12 +466,15 @@ pub fn choose(inp: &MigrationInputs, allowed: Allowed) -> Plan {
     let predictions = predict_all(inp);
     let rate = |b: Bytes| format!("{}/s", b);
     let situation = format!(
-        "{} of memory, dirty {} over a {} link, downtime limit {}, budget {}",
+        "{} of memory, dirty {} over a {} link, downtime limit {}, budget {}{}",
         inp.memory,
         rate(inp.dirty_rate),
         rate(inp.bandwidth),
         inp.downtime_limit,
-        inp.max_time
+        inp.max_time,
+        inp.max_bytes
+            .map(|m| format!(" and {m} on the wire"))
+            .unwrap_or_default()
     );
     let mut skipped: Vec<String> = Vec::new();
     for p in &predictions {
@@ -478,10 +497,13 @@ pub fn choose(inp: &MigrationInputs, allowed: Allowed) -> Plan {
                 predictions,
             };
         }
-        skipped.push(match p.total_time {
-            Some(t) if t > inp.max_time => format!("{} over budget", describe(p)),
-            Some(_) => format!("{} exceeds the downtime limit", describe(p)),
-            None => describe(p),
+        skipped.push(match (p.total_time, p.bytes_sent) {
+            (Some(t), _) if t > inp.max_time => format!("{} over budget", describe(p)),
+            (Some(_), Some(b)) if !inp.within_traffic(b.as_f64()) => {
+                format!("{} sends {b}, over the traffic budget", describe(p))
+            }
+            (Some(_), _) => format!("{} exceeds the downtime limit", describe(p)),
+            (None, _) => describe(p),
         });
     }
     let fallback = predictions
@@ -580,6 +602,9 @@ pub fn replan(
         live.dirty_rate.max(planned.dirty_rate)
     };
     let left = planned.max_time.saturating_sub(live.elapsed);
+    let bytes_left = planned
+        .max_bytes
+        .map(|m| m.saturating_sub(live.transferred));
     let now = MigrationInputs {
         memory: live.remaining.max(Bytes(1)),
         dirty_rate,
@@ -590,6 +615,7 @@ pub fn replan(
         working_set: planned.working_set,
         postcopy_switch: planned.postcopy_switch,
         stop_and_copy: planned.stop_and_copy,
+        max_bytes: bytes_left,
     };
     let auto = chosen == Some(Strategy::AutoConverge);
     let precopy = simulate_precopy(&now, live.remaining.as_f64(), auto);
@@ -627,9 +653,16 @@ pub fn replan(
             ),
         )
     } else {
-        let verdict = match precopy.total_time {
-            Some(t) => format!("pre-copy needs {t} more but {left} is left"),
-            None => format!(
+        let verdict = match (precopy.total_time, precopy.bytes_sent, bytes_left) {
+            (Some(t), _, _) if t > left => format!("pre-copy needs {t} more but {left} is left"),
+            (Some(_), Some(b), Some(budget)) if b > budget => {
+                format!("pre-copy would send {b} more but {budget} of the traffic budget is left")
+            }
+            (Some(t), ..) => format!(
+                "pre-copy needs {t} more with {} downtime, over the limit",
+                precopy.downtime.unwrap_or_default()
+            ),
+            (None, ..) => format!(
                 "pre-copy does not converge (dirty {}/s ≥ what a pass can shrink at {}/s)",
                 dirty_rate, bandwidth
             ),
@@ -658,6 +691,14 @@ pub fn replan(
                 format!(
                     "budget {} spent: {verdict}, and post-copy is not possible",
                     planned.max_time
+                ),
+            )
+        } else if bytes_left == Some(Bytes::ZERO) {
+            (
+                Step::Cancel,
+                format!(
+                    "traffic budget {} spent: {verdict}, and post-copy is not possible",
+                    planned.max_bytes.unwrap_or_default()
                 ),
             )
         } else {

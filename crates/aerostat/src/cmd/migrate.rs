@@ -84,6 +84,8 @@ pub struct PassLine {
 pub struct Settings {
     pub downtime: Millis,
     pub max_time: Millis,
+    /// `--max-bytes`: the traffic budget (`MigrationInputs::max_bytes`).
+    pub max_bytes: Option<Bytes>,
     pub bandwidth: Bytes,
     /// `--strategy`: instead of the planner's choice (a forced pre-copy never switches).
     pub forced: Option<Strategy>,
@@ -107,6 +109,14 @@ fn parse_settings(args: &MigrateArgs) -> Result<Settings, InputError> {
     {
         return Err(bad(&key.replace('_', "-"), why));
     }
+    let max_bytes = match &args.max_bytes {
+        None => None,
+        Some(v) => match v.parse::<Bytes>() {
+            Ok(b) if b > Bytes::ZERO => Some(b),
+            Ok(_) => return Err(bad("max-bytes", "must be more than 0".into())),
+            Err(e) => return Err(bad("max-bytes", e.to_string())),
+        },
+    };
     let Rate(bandwidth) = args.bandwidth.parse().map_err(|e| bad("bandwidth", e))?;
     if bandwidth.0 == 0 {
         return Err(bad("bandwidth", "must be more than 0".into()));
@@ -128,6 +138,7 @@ fn parse_settings(args: &MigrateArgs) -> Result<Settings, InputError> {
     Ok(Settings {
         downtime,
         max_time,
+        max_bytes,
         bandwidth,
         forced,
         measure_secs: args.measure_secs,
@@ -419,6 +430,7 @@ pub async fn migrate_vm(
     }
     let dirty_rate = measure_dirty_rate(vm, s.measure_secs, &mut notes).await?;
     let mut inputs = MigrationInputs::new(memory, dirty_rate, s.bandwidth, s.downtime, s.max_time);
+    inputs.max_bytes = s.max_bytes;
     // Page sampling counts distinct pages changed over the window. If twice the window does
     // not find clearly more, the guest rewrites a bounded set: that is the working set.
     if s.measure_secs > 0 && dirty_rate.0 > 0 {
@@ -910,6 +922,9 @@ mod tests {
         assert_eq!(s.max_time, Millis::secs(60));
         assert_eq!(s.bandwidth, Bytes::mib(128));
         assert_eq!(s.forced, None);
+        assert_eq!(s.max_bytes, None, "no traffic budget unless asked");
+        let s = parse_settings(&args(&["--max-bytes", "20GiB"])).expect("a size");
+        assert_eq!(s.max_bytes, Some(Bytes::gib(20)));
     }
 
     #[test]
@@ -919,6 +934,8 @@ mod tests {
             &["--bandwidth", "0MiB/s"],
             &["--downtime", "300"],
             &["--max-time", "soon"],
+            &["--max-bytes", "0B"],
+            &["--max-bytes", "20 gigs"],
             &["--strategy", "teleport"],
         ] {
             assert!(parse_settings(&args(bad)).is_err(), "{bad:?}");

@@ -203,6 +203,8 @@ impl EscapeRunner {
             settings: Settings {
                 downtime: self.config.downtime,
                 max_time: self.config.max_time,
+                // The escape's budget is time: a host short of memory pays for traffic.
+                max_bytes: None,
                 bandwidth: self.config.bandwidth,
                 forced: None,
                 measure_secs: DIRTY_PROBE_SECS,

@@ -282,19 +282,106 @@ fn arb_inputs() -> impl Gen<Value = MigrationInputs> {
         1u64..=3600,      // budget s
         proptest::option::of(0.0f64..=1.0),
         proptest::option::of(1u64..=64 * 1024),
-        0u64..=200, // fixed stop-and-copy ms
+        0u64..=200,                              // fixed stop-and-copy ms
+        proptest::option::of(1u64..=256 * 1024), // traffic budget MiB
     )
-        .prop_map(|(m, d, b, dt, budget, z, w, fixed)| MigrationInputs {
-            memory: Bytes::mib(m),
-            dirty_rate: Bytes::mib(d),
-            bandwidth: Bytes::mib(b),
-            downtime_limit: Millis(dt),
-            max_time: Millis::secs(budget),
-            zero_fraction: z,
-            working_set: w.map(Bytes::mib),
-            postcopy_switch: DEFAULT_POSTCOPY_SWITCH,
-            stop_and_copy: Millis(fixed),
-        })
+        .prop_map(
+            |(m, d, b, dt, budget, z, w, fixed, traffic)| MigrationInputs {
+                memory: Bytes::mib(m),
+                dirty_rate: Bytes::mib(d),
+                bandwidth: Bytes::mib(b),
+                downtime_limit: Millis(dt),
+                max_time: Millis::secs(budget),
+                zero_fraction: z,
+                working_set: w.map(Bytes::mib),
+                postcopy_switch: DEFAULT_POSTCOPY_SWITCH,
+                stop_and_copy: Millis(fixed),
+                max_bytes: traffic.map(Bytes::mib),
+            },
+        )
+}
+
+/// A rewriting guest that pre-copy lands within time but not within a traffic budget moves
+/// by post-copy after the first pass: pre-copy resends what it dirties, post-copy does not.
+#[test]
+fn a_traffic_budget_moves_a_rewriting_guest_to_postcopy() {
+    // 4 GiB, dirty 96 MiB/s over 128 MiB/s: pre-copy converges (r = 0.75) in time, but its
+    // passes resend what was dirtied — 15.9 GiB on the wire against 7.0 GiB for post-copy
+    // after the first pass (4 GiB, then the 3 GiB dirtied meanwhile).
+    let mut inp = inputs(4096, 96, 128);
+    inp.max_time = Millis::secs(600);
+    let pre = predict(&inp, Strategy::PreCopy);
+    assert!(pre.lands, "{pre:?}");
+    let pre_bytes = pre.bytes_sent.expect("converges");
+    let post = predict(&inp, Strategy::PostCopyAfterFirstPass);
+    let post_bytes = post.bytes_sent.expect("converges");
+    assert!(post_bytes < pre_bytes, "{post_bytes} < {pre_bytes}");
+
+    inp.max_bytes = Some(Bytes((pre_bytes.0 + post_bytes.0) / 2));
+    assert!(!predict(&inp, Strategy::PreCopy).lands);
+    let plan = choose(
+        &inp,
+        Allowed {
+            postcopy: true,
+            auto_converge: true,
+        },
+    );
+    assert!(plan.within_budget, "{}", plan.reason);
+    assert_ne!(plan.chosen, Some(Strategy::PreCopy), "{}", plan.reason);
+    assert!(
+        plan.reason.contains("over the traffic budget"),
+        "{}",
+        plan.reason
+    );
+    assert!(plan.reason.contains("on the wire"), "{}", plan.reason);
+    // Without post-copy nothing lands; the plan says so and still names what completes.
+    let plan = choose(
+        &inp,
+        Allowed {
+            postcopy: false,
+            auto_converge: false,
+        },
+    );
+    assert!(!plan.within_budget, "{}", plan.reason);
+}
+
+/// Mid-migration, what was already sent counts against the traffic budget: pre-copy that
+/// would overrun it switches to post-copy, or, without post-copy, is cancelled once it is
+/// spent.
+#[test]
+fn replan_spends_the_traffic_budget_as_it_goes() {
+    let mut planned = inputs(4096, 96, 128);
+    planned.max_time = Millis::secs(600);
+    planned.max_bytes = Some(Bytes::gib(6));
+    let live = LiveStats {
+        elapsed: Millis::secs(40),
+        transferred: Bytes::gib(5),
+        remaining: Bytes::mib(1500),
+        dirty_rate: mib_s(96),
+        bandwidth: Some(mib_s(128)),
+        dirty_sync_count: 3,
+    };
+    let both = Allowed {
+        postcopy: true,
+        auto_converge: true,
+    };
+    let r = replan(&planned, Some(Strategy::PreCopy), both, &live);
+    assert_eq!(r.step, Step::SwitchToPostcopy, "{}", r.reason);
+    assert!(r.reason.contains("traffic budget is left"), "{}", r.reason);
+
+    let pre_only = Allowed {
+        postcopy: false,
+        auto_converge: false,
+    };
+    let r = replan(&planned, Some(Strategy::PreCopy), pre_only, &live);
+    assert_eq!(r.step, Step::Continue, "{}", r.reason);
+    let spent = LiveStats {
+        transferred: Bytes::gib(6),
+        ..live
+    };
+    let r = replan(&planned, Some(Strategy::PreCopy), pre_only, &spent);
+    assert_eq!(r.step, Step::Cancel, "{}", r.reason);
+    assert!(r.reason.starts_with("traffic budget"), "{}", r.reason);
 }
 
 proptest! {
@@ -341,6 +428,10 @@ proptest! {
                 prop_assert!(p.converges);
                 prop_assert!(p.total_time.expect("converges") <= inp.max_time);
                 prop_assert!(p.downtime.expect("converges") <= inp.downtime_limit);
+                if let Some(m) = inp.max_bytes {
+                    // Rounded to whole bytes on the way out.
+                    prop_assert!(p.bytes_sent.expect("converges").0 <= m.0 + 1, "{:?}", p);
+                }
             }
             if let (Some(t), Some(d)) = (p.total_time, p.downtime) {
                 prop_assert!(d <= t + Millis(1), "{:?}", p);
