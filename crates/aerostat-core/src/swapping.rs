@@ -5,9 +5,12 @@
 //! - **The guest swaps.** Its own counters show it (balloon statistics `swap_in`): it is short
 //!   of memory inside, and the answer is memory back (a deflate).
 //! - **The host swaps the guest's memory.** The guest sees nothing: to it the page is resident
-//!   and an access just takes a disk read. Only the host's counters show it (vmstat `pswpin`,
-//!   and the QEMU process's `VmSwap`, [`VmSample::host_swapped`]). The host is short; the
-//!   answer is memory from the guests that do not need it, or one guest fewer (the escape).
+//!   and an access just takes a disk read. Only the host shows it: the QEMU process's
+//!   `VmSwap` ([`VmSample::host_swapped`]) falls as its pages come back in; where that is not
+//!   measured, the machine's `pswpin` may be this guest's. The host is short; the answer is
+//!   memory from the guests that do not need it, or one guest fewer (the escape). (`VmSwap`
+//!   leaves out shared memory: a guest whose RAM is a memfd or shmem backend shows no host
+//!   swap-in this way.)
 //! - **Both** is double paging: the guest swaps out a page the host had already swapped out,
 //!   which costs a host swap-in to read it and a guest swap-out to write it again.
 //!
@@ -20,15 +23,15 @@ use serde::{Deserialize, Serialize};
 use crate::observation::{Observation, VmSample};
 use crate::units::Bytes;
 
-/// Swap-in per second that counts as swapping: the `aerostat` policy's pressure threshold
-/// (docs/policy.md, item 6).
-pub const SWAPPING_BPS: Bytes = Bytes::mib(1);
+/// Swap-in per second above which a side counts as swapping: the `aerostat` policy's
+/// pressure threshold (docs/policy.md, item 6).
+pub const SWAPPING_BYTES_PER_S: u64 = 1 << 20;
 
-/// Whose swapping a guest's memory is going through.
+/// Whose swap-ins a guest's memory goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SwapLevel {
-    /// Neither swaps it in at [`SWAPPING_BPS`] or more (or nothing shows it).
+pub enum SwapSource {
+    /// Neither side swaps it in faster than [`SWAPPING_BYTES_PER_S`] (or nothing shows it).
     None,
     /// The guest swaps in from its own swap.
     Guest,
@@ -38,105 +41,132 @@ pub enum SwapLevel {
     Both,
 }
 
-impl SwapLevel {
+impl SwapSource {
     pub fn as_str(self) -> &'static str {
         match self {
-            SwapLevel::None => "none",
-            SwapLevel::Guest => "guest",
-            SwapLevel::Host => "host",
-            SwapLevel::Both => "both",
+            SwapSource::None => "none",
+            SwapSource::Guest => "guest",
+            SwapSource::Host => "host",
+            SwapSource::Both => "both",
         }
     }
 }
 
-/// One guest's verdict, with the numbers behind it.
+/// One guest's verdict, with the numbers behind it (bytes per second).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Swapping {
-    pub level: SwapLevel,
-    /// The guest's swap-in, bytes per second, from its own counters (`None`: not reported
-    /// on both readings, or a counter that went back).
+    pub source: SwapSource,
+    /// The guest's swap-in by its own counters, over the time between its two statistics
+    /// (`None`: no new statistics since the last reading, no timestamps to rate them by
+    /// that differ, or a counter that went back).
     pub guest_swap_in_bps: Option<u64>,
-    /// The host's swap-in, bytes per second, all guests together.
+    /// This guest's memory the host swapped back in, from the fall of its `host_swapped`
+    /// (a lower bound: pages swapped out again within the interval cancel). `None`: not
+    /// measured on both readings.
     pub host_swap_in_bps: Option<u64>,
+    /// The whole machine's swap-in (every process's, not only guests').
+    pub machine_swap_in_bps: Option<u64>,
     /// This guest's memory in host swap now (`None`: not measured).
     pub host_swapped: Option<u64>,
     /// The verdict in words, with its numbers.
     pub why: String,
 }
 
-/// A verdict per guest of `now`, in its order. `prev` is the observation before it (`None`
-/// at the first: no rates yet). Guest numbers are untrusted: a guest that claims swap-ins it
-/// does not have only gets a verdict of `guest` (about itself), never one that points at the
-/// host.
-pub fn diagnose(prev: Option<&Observation>, now: &Observation) -> Vec<Swapping> {
-    let dt = prev.map_or(0.0, |p| now.time.saturating_sub(p.time).as_secs_f64());
-    let per_s = |then: Bytes, now: Bytes| {
-        (dt > 0.0 && now >= then).then(|| ((now - then).as_f64() / dt) as u64)
-    };
-    let host_in = prev.and_then(|p| per_s(p.host.swap_in, now.host.swap_in));
-    let host_swaps = host_in.is_some_and(|r| r >= SWAPPING_BPS.0);
+/// A verdict per guest of `now`, in its order, from the counters of `prev` (the reading
+/// before it). Guest numbers are untrusted: a guest's claims only ever make a verdict of
+/// `guest` about itself (worded as its report), never one that points at the host, which
+/// host numbers alone decide.
+pub fn diagnose(prev: &Observation, now: &Observation) -> Vec<Swapping> {
+    let host_dt = now.time.saturating_sub(prev.time).as_secs_f64();
+    let machine_in = per_s(prev.host.swap_in, now.host.swap_in, host_dt);
     now.vms
         .iter()
         .map(|vm| {
-            let before = prev.and_then(|p| p.vms.iter().find(|v| v.name == vm.name));
-            let guest_in = before
-                .and_then(|b| b.stats.swap_in)
-                .zip(vm.stats.swap_in)
-                .and_then(|(then, now)| per_s(then, now));
-            let guest_swaps = guest_in.is_some_and(|r| r >= SWAPPING_BPS.0);
-            // The host's swap-in is this guest's when some of its memory is in host swap;
-            // unmeasured, it may be.
-            let host_has_some = vm.host_swapped.is_none_or(|s| s > Bytes::ZERO);
-            let level = match (guest_swaps, host_swaps && host_has_some) {
-                (false, false) => SwapLevel::None,
-                (true, false) => SwapLevel::Guest,
-                (false, true) => SwapLevel::Host,
-                (true, true) => SwapLevel::Both,
+            let before = prev.vms.iter().find(|v| v.name == vm.name);
+            let guest_in = before.and_then(|b| guest_swap_in(b, vm, host_dt));
+            let host_in = before
+                .and_then(|b| b.host_swapped.zip(vm.host_swapped))
+                .and_then(|(then, now)| per_s(now, then, host_dt));
+            let guest_swaps = guest_in.is_some_and(|r| r > SWAPPING_BYTES_PER_S);
+            // This guest's own host swap-ins where measured; else the machine's, which may
+            // be this guest's.
+            let host_swaps = match (host_in, vm.host_swapped) {
+                (Some(r), _) => r > SWAPPING_BYTES_PER_S,
+                (None, None) => machine_in.is_some_and(|r| r > SWAPPING_BYTES_PER_S),
+                (None, Some(_)) => false,
+            };
+            let source = match (guest_swaps, host_swaps) {
+                (false, false) => SwapSource::None,
+                (true, false) => SwapSource::Guest,
+                (false, true) => SwapSource::Host,
+                (true, true) => SwapSource::Both,
+            };
+            let rates = Rates {
+                guest: guest_in,
+                host: host_in,
+                machine: machine_in,
             };
             Swapping {
-                level,
+                source,
                 guest_swap_in_bps: guest_in,
                 host_swap_in_bps: host_in,
+                machine_swap_in_bps: machine_in,
                 host_swapped: vm.host_swapped.map(|b| b.0),
-                why: why(level, guest_in, host_in, vm),
+                why: rates.why(source),
             }
         })
         .collect()
 }
 
-fn why(level: SwapLevel, guest_in: Option<u64>, host_in: Option<u64>, vm: &VmSample) -> String {
-    let rate = |r: Option<u64>| match r {
-        Some(r) => format!("{}/s", Bytes(r)),
-        None => "unknown".to_string(),
+/// Bytes per second from a cumulative count `then` → `now` over `dt_s`; `None` without
+/// time between them or for a count that went back (a reset).
+fn per_s(then: Bytes, now: Bytes, dt_s: f64) -> Option<u64> {
+    (dt_s > 0.0 && now >= then).then(|| ((now - then).as_f64() / dt_s) as u64)
+}
+
+/// The guest's swap-in rate over the time between its two statistics: QEMU refreshes them
+/// on its own timer, so a tick can see none or two refreshes, and rating by the tick would
+/// read 0 and then double. Without timestamps, the readings' time.
+fn guest_swap_in(before: &VmSample, now: &VmSample, reading_dt_s: f64) -> Option<u64> {
+    let (then, count) = before.stats.swap_in.zip(now.stats.swap_in)?;
+    let dt_s = match (before.stats.last_update, now.stats.last_update) {
+        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
+        _ => reading_dt_s,
     };
-    let share = match vm.host_swapped {
-        Some(s) => format!("{} of this guest's memory is in host swap", s),
-        None => "this guest's share of host swap is not measured".to_string(),
-    };
-    match level {
-        SwapLevel::None => format!(
-            "no swapping: guest swap-in {}, host swap-in {}",
-            rate(guest_in),
-            rate(host_in)
-        ),
-        SwapLevel::Guest => format!(
-            "the guest swaps in {} from its own swap (host swap-in {}): it is short of memory \
-             inside; it needs memory back",
-            rate(guest_in),
-            rate(host_in)
-        ),
-        SwapLevel::Host => format!(
-            "the host swaps in {} ({share}); the guest's own counters show {}: the host is \
-             short, not the guest",
-            rate(host_in),
-            rate(guest_in)
-        ),
-        SwapLevel::Both => format!(
-            "double paging: the guest swaps in {} from its own swap while the host swaps in {} \
-             ({share})",
-            rate(guest_in),
-            rate(host_in)
-        ),
+    per_s(then, count, dt_s)
+}
+
+/// The three rates, for the words.
+struct Rates {
+    guest: Option<u64>,
+    host: Option<u64>,
+    machine: Option<u64>,
+}
+
+impl Rates {
+    fn why(&self, source: SwapSource) -> String {
+        let rate = |r: Option<u64>| match r {
+            Some(r) => format!("{}/s", Bytes(r)),
+            None => "unknown".to_string(),
+        };
+        let guest = format!("the guest reports swap-ins of {}", rate(self.guest));
+        let host = match self.host {
+            Some(_) => format!("the host swaps {} of its memory back in", rate(self.host)),
+            None => format!(
+                "the host swaps in {} (the whole machine; this guest's share is not measured)",
+                rate(self.machine)
+            ),
+        };
+        match source {
+            SwapSource::None => format!("neither side swaps it in: {guest}; {host}"),
+            SwapSource::Guest => {
+                format!(
+                    "{guest} from its own swap: short of memory inside, it needs memory back; {host}"
+                )
+            }
+            SwapSource::Host => format!("{host}; {guest}: the host is short, not the guest"),
+            SwapSource::Both => format!("double paging: {guest} from its own swap, and {host}"),
+        }
     }
 }
 
@@ -146,77 +176,132 @@ mod tests {
     use crate::observation::HostSample;
     use crate::units::Millis;
 
+    /// A reading at `secs` of a host that has swapped in `machine_mib` and one guest whose
+    /// own counter is `guest_mib` (stats refreshed at `stats_secs`) and of whose memory
+    /// `swapped_mib` is in host swap.
     fn obs(
         secs: u64,
-        host_in_mib: u64,
-        guest_in_mib: Option<u64>,
-        swapped: Option<u64>,
+        machine_mib: u64,
+        guest_mib: Option<u64>,
+        stats_secs: Option<u64>,
+        swapped_mib: Option<u64>,
     ) -> Observation {
         let mut vm = VmSample::new("web", Bytes::gib(4), Bytes::gib(4));
-        vm.stats.swap_in = guest_in_mib.map(Bytes::mib);
-        vm.host_swapped = swapped.map(Bytes::mib);
+        vm.stats.swap_in = guest_mib.map(Bytes::mib);
+        vm.stats.last_update = stats_secs.map(Millis::secs);
+        vm.host_swapped = swapped_mib.map(Bytes::mib);
         Observation {
             time: Millis::secs(secs),
             host: HostSample {
                 total: Bytes::gib(16),
-                swap_in: Bytes::mib(host_in_mib),
+                swap_in: Bytes::mib(machine_mib),
                 ..HostSample::default()
             },
             vms: vec![vm],
         }
     }
 
-    /// Levels from the rates between two readings 2 s apart: 4 MiB of swap-in is 2 MiB/s.
+    fn one(prev: &Observation, now: &Observation) -> Swapping {
+        let d = diagnose(prev, now);
+        assert_eq!(d.len(), 1);
+        d.into_iter().next().expect("one")
+    }
+
+    /// Readings 2 s apart; 6 MiB in 2 s is 3 MiB/s, 2 MiB is 1 MiB/s (not above the line).
     #[test]
     fn each_side_is_named_by_its_own_counters() {
         let cases = [
-            // (host MiB then → now, guest MiB then → now, host swapped MiB, level)
-            ((0, 0), (Some(0), Some(0)), Some(0), SwapLevel::None),
-            ((0, 0), (Some(10), Some(14)), Some(0), SwapLevel::Guest),
-            ((10, 14), (Some(0), Some(0)), Some(300), SwapLevel::Host),
-            ((10, 14), (Some(10), Some(14)), Some(300), SwapLevel::Both),
-            // The host swaps, but none of this guest's memory is in host swap.
-            ((10, 14), (Some(0), Some(0)), Some(0), SwapLevel::None),
-            // Unmeasured share: the host's swap-in may be this guest's.
-            ((10, 14), (None, None), None, SwapLevel::Host),
-            // Below 1 MiB/s on either side: not swapping.
-            ((10, 11), (Some(10), Some(11)), Some(300), SwapLevel::None),
+            // (machine MiB, guest MiB, host-swapped MiB: then → now, source)
+            ((0, 0), (0, 0), (0, 0), SwapSource::None),
+            ((0, 0), (10, 16), (0, 0), SwapSource::Guest),
+            ((10, 16), (0, 0), (300, 294), SwapSource::Host),
+            ((10, 16), (10, 16), (300, 294), SwapSource::Both),
+            // The machine swaps in, but nothing of this guest's comes back.
+            ((10, 16), (0, 0), (300, 300), SwapSource::None),
+            ((10, 16), (0, 0), (300, 340), SwapSource::None),
+            // At the line, not above it.
+            ((10, 12), (10, 12), (300, 298), SwapSource::None),
         ];
-        for ((h0, h1), (g0, g1), swapped, level) in cases {
-            let d = diagnose(Some(&obs(10, h0, g0, swapped)), &obs(12, h1, g1, swapped));
-            assert_eq!(d.len(), 1);
-            assert_eq!(d[0].level, level, "{:?}", d[0]);
-            assert!(!d[0].why.is_empty());
+        for ((m0, m1), (g0, g1), (s0, s1), source) in cases {
+            let v = one(
+                &obs(10, m0, Some(g0), Some(10), Some(s0)),
+                &obs(12, m1, Some(g1), Some(12), Some(s1)),
+            );
+            assert_eq!(v.source, source, "{v:?}");
+            assert!(!v.why.is_empty());
         }
-        let d = diagnose(
-            Some(&obs(10, 10, Some(10), Some(300))),
-            &obs(12, 14, Some(14), Some(300)),
+        let v = one(
+            &obs(10, 10, Some(10), Some(10), Some(300)),
+            &obs(12, 16, Some(16), Some(12), Some(294)),
         );
-        assert_eq!(d[0].guest_swap_in_bps, Some(2 << 20));
-        assert_eq!(d[0].host_swap_in_bps, Some(2 << 20));
-        assert!(d[0].why.starts_with("double paging"), "{}", d[0].why);
+        assert_eq!(v.guest_swap_in_bps, Some(3 << 20));
+        assert_eq!(v.host_swap_in_bps, Some(3 << 20));
+        assert_eq!(v.machine_swap_in_bps, Some(3 << 20));
+        assert!(v.why.starts_with("double paging"), "{}", v.why);
     }
 
-    /// No rate without two readings, time between them, and counters that did not go back
-    /// (a guest reboot resets its counters; a lying guest may report anything).
+    /// Without a measure of this guest's host swap, the machine's swap-in may be its.
+    #[test]
+    fn unmeasured_host_swap_falls_back_to_the_machine() {
+        let v = one(
+            &obs(10, 10, Some(0), Some(10), None),
+            &obs(12, 16, Some(0), Some(12), None),
+        );
+        assert_eq!(v.source, SwapSource::Host, "{v:?}");
+        assert_eq!(v.host_swap_in_bps, None);
+        assert!(v.why.contains("not measured"), "{}", v.why);
+    }
+
+    /// The guest's rate is over its statistics' own interval: none when they did not
+    /// change, and a refresh that covers 1 s of a 2 s tick is not halved.
+    #[test]
+    fn the_guest_is_rated_over_its_statistics_interval() {
+        // Stats refreshed at 11 and 12: 3 MiB in 1 s.
+        let v = one(
+            &obs(10, 0, Some(10), Some(11), Some(0)),
+            &obs(12, 0, Some(13), Some(12), Some(0)),
+        );
+        assert_eq!(v.guest_swap_in_bps, Some(3 << 20));
+        assert_eq!(v.source, SwapSource::Guest);
+        // No refresh since the last reading: no rate, not 0.
+        let v = one(
+            &obs(10, 0, Some(10), Some(11), Some(0)),
+            &obs(12, 0, Some(10), Some(11), Some(0)),
+        );
+        assert_eq!(v.guest_swap_in_bps, None);
+        assert_eq!(v.source, SwapSource::None);
+        // No timestamps: the readings' time.
+        let v = one(
+            &obs(10, 0, Some(10), None, Some(0)),
+            &obs(12, 0, Some(16), None, Some(0)),
+        );
+        assert_eq!(v.guest_swap_in_bps, Some(3 << 20));
+    }
+
+    /// No rate across a reset, without time between readings, or for a guest that was not
+    /// there before; the host's numbers still count.
     #[test]
     fn no_rate_without_two_sane_readings() {
-        let now = obs(12, 14, Some(14), Some(300));
-        for prev in [
-            None,
-            Some(obs(12, 10, Some(10), Some(300))),
-            Some(obs(10, 20, Some(20), Some(300))),
-        ] {
-            let d = diagnose(prev.as_ref(), &now);
-            assert_eq!(d[0].level, SwapLevel::None, "{:?}", d[0]);
-            assert_eq!(d[0].guest_swap_in_bps, None);
-            assert_eq!(d[0].host_swap_in_bps, None);
-        }
-        // A guest that was not there before has no guest rate; the host's still counts.
-        let mut before = obs(10, 10, Some(10), Some(300));
-        before.vms[0].name = "other".into();
-        let d = diagnose(Some(&before), &now);
-        assert_eq!(d[0].guest_swap_in_bps, None);
-        assert_eq!(d[0].level, SwapLevel::Host);
+        let now = obs(12, 16, Some(16), Some(12), Some(294));
+        let reset = obs(10, 20, Some(20), Some(10), Some(300));
+        let v = one(&reset, &now);
+        assert_eq!((v.guest_swap_in_bps, v.machine_swap_in_bps), (None, None));
+        assert_eq!(
+            v.host_swap_in_bps,
+            Some(3 << 20),
+            "VmSwap fell: that is host swap-in"
+        );
+        let same_time = obs(12, 10, Some(10), Some(12), Some(300));
+        let v = one(&same_time, &now);
+        assert_eq!(v.source, SwapSource::None, "{v:?}");
+        let mut other = obs(10, 10, Some(10), Some(10), Some(300));
+        other.vms[0].name = "other".into();
+        let v = one(&other, &now);
+        assert_eq!((v.guest_swap_in_bps, v.host_swap_in_bps), (None, None));
+        assert_eq!(
+            v.source,
+            SwapSource::None,
+            "measured here, nothing came back: {v:?}"
+        );
     }
 }

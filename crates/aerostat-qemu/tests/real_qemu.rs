@@ -166,6 +166,42 @@ async fn balloon_and_guest_stats_without_a_guest() {
     assert_eq!(vm.query_balloon().await.expect("actual"), Bytes::mib(512));
 }
 
+/// QEMU says which devices block a migration before one is tried: ivshmem in peer mode here
+/// (a VFIO device without migration support registers a blocker the same way); a VM without
+/// one has none.
+#[tokio::test]
+async fn migration_blockers_are_read_before_any_migration() {
+    if !qemu_installed() {
+        return;
+    }
+    let mut plain = TestVm::start(&["-m", "128M", "-S"]);
+    let vm = plain.connect().await;
+    assert_eq!(
+        vm.migration_blockers().await.expect("query-migrate"),
+        Vec::<String>::new()
+    );
+
+    let shm = tempfile::tempdir().expect("temp dir");
+    let backend = format!(
+        "memory-backend-file,id=hm,size=4M,share=on,mem-path={}",
+        shm.path().join("ivshmem").display()
+    );
+    let mut blocked = TestVm::start(&[
+        "-m",
+        "128M",
+        "-S",
+        "-object",
+        &backend,
+        "-device",
+        "ivshmem-plain,memdev=hm,id=iv0",
+    ]);
+    let vm = blocked.connect().await;
+    let reasons = vm.migration_blockers().await.expect("query-migrate");
+    println!("blocked-reasons: {reasons:?}");
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("ivshmem"), "{reasons:?}");
+}
+
 #[tokio::test]
 async fn virtio_mem_and_migration_primitives() {
     if !qemu_installed() {

@@ -196,6 +196,10 @@ pub struct MigrationInfo {
     pub cpu_throttle_percent: Option<u64>,
     /// Why it failed, when it did.
     pub error_desc: Option<String>,
+    /// Why QEMU would refuse to start a migration now (`blocked-reasons`, QEMU 6.0+): a
+    /// device without migration support — most VFIO devices, ivshmem in peer mode, a
+    /// mounted 9p share, ... Empty: nothing blocks it (or a QEMU too old to say).
+    pub blocked_reasons: Vec<String>,
 }
 
 /// `query-dirty-rate` state.
@@ -262,6 +266,11 @@ impl QemuVm {
         parse_migration_info(&v)
     }
 
+    /// Why QEMU would refuse to migrate the VM now ([`MigrationInfo::blocked_reasons`]).
+    pub async fn migration_blockers(&self) -> Result<Vec<String>, QmpError> {
+        Ok(self.query_migrate().await?.blocked_reasons)
+    }
+
     /// Switches a running pre-copy migration to post-copy (needs `postcopy-ram` on both sides).
     pub async fn migrate_start_postcopy(&self) -> Result<(), QmpError> {
         self.client.execute("migrate-start-postcopy", None).await?;
@@ -311,8 +320,29 @@ pub fn parse_migration_info(v: &Value) -> Result<MigrationInfo, QmpError> {
         postcopy_blocktime_ms: opt_u64(obj, "postcopy-blocktime"),
         cpu_throttle_percent: opt_u64(obj, "cpu-throttle-percentage"),
         error_desc: opt_str(obj, "error-desc"),
+        blocked_reasons: blocked_reasons(obj),
     })
 }
+
+/// `blocked-reasons`: the strings of the list, at most [`MAX_BLOCKERS`] of at most
+/// [`MAX_BLOCKER_CHARS`] characters each (they are shown to people and logged); anything
+/// else in it is left out.
+fn blocked_reasons(obj: &Map<String, Value>) -> Vec<String> {
+    obj.get("blocked-reasons")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(Value::as_str)
+                .take(MAX_BLOCKERS)
+                .map(|s| s.chars().take(MAX_BLOCKER_CHARS).collect())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Bounds on what `blocked-reasons` may bring into `/status` and the logs.
+const MAX_BLOCKERS: usize = 16;
+const MAX_BLOCKER_CHARS: usize = 300;
 
 fn parse_ram(r: &Map<String, Value>) -> Result<RamStats, QmpError> {
     let what = "query-migrate ram";
@@ -365,6 +395,31 @@ mod tests {
         let info = parse_migration_info(&json!({})).expect("parses");
         assert_eq!(info.status, MigrationStatus::None);
         assert_eq!(info.ram, None);
+        assert!(info.blocked_reasons.is_empty());
+    }
+
+    #[test]
+    fn blockers_are_read_and_bounded() {
+        // QEMU 10.0.2 with `-device ivshmem-plain` (peer mode), before any migration.
+        let v = json!({"blocked-reasons": [
+            "Migration is disabled when using feature 'peer mode' in device 'ivshmem'"
+        ]});
+        let info = parse_migration_info(&v).expect("parses");
+        assert_eq!(info.status, MigrationStatus::None);
+        assert_eq!(info.blocked_reasons.len(), 1);
+        assert!(info.blocked_reasons[0].contains("ivshmem"));
+        // Not strings, too many, too long: kept within bounds, never an error.
+        let long = "x".repeat(10_000);
+        let many: Vec<Value> = (0..100).map(|_| json!(long)).chain([json!(3)]).collect();
+        let info = parse_migration_info(&json!({"blocked-reasons": many})).expect("parses");
+        assert_eq!(info.blocked_reasons.len(), MAX_BLOCKERS);
+        assert!(
+            info.blocked_reasons
+                .iter()
+                .all(|r| r.chars().count() == MAX_BLOCKER_CHARS)
+        );
+        let info = parse_migration_info(&json!({"blocked-reasons": "one"})).expect("parses");
+        assert!(info.blocked_reasons.is_empty());
     }
 
     #[test]

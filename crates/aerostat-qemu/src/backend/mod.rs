@@ -12,7 +12,6 @@ mod balloon;
 mod events;
 mod json;
 mod migration;
-mod passthrough;
 mod process;
 mod status;
 mod virtio_mem;

@@ -295,19 +295,21 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
 
     let groups = groups(&scenario);
     let host = &scenario.host;
+    // Each group's worst member: replicas of one table share a workload.
+    let needs: Vec<(Bytes, NeedBasis)> = groups
+        .iter()
+        .map(|g| group_need(g, host.vm_overhead))
+        .collect();
     let inputs = CapacityInputs {
         usable: host.memory - host.reserve,
         groups: groups
             .iter()
-            .map(|g| {
-                let first = &g.members[0];
-                VmGroup {
-                    name: g.base.clone(),
-                    count: g.members.len() as u32,
-                    configured: first.memory,
-                    // The group's worst member: replicas of one table share a workload.
-                    need: group_need(g, host.vm_overhead).0,
-                }
+            .zip(&needs)
+            .map(|(g, &(need, _))| VmGroup {
+                name: g.base.clone(),
+                count: g.members.len() as u32,
+                configured: g.members[0].memory,
+                need,
             })
             .collect(),
         swap_io_per_deficit,
@@ -436,10 +438,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             swap_io_per_deficit,
             working_set_fraction: inputs.working_set_fraction(),
             groups: inputs.groups.clone(),
-            need_basis: groups
-                .iter()
-                .map(|g| group_need(g, scenario.host.vm_overhead).1)
-                .collect(),
+            need_basis: needs.iter().map(|&(_, basis)| basis).collect(),
             r_max,
             max_safe_fleet: fleet,
         },
@@ -593,6 +592,17 @@ mod tests {
         assert_eq!(
             need(&fixed, overhead),
             (Bytes::gib(8) + overhead, NeedBasis::NotResizable)
+        );
+
+        // A floor below the peak leaves the peak.
+        let low_floor = vm("min = \"1GiB\"");
+        assert_eq!(need(&low_floor, overhead), (n, NeedBasis::Peak));
+
+        // A virtio-mem guest without a balloon keeps its boot memory: its floor.
+        let vmem = vm("balloon = false\nvirtio_mem = { boot = \"5GiB\", block = \"128MiB\" }");
+        assert_eq!(
+            need(&vmem, overhead),
+            (Bytes::gib(5) + overhead, NeedBasis::Floor)
         );
     }
 

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use aerostat_core::swapping::SwapLevel;
+use aerostat_core::swapping::SwapSource;
 use anyhow::Context;
 use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 use tracing_subscriber::EnvFilter;
@@ -95,9 +95,9 @@ fn table(s: &Status) -> String {
                 (false, false) => "NO",
             }),
             // Whose swap-ins: the guest's own, the host's, or both (double paging).
-            Cell::new(match v.swapping.as_ref().map(|s| s.level) {
-                None | Some(SwapLevel::None) => "-",
-                Some(level) => level.as_str(),
+            Cell::new(match v.swapping.as_ref().map(|s| s.source) {
+                None | Some(SwapSource::None) => "-",
+                Some(source) => source.as_str(),
             }),
             Cell::new(v.last_rule.as_deref().unwrap_or("-")),
             Cell::new(reason),
@@ -149,15 +149,27 @@ mod tests {
         let row = |t: &str| t.lines().nth(5).unwrap_or_default().to_string();
         let text = table(&s);
         assert!(header(&text).contains("swapping"), "{text}");
+        let cells = |t: &str| -> Vec<String> {
+            row(t)
+                .split(['│', '┆'])
+                .map(|c| c.trim().to_string())
+                .collect()
+        };
+        let col = header(&text)
+            .split(['│', '┆'])
+            .position(|c| c.trim() == "swapping")
+            .expect("a swapping column");
+        assert_eq!(cells(&text)[col], "-", "{text}");
         s.vms[0].swapping = Some(aerostat_core::swapping::Swapping {
-            level: SwapLevel::Both,
+            source: SwapSource::Both,
             guest_swap_in_bps: Some(2 << 20),
             host_swap_in_bps: Some(2 << 20),
+            machine_swap_in_bps: Some(2 << 20),
             host_swapped: Some(300 << 20),
             why: String::new(),
         });
         let text = table(&s);
-        assert!(row(&text).contains("both"), "{text}");
+        assert_eq!(cells(&text)[col], "both", "{text}");
         s.alerts = vec![
             Alert::FloorsDoNotFit {
                 need: Bytes::gib(2),

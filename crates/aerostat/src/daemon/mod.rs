@@ -48,10 +48,6 @@ pub struct Status {
     pub capacity: u64,
     pub vms: Vec<VmStatus>,
     pub alerts: Vec<aerostat_core::Alert>,
-    /// The last tick's observation: the counters the next tick's rates start from (not
-    /// served).
-    #[serde(skip)]
-    pub previous: Option<Observation>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -66,6 +62,12 @@ pub struct VmStatus {
     /// On its way out (the memory-pressure escape is migrating it).
     #[serde(default)]
     pub migrating: bool,
+    /// Whether the escape may move it (`VmSample::migratable`).
+    #[serde(default)]
+    pub migratable: bool,
+    /// Why QEMU would refuse to migrate it now (`query-migrate`'s `blocked-reasons`).
+    #[serde(default)]
+    pub migration_blockers: Vec<String>,
     pub last_rule: Option<String>,
     pub last_reason: Option<String>,
     pub last_error: Option<String>,
@@ -187,6 +189,8 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(Duration::from_millis(config.interval.0));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
+    // The last tick's observation: the counters the next tick's rates start from.
+    let mut previous: Option<Observation> = None;
     let clock = Clock::start();
     loop {
         tokio::select! {
@@ -205,6 +209,7 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
             ksm.as_mut(),
             &metrics,
             &status,
+            &mut previous,
             dry_run,
             ticks,
             clock,
@@ -236,6 +241,7 @@ async fn tick(
     ksm: Option<&mut ksm::KsmRunner>,
     metrics: &Metrics,
     status: &RwLock<Status>,
+    previous: &mut Option<Observation>,
     dry_run: bool,
     ticks: u64,
     clock: Clock,
@@ -347,9 +353,16 @@ async fn tick(
     metrics.host_available.set(host_sample.available.0 as i64);
     metrics.host_total.set(host_sample.total.0 as i64);
     metrics.set_alerts(&decision.alerts, controller.unmet_need());
-    let previous = status.read().ok().and_then(|s| s.previous.clone());
-    // Aligned with `obs.vms`, which follows `samples`.
-    let mut swapping = aerostat_core::swapping::diagnose(previous.as_ref(), &obs).into_iter();
+    // Whose swap-ins, from the last tick's counters to this one's (none at the first).
+    let swapping: Vec<(&str, aerostat_core::swapping::Swapping)> = match previous.as_ref() {
+        Some(prev) => obs
+            .vms
+            .iter()
+            .map(|vm| vm.name.as_str())
+            .zip(aerostat_core::swapping::diagnose(prev, &obs))
+            .collect(),
+        None => Vec::new(),
+    };
     let mut vms = Vec::new();
     for s in &samples {
         let target = controller.target_of(&s.sample.name);
@@ -367,6 +380,8 @@ async fn tick(
                 .vms
                 .iter()
                 .any(|v| v.name == s.sample.name && v.migrating),
+            migratable: s.sample.migratable,
+            migration_blockers: conn.map(|c| c.blockers.clone()).unwrap_or_default(),
             last_rule: conn.and_then(|c| c.last_rule.clone()),
             last_reason: conn.and_then(|c| c.last_reason.clone()),
             last_error: conn.and_then(|c| c.last_error.clone()),
@@ -374,7 +389,10 @@ async fn tick(
             stats: s.sample.stats.clone(),
             coldness: s.sample.coldness,
             virtio_mem: conn.and_then(|c| c.virtio_mem_status()),
-            swapping: swapping.next(),
+            swapping: swapping
+                .iter()
+                .find(|(name, _)| *name == s.sample.name)
+                .map(|(_, v)| v.clone()),
         });
     }
     metrics.forget_vms_except(&vms.iter().map(|v| v.name.clone()).collect::<Vec<_>>());
@@ -385,7 +403,9 @@ async fn tick(
     st.host = Some(host_sample);
     st.vms = vms;
     st.alerts = decision.alerts;
-    st.previous = Some(obs);
+    drop(st);
+    drop(swapping);
+    *previous = Some(obs);
     Ok(())
 }
 

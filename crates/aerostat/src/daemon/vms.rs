@@ -28,9 +28,10 @@ pub struct VmConn {
     /// Whether the VM has a virtio-balloon device. A VM with virtio-mem devices may have none:
     /// its boot memory is then its floor.
     has_balloon: bool,
-    /// The QOM paths of its VFIO devices, found at adoption: QEMU refuses to migrate most of
-    /// them, so the guest counts as unmovable unless `vm.NAME.migratable = true`.
-    passthrough: Vec<String>,
+    /// Why QEMU would refuse to migrate it (`query-migrate`'s `blocked-reasons`: most VFIO
+    /// devices, ivshmem in peer mode, ...), read every tick: while there are any the guest is
+    /// unmovable for the escape, unless `vm.NAME.migratable` says otherwise.
+    pub(crate) blockers: Vec<String>,
     /// The virtio-mem devices aerostat resizes (those with an `id=`), found at adoption, with
     /// the sizes of the last sample. A target above boot memory is theirs
     /// (`aerostat_core::resize`).
@@ -224,16 +225,6 @@ impl VmRegistry {
             });
         }
         let has_balloon = qemu.find_balloon_path().await?.is_some();
-        let passthrough = match qemu.passthrough_devices().await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(vm = %name, error = %e, "cannot list the guest's devices; taking it for one without passthrough devices");
-                Vec::new()
-            }
-        };
-        if !passthrough.is_empty() {
-            tracing::info!(vm = %name, devices = ?passthrough, "VFIO devices, which QEMU refuses to migrate unless they support it: the escape will not move this guest unless vm.{name}.migratable = true");
-        }
         // Whether the balloon's pages stay in the guest's MemTotal: without it, a small
         // guest's `used` would read as its use plus the balloon.
         let deflate_on_oom = match qemu.balloon_deflates_on_oom().await {
@@ -250,7 +241,7 @@ impl VmRegistry {
             boot,
             configured,
             has_balloon,
-            passthrough,
+            blockers: Vec::new(),
             devices,
             balloon_after_devices: None,
             devices_moved_at: adopted_at,
@@ -298,6 +289,8 @@ impl VmRegistry {
                 let actual = memory_now(&qemu, has_balloon, boot, has_devices).await;
                 let stats = qemu.guest_stats().await;
                 let process = qemu.query_process_memory().ok();
+                // `None` when QEMU cannot say: the last answer stands.
+                let blockers = qemu.migration_blockers().await.ok();
                 // A page-table walk: ~10 ms per GiB of 4 KiB pages each for the clear and
                 // the read (docs/observation.md), so off the async workers.
                 let pages = if window_over {
@@ -309,14 +302,17 @@ impl VmRegistry {
                 } else {
                     None
                 };
-                (name, actual, stats, process, pages)
+                (name, actual, stats, process, blockers, pages)
             });
         }
         let mut results = BTreeMap::new();
         while let Some(joined) = set.join_next().await {
-            if let Ok((name, actual, stats, process, pages)) = joined {
+            if let Ok((name, actual, stats, process, blockers, pages)) = joined {
                 if let Some(conn) = self.vms.get_mut(&name) {
                     conn.note_coldness(&name, pages, started, now, metrics);
+                    if let Some(b) = blockers {
+                        conn.note_blockers(&name, b);
+                    }
                 }
                 results.insert(name, (actual, stats, process));
             }
@@ -375,9 +371,9 @@ impl VmRegistry {
                     s.rss = process.map(|m| m.touched);
                     s.host_swapped = process.and_then(|m| m.swapped);
                     s.guest_swap = settings.swap;
-                    // A VFIO device QEMU shows makes a guest unmovable unless the operator
-                    // says its device migrates.
-                    s.migratable = settings.migratable.unwrap_or(conn.passthrough.is_empty());
+                    // What QEMU says blocks a migration makes the guest unmovable, unless
+                    // the operator says otherwise.
+                    s.migratable = settings.migratable.unwrap_or(conn.blockers.is_empty());
                     s.coldness = conn.coldness;
                     s.deflate_on_oom = conn.deflate_on_oom;
                     s.blocks = (!conn.devices.is_empty()).then(|| conn.blocks());
@@ -693,6 +689,19 @@ impl VmConn {
                 None
             }
         };
+    }
+
+    /// Takes QEMU's migration blockers of this tick, logging when they change.
+    fn note_blockers(&mut self, vm: &str, blockers: Vec<String>) {
+        if blockers == self.blockers {
+            return;
+        }
+        if blockers.is_empty() {
+            tracing::info!(vm, "QEMU no longer blocks migrating this guest");
+        } else {
+            tracing::info!(vm, reasons = ?blockers, "QEMU blocks migrating this guest: the escape will not move it unless vm.{vm}.migratable = true");
+        }
+        self.blockers = blockers;
     }
 
     /// Logs when the guest's statistics become unusable (no believable total or free

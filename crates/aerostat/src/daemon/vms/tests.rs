@@ -31,8 +31,8 @@ struct Guest {
     refuses_resize: bool,
     /// Whether `query-memory-devices` fails (a QMP hiccup).
     devices_unreadable: bool,
-    /// Whether QEMU shows a VFIO device (`-device vfio-pci,id=hostdev0,...`).
-    vfio: bool,
+    /// What `query-migrate` says blocks a migration (`blocked-reasons`); empty: nothing.
+    blockers: Vec<&'static str>,
 }
 
 impl Guest {
@@ -44,7 +44,7 @@ impl Guest {
             requested: plugged_mib * MIB,
             refuses_resize: false,
             devices_unreadable: false,
-            vfio: false,
+            blockers: Vec::new(),
         }
     }
 }
@@ -53,16 +53,13 @@ impl Guest {
 fn answer(guest: &mut Guest, cmd: &Value) -> Vec<Out> {
     let args = &cmd["arguments"];
     let reply = match cmd["execute"].as_str().unwrap_or_default() {
-        "qom-list" if args["path"] == "/machine/peripheral" => {
-            let mut children = vec![
-                json!({"name": "balloon0", "type": "child<virtio-balloon-pci>"}),
-                json!({"name": "vm0", "type": "child<virtio-mem-pci>"}),
-            ];
-            if guest.vfio {
-                children.push(json!({"name": "hostdev0", "type": "child<vfio-pci>"}));
-            }
-            json!(children)
-        }
+        "qom-list" if args["path"] == "/machine/peripheral" => json!([
+            {"name": "balloon0", "type": "child<virtio-balloon-pci>"},
+            {"name": "vm0", "type": "child<virtio-mem-pci>"},
+        ]),
+        // QEMU 10 before any migration: `{}`, or the reasons it would refuse one.
+        "query-migrate" if guest.blockers.is_empty() => json!({}),
+        "query-migrate" => json!({"blocked-reasons": guest.blockers}),
         "qom-list" => json!([]),
         "qom-set" if args["property"] == "requested-size" => {
             if guest.refuses_resize {
@@ -349,18 +346,21 @@ async fn a_deflate_goes_before_the_unplug() {
     assert_eq!(rig.device_requests(), [0]);
 }
 
-/// A guest QEMU shows a VFIO device for is unmovable for the escape unless the operator says
-/// its device migrates; the operator's word wins either way.
+/// A guest QEMU says it would refuse to migrate is unmovable for the escape unless the operator
+/// says otherwise; the operator's word wins either way, and the blockers are read every tick.
 #[tokio::test]
-async fn a_vfio_device_makes_a_guest_unmovable_unless_the_config_says_otherwise() {
-    for (vfio, config, movable) in [
+async fn a_migration_blocker_makes_a_guest_unmovable_unless_the_config_says_otherwise() {
+    const VFIO: &str = "VFIO device doesn't support migration";
+    for (blocked, config, movable) in [
         (false, "", true),
         (true, "", false),
         (true, "migratable = true", true),
         (false, "migratable = false", false),
     ] {
         let mut guest = Guest::new(512, 512);
-        guest.vfio = vfio;
+        if blocked {
+            guest.blockers = vec![VFIO];
+        }
         let mut rig = Rig::adopt_with(guest, config).await;
         let vms = rig
             .registry
@@ -369,7 +369,19 @@ async fn a_vfio_device_makes_a_guest_unmovable_unless_the_config_says_otherwise(
         assert_eq!(vms.len(), 1);
         assert_eq!(
             vms[0].sample.migratable, movable,
-            "vfio {vfio}, config {config:?}"
+            "blocked {blocked}, config {config:?}"
         );
+        let conn = rig.registry.get(VM).expect("adopted");
+        assert_eq!(conn.blockers.is_empty(), !blocked);
     }
+    // A blocker that goes away (a device unplugged) frees the guest at the next reading.
+    let mut guest = Guest::new(512, 512);
+    guest.blockers = vec![VFIO];
+    let mut rig = Rig::adopt(guest).await;
+    rig.guest.lock().expect("guest").blockers.clear();
+    let vms = rig
+        .registry
+        .observe(&rig.config, &rig.metrics, Millis::secs(3))
+        .await;
+    assert!(vms[0].sample.migratable);
 }
