@@ -635,6 +635,7 @@ fn metrics_status_and_sigterm() {
         ("aerostat_tick_duration_seconds", "gauge"),
         ("aerostat_alert_active", "gauge"),
         ("aerostat_unmet_need_bytes", "gauge"),
+        ("aerostat_vm_swap_in_bytes_per_second", "gauge"),
     ] {
         assert_eq!(m.type_of(family), Some(ty), "# TYPE of {family}");
         assert!(
@@ -690,6 +691,14 @@ fn metrics_status_and_sigterm() {
             .map(|s| s.value)
             .sum();
         assert!(decided >= 1.0, "{}: decisions counted", vm.name);
+        // Its QEMU's VmSwap is read every tick: the host side of its swap-in is measured.
+        let host_side = [("vm", vm.name.as_str()), ("side", "host")];
+        assert!(
+            m.value("aerostat_vm_swap_in_bytes_per_second", &host_side)
+                .is_some(),
+            "{}: host-side swap-in",
+            vm.name
+        );
     }
     let total_decisions: f64 = m
         .samples_of("aerostat_decisions_total")

@@ -28,6 +28,13 @@ pub struct AlertLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SwapLabels {
+    pub vm: String,
+    /// `guest` (its own swap, as it reports it) or `host` (its QEMU's `VmSwap` falling).
+    pub side: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub vm: String,
     pub kind: String,
@@ -48,6 +55,7 @@ pub struct Metrics {
     pub tick_seconds: Gauge<f64, AtomicU64>,
     pub alert_active: Family<AlertLabels, Gauge>,
     pub unmet_need: Gauge,
+    pub swap_in: Family<SwapLabels, Gauge>,
     known_vms: Mutex<BTreeSet<String>>,
 }
 
@@ -72,6 +80,7 @@ impl Metrics {
             tick_seconds: Gauge::default(),
             alert_active: Family::default(),
             unmet_need: Gauge::default(),
+            swap_in: Family::default(),
             known_vms: Mutex::default(),
             registry: Registry::default(),
         };
@@ -130,6 +139,11 @@ impl Metrics {
             "Memory guests under pressure asked for and the host could not give, last tick",
             m.unmet_need.clone(),
         );
+        registry.register(
+            "aerostat_vm_swap_in_bytes_per_second",
+            "Swap-in of a guest's memory by side, last tick: guest (its own swap, as it reports) or host (its QEMU's VmSwap falling)",
+            m.swap_in.clone(),
+        );
         for kind in aerostat_core::Alert::KINDS {
             m.alert_active
                 .get_or_create(&AlertLabels { kind: kind.into() })
@@ -159,6 +173,31 @@ impl Metrics {
         }
     }
 
+    /// A guest's swap-in rates by side (`aerostat_core::swapping`); a side not measured this
+    /// tick has no sample.
+    pub fn set_swapping(&self, vm: &str, s: Option<&aerostat_core::swapping::Swapping>) {
+        let sides = [
+            ("guest", s.and_then(|s| s.guest_swap_in_bps)),
+            ("host", s.and_then(|s| s.host_swap_in_bps)),
+        ];
+        for (side, rate) in sides {
+            let l = SwapLabels {
+                vm: vm.to_string(),
+                side: side.to_string(),
+            };
+            match rate {
+                Some(r) => {
+                    self.swap_in
+                        .get_or_create(&l)
+                        .set(i64::try_from(r).unwrap_or(i64::MAX));
+                }
+                None => {
+                    self.swap_in.remove(&l);
+                }
+            }
+        }
+    }
+
     /// Drops per-VM gauges of VMs that are gone (counters stay: they are history).
     pub fn forget_vms_except(&self, names: &[String]) {
         let mut known = self.known_vms.lock().unwrap_or_else(|p| p.into_inner());
@@ -167,6 +206,7 @@ impl Metrics {
             for fam in [&self.balloon_target, &self.balloon_actual, &self.configured] {
                 fam.remove(&l);
             }
+            self.set_swapping(gone, None);
         }
         *known = names.iter().cloned().collect();
     }

@@ -368,6 +368,11 @@ async fn tick(
         let target = controller.target_of(&s.sample.name);
         metrics.set_vm(&s.sample.name, s.sample.actual, target, s.sample.configured);
         let conn = registry.get(&s.sample.name);
+        let verdict = swapping
+            .iter()
+            .find(|(name, _)| *name == s.sample.name)
+            .map(|(_, v)| v);
+        metrics.set_swapping(&s.sample.name, verdict);
         vms.push(VmStatus {
             name: s.sample.name.clone(),
             socket: s.socket.clone(),
@@ -389,10 +394,7 @@ async fn tick(
             stats: s.sample.stats.clone(),
             coldness: s.sample.coldness,
             virtio_mem: conn.and_then(|c| c.virtio_mem_status()),
-            swapping: swapping
-                .iter()
-                .find(|(name, _)| *name == s.sample.name)
-                .map(|(_, v)| v.clone()),
+            swapping: verdict.cloned(),
         });
     }
     metrics.forget_vms_except(&vms.iter().map(|v| v.name.clone()).collect::<Vec<_>>());
