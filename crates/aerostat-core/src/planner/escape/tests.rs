@@ -40,23 +40,28 @@ fn floor_demand_counts_pinned_memory_and_balloonless_guests_whole() {
     assert_eq!(floor_demand(&b), Bytes::gib(2) + Bytes::mib(256));
 }
 
-#[test]
-fn prefers_the_guest_whose_departure_makes_the_rest_fit() {
-    // Floors: 128 MiB + 128 MiB + 6 GiB 128 MiB = 6.375 GiB over a 6 GiB host: only `big`
-    // leaving makes the rest fit, though the small ones migrate faster.
+/// Two small guests and a big one whose floors (128 MiB + 128 MiB + 6 GiB 128 MiB =
+/// 6.375 GiB) exceed a 6 GiB host: only `big` leaving makes the rest fit, though the small
+/// ones migrate faster. `big_migrates`: whether QEMU would migrate it.
+fn one_big_guest_must_leave(big_migrates: bool) -> Escape {
     let mut vms = vec![vm("small-0", 2, 0), vm("small-1", 2, 0), vm("big", 8, 6)];
     for v in &mut vms {
         v.overhead = Bytes::mib(128);
     }
-    let obs = host(vms);
-    let e = choose_escape(
-        &obs,
+    vms[2].migratable = big_migrates;
+    choose_escape(
+        &host(vms),
         Bytes::gib(6),
         &[Some(Bytes::ZERO); 3],
         &[],
         &settings(),
         None,
-    );
+    )
+}
+
+#[test]
+fn prefers_the_guest_whose_departure_makes_the_rest_fit() {
+    let e = one_big_guest_must_leave(true);
     let best = e.chosen().expect("a candidate");
     assert_eq!(best.name, "big", "{}", e.reason);
     assert!(best.fits_after);
@@ -128,22 +133,8 @@ fn migrating_guests_are_neither_counted_nor_candidates() {
 
 #[test]
 fn a_guest_that_cannot_migrate_is_never_chosen_and_is_named() {
-    // As `prefers_the_guest_whose_departure_makes_the_rest_fit`, but `big` has a
-    // passthrough device QEMU will not migrate: the small ones are all there is.
-    let mut vms = vec![vm("small-0", 2, 0), vm("small-1", 2, 0), vm("big", 8, 6)];
-    for v in &mut vms {
-        v.overhead = Bytes::mib(128);
-    }
-    vms[2].migratable = false;
-    let obs = host(vms);
-    let e = choose_escape(
-        &obs,
-        Bytes::gib(6),
-        &[Some(Bytes::ZERO); 3],
-        &[],
-        &settings(),
-        None,
-    );
+    // `big` has a device QEMU will not migrate: the small ones are all there is.
+    let e = one_big_guest_must_leave(false);
     assert_eq!(e.ranking.len(), 2, "{}", e.reason);
     assert!(e.ranking.iter().all(|c| c.name != "big"), "{}", e.reason);
     assert!(e.reason.contains("(big cannot migrate)"), "{}", e.reason);
