@@ -265,6 +265,54 @@ fn idle_guest_migrates_with_precopy() {
     p.src.kill();
 }
 
+/// `--max-bytes` on a real migration: pre-copy that cannot switch to post-copy (no
+/// destination QMP) is cancelled once QEMU has transferred the traffic budget; the source
+/// keeps running.
+#[test]
+fn precopy_is_cancelled_once_it_has_sent_the_traffic_budget() {
+    const BUDGET_MIB: u64 = 64;
+    let _serial = serial_lock();
+    let Some(files) = prerequisites("precopy_is_cancelled_once_it_has_sent_the_traffic_budget")
+    else {
+        return;
+    };
+    let mut p = pair(&files, "metered", 512);
+    let budget = format!("{BUDGET_MIB}MiB");
+    let args = [
+        "--bandwidth",
+        CAPPED,
+        "--max-time",
+        BUDGET,
+        "--max-bytes",
+        budget.as_str(),
+    ];
+    let (rc, r, took) = aerostat_migrate(&p.src_qmp(), p.port, None, &args);
+    print_report("idle 512 MiB, 64 MiB traffic budget, pre-copy only", rc, &r);
+    println!("wall: {took:?}");
+    assert_ne!(rc, 0, "{r:#}");
+    assert_eq!(r["outcome"], "cancelled at the budget", "{r:#}");
+    let switches = r["switches"].as_array().expect("switches");
+    assert_eq!(switches.len(), 1, "{r:#}");
+    assert_eq!(switches[0]["action"], "migrate_cancel");
+    let why = switches[0]["reason"].as_str().unwrap_or("");
+    assert!(why.starts_with("traffic budget"), "{why}");
+    // Polled every 200 ms: at most a poll's worth past the budget (32 MiB/s), and a margin.
+    let sent = u(&r, "bytes_sent").expect("bytes sent");
+    assert!(
+        sent >= BUDGET_MIB << 20,
+        "cancelled before the budget: {sent}"
+    );
+    assert!(sent <= (BUDGET_MIB + 16) << 20, "{sent} bytes sent");
+    assert_eq!(run_state(&p.src), "running");
+    assert_guest_alive(&p.src, false);
+    let dst_pid = p.dst.pid();
+    wait_until(Duration::from_secs(30), "the destination to exit", || {
+        !p.dst.alive()
+    });
+    println!("destination {dst_pid} exited after the cancel");
+    p.src.kill();
+}
+
 #[test]
 fn rewriting_guest_lands_through_postcopy_where_precopy_does_not() {
     let _serial = serial_lock();
