@@ -100,8 +100,9 @@ impl NeedBasis {
 /// anonymous working set, the hot part of the largest page cache, kernel, pinned memory and
 /// QEMU's overhead — and never less than what no policy can take from it: its floor, or, for
 /// a guest nothing resizes, its configured size (the model's pooled memory is only the
-/// memory a policy can move).
-fn need(vm: &VmSpec, overhead: Bytes) -> (Bytes, NeedBasis) {
+/// memory a policy can move). The guest's part counts `× (1 − ksm)`: what the host's KSM
+/// merges of it (`host.ksm`, as the simulator counts it) the host holds once.
+fn need(vm: &VmSpec, overhead: Bytes, ksm: f64) -> (Bytes, NeedBasis) {
     let w = &vm.workload;
     let ws = w
         .points
@@ -119,18 +120,20 @@ fn need(vm: &VmSpec, overhead: Bytes) -> (Bytes, NeedBasis) {
     } else {
         (vm.memory, NeedBasis::NotResizable)
     };
-    if held > peak {
-        (held + overhead, basis)
+    let (guest, basis) = if held > peak {
+        (held, basis)
     } else {
-        (peak + overhead, NeedBasis::Peak)
-    }
+        (peak, NeedBasis::Peak)
+    };
+    let unmerged = Bytes::from_f64(guest.as_f64() * (1.0 - ksm.clamp(0.0, 1.0)));
+    (unmerged + overhead, basis)
 }
 
 /// A group's need: its worst member's, and what sets it.
-fn group_need(g: &Group, overhead: Bytes) -> (Bytes, NeedBasis) {
+fn group_need(g: &Group, overhead: Bytes, ksm: f64) -> (Bytes, NeedBasis) {
     g.members
         .iter()
-        .map(|v| need(v, overhead))
+        .map(|v| need(v, overhead, ksm))
         .max_by_key(|&(n, _)| n)
         .unwrap_or((Bytes::ZERO, NeedBasis::Peak))
 }
@@ -236,6 +239,8 @@ struct Model {
     groups: Vec<VmGroup>,
     /// What sets each group's need, in the order of `groups`.
     need_basis: Vec<NeedBasis>,
+    /// The share of guest memory KSM merges (`host.ksm`): needs count the rest.
+    ksm_merged_share: f64,
     r_max: Estimate,
     max_safe_fleet: Fleet,
 }
@@ -298,7 +303,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     // Each group's worst member: replicas of one table share a workload.
     let needs: Vec<(Bytes, NeedBasis)> = groups
         .iter()
-        .map(|g| group_need(g, host.vm_overhead))
+        .map(|g| group_need(g, host.vm_overhead, host.ksm))
         .collect();
     let inputs = CapacityInputs {
         usable: host.memory - host.reserve,
@@ -439,6 +444,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             working_set_fraction: inputs.working_set_fraction(),
             groups: inputs.groups.clone(),
             need_basis: needs.iter().map(|&(_, basis)| basis).collect(),
+            ksm_merged_share: host.ksm,
             r_max,
             max_safe_fleet: fleet,
         },
@@ -470,6 +476,13 @@ fn print(plan: &Plan, scenario: &Scenario) {
             g.configured,
             g.need,
             basis.describe()
+        );
+    }
+    if m.ksm_merged_share > 0.0 {
+        crate::say!(
+            "  (guest memory counted × {:.2}: KSM merges {:.0} % of it, host.ksm)",
+            1.0 - m.ksm_merged_share,
+            100.0 * m.ksm_merged_share
         );
     }
     crate::say!("{}", m.r_max.explanation);
@@ -578,30 +591,37 @@ mod tests {
         };
         let overhead = Bytes::mib(100);
         let peak = vm("");
-        let (n, basis) = need(&peak, overhead);
+        let (n, basis) = need(&peak, overhead, 0.0);
         assert_eq!(basis, NeedBasis::Peak);
         assert_eq!(n, Bytes::gib(2) + peak.kernel + overhead);
 
         let floored = vm("min = \"6GiB\"");
         assert_eq!(
-            need(&floored, overhead),
+            need(&floored, overhead, 0.0),
             (Bytes::gib(6) + overhead, NeedBasis::Floor)
         );
 
         let fixed = vm("balloon = false");
         assert_eq!(
-            need(&fixed, overhead),
+            need(&fixed, overhead, 0.0),
             (Bytes::gib(8) + overhead, NeedBasis::NotResizable)
         );
 
         // A floor below the peak leaves the peak.
         let low_floor = vm("min = \"1GiB\"");
-        assert_eq!(need(&low_floor, overhead), (n, NeedBasis::Peak));
+        assert_eq!(need(&low_floor, overhead, 0.0), (n, NeedBasis::Peak));
+
+        // What KSM merges of the guest's memory the host holds once; QEMU's overhead is
+        // not merged.
+        assert_eq!(
+            need(&floored, overhead, 0.25),
+            (Bytes::mib(6 * 1024 * 3 / 4) + overhead, NeedBasis::Floor)
+        );
 
         // A virtio-mem guest without a balloon keeps its boot memory: its floor.
         let vmem = vm("balloon = false\nvirtio_mem = { boot = \"5GiB\", block = \"128MiB\" }");
         assert_eq!(
-            need(&vmem, overhead),
+            need(&vmem, overhead, 0.0),
             (Bytes::gib(5) + overhead, NeedBasis::Floor)
         );
     }
