@@ -6,8 +6,9 @@
 //!   of memory inside, and the answer is memory back (a deflate).
 //! - **The host swaps the guest's memory.** The guest sees nothing: to it the page is resident
 //!   and an access just takes a disk read. Only the host shows it: the QEMU process's
-//!   `VmSwap` ([`VmSample::host_swapped`]) falls as its pages come back in; where that is not
-//!   measured, the machine's `pswpin` may be this guest's. The host is short; the answer is
+//!   `VmSwap` ([`VmSample::host_swapped`]) falls as its pages come back in (counted at most
+//!   at the machine's `pswpin`, since it also falls when swapped-out memory is freed); where
+//!   `VmSwap` is not measured, the machine's `pswpin` may be this guest's. The host is short; the answer is
 //!   memory from the guests that do not need it, or one guest fewer (the escape). (`VmSwap`
 //!   leaves out shared memory: a guest whose RAM is a memfd or shmem backend shows no host
 //!   swap-in this way.)
@@ -23,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::observation::{Observation, VmSample};
 use crate::units::Bytes;
 
-/// Swap-in per second above which a side counts as swapping: the `aerostat` policy's
-/// pressure threshold (docs/policy.md, item 6).
+/// Swap-in per second above which a side counts as swapping; the `aerostat` policy's
+/// pressure threshold is this one (docs/policy.md, item 6).
 pub const SWAPPING_BYTES_PER_S: u64 = 1 << 20;
 
 /// Whose swap-ins a guest's memory goes through.
@@ -60,9 +61,10 @@ pub struct Swapping {
     /// (`None`: no new statistics since the last reading, no timestamps to rate them by
     /// that differ, or a counter that went back).
     pub guest_swap_in_bps: Option<u64>,
-    /// This guest's memory the host swapped back in, from the fall of its `host_swapped`
-    /// (a lower bound: pages swapped out again within the interval cancel). `None`: not
-    /// measured on both readings.
+    /// This guest's memory the host swapped back in: the fall of its `host_swapped`, at
+    /// most the machine's swap-in (the fall also counts swapped-out memory freed without a
+    /// read, and misses pages swapped out again within the interval). `None`: not measured
+    /// on both readings.
     pub host_swap_in_bps: Option<u64>,
     /// The whole machine's swap-in (every process's, not only guests').
     pub machine_swap_in_bps: Option<u64>,
@@ -84,9 +86,15 @@ pub fn diagnose(prev: &Observation, now: &Observation) -> Vec<Swapping> {
         .map(|vm| {
             let before = prev.vms.iter().find(|v| v.name == vm.name);
             let guest_in = before.and_then(|b| guest_swap_in(b, vm, host_dt));
+            // VmSwap also falls when swapped-out guest memory is freed rather than read back
+            // (a balloon inflating, a virtio-mem unplug, free page reporting: the kernel
+            // drops the swap entries), and a guest can cause that itself: its host swap-ins
+            // are at most the machine's.
             let host_in = before
                 .and_then(|b| b.host_swapped.zip(vm.host_swapped))
-                .and_then(|(then, now)| per_s(now, then, host_dt));
+                .and_then(|(then, now)| per_s(now, then, host_dt))
+                .zip(machine_in)
+                .map(|(fall, machine)| fall.min(machine));
             let guest_swaps = guest_in.is_some_and(|r| r > SWAPPING_BYTES_PER_S);
             // This guest's own host swap-ins where measured; else the machine's, which may
             // be this guest's.
@@ -240,6 +248,24 @@ mod tests {
         assert!(v.why.starts_with("double paging"), "{}", v.why);
     }
 
+    /// VmSwap falls when swapped-out memory is freed (a balloon inflating): with the machine
+    /// swapping nothing in, that is not host swap-in.
+    #[test]
+    fn freed_swap_is_not_swap_in() {
+        let v = one(
+            &obs(10, 10, Some(0), Some(10), Some(300)),
+            &obs(12, 10, Some(0), Some(12), Some(100)),
+        );
+        assert_eq!(v.host_swap_in_bps, Some(0));
+        assert_eq!(v.source, SwapSource::None, "{v:?}");
+        // With the machine at 1.5 MiB/s, this guest's count is at most that.
+        let v = one(
+            &obs(10, 10, Some(0), Some(10), Some(300)),
+            &obs(12, 13, Some(0), Some(12), Some(100)),
+        );
+        assert_eq!(v.host_swap_in_bps, Some(3 << 19));
+    }
+
     /// Without a measure of this guest's host swap, the machine's swap-in may be its.
     #[test]
     fn unmeasured_host_swap_falls_back_to_the_machine() {
@@ -287,9 +313,8 @@ mod tests {
         let v = one(&reset, &now);
         assert_eq!((v.guest_swap_in_bps, v.machine_swap_in_bps), (None, None));
         assert_eq!(
-            v.host_swap_in_bps,
-            Some(3 << 20),
-            "VmSwap fell: that is host swap-in"
+            v.host_swap_in_bps, None,
+            "no machine rate to bound VmSwap's fall by"
         );
         let same_time = obs(12, 10, Some(10), Some(12), Some(300));
         let v = one(&same_time, &now);

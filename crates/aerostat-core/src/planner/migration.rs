@@ -675,7 +675,7 @@ pub fn replan(
                 (
                     Step::SwitchToPostcopy,
                     format!(
-                        "pass {pass} at {}: {verdict}; post-copy of the remaining {} lands in {post}",
+                        "pass {pass} at {}: {verdict}; post-copy of the remaining {} finishes in {post}",
                         live.elapsed, live.remaining
                     ),
                 )

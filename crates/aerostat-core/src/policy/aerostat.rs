@@ -56,8 +56,9 @@ const PAGE: f64 = 4096.0;
 
 /// Stats older than this many intervals are ignored (the guest stopped reporting).
 const STALE_INTERVALS: u64 = 5;
-/// A guest swapping in faster than this is under pressure.
-const SWAP_IN_PRESSURE_BPS: f64 = 1.0 * MIB;
+/// A guest swapping in faster than this is under pressure (1 MiB/s, the line `/status`
+/// draws too).
+const SWAP_IN_PRESSURE_BPS: f64 = crate::swapping::SWAPPING_BYTES_PER_S as f64;
 /// A guest major-faulting faster than this (pages/s) is refaulting its working set.
 const REFAULT_PRESSURE_PPS: f64 = 256.0;
 /// Reclaim efficiency below which the guest's LRU has only hot pages left: it scans ten

@@ -100,8 +100,8 @@ impl NeedBasis {
 /// anonymous working set, the hot part of the largest page cache, kernel, pinned memory and
 /// QEMU's overhead — and never less than what no policy can take from it: its floor, or, for
 /// a guest nothing resizes, its configured size (the model's pooled memory is only the
-/// memory a policy can move). The guest's part counts `× (1 − ksm)`: what the host's KSM
-/// merges of it (`host.ksm`, as the simulator counts it) the host holds once.
+/// memory a policy can move). The guest's part but pinned memory counts `× (1 − ksm)`: what
+/// the host's KSM merges of it (`host.ksm`, as the simulator counts it) the host holds once.
 fn need(vm: &VmSpec, overhead: Bytes, ksm: f64) -> (Bytes, NeedBasis) {
     let w = &vm.workload;
     let ws = w
@@ -125,8 +125,10 @@ fn need(vm: &VmSpec, overhead: Bytes, ksm: f64) -> (Bytes, NeedBasis) {
     } else {
         (peak, NeedBasis::Peak)
     };
-    let unmerged = Bytes::from_f64(guest.as_f64() * (1.0 - ksm.clamp(0.0, 1.0)));
-    (unmerged + overhead, basis)
+    // Pinned memory (huge pages, VFIO) is not KSM's to merge.
+    let pinned = vm.pinned.min(guest);
+    let mergeable = (guest - pinned).as_f64() * (1.0 - ksm.clamp(0.0, 1.0));
+    (Bytes::from_f64(mergeable) + pinned + overhead, basis)
 }
 
 /// A group's need: its worst member's, and what sets it.

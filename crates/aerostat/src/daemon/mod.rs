@@ -14,6 +14,7 @@ pub mod config;
 mod escape;
 mod ksm;
 pub mod metrics;
+mod swap_rates;
 mod vms;
 
 use std::io::Write as _;
@@ -63,7 +64,7 @@ pub struct VmStatus {
     #[serde(default)]
     pub migrating: bool,
     /// Whether the escape may move it (`VmSample::migratable`).
-    #[serde(default)]
+    #[serde(default = "movable")]
     pub migratable: bool,
     /// Why QEMU would refuse to migrate it now (`query-migrate`'s `blocked-reasons`).
     #[serde(default)]
@@ -83,6 +84,11 @@ pub struct VmStatus {
     /// this tick's and the last tick's counters.
     #[serde(default)]
     pub swapping: Option<aerostat_core::swapping::Swapping>,
+}
+
+/// What a `/status` without `migratable` (an older daemon) meant: movable.
+fn movable() -> bool {
+    true
 }
 
 /// A VM's virtio-mem devices, added up (`/status`; only for VMs that have them).
@@ -353,16 +359,10 @@ async fn tick(
     metrics.host_available.set(host_sample.available.0 as i64);
     metrics.host_total.set(host_sample.total.0 as i64);
     metrics.set_alerts(&decision.alerts, controller.unmet_need());
-    // Whose swap-ins, from the last tick's counters to this one's (none at the first).
-    let swapping: Vec<(&str, aerostat_core::swapping::Swapping)> = match previous.as_ref() {
-        Some(prev) => obs
-            .vms
-            .iter()
-            .map(|vm| vm.name.as_str())
-            .zip(aerostat_core::swapping::diagnose(prev, &obs))
-            .collect(),
-        None => Vec::new(),
-    };
+    // Whose swap-ins, from the last tick's readings to this one's.
+    let swapping = swap_rates::verdicts(previous.as_ref(), &obs, &samples, |name| {
+        registry.get(name).map(|c| c.adopted_at())
+    });
     let mut vms = Vec::new();
     for s in &samples {
         let target = controller.target_of(&s.sample.name);
@@ -406,8 +406,7 @@ async fn tick(
     st.vms = vms;
     st.alerts = decision.alerts;
     drop(st);
-    drop(swapping);
-    *previous = Some(obs);
+    *previous = Some(swap_rates::next_previous(obs, &samples));
     Ok(())
 }
 

@@ -289,8 +289,12 @@ impl VmRegistry {
                 let actual = memory_now(&qemu, has_balloon, boot, has_devices).await;
                 let stats = qemu.guest_stats().await;
                 let process = qemu.query_process_memory().ok();
-                // `None` when QEMU cannot say: the last answer stands.
-                let blockers = qemu.migration_blockers().await.ok();
+                // `None` when QEMU cannot say, or did not answer the first query (no third
+                // timeout on a hung QEMU): the last answer stands.
+                let blockers = match actual {
+                    Ok(_) => qemu.migration_blockers().await.ok(),
+                    Err(_) => None,
+                };
                 // A page-table walk: ~10 ms per GiB of 4 KiB pages each for the clear and
                 // the read (docs/observation.md), so off the async workers.
                 let pages = if window_over {
@@ -689,6 +693,11 @@ impl VmConn {
                 None
             }
         };
+    }
+
+    /// When the daemon adopted this VM (its clock).
+    pub(crate) fn adopted_at(&self) -> Millis {
+        self.adopted_at
     }
 
     /// Takes QEMU's migration blockers of this tick, logging when they change.
