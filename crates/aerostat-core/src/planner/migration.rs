@@ -655,7 +655,7 @@ pub fn replan(
     } else {
         let verdict = match (precopy.total_time, precopy.bytes_sent, bytes_left) {
             (Some(t), _, _) if t > left => format!("pre-copy needs {t} more but {left} is left"),
-            (Some(_), Some(b), Some(budget)) if b > budget => {
+            (Some(_), Some(b), Some(budget)) if !now.within_traffic(b.as_f64()) => {
                 format!("pre-copy would send {b} more but {budget} of the traffic budget is left")
             }
             (Some(t), ..) => format!(

@@ -360,7 +360,7 @@ async fn tick(
     metrics.host_total.set(host_sample.total.0 as i64);
     metrics.set_alerts(&decision.alerts, controller.unmet_need());
     // Whose swap-ins, from the last tick's readings to this one's.
-    let swapping = swap_rates::verdicts(previous.as_ref(), &obs, &samples, |name| {
+    let swapping = swap_rates::verdicts(previous.as_mut(), &obs, &samples, |name| {
         registry.get(name).map(|c| c.adopted_at())
     });
     let mut vms = Vec::new();

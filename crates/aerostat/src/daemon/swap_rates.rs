@@ -8,9 +8,10 @@ use super::ObservedVm;
 
 /// The verdict of every VM that answered this tick and has a reading from the last one, by
 /// name. `adopted_at` says when the daemon adopted a VM (`None`: gone): a reading taken
-/// before that is another QEMU process's under the same name, with its own counters.
+/// before that is another QEMU process's under the same name, with its own counters, and is
+/// dropped from `previous` (which [`next_previous`] replaces after this tick anyway).
 pub fn verdicts(
-    previous: Option<&Observation>,
+    previous: Option<&mut Observation>,
     obs: &Observation,
     samples: &[ObservedVm],
     adopted_at: impl Fn(&str) -> Option<Millis>,
@@ -18,12 +19,12 @@ pub fn verdicts(
     let Some(prev) = previous else {
         return Vec::new();
     };
-    let mut prev = prev.clone();
+    let then = prev.time;
     prev.vms
-        .retain(|v| adopted_at(&v.name).is_some_and(|at| at <= prev.time));
+        .retain(|v| adopted_at(&v.name).is_some_and(|at| at <= then));
     obs.vms
         .iter()
-        .zip(diagnose(&prev, obs))
+        .zip(diagnose(prev, obs))
         .filter(|(vm, _)| answered(samples, &vm.name))
         .map(|(vm, v)| (vm.name.clone(), v))
         .collect()
@@ -98,7 +99,7 @@ mod tests {
             verdicts(None, &obs, &samples, adopted).is_empty(),
             "no rates at the first tick"
         );
-        let previous = next_previous(obs, &samples);
+        let mut previous = next_previous(obs, &samples);
         // 12 s: `a` swapped 6 MiB back in; `hung` did not answer (its last sample again);
         // `restarted` is a new QEMU, adopted at 11 s, whose VmSwap starts at 0.
         let (obs, samples) = tick(
@@ -110,7 +111,7 @@ mod tests {
                 ("restarted", 0, true),
             ],
         );
-        let v = verdicts(Some(&previous), &obs, &samples, adopted);
+        let v = verdicts(Some(&mut previous), &obs, &samples, adopted);
         let names: Vec<&str> = v.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
