@@ -105,6 +105,16 @@ pub struct MigrateArgs {
     /// Dirty-rate measurement before planning, seconds (0: skip, assume 0).
     #[arg(long, default_value_t = 1)]
     pub measure_secs: u32,
+    /// A device (`-device …,id=ID`) QEMU will not migrate: unplugged from the guest before
+    /// the migration, once the guest let go. Repeat for more.
+    #[arg(long, value_name = "ID")]
+    pub unplug: Vec<String>,
+    /// A QMP step that plugs an unplugged device back, run on the destination after a
+    /// completed migration (needs --dest-qmp) and on the source after any other end:
+    /// '{"execute": "device_add", "arguments": {"driver": "vfio-pci", "host": "…", "id": "nic0"}}'.
+    /// One of device_add, object-add, blockdev-add, netdev_add, chardev-add. Repeat, in order.
+    #[arg(long, value_name = "JSON")]
+    pub replug: Vec<String>,
 }
 
 #[derive(Debug, Args)]

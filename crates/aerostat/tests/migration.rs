@@ -449,6 +449,237 @@ fn destination_killed_before_the_switch_leaves_the_source_running() {
     assert_guest_alive(&p.src, true);
 }
 
+/// An NVMe controller: QEMU will not migrate one ("non-migratable device"), and the guest
+/// ejects it through ACPI hot-plug without a driver bound — a stand-in for a passthrough NIC
+/// or GPU, which these machines do not have. Its block node is a `-blockdev` (never deleted
+/// with the device), the same on the destination, so the replug is one `device_add`.
+const NVME_REPLUG: &str = r#"{"execute": "device_add", "arguments": {"driver": "nvme", "serial": "aero1", "drive": "nvd", "id": "nv0"}}"#;
+
+fn nvme_backend(img: &Path) -> Vec<String> {
+    vec![
+        "-blockdev".into(),
+        format!(
+            "driver=file,filename={},node-name=nvf,locking=off",
+            img.display()
+        ),
+        "-blockdev".into(),
+        "driver=raw,file=nvf,node-name=nvd".into(),
+    ]
+}
+
+fn nvme_image(dir: &Path) -> PathBuf {
+    let img = dir.join("nvme.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("nvme image");
+    img
+}
+
+/// Whether the guest sees an NVMe controller (PCI class 0x010802) on its bus.
+fn guest_sees_nvme(vm: &TestVm) -> bool {
+    vm.run_ok("cat /sys/bus/pci/devices/*/class")
+        .lines()
+        .any(|l| l.trim() == "0x010802")
+}
+
+fn has_device(vm: &TestVm, id: &str) -> bool {
+    vm.qmp(
+        "qom-list",
+        Some(serde_json::json!({"path": "/machine/peripheral"})),
+    )
+    .as_array()
+    .expect("qom-list")
+    .iter()
+    .any(|p| p["name"] == id)
+}
+
+fn blockers(vm: &TestVm) -> Vec<String> {
+    vm.qmp("query-migrate", None)["blocked-reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `--unplug` / `--replug` on a real guest whose NVMe controller QEMU will not migrate. First
+/// towards a port nobody listens on: the migration fails, and the controller goes back into the
+/// source guest. Then towards a real destination: the guest lands there without it, and the
+/// controller is plugged into the destination guest.
+#[test]
+fn a_device_qemu_will_not_migrate_is_unplugged_first_and_plugged_back_where_the_guest_runs() {
+    let _serial = serial_lock();
+    let Some(files) = prerequisites("a_device_qemu_will_not_migrate_is_unplugged_first") else {
+        return;
+    };
+    let qmp_dir = qmp_dir();
+    let img = nvme_image(qmp_dir.path());
+    let mut src_args = nvme_backend(&img);
+    src_args.extend([
+        "-device".to_string(),
+        "nvme,serial=aero1,drive=nvd,id=nv0".to_string(),
+    ]);
+    let args: Vec<&str> = src_args.iter().map(String::as_str).collect();
+    let mut src = TestVm::start(
+        &files,
+        &VmSpec::new("nvme", 512)
+            .daemon_dir(qmp_dir.path())
+            .qemu_args(&args),
+    );
+    let src_qmp = qmp_dir.path().join("nvme.qmp");
+    let before = blockers(&src);
+    assert!(
+        before.iter().any(|b| b.contains("nvme")),
+        "QEMU names the NVMe controller as a blocker: {before:?}"
+    );
+    assert!(guest_sees_nvme(&src));
+    let handoff = ["--unplug", "nv0", "--replug", NVME_REPLUG];
+
+    // 1. Nobody listens: the migration fails after the unplug; the device comes back.
+    let closed = free_port();
+    let mut extra = vec!["--max-time", BUDGET];
+    extra.extend(handoff);
+    let (rc, r, took) = aerostat_migrate(&src_qmp, closed, None, &extra);
+    print_report("nvme guest, nobody listening", rc, &r);
+    println!("wall: {took:?}; devices: {}", r["devices"]);
+    assert_ne!(rc, 0, "{r:#}");
+    assert_eq!(r["completed"], false);
+    let d = &r["devices"];
+    assert_eq!(d["unplugged"], serde_json::json!(["nv0"]), "{r:#}");
+    assert_eq!(d["replugged_on"], "source", "{r:#}");
+    assert_eq!(
+        d["replugged"],
+        serde_json::json!(["device_add nv0"]),
+        "{r:#}"
+    );
+    assert_eq!(d["replug_errors"], serde_json::json!([]), "{r:#}");
+    assert_eq!(run_state(&src), "running");
+    assert!(has_device(&src, "nv0"));
+    wait_until(
+        Duration::from_secs(30),
+        "the source guest to see its NVMe controller again",
+        || guest_sees_nvme(&src),
+    );
+
+    // 2. A real destination, started with the block node but without the controller.
+    let port = free_port();
+    let dst_args = nvme_backend(&img);
+    let dst_args: Vec<&str> = dst_args.iter().map(String::as_str).collect();
+    let mut dst = TestVm::spawn(
+        &files,
+        &VmSpec::new("nvme-dst", 512)
+            .daemon_dir(qmp_dir.path())
+            .qemu_args(&dst_args)
+            .incoming(&format!("tcp:127.0.0.1:{port}")),
+    );
+    let dst_qmp = qmp_dir.path().join("nvme-dst.qmp");
+    wait_until(
+        Duration::from_secs(30),
+        "the destination's QMP socket",
+        || dst_qmp.exists(),
+    );
+    let (rc, r, took) = aerostat_migrate(&src_qmp, port, Some(&dst_qmp), &extra);
+    print_report("nvme guest, real destination", rc, &r);
+    println!("wall: {took:?}; devices: {}", r["devices"]);
+    assert_eq!(rc, 0, "{r:#}");
+    assert_eq!(r["outcome"], "completed");
+    let d = &r["devices"];
+    assert_eq!(d["replugged_on"], "destination", "{r:#}");
+    assert_eq!(
+        d["replugged"],
+        serde_json::json!(["device_add nv0"]),
+        "{r:#}"
+    );
+    assert_eq!(d["replug_errors"], serde_json::json!([]), "{r:#}");
+    assert!(d["unplug_ms"].as_u64().is_some(), "{r:#}");
+    assert_eq!(run_state(&src), "postmigrate");
+    assert_eq!(run_state(&dst), "running");
+    assert!(has_device(&dst, "nv0"));
+    assert!(
+        blockers(&dst).iter().any(|b| b.contains("nvme")),
+        "the destination has the controller, and its blocker, again"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the destination guest to see the NVMe controller",
+        || guest_sees_nvme(&dst),
+    );
+    assert_guest_alive(&dst, false);
+    dst.kill();
+    src.kill();
+}
+
+/// A blocker nobody listed to unplug: after unplugging what was listed QEMU would still refuse,
+/// so no migration starts and the unplugged device goes back.
+#[test]
+fn a_blocker_left_after_the_unplug_stops_the_migration_before_it_starts() {
+    let _serial = serial_lock();
+    let Some(files) = prerequisites("a_blocker_left_after_the_unplug") else {
+        return;
+    };
+    let qmp_dir = qmp_dir();
+    let img = nvme_image(qmp_dir.path());
+    let shm = qmp_dir.path().join("ivshmem");
+    let mut args = nvme_backend(&img);
+    args.extend([
+        "-device".to_string(),
+        "nvme,serial=aero1,drive=nvd,id=nv0".to_string(),
+        "-object".to_string(),
+        format!(
+            "memory-backend-file,id=hm,size=1M,share=on,mem-path={}",
+            shm.display()
+        ),
+        // Peer mode (the default) registers a migration blocker.
+        "-device".to_string(),
+        "ivshmem-plain,memdev=hm,id=iv0".to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut src = TestVm::start(
+        &files,
+        &VmSpec::new("twoblock", 512)
+            .daemon_dir(qmp_dir.path())
+            .qemu_args(&args),
+    );
+    let src_qmp = qmp_dir.path().join("twoblock.qmp");
+    assert_eq!(blockers(&src).len(), 2, "{:?}", blockers(&src));
+    // A port nobody listens on: had a migration started, it would fail there, not here.
+    let port = free_port();
+    let out = aerostat_migrate_cmd(
+        &src_qmp,
+        port,
+        None,
+        &["--unplug", "nv0", "--replug", NVME_REPLUG],
+    )
+    .output()
+    .expect("run aerostat migrate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("exit {:?}; stderr: {stderr}", out.status.code());
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr.contains("still blocks") && stderr.contains("ivshmem"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("plugged back on the source: device_add nv0"),
+        "{stderr}"
+    );
+    assert_eq!(
+        src.qmp("query-migrate", None).get("status"),
+        None,
+        "no migration was started"
+    );
+    assert_eq!(run_state(&src), "running");
+    assert!(has_device(&src, "nv0"));
+    wait_until(
+        Duration::from_secs(30),
+        "the guest to see its NVMe controller again",
+        || guest_sees_nvme(&src),
+    );
+    src.kill();
+}
+
 /// The escape tests' host: a 1 GiB memory cgroup holding two 512 MiB guests `a` and `b`
 /// (with a swap disk of `swap_mib` each, swapped on, if given) that the daemon finds in
 /// `WORK/qmp`, and a migration destination ready for each (another host: outside the cgroup).

@@ -10,6 +10,7 @@
 
 mod balloon;
 mod events;
+mod hotplug;
 mod json;
 mod migration;
 mod process;
@@ -25,6 +26,7 @@ pub use balloon::{
     MAX_GUEST_COUNTER, MAX_GUEST_CUMULATIVE_BYTES, MAX_GUEST_MEMORY, parse_guest_stats,
 };
 pub use events::VmEvent;
+pub use hotplug::{PLUG_COMMANDS, PlugCommand};
 pub use migration::{
     DirtyRateInfo, DirtyRateStatus, MigrationCapability, MigrationInfo, MigrationParameters,
     MigrationStatus, RamStats, parse_dirty_rate, parse_migration_info,
@@ -34,7 +36,7 @@ pub use process::{
     parse_vm_rss, read_guest_ram_pages, read_guest_ram_rss, read_process_memory, read_rss,
 };
 pub use status::{RunState, VmStatus};
-pub use virtio_mem::{VirtioMemDevice, parse_memory_devices};
+pub use virtio_mem::{VirtioMemDevice, is_qemu_id, parse_memory_devices};
 
 /// One QEMU VM, reached over its QMP socket.
 #[derive(Debug)]

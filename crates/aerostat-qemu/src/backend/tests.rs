@@ -233,3 +233,67 @@ async fn wrong_reply_shape_is_protocol() {
     assert!(matches!(e, QmpError::Protocol { .. }), "{e:?}");
     assert!(e.to_string().contains("actual"), "{e}");
 }
+
+/// A guest that ejects `nv0` two `qom-list`s after `device_del`, as an ACPI hot-plug guest
+/// does some time after the request.
+#[tokio::test]
+async fn an_unplugged_device_is_waited_for_until_the_guest_let_go() {
+    let mut lists_after_del: Option<u32> = None;
+    let fake = FakeQmp::qemu(move |cmd| match cmd["execute"].as_str().unwrap_or("") {
+        "device_del" => {
+            lists_after_del = Some(0);
+            vec![ok(cmd, json!({}))]
+        }
+        "qom-list" => {
+            let gone = lists_after_del.is_some_and(|n| n >= 2);
+            if let Some(n) = &mut lists_after_del {
+                *n += 1;
+            }
+            let mut props = vec![json!({"name": "type", "type": "string"})];
+            if !gone {
+                props.push(json!({"name": "nv0", "type": "child<nvme>"}));
+            }
+            vec![ok(cmd, Value::Array(props))]
+        }
+        "device_add" => vec![ok(cmd, json!({}))],
+        _ => vec![err(cmd, "CommandNotFound", "no")],
+    });
+    let vm = vm(&fake).await;
+    assert!(vm.has_device("nv0").await.expect("list"));
+    assert!(!vm.has_device("type").await.expect("list"), "a property");
+    vm.device_del("nv0").await.expect("del");
+    assert_eq!(sent(&fake, "device_del"), vec![json!({"id": "nv0"})]);
+    assert!(
+        vm.wait_device_gone("nv0", Duration::from_secs(5))
+            .await
+            .expect("wait")
+    );
+    assert!(matches!(
+        vm.device_del("../x").await,
+        Err(QmpError::InvalidArgument { .. })
+    ));
+    let step = PlugCommand::from_value(
+        &json!({"execute": "device_add", "arguments": {"driver": "nvme", "id": "nv0"}}),
+    )
+    .expect("step");
+    vm.plug(&step).await.expect("plug");
+    assert_eq!(
+        sent(&fake, "device_add"),
+        vec![json!({"driver": "nvme", "id": "nv0"})]
+    );
+}
+
+#[tokio::test]
+async fn a_device_the_guest_keeps_is_reported_after_the_timeout() {
+    let fake = FakeQmp::qemu(|cmd| match cmd["execute"].as_str().unwrap_or("") {
+        "qom-list" => vec![ok(cmd, json!([{"name": "nv0", "type": "child<nvme>"}]))],
+        _ => vec![ok(cmd, json!({}))],
+    });
+    let vm = vm(&fake).await;
+    vm.device_del("nv0").await.expect("del");
+    assert!(
+        !vm.wait_device_gone("nv0", Duration::from_millis(300))
+            .await
+            .expect("wait")
+    );
+}

@@ -55,13 +55,17 @@ impl QemuVm {
 }
 
 /// QEMU's own rule for ids (`id_wellformed`): a letter, then letters, digits, `-`, `.`, `_`.
-/// Checking it here keeps a configured id from naming some other QOM path (`a/../b`).
-fn check_qemu_id(id: &str) -> Result<(), QmpError> {
+pub fn is_qemu_id(id: &str) -> bool {
     let mut chars = id.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-        && id.len() <= 128;
-    if ok {
+        && id.len() <= 128
+}
+
+/// Checking ids before they go out keeps a configured id from naming some other QOM path
+/// (`a/../b`).
+pub(super) fn check_qemu_id(id: &str) -> Result<(), QmpError> {
+    if is_qemu_id(id) {
         Ok(())
     } else {
         Err(QmpError::InvalidArgument {

@@ -15,7 +15,9 @@ use aerostat_core::planner::migration::{
     replan,
 };
 use aerostat_core::{Bytes, Millis};
-use aerostat_qemu::backend::{MigrationCapability, MigrationParameters, MigrationStatus};
+use aerostat_qemu::backend::{
+    MigrationCapability, MigrationParameters, MigrationStatus, PlugCommand, is_qemu_id,
+};
 use aerostat_qemu::qmp::EventTimestamp;
 use aerostat_qemu::{QemuVm, QmpError, QmpOptions, VmEvent};
 use aerostat_sim::scenario::Rate;
@@ -25,6 +27,10 @@ use serde_json::{Value, json};
 
 use crate::cli::MigrateArgs;
 use crate::cmd::InputError;
+
+mod handoff;
+
+pub use handoff::{Handoff, HandoffReport};
 
 const POLL: Duration = Duration::from_millis(200);
 
@@ -58,6 +64,9 @@ pub struct Report {
     pub notes: Vec<String>,
     pub error: Option<String>,
     pub destination_status: Option<String>,
+    /// The devices unplugged before the migration and plugged back after it (`--unplug`,
+    /// `--replug`); `None` when there were none.
+    pub devices: Option<HandoffReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,6 +102,8 @@ pub struct Settings {
     pub measure_secs: u32,
     /// `quit` the source once the migration has completed.
     pub quit_source: bool,
+    /// Devices unplugged before the migration and plugged back after it.
+    pub handoff: Handoff,
 }
 
 fn parse_settings(args: &MigrateArgs) -> Result<Settings, InputError> {
@@ -143,6 +154,35 @@ fn parse_settings(args: &MigrateArgs) -> Result<Settings, InputError> {
         forced,
         measure_secs: args.measure_secs,
         quit_source: args.quit_source,
+        handoff: parse_handoff(args)?,
+    })
+}
+
+fn parse_handoff(args: &MigrateArgs) -> Result<Handoff, InputError> {
+    if !args.replug.is_empty() && args.unplug.is_empty() {
+        return Err(InputError(
+            "--replug: plugs back what --unplug took; give the devices to unplug".into(),
+        ));
+    }
+    if let Some(bad) = args.unplug.iter().find(|id| !is_qemu_id(id)) {
+        return Err(InputError(format!(
+            "--unplug `{bad}`: not a QEMU device id (a letter, then letters, digits, `-`, `.`, `_`)"
+        )));
+    }
+    let replug = args
+        .replug
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let n = i + 1;
+            let v: Value = serde_json::from_str(text)
+                .map_err(|e| InputError(format!("--replug #{n}: not JSON: {e}")))?;
+            PlugCommand::from_value(&v).map_err(|e| InputError(format!("--replug #{n}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Handoff {
+        unplug: args.unplug.clone(),
+        replug,
     })
 }
 
@@ -483,132 +523,150 @@ pub async fn migrate_vm(
     let predicted = strategy.map(|st| predict_all(&inputs).into_iter().find(|p| p.strategy == st));
     let predicted: Option<Prediction> = predicted.flatten();
 
-    // Configure and start.
-    vm.migrate_set_capabilities(&[
-        (MigrationCapability::Events, true),
-        (MigrationCapability::PostcopyRam, allowed.postcopy),
-        (
-            MigrationCapability::AutoConverge,
-            strategy == Some(Strategy::AutoConverge),
-        ),
-    ])
-    .await
-    .context("migrate-set-capabilities on the source")?;
-    vm.migrate_set_parameters(&MigrationParameters {
-        downtime_limit_ms: Some(s.downtime.0),
-        max_bandwidth_bytes_per_sec: Some(s.bandwidth.0),
-        max_postcopy_bandwidth_bytes_per_sec: Some(s.bandwidth.0),
-        ..MigrationParameters::default()
-    })
-    .await
-    .context("migrate-set-parameters on the source")?;
-    vm.client().drain_events();
-    if let Some(d) = &dest {
-        d.client().drain_events();
-    }
-    let mut stopped_at: Option<EventTimestamp> = None;
-    let t0 = Instant::now();
-    vm.migrate(to).await.context("migrate")?;
-
-    let mut report = Report {
-        outcome: String::new(),
-        completed: false,
-        inputs: inputs.clone(),
-        plan,
-        strategy,
-        predicted_total_ms: predicted.as_ref().and_then(|p| p.total_time).map(|m| m.0),
-        predicted_downtime_ms: predicted.as_ref().and_then(|p| p.downtime).map(|m| m.0),
-        total_time_ms: None,
-        wall_time_ms: 0,
-        downtime_ms: None,
-        paused_ms: None,
-        postcopy_blocktime_ms: None,
-        bytes_sent: None,
-        passes: None,
-        max_cpu_throttle: None,
-        switches: Vec::new(),
-        pass_log: Vec::new(),
-        notes,
-        error: None,
-        destination_status: None,
+    // Devices QEMU would not migrate leave the guest now, as late as possible: it runs
+    // without them from here until the replug.
+    let devices = if s.handoff.is_empty() {
+        None
+    } else {
+        match s.handoff.unplug(vm).await {
+            Ok(r) => Some(r),
+            Err((e, r)) => {
+                anyhow::bail!("{e:#}; no migration started; {}", replug_summary(&r))
+            }
+        }
     };
-    let mut last_sync = 0;
-    let mut last_ram: Option<aerostat_qemu::backend::RamStats> = None;
-    let mut switched = false;
-    let mut cancelled_by_us = false;
-    // The watch's own limits: past `hard_stop` a pre-copy still running is cancelled (the
-    // budget's cancel should have come long before); a post-copy cannot be cancelled and is
-    // watched until `2 × hard_stop`. A failed `query-migrate` is retried until then: QEMU may
-    // hold its lock for seconds (disk flush at the switch), and giving up watching while QEMU
-    // goes on migrating would leave the caller believing the guest stayed.
-    let hard_stop = Duration::from_millis(s.max_time.0.saturating_mul(10).max(60_000));
-    let mut query_failures = 0u32;
-    let final_info = loop {
-        tokio::time::sleep(POLL).await;
-        for ev in vm.client().drain_events() {
-            match VmEvent::from(&ev) {
-                // The first STOP after the start is the stop-and-copy or the post-copy switch.
-                VmEvent::Stop => {
-                    stopped_at = stopped_at.or(ev.timestamp);
-                }
-                VmEvent::Migration { status } => report
-                    .notes
-                    .push(format!("t+{} ms: MIGRATION {status:?}", ms(t0.elapsed()))),
-                VmEvent::MigrationPass { pass } => report
-                    .notes
-                    .push(format!("t+{} ms: MIGRATION_PASS {pass}", ms(t0.elapsed()))),
-                _ => {}
-            }
+    let result: anyhow::Result<Report> = async {
+        // Configure and start.
+        vm.migrate_set_capabilities(&[
+            (MigrationCapability::Events, true),
+            (MigrationCapability::PostcopyRam, allowed.postcopy),
+            (
+                MigrationCapability::AutoConverge,
+                strategy == Some(Strategy::AutoConverge),
+            ),
+        ])
+        .await
+        .context("migrate-set-capabilities on the source")?;
+        vm.migrate_set_parameters(&MigrationParameters {
+            downtime_limit_ms: Some(s.downtime.0),
+            max_bandwidth_bytes_per_sec: Some(s.bandwidth.0),
+            max_postcopy_bandwidth_bytes_per_sec: Some(s.bandwidth.0),
+            ..MigrationParameters::default()
+        })
+        .await
+        .context("migrate-set-parameters on the source")?;
+        vm.client().drain_events();
+        if let Some(d) = &dest {
+            d.client().drain_events();
         }
-        let info = match vm.query_migrate().await {
-            Ok(i) => {
-                query_failures = 0;
-                i
-            }
-            Err(e) => {
-                query_failures += 1;
-                if vm.client().is_closed() || t0.elapsed() > hard_stop * 2 {
-                    report.error = Some(format!("query-migrate on the source: {e}"));
-                    break None;
-                }
-                if query_failures == 1 {
-                    report.notes.push(format!(
-                        "t+{} ms: query-migrate failed ({e}); still watching",
-                        ms(t0.elapsed())
-                    ));
-                }
-                continue;
-            }
+        let mut stopped_at: Option<EventTimestamp> = None;
+        let t0 = Instant::now();
+        vm.migrate(to).await.context("migrate")?;
+
+        let mut report = Report {
+            outcome: String::new(),
+            completed: false,
+            inputs: inputs.clone(),
+            plan,
+            strategy,
+            predicted_total_ms: predicted.as_ref().and_then(|p| p.total_time).map(|m| m.0),
+            predicted_downtime_ms: predicted.as_ref().and_then(|p| p.downtime).map(|m| m.0),
+            total_time_ms: None,
+            wall_time_ms: 0,
+            downtime_ms: None,
+            paused_ms: None,
+            postcopy_blocktime_ms: None,
+            bytes_sent: None,
+            passes: None,
+            max_cpu_throttle: None,
+            switches: Vec::new(),
+            pass_log: Vec::new(),
+            notes,
+            error: None,
+            destination_status: None,
+            devices: None,
         };
-        let elapsed = t0.elapsed();
-        if let Some(t) = info.cpu_throttle_percent {
-            report.max_cpu_throttle = report.max_cpu_throttle.max(Some(t));
-        }
-        if info.ram.is_some() {
-            last_ram.clone_from(&info.ram);
-        }
-        match info.status {
-            MigrationStatus::Completed | MigrationStatus::Failed | MigrationStatus::Cancelled => {
-                break Some(info);
+        let mut last_sync = 0;
+        let mut last_ram: Option<aerostat_qemu::backend::RamStats> = None;
+        let mut switched = false;
+        let mut cancelled_by_us = false;
+        // The watch's own limits: past `hard_stop` a pre-copy still running is cancelled (the
+        // budget's cancel should have come long before); a post-copy cannot be cancelled and is
+        // watched until `2 × hard_stop`. A failed `query-migrate` is retried until then: QEMU may
+        // hold its lock for seconds (disk flush at the switch), and giving up watching while QEMU
+        // goes on migrating would leave the caller believing the guest stayed.
+        let hard_stop = Duration::from_millis(s.max_time.0.saturating_mul(10).max(60_000));
+        let mut query_failures = 0u32;
+        let final_info = loop {
+            tokio::time::sleep(POLL).await;
+            for ev in vm.client().drain_events() {
+                match VmEvent::from(&ev) {
+                    // The first STOP after the start is the stop-and-copy or the post-copy switch.
+                    VmEvent::Stop => {
+                        stopped_at = stopped_at.or(ev.timestamp);
+                    }
+                    VmEvent::Migration { status } => report
+                        .notes
+                        .push(format!("t+{} ms: MIGRATION {status:?}", ms(t0.elapsed()))),
+                    VmEvent::MigrationPass { pass } => report
+                        .notes
+                        .push(format!("t+{} ms: MIGRATION_PASS {pass}", ms(t0.elapsed()))),
+                    _ => {}
+                }
             }
-            MigrationStatus::PostcopyPaused | MigrationStatus::PostcopyRecoverSetup => {
-                report.error = Some(
+            let info = match vm.query_migrate().await {
+                Ok(i) => {
+                    query_failures = 0;
+                    i
+                }
+                Err(e) => {
+                    query_failures += 1;
+                    if vm.client().is_closed() || t0.elapsed() > hard_stop * 2 {
+                        report.error = Some(format!("query-migrate on the source: {e}"));
+                        break None;
+                    }
+                    if query_failures == 1 {
+                        report.notes.push(format!(
+                            "t+{} ms: query-migrate failed ({e}); still watching",
+                            ms(t0.elapsed())
+                        ));
+                    }
+                    continue;
+                }
+            };
+            let elapsed = t0.elapsed();
+            if let Some(t) = info.cpu_throttle_percent {
+                report.max_cpu_throttle = report.max_cpu_throttle.max(Some(t));
+            }
+            if info.ram.is_some() {
+                last_ram.clone_from(&info.ram);
+            }
+            match info.status {
+                MigrationStatus::Completed
+                | MigrationStatus::Failed
+                | MigrationStatus::Cancelled => {
+                    break Some(info);
+                }
+                MigrationStatus::PostcopyPaused | MigrationStatus::PostcopyRecoverSetup => {
+                    report.error = Some(
                     "post-copy paused: the link or the destination failed after the switch; the \
                      guest is paused until `migrate-recover`/`migrate --resume`"
                         .into(),
                 );
-                break Some(info);
+                    break Some(info);
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        if elapsed > hard_stop {
-            let precopy = matches!(
-                info.status,
-                MigrationStatus::Setup | MigrationStatus::Active | MigrationStatus::PreSwitchover
-            );
-            if precopy && !cancelled_by_us {
-                cancelled_by_us = true;
-                report.switches.push(Switch {
+            if elapsed > hard_stop {
+                let precopy = matches!(
+                    info.status,
+                    MigrationStatus::Setup
+                        | MigrationStatus::Active
+                        | MigrationStatus::PreSwitchover
+                );
+                if precopy && !cancelled_by_us {
+                    cancelled_by_us = true;
+                    report.switches.push(Switch {
                     at_ms: ms(elapsed),
                     action: "migrate_cancel".into(),
                     reason: format!(
@@ -617,134 +675,152 @@ pub async fn migrate_vm(
                         info.status
                     ),
                 });
-                if let Err(e) = vm.migrate_cancel().await {
-                    report.error = Some(format!("migrate_cancel: {e}"));
+                    if let Err(e) = vm.migrate_cancel().await {
+                        report.error = Some(format!("migrate_cancel: {e}"));
+                    }
+                    continue;
                 }
+                if elapsed > hard_stop * 2 {
+                    report.error = Some(format!(
+                        "still {:?} after {elapsed:?}; giving up watching (QEMU goes on)",
+                        info.status
+                    ));
+                    break Some(info);
+                }
+            }
+            if switched || cancelled_by_us || info.status != MigrationStatus::Active {
                 continue;
             }
-            if elapsed > hard_stop * 2 {
-                report.error = Some(format!(
-                    "still {:?} after {elapsed:?}; giving up watching (QEMU goes on)",
-                    info.status
-                ));
-                break Some(info);
-            }
-        }
-        if switched || cancelled_by_us || info.status != MigrationStatus::Active {
-            continue;
-        }
-        let Some(ram) = &info.ram else { continue };
-        let page = ram.page_size.unwrap_or(Bytes(4096));
-        let live = LiveStats {
-            elapsed: Millis(ms(elapsed)),
-            transferred: ram.transferred,
-            remaining: ram.remaining,
-            dirty_rate: Bytes(ram.dirty_pages_per_sec.saturating_mul(page.0)),
-            bandwidth: (ram.mbps > 0.0).then(|| Bytes::from_f64(ram.mbps * 1e6 / 8.0)),
-            dirty_sync_count: ram.dirty_sync_count,
-        };
-        let r = replan(&inputs, strategy, allowed, &live);
-        if ram.dirty_sync_count != last_sync {
-            last_sync = ram.dirty_sync_count;
-            report.pass_log.push(PassLine {
-                at_ms: live.elapsed.0,
+            let Some(ram) = &info.ram else { continue };
+            let page = ram.page_size.unwrap_or(Bytes(4096));
+            let live = LiveStats {
+                elapsed: Millis(ms(elapsed)),
+                transferred: ram.transferred,
+                remaining: ram.remaining,
+                dirty_rate: Bytes(ram.dirty_pages_per_sec.saturating_mul(page.0)),
+                bandwidth: (ram.mbps > 0.0).then(|| Bytes::from_f64(ram.mbps * 1e6 / 8.0)),
                 dirty_sync_count: ram.dirty_sync_count,
-                transferred: ram.transferred.0,
-                remaining: ram.remaining.0,
-                dirty_rate: live.dirty_rate.0,
-                mbps: ram.mbps,
-                step: r.step,
-                reason: r.reason.clone(),
-            });
-        }
-        match r.step {
-            Step::Continue => {}
-            Step::SwitchToPostcopy => match destination_healthy(dest.as_ref()).await {
-                Ok(()) => match vm.migrate_start_postcopy().await {
-                    Ok(()) => {
-                        switched = true;
-                        report.switches.push(Switch {
-                            at_ms: ms(t0.elapsed()),
-                            action: "migrate-start-postcopy".into(),
-                            reason: r.reason,
-                        });
-                    }
-                    Err(e) => {
+            };
+            let r = replan(&inputs, strategy, allowed, &live);
+            if ram.dirty_sync_count != last_sync {
+                last_sync = ram.dirty_sync_count;
+                report.pass_log.push(PassLine {
+                    at_ms: live.elapsed.0,
+                    dirty_sync_count: ram.dirty_sync_count,
+                    transferred: ram.transferred.0,
+                    remaining: ram.remaining.0,
+                    dirty_rate: live.dirty_rate.0,
+                    mbps: ram.mbps,
+                    step: r.step,
+                    reason: r.reason.clone(),
+                });
+            }
+            match r.step {
+                Step::Continue => {}
+                Step::SwitchToPostcopy => match destination_healthy(dest.as_ref()).await {
+                    Ok(()) => match vm.migrate_start_postcopy().await {
+                        Ok(()) => {
+                            switched = true;
+                            report.switches.push(Switch {
+                                at_ms: ms(t0.elapsed()),
+                                action: "migrate-start-postcopy".into(),
+                                reason: r.reason,
+                            });
+                        }
+                        Err(e) => {
+                            allowed.postcopy = false;
+                            report.notes.push(format!(
+                                "migrate-start-postcopy failed ({e}): pre-copy only"
+                            ));
+                        }
+                    },
+                    Err(why) => {
                         allowed.postcopy = false;
                         report.notes.push(format!(
-                            "migrate-start-postcopy failed ({e}): pre-copy only"
+                            "t+{} ms: wanted post-copy ({}) but {why}: not switching",
+                            live.elapsed.0, r.reason
                         ));
                     }
                 },
-                Err(why) => {
-                    allowed.postcopy = false;
-                    report.notes.push(format!(
-                        "t+{} ms: wanted post-copy ({}) but {why}: not switching",
-                        live.elapsed.0, r.reason
-                    ));
+                Step::Cancel => {
+                    cancelled_by_us = true;
+                    report.switches.push(Switch {
+                        at_ms: live.elapsed.0,
+                        action: "migrate_cancel".into(),
+                        reason: r.reason,
+                    });
+                    if let Err(e) = vm.migrate_cancel().await {
+                        report.error = Some(format!("migrate_cancel: {e}"));
+                    }
                 }
-            },
-            Step::Cancel => {
-                cancelled_by_us = true;
-                report.switches.push(Switch {
-                    at_ms: live.elapsed.0,
-                    action: "migrate_cancel".into(),
-                    reason: r.reason,
-                });
-                if let Err(e) = vm.migrate_cancel().await {
-                    report.error = Some(format!("migrate_cancel: {e}"));
+            }
+        };
+        report.wall_time_ms = ms(t0.elapsed());
+
+        if let Some(info) = &final_info {
+            report.completed = info.status == MigrationStatus::Completed && report.error.is_none();
+            report.outcome = match &info.status {
+                MigrationStatus::Completed => "completed".into(),
+                MigrationStatus::Cancelled if cancelled_by_us => "cancelled at the budget".into(),
+                other => format!("{other:?}").to_lowercase(),
+            };
+            report.total_time_ms = info
+                .total_time_ms
+                .filter(|t| *t > 0)
+                .or(Some(report.wall_time_ms));
+            report.downtime_ms = info.downtime_ms;
+            // A cancelled migration's reply has no `ram`: keep what was last seen.
+            let ram = info.ram.as_ref().or(last_ram.as_ref());
+            report.bytes_sent = ram.map(|r| r.transferred.0);
+            report.passes = ram.map(|r| r.dirty_sync_count);
+            if let Some(e) = &info.error_desc {
+                report.error.get_or_insert_with(|| e.clone());
+            }
+        } else {
+            report.outcome = "unknown".into();
+        }
+        if info_is_completed(&final_info)
+            && let Some(d) = &dest
+        {
+            // The destination reports the post-copy blocktime once it has finished.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match d.query_migrate().await {
+                    Ok(i) if i.status == MigrationStatus::Completed => {
+                        if switched {
+                            report.postcopy_blocktime_ms = i.postcopy_blocktime_ms;
+                        }
+                        break;
+                    }
+                    Ok(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+                    _ => break,
                 }
+            }
+            report.paused_ms = pause_ms(stopped_at, d);
+            report.destination_status = d
+                .query_status()
+                .await
+                .ok()
+                .map(|st| format!("{:?}", st.status).to_lowercase());
+        }
+        Ok(report)
+    }
+    .await;
+    let mut report = match devices {
+        None => result?,
+        Some(mut devices) => {
+            s.handoff
+                .replug_after(vm, dest.as_ref(), &mut devices)
+                .await;
+            match result {
+                Ok(mut report) => {
+                    report.devices = Some(devices);
+                    report
+                }
+                Err(e) => anyhow::bail!("{e:#}; {}", replug_summary(&devices)),
             }
         }
     };
-    report.wall_time_ms = ms(t0.elapsed());
-
-    if let Some(info) = &final_info {
-        report.completed = info.status == MigrationStatus::Completed && report.error.is_none();
-        report.outcome = match &info.status {
-            MigrationStatus::Completed => "completed".into(),
-            MigrationStatus::Cancelled if cancelled_by_us => "cancelled at the budget".into(),
-            other => format!("{other:?}").to_lowercase(),
-        };
-        report.total_time_ms = info
-            .total_time_ms
-            .filter(|t| *t > 0)
-            .or(Some(report.wall_time_ms));
-        report.downtime_ms = info.downtime_ms;
-        // A cancelled migration's reply has no `ram`: keep what was last seen.
-        let ram = info.ram.as_ref().or(last_ram.as_ref());
-        report.bytes_sent = ram.map(|r| r.transferred.0);
-        report.passes = ram.map(|r| r.dirty_sync_count);
-        if let Some(e) = &info.error_desc {
-            report.error.get_or_insert_with(|| e.clone());
-        }
-    } else {
-        report.outcome = "unknown".into();
-    }
-    if info_is_completed(&final_info)
-        && let Some(d) = &dest
-    {
-        // The destination reports the post-copy blocktime once it has finished.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match d.query_migrate().await {
-                Ok(i) if i.status == MigrationStatus::Completed => {
-                    if switched {
-                        report.postcopy_blocktime_ms = i.postcopy_blocktime_ms;
-                    }
-                    break;
-                }
-                Ok(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
-                _ => break,
-            }
-        }
-        report.paused_ms = pause_ms(stopped_at, d);
-        report.destination_status = d
-            .query_status()
-            .await
-            .ok()
-            .map(|st| format!("{:?}", st.status).to_lowercase());
-    }
     if report.completed
         && s.quit_source
         && let Err(e) = vm.client().execute("quit", None).await
@@ -752,6 +828,19 @@ pub async fn migrate_vm(
         report.notes.push(format!("quit on the source: {e}"));
     }
     Ok(report)
+}
+
+/// One line on where the handed-off devices went back, for errors.
+fn replug_summary(r: &HandoffReport) -> String {
+    let mut out = match &r.replugged_on {
+        None => "not plugged back".to_string(),
+        Some(side) if r.replugged.is_empty() => format!("nothing plugged back on the {side}"),
+        Some(side) => format!("plugged back on the {side}: {}", r.replugged.join(", ")),
+    };
+    if !r.replug_errors.is_empty() {
+        out.push_str(&format!("; refused: {}", r.replug_errors.join("; ")));
+    }
+    out
 }
 
 /// What the guest holds that is not zero, for the first pass's size: at most the resident
@@ -895,6 +984,15 @@ fn text(r: &Report) -> String {
     if let Some(st) = &r.destination_status {
         let _ = writeln!(o, "destination: {st}");
     }
+    if let Some(d) = &r.devices {
+        let _ = writeln!(
+            o,
+            "devices: unplugged {} in {}; {}",
+            d.unplugged.join(", "),
+            opt_ms(d.unplug_ms),
+            replug_summary(d)
+        );
+    }
     if let Some(e) = &r.error {
         let _ = writeln!(o, "error: {e}");
     }
@@ -949,5 +1047,41 @@ mod tests {
         .expect("parses");
         assert_eq!(s.forced, Some(Strategy::AutoConverge));
         assert_eq!(s.bandwidth, Bytes::mib(32));
+    }
+
+    #[test]
+    fn devices_to_hand_off_are_checked_before_anything_is_unplugged() {
+        let step = r#"{"execute": "device_add", "arguments": {"driver": "nvme", "id": "nv0"}}"#;
+        for (bad, says) in [
+            (&["--replug", step][..], "give the devices to unplug"),
+            (&["--unplug", "../balloon0"], "not a QEMU device id"),
+            (
+                &["--unplug", "nv0", "--replug", "device_add nv0"],
+                "#1: not JSON",
+            ),
+            (
+                &[
+                    "--unplug",
+                    "nv0",
+                    "--replug",
+                    step,
+                    "--replug",
+                    r#"{"execute": "quit", "arguments": {}}"#,
+                ],
+                "#2: `quit` is not a plug command",
+            ),
+        ] {
+            let e = parse_settings(&args(bad)).expect_err("refused").0;
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        let s = parse_settings(&args(&["--unplug", "nv0", "--replug", step])).expect("parses");
+        assert_eq!(s.handoff.unplug, vec!["nv0".to_string()]);
+        assert_eq!(s.handoff.replug.len(), 1);
+        assert!(
+            parse_settings(&args(&[]))
+                .expect("parses")
+                .handoff
+                .is_empty()
+        );
     }
 }

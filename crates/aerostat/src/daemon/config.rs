@@ -7,10 +7,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use aerostat_core::{Bytes, Millis, PolicyKind, VmClass};
+use aerostat_qemu::backend::{PlugCommand, is_qemu_id};
 use aerostat_sim::input::shorten_quoted;
 use aerostat_sim::input::table::{table, tables_by_name};
 use aerostat_sim::scenario::Rate;
 use serde::Deserialize;
+
+use crate::cmd::migrate::Handoff;
 
 /// A bad config file.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +140,10 @@ struct RawVm {
     swap: Option<String>,
     #[serde(default)]
     migratable: Option<bool>,
+    #[serde(default)]
+    unplug_for_migration: Option<Vec<String>>,
+    #[serde(default)]
+    replug_after_migration: Option<Vec<serde_json::Value>>,
 }
 
 /// Validated configuration.
@@ -202,6 +209,10 @@ pub struct VmSettings {
     /// default): unless QEMU shows it a VFIO device, which QEMU refuses to migrate unless the
     /// device supports it.
     pub migratable: Option<bool>,
+    /// Devices QEMU will not migrate, unplugged before an escape moves the guest and plugged
+    /// back after it (`unplug_for_migration`, `replug_after_migration`; docs/migration.md,
+    /// "Devices QEMU will not migrate").
+    pub handoff: Handoff,
 }
 
 impl Config {
@@ -301,6 +312,7 @@ impl Config {
             headroom: None,
             swap: None,
             migratable: None,
+            handoff: Handoff::default(),
         };
         let settle =
             |key: &str, raw: &RawVm, base: &VmSettings| -> Result<VmSettings, ConfigError> {
@@ -328,6 +340,7 @@ impl Config {
                         None => base.swap,
                     },
                     migratable: raw.migratable.or(base.migratable),
+                    handoff: handoff(key, raw, &base.handoff).map_err(invalid)?,
                 })
             };
         let defaults = settle("vm_defaults", &raw.vm_defaults, &base)?;
@@ -468,6 +481,41 @@ impl Config {
     }
 }
 
+/// A VM's `unplug_for_migration` and `replug_after_migration`, each inherited on its own from
+/// `base` when unset. The error is a message starting with the key, for `invalid`.
+fn handoff(key: &str, raw: &RawVm, base: &Handoff) -> Result<Handoff, String> {
+    let unplug = match &raw.unplug_for_migration {
+        None => base.unplug.clone(),
+        Some(ids) => {
+            if let Some(bad) = ids.iter().find(|id| !is_qemu_id(id)) {
+                return Err(format!(
+                    "`{key}.unplug_for_migration`: `{bad}` is not a QEMU device id (a letter, \
+                     then letters, digits, `-`, `.`, `_`)"
+                ));
+            }
+            ids.clone()
+        }
+    };
+    let replug = match &raw.replug_after_migration {
+        None => base.replug.clone(),
+        Some(steps) => steps
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                PlugCommand::from_value(v)
+                    .map_err(|e| format!("`{key}.replug_after_migration` step {}: {e}", i + 1))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if unplug.is_empty() && !replug.is_empty() {
+        return Err(format!(
+            "`{key}.replug_after_migration`: plugs back what `unplug_for_migration` takes, \
+             and that is empty"
+        ));
+    }
+    Ok(Handoff { unplug, replug })
+}
+
 /// The line (1-based) where dotted `key` (`host.reserve`, `vm.db.min`) is set: the `key =` line
 /// under its `[table]` header.
 fn key_line(text: &str, key: &str) -> Option<usize> {
@@ -540,6 +588,52 @@ mod tests {
     const EXAMPLE: &str = include_str!("../../../../docs/examples/aerostat.toml");
 
     #[test]
+    fn devices_to_unplug_for_a_migration_are_checked_where_they_are_written() {
+        let with =
+            |vm: &str| format!("[host]\nreserve = \"1GiB\"\n[qemu]\nqmp_glob = \"/x/*.qmp\"\n{vm}");
+        let parse = |vm: &str| Config::parse(&with(vm), Path::new("a.toml"));
+        let ok = parse(
+            "[vm_defaults]\nunplug_for_migration = [\"vf0\"]\n[vm.a]\nreplug_after_migration = [{ execute = \"device_add\", arguments = { driver = \"vfio-pci\", id = \"vf0\" } }]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            ok.vm("a").handoff.unplug,
+            vec!["vf0".to_string()],
+            "inherited"
+        );
+        assert_eq!(ok.vm("a").handoff.replug.len(), 1);
+        assert!(ok.vm("b").handoff.replug.is_empty());
+        for (vm, line, says) in [
+            (
+                "[vm.a]\nunplug_for_migration = [\"a/../b\"]\n",
+                6,
+                "`vm.a.unplug_for_migration`: `a/../b` is not a QEMU device id",
+            ),
+            (
+                "[vm.a]\nunplug_for_migration = [\"vf0\"]\nreplug_after_migration = [{ execute = \"quit\", arguments = {} }]\n",
+                7,
+                "`vm.a.replug_after_migration` step 1: `quit` is not a plug command",
+            ),
+            (
+                "[vm.a]\nreplug_after_migration = [{ execute = \"device_add\", arguments = {} }]\n",
+                6,
+                "that is empty",
+            ),
+            (
+                "[vm.a]\nunplug_for_migration = \"vf0\"\n",
+                6,
+                "unplug_for_migration",
+            ),
+        ] {
+            let e = parse(vm).expect_err("refused").to_string();
+            assert!(
+                e.contains(says) && e.contains(&format!("line {line}")),
+                "{vm}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn documented_example_parses() {
         let c = Config::parse(EXAMPLE, Path::new("aerostat.toml")).expect("example is valid");
         assert_eq!(c.reserve, Bytes::mib(512));
@@ -551,6 +645,9 @@ mod tests {
         assert_eq!(c.vm("build").swap, Some(Bytes::gib(2)));
         assert_eq!(c.vm("db").swap, None);
         assert_eq!(c.vm("gpu").migratable, Some(false));
+        assert_eq!(c.vm("nic").handoff.unplug, vec!["vf0".to_string()]);
+        assert_eq!(c.vm("nic").handoff.replug[0].names(), "device_add vf0");
+        assert!(c.vm("db").handoff.is_empty());
         assert_eq!(
             c.vm("db").migratable,
             None,

@@ -22,9 +22,9 @@ use aerostat_qemu::backend::{DirtyRateStatus, MigrationStatus};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use super::config::EscapeConfig;
+use super::config::{Config, EscapeConfig};
 use super::vms::VmRegistry;
-use crate::cmd::migrate::{Destination, Report, Settings, migrate_vm};
+use crate::cmd::migrate::{Destination, Handoff, HandoffReport, Report, Settings, migrate_vm};
 
 /// `calc-dirty-rate` window for the candidates, seconds.
 const DIRTY_PROBE_SECS: u32 = 1;
@@ -56,11 +56,20 @@ pub struct EscapeRunner {
     departed: BTreeSet<String>,
     /// Guests whose escape failed, and when.
     failed_at: BTreeMap<String, Millis>,
+    /// Devices to unplug around each guest's migration: by VM name, else `[vm_defaults]`'s.
+    handoffs: BTreeMap<String, Handoff>,
+    default_handoff: Handoff,
 }
 
 impl EscapeRunner {
-    pub fn new(config: EscapeConfig) -> EscapeRunner {
+    pub fn new(config: EscapeConfig, vms: &Config) -> EscapeRunner {
         EscapeRunner {
+            handoffs: vms
+                .vms
+                .iter()
+                .map(|(name, s)| (name.clone(), s.handoff.clone()))
+                .collect(),
+            default_handoff: vms.defaults.handoff.clone(),
             config,
             watch: PressureWatch::default(),
             timer: EscapeTimer::default(),
@@ -70,6 +79,10 @@ impl EscapeRunner {
             departed: BTreeSet::new(),
             failed_at: BTreeMap::new(),
         }
+    }
+
+    fn handoff_of(&self, vm: &str) -> &Handoff {
+        self.handoffs.get(vm).unwrap_or(&self.default_handoff)
     }
 
     /// The guest is on its way out (or gone): the controller must leave its balloon alone,
@@ -209,6 +222,7 @@ impl EscapeRunner {
                 forced: None,
                 measure_secs: DIRTY_PROBE_SECS,
                 quit_source: true,
+                handoff: self.handoff_of(&vm).clone(),
             },
         };
         self.running = Some(Running {
@@ -243,6 +257,24 @@ impl EscapeRunner {
             }
             Err(e) => tracing::warn!(vm = %r.vm, error = %e, "shutting down during an escape"),
         }
+        // The aborted task may have unplugged devices: plug them back where the guest runs
+        // once QEMU has finished cancelling (it refuses hot-plug while a migration runs).
+        let handoff = self.handoff_of(&r.vm);
+        if handoff.is_empty() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline
+            && qemu
+                .query_migrate()
+                .await
+                .is_ok_and(|i| !i.status.is_finished() && i.status != MigrationStatus::None)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut report = HandoffReport::default();
+        handoff.replug_after(&qemu, None, &mut report).await;
+        tracing::warn!(vm = %r.vm, on = ?report.replugged_on, replugged = ?report.replugged, errors = ?report.replug_errors, "shutting down during an escape: devices plugged back");
     }
 
     /// The line for an escape that has just finished.
@@ -302,6 +334,7 @@ impl EscapeRunner {
                     "paused_ms": report.paused_ms,
                     "bytes_sent": report.bytes_sent,
                     "switches": report.switches.iter().map(|s| &s.reason).collect::<Vec<_>>(),
+                    "devices": report.devices,
                     "error": report.error,
                 })
             }

@@ -189,7 +189,7 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
     );
 
     let mut registry = VmRegistry::new(&config);
-    let mut escape = config.escape.clone().map(EscapeRunner::new);
+    let mut escape = config.escape.clone().map(|e| EscapeRunner::new(e, &config));
     let mut ksm = config.ksm.as_ref().map(ksm::KsmRunner::new);
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut ticker = tokio::time::interval(Duration::from_millis(config.interval.0));

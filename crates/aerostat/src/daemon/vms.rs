@@ -377,7 +377,11 @@ impl VmRegistry {
                     s.guest_swap = settings.swap;
                     // What QEMU says blocks a migration makes the guest unmovable, unless
                     // the operator says otherwise.
-                    s.migratable = settings.migratable.unwrap_or(conn.blockers.is_empty());
+                    // Devices the escape unplugs first take their blockers with them; a blocker left
+                    // after the unplug stops that migration before it starts.
+                    s.migratable = settings
+                        .migratable
+                        .unwrap_or(conn.blockers.is_empty() || !settings.handoff.unplug.is_empty());
                     s.coldness = conn.coldness;
                     s.deflate_on_oom = conn.deflate_on_oom;
                     s.blocks = (!conn.devices.is_empty()).then(|| conn.blocks());

@@ -236,6 +236,8 @@ pub struct VmSpec {
     /// NUMA nodes (at least 1): with more than one, node 0 holds the boot memory and the vCPU,
     /// and each node gets its own virtio-mem device (`vm<node>`) of `virtio_mem`'s size.
     pub numa_nodes: u32,
+    /// More QEMU arguments, last on the command line (devices a test needs).
+    pub extra_args: Vec<String>,
 }
 
 /// Where a guest's swap disk comes from.
@@ -263,7 +265,14 @@ impl VmSpec {
             virtio_mem: None,
             virtio_mem_block_mib: None,
             numa_nodes: 1,
+            extra_args: Vec::new(),
         }
+    }
+
+    /// More QEMU arguments (`-device …`), after everything else.
+    pub fn qemu_args(mut self, args: &[&str]) -> VmSpec {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
     }
 
     /// A virtio-mem device on each of `nodes` NUMA nodes.
@@ -444,6 +453,7 @@ impl TestVm {
                 ))
                 .args(["-device", "virtio-blk-pci,drive=swap0"]);
         }
+        cmd.args(&spec.extra_args);
         if let Some(uri) = &spec.incoming {
             cmd.args(["-incoming", uri]);
         }

@@ -347,7 +347,8 @@ async fn a_deflate_goes_before_the_unplug() {
 }
 
 /// A guest QEMU says it would refuse to migrate is unmovable for the escape unless the operator
-/// says otherwise; the operator's word wins either way, and the blockers are read every tick.
+/// says otherwise (or has the escape unplug the device first); the operator's word wins either
+/// way, and the blockers are read every tick.
 #[tokio::test]
 async fn a_migration_blocker_makes_a_guest_unmovable_unless_the_config_says_otherwise() {
     const VFIO: &str = "VFIO device doesn't support migration";
@@ -356,6 +357,13 @@ async fn a_migration_blocker_makes_a_guest_unmovable_unless_the_config_says_othe
         (true, "", false),
         (true, "migratable = true", true),
         (false, "migratable = false", false),
+        // The escape unplugs the device first: its blocker goes with it.
+        (true, "unplug_for_migration = [\"vf0\"]", true),
+        (
+            true,
+            "unplug_for_migration = [\"vf0\"]\nmigratable = false",
+            false,
+        ),
     ] {
         let mut guest = Guest::new(512, 512);
         if blocked {
