@@ -45,10 +45,22 @@ fn qmp_dir() -> tempfile::TempDir {
 
 /// A destination for `src`: same command line plus `-incoming`.
 fn destination(files: &GuestFiles, src: &TestVm, dir: &Path, n: u32) -> (TestVm, u16) {
+    destination_with(files, src, dir, n, &[])
+}
+
+/// A destination for `src` with more QEMU arguments (what the source's devices need there).
+fn destination_with(
+    files: &GuestFiles,
+    src: &TestVm,
+    dir: &Path,
+    n: u32,
+    args: &[&str],
+) -> (TestVm, u16) {
     let port = free_port();
     let spec = VmSpec::new(&format!("{}-dst{n}", src.name), src.mem_mib)
         .daemon_dir(dir)
         .swap_disk_of(src)
+        .qemu_args(args)
         .incoming(&format!("tcp:127.0.0.1:{port}"));
     let dst = TestVm::spawn(files, &spec);
     let qmp = dst.qmp.clone();
@@ -693,6 +705,16 @@ struct EscapeHost {
 impl EscapeHost {
     /// `None` after a `SKIP:` line when QEMU, the guest or a cgroup is missing.
     fn start(test: &str, swap_mib: Option<u64>) -> Option<EscapeHost> {
+        EscapeHost::start_with(test, swap_mib, &[], &[])
+    }
+
+    /// With more QEMU arguments for `b`, and for `b`'s destination.
+    fn start_with(
+        test: &str,
+        swap_mib: Option<u64>,
+        b_args: &[&str],
+        b_dest_args: &[&str],
+    ) -> Option<EscapeHost> {
         let files = prerequisites(test)?;
         let cg = TestCgroup::create(test, aerostat_core::Bytes::mib(1024))?;
         let work = tempfile::tempdir().expect("work dir");
@@ -705,7 +727,8 @@ impl EscapeHost {
             .map(|n| {
                 let spec = VmSpec::new(n, 512)
                     .daemon_dir(&qmp_dir)
-                    .in_cgroup(cg.path());
+                    .in_cgroup(cg.path())
+                    .qemu_args(if *n == "b" { b_args } else { &[] });
                 match swap_mib {
                     Some(mib) => spec.swap_disk(mib),
                     None => spec,
@@ -718,7 +741,7 @@ impl EscapeHost {
                 vm.run_ok("mkswap /dev/vda >/dev/null && swapon /dev/vda");
             }
         }
-        let dests = escape_destinations(&files, &vms, work.path(), &dest_dir);
+        let dests = escape_destinations(&files, &vms, work.path(), &dest_dir, b_dest_args);
         Some(EscapeHost {
             cg,
             work,
@@ -735,10 +758,12 @@ fn escape_destinations(
     vms: &[TestVm],
     work: &Path,
     dest_dir: &Path,
+    b_dest_args: &[&str],
 ) -> Vec<TestVm> {
     let mut dests = Vec::new();
     for vm in vms {
-        let (dst, port) = destination(files, vm, dest_dir, 1);
+        let args = if vm.name == "b" { b_dest_args } else { &[] };
+        let (dst, port) = destination_with(files, vm, dest_dir, 1, args);
         std::fs::write(
             work.join(format!("{}.dest", vm.name)),
             format!(
@@ -953,6 +978,77 @@ fn daemon_escape_moves_a_guest_away_when_the_working_sets_no_longer_fit() {
     assert_guest_alive(&vms[0], true);
     vms[0].assert_no_oom_kill();
     dests[1].assert_no_oom_kill();
+    assert_eq!(cg.host().sample().expect("cgroup").oom_kills, Some(0));
+    daemon.terminate(Duration::from_secs(5));
+    vms[0].kill();
+    for d in &mut dests {
+        d.kill();
+    }
+}
+
+/// The escape with a guest QEMU will not migrate (an NVMe controller in `b`): without a word
+/// in the config the escape leaves `b` and would move `a`; with `unplug_for_migration` it
+/// unplugs the controller, moves `b` (the lower priority) and plugs the controller into `b`'s
+/// destination.
+#[test]
+fn daemon_escape_unplugs_a_device_qemu_will_not_migrate_and_plugs_it_in_on_the_destination() {
+    let _serial = serial_lock();
+    let img_dir = tempfile::tempdir().expect("image dir");
+    let img = nvme_image(img_dir.path());
+    let backend = nvme_backend(&img);
+    let mut b_args = backend.clone();
+    b_args.extend([
+        "-device".to_string(),
+        "nvme,serial=aero1,drive=nvd,id=nv0".to_string(),
+    ]);
+    let b_args: Vec<&str> = b_args.iter().map(String::as_str).collect();
+    let dest_args: Vec<&str> = backend.iter().map(String::as_str).collect();
+    let Some(EscapeHost {
+        cg,
+        work,
+        mut vms,
+        mut dests,
+    }) = EscapeHost::start_with("escape_handoff", None, &b_args, &dest_args)
+    else {
+        return;
+    };
+    assert!(guest_sees_nvme(&vms[1]));
+    let config = escape_config(work.path(), cg.path(), "448MiB");
+
+    // Without the handoff: b cannot move, so the escape would move a.
+    let mut dry = Daemon::start_with(work.path(), 1, &config, &["--dry-run"]);
+    wait_until(Duration::from_secs(60), "a dry-run escape line", || {
+        !escape_lines(&dry, "escape").is_empty()
+    });
+    let line = escape_lines(&dry, "escape").remove(0);
+    println!("dry run without the handoff: {line:#}");
+    assert_eq!(line["guest"], "a", "{line:#}");
+    let reason = line["reason"].as_str().expect("reason");
+    assert!(reason.contains("b cannot migrate"), "{reason}");
+    dry.terminate(Duration::from_secs(5));
+
+    let config = format!(
+        "{config}[vm.b]\nunplug_for_migration = [\"nv0\"]\nreplug_after_migration = [\n  \
+         {{ execute = \"device_add\", arguments = {{ driver = \"nvme\", serial = \"aero1\", \
+         drive = \"nvd\", id = \"nv0\" }} }},\n]\n"
+    );
+    let t0 = Instant::now();
+    let mut daemon = Daemon::start(work.path(), 2, &config);
+    let (chosen, done) = wait_for_escape(&daemon, t0, Duration::from_secs(180));
+    assert_eq!(chosen["guest"], "b", "{chosen:#}");
+    assert_eq!(done["completed"], true, "{done:#}");
+    let d = &done["devices"];
+    assert_eq!(d["unplugged"], serde_json::json!(["nv0"]), "{done:#}");
+    assert_eq!(d["replugged_on"], "destination", "{done:#}");
+    assert_eq!(d["replug_errors"], serde_json::json!([]), "{done:#}");
+    assert_b_moved(&mut vms, &dests, false);
+    assert!(has_device(&dests[1], "nv0"));
+    wait_until(
+        Duration::from_secs(30),
+        "b's destination guest to see the NVMe controller",
+        || guest_sees_nvme(&dests[1]),
+    );
+    assert_eq!(run_state(&vms[0]), "running");
     assert_eq!(cg.host().sample().expect("cgroup").oom_kills, Some(0));
     daemon.terminate(Duration::from_secs(5));
     vms[0].kill();
