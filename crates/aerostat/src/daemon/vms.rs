@@ -32,6 +32,9 @@ pub struct VmConn {
     /// devices, ivshmem in peer mode, ...), read every tick: while there are any the guest is
     /// unmovable for the escape, unless `vm.NAME.migratable` says otherwise.
     pub(crate) blockers: Vec<String>,
+    /// Whether `blockers` was ever read: until QEMU has said, the guest is unmovable too (a
+    /// migration it cannot even be asked about would cost the escape a grace period).
+    blockers_read: bool,
     /// The virtio-mem devices aerostat resizes (those with an `id=`), found at adoption, with
     /// the sizes of the last sample. A target above boot memory is theirs
     /// (`aerostat_core::resize`).
@@ -242,6 +245,7 @@ impl VmRegistry {
             configured,
             has_balloon,
             blockers: Vec::new(),
+            blockers_read: false,
             devices,
             balloon_after_devices: None,
             devices_moved_at: adopted_at,
@@ -379,9 +383,10 @@ impl VmRegistry {
                     // the operator says otherwise.
                     // Devices the escape unplugs first take their blockers with them; a blocker left
                     // after the unplug stops that migration before it starts.
-                    s.migratable = settings
-                        .migratable
-                        .unwrap_or(conn.blockers.is_empty() || !settings.handoff.unplug.is_empty());
+                    s.migratable = settings.migratable.unwrap_or(
+                        !settings.handoff.unplug.is_empty()
+                            || (conn.blockers_read && conn.blockers.is_empty()),
+                    );
                     s.coldness = conn.coldness;
                     s.deflate_on_oom = conn.deflate_on_oom;
                     s.blocks = (!conn.devices.is_empty()).then(|| conn.blocks());
@@ -706,6 +711,7 @@ impl VmConn {
 
     /// Takes QEMU's migration blockers of this tick, logging when they change.
     fn note_blockers(&mut self, vm: &str, blockers: Vec<String>) {
+        self.blockers_read = true;
         if blockers == self.blockers {
             return;
         }

@@ -33,6 +33,8 @@ struct Guest {
     devices_unreadable: bool,
     /// What `query-migrate` says blocks a migration (`blocked-reasons`); empty: nothing.
     blockers: Vec<&'static str>,
+    /// Whether `query-migrate` fails.
+    migrate_unreadable: bool,
 }
 
 impl Guest {
@@ -45,6 +47,7 @@ impl Guest {
             refuses_resize: false,
             devices_unreadable: false,
             blockers: Vec::new(),
+            migrate_unreadable: false,
         }
     }
 }
@@ -58,6 +61,9 @@ fn answer(guest: &mut Guest, cmd: &Value) -> Vec<Out> {
             {"name": "vm0", "type": "child<virtio-mem-pci>"},
         ]),
         // QEMU 10 before any migration: `{}`, or the reasons it would refuse one.
+        "query-migrate" if guest.migrate_unreadable => {
+            return vec![err(cmd, "GenericError", "not now")];
+        }
         "query-migrate" if guest.blockers.is_empty() => json!({}),
         "query-migrate" => json!({"blocked-reasons": guest.blockers}),
         "qom-list" => json!([]),
@@ -382,6 +388,21 @@ async fn a_migration_blocker_makes_a_guest_unmovable_unless_the_config_says_othe
         let conn = rig.registry.get(VM).expect("adopted");
         assert_eq!(conn.blockers.is_empty(), !blocked);
     }
+    // Blockers never read are not "none": unmovable until QEMU has said.
+    let mut guest = Guest::new(512, 512);
+    guest.migrate_unreadable = true;
+    let mut rig = Rig::adopt(guest).await;
+    let vms = rig
+        .registry
+        .observe(&rig.config, &rig.metrics, Millis::secs(3))
+        .await;
+    assert!(!vms[0].sample.migratable);
+    rig.guest.lock().expect("guest").migrate_unreadable = false;
+    let vms = rig
+        .registry
+        .observe(&rig.config, &rig.metrics, Millis::secs(4))
+        .await;
+    assert!(vms[0].sample.migratable);
     // A blocker that goes away (a device unplugged) frees the guest at the next reading.
     let mut guest = Guest::new(512, 512);
     guest.blockers = vec![VFIO];
