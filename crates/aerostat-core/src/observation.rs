@@ -174,6 +174,12 @@ pub struct VmSample {
     /// the guest's own.
     #[serde(default)]
     pub host_swapped: Option<Bytes>,
+    /// Host-measured: bytes QEMU has read for the guest from the disk the operator declares
+    /// it swaps on (`query-blockstats` `rd_bytes`, cumulative), when declared and found. The
+    /// guest's swap-ins seen from the host; read by [`crate::swapping`] only, where it
+    /// outranks the guest's own report.
+    #[serde(default)]
+    pub swap_disk_read: Option<Bytes>,
     /// The guest's swap as the operator declares it (its image's swap device or file).
     /// Balloon statistics carry no swap totals: without this, only a swap-out already seen
     /// shows the guest has swap. `None`: not declared.
@@ -256,6 +262,7 @@ impl VmSample {
             migrating: false,
             migratable: true,
             host_swapped: None,
+            swap_disk_read: None,
             rss: None,
             guest_swap: None,
             coldness: None,

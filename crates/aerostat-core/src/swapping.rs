@@ -3,7 +3,9 @@
 //! The two look alike from outside — a slow guest and a busy swap device — and call for
 //! opposite answers, so an operator needs them told apart:
 //! - **The guest swaps.** Its own counters show it (balloon statistics `swap_in`): it is short
-//!   of memory inside, and the answer is memory back (a deflate).
+//!   of memory inside, and the answer is memory back (a deflate). Where the operator declared
+//!   the disk it swaps on, QEMU's reads from that disk ([`VmSample::swap_disk_read`]) show the
+//!   same from the host, and decide instead of the guest's word.
 //! - **The host swaps the guest's memory.** The guest sees nothing: to it the page is resident
 //!   and an access just takes a disk read. Only the host shows it: the QEMU process's
 //!   `VmSwap` ([`VmSample::host_swapped`]) falls as its pages come back in (counted at most
@@ -66,6 +68,10 @@ pub struct Swapping {
     /// read, and misses pages swapped out again within the interval). `None`: not measured
     /// on both readings.
     pub host_swap_in_bps: Option<u64>,
+    /// What QEMU read from the guest's declared swap disk (`None`: no disk declared, or not
+    /// read on both readings): the guest's swap-ins as the host sees them.
+    #[serde(default)]
+    pub swap_disk_read_bps: Option<u64>,
     /// The whole machine's swap-in (every process's, not only guests').
     pub machine_swap_in_bps: Option<u64>,
     /// This guest's memory in host swap now (`None`: not measured).
@@ -95,7 +101,14 @@ pub fn diagnose(prev: &Observation, now: &Observation) -> Vec<Swapping> {
                 .and_then(|(then, now)| per_s(now, then, host_dt))
                 .zip(machine_in)
                 .map(|(fall, machine)| fall.min(machine));
-            let guest_swaps = guest_in.is_some_and(|r| r > SWAPPING_BYTES_PER_S);
+            let disk_in = before
+                .and_then(|b| b.swap_disk_read.zip(vm.swap_disk_read))
+                .and_then(|(then, now)| per_s(then, now, host_dt));
+            // The disk's reads are a host fact: where they are measured the guest's own
+            // report neither adds nor takes away swapping.
+            let guest_swaps = disk_in
+                .or(guest_in)
+                .is_some_and(|r| r > SWAPPING_BYTES_PER_S);
             // This guest's own host swap-ins where measured; else the machine's, which may
             // be this guest's.
             let host_swaps = match (host_in, vm.host_swapped) {
@@ -111,12 +124,14 @@ pub fn diagnose(prev: &Observation, now: &Observation) -> Vec<Swapping> {
             };
             let rates = Rates {
                 guest: guest_in,
+                disk: disk_in,
                 host: host_in,
                 machine: machine_in,
             };
             Swapping {
                 source,
                 guest_swap_in_bps: guest_in,
+                swap_disk_read_bps: disk_in,
                 host_swap_in_bps: host_in,
                 machine_swap_in_bps: machine_in,
                 host_swapped: vm.host_swapped.map(|b| b.0),
@@ -147,6 +162,7 @@ fn guest_swap_in(before: &VmSample, now: &VmSample, reading_dt_s: f64) -> Option
 /// The three rates, for the words.
 struct Rates {
     guest: Option<u64>,
+    disk: Option<u64>,
     host: Option<u64>,
     machine: Option<u64>,
 }
@@ -157,7 +173,20 @@ impl Rates {
             Some(r) => format!("{}/s", Bytes(r)),
             None => "unknown".to_string(),
         };
-        let guest = format!("the guest reports swap-ins of {}", rate(self.guest));
+        let reported = format!("the guest reports swap-ins of {}", rate(self.guest));
+        let guest = match self.disk {
+            None => reported,
+            Some(d)
+                if self.guest.is_some_and(|g| g > SWAPPING_BYTES_PER_S)
+                    && d <= SWAPPING_BYTES_PER_S =>
+            {
+                format!(
+                    "its swap disk reads {} ({reported}, which the disk does not bear out)",
+                    rate(Some(d))
+                )
+            }
+            Some(d) => format!("its swap disk reads {} ({reported})", rate(Some(d))),
+        };
         let host = match self.host {
             Some(_) => format!("the host swaps {} of its memory back in", rate(self.host)),
             None => format!(
@@ -246,6 +275,43 @@ mod tests {
         assert_eq!(v.host_swap_in_bps, Some(3 << 20));
         assert_eq!(v.machine_swap_in_bps, Some(3 << 20));
         assert!(v.why.starts_with("double paging"), "{}", v.why);
+    }
+
+    /// Where the guest's swap disk is read, its reads decide, whatever the guest reports:
+    /// swapping it hides shows, swapping it claims without reads does not count.
+    #[test]
+    fn the_swap_disk_outranks_the_guests_report() {
+        let with_disk = |o: Observation, mib: u64| {
+            let mut o = o;
+            o.vms[0].swap_disk_read = Some(Bytes::mib(mib));
+            o
+        };
+        // The guest reports nothing; its disk read 8 MiB in 2 s.
+        let v = one(
+            &with_disk(obs(10, 0, Some(0), Some(10), Some(0)), 100),
+            &with_disk(obs(12, 0, Some(0), Some(12), Some(0)), 108),
+        );
+        assert_eq!(v.source, SwapSource::Guest, "{v:?}");
+        assert_eq!(v.swap_disk_read_bps, Some(4 << 20));
+        assert!(
+            v.why.starts_with("its swap disk reads 4 MiB/s"),
+            "{}",
+            v.why
+        );
+        // The guest claims 5 MiB/s; the disk read nothing.
+        let v = one(
+            &with_disk(obs(10, 0, Some(0), Some(10), Some(0)), 100),
+            &with_disk(obs(12, 0, Some(10), Some(12), Some(0)), 100),
+        );
+        assert_eq!(v.source, SwapSource::None, "{v:?}");
+        assert!(v.why.contains("does not bear out"), "{}", v.why);
+        // Only one reading with the disk: the guest's report, as without one.
+        let v = one(
+            &obs(10, 0, Some(0), Some(10), Some(0)),
+            &with_disk(obs(12, 0, Some(10), Some(12), Some(0)), 100),
+        );
+        assert_eq!(v.swap_disk_read_bps, None);
+        assert_eq!(v.source, SwapSource::Guest, "{v:?}");
     }
 
     /// VmSwap falls when swapped-out memory is freed (a balloon inflating): with the machine

@@ -1356,3 +1356,118 @@ fn the_daemon_resizes_each_numa_nodes_device_alike() {
     vm.assert_no_oom_kill();
     daemon.terminate(Duration::from_secs(5));
 }
+
+/// A guest's swap-ins seen from the host: with `swap_disk` declared, the daemon reads QEMU's
+/// read counter of that disk every tick, and `/status` rates it next to the guest's own
+/// report. A guest rewriting more memory than it has swaps in from its virtio-blk swap disk;
+/// every page it swaps in is a read QEMU makes for it (readahead only adds to them).
+#[test]
+fn a_guest_swapping_in_shows_in_its_swap_disk_reads() {
+    let _serial = serial_lock();
+    let Some(files) = prerequisites("a_guest_swapping_in_shows_in_its_swap_disk_reads") else {
+        return;
+    };
+    let (_work_dir, work) = work_dir();
+    let qmp_dir = work.join("qmp");
+    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    let vm = TestVm::start(
+        &files,
+        &VmSpec::new("sw", 384).daemon_dir(&qmp_dir).swap_disk(256),
+    );
+    vm.run_ok("mkswap /dev/vda >/dev/null && swapon /dev/vda");
+    // More than the guest has: it swaps out, and the rewrite loop brings pages back in.
+    vm.run_ok("memhog 420 --dirty --quiet >/tmp/memhog.log 2>&1 &");
+    let config = daemon_config(
+        &qmp_dir,
+        None,
+        "512MiB",
+        "[vm.sw]\nswap = \"256MiB\"\nswap_disk = \"swap0\"\n",
+    )
+    .replace("name = \"aerostat\"", "name = \"static\"");
+    let daemon = Daemon::start(&work, 1, &config);
+    let mut seen = Value::Null;
+    wait_until(
+        Duration::from_secs(180),
+        "the daemon to see the guest swap in from its swap disk",
+        || {
+            let st = daemon.status();
+            seen = st["vms"][0]["swapping"].clone();
+            seen["swap_disk_read_bps"].as_u64().is_some_and(|r| r > MIB)
+                && seen["source"] == "guest"
+        },
+    );
+    println!("/status swapping: {seen:#}");
+    assert!(
+        seen["why"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("its swap disk reads")),
+        "{seen}"
+    );
+
+    // Over a window, the disk's reads against the guest's own count of pages swapped in.
+    let disk_read = || -> u64 {
+        vm.qmp("query-blockstats", None)
+            .as_array()
+            .expect("blockstats")
+            .iter()
+            .find(|d| d["device"] == "swap0")
+            .and_then(|d| d["stats"]["rd_bytes"].as_u64())
+            .expect("swap0's rd_bytes")
+    };
+    let pswpin = || -> u64 {
+        vm.run_ok("grep '^pswpin ' /proc/vmstat")
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("pswpin")
+    };
+    // And what the guest reports through its balloon statistics (QEMU's last copy).
+    let reported = || -> (u64, u64) {
+        let st = vm.guest_stats();
+        (
+            st["stats"]["stat-swap-in"].as_u64().unwrap_or(0),
+            st["last-update"].as_u64().unwrap_or(0),
+        )
+    };
+    let r0 = reported();
+    let (d0, p0) = (disk_read(), pswpin());
+    let t0 = Instant::now();
+    wait_until(Duration::from_secs(120), "64 MiB of swap-ins", || {
+        pswpin() - p0 > 64 * MIB / 4096
+    });
+    let (p1, d1) = (pswpin(), disk_read());
+    let r1 = reported();
+    println!(
+        "the guest's balloon statistics: stat-swap-in {} → {} ({} MiB), last-update {} → {}",
+        r0.0,
+        r1.0,
+        r1.0.saturating_sub(r0.0) / MIB,
+        r0.1,
+        r1.1
+    );
+    let swapped_in = (p1 - p0) * 4096;
+    let read = d1 - d0;
+    println!(
+        "in {:.1} s the guest swapped in {} MiB ({:.1} MiB/s); QEMU read {} MiB from its swap disk ({:.2}× the swap-ins)",
+        t0.elapsed().as_secs_f64(),
+        swapped_in / MIB,
+        swapped_in as f64 / MIB as f64 / t0.elapsed().as_secs_f64(),
+        read / MIB,
+        read as f64 / swapped_in as f64
+    );
+    // The counters were read one after the other, the guest's over the serial line: allow
+    // that skew, and no more.
+    assert!(
+        read as f64 >= 0.9 * swapped_in as f64,
+        "read {read}, swapped in {swapped_in}"
+    );
+    let m = parse_prometheus(&daemon.metrics()).expect("metrics");
+    assert!(
+        m.value(
+            "aerostat_vm_swap_in_bytes_per_second",
+            &[("vm", "sw"), ("side", "swap_disk")]
+        )
+        .is_some(),
+        "the disk's rate is a metric"
+    );
+}

@@ -9,6 +9,7 @@
 //! `Protocol` errors, never zeros.
 
 mod balloon;
+mod blockstats;
 mod events;
 mod hotplug;
 mod json;
@@ -25,6 +26,7 @@ use crate::qmp::{QmpClient, QmpError, QmpOptions};
 pub use balloon::{
     MAX_GUEST_COUNTER, MAX_GUEST_CUMULATIVE_BYTES, MAX_GUEST_MEMORY, parse_guest_stats,
 };
+pub use blockstats::{DiskStats, parse_disk_stats};
 pub use events::VmEvent;
 pub use hotplug::{PLUG_COMMANDS, PlugCommand};
 pub use migration::{

@@ -163,6 +163,7 @@ mod tests {
         s.vms[0].swapping = Some(aerostat_core::swapping::Swapping {
             source: SwapSource::Both,
             guest_swap_in_bps: Some(2 << 20),
+            swap_disk_read_bps: None,
             host_swap_in_bps: Some(2 << 20),
             machine_swap_in_bps: Some(2 << 20),
             host_swapped: Some(300 << 20),

@@ -141,6 +141,8 @@ struct RawVm {
     #[serde(default)]
     migratable: Option<bool>,
     #[serde(default)]
+    swap_disk: Option<String>,
+    #[serde(default)]
     unplug_for_migration: Option<Vec<String>>,
     #[serde(default)]
     replug_after_migration: Option<Vec<serde_json::Value>>,
@@ -205,6 +207,10 @@ pub struct VmSettings {
     /// daemon also measures the guest's cold memory (docs/observation.md, "Coldness"), and
     /// the `aerostat` policy may push cold anonymous memory into that swap. `None`: none.
     pub swap: Option<Bytes>,
+    /// The disk the guest swaps on, by its `-drive` id or its device's id: QEMU's reads from it
+    /// are the guest's swap-ins seen from the host (`VmSample::swap_disk_read`). `None`: not
+    /// declared.
+    pub swap_disk: Option<String>,
     /// Whether the escape may live-migrate the VM (`VmSample::migratable`). `None` (the
     /// default): unless QEMU shows it a VFIO device, which QEMU refuses to migrate unless the
     /// device supports it.
@@ -311,6 +317,7 @@ impl Config {
             class: VmClass::General,
             headroom: None,
             swap: None,
+            swap_disk: None,
             migratable: None,
             handoff: Handoff::default(),
         };
@@ -338,6 +345,13 @@ impl Config {
                     swap: match &raw.swap {
                         Some(v) => Some(bytes(&format!("{key}.swap"), v)?),
                         None => base.swap,
+                    },
+                    swap_disk: match &raw.swap_disk {
+                        Some(d) if d.is_empty() => {
+                            return Err(invalid(format!("`{key}.swap_disk`: empty")));
+                        }
+                        Some(d) => Some(d.clone()),
+                        None => base.swap_disk.clone(),
                     },
                     migratable: raw.migratable.or(base.migratable),
                     handoff: handoff(key, raw, &base.handoff).map_err(invalid)?,

@@ -141,7 +141,7 @@ impl Metrics {
         );
         registry.register(
             "aerostat_vm_swap_in_bytes_per_second",
-            "Swap-in of a guest's memory by side, last tick: guest (its own swap, as it reports) or host (its QEMU's VmSwap falling)",
+            "Swap-in of a guest's memory by side, last tick: guest (its own swap, as it reports), swap_disk (QEMU's reads from its declared swap disk) or host (its QEMU's VmSwap falling)",
             m.swap_in.clone(),
         );
         for kind in aerostat_core::Alert::KINDS {
@@ -178,6 +178,7 @@ impl Metrics {
     pub fn set_swapping(&self, vm: &str, s: Option<&aerostat_core::swapping::Swapping>) {
         let sides = [
             ("guest", s.and_then(|s| s.guest_swap_in_bps)),
+            ("swap_disk", s.and_then(|s| s.swap_disk_read_bps)),
             ("host", s.and_then(|s| s.host_swap_in_bps)),
         ];
         for (side, rate) in sides {

@@ -12,7 +12,7 @@ use aerostat_qemu::backend::{GuestRamPages, MAX_GUEST_MEMORY, VirtioMemDevice};
 use aerostat_qemu::{QemuVm, QmpError, QmpOptions};
 use tokio::task::JoinSet;
 
-use super::config::Config;
+use super::config::{Config, VmSettings};
 use super::metrics::Metrics;
 use super::{ObservedVm, vm_name};
 
@@ -35,6 +35,8 @@ pub struct VmConn {
     /// Whether `blockers` was ever read: until QEMU has said, the guest is unmovable too (a
     /// migration it cannot even be asked about would cost the escape a grace period).
     blockers_read: bool,
+    /// The declared swap disk was not found (warned once until it is).
+    swap_disk_missing: bool,
     /// The virtio-mem devices aerostat resizes (those with an `id=`), found at adoption, with
     /// the sizes of the last sample. A target above boot memory is theirs
     /// (`aerostat_core::resize`).
@@ -246,6 +248,7 @@ impl VmRegistry {
             has_balloon,
             blockers: Vec::new(),
             blockers_read: false,
+            swap_disk_missing: false,
             devices,
             balloon_after_devices: None,
             devices_moved_at: adopted_at,
@@ -289,6 +292,7 @@ impl VmRegistry {
             let ram = conn.boot;
             let (has_balloon, boot) = (conn.has_balloon, conn.boot);
             let has_devices = !conn.devices.is_empty();
+            let swap_disk = config.vm(&name).swap_disk.clone();
             set.spawn(async move {
                 let actual = memory_now(&qemu, has_balloon, boot, has_devices).await;
                 let stats = qemu.guest_stats().await;
@@ -310,7 +314,24 @@ impl VmRegistry {
                 } else {
                     None
                 };
-                (name, actual, stats, process, blockers, pages)
+                // What QEMU read from the declared swap disk: `None` when none is declared,
+                // QEMU did not answer, or no disk has that name.
+                let swap_disk_read = match (&swap_disk, &actual) {
+                    (Some(disk), Ok(_)) => qemu
+                        .query_disk_stats()
+                        .await
+                        .ok()
+                        .map(|disks| disks.into_iter().find(|d| d.is(disk)).map(|d| d.read)),
+                    _ => None,
+                };
+                (
+                    name,
+                    actual,
+                    stats,
+                    (process, swap_disk_read),
+                    blockers,
+                    pages,
+                )
             });
         }
         let mut results = BTreeMap::new();
@@ -330,7 +351,7 @@ impl VmRegistry {
             let settings = config.vm(name);
             let mut responsive = false;
             let sample = match results.remove(name) {
-                Some((Ok((balloon, devices)), stats, process)) => {
+                Some((Ok((balloon, devices)), stats, (process, swap_disk_read))) => {
                     conn.balloon_actual = balloon;
                     let plugged = conn.note_devices(devices, now);
                     let Some(actual) = plugged.map(|p| balloon + p) else {
@@ -378,11 +399,12 @@ impl VmRegistry {
                     s.headroom = settings.headroom.map(|h| h.min(conn.configured));
                     s.rss = process.map(|m| m.touched);
                     s.host_swapped = process.and_then(|m| m.swapped);
+                    s.swap_disk_read = conn.note_swap_disk(name, settings, swap_disk_read);
                     s.guest_swap = settings.swap;
                     // What QEMU says blocks a migration makes the guest unmovable, unless
-                    // the operator says otherwise.
-                    // Devices the escape unplugs first take their blockers with them; a blocker left
-                    // after the unplug stops that migration before it starts.
+                    // the operator says otherwise. Devices the escape unplugs first take their
+                    // blockers with them; a blocker left after the unplug stops that migration
+                    // before it starts.
                     s.migratable = settings.migratable.unwrap_or(
                         !settings.handoff.unplug.is_empty()
                             || (conn.blockers_read && conn.blockers.is_empty()),
@@ -707,6 +729,30 @@ impl VmConn {
     /// When the daemon adopted this VM (its clock).
     pub(crate) fn adopted_at(&self) -> Millis {
         self.adopted_at
+    }
+
+    /// The declared swap disk's reads of this tick (`read`: `None` when QEMU did not answer,
+    /// `Some(None)` when it has no disk of that name), warning once while the disk is missing.
+    fn note_swap_disk(
+        &mut self,
+        vm: &str,
+        settings: &VmSettings,
+        read: Option<Option<Bytes>>,
+    ) -> Option<Bytes> {
+        let disk = settings.swap_disk.as_deref()?;
+        match read {
+            Some(None) if !self.swap_disk_missing => {
+                self.swap_disk_missing = true;
+                tracing::warn!(
+                    vm,
+                    disk,
+                    "vm.{vm}.swap_disk: QEMU has no disk of that name (neither a -drive id= nor a device id=): its swap-ins are the guest's word alone"
+                );
+            }
+            Some(Some(_)) => self.swap_disk_missing = false,
+            _ => {}
+        }
+        read.flatten()
     }
 
     /// Takes QEMU's migration blockers of this tick, logging when they change.
