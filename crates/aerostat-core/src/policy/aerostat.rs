@@ -520,7 +520,7 @@ fn wish_for(
     if let Some(moved_bps) = memo.balloon_stalled(current, actual, dt, now) {
         let block = memo.inflate_blocked_until.saturating_sub(now);
         let wish = stalled_wish(&g, anon, moved_bps, block);
-        memo.remember_reading(now, &vm.stats, actual, &r);
+        memo.remember_reading(now, vm, actual, &r);
         return Some(wish);
     }
 
@@ -559,7 +559,7 @@ fn wish_for(
         explain,
         host_short: None,
     };
-    memo.remember_reading(now, &vm.stats, actual, &r);
+    memo.remember_reading(now, vm, actual, &r);
     Some(wish)
 }
 

@@ -4,7 +4,7 @@
 //! stalls.
 
 use crate::decision::Rule;
-use crate::observation::{GuestStats, VmSample};
+use crate::observation::VmSample;
 use crate::units::Millis;
 
 use super::cold_anon::ColdAnon;
@@ -360,12 +360,13 @@ impl Memo {
     pub(super) fn remember_reading(
         &mut self,
         now: Millis,
-        stats: &GuestStats,
+        vm: &VmSample,
         actual: f64,
         r: &Reading,
     ) {
+        let stats = &vm.stats;
         self.last_time = Some(now);
-        self.last_counters = Counters::of(stats);
+        self.last_counters = Counters::of(vm);
         self.last_actual = actual;
         self.last_used = r.used;
         self.last_total = r.total;
@@ -450,6 +451,8 @@ pub(super) enum Restart {
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Counters {
     pub(super) swap_in: Option<u64>,
+    /// What QEMU has read from the guest's declared swap disk (`VmSample::swap_disk_read`).
+    pub(super) swap_disk_read: Option<u64>,
     pub(super) major_faults: Option<u64>,
     pub(super) oom_kills: Option<u64>,
     pub(super) async_scans: Option<u64>,
@@ -459,9 +462,11 @@ pub(super) struct Counters {
 }
 
 impl Counters {
-    pub(super) fn of(s: &GuestStats) -> Counters {
+    pub(super) fn of(vm: &VmSample) -> Counters {
+        let s = &vm.stats;
         Counters {
             swap_in: s.swap_in.map(|b| b.0),
+            swap_disk_read: vm.swap_disk_read.map(|b| b.0),
             major_faults: s.major_faults,
             oom_kills: s.oom_kills,
             async_scans: s.async_scans,

@@ -295,7 +295,13 @@ pub(super) fn read(
             (Some(a), Some(b)) => a.saturating_sub(b) as f64,
             _ => 0.0,
         };
-        r.swap_in_bps = delta(s.swap_in.map(|b| b.0), p.swap_in) / dt;
+        // Where the guest's swap disk is read, its reads are the swap-ins: a host fact, and
+        // a stats interval sooner than the guest's own count. Its report then neither adds
+        // nor hides any.
+        r.swap_in_bps = match (vm.swap_disk_read, p.swap_disk_read) {
+            (Some(now), Some(then)) => now.0.saturating_sub(then) as f64 / dt,
+            _ => delta(s.swap_in.map(|b| b.0), p.swap_in) / dt,
+        };
         r.refault_pps = delta(s.major_faults, p.major_faults) / dt;
         r.new_ooms = delta(s.oom_kills, p.oom_kills) as u64;
         let scans = delta(s.async_scans, p.async_scans) + delta(s.direct_scans, p.direct_scans);

@@ -918,6 +918,27 @@ fn swap_ins_deflate_at_once() {
     );
 }
 
+/// Where the guest's swap disk is read, its reads are the swap-ins the policy counts: swapping
+/// the guest does not report still deflates, swapping it reports that the disk never saw does
+/// not.
+#[test]
+fn the_swap_disk_decides_swap_in_pressure_over_the_guests_report() {
+    let a = 2 * GIB;
+    let run = |reported_mib: u64, disk_mib: u64| {
+        let mut p = AerostatPolicy::new(settings());
+        let mut v0 = vm("a", 8 * GIB, a, 1800, 100, 0);
+        v0.swap_disk_read = Some(Bytes::mib(100));
+        p.propose(&obs(0, vec![v0]), &[]);
+        let mut v = vm("a", 8 * GIB, a, 1800, 100, 1);
+        v.stats.swap_in = Some(Bytes::mib(reported_mib));
+        v.swap_disk_read = Some(Bytes::mib(100 + disk_mib));
+        p.propose(&obs(1, vec![v]), &[]).remove(0).rule
+    };
+    assert_eq!(run(0, 50), Rule::DeflatePressure, "hidden swap-ins count");
+    assert_ne!(run(50, 0), Rule::DeflatePressure, "claimed swap-ins do not");
+    assert_eq!(run(50, 50), Rule::DeflatePressure);
+}
+
 #[test]
 fn pinned_memory_earns_no_headroom() {
     let need = |pinned: u64| {
