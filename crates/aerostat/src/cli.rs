@@ -29,6 +29,9 @@ pub enum Command {
     Run(RunArgs),
     /// Ask the running daemon what it sees, as a table.
     Status(StatusArgs),
+    /// Ask the running daemon whether one more guest may start on its host (for a libvirt
+    /// hook or a placement filter). Exit 0: admitted; 1: refused; 2: bad flags; 3: no answer.
+    Admit(AdmitArgs),
     /// Live-migrate a QEMU guest, switching to post-copy when pre-copy will not land.
     Migrate(MigrateArgs),
     /// Capacity planning: the largest safe overcommit ratio R_max (working-set deficit
@@ -125,6 +128,34 @@ pub struct RunArgs {
     /// Decide and log, but never touch a balloon.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AdmitArgs {
+    /// The daemon's API address.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub api: String,
+    /// The new guest's memory (configured maximum), e.g. 8GiB.
+    #[arg(long)]
+    pub memory: String,
+    /// Its name: its `[vm.NAME]` settings (min, overhead) are the defaults.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Its floor (default: the config's min).
+    #[arg(long)]
+    pub min: Option<String>,
+    /// Host memory it costs beyond guest memory (default: the config's overhead).
+    #[arg(long)]
+    pub overhead: Option<String>,
+    /// What it is expected to use once running (default: its floor).
+    #[arg(long)]
+    pub need: Option<String>,
+    /// It has neither a balloon nor virtio-mem: all its memory counts, never overcommitted.
+    #[arg(long)]
+    pub not_resizable: bool,
+    /// Print the daemon's JSON answer instead of one line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

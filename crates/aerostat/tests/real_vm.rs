@@ -1471,3 +1471,140 @@ fn a_guest_swapping_in_shows_in_its_swap_disk_reads() {
         "the disk's rate is a metric"
     );
 }
+
+/// `aerostat admit` against a running daemon on a 1.5 GiB cgroup host with two 512 MiB
+/// guests: a guest that fits is admitted (exit 0), with the floors counted exactly as
+/// `/status` shows them; one whose floors would not fit, one whose expected need would not,
+/// and one past the configured overcommit ratio are refused (exit 1); a bad flag is exit 2.
+/// Then the admitted guest starts, and the next answer counts it.
+#[test]
+fn the_daemon_answers_whether_one_more_guest_may_start() {
+    const TEST: &str = "admission";
+    let _serial = serial_lock();
+    let Some(files) = prerequisites(TEST) else {
+        return;
+    };
+    let Some(cg) = TestCgroup::create(TEST, Bytes::mib(1536)) else {
+        return;
+    };
+    let (work, qmp_dir) = work_dir();
+    let specs: Vec<VmSpec> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            VmSpec::new(n, 512)
+                .daemon_dir(&qmp_dir)
+                .in_cgroup(cg.path())
+        })
+        .collect();
+    let mut vms = start_all(&files, &specs);
+    // Capacity 1536 − 64 = 1472 MiB (less what balloons keep beyond their claims: none).
+    // Ratio 1.5: overheads 3 × 96 + 3 × 512 ÷ 1.5 = 1312 MiB fits; 1.0 would not.
+    let config = daemon_config(
+        &qmp_dir,
+        Some(cg.path()),
+        "64MiB",
+        "[admission]\nmax_ratio = 1.5\n",
+    );
+    let daemon = Daemon::start(work.path(), 1, &config);
+    // Idle guests: the policy's targets come down from their full size first.
+    wait_until(Duration::from_secs(90), "both guests squeezed", || {
+        daemon.status()["vms"].as_array().is_some_and(|v| {
+            v.len() == 2
+                && v.iter()
+                    .all(|g| g["target"].as_u64().is_some_and(|t| t < 400 * MIB))
+        })
+    });
+    let api = format!("127.0.0.1:{}", daemon.port);
+    let admit = |extra: &[&str]| -> (i32, Value) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_aerostat"))
+            .args(["admit", "--api", &api, "--json"])
+            .args(extra)
+            .output()
+            .expect("run aerostat admit");
+        let body: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        println!(
+            "admit {extra:?}: exit {:?}: {} {}",
+            out.status.code(),
+            body["reason"],
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        (out.status.code().unwrap_or(-1), body)
+    };
+    let check = |a: &Value, name: &str| -> Value {
+        a["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} check: {a}"))
+    };
+
+    let (rc, a) = admit(&["--memory", "512MiB"]);
+    assert_eq!(rc, 0, "{a:#}");
+    assert_eq!(a["admit"], true);
+    // Floors: each guest's 200 MiB floor (as /status shows it) + 96 MiB, three times.
+    let st = daemon.status();
+    let floors: u64 = st["vms"]
+        .as_array()
+        .expect("vms")
+        .iter()
+        .map(|v| v["floor"].as_u64().expect("floor") + 96 * MIB)
+        .sum();
+    assert_eq!(
+        check(&a, "floors")["need"].as_u64(),
+        Some(floors + 296 * MIB)
+    );
+    assert_eq!(check(&a, "floors")["limit"], st["capacity"], "{a:#}");
+    assert_eq!(
+        check(&a, "ratio")["need"].as_u64(),
+        Some(3 * 96 * MIB + 1024 * MIB)
+    );
+
+    // Floors: a 1.25 GiB guest nothing can resize holds all of it.
+    let (rc, a) = admit(&["--memory", "1280MiB", "--not-resizable"]);
+    assert_eq!(rc, 1, "{a:#}");
+    assert_eq!(check(&a, "floors")["ok"], false, "{a:#}");
+    // Working sets: a guest expected to use 1.1 GiB does not fit next to the others.
+    let (rc, a) = admit(&["--memory", "1280MiB", "--need", "1100MiB"]);
+    assert_eq!(rc, 1, "{a:#}");
+    assert_eq!(check(&a, "floors")["ok"], true, "{a:#}");
+    assert_eq!(check(&a, "working_sets")["ok"], false, "{a:#}");
+    // The ratio: 2 GiB more promised is past 1.5.
+    let (rc, a) = admit(&["--memory", "2GiB"]);
+    assert_eq!(rc, 1, "{a:#}");
+    assert_eq!(check(&a, "ratio")["ok"], false, "{a:#}");
+    // A bad flag names itself.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aerostat"))
+        .args(["admit", "--api", &api, "--memory", "8"])
+        .output()
+        .expect("run aerostat admit");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`memory`"));
+
+    // Start the admitted guest: once the daemon sees it, it counts in the next answer.
+    let mut c = TestVm::start(
+        &files,
+        &VmSpec::new("c", 512)
+            .daemon_dir(&qmp_dir)
+            .in_cgroup(cg.path()),
+    );
+    wait_until(Duration::from_secs(60), "the daemon to see c", || {
+        daemon.status()["vms"]
+            .as_array()
+            .is_some_and(|v| v.len() == 3)
+    });
+    let (rc, a) = admit(&["--memory", "512MiB"]);
+    assert_eq!(
+        check(&a, "floors")["need"].as_u64(),
+        Some(floors + 2 * 296 * MIB)
+    );
+    // Four guests' 2 GiB ÷ 1.5 + 4 × 96 MiB = 1749 MiB: past the ratio now.
+    assert_eq!(rc, 1, "{a:#}");
+    assert_eq!(check(&a, "ratio")["ok"], false, "{a:#}");
+    assert_eq!(cg.host().sample().expect("cgroup").oom_kills, Some(0));
+    c.kill();
+    for v in &mut vms {
+        v.kill();
+    }
+}

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use crate::cli::{BenchCommand, Cli, Command};
 
+mod admit;
 mod bench;
 mod decide;
 pub mod migrate;
@@ -22,6 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Decide(args) => decide::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Status(args) => run::status(&args),
+        Command::Admit(args) => admit::run(&args),
         Command::Migrate(args) => migrate::run(&args),
         Command::Sim(args) => sim::run(&args),
         Command::Plan(args) => plan::run(&args),

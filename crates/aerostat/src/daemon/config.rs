@@ -50,6 +50,16 @@ struct RawConfig {
     migration: RawMigration,
     #[serde(default, deserialize_with = "table")]
     ksm: RawKsm,
+    #[serde(default, deserialize_with = "table")]
+    admission: RawAdmission,
+}
+
+/// `[admission]`: what `GET /admit` allows besides the fit (docs/admission.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmission {
+    #[serde(default)]
+    max_ratio: Option<f64>,
 }
 
 /// `[ksm]`: whether aerostat runs the host's KSM (oVirt MoM's KSM policy).
@@ -165,6 +175,9 @@ pub struct Config {
     pub escape: Option<EscapeConfig>,
     /// `[ksm]` with `control = true`; `None` leaves the host's KSM alone (the default).
     pub ksm: Option<KsmConfig>,
+    /// `admission.max_ratio`: the overcommit ratio `GET /admit` allows (only guests that can
+    /// be resized are overcommitted); `None`: no ratio check.
+    pub max_ratio: Option<f64>,
 }
 
 /// `[ksm] control = true`: aerostat starts, stops and paces KSM (`aerostat_core::ksm`).
@@ -473,6 +486,13 @@ impl Config {
                 "`host.cgroup`: must not be empty (leave it out to read the whole host)".into(),
             ));
         }
+        if let Some(r) = raw.admission.max_ratio
+            && !(r.is_finite() && (0.1..=100.0).contains(&r))
+        {
+            return Err(invalid(format!(
+                "`admission.max_ratio`: {r} is outside 0.1 – 100 (1.25 promises 1.25 × what the host can give)"
+            )));
+        }
         Ok(Config {
             reserve,
             cgroup: raw.host.cgroup,
@@ -486,6 +506,7 @@ impl Config {
             vms,
             escape,
             ksm,
+            max_ratio: raw.admission.max_ratio,
         })
     }
 

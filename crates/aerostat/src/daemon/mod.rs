@@ -9,6 +9,7 @@
 //! it is; a restart adopts them (the controller starts from each balloon's `actual` and
 //! moves it at most one step per tick).
 
+pub mod admission;
 pub mod api;
 pub mod config;
 mod escape;
@@ -176,8 +177,20 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
         dry_run,
         ..Status::default()
     }));
+    let admission = Arc::new(RwLock::new(None));
     let server = match config.listen {
-        Some(addr) => Some(api::serve(addr, status.clone(), metrics.clone()).await?),
+        Some(addr) => Some(
+            api::serve(
+                addr,
+                api::Shared {
+                    status: status.clone(),
+                    metrics: metrics.clone(),
+                    admission: admission.clone(),
+                    config: Arc::new(config.clone()),
+                },
+            )
+            .await?,
+        ),
         None => None,
     };
     tracing::info!(
@@ -215,6 +228,7 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
             ksm.as_mut(),
             &metrics,
             &status,
+            &admission,
             &mut previous,
             dry_run,
             ticks,
@@ -247,6 +261,7 @@ async fn tick(
     ksm: Option<&mut ksm::KsmRunner>,
     metrics: &Metrics,
     status: &RwLock<Status>,
+    admission: &RwLock<Option<admission::AdmissionInputs>>,
     previous: &mut Option<Observation>,
     dry_run: bool,
     ticks: u64,
@@ -406,6 +421,16 @@ async fn tick(
     st.vms = vms;
     st.alerts = decision.alerts;
     drop(st);
+    let targets = obs
+        .vms
+        .iter()
+        .map(|vm| controller.target_of(&vm.name))
+        .collect();
+    *admission.write().unwrap_or_else(|p| p.into_inner()) = Some(admission::AdmissionInputs {
+        obs: obs.clone(),
+        targets,
+        capacity,
+    });
     *previous = Some(swap_rates::next_previous(obs, &samples));
     Ok(())
 }

@@ -1,0 +1,65 @@
+//! `aerostat admit`: asks the running daemon's `GET /admit` whether one more guest may start
+//! on its host, and says so by exit code — for a libvirt `prepare` hook (docs/admission.md)
+//! or an orchestrator's placement filter.
+
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use crate::cli::AdmitArgs;
+use crate::cmd::InputError;
+
+/// Exit code when the daemon could not be asked: a hook decides whether that refuses.
+const NO_ANSWER: u8 = 3;
+
+pub fn run(args: &AdmitArgs) -> anyhow::Result<ExitCode> {
+    let url = format!("http://{}/admit", args.api);
+    let mut req = ureq::get(&url).query("memory", &args.memory);
+    for (key, value) in [
+        ("name", &args.name),
+        ("min", &args.min),
+        ("overhead", &args.overhead),
+        ("need", &args.need),
+    ] {
+        if let Some(v) = value {
+            req = req.query(key, v);
+        }
+    }
+    if args.not_resizable {
+        req = req.query("resizable", "false");
+    }
+    // The daemon's 400 carries the reason: read the body whatever the status.
+    let reply = req.config().http_status_as_error(false).build().call();
+    let (code, body) = match reply {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(e) => {
+            eprintln!(
+                "error: asking the daemon at {url} (is `aerostat run` running with api.listen?): {e}"
+            );
+            return Ok(ExitCode::from(NO_ANSWER));
+        }
+    };
+    let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let error = answer["error"].as_str().unwrap_or(body.trim());
+    match code {
+        200 => {}
+        400 => return Err(InputError(error.to_string()).into()),
+        _ => {
+            eprintln!("error: {url} answered {code}: {error}");
+            return Ok(ExitCode::from(NO_ANSWER));
+        }
+    }
+    if args.json {
+        crate::say!("{body}");
+    } else {
+        crate::say!("{}", answer["reason"].as_str().unwrap_or("?"));
+    }
+    Ok(if answer["admit"] == true {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

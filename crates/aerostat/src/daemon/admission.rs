@@ -1,0 +1,163 @@
+//! `GET /admit`: may one more guest start on this host? The question comes as query
+//! parameters, the answer from the last tick's observation, the policy's targets and the
+//! capacity (`aerostat_core::planner::admission`).
+
+use std::collections::BTreeMap;
+
+use aerostat_core::planner::admission::{Admission, NewGuest, admit};
+use aerostat_core::{Bytes, Observation};
+use serde::Serialize;
+
+use super::config::Config;
+
+/// What the last tick saw, kept for `/admit`.
+#[derive(Debug, Clone)]
+pub struct AdmissionInputs {
+    pub obs: Observation,
+    /// The policy's target for each of `obs.vms`, in order.
+    pub targets: Vec<Option<Bytes>>,
+    pub capacity: Bytes,
+}
+
+/// The answer with the question as understood.
+#[derive(Debug, Serialize)]
+pub struct Answer {
+    pub guest: NewGuest,
+    #[serde(flatten)]
+    pub admission: Admission,
+    /// The verdict in one line.
+    pub reason: String,
+}
+
+/// The query parameters `/admit` takes.
+const PARAMS: [&str; 6] = ["memory", "name", "min", "overhead", "need", "resizable"];
+
+/// Reads the question: `memory` (required), `name` (whose `[vm.NAME]` settings give the
+/// defaults; else `[vm_defaults]`), `min`, `overhead`, `need`, `resizable` (`true`/`false`,
+/// default true). The error names the parameter.
+pub fn parse_request(
+    query: &BTreeMap<String, String>,
+    config: &Config,
+) -> Result<NewGuest, String> {
+    if let Some(k) = query.keys().find(|k| !PARAMS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown parameter `{k}` (use {})",
+            PARAMS.join(", ")
+        ));
+    }
+    let bytes = |key: &str| -> Result<Option<Bytes>, String> {
+        query
+            .get(key)
+            .map(|v| v.parse::<Bytes>().map_err(|e| format!("`{key}`: {e}")))
+            .transpose()
+    };
+    let memory =
+        bytes("memory")?.ok_or("`memory` is missing (the new guest's memory, e.g. 8GiB)")?;
+    if memory < Bytes::mib(1) {
+        return Err(format!(
+            "`memory`: {memory} is less than 1 MiB (a unit is needed: 8GiB, not 8)"
+        ));
+    }
+    let settings = match query.get("name") {
+        Some(n) => config.vm(n),
+        None => &config.defaults,
+    };
+    let resizable = match query.get("resizable").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(v) => return Err(format!("`resizable`: `{v}` is not true or false")),
+    };
+    Ok(NewGuest {
+        memory,
+        floor: bytes("min")?.unwrap_or(settings.min).min(memory),
+        overhead: bytes("overhead")?.unwrap_or(settings.overhead),
+        resizable,
+        need: bytes("need")?,
+    })
+}
+
+/// The answer to `guest` from the last tick's inputs.
+pub fn answer(inputs: &AdmissionInputs, guest: NewGuest, max_ratio: Option<f64>) -> Answer {
+    let admission = admit(
+        &inputs.obs,
+        &inputs.targets,
+        inputs.capacity,
+        &guest,
+        max_ratio,
+    );
+    Answer {
+        guest,
+        reason: admission.to_string(),
+        admission,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "[host]\nreserve = \"1GiB\"\n[qemu]\nqmp_glob = \"/x/*.qmp\"\n\
+             [vm_defaults]\nmin = \"512MiB\"\n[vm.db]\nmin = \"2GiB\"\noverhead = \"256MiB\"\n\
+             [admission]\nmax_ratio = 1.5\n",
+            Path::new("a.toml"),
+        )
+        .expect("config")
+    }
+
+    fn q(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_question_takes_its_defaults_from_the_config() {
+        let c = config();
+        assert_eq!(c.max_ratio, Some(1.5));
+        let g = parse_request(&q(&[("memory", "8GiB")]), &c).expect("valid");
+        assert_eq!((g.floor, g.overhead), (Bytes::mib(512), Bytes::mib(128)));
+        assert!(g.resizable && g.need.is_none());
+        let g = parse_request(&q(&[("memory", "8GiB"), ("name", "db")]), &c).expect("valid");
+        assert_eq!((g.floor, g.overhead), (Bytes::gib(2), Bytes::mib(256)));
+        let g = parse_request(
+            &q(&[
+                ("memory", "1GiB"),
+                ("min", "2GiB"),
+                ("need", "700MiB"),
+                ("resizable", "false"),
+            ]),
+            &c,
+        )
+        .expect("valid");
+        assert_eq!(g.floor, Bytes::gib(1), "a floor is capped at the memory");
+        assert_eq!(g.need, Some(Bytes::mib(700)));
+        assert!(!g.resizable);
+    }
+
+    #[test]
+    fn a_bad_question_names_its_parameter() {
+        let c = config();
+        for (pairs, says) in [
+            (&[][..], "`memory` is missing"),
+            (&[("memory", "8")][..], "`memory`"),
+            (&[("memory", "0GiB")][..], "less than 1 MiB"),
+            (&[("memory", "8GiB"), ("min", "lots")][..], "`min`"),
+            (
+                &[("memory", "8GiB"), ("resizable", "yes")][..],
+                "`resizable`",
+            ),
+            (
+                &[("memory", "8GiB"), ("cpus", "4")][..],
+                "unknown parameter `cpus`",
+            ),
+        ] {
+            let e = parse_request(&q(pairs), &c).expect_err("refused");
+            assert!(e.contains(says), "{pairs:?}: {e}");
+        }
+    }
+}
