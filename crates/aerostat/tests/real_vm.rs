@@ -1582,6 +1582,45 @@ fn the_daemon_answers_whether_one_more_guest_may_start() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`memory`"));
 
+    // The libvirt hook in docs/examples asks the same question from a domain's XML.
+    let hook = |kib: u64, balloon: &str| -> (i32, String) {
+        let xml = format!(
+            "<domain type='kvm'>\n  <name>c</name>\n  <memory unit='KiB'>{kib}</memory>\n  \
+             <devices>\n    <memballoon model='{balloon}'/>\n  </devices>\n</domain>\n"
+        );
+        let mut child = std::process::Command::new("sh")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../docs/examples/libvirt-qemu-hook.sh"
+            ))
+            .args(["c", "prepare", "begin", "-"])
+            .env("AEROSTAT_API", &api)
+            .env("AEROSTAT_BIN", env!("CARGO_BIN_EXE_aerostat"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the hook");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(xml.as_bytes())
+            .expect("write XML");
+        let out = child.wait_with_output().expect("hook");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        println!(
+            "hook {kib} KiB, memballoon {balloon}: exit {:?} {err}",
+            out.status.code()
+        );
+        (out.status.code().unwrap_or(-1), err)
+    };
+    assert_eq!(hook(512 * 1024, "virtio").0, 0);
+    let (rc, err) = hook(1280 * 1024, "none");
+    assert_eq!(rc, 1);
+    assert!(err.contains("refuse: floors"), "{err}");
+
     // Start the admitted guest: once the daemon sees it, it counts in the next answer.
     let mut c = TestVm::start(
         &files,

@@ -13,6 +13,19 @@ use crate::cmd::InputError;
 const NO_ANSWER: u8 = 3;
 
 pub fn run(args: &AdmitArgs) -> anyhow::Result<ExitCode> {
+    // Sizes are checked here too, so that a typo is exit 2 even with no daemon to ask.
+    for (flag, value) in [
+        ("memory", Some(&args.memory)),
+        ("min", args.min.as_ref()),
+        ("overhead", args.overhead.as_ref()),
+        ("need", args.need.as_ref()),
+    ] {
+        if let Some(v) = value
+            && let Err(e) = v.parse::<aerostat_core::Bytes>()
+        {
+            return Err(InputError(format!("--{flag} `{v}`: {e}")).into());
+        }
+    }
     let url = format!("http://{}/admit", args.api);
     let mut req = ureq::get(&url).query("memory", &args.memory);
     for (key, value) in [
