@@ -5,7 +5,8 @@
 //! - **The guest swaps.** Its own counters show it (balloon statistics `swap_in`): it is short
 //!   of memory inside, and the answer is memory back (a deflate). Where the operator declared
 //!   the disk it swaps on, QEMU's reads from that disk ([`VmSample::swap_disk_read`]) show the
-//!   same from the host, and decide instead of the guest's word.
+//!   same from the host, sooner, and when the guest does not say; the larger of the two counts
+//!   (swap in memory, zram, never reaches the disk).
 //! - **The host swaps the guest's memory.** The guest sees nothing: to it the page is resident
 //!   and an access just takes a disk read. Only the host shows it: the QEMU process's
 //!   `VmSwap` ([`VmSample::host_swapped`]) falls as its pages come back in (counted at most
@@ -104,10 +105,10 @@ pub fn diagnose(prev: &Observation, now: &Observation) -> Vec<Swapping> {
             let disk_in = before
                 .and_then(|b| b.swap_disk_read.zip(vm.swap_disk_read))
                 .and_then(|(then, now)| per_s(then, now, host_dt));
-            // The disk's reads are a host fact: where they are measured the guest's own
-            // report neither adds nor takes away swapping.
+            // Either shows the guest swapping: the disk sooner and whatever the guest says,
+            // the guest's report also what its swap in memory (zram) serves.
             let guest_swaps = disk_in
-                .or(guest_in)
+                .max(guest_in)
                 .is_some_and(|r| r > SWAPPING_BYTES_PER_S);
             // This guest's own host swap-ins where measured; else the machine's, which may
             // be this guest's.
@@ -181,7 +182,8 @@ impl Rates {
                     && d <= SWAPPING_BYTES_PER_S =>
             {
                 format!(
-                    "its swap disk reads {} ({reported}, which the disk does not bear out)",
+                    "{reported}, which its swap disk does not show ({} read: swap in memory, \
+                     as zram, or a claim)",
                     rate(Some(d))
                 )
             }
@@ -277,8 +279,8 @@ mod tests {
         assert!(v.why.starts_with("double paging"), "{}", v.why);
     }
 
-    /// Where the guest's swap disk is read, its reads decide, whatever the guest reports:
-    /// swapping it hides shows, swapping it claims without reads does not count.
+    /// Where the guest's swap disk is read, its reads show swapping the guest does not report;
+    /// swapping it reports without reads still counts (zram), and the words say so.
     #[test]
     fn the_swap_disk_outranks_the_guests_report() {
         let with_disk = |o: Observation, mib: u64| {
@@ -298,13 +300,19 @@ mod tests {
             "{}",
             v.why
         );
-        // The guest claims 5 MiB/s; the disk read nothing.
+        // The guest reports 5 MiB/s; the disk read nothing.
         let v = one(
             &with_disk(obs(10, 0, Some(0), Some(10), Some(0)), 100),
             &with_disk(obs(12, 0, Some(10), Some(12), Some(0)), 100),
         );
+        assert_eq!(v.source, SwapSource::Guest, "{v:?}");
+        assert!(v.why.contains("does not show"), "{}", v.why);
+        // Neither.
+        let v = one(
+            &with_disk(obs(10, 0, Some(0), Some(10), Some(0)), 100),
+            &with_disk(obs(12, 0, Some(0), Some(12), Some(0)), 100),
+        );
         assert_eq!(v.source, SwapSource::None, "{v:?}");
-        assert!(v.why.contains("does not bear out"), "{}", v.why);
         // Only one reading with the disk: the guest's report, as without one.
         let v = one(
             &obs(10, 0, Some(0), Some(10), Some(0)),

@@ -14,9 +14,12 @@ use crate::qmp::QmpError;
 /// One guest disk's counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskStats {
-    /// The drive's name (`-drive …,id=NAME`); empty for a `-blockdev` drive.
+    /// The drive's name (`-drive …,id=NAME`); empty for a `-blockdev` drive (libvirt's).
     pub device: String,
-    /// The device the disk is attached to: its `id=`, or its QOM path when it has none.
+    /// The block node's name (`-blockdev …,node-name=NAME`; QEMU makes up `#block…` ones).
+    pub node_name: Option<String>,
+    /// The device the disk is attached to, as QEMU names it: its id, or a QOM path —
+    /// `/machine/peripheral/ID/virtio-backend` for a virtio-blk device with `id=ID`.
     pub qdev: Option<String>,
     /// Bytes the guest read from the disk since QEMU started.
     pub read: Bytes,
@@ -24,9 +27,18 @@ pub struct DiskStats {
 }
 
 impl DiskStats {
-    /// Whether `name` names this disk: the drive's name, or the device's id.
+    /// Whether `name` names this disk: the drive's name, its block node's name, or the id
+    /// of the device it is attached to.
     pub fn is(&self, name: &str) -> bool {
-        (!self.device.is_empty() && self.device == name) || self.qdev.as_deref() == Some(name)
+        if name.is_empty() {
+            return false;
+        }
+        let device_id = self.qdev.as_deref().map(|q| {
+            q.strip_prefix("/machine/peripheral/")
+                .and_then(|rest| rest.split('/').next())
+                .unwrap_or(q)
+        });
+        self.device == name || self.node_name.as_deref() == Some(name) || device_id == Some(name)
     }
 }
 
@@ -56,6 +68,10 @@ pub fn parse_disk_stats(v: &Value) -> Result<Vec<DiskStats>, QmpError> {
             .get("qdev")
             .and_then(Value::as_str)
             .map(str::to_string);
+        let node_name = entry
+            .get("node-name")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         if device.is_empty() && qdev.is_none() {
             continue;
         }
@@ -65,6 +81,7 @@ pub fn parse_disk_stats(v: &Value) -> Result<Vec<DiskStats>, QmpError> {
             .ok_or_else(|| QmpError::protocol(format!("{what}: no `stats` object")))?;
         out.push(DiskStats {
             device,
+            node_name,
             qdev,
             read: Bytes(req_u64(stats, "rd_bytes", what)?),
             read_operations: req_u64(stats, "rd_operations", what)?,
@@ -78,30 +95,37 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// QEMU 10.0.2: a `-drive id=swap0` on an anonymous virtio-blk device, a `-blockdev` on
-    /// one with `id=vd2` (counters trimmed to the ones read here and a few others).
+    /// QEMU 10.0.2 (`query-blockstats` of one guest): a `-drive id=swap0` on a virtio-blk device
+    /// without an id; a `-drive id=drv3` on one with `id=vd3`; a `-blockdev node-name=d2` on
+    /// one with `id=vd2`, as libvirt attaches disks (counters trimmed), and a node no device
+    /// uses.
     fn reply() -> Value {
         json!([
-            {"device": "swap0", "node-name": "#block178",
+            {"device": "swap0", "node-name": "#block122",
              "qdev": "/machine/peripheral-anon/device[0]/virtio-backend",
              "stats": {"rd_bytes": 4608, "rd_operations": 2, "wr_bytes": 0, "account_invalid": true},
              "parent": {"stats": {"rd_bytes": 0, "rd_operations": 0}}},
-            {"device": "", "node-name": "d2", "qdev": "vd2",
+            {"device": "drv3", "node-name": "#block337",
+             "qdev": "/machine/peripheral/vd3/virtio-backend",
+             "stats": {"rd_bytes": 4608, "rd_operations": 2}},
+            {"device": "", "node-name": "d2", "qdev": "/machine/peripheral/vd2/virtio-backend",
              "stats": {"rd_bytes": 1048576, "rd_operations": 9, "wr_bytes": 0}},
             {"device": "", "node-name": "lonely", "stats": {"rd_bytes": 1, "rd_operations": 1}}
         ])
     }
 
     #[test]
-    fn disks_are_found_by_drive_name_or_device_id() {
+    fn disks_are_found_by_drive_node_or_device_name() {
         let disks = parse_disk_stats(&reply()).expect("parses");
-        assert_eq!(disks.len(), 2, "the node without a device is skipped");
+        assert_eq!(disks.len(), 3, "the node without a device is skipped");
         assert!(disks[0].is("swap0"));
         assert_eq!(disks[0].read, Bytes(4608));
         assert_eq!(disks[0].read_operations, 2);
-        assert!(disks[1].is("vd2"));
-        assert!(!disks[1].is(""), "an empty drive name names nothing");
-        assert_eq!(disks[1].read, Bytes::mib(1));
+        assert!(disks[1].is("drv3") && disks[1].is("vd3"));
+        assert!(disks[2].is("vd2") && disks[2].is("d2"));
+        assert!(!disks[2].is(""), "an empty drive name names nothing");
+        assert!(!disks[2].is("virtio-backend") && !disks[0].is("device[0]"));
+        assert_eq!(disks[2].read, Bytes::mib(1));
     }
 
     #[test]

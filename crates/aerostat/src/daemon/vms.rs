@@ -746,7 +746,7 @@ impl VmConn {
                 tracing::warn!(
                     vm,
                     disk,
-                    "vm.{vm}.swap_disk: QEMU has no disk of that name (neither a -drive id= nor a device id=): its swap-ins are the guest's word alone"
+                    "vm.{vm}.swap_disk: QEMU has no disk of that name (no -drive id=, -blockdev node-name= or device id=): its swap-ins are the guest's word alone"
                 );
             }
             Some(Some(_)) => self.swap_disk_missing = false,

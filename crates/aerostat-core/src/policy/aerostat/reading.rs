@@ -295,12 +295,13 @@ pub(super) fn read(
             (Some(a), Some(b)) => a.saturating_sub(b) as f64,
             _ => 0.0,
         };
-        // Where the guest's swap disk is read, its reads are the swap-ins: a host fact, and
-        // a stats interval sooner than the guest's own count. Its report then neither adds
-        // nor hides any.
+        // Where the guest's swap disk is read, its reads are swap-ins too: a host fact, a
+        // stats interval sooner than the guest's own count, and there when the guest does not
+        // report. The larger counts: swap-ins from swap in memory (zram) never reach the disk.
+        let reported = delta(s.swap_in.map(|b| b.0), p.swap_in) / dt;
         r.swap_in_bps = match (vm.swap_disk_read, p.swap_disk_read) {
-            (Some(now), Some(then)) => now.0.saturating_sub(then) as f64 / dt,
-            _ => delta(s.swap_in.map(|b| b.0), p.swap_in) / dt,
+            (Some(now), Some(then)) => reported.max(now.0.saturating_sub(then) as f64 / dt),
+            _ => reported,
         };
         r.refault_pps = delta(s.major_faults, p.major_faults) / dt;
         r.new_ooms = delta(s.oom_kills, p.oom_kills) as u64;
