@@ -19,10 +19,13 @@ if [ -z "$kib" ]; then
     echo "aerostat hook: no <memory unit='KiB'> in the domain XML of $1; not asked" >&2
     exit 0
 fi
-# A guest with <memballoon model='none'/> and no virtio-mem cannot be resized: all of it counts.
+# All of a guest counts, never overcommitted, when nothing can resize it (<memballoon
+# model='none'/> and no virtio-mem) or its memory is pinned: locked, huge pages, or a
+# passthrough device (<hostdev>: QEMU pins all guest RAM for its DMA).
 resizable=
-if printf '%s\n' "$xml" | grep -q "<memballoon model='none'" &&
-    ! printf '%s\n' "$xml" | grep -q "model='virtio-mem'"; then
+if { printf '%s\n' "$xml" | grep -q "<memballoon model='none'" &&
+    ! printf '%s\n' "$xml" | grep -q "model='virtio-mem'"; } ||
+    printf '%s\n' "$xml" | grep -q -e '<hostdev' -e '<locked/>' -e '<hugepages'; then
     resizable=--not-resizable
 fi
 answer=$("$bin" admit --api "$api" --name "$1" --memory "${kib}KiB" $resizable 2>&1)

@@ -549,11 +549,38 @@ fn a_device_qemu_will_not_migrate_is_unplugged_first_and_plugged_back_where_the_
     assert!(guest_sees_nvme(&src));
     let handoff = ["--unplug", "nv0", "--replug", NVME_REPLUG];
 
-    // 1. Nobody listens: the migration fails after the unplug; the device comes back.
-    let closed = free_port();
+    // The destination, started with the block node but without the controller: the replug
+    // needs its QMP socket, so `aerostat migrate` refuses to unplug without one.
+    let port = free_port();
+    let dst_args = nvme_backend(&img);
+    let dst_args: Vec<&str> = dst_args.iter().map(String::as_str).collect();
+    let mut dst = TestVm::spawn(
+        &files,
+        &VmSpec::new("nvme-dst", 512)
+            .daemon_dir(qmp_dir.path())
+            .qemu_args(&dst_args)
+            .incoming(&format!("tcp:127.0.0.1:{port}")),
+    );
+    let dst_qmp = qmp_dir.path().join("nvme-dst.qmp");
+    wait_until(
+        Duration::from_secs(30),
+        "the destination's QMP socket",
+        || dst_qmp.exists(),
+    );
     let mut extra = vec!["--max-time", BUDGET];
     extra.extend(handoff);
-    let (rc, r, took) = aerostat_migrate(&src_qmp, closed, None, &extra);
+    // No destination QMP: refused before anything is unplugged.
+    let out = aerostat_migrate_cmd(&src_qmp, port, None, &extra)
+        .output()
+        .expect("run aerostat migrate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr.contains("no destination QMP connection"), "{stderr}");
+    assert!(has_device(&src, "nv0"), "nothing unplugged");
+
+    // 1. Nobody listens: the migration fails after the unplug; the device comes back.
+    let closed = free_port();
+    let (rc, r, took) = aerostat_migrate(&src_qmp, closed, Some(&dst_qmp), &extra);
     print_report("nvme guest, nobody listening", rc, &r);
     println!("wall: {took:?}; devices: {}", r["devices"]);
     assert_ne!(rc, 0, "{r:#}");
@@ -575,23 +602,7 @@ fn a_device_qemu_will_not_migrate_is_unplugged_first_and_plugged_back_where_the_
         || guest_sees_nvme(&src),
     );
 
-    // 2. A real destination, started with the block node but without the controller.
-    let port = free_port();
-    let dst_args = nvme_backend(&img);
-    let dst_args: Vec<&str> = dst_args.iter().map(String::as_str).collect();
-    let mut dst = TestVm::spawn(
-        &files,
-        &VmSpec::new("nvme-dst", 512)
-            .daemon_dir(qmp_dir.path())
-            .qemu_args(&dst_args)
-            .incoming(&format!("tcp:127.0.0.1:{port}")),
-    );
-    let dst_qmp = qmp_dir.path().join("nvme-dst.qmp");
-    wait_until(
-        Duration::from_secs(30),
-        "the destination's QMP socket",
-        || dst_qmp.exists(),
-    );
+    // 2. Now to the real destination.
     let (rc, r, took) = aerostat_migrate(&src_qmp, port, Some(&dst_qmp), &extra);
     print_report("nvme guest, real destination", rc, &r);
     println!("wall: {took:?}; devices: {}", r["devices"]);
@@ -656,12 +667,24 @@ fn a_blocker_left_after_the_unplug_stops_the_migration_before_it_starts() {
     );
     let src_qmp = qmp_dir.path().join("twoblock.qmp");
     assert_eq!(blockers(&src).len(), 2, "{:?}", blockers(&src));
-    // A port nobody listens on: had a migration started, it would fail there, not here.
+    // A destination that waits: had a migration started, it would land there.
     let port = free_port();
+    let mut dst = TestVm::spawn(
+        &files,
+        &VmSpec::new("twoblock-dst", 512)
+            .daemon_dir(qmp_dir.path())
+            .incoming(&format!("tcp:127.0.0.1:{port}")),
+    );
+    let dst_qmp = qmp_dir.path().join("twoblock-dst.qmp");
+    wait_until(
+        Duration::from_secs(30),
+        "the destination's QMP socket",
+        || dst_qmp.exists(),
+    );
     let out = aerostat_migrate_cmd(
         &src_qmp,
         port,
-        None,
+        Some(&dst_qmp),
         &["--unplug", "nv0", "--replug", NVME_REPLUG],
     )
     .output()
@@ -689,6 +712,8 @@ fn a_blocker_left_after_the_unplug_stops_the_migration_before_it_starts() {
         "the guest to see its NVMe controller again",
         || guest_sees_nvme(&src),
     );
+    assert_eq!(run_state(&dst), "inmigrate", "the destination still waits");
+    dst.kill();
     src.kill();
 }
 

@@ -1561,18 +1561,24 @@ fn the_daemon_answers_whether_one_more_guest_may_start() {
         Some(3 * 96 * MIB + 1024 * MIB)
     );
 
-    // Floors: a 1.25 GiB guest nothing can resize holds all of it.
+    // Floors: a 1.25 GiB guest nothing can resize holds all of it (whole, it is past the
+    // ratio too).
     let (rc, a) = admit(&["--memory", "1280MiB", "--not-resizable"]);
     assert_eq!(rc, 1, "{a:#}");
     assert_eq!(check(&a, "floors")["ok"], false, "{a:#}");
-    // Working sets: a guest expected to use 1.1 GiB does not fit next to the others.
-    let (rc, a) = admit(&["--memory", "1280MiB", "--need", "1100MiB"]);
+    // Working sets alone: a 700 MiB guest expected to use all of it does not fit next to
+    // the others' targets (each at least its use + 256 MiB of burst room), though its floor
+    // does and the ratio allows it (288 + 1724 ÷ 1.5 = 1437 MiB of 1472).
+    let (rc, a) = admit(&["--memory", "700MiB", "--need", "700MiB"]);
     assert_eq!(rc, 1, "{a:#}");
     assert_eq!(check(&a, "floors")["ok"], true, "{a:#}");
+    assert_eq!(check(&a, "ratio")["ok"], true, "{a:#}");
     assert_eq!(check(&a, "working_sets")["ok"], false, "{a:#}");
-    // The ratio: 2 GiB more promised is past 1.5.
+    // The ratio alone: 2 GiB more promised is past 1.5, though its floor and need fit.
     let (rc, a) = admit(&["--memory", "2GiB"]);
     assert_eq!(rc, 1, "{a:#}");
+    assert_eq!(check(&a, "floors")["ok"], true, "{a:#}");
+    assert_eq!(check(&a, "working_sets")["ok"], true, "{a:#}");
     assert_eq!(check(&a, "ratio")["ok"], false, "{a:#}");
     // A bad flag names itself.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_aerostat"))
@@ -1583,10 +1589,10 @@ fn the_daemon_answers_whether_one_more_guest_may_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("`memory`"));
 
     // The libvirt hook in docs/examples asks the same question from a domain's XML.
-    let hook = |kib: u64, balloon: &str| -> (i32, String) {
+    let hook = |kib: u64, balloon: &str, more: &str| -> (i32, String) {
         let xml = format!(
             "<domain type='kvm'>\n  <name>c</name>\n  <memory unit='KiB'>{kib}</memory>\n  \
-             <devices>\n    <memballoon model='{balloon}'/>\n  </devices>\n</domain>\n"
+             <devices>\n    <memballoon model='{balloon}'/>\n    {more}\n  </devices>\n</domain>\n"
         );
         let mut child = std::process::Command::new("sh")
             .arg(concat!(
@@ -1616,8 +1622,16 @@ fn the_daemon_answers_whether_one_more_guest_may_start() {
         );
         (out.status.code().unwrap_or(-1), err)
     };
-    assert_eq!(hook(512 * 1024, "virtio").0, 0);
-    let (rc, err) = hook(1280 * 1024, "none");
+    assert_eq!(hook(512 * 1024, "virtio", "").0, 0);
+    let (rc, err) = hook(1280 * 1024, "none", "");
+    assert_eq!(rc, 1);
+    assert!(err.contains("refuse: floors"), "{err}");
+    // A passthrough device pins all of it: counted whole though it has a balloon.
+    let (rc, err) = hook(
+        1280 * 1024,
+        "virtio",
+        "<hostdev mode='subsystem' type='pci'/>",
+    );
     assert_eq!(rc, 1);
     assert!(err.contains("refuse: floors"), "{err}");
 

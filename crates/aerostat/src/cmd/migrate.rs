@@ -15,9 +15,7 @@ use aerostat_core::planner::migration::{
     replan,
 };
 use aerostat_core::{Bytes, Millis};
-use aerostat_qemu::backend::{
-    MigrationCapability, MigrationParameters, MigrationStatus, PlugCommand, is_qemu_id,
-};
+use aerostat_qemu::backend::{MigrationCapability, MigrationParameters, MigrationStatus};
 use aerostat_qemu::qmp::EventTimestamp;
 use aerostat_qemu::{QemuVm, QmpError, QmpOptions, VmEvent};
 use aerostat_sim::scenario::Rate;
@@ -30,7 +28,7 @@ use crate::cmd::InputError;
 
 mod handoff;
 
-pub use handoff::{Handoff, HandoffReport};
+pub use handoff::{Handoff, HandoffReport, StillBlocked};
 
 const POLL: Duration = Duration::from_millis(200);
 
@@ -159,31 +157,19 @@ fn parse_settings(args: &MigrateArgs) -> Result<Settings, InputError> {
 }
 
 fn parse_handoff(args: &MigrateArgs) -> Result<Handoff, InputError> {
-    if !args.replug.is_empty() && args.unplug.is_empty() {
-        return Err(InputError(
-            "--replug: plugs back what --unplug took; give the devices to unplug".into(),
-        ));
-    }
-    if let Some(bad) = args.unplug.iter().find(|id| !is_qemu_id(id)) {
-        return Err(InputError(format!(
-            "--unplug `{bad}`: not a QEMU device id (a letter, then letters, digits, `-`, `.`, `_`)"
-        )));
-    }
-    let replug = args
+    let steps = args
         .replug
         .iter()
         .enumerate()
         .map(|(i, text)| {
-            let n = i + 1;
-            let v: Value = serde_json::from_str(text)
-                .map_err(|e| InputError(format!("--replug #{n}: not JSON: {e}")))?;
-            PlugCommand::from_value(&v).map_err(|e| InputError(format!("--replug #{n}: {e}")))
+            serde_json::from_str(text)
+                .map_err(|e| InputError(format!("--replug #{}: not JSON: {e}", i + 1)))
         })
-        .collect::<Result<_, _>>()?;
-    Ok(Handoff {
-        unplug: args.unplug.clone(),
-        replug,
+        .collect::<Result<Vec<Value>, _>>()?;
+    Handoff::parse(&args.unplug, &steps, "--unplug", |i| {
+        format!("--replug #{}", i + 1)
     })
+    .map_err(InputError)
 }
 
 pub fn run(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
@@ -528,10 +514,18 @@ pub async fn migrate_vm(
     let devices = if s.handoff.is_empty() {
         None
     } else {
+        if dest.is_none() {
+            anyhow::bail!(
+                "devices to unplug ({}) must be plugged back on the destination, and there is no \
+                 destination QMP connection (--dest-qmp, or the prepare hook's dest_qmp=): not \
+                 migrating",
+                s.handoff.unplug.join(", ")
+            );
+        }
         match s.handoff.unplug(vm).await {
             Ok(r) => Some(r),
             Err((e, r)) => {
-                anyhow::bail!("{e:#}; no migration started; {}", replug_summary(&r))
+                return Err(e.context(format!("no migration started; {}", replug_summary(&r))));
             }
         }
     };
@@ -1053,7 +1047,7 @@ mod tests {
     fn devices_to_hand_off_are_checked_before_anything_is_unplugged() {
         let step = r#"{"execute": "device_add", "arguments": {"driver": "nvme", "id": "nv0"}}"#;
         for (bad, says) in [
-            (&["--replug", step][..], "give the devices to unplug"),
+            (&["--replug", step][..], "plugs back what --unplug takes"),
             (&["--unplug", "../balloon0"], "not a QEMU device id"),
             (
                 &["--unplug", "nv0", "--replug", "device_add nv0"],

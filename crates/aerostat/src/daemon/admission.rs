@@ -17,6 +17,18 @@ pub struct AdmissionInputs {
     /// The policy's target for each of `obs.vms`, in order.
     pub targets: Vec<Option<Bytes>>,
     pub capacity: Bytes,
+    /// When the tick took them: an answer from an old observation is no answer.
+    pub taken: std::time::Instant,
+}
+
+impl AdmissionInputs {
+    /// Whether they are too old to answer from: three intervals and a margin without a tick
+    /// (a loop stuck on a hung QEMU, or failing).
+    pub fn stale(&self, interval: aerostat_core::Millis) -> Option<std::time::Duration> {
+        let age = self.taken.elapsed();
+        let limit = std::time::Duration::from_millis(interval.0.saturating_mul(3) + 5000);
+        (age > limit).then_some(age)
+    }
 }
 
 /// The answer with the question as understood.

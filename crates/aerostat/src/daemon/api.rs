@@ -85,6 +85,12 @@ async fn admit_handler(
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "error": "no tick yet: nothing observed to answer from" })),
         ),
+        Some(inputs) if let Some(age) = inputs.stale(s.config.interval) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "error": format!("the last observation is {:.0} s old: the control loop is not ticking", age.as_secs_f64())
+            })),
+        ),
         Some(inputs) => {
             let a = answer(&inputs, guest, s.config.max_ratio);
             (

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use aerostat_core::{Bytes, Millis, PolicyKind, VmClass};
-use aerostat_qemu::backend::{PlugCommand, is_qemu_id};
 use aerostat_sim::input::shorten_quoted;
 use aerostat_sim::input::table::{table, tables_by_name};
 use aerostat_sim::scenario::Rate;
@@ -452,6 +451,20 @@ impl Config {
                     )));
                 }
             }
+            // Devices the escape unplugs go back in on the destination, through the QMP
+            // socket only the prepare hook can name: without one they would be lost.
+            if m.escape && m.prepare.is_none() {
+                let named = std::iter::once(("vm_defaults".to_string(), &defaults))
+                    .chain(vms.iter().map(|(n, v)| (format!("vm.{n}"), v)))
+                    .find(|(_, v)| !v.handoff.unplug.is_empty());
+                if let Some((key, _)) = named {
+                    return Err(invalid(format!(
+                        "`{key}.unplug_for_migration`: the escape plugs these devices back in on \
+                         the destination, through the QMP socket a `migration.prepare` hook names \
+                         (dest_qmp=); without one they would stay unplugged"
+                    )));
+                }
+            }
             m.escape.then_some(escape)
         };
         // Checked with the control off too, as `[migration]` is with the escape off: a wrong
@@ -519,36 +532,29 @@ impl Config {
 /// A VM's `unplug_for_migration` and `replug_after_migration`, each inherited on its own from
 /// `base` when unset. The error is a message starting with the key, for `invalid`.
 fn handoff(key: &str, raw: &RawVm, base: &Handoff) -> Result<Handoff, String> {
-    let unplug = match &raw.unplug_for_migration {
-        None => base.unplug.clone(),
-        Some(ids) => {
-            if let Some(bad) = ids.iter().find(|id| !is_qemu_id(id)) {
-                return Err(format!(
-                    "`{key}.unplug_for_migration`: `{bad}` is not a QEMU device id (a letter, \
-                     then letters, digits, `-`, `.`, `_`)"
-                ));
-            }
-            ids.clone()
+    let unplug = raw
+        .unplug_for_migration
+        .clone()
+        .unwrap_or_else(|| base.unplug.clone());
+    match &raw.replug_after_migration {
+        Some(steps) => Handoff::parse(
+            &unplug,
+            steps,
+            &format!("`{key}.unplug_for_migration`"),
+            |i| format!("`{key}.replug_after_migration` step {}", i + 1),
+        ),
+        None => {
+            // Inherited steps were checked where they were written.
+            let mut h = Handoff::parse(
+                &unplug,
+                &[],
+                &format!("`{key}.unplug_for_migration`"),
+                |_| String::new(),
+            )?;
+            h.replug = base.replug.clone();
+            Ok(h)
         }
-    };
-    let replug = match &raw.replug_after_migration {
-        None => base.replug.clone(),
-        Some(steps) => steps
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                PlugCommand::from_value(v)
-                    .map_err(|e| format!("`{key}.replug_after_migration` step {}: {e}", i + 1))
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    if unplug.is_empty() && !replug.is_empty() {
-        return Err(format!(
-            "`{key}.replug_after_migration`: plugs back what `unplug_for_migration` takes, \
-             and that is empty"
-        ));
     }
-    Ok(Handoff { unplug, replug })
 }
 
 /// The line (1-based) where dotted `key` (`host.reserve`, `vm.db.min`) is set: the `key =` line
@@ -658,6 +664,11 @@ mod tests {
                 "[vm.a]\nunplug_for_migration = \"vf0\"\n",
                 6,
                 "unplug_for_migration",
+            ),
+            (
+                "[vm.a]\nunplug_for_migration = [\"vf0\"]\n[migration]\nescape = true\npeers = [\"tcp:h:1\"]\n",
+                6,
+                "a `migration.prepare` hook",
             ),
         ] {
             let e = parse(vm).expect_err("refused").to_string();

@@ -24,7 +24,9 @@ use tokio::task::JoinHandle;
 
 use super::config::{Config, EscapeConfig};
 use super::vms::VmRegistry;
-use crate::cmd::migrate::{Destination, Handoff, HandoffReport, Report, Settings, migrate_vm};
+use crate::cmd::migrate::{
+    Destination, Handoff, HandoffReport, Report, Settings, StillBlocked, migrate_vm,
+};
 
 /// `calc-dirty-rate` window for the candidates, seconds.
 const DIRTY_PROBE_SECS: u32 = 1;
@@ -39,6 +41,9 @@ struct Running {
     vm: String,
     peer: String,
     handle: JoinHandle<anyhow::Result<Report>>,
+    /// The devices to unplug that the guest had when the escape began: a shutdown that
+    /// aborts the escape plugs back those that are gone.
+    had_devices: Vec<String>,
 }
 
 /// The escape's state across ticks.
@@ -59,6 +64,10 @@ pub struct EscapeRunner {
     /// Devices to unplug around each guest's migration: by VM name, else `[vm_defaults]`'s.
     handoffs: BTreeMap<String, Handoff>,
     default_handoff: Handoff,
+    /// Guests whose handoff left QEMU still blocking, with the blockers it listed then: they
+    /// stay unmovable while QEMU lists the same (unplugging their devices again would only
+    /// cut them off again for nothing).
+    still_blocked: BTreeMap<String, Vec<String>>,
 }
 
 impl EscapeRunner {
@@ -70,6 +79,7 @@ impl EscapeRunner {
                 .map(|(name, s)| (name.clone(), s.handoff.clone()))
                 .collect(),
             default_handoff: vms.defaults.handoff.clone(),
+            still_blocked: BTreeMap::new(),
             config,
             watch: PressureWatch::default(),
             timer: EscapeTimer::default(),
@@ -140,6 +150,26 @@ impl EscapeRunner {
             max_time: self.config.max_time,
             // Post-copy needs the destination's QMP, which only a `prepare` hook can give.
             postcopy: self.config.prepare.is_some(),
+        };
+        // A guest whose handoff left blockers standing stays while they are the same.
+        self.still_blocked
+            .retain(|vm, blockers| registry.get(vm).is_some_and(|c| c.blockers == *blockers));
+        let held;
+        let obs = if obs
+            .vms
+            .iter()
+            .any(|v| self.still_blocked.contains_key(&v.name))
+        {
+            let mut o = obs.clone();
+            for v in &mut o.vms {
+                if self.still_blocked.contains_key(&v.name) {
+                    v.migratable = false;
+                }
+            }
+            held = o;
+            &held
+        } else {
+            obs
         };
         let escape = choose_escape(
             obs,
@@ -225,10 +255,17 @@ impl EscapeRunner {
                 handoff: self.handoff_of(&vm).clone(),
             },
         };
+        let mut had_devices = Vec::new();
+        for id in &job.settings.handoff.unplug {
+            if qemu.has_device(id).await.unwrap_or(false) {
+                had_devices.push(id.clone());
+            }
+        }
         self.running = Some(Running {
             vm,
             peer,
             handle: tokio::spawn(job.run(qemu)),
+            had_devices,
         });
         lines
     }
@@ -257,23 +294,40 @@ impl EscapeRunner {
             }
             Err(e) => tracing::warn!(vm = %r.vm, error = %e, "shutting down during an escape"),
         }
-        // The aborted task may have unplugged devices: plug them back where the guest runs
-        // once QEMU has finished cancelling (it refuses hot-plug while a migration runs).
-        let handoff = self.handoff_of(&r.vm);
-        if handoff.is_empty() {
+        // The aborted task may have unplugged devices: plug back those that are gone once
+        // QEMU has finished cancelling (it refuses hot-plug while a migration runs).
+        if r.had_devices.is_empty() {
             return;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while tokio::time::Instant::now() < deadline
-            && qemu
-                .query_migrate()
-                .await
-                .is_ok_and(|i| !i.status.is_finished() && i.status != MigrationStatus::None)
-        {
+        let mut status = None;
+        while tokio::time::Instant::now() < deadline {
+            status = qemu.query_migrate().await.ok().map(|i| i.status);
+            if status
+                .as_ref()
+                .is_some_and(|s| s.is_finished() || *s == MigrationStatus::None)
+            {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        if !status
+            .as_ref()
+            .is_some_and(|s| s.is_finished() || *s == MigrationStatus::None)
+        {
+            tracing::warn!(vm = %r.vm, ?status, devices = ?r.had_devices, "shutting down during an escape that goes on: its devices are not plugged back");
+            return;
+        }
         let mut report = HandoffReport::default();
-        handoff.replug_after(&qemu, None, &mut report).await;
+        for id in &r.had_devices {
+            if !qemu.has_device(id).await.unwrap_or(true) {
+                report.asked.push(id.clone());
+                report.unplugged.push(id.clone());
+            }
+        }
+        self.handoff_of(&r.vm)
+            .replug_after(&qemu, None, &mut report)
+            .await;
         tracing::warn!(vm = %r.vm, on = ?report.replugged_on, replugged = ?report.replugged, errors = ?report.replug_errors, "shutting down during an escape: devices plugged back");
     }
 
@@ -339,6 +393,13 @@ impl EscapeRunner {
                 })
             }
             Err(e) => {
+                if let Some(still) = e.downcast_ref::<StillBlocked>()
+                    && let Some(conn) = registry.get(&r.vm)
+                {
+                    tracing::warn!(vm = %r.vm, blockers = ?still.blockers, "the devices' handoff left QEMU blocking this guest: the escape leaves it while these blockers stand");
+                    self.still_blocked
+                        .insert(r.vm.clone(), conn.blockers.clone());
+                }
                 tracing::warn!(vm = %r.vm, peer = %r.peer, error = %format!("{e:#}"), "escape failed; the guest stays");
                 json!({
                     "event": "escape_finished",

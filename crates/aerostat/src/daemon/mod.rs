@@ -430,6 +430,7 @@ async fn tick(
         obs: obs.clone(),
         targets,
         capacity,
+        taken: std::time::Instant::now(),
     });
     *previous = Some(swap_rates::next_previous(obs, &samples));
     Ok(())

@@ -935,7 +935,11 @@ fn swap_ins_the_guests_swap_disk_shows_count_as_pressure() {
         p.propose(&obs(1, vec![v]), &[]).remove(0).rule
     };
     assert_eq!(run(0, 50), Rule::DeflatePressure, "hidden swap-ins count");
-    assert_eq!(run(50, 0), Rule::DeflatePressure, "reported swap-ins still do");
+    assert_eq!(
+        run(50, 0),
+        Rule::DeflatePressure,
+        "reported swap-ins still do"
+    );
     assert_ne!(run(0, 0), Rule::DeflatePressure);
 }
 
