@@ -720,7 +720,16 @@ mod tests {
         .expect_err("bad unit")
         .to_string();
         assert!(e.contains("`vm.build.headroom`"), "{e}");
+        // Turned on as is, the example's vm.nic needs a prepare hook for its devices.
         let on = EXAMPLE.replace("escape = false", "escape = true");
+        let e = Config::parse(&on, Path::new("aerostat.toml"))
+            .expect_err("devices to unplug need a prepare hook")
+            .to_string();
+        assert!(e.contains("`vm.nic.unplug_for_migration`"), "{e}");
+        let on = on.replace(
+            "# prepare = [\"/usr/local/libexec/aerostat-prepare-destination\"]",
+            "prepare = [\"sh\", \"-c\", \"true\"]",
+        );
         let c = Config::parse(&on, Path::new("aerostat.toml")).expect("escape on is valid");
         let e = c.escape.expect("escape on");
         assert_eq!(e.peers, ["tcp:10.0.0.2:4444"]);
