@@ -242,10 +242,7 @@ impl Handoff {
 /// A step QEMU refuses is tried again for a while: a device the guest just ejected leaves the
 /// QOM tree before QEMU has let go of its backends, and plugging it back at once was refused
 /// ("Permission conflict on node 'nvd'", once in the lab) where a moment later it is not.
-async fn plug_with_retries(
-    vm: &QemuVm,
-    step: &PlugCommand,
-) -> Result<(), aerostat_qemu::QmpError> {
+async fn plug_with_retries(vm: &QemuVm, step: &PlugCommand) -> Result<(), aerostat_qemu::QmpError> {
     const TRIES: u32 = 10;
     let mut tries = 0;
     loop {
