@@ -1556,6 +1556,16 @@ fn the_daemon_answers_whether_one_more_guest_may_start() {
         Some(floors + 296 * MIB)
     );
     assert_eq!(check(&a, "floors")["limit"], st["capacity"], "{a:#}");
+    // The room the working-sets check leaves is in /status too (a tick apart: roughly).
+    let room = st["room"].as_u64().expect("room");
+    let capacity = st["capacity"].as_u64().expect("capacity");
+    println!(
+        "room for one more: {} MiB of {} MiB",
+        room / MIB,
+        capacity / MIB
+    );
+    assert!(room > 200 * MIB && room < capacity, "{st:#}");
+    assert!(daemon.status_table().contains("room for one more"));
     assert_eq!(
         check(&a, "ratio")["need"].as_u64(),
         Some(3 * 96 * MIB + 1024 * MIB)

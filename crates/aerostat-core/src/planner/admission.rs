@@ -127,12 +127,7 @@ pub fn admit(
         ),
     });
 
-    let held: Bytes = obs
-        .vms
-        .iter()
-        .zip(targets.iter().chain(std::iter::repeat(&None)))
-        .map(|(vm, target)| needs_now(vm, *target))
-        .sum();
+    let held = targets_need(obs, targets);
     let working = held + new.need();
     checks.push(Check {
         name: "working_sets".into(),
@@ -181,6 +176,22 @@ pub fn admit(
         admit: checks.iter().all(|c| c.ok),
         checks,
     }
+}
+
+/// Room for one more guest now: the capacity less what the running guests need (their
+/// targets or sizes, and overheads; never less than their floors). What a new guest's
+/// overhead and need may take without squeezing anyone below its target.
+pub fn room(obs: &Observation, targets: &[Option<Bytes>], capacity: Bytes) -> Bytes {
+    capacity - targets_need(obs, targets)
+}
+
+/// Σ [`needs_now`] over the guests, `targets[i]` for `obs.vms[i]` (missing: none).
+fn targets_need(obs: &Observation, targets: &[Option<Bytes>]) -> Bytes {
+    obs.vms
+        .iter()
+        .zip(targets.iter().chain(std::iter::repeat(&None)))
+        .map(|(vm, target)| needs_now(vm, *target))
+        .sum()
 }
 
 /// What a running guest needs now: the policy's target where it has one (never below what
@@ -283,6 +294,23 @@ mod tests {
             a.checks[1].need,
             Bytes::mib(2176) + Bytes::mib(3072 + 128) + Bytes::mib(1152)
         );
+    }
+
+    #[test]
+    fn the_room_is_what_a_new_guest_may_take_and_never_negative() {
+        let (obs, targets) = host();
+        // 8 GiB − 2 × (2 GiB + 128 MiB).
+        assert_eq!(
+            room(&obs, &targets, Bytes::gib(8)),
+            Bytes::mib(8192 - 2 * 2176)
+        );
+        assert_eq!(room(&obs, &targets, Bytes::gib(4)), Bytes::ZERO);
+        // A guest whose need is exactly the room fits (working sets), a MiB more does not.
+        let mut g = guest(8);
+        g.need = Some(Bytes::mib(8192 - 2 * 2176 - 128));
+        assert!(admit(&obs, &targets, Bytes::gib(8), &g, None).checks[1].ok);
+        g.need = Some(Bytes::mib(8192 - 2 * 2176 - 127));
+        assert!(!admit(&obs, &targets, Bytes::gib(8), &g, None).checks[1].ok);
     }
 
     #[test]

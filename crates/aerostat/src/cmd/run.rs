@@ -108,10 +108,11 @@ fn table(s: &Status) -> String {
         .as_ref()
         .map_or(String::from("host: not read yet"), |h| {
             format!(
-                "host: total {} MiB, available {} MiB, capacity for guests {} MiB",
+                "host: total {} MiB, available {} MiB, capacity for guests {} MiB, room for one more {}",
                 h.total.0 >> 20,
                 h.available.0 >> 20,
-                s.capacity >> 20
+                s.capacity >> 20,
+                s.room.map_or("-".into(), |r| format!("{} MiB", r >> 20))
             )
         });
     let mut out = format!(

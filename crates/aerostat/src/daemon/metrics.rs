@@ -49,6 +49,7 @@ pub struct Metrics {
     pub configured: Family<VmLabels, Gauge>,
     pub host_available: Gauge,
     pub host_total: Gauge,
+    pub host_room: Gauge,
     pub decisions: Family<DecisionLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub tick_errors: Counter,
@@ -74,6 +75,7 @@ impl Metrics {
             configured: Family::default(),
             host_available: Gauge::default(),
             host_total: Gauge::default(),
+            host_room: Gauge::default(),
             decisions: Family::default(),
             errors: Family::default(),
             tick_errors: Counter::default(),
@@ -108,6 +110,11 @@ impl Metrics {
             "aerostat_host_total_bytes",
             "Host memory (or the host cgroup's limit), bytes",
             m.host_total.clone(),
+        );
+        registry.register(
+            "aerostat_host_room_bytes",
+            "Room for one more guest: capacity less the running guests' targets and overheads, bytes",
+            m.host_room.clone(),
         );
         registry.register(
             "aerostat_decisions",

@@ -48,6 +48,10 @@ pub struct Status {
     /// Host total − reserve + what KSM saves − what balloons keep beyond their claims: what
     /// guests (and their overheads) may hold (docs/status.md).
     pub capacity: u64,
+    /// Room for one more guest: `capacity` less the running guests' targets (or sizes) and
+    /// overheads, as `GET /admit` counts them (docs/admission.md). `None` before a tick.
+    #[serde(default)]
+    pub room: Option<u64>,
     pub vms: Vec<VmStatus>,
     pub alerts: Vec<aerostat_core::Alert>,
 }
@@ -421,11 +425,16 @@ async fn tick(
     st.vms = vms;
     st.alerts = decision.alerts;
     drop(st);
-    let targets = obs
+    let targets: Vec<_> = obs
         .vms
         .iter()
         .map(|vm| controller.target_of(&vm.name))
         .collect();
+    let room = aerostat_core::planner::admission::room(&obs, &targets, capacity);
+    status.write().unwrap_or_else(|p| p.into_inner()).room = Some(room.0);
+    metrics
+        .host_room
+        .set(i64::try_from(room.0).unwrap_or(i64::MAX));
     *admission.write().unwrap_or_else(|p| p.into_inner()) = Some(admission::AdmissionInputs {
         obs: obs.clone(),
         targets,
