@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::QemuVm;
-use super::virtio_mem::check_qemu_id;
+use super::{QemuVm, check_qemu_id};
 use crate::qmp::QmpError;
 
 /// How often [`QemuVm::wait_device_gone`] looks.

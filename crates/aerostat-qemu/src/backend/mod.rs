@@ -38,7 +38,29 @@ pub use process::{
     parse_vm_rss, read_guest_ram_pages, read_guest_ram_rss, read_process_memory, read_rss,
 };
 pub use status::{RunState, VmStatus};
-pub use virtio_mem::{VirtioMemDevice, is_qemu_id, parse_memory_devices};
+pub use virtio_mem::{VirtioMemDevice, parse_memory_devices};
+
+/// QEMU's own rule for ids (`id_wellformed`): a letter, then letters, digits, `-`, `.`, `_`.
+/// Every id aerostat sends (a device to resize or unplug) or reads from an operator is checked
+/// by it, so that an id cannot name some other QOM path (`a/../b`).
+pub fn is_qemu_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        && id.len() <= 128
+}
+
+/// Checking ids before they go out keeps a configured id from naming some other QOM path
+/// (`a/../b`).
+pub(super) fn check_qemu_id(id: &str) -> Result<(), QmpError> {
+    if is_qemu_id(id) {
+        Ok(())
+    } else {
+        Err(QmpError::InvalidArgument {
+            detail: format!("`{id}` is not a QEMU device id"),
+        })
+    }
+}
 
 /// One QEMU VM, reached over its QMP socket.
 #[derive(Debug)]

@@ -3,8 +3,8 @@
 use aerostat_core::Bytes;
 use serde_json::{Value, json};
 
-use super::QemuVm;
 use super::json::{opt_str, opt_u64, req_str, req_u64};
+use super::{QemuVm, check_qemu_id};
 use crate::qmp::QmpError;
 
 /// One virtio-mem device as `query-memory-devices` reports it.
@@ -51,26 +51,6 @@ impl QemuVm {
             )
             .await?;
         Ok(())
-    }
-}
-
-/// QEMU's own rule for ids (`id_wellformed`): a letter, then letters, digits, `-`, `.`, `_`.
-pub fn is_qemu_id(id: &str) -> bool {
-    let mut chars = id.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-        && id.len() <= 128
-}
-
-/// Checking ids before they go out keeps a configured id from naming some other QOM path
-/// (`a/../b`).
-pub(super) fn check_qemu_id(id: &str) -> Result<(), QmpError> {
-    if is_qemu_id(id) {
-        Ok(())
-    } else {
-        Err(QmpError::InvalidArgument {
-            detail: format!("`{id}` is not a QEMU device id"),
-        })
     }
 }
 
