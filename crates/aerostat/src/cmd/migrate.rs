@@ -529,277 +529,15 @@ pub async fn migrate_vm(
             }
         }
     };
-    let result: anyhow::Result<Report> = async {
-        // Configure and start.
-        vm.migrate_set_capabilities(&[
-            (MigrationCapability::Events, true),
-            (MigrationCapability::PostcopyRam, allowed.postcopy),
-            (
-                MigrationCapability::AutoConverge,
-                strategy == Some(Strategy::AutoConverge),
-            ),
-        ])
-        .await
-        .context("migrate-set-capabilities on the source")?;
-        vm.migrate_set_parameters(&MigrationParameters {
-            downtime_limit_ms: Some(s.downtime.0),
-            max_bandwidth_bytes_per_sec: Some(s.bandwidth.0),
-            max_postcopy_bandwidth_bytes_per_sec: Some(s.bandwidth.0),
-            ..MigrationParameters::default()
-        })
-        .await
-        .context("migrate-set-parameters on the source")?;
-        vm.client().drain_events();
-        if let Some(d) = &dest {
-            d.client().drain_events();
-        }
-        let mut stopped_at: Option<EventTimestamp> = None;
-        let t0 = Instant::now();
-        vm.migrate(to).await.context("migrate")?;
-
-        let mut report = Report {
-            outcome: String::new(),
-            completed: false,
-            inputs: inputs.clone(),
-            plan,
-            strategy,
-            predicted_total_ms: predicted.as_ref().and_then(|p| p.total_time).map(|m| m.0),
-            predicted_downtime_ms: predicted.as_ref().and_then(|p| p.downtime).map(|m| m.0),
-            total_time_ms: None,
-            wall_time_ms: 0,
-            downtime_ms: None,
-            paused_ms: None,
-            postcopy_blocktime_ms: None,
-            bytes_sent: None,
-            passes: None,
-            max_cpu_throttle: None,
-            switches: Vec::new(),
-            pass_log: Vec::new(),
-            notes,
-            error: None,
-            destination_status: None,
-            devices: None,
-        };
-        let mut last_sync = 0;
-        let mut last_ram: Option<aerostat_qemu::backend::RamStats> = None;
-        let mut switched = false;
-        let mut cancelled_by_us = false;
-        // The watch's own limits: past `hard_stop` a pre-copy still running is cancelled (the
-        // budget's cancel should have come long before); a post-copy cannot be cancelled and is
-        // watched until `2 × hard_stop`. A failed `query-migrate` is retried until then: QEMU may
-        // hold its lock for seconds (disk flush at the switch), and giving up watching while QEMU
-        // goes on migrating would leave the caller believing the guest stayed.
-        let hard_stop = Duration::from_millis(s.max_time.0.saturating_mul(10).max(60_000));
-        let mut query_failures = 0u32;
-        let final_info = loop {
-            tokio::time::sleep(POLL).await;
-            for ev in vm.client().drain_events() {
-                match VmEvent::from(&ev) {
-                    // The first STOP after the start is the stop-and-copy or the post-copy switch.
-                    VmEvent::Stop => {
-                        stopped_at = stopped_at.or(ev.timestamp);
-                    }
-                    VmEvent::Migration { status } => report
-                        .notes
-                        .push(format!("t+{} ms: MIGRATION {status:?}", ms(t0.elapsed()))),
-                    VmEvent::MigrationPass { pass } => report
-                        .notes
-                        .push(format!("t+{} ms: MIGRATION_PASS {pass}", ms(t0.elapsed()))),
-                    _ => {}
-                }
-            }
-            let info = match vm.query_migrate().await {
-                Ok(i) => {
-                    query_failures = 0;
-                    i
-                }
-                Err(e) => {
-                    query_failures += 1;
-                    if vm.client().is_closed() || t0.elapsed() > hard_stop * 2 {
-                        report.error = Some(format!("query-migrate on the source: {e}"));
-                        break None;
-                    }
-                    if query_failures == 1 {
-                        report.notes.push(format!(
-                            "t+{} ms: query-migrate failed ({e}); still watching",
-                            ms(t0.elapsed())
-                        ));
-                    }
-                    continue;
-                }
-            };
-            let elapsed = t0.elapsed();
-            if let Some(t) = info.cpu_throttle_percent {
-                report.max_cpu_throttle = report.max_cpu_throttle.max(Some(t));
-            }
-            if info.ram.is_some() {
-                last_ram.clone_from(&info.ram);
-            }
-            match info.status {
-                MigrationStatus::Completed
-                | MigrationStatus::Failed
-                | MigrationStatus::Cancelled => {
-                    break Some(info);
-                }
-                MigrationStatus::PostcopyPaused | MigrationStatus::PostcopyRecoverSetup => {
-                    report.error = Some(
-                    "post-copy paused: the link or the destination failed after the switch; the \
-                     guest is paused until `migrate-recover`/`migrate --resume`"
-                        .into(),
-                );
-                    break Some(info);
-                }
-                _ => {}
-            }
-            if elapsed > hard_stop {
-                let precopy = matches!(
-                    info.status,
-                    MigrationStatus::Setup
-                        | MigrationStatus::Active
-                        | MigrationStatus::PreSwitchover
-                );
-                if precopy && !cancelled_by_us {
-                    cancelled_by_us = true;
-                    report.switches.push(Switch {
-                    at_ms: ms(elapsed),
-                    action: "migrate_cancel".into(),
-                    reason: format!(
-                        "still {:?} after {elapsed:?}, the watch's limit: cancelled so that the \
-                         guest stays where it is",
-                        info.status
-                    ),
-                });
-                    if let Err(e) = vm.migrate_cancel().await {
-                        report.error = Some(format!("migrate_cancel: {e}"));
-                    }
-                    continue;
-                }
-                if elapsed > hard_stop * 2 {
-                    report.error = Some(format!(
-                        "still {:?} after {elapsed:?}; giving up watching (QEMU goes on)",
-                        info.status
-                    ));
-                    break Some(info);
-                }
-            }
-            if switched || cancelled_by_us || info.status != MigrationStatus::Active {
-                continue;
-            }
-            let Some(ram) = &info.ram else { continue };
-            let page = ram.page_size.unwrap_or(Bytes(4096));
-            let live = LiveStats {
-                elapsed: Millis(ms(elapsed)),
-                transferred: ram.transferred,
-                remaining: ram.remaining,
-                dirty_rate: Bytes(ram.dirty_pages_per_sec.saturating_mul(page.0)),
-                bandwidth: (ram.mbps > 0.0).then(|| Bytes::from_f64(ram.mbps * 1e6 / 8.0)),
-                dirty_sync_count: ram.dirty_sync_count,
-            };
-            let r = replan(&inputs, strategy, allowed, &live);
-            if ram.dirty_sync_count != last_sync {
-                last_sync = ram.dirty_sync_count;
-                report.pass_log.push(PassLine {
-                    at_ms: live.elapsed.0,
-                    dirty_sync_count: ram.dirty_sync_count,
-                    transferred: ram.transferred.0,
-                    remaining: ram.remaining.0,
-                    dirty_rate: live.dirty_rate.0,
-                    mbps: ram.mbps,
-                    step: r.step,
-                    reason: r.reason.clone(),
-                });
-            }
-            match r.step {
-                Step::Continue => {}
-                Step::SwitchToPostcopy => match destination_healthy(dest.as_ref()).await {
-                    Ok(()) => match vm.migrate_start_postcopy().await {
-                        Ok(()) => {
-                            switched = true;
-                            report.switches.push(Switch {
-                                at_ms: ms(t0.elapsed()),
-                                action: "migrate-start-postcopy".into(),
-                                reason: r.reason,
-                            });
-                        }
-                        Err(e) => {
-                            allowed.postcopy = false;
-                            report.notes.push(format!(
-                                "migrate-start-postcopy failed ({e}): pre-copy only"
-                            ));
-                        }
-                    },
-                    Err(why) => {
-                        allowed.postcopy = false;
-                        report.notes.push(format!(
-                            "t+{} ms: wanted post-copy ({}) but {why}: not switching",
-                            live.elapsed.0, r.reason
-                        ));
-                    }
-                },
-                Step::Cancel => {
-                    cancelled_by_us = true;
-                    report.switches.push(Switch {
-                        at_ms: live.elapsed.0,
-                        action: "migrate_cancel".into(),
-                        reason: r.reason,
-                    });
-                    if let Err(e) = vm.migrate_cancel().await {
-                        report.error = Some(format!("migrate_cancel: {e}"));
-                    }
-                }
-            }
-        };
-        report.wall_time_ms = ms(t0.elapsed());
-
-        if let Some(info) = &final_info {
-            report.completed = info.status == MigrationStatus::Completed && report.error.is_none();
-            report.outcome = match &info.status {
-                MigrationStatus::Completed => "completed".into(),
-                MigrationStatus::Cancelled if cancelled_by_us => "cancelled at the budget".into(),
-                other => format!("{other:?}").to_lowercase(),
-            };
-            report.total_time_ms = info
-                .total_time_ms
-                .filter(|t| *t > 0)
-                .or(Some(report.wall_time_ms));
-            report.downtime_ms = info.downtime_ms;
-            // A cancelled migration's reply has no `ram`: keep what was last seen.
-            let ram = info.ram.as_ref().or(last_ram.as_ref());
-            report.bytes_sent = ram.map(|r| r.transferred.0);
-            report.passes = ram.map(|r| r.dirty_sync_count);
-            if let Some(e) = &info.error_desc {
-                report.error.get_or_insert_with(|| e.clone());
-            }
-        } else {
-            report.outcome = "unknown".into();
-        }
-        if info_is_completed(&final_info)
-            && let Some(d) = &dest
-        {
-            // The destination reports the post-copy blocktime once it has finished.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match d.query_migrate().await {
-                    Ok(i) if i.status == MigrationStatus::Completed => {
-                        if switched {
-                            report.postcopy_blocktime_ms = i.postcopy_blocktime_ms;
-                        }
-                        break;
-                    }
-                    Ok(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
-                    _ => break,
-                }
-            }
-            report.paused_ms = pause_ms(stopped_at, d);
-            report.destination_status = d
-                .query_status()
-                .await
-                .ok()
-                .map(|st| format!("{:?}", st.status).to_lowercase());
-        }
-        Ok(report)
-    }
-    .await;
+    let planned = Planned {
+        inputs,
+        plan,
+        strategy,
+        predicted,
+        allowed,
+        notes,
+    };
+    let result = run_planned(vm, dest.as_ref(), to, s, planned).await;
     let mut report = match devices {
         None => result?,
         Some(mut devices) => {
@@ -820,6 +558,302 @@ pub async fn migrate_vm(
         && let Err(e) = vm.client().execute("quit", None).await
     {
         report.notes.push(format!("quit on the source: {e}"));
+    }
+    Ok(report)
+}
+
+/// What planning decided, for [`run_planned`].
+struct Planned {
+    inputs: MigrationInputs,
+    plan: Plan,
+    /// The planner's choice, or the forced one.
+    strategy: Option<Strategy>,
+    predicted: Option<Prediction>,
+    /// What may be done (post-copy is dropped when the destination stops answering).
+    allowed: Allowed,
+    notes: Vec<String>,
+}
+
+/// Configures the source (and the destination, for post-copy), starts the migration and
+/// watches it to its end, re-planning from QEMU's live numbers at every poll; the report says
+/// how it went. The caller puts back what was unplugged for it, whatever this returns.
+async fn run_planned(
+    vm: &QemuVm,
+    dest: Option<&QemuVm>,
+    to: &str,
+    s: &Settings,
+    planned: Planned,
+) -> anyhow::Result<Report> {
+    let Planned {
+        inputs,
+        plan,
+        strategy,
+        predicted,
+        mut allowed,
+        notes,
+    } = planned;
+    // Configure and start.
+    vm.migrate_set_capabilities(&[
+        (MigrationCapability::Events, true),
+        (MigrationCapability::PostcopyRam, allowed.postcopy),
+        (
+            MigrationCapability::AutoConverge,
+            strategy == Some(Strategy::AutoConverge),
+        ),
+    ])
+    .await
+    .context("migrate-set-capabilities on the source")?;
+    vm.migrate_set_parameters(&MigrationParameters {
+        downtime_limit_ms: Some(s.downtime.0),
+        max_bandwidth_bytes_per_sec: Some(s.bandwidth.0),
+        max_postcopy_bandwidth_bytes_per_sec: Some(s.bandwidth.0),
+        ..MigrationParameters::default()
+    })
+    .await
+    .context("migrate-set-parameters on the source")?;
+    vm.client().drain_events();
+    if let Some(d) = dest {
+        d.client().drain_events();
+    }
+    let mut stopped_at: Option<EventTimestamp> = None;
+    let t0 = Instant::now();
+    vm.migrate(to).await.context("migrate")?;
+
+    let mut report = Report {
+        outcome: String::new(),
+        completed: false,
+        inputs: inputs.clone(),
+        plan,
+        strategy,
+        predicted_total_ms: predicted.as_ref().and_then(|p| p.total_time).map(|m| m.0),
+        predicted_downtime_ms: predicted.as_ref().and_then(|p| p.downtime).map(|m| m.0),
+        total_time_ms: None,
+        wall_time_ms: 0,
+        downtime_ms: None,
+        paused_ms: None,
+        postcopy_blocktime_ms: None,
+        bytes_sent: None,
+        passes: None,
+        max_cpu_throttle: None,
+        switches: Vec::new(),
+        pass_log: Vec::new(),
+        notes,
+        error: None,
+        destination_status: None,
+        devices: None,
+    };
+    let mut last_sync = 0;
+    let mut last_ram: Option<aerostat_qemu::backend::RamStats> = None;
+    let mut switched = false;
+    let mut cancelled_by_us = false;
+    // The watch's own limits: past `hard_stop` a pre-copy still running is cancelled (the
+    // budget's cancel should have come long before); a post-copy cannot be cancelled and is
+    // watched until `2 × hard_stop`. A failed `query-migrate` is retried until then: QEMU may
+    // hold its lock for seconds (disk flush at the switch), and giving up watching while QEMU
+    // goes on migrating would leave the caller believing the guest stayed.
+    let hard_stop = Duration::from_millis(s.max_time.0.saturating_mul(10).max(60_000));
+    let mut query_failures = 0u32;
+    let final_info = loop {
+        tokio::time::sleep(POLL).await;
+        for ev in vm.client().drain_events() {
+            match VmEvent::from(&ev) {
+                // The first STOP after the start is the stop-and-copy or the post-copy switch.
+                VmEvent::Stop => {
+                    stopped_at = stopped_at.or(ev.timestamp);
+                }
+                VmEvent::Migration { status } => report
+                    .notes
+                    .push(format!("t+{} ms: MIGRATION {status:?}", ms(t0.elapsed()))),
+                VmEvent::MigrationPass { pass } => report
+                    .notes
+                    .push(format!("t+{} ms: MIGRATION_PASS {pass}", ms(t0.elapsed()))),
+                _ => {}
+            }
+        }
+        let info = match vm.query_migrate().await {
+            Ok(i) => {
+                query_failures = 0;
+                i
+            }
+            Err(e) => {
+                query_failures += 1;
+                if vm.client().is_closed() || t0.elapsed() > hard_stop * 2 {
+                    report.error = Some(format!("query-migrate on the source: {e}"));
+                    break None;
+                }
+                if query_failures == 1 {
+                    report.notes.push(format!(
+                        "t+{} ms: query-migrate failed ({e}); still watching",
+                        ms(t0.elapsed())
+                    ));
+                }
+                continue;
+            }
+        };
+        let elapsed = t0.elapsed();
+        if let Some(t) = info.cpu_throttle_percent {
+            report.max_cpu_throttle = report.max_cpu_throttle.max(Some(t));
+        }
+        if info.ram.is_some() {
+            last_ram.clone_from(&info.ram);
+        }
+        match info.status {
+            MigrationStatus::Completed | MigrationStatus::Failed | MigrationStatus::Cancelled => {
+                break Some(info);
+            }
+            MigrationStatus::PostcopyPaused | MigrationStatus::PostcopyRecoverSetup => {
+                report.error = Some(
+                    "post-copy paused: the link or the destination failed after the switch; the \
+                 guest is paused until `migrate-recover`/`migrate --resume`"
+                        .into(),
+                );
+                break Some(info);
+            }
+            _ => {}
+        }
+        if elapsed > hard_stop {
+            let precopy = matches!(
+                info.status,
+                MigrationStatus::Setup | MigrationStatus::Active | MigrationStatus::PreSwitchover
+            );
+            if precopy && !cancelled_by_us {
+                cancelled_by_us = true;
+                report.switches.push(Switch {
+                    at_ms: ms(elapsed),
+                    action: "migrate_cancel".into(),
+                    reason: format!(
+                        "still {:?} after {elapsed:?}, the watch's limit: cancelled so that the \
+                     guest stays where it is",
+                        info.status
+                    ),
+                });
+                if let Err(e) = vm.migrate_cancel().await {
+                    report.error = Some(format!("migrate_cancel: {e}"));
+                }
+                continue;
+            }
+            if elapsed > hard_stop * 2 {
+                report.error = Some(format!(
+                    "still {:?} after {elapsed:?}; giving up watching (QEMU goes on)",
+                    info.status
+                ));
+                break Some(info);
+            }
+        }
+        if switched || cancelled_by_us || info.status != MigrationStatus::Active {
+            continue;
+        }
+        let Some(ram) = &info.ram else { continue };
+        let page = ram.page_size.unwrap_or(Bytes(4096));
+        let live = LiveStats {
+            elapsed: Millis(ms(elapsed)),
+            transferred: ram.transferred,
+            remaining: ram.remaining,
+            dirty_rate: Bytes(ram.dirty_pages_per_sec.saturating_mul(page.0)),
+            bandwidth: (ram.mbps > 0.0).then(|| Bytes::from_f64(ram.mbps * 1e6 / 8.0)),
+            dirty_sync_count: ram.dirty_sync_count,
+        };
+        let r = replan(&inputs, strategy, allowed, &live);
+        if ram.dirty_sync_count != last_sync {
+            last_sync = ram.dirty_sync_count;
+            report.pass_log.push(PassLine {
+                at_ms: live.elapsed.0,
+                dirty_sync_count: ram.dirty_sync_count,
+                transferred: ram.transferred.0,
+                remaining: ram.remaining.0,
+                dirty_rate: live.dirty_rate.0,
+                mbps: ram.mbps,
+                step: r.step,
+                reason: r.reason.clone(),
+            });
+        }
+        match r.step {
+            Step::Continue => {}
+            Step::SwitchToPostcopy => match destination_healthy(dest).await {
+                Ok(()) => match vm.migrate_start_postcopy().await {
+                    Ok(()) => {
+                        switched = true;
+                        report.switches.push(Switch {
+                            at_ms: ms(t0.elapsed()),
+                            action: "migrate-start-postcopy".into(),
+                            reason: r.reason,
+                        });
+                    }
+                    Err(e) => {
+                        allowed.postcopy = false;
+                        report.notes.push(format!(
+                            "migrate-start-postcopy failed ({e}): pre-copy only"
+                        ));
+                    }
+                },
+                Err(why) => {
+                    allowed.postcopy = false;
+                    report.notes.push(format!(
+                        "t+{} ms: wanted post-copy ({}) but {why}: not switching",
+                        live.elapsed.0, r.reason
+                    ));
+                }
+            },
+            Step::Cancel => {
+                cancelled_by_us = true;
+                report.switches.push(Switch {
+                    at_ms: live.elapsed.0,
+                    action: "migrate_cancel".into(),
+                    reason: r.reason,
+                });
+                if let Err(e) = vm.migrate_cancel().await {
+                    report.error = Some(format!("migrate_cancel: {e}"));
+                }
+            }
+        }
+    };
+    report.wall_time_ms = ms(t0.elapsed());
+
+    if let Some(info) = &final_info {
+        report.completed = info.status == MigrationStatus::Completed && report.error.is_none();
+        report.outcome = match &info.status {
+            MigrationStatus::Completed => "completed".into(),
+            MigrationStatus::Cancelled if cancelled_by_us => "cancelled at the budget".into(),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        report.total_time_ms = info
+            .total_time_ms
+            .filter(|t| *t > 0)
+            .or(Some(report.wall_time_ms));
+        report.downtime_ms = info.downtime_ms;
+        // A cancelled migration's reply has no `ram`: keep what was last seen.
+        let ram = info.ram.as_ref().or(last_ram.as_ref());
+        report.bytes_sent = ram.map(|r| r.transferred.0);
+        report.passes = ram.map(|r| r.dirty_sync_count);
+        if let Some(e) = &info.error_desc {
+            report.error.get_or_insert_with(|| e.clone());
+        }
+    } else {
+        report.outcome = "unknown".into();
+    }
+    if info_is_completed(&final_info)
+        && let Some(d) = dest
+    {
+        // The destination reports the post-copy blocktime once it has finished.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match d.query_migrate().await {
+                Ok(i) if i.status == MigrationStatus::Completed => {
+                    if switched {
+                        report.postcopy_blocktime_ms = i.postcopy_blocktime_ms;
+                    }
+                    break;
+                }
+                Ok(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+                _ => break,
+            }
+        }
+        report.paused_ms = pause_ms(stopped_at, d);
+        report.destination_status = d
+            .query_status()
+            .await
+            .ok()
+            .map(|st| format!("{:?}", st.status).to_lowercase());
     }
     Ok(report)
 }
