@@ -1599,7 +1599,7 @@ fn the_daemon_answers_whether_one_more_guest_may_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("`memory`"));
 
     // The libvirt hook in docs/examples asks the same question from a domain's XML.
-    let hook = |kib: u64, balloon: &str, more: &str| -> (i32, String) {
+    let hook = |name: &str, kib: u64, balloon: &str, more: &str| -> (i32, String) {
         let xml = format!(
             "<domain type='kvm'>\n  <name>c</name>\n  <memory unit='KiB'>{kib}</memory>\n  \
              <devices>\n    <memballoon model='{balloon}'/>\n    {more}\n  </devices>\n</domain>\n"
@@ -1609,7 +1609,7 @@ fn the_daemon_answers_whether_one_more_guest_may_start() {
                 env!("CARGO_MANIFEST_DIR"),
                 "/../../docs/examples/libvirt-qemu-hook.sh"
             ))
-            .args(["c", "prepare", "begin", "-"])
+            .args([name, "prepare", "begin", "-"])
             .env("AEROSTAT_API", &api)
             .env("AEROSTAT_BIN", env!("CARGO_BIN_EXE_aerostat"))
             .stdin(std::process::Stdio::piped())
@@ -1632,12 +1632,20 @@ fn the_daemon_answers_whether_one_more_guest_may_start() {
         );
         (out.status.code().unwrap_or(-1), err)
     };
-    assert_eq!(hook(512 * 1024, "virtio", "").0, 0);
-    let (rc, err) = hook(1280 * 1024, "none", "");
+    assert_eq!(hook("c", 512 * 1024, "virtio", "").0, 0);
+    // The hook asked with the domain's name: c holds its room until it runs, and the same
+    // question without a name, admitted above, is now refused (its ratio counts c: 384 MiB
+    // of overheads + 2 GiB ÷ 1.5 = 1749 MiB).
+    let (rc, a) = admit(&["--memory", "512MiB"]);
+    assert_eq!(rc, 1, "{a:#}");
+    assert_eq!(a["pending"], 1, "{a:#}");
+    assert_eq!(check(&a, "ratio")["ok"], false, "{a:#}");
+    let (rc, err) = hook("d", 1280 * 1024, "none", "");
     assert_eq!(rc, 1);
     assert!(err.contains("refuse: floors"), "{err}");
     // A passthrough device pins all of it: counted whole though it has a balloon.
     let (rc, err) = hook(
+        "e",
         1280 * 1024,
         "virtio",
         "<hostdev mode='subsystem' type='pci'/>",
@@ -1658,6 +1666,10 @@ fn the_daemon_answers_whether_one_more_guest_may_start() {
             .is_some_and(|v| v.len() == 3)
     });
     let (rc, a) = admit(&["--memory", "512MiB"]);
+    assert_eq!(
+        a["pending"], 0,
+        "c runs: counted as running, no longer pending: {a:#}"
+    );
     assert_eq!(
         check(&a, "floors")["need"].as_u64(),
         Some(floors + 2 * 296 * MIB)

@@ -99,24 +99,33 @@ impl fmt::Display for Admission {
 /// Whether `new` may start next to `obs`'s guests. `targets[i]`: the policy's target for
 /// `obs.vms[i]`, if it has one; `capacity`: host total − reserve (+ what KSM saves, − what
 /// balloons keep beyond their claims), as the controller counts it; `max_ratio`: the
-/// overcommit ratio the operator allows, if any.
+/// overcommit ratio the operator allows, if any. `pending`: guests admitted before and not
+/// running yet, counted as `new` is (so that two placers asking at once do not both get the
+/// same room).
 pub fn admit(
     obs: &Observation,
     targets: &[Option<Bytes>],
     capacity: Bytes,
     new: &NewGuest,
+    pending: &[NewGuest],
     max_ratio: Option<f64>,
 ) -> Admission {
     let mut checks = Vec::with_capacity(3);
+    let starting = || pending.iter().chain(std::iter::once(new));
+    let with_it = if pending.is_empty() {
+        "with it".to_string()
+    } else {
+        format!("with it and {} admitted, not running yet", pending.len())
+    };
 
-    let floors = floors_held(obs) + new.floor_demand();
+    let floors = floors_held(obs) + starting().map(NewGuest::floor_demand).sum::<Bytes>();
     checks.push(Check {
         name: "floors".into(),
         ok: floors <= capacity,
         need: floors,
         limit: capacity,
         why: format!(
-            "floors and overheads {} of {} with it{}",
+            "floors and overheads {} of {} {with_it}{}",
             floors,
             capacity,
             if floors <= capacity {
@@ -128,15 +137,21 @@ pub fn admit(
     });
 
     let held = targets_need(obs, targets);
-    let working = held + new.need();
+    let admitted: Bytes = pending.iter().map(NewGuest::need).sum();
+    let working = held + admitted + new.need();
     checks.push(Check {
         name: "working_sets".into(),
         ok: working <= capacity,
         need: working,
         limit: capacity,
         why: format!(
-            "the guests' targets {} + its need {} = {} of {}",
+            "the guests' targets {}{} + its need {} = {} of {}",
             held,
+            if pending.is_empty() {
+                String::new()
+            } else {
+                format!(" + {} admitted, not running yet, {admitted}", pending.len())
+            },
             new.need(),
             working,
             capacity
@@ -145,11 +160,14 @@ pub fn admit(
 
     if let Some(r) = max_ratio.filter(|r| r.is_finite() && *r > 0.0) {
         // Whole: overheads, and guests nothing can resize. Promised ÷ R: the rest.
-        let (mut whole, mut promised) = (new.overhead, Bytes::ZERO);
-        if new.resizable {
-            promised += new.memory;
-        } else {
-            whole += new.memory;
+        let (mut whole, mut promised) = (Bytes::ZERO, Bytes::ZERO);
+        for g in starting() {
+            whole += g.overhead;
+            if g.resizable {
+                promised += g.memory;
+            } else {
+                whole += g.memory;
+            }
         }
         for vm in &obs.vms {
             whole += vm.overhead;
@@ -241,7 +259,7 @@ mod tests {
     #[test]
     fn a_guest_that_fits_is_admitted_with_the_numbers() {
         let (obs, targets) = host();
-        let a = admit(&obs, &targets, Bytes::gib(8), &guest(4), None);
+        let a = admit(&obs, &targets, Bytes::gib(8), &guest(4), &[], None);
         assert!(a.admit, "{a}");
         assert_eq!(a.checks.len(), 2, "no ratio asked for");
         // Floors: 3 × (1 GiB + 128 MiB).
@@ -257,7 +275,7 @@ mod tests {
         // Working sets: with a need of 3 GiB, 2 × 2176 + 3200 MiB > 7 GiB.
         let mut busy = guest(4);
         busy.need = Some(Bytes::gib(3));
-        let a = admit(&obs, &targets, Bytes::gib(7), &busy, None);
+        let a = admit(&obs, &targets, Bytes::gib(7), &busy, &[], None);
         assert!(!a.admit);
         assert!(a.checks[0].ok && !a.checks[1].ok, "{a:?}");
         assert!(
@@ -267,7 +285,7 @@ mod tests {
         // Floors: a guest nothing can resize holds all its 4 GiB.
         let mut fixed = guest(4);
         fixed.resizable = false;
-        let a = admit(&obs, &targets, Bytes::gib(6), &fixed, None);
+        let a = admit(&obs, &targets, Bytes::gib(6), &fixed, &[], None);
         assert!(!a.checks[0].ok, "{a:?}");
         assert!(
             a.to_string()
@@ -275,10 +293,10 @@ mod tests {
             "{a}"
         );
         // Ratio: 12 GiB promised ÷ 1.5 + 384 MiB of overheads > 8 GiB; ÷ 2 fits.
-        let a = admit(&obs, &targets, Bytes::gib(8), &guest(4), Some(1.5));
+        let a = admit(&obs, &targets, Bytes::gib(8), &guest(4), &[], Some(1.5));
         assert!(!a.admit && !a.checks[2].ok, "{a:?}");
         assert_eq!(a.checks[2].need, Bytes::gib(8) + Bytes::mib(384));
-        let a = admit(&obs, &targets, Bytes::gib(8), &guest(4), Some(2.0));
+        let a = admit(&obs, &targets, Bytes::gib(8), &guest(4), &[], Some(2.0));
         assert!(a.admit, "{a}");
     }
 
@@ -287,7 +305,7 @@ mod tests {
         let (mut obs, targets) = host();
         obs.vms[1].balloon = false;
         // b counts whole (4 GiB), whatever its target says; a's 4 and the new 4 count ÷ 2.
-        let a = admit(&obs, &targets, Bytes::gib(16), &guest(4), Some(2.0));
+        let a = admit(&obs, &targets, Bytes::gib(16), &guest(4), &[], Some(2.0));
         assert_eq!(a.checks[2].need, Bytes::gib(4 + 4) + Bytes::mib(384));
         // In the working sets b counts what it holds (3 GiB), not its target.
         assert_eq!(
@@ -308,9 +326,28 @@ mod tests {
         // A guest whose need is exactly the room fits (working sets), a MiB more does not.
         let mut g = guest(8);
         g.need = Some(Bytes::mib(8192 - 2 * 2176 - 128));
-        assert!(admit(&obs, &targets, Bytes::gib(8), &g, None).checks[1].ok);
+        assert!(admit(&obs, &targets, Bytes::gib(8), &g, &[], None).checks[1].ok);
         g.need = Some(Bytes::mib(8192 - 2 * 2176 - 127));
-        assert!(!admit(&obs, &targets, Bytes::gib(8), &g, None).checks[1].ok);
+        assert!(!admit(&obs, &targets, Bytes::gib(8), &g, &[], None).checks[1].ok);
+    }
+
+    /// A guest admitted and not running yet counts as the new one does: the room it was
+    /// given is not given twice.
+    #[test]
+    fn guests_admitted_and_not_yet_running_take_their_room() {
+        let (obs, targets) = host();
+        let mut g = guest(4);
+        g.need = Some(Bytes::gib(2));
+        // 2 × 2176 + 2176 = 6528 MiB of 8 GiB: one fits, two (8704) do not.
+        assert!(admit(&obs, &targets, Bytes::gib(8), &g, &[], None).admit);
+        let a = admit(&obs, &targets, Bytes::gib(8), &g, &[g.clone()], None);
+        assert!(!a.admit && !a.checks[1].ok, "{a}");
+        assert_eq!(a.checks[1].need, Bytes::mib(4 * 2176));
+        assert!(a.to_string().contains("1 admitted, not running yet"), "{a}");
+        // The floors and the ratio count it too.
+        assert_eq!(a.checks[0].need, Bytes::mib(4 * 1152));
+        let a = admit(&obs, &targets, Bytes::gib(100), &g, &[g.clone()], Some(1.0));
+        assert_eq!(a.checks[2].need, Bytes::gib(16) + Bytes::mib(4 * 128));
     }
 
     #[test]
@@ -318,13 +355,13 @@ mod tests {
         let (obs, targets) = host();
         let mut g = guest(2);
         g.need = Some(Bytes::gib(9));
-        let a = admit(&obs, &targets, Bytes::gib(100), &g, None);
+        let a = admit(&obs, &targets, Bytes::gib(100), &g, &[], None);
         assert_eq!(
             a.checks[1].need,
             Bytes::mib(2 * 2176) + Bytes::mib(2048 + 128)
         );
         g.need = Some(Bytes::ZERO);
-        let a = admit(&obs, &targets, Bytes::gib(100), &g, None);
+        let a = admit(&obs, &targets, Bytes::gib(100), &g, &[], None);
         assert_eq!(a.checks[1].need, Bytes::mib(2 * 2176) + Bytes::mib(1152));
     }
 }

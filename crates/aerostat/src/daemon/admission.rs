@@ -39,6 +39,8 @@ pub struct Answer {
     pub admission: Admission,
     /// The verdict in one line.
     pub reason: String,
+    /// Guests admitted by name before and not running yet, counted in the answer.
+    pub pending: usize,
 }
 
 /// The query parameters `/admit` takes.
@@ -88,18 +90,62 @@ pub fn parse_request(
     })
 }
 
-/// The answer to `guest` from the last tick's inputs.
-pub fn answer(inputs: &AdmissionInputs, guest: NewGuest, max_ratio: Option<f64>) -> Answer {
+/// How long a guest admitted by name keeps its room while it is not seen running: long
+/// enough for QEMU to start and the daemon to adopt it (a tick or two), short enough that a
+/// start that failed does not hold the room for long.
+pub const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Guests admitted by name (`name=`, as a libvirt hook asks) that the daemon has not seen
+/// running yet: each answer counts them, so two placers asking at once do not both get the
+/// same room. A question without a name is a question only, and reserves nothing.
+#[derive(Debug, Default)]
+pub struct Pending {
+    admitted: Vec<(std::time::Instant, String, NewGuest)>,
+}
+
+impl Pending {
+    /// Forgets the ones running now (a VM of that name is in the observation) and the ones
+    /// admitted longer ago than [`PENDING_FOR`].
+    fn prune(&mut self, obs: &Observation) {
+        self.admitted.retain(|(at, name, _)| {
+            at.elapsed() < PENDING_FOR && !obs.vms.iter().any(|v| &v.name == name)
+        });
+    }
+}
+
+/// The answer to `guest` from the last tick's inputs; an admitted guest with a `name` is
+/// remembered in `pending` until it runs (a name asked about again replaces its entry).
+pub fn answer(
+    inputs: &AdmissionInputs,
+    guest: NewGuest,
+    name: Option<&str>,
+    pending: &mut Pending,
+    max_ratio: Option<f64>,
+) -> Answer {
+    pending.prune(&inputs.obs);
+    if let Some(n) = name {
+        pending.admitted.retain(|(_, p, _)| p != n);
+    }
+    let others: Vec<NewGuest> = pending.admitted.iter().map(|(_, _, g)| g.clone()).collect();
     let admission = admit(
         &inputs.obs,
         &inputs.targets,
         inputs.capacity,
         &guest,
+        &others,
         max_ratio,
     );
+    if admission.admit
+        && let Some(n) = name
+    {
+        pending
+            .admitted
+            .push((std::time::Instant::now(), n.to_string(), guest.clone()));
+    }
     Answer {
         guest,
         reason: admission.to_string(),
+        pending: others.len(),
         admission,
     }
 }
@@ -149,6 +195,59 @@ mod tests {
         assert_eq!(g.floor, Bytes::gib(1), "a floor is capped at the memory");
         assert_eq!(g.need, Some(Bytes::mib(700)));
         assert!(!g.resizable);
+    }
+
+    /// An empty 4 GiB host (1 GiB reserve): room for two 1.5 GiB needs, not three.
+    fn inputs(vms: &[&str]) -> AdmissionInputs {
+        AdmissionInputs {
+            obs: Observation {
+                time: aerostat_core::Millis(0),
+                host: aerostat_core::HostSample::default(),
+                vms: vms
+                    .iter()
+                    .map(|n| aerostat_core::VmSample::new(*n, Bytes::mib(128), Bytes::mib(128)))
+                    .collect(),
+            },
+            targets: vms.iter().map(|_| None).collect(),
+            capacity: Bytes::gib(3) + Bytes::mib(vms.len() as u64 * 128),
+            taken: std::time::Instant::now(),
+        }
+    }
+
+    /// Guests admitted by name hold their room until they run; a question without a name
+    /// reserves nothing; asking again for a name replaces its entry.
+    #[test]
+    fn admitted_guests_hold_their_room_until_they_run() {
+        let c = config();
+        let g = parse_request(&q(&[("memory", "2GiB"), ("need", "1408MiB")]), &c).expect("g");
+        let mut pending = Pending::default();
+        let none = inputs(&[]);
+        for _ in 0..3 {
+            let a = answer(&none, g.clone(), None, &mut pending, None);
+            assert!(a.admission.admit && a.pending == 0, "{}", a.reason);
+        }
+        assert!(
+            answer(&none, g.clone(), Some("x"), &mut pending, None)
+                .admission
+                .admit
+        );
+        assert!(
+            answer(&none, g.clone(), Some("x"), &mut pending, None)
+                .admission
+                .admit,
+            "x again"
+        );
+        assert!(
+            answer(&none, g.clone(), Some("y"), &mut pending, None)
+                .admission
+                .admit
+        );
+        let a = answer(&none, g.clone(), Some("z"), &mut pending, None);
+        assert!(!a.admission.admit && a.pending == 2, "{}", a.reason);
+        // Once x runs it is counted as a running guest (here 128 MiB), not as pending.
+        let a = answer(&inputs(&["x"]), g.clone(), None, &mut pending, None);
+        assert_eq!(a.pending, 1, "{}", a.reason);
+        assert!(a.admission.admit, "{}", a.reason);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::Status;
-use super::admission::{AdmissionInputs, answer, parse_request};
+use super::admission::{AdmissionInputs, Pending, answer, parse_request};
 use super::config::Config;
 use super::metrics::Metrics;
 
@@ -26,6 +26,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The last tick's observation, targets and capacity (`None` before the first tick).
     pub admission: Arc<RwLock<Option<AdmissionInputs>>>,
+    /// Guests admitted by name and not running yet (`/admit` counts them).
+    pub pending: Arc<std::sync::Mutex<Pending>>,
     pub config: Arc<Config>,
 }
 
@@ -92,7 +94,15 @@ async fn admit_handler(
             })),
         ),
         Some(inputs) => {
-            let a = answer(&inputs, guest, s.config.max_ratio);
+            let mut pending = s.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let a = answer(
+                &inputs,
+                guest,
+                query.get("name").map(String::as_str),
+                &mut pending,
+                s.config.max_ratio,
+            );
+            drop(pending);
             (
                 StatusCode::OK,
                 Json(

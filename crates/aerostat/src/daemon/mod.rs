@@ -190,6 +190,7 @@ pub async fn run(config: Config, dry_run: bool) -> anyhow::Result<()> {
                     status: status.clone(),
                     metrics: metrics.clone(),
                     admission: admission.clone(),
+                    pending: Arc::default(),
                     config: Arc::new(config.clone()),
                 },
             )
