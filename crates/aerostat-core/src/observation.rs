@@ -176,8 +176,9 @@ pub struct VmSample {
     pub host_swapped: Option<Bytes>,
     /// Host-measured: bytes QEMU has read for the guest from the disk the operator declares
     /// it swaps on (`query-blockstats` `rd_bytes`, cumulative), when declared and found. The
-    /// guest's swap-ins seen from the host; read by [`crate::swapping`] only, where it
-    /// outranks the guest's own report.
+    /// guest's swap-ins seen from the host, a stats interval before the guest reports them:
+    /// [`crate::swapping`] and the `aerostat` policy's swap-in rate count the larger of its
+    /// rate and the guest's (swap in memory, zram, never reaches the disk).
     #[serde(default)]
     pub swap_disk_read: Option<Bytes>,
     /// The guest's swap as the operator declares it (its image's swap device or file).

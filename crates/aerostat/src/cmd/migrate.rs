@@ -542,7 +542,7 @@ pub async fn migrate_vm(
         None => result?,
         Some(mut devices) => {
             s.handoff
-                .replug_after(vm, dest.as_ref(), &mut devices)
+                .replug_after(vm, dest.as_ref(), &mut devices, handoff::END_TIMEOUT)
                 .await;
             match result {
                 Ok(mut report) => {

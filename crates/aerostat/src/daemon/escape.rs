@@ -28,6 +28,9 @@ use crate::cmd::migrate::{
     Destination, Handoff, HandoffReport, Report, Settings, StillBlocked, migrate_vm,
 };
 
+/// On shutdown, how long a cancelled escape may take to end before the devices it unplugged
+/// are left out.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// `calc-dirty-rate` window for the candidates, seconds.
 const DIRTY_PROBE_SECS: u32 = 1;
 /// The `prepare` hook must have answered by then.
@@ -295,29 +298,8 @@ impl EscapeRunner {
             Err(e) => tracing::warn!(vm = %r.vm, error = %e, "shutting down during an escape"),
         }
         // The aborted task may have unplugged devices: plug back those that are gone once
-        // QEMU has finished cancelling (it refuses hot-plug while a migration runs).
-        if r.had_devices.is_empty() {
-            return;
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let mut status = None;
-        while tokio::time::Instant::now() < deadline {
-            status = qemu.query_migrate().await.ok().map(|i| i.status);
-            if status
-                .as_ref()
-                .is_some_and(|s| s.is_finished() || *s == MigrationStatus::None)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if !status
-            .as_ref()
-            .is_some_and(|s| s.is_finished() || *s == MigrationStatus::None)
-        {
-            tracing::warn!(vm = %r.vm, ?status, devices = ?r.had_devices, "shutting down during an escape that goes on: its devices are not plugged back");
-            return;
-        }
+        // QEMU has finished cancelling (it refuses hot-plug while a migration runs; a
+        // migration that goes on, a post-copy, keeps them out, and the report says so).
         let mut report = HandoffReport::default();
         for id in &r.had_devices {
             if !qemu.has_device(id).await.unwrap_or(true) {
@@ -325,8 +307,11 @@ impl EscapeRunner {
                 report.unplugged.push(id.clone());
             }
         }
+        if report.asked.is_empty() {
+            return;
+        }
         self.handoff_of(&r.vm)
-            .replug_after(&qemu, None, &mut report)
+            .replug_after(&qemu, None, &mut report, SHUTDOWN_WAIT)
             .await;
         tracing::warn!(vm = %r.vm, on = ?report.replugged_on, replugged = ?report.replugged, errors = ?report.replug_errors, "shutting down during an escape: devices plugged back");
     }

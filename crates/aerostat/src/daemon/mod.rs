@@ -377,6 +377,15 @@ async fn tick(
 
     // Publish.
     metrics.host_available.set(host_sample.available.0 as i64);
+    let targets: Vec<_> = obs
+        .vms
+        .iter()
+        .map(|vm| controller.target_of(&vm.name))
+        .collect();
+    let room = aerostat_core::planner::admission::room(&obs, &targets, capacity);
+    metrics
+        .host_room
+        .set(i64::try_from(room.0).unwrap_or(i64::MAX));
     metrics.host_total.set(host_sample.total.0 as i64);
     metrics.set_alerts(&decision.alerts, controller.unmet_need());
     // Whose swap-ins, from the last tick's readings to this one's.
@@ -384,8 +393,8 @@ async fn tick(
         registry.get(name).map(|c| c.adopted_at())
     });
     let mut vms = Vec::new();
-    for s in &samples {
-        let target = controller.target_of(&s.sample.name);
+    // `obs.vms` (and so `targets`) follows `samples`.
+    for (s, &target) in samples.iter().zip(&targets) {
         metrics.set_vm(&s.sample.name, s.sample.actual, target, s.sample.configured);
         let conn = registry.get(&s.sample.name);
         let verdict = swapping
@@ -425,17 +434,8 @@ async fn tick(
     st.host = Some(host_sample);
     st.vms = vms;
     st.alerts = decision.alerts;
+    st.room = Some(room.0);
     drop(st);
-    let targets: Vec<_> = obs
-        .vms
-        .iter()
-        .map(|vm| controller.target_of(&vm.name))
-        .collect();
-    let room = aerostat_core::planner::admission::room(&obs, &targets, capacity);
-    status.write().unwrap_or_else(|p| p.into_inner()).room = Some(room.0);
-    metrics
-        .host_room
-        .set(i64::try_from(room.0).unwrap_or(i64::MAX));
     *admission.write().unwrap_or_else(|p| p.into_inner()) = Some(admission::AdmissionInputs {
         obs: obs.clone(),
         targets,

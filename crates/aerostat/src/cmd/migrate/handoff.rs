@@ -37,9 +37,9 @@ use serde_json::Value;
 /// longer, a guest without a hot-plug driver forever.
 pub const UNPLUG_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How long the replug waits for the migration to end (a watch that gave up, a post-copy
-/// still finishing) before it gives up and says so.
-const END_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the replug after a migration waits for it to end (a watch that gave up, a
+/// post-copy still finishing) before it gives up and says so.
+pub const END_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The devices to hand off, and how to plug them back.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -169,18 +169,19 @@ impl Handoff {
     /// Step 3: once the source QEMU says the migration ended, plugs back on the destination
     /// if it completed, else on the source. Without a destination connection a completed
     /// migration leaves the devices unplugged (`aerostat migrate` refuses to start so), and a
-    /// migration that does not end within a minute leaves them where they are; the report
-    /// says so either way.
+    /// migration that does not end within `wait` ([`END_TIMEOUT`] after a migration) leaves
+    /// them where they are; the report says so either way.
     pub async fn replug_after(
         &self,
         source: &QemuVm,
         destination: Option<&QemuVm>,
         report: &mut HandoffReport,
+        wait: Duration,
     ) {
         if report.asked.is_empty() {
             return;
         }
-        let deadline = Instant::now() + END_TIMEOUT;
+        let deadline = Instant::now() + wait;
         let ended = loop {
             match source.query_migrate().await.map(|i| i.status) {
                 Ok(s) if s.is_finished() || s == MigrationStatus::None => break Some(s),
@@ -199,8 +200,8 @@ impl Handoff {
             ),
             (Some(_), _) => self.replug_into(source, "source", report).await,
             (None, _) => report.replug_errors.push(format!(
-                "the migration had not ended {END_TIMEOUT:?} after the watch: not plugged back \
-                 on either side (QEMU refuses hot-plug while it migrates)"
+                "the migration had not ended {wait:?} after the watch: not plugged back on \
+                 either side (QEMU refuses hot-plug while it migrates)"
             )),
         }
     }

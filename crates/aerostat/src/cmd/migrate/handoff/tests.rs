@@ -109,7 +109,8 @@ async fn a_completed_migration_plugs_the_device_in_on_the_destination_only() {
     assert!(src_state.lock().expect("q").devices.is_empty());
     // The source reports the migration active twice before it completes: the replug waits.
     src_state.lock().expect("q").statuses = VecDeque::from(["active", "active", "completed"]);
-    h.replug_after(&src, Some(&dst), &mut report).await;
+    h.replug_after(&src, Some(&dst), &mut report, END_TIMEOUT)
+        .await;
     assert_eq!(report.replugged_on.as_deref(), Some("destination"));
     assert_eq!(report.replugged, ["blockdev-add nvd", "device_add nv0"]);
     assert!(
@@ -128,7 +129,8 @@ async fn a_failed_migration_plugs_the_device_back_into_the_source() {
     let h = handoff();
     let mut report = h.unplug(&src).await.expect("unplugged");
     src_state.lock().expect("q").statuses = VecDeque::from(["cancelling", "cancelled"]);
-    h.replug_after(&src, Some(&dst), &mut report).await;
+    h.replug_after(&src, Some(&dst), &mut report, END_TIMEOUT)
+        .await;
     assert_eq!(report.replugged_on.as_deref(), Some("source"));
     assert_eq!(src_state.lock().expect("q").devices, ["nv0"]);
     assert!(dst_state.lock().expect("q").devices.is_empty());
@@ -144,7 +146,8 @@ async fn a_device_the_guest_never_had_is_neither_unplugged_nor_plugged_in() {
     let mut report = h.unplug(&src).await.expect("nothing to unplug is fine");
     assert!(report.unplugged.is_empty() && report.asked.is_empty());
     assert!(!f.commands().contains(&"device_del".to_string()));
-    h.replug_after(&src, Some(&dst), &mut report).await;
+    h.replug_after(&src, Some(&dst), &mut report, END_TIMEOUT)
+        .await;
     assert_eq!(report.replugged_on, None);
     assert!(dst_state.lock().expect("q").devices.is_empty());
 }
@@ -183,7 +186,8 @@ async fn only_what_was_unplugged_is_plugged_back() {
     let mut report = h.unplug(&src).await.expect("unplugged");
     assert_eq!(report.unplugged, ["nv1"]);
     src_state.lock().expect("q").statuses = VecDeque::from(["completed"]);
-    h.replug_after(&src, Some(&dst), &mut report).await;
+    h.replug_after(&src, Some(&dst), &mut report, END_TIMEOUT)
+        .await;
     assert_eq!(dst_state.lock().expect("q").devices, ["nv1"]);
     assert_eq!(report.replugged, ["device_add nv1"]);
 }
@@ -197,7 +201,7 @@ async fn without_a_destination_a_landed_guest_is_reported_without_its_devices() 
     let h = handoff();
     let mut report = h.unplug(&src).await.expect("unplugged");
     src_state.lock().expect("q").statuses = VecDeque::from(["completed"]);
-    h.replug_after(&src, None, &mut report).await;
+    h.replug_after(&src, None, &mut report, END_TIMEOUT).await;
     assert_eq!(report.replugged_on, None);
     assert!(report.replug_errors[0].contains("stay unplugged"));
     assert!(src_state.lock().expect("q").devices.is_empty());
