@@ -1240,8 +1240,13 @@ fn the_balloon_takes_back_what_128_mib_blocks_round_up() {
     let config = daemon_config(&qmp_dir, None, "256MiB", "");
     let mut daemon = Daemon::start(work.path(), 1, &config);
     let mut seen = (0, 0, 0);
+    // The target follows the guest's need, which lands within 8 MiB of a block boundary about
+    // one run in eight (CI, session 31: 1152 MiB = boot + 5 blocks), and then there is nothing
+    // for the balloon to take back. The test then makes the guest need 48 MiB more, once, so
+    // it never passes without the balloon trimming.
+    let mut nudged = false;
     let took = wait_until(
-        Duration::from_secs(90),
+        Duration::from_secs(120),
         "whole blocks plugged and the balloon below boot memory, together at the target",
         || {
             std::thread::sleep(Duration::from_millis(300));
@@ -1251,10 +1256,18 @@ fn the_balloon_takes_back_what_128_mib_blocks_round_up() {
             let (plugged, requested) = vm.virtio_mem();
             let balloon = vm.balloon_actual();
             seen = (target, plugged, balloon);
-            plugged > 0
+            let settled = plugged > 0
                 && plugged == requested
-                && balloon < BOOT
-                && (balloon + plugged).abs_diff(target) < 8 << 20
+                && (balloon + plugged).abs_diff(target) < 8 << 20;
+            if settled && balloon >= BOOT && !nudged {
+                println!(
+                    "{TEST}: target {} MiB is whole blocks above boot memory; the guest takes 48 MiB more",
+                    mib(target)
+                );
+                vm.run_ok("memhog 48 --quiet >/tmp/hog2.log 2>&1 &");
+                nudged = true;
+            }
+            settled && balloon < BOOT
         },
     );
     let (target, plugged, balloon) = seen;
