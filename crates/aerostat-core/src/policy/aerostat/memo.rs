@@ -36,6 +36,8 @@ pub(super) struct Memo {
     pub(super) hidden: f64,
     /// Growth rate of `used`, bytes/s: rises when two readings agree, decays slowly.
     pub(super) growth_bps: f64,
+    /// How far the balloon moved between the last two readings (`track_growth`).
+    pub(super) last_move: f64,
     /// The rate of `used` seen last tick.
     pub(super) last_rate: f64,
     /// The rate of `used` the last new stats showed (`Reading::new_stats`).
@@ -101,7 +103,8 @@ impl Memo {
             // rise counts only once it is seen twice in a row, so one noisy sample cannot
             // buy an idle guest headroom. With a still balloon it counts at once.
             let step = MIN_CHANGE.as_f64();
-            let balloon_moved = (actual - self.last_actual).abs() > step;
+            let moved = (actual - self.last_actual).abs();
+            let balloon_moved = moved > step;
             // A deflate the two stats straddle (their MemTotal grew by it) while the live
             // `actual` stood still at both ticks: a real Linux guest (6.x) frees a
             // deflate's pages into its per-CPU page lists, which grow up to an eighth of
@@ -119,7 +122,14 @@ impl Memo {
                 (r.total - self.last_total).clamp(0.0, vm.configured.as_f64() / 8.0)
             };
             let rise = if balloon_moved {
-                rate.min(self.last_rate)
+                // The noise is what the balloon moved while the two stats were taken (this
+                // interval's move, or the last one's for stats that lag a tick): a rise
+                // beyond that is the workload's, and counts at once. (`unseen-2151`: a
+                // burst's first 340 MiB, read just after an 18 MiB cache-probe deflate,
+                // counted as nothing; the room stayed one tick of a slower burst and the
+                // guest was OOM-killed a tick later.)
+                let noise = moved + self.last_move;
+                ((rate * dt - noise).max(0.0) / dt).max(rate.min(self.last_rate))
             } else if page_lists > step {
                 // Seen twice: in the last new stats too (a guest polled every 2 s repeats
                 // its stats on every other tick, which show no rise).
@@ -128,6 +138,7 @@ impl Memo {
                 rate
             };
             self.last_rate = rate;
+            self.last_move = moved;
             if r.new_stats {
                 self.last_new_rate = rate;
             }
