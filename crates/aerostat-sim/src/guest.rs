@@ -453,6 +453,11 @@ impl Guest {
         }
     }
 
+    /// Guest swap-ins so far, bytes: what QEMU reads from a swap disk of its own.
+    pub fn swap_in_total(&self) -> f64 {
+        self.swap_in_total
+    }
+
     /// The `actual` the balloon driver reports: the guest's size (with a virtio-mem device,
     /// blocks it is unplugging still count), or, from a driver that lies, the target it was
     /// asked for (it never inflates).

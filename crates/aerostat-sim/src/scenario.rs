@@ -244,6 +244,11 @@ pub struct RawVm {
     /// on a real host. Default: every tick.
     #[serde(default, deserialize_with = "human_opt")]
     pub stats_interval: Option<Millis>,
+    /// The guest swaps on a virtual disk of its own whose reads the host sees (QEMU's
+    /// `query-blockstats`; the daemon's `vm.NAME.swap_disk`): its swap-ins reach the policy
+    /// as `VmSample::swap_disk_read`, fresh every tick whatever `stats_interval`.
+    #[serde(default)]
+    pub swap_disk: bool,
     /// Balloon inflation rate (default 1GiB/s, as measured on KVM).
     #[serde(default, deserialize_with = "human_opt")]
     pub balloon_rate: Option<Rate>,
@@ -521,6 +526,8 @@ pub struct VmSpec {
     pub balloon_lies: bool,
     pub stats: StatsMode,
     pub stats_interval: Option<Millis>,
+    /// Its swap disk's reads are seen by the host (`swap_disk`).
+    pub swap_disk: bool,
     pub balloon_rate: Bytes,
     pub kernel: Bytes,
     pub pinned: Bytes,

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use aerostat_core::PolicyKind;
+use aerostat_core::{Millis, PolicyKind, Rule};
 use aerostat_sim::{RunOptions, Scenario, run};
 
 const LAGGING: &str = r#"
@@ -69,6 +69,91 @@ fn a_stats_interval_is_refused_at_zero() {
         .unwrap_or_default();
     assert!(
         err.contains("`vm[0] (doo).stats_interval`: must be positive"),
+        "{err}"
+    );
+}
+
+/// Guests whose stats QEMU polls every 10 s, and whose burst (1 GiB in 20 s) pushes hot
+/// memory into swap.
+const SWAP_DISK: &str = r#"
+[scenario]
+name = "swap-disk"
+duration = "1h"
+seed = 3
+
+[host]
+memory = "16GiB"
+reserve = "1GiB"
+
+[[vm]]
+name = "swapper"
+count = 4
+memory = "2GiB"
+swap = "1GiB"
+stats_interval = "10s"
+[vm.workload]
+kind = "burst"
+working_set = "400MiB"
+peak = "1400MiB"
+at = "40m"
+rise = "20s"
+hold = "10m"
+cold = "300MiB"
+page_cache = "200MiB"
+"#;
+
+/// When the first pressure deflate of `swapper-0` came, and the run's summary.
+fn first_pressure_deflate(toml: &str) -> (Option<Millis>, aerostat_sim::Summary) {
+    let scenario =
+        Scenario::parse(toml, Path::new("swap-disk.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let mut options = RunOptions::new(PolicyKind::Aerostat);
+    options.log_actions = true;
+    let result = run(&scenario, options);
+    let first = result
+        .actions
+        .iter()
+        .find(|(_, a)| a.vm == "swapper-0" && a.rule == Rule::DeflatePressure)
+        .map(|(t, _)| *t);
+    (first, result.summary)
+}
+
+/// A swap disk the host reads (`swap_disk`, the daemon's `vm.NAME.swap_disk`) shows the
+/// guest's swap-ins the tick they happen, where its own stats show them up to a polling
+/// interval later: the policy gives memory back under pressure at once. The stalls are
+/// the same here — they come from the burst's swap-outs, before any swap-in could be read
+/// (docs/benchmarks.md, session 32) — so this checks the path, not a gain.
+#[test]
+fn a_swap_disk_shows_swap_ins_before_the_guests_stats_do() {
+    let with_disk = SWAP_DISK.replace(
+        "stats_interval = \"10s\"",
+        "stats_interval = \"10s\"\nswap_disk = true",
+    );
+    let (stats_only, s0) = first_pressure_deflate(SWAP_DISK);
+    let (disk, s1) = first_pressure_deflate(&with_disk);
+    let disk = disk.unwrap_or_else(|| panic!("no pressure deflate with the disk read: {s1:?}"));
+    assert!(
+        stats_only.is_none_or(|t| t.0 >= disk.0 + 5_000),
+        "the disk shows pressure at {disk:?}, the stats at {stats_only:?}"
+    );
+    assert!(
+        s1.guest_stall_seconds <= s0.guest_stall_seconds + 0.01,
+        "{s0:?}\n{s1:?}"
+    );
+    assert_eq!(s1.guest_oom_kills, 0, "{s1:?}");
+}
+
+/// `swap_disk` on a guest without swap is refused, naming the key.
+#[test]
+fn a_swap_disk_without_swap_is_refused() {
+    let no_swap = SWAP_DISK
+        .replace("swap = \"1GiB\"\n", "")
+        .replace("stats_interval = \"10s\"", "swap_disk = true");
+    let err = Scenario::parse(&no_swap, Path::new("swap-disk.toml"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("`vm[0] (swapper).swap_disk`: the guest has no swap"),
         "{err}"
     );
 }

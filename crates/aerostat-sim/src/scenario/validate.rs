@@ -234,6 +234,13 @@ impl RawScenario {
                     "must be positive (leave it out for stats every tick)".into(),
                 ));
             }
+            if v.swap_disk && v.swap.is_none_or(|s| s == Bytes::ZERO) {
+                return Err(invalid(
+                    line,
+                    key("swap_disk"),
+                    "the guest has no swap to read (set `swap`)".into(),
+                ));
+            }
             let priority = v.priority.unwrap_or(1.0);
             if let Some(why) = aerostat_core::priority_problem(priority) {
                 return Err(invalid(line, key("priority"), why));
@@ -347,6 +354,7 @@ impl RawScenario {
                     balloon_lies: v.balloon_lies,
                     stats: v.stats.unwrap_or_default(),
                     stats_interval: v.stats_interval,
+                    swap_disk: v.swap_disk,
                     balloon_rate: v.balloon_rate.map_or(Bytes::gib(1), |r| r.0),
                     kernel,
                     pinned,
