@@ -308,13 +308,14 @@ fn precopy_is_cancelled_once_it_has_sent_the_traffic_budget() {
     assert_eq!(switches[0]["action"], "migrate_cancel");
     let why = switches[0]["reason"].as_str().unwrap_or("");
     assert!(why.starts_with("traffic budget"), "{why}");
-    // Polled every 200 ms: at most a poll's worth past the budget (32 MiB/s), and a margin.
+    // Polled every 200 ms: a poll's worth past the budget (32 MiB/s), and a second's worth of
+    // margin for a QMP reply late on two busy cores.
     let sent = u(&r, "bytes_sent").expect("bytes sent");
     assert!(
         sent >= BUDGET_MIB << 20,
         "cancelled before the budget: {sent}"
     );
-    assert!(sent <= (BUDGET_MIB + 16) << 20, "{sent} bytes sent");
+    assert!(sent <= (BUDGET_MIB + 32) << 20, "{sent} bytes sent");
     assert_eq!(run_state(&p.src), "running");
     assert_guest_alive(&p.src, false);
     let dst_pid = p.dst.pid();

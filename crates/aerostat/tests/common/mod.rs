@@ -460,11 +460,14 @@ impl TestVm {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
-        let child = cmd.spawn().expect("spawn qemu-system-x86_64");
-        if let Some(cg) = &spec.cgroup {
-            CgroupHost::open(cg)
-                .and_then(|c| c.add_pid(child.id()))
-                .expect("move QEMU into the host cgroup");
+        let mut child = cmd.spawn().expect("spawn qemu-system-x86_64");
+        if let Some(cg) = &spec.cgroup
+            && let Err(e) = CgroupHost::open(cg).and_then(|c| c.add_pid(child.id()))
+        {
+            // Not a TestVm yet: nothing else would stop this QEMU.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("move QEMU into the host cgroup: {e}");
         }
         TestVm {
             name: spec.name.clone(),
