@@ -32,6 +32,9 @@ pub struct RunOptions {
     pub interval: Option<Millis>,
     /// Samples kept for plots (0: none).
     pub samples: usize,
+    /// A sample every this long instead (whole ticks, at least one): a close look at a
+    /// stretch of a run.
+    pub sample_every: Option<Millis>,
     /// Keep every action for the decision log (bounded by [`MAX_LOGGED_ACTIONS`]).
     pub log_actions: bool,
     /// Run the scenario's live-migration escape when its `[migration]` table turns it on
@@ -46,6 +49,7 @@ impl RunOptions {
             seed: None,
             interval: None,
             samples: 1000,
+            sample_every: None,
             log_actions: false,
             escape: true,
         }
@@ -141,7 +145,9 @@ impl Simulation {
             .collect();
         let n = guests.len();
         let ticks = scenario.duration.0 / scenario.tick.0;
-        let sample_every = if options.samples == 0 {
+        let sample_every = if let Some(every) = options.sample_every {
+            (every.0 / scenario.tick.0).max(1)
+        } else if options.samples == 0 {
             u64::MAX
         } else {
             (ticks / options.samples as u64).max(1)

@@ -191,6 +191,11 @@ pub struct SimArgs {
     /// `duration`: a quick check of a long scenario.
     #[arg(long)]
     pub duration: Option<String>,
+    /// Sample the time series every DURATION of simulated time (e.g. `1s`: every tick)
+    /// instead of 1,000 times over the run: a close look at a burst, with `--duration`
+    /// to end the run just after it.
+    #[arg(long, value_name = "DURATION")]
+    pub every: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

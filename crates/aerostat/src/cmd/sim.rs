@@ -73,11 +73,45 @@ pub fn at_least_a_tick(d: Millis, tick: Millis, text: &str) -> Result<(), InputE
     Ok(())
 }
 
+/// The most samples `--every` may ask for: each holds a row of the CSV and a point of every
+/// plotted line.
+const MAX_SAMPLES: u64 = 200_000;
+
+/// `--every`: how often the time series takes a sample, at least a tick, at most
+/// MAX_SAMPLES over the run.
+pub fn sample_every(
+    scenario: &Scenario,
+    every: Option<&str>,
+) -> Result<Option<Millis>, InputError> {
+    let Some(text) = every else {
+        return Ok(None);
+    };
+    let d: Millis = text
+        .parse()
+        .map_err(|e| InputError(format!("--every: {e}")))?;
+    if d < scenario.tick {
+        return Err(InputError(format!(
+            "--every {text} is shorter than one simulator tick ({}): a sample is taken at most every tick",
+            scenario.tick
+        )));
+    }
+    let samples = scenario.duration.0 / d.0;
+    if samples > MAX_SAMPLES {
+        return Err(InputError(format!(
+            "--every {text} takes {samples} samples over {}; at most {MAX_SAMPLES}: end the run sooner with --duration",
+            scenario.duration
+        )));
+    }
+    Ok(Some(d))
+}
+
 pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let mut scenario = load_scenario(args.scenario.as_deref())?;
     cut_short(&mut scenario, args.duration.as_deref(), true)?;
+    let every = sample_every(&scenario, args.every.as_deref())?;
     super::output_dir(&args.out)?;
     let mut options = RunOptions::new(args.policy);
+    options.sample_every = every;
     options.seed = args.seed;
     options.log_actions = true;
     options.escape = !args.no_escape;
@@ -135,5 +169,30 @@ mod tests {
             let e = cut_short(&mut demo.clone(), Some(bad), true).expect_err(bad);
             assert!(e.0.starts_with("--duration"), "{}", e.0);
         }
+    }
+
+    #[test]
+    fn every_samples_at_least_a_tick_apart_and_not_too_often() {
+        let demo = load_scenario(None).expect("the demo parses");
+        assert_eq!(sample_every(&demo, None).expect("default"), None);
+        let mut short = demo.clone();
+        cut_short(&mut short, Some("1h"), true).expect("1h");
+        assert_eq!(
+            sample_every(&short, Some("1s")).expect("every tick for an hour"),
+            Some(Millis::secs(1))
+        );
+        for (bad, why) in [
+            ("500ms", "shorter than one simulator tick"),
+            ("ten", "--every"),
+        ] {
+            let e = sample_every(&short, Some(bad)).expect_err(bad);
+            assert!(e.0.contains(why), "{}", e.0);
+        }
+        // The demo's 24 h every second: 86,400 samples, within the bound; a 100-day run not.
+        sample_every(&demo, Some("1s")).expect("a day of ticks");
+        let mut long = demo.clone();
+        long.duration = Millis::secs(100 * 86_400);
+        let e = sample_every(&long, Some("1s")).expect_err("too many");
+        assert!(e.0.contains("at most 200000"), "{}", e.0);
     }
 }
