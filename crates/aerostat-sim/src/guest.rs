@@ -240,17 +240,18 @@ impl Guest {
         let mut fx = TickEffects::default();
         // Blocks taken last tick are reported gone from now on.
         let reported_late = std::mem::take(&mut self.unplugging);
-        if let Some(at) = self.restart_at {
-            if now < at {
-                return fx;
+        // A workload the OOM killer took restarts RESTART_AFTER later; meanwhile only the
+        // balloon moves: its driver is the guest kernel's, not the workload's. (It stood
+        // still until session 32, so a deflate asked for after a kill waited for the
+        // restart, which then met the balloon where the kill had left it.)
+        let restarting = match self.restart_at {
+            Some(at) if now < at => true,
+            Some(_) => {
+                self.restart_at = None;
+                false
             }
-            self.restart_at = None;
-        }
-        let mut d = self.workload.demand(t, shape);
-        if let Some(ws) = self.working_set_override {
-            d.hot_anon = ws;
-        }
-        self.demand = d;
+            None => false,
+        };
 
         // 1. The balloon moves toward its target. Inflation takes only what the guest
         //    can give (free, cache, anon that fits in swap): the driver's allocations
@@ -281,6 +282,16 @@ impl Guest {
                 self.unplugging = take;
             }
         }
+
+        if restarting {
+            self.back_touched();
+            return fx;
+        }
+        let mut d = self.workload.demand(t, shape);
+        if let Some(ws) = self.working_set_override {
+            d.hot_anon = ws;
+        }
+        self.demand = d;
 
         // 2. The workload allocates or frees.
         let hot_total = self.anon_hot + self.swap_hot;
@@ -356,8 +367,15 @@ impl Guest {
             fx.stall_s += self.reclaim(over, dt_s, &mut fx.oom_killed, now);
         }
 
-        // 5. Host backing: touched pages stay backed until the balloon takes them
-        //    (or free page reporting returns them).
+        // 5. Host backing.
+        self.back_touched();
+        fx.stall_s = fx.stall_s.min(dt_s);
+        fx
+    }
+
+    /// Host backing: touched pages stay backed until the balloon takes them (or free page
+    /// reporting returns them).
+    fn back_touched(&mut self) {
         let used = self.fixed + self.resident();
         self.touched = if self.free_page_reporting {
             used
@@ -366,8 +384,6 @@ impl Guest {
         }
         // The host backs blocks being unplugged until the device reports them gone.
         .min(self.actual + self.unplugging);
-        fx.stall_s = fx.stall_s.min(dt_s);
-        fx
     }
 
     /// Reclaims `over` bytes in LRU order; returns stall seconds from direct reclaim.

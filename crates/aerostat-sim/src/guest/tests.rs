@@ -322,6 +322,42 @@ fn a_linux_guest_short_of_its_watermark_is_not_out_of_memory() {
     }
 }
 
+/// An OOM-killed workload restarts a minute later; meanwhile the balloon still moves, as a
+/// real guest's driver (the kernel's) does. It stood still until session 32: a deflate asked
+/// for just after a kill waited for the restart.
+#[test]
+fn the_balloon_moves_while_a_killed_workload_waits_to_restart() {
+    let mut g = settled_guest("", 600, 0);
+    // A balloon that takes all the free memory, no cache, no swap: the workload growing
+    // 100 MiB dies.
+    g.target = g.actual - free(&g);
+    g.override_working_set(Some(Bytes::mib(700)));
+    let mut killed_at = None;
+    for tick in 60..70u64 {
+        let now = Millis(tick * 1000);
+        if g.step(now, now, 1.0, &mut ShapeMemo::default()).oom_killed {
+            killed_at = Some(tick);
+            break;
+        }
+    }
+    let killed_at = killed_at.expect("the workload is OOM-killed");
+    let before = g.actual;
+    // The controller gives the guest all of its memory back at once.
+    g.target = g.configured;
+    let now = Millis((killed_at + 1) * 1000);
+    g.step(now, now, 1.0, &mut ShapeMemo::default());
+    assert!(
+        g.restart_at.is_some_and(|at| now < at),
+        "still waiting to restart"
+    );
+    assert_eq!(
+        g.actual,
+        g.configured,
+        "deflated from {:.0} MiB",
+        before / MIB
+    );
+}
+
 /// A virtio-mem guest's unplug: the blocks a tick takes leave its free memory at once but
 /// its MemTotal and the device's reported size only a tick later (a real guest isolates a
 /// block's pages before it reports the block gone), and its balloon inflates below boot
