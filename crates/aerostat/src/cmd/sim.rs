@@ -35,10 +35,8 @@ pub fn cut_short(
     let Some(text) = duration else {
         return Ok(());
     };
-    let d: Millis = text
-        .parse()
-        .map_err(|e| InputError(format!("--duration: {e}")))?;
-    at_least_a_tick(d, scenario.tick, text)?;
+    // A run of no ticks has no results to report (`plan` called every ratio safe on one).
+    let d = at_least_a_tick("--duration", text, scenario.tick, "nothing would run")?;
     if d > scenario.duration && shorter_only {
         return Err(InputError(format!(
             "--duration {text} is longer than scenario `{}`'s duration ({}); only a shorter run is allowed",
@@ -62,15 +60,18 @@ pub fn cut_short(
     Ok(())
 }
 
-/// A `--duration` shorter than one simulator tick runs nothing, and a run of no ticks has no
-/// results to report (`plan` called every ratio safe on one).
-pub fn at_least_a_tick(d: Millis, tick: Millis, text: &str) -> Result<(), InputError> {
+/// The duration a flag gives, refused below one simulator tick (`why`: what a shorter one
+/// would mean).
+fn at_least_a_tick(flag: &str, text: &str, tick: Millis, why: &str) -> Result<Millis, InputError> {
+    let d: Millis = text
+        .parse()
+        .map_err(|e| InputError(format!("{flag}: {e}")))?;
     if d < tick {
         return Err(InputError(format!(
-            "--duration {text} is shorter than one simulator tick ({tick}): nothing would run"
+            "{flag} {text} is shorter than one simulator tick ({tick}): {why}"
         )));
     }
-    Ok(())
+    Ok(d)
 }
 
 /// The most samples `--every` may ask for: each holds a row of the CSV and a point of every
@@ -86,15 +87,12 @@ pub fn sample_every(
     let Some(text) = every else {
         return Ok(None);
     };
-    let d: Millis = text
-        .parse()
-        .map_err(|e| InputError(format!("--every: {e}")))?;
-    if d < scenario.tick {
-        return Err(InputError(format!(
-            "--every {text} is shorter than one simulator tick ({}): a sample is taken at most every tick",
-            scenario.tick
-        )));
-    }
+    let d = at_least_a_tick(
+        "--every",
+        text,
+        scenario.tick,
+        "a sample is taken at most every tick",
+    )?;
     let samples = scenario.duration.0 / d.0;
     if samples > MAX_SAMPLES {
         return Err(InputError(format!(
