@@ -38,6 +38,7 @@ use crate::planner::escape::{MIN_UNMET, floors_held, hot_memory_stays};
 use crate::policy::{Policy, Proposal, Reason, WorkingSet};
 use crate::units::{Bytes, Millis};
 
+mod blind;
 pub(crate) mod kept_memory;
 
 /// Growth the reserve guard's proportional cut leaves below this, or a bound's move away
@@ -148,6 +149,11 @@ pub struct VmGuardState {
     /// The policy's working set for it over the last minutes, for the escape's outlook.
     #[serde(skip)]
     pub trend: Trend,
+    /// While the policy has no working set for it (no fresh stats): the most it has been
+    /// seen to touch beyond its swap, which the reserve guard keeps until its last pass
+    /// (`blind::hold`). `None` while the policy sees it.
+    #[serde(default)]
+    pub blind_hold: Option<Bytes>,
 }
 
 /// Runs one policy under its guards. One `Controller` per host.
@@ -291,6 +297,7 @@ impl Controller {
                 stalled_until: None,
                 kept_since: None,
                 trend: Trend::default(),
+                blind_hold: None,
             });
         }
 
@@ -322,12 +329,16 @@ impl Controller {
         current.extend((0..obs.vms.len()).map(|i| self.vms[i].target));
         proposals.clear();
         self.policy.propose_into(obs, &current, &mut proposals);
-        for i in 0..obs.vms.len() {
-            let trend = &mut self.vms[i].trend;
-            if trend.due(obs.time)
-                && let Some(ws) = self.policy.working_set(i)
-            {
-                trend.push(obs.time, ws.anon);
+        for (i, vm) in obs.vms.iter().enumerate() {
+            let state = &mut self.vms[i];
+            match self.policy.working_set(i) {
+                Some(ws) => {
+                    state.blind_hold = None;
+                    if state.trend.due(obs.time) {
+                        state.trend.push(obs.time, ws.anon);
+                    }
+                }
+                None => state.blind_hold = blind::hold(state.blind_hold, vm),
             }
         }
         pending.clear();
@@ -693,13 +704,18 @@ impl Controller {
             return ReserveOutcome::Fits;
         }
         // The policy's working-set estimates, only on ticks with an excess: floor ≤ anon ≤
-        // hot, the floor for both layers where the policy has none.
+        // hot. Where the policy has none (a guest without fresh stats), both layers are the
+        // most the host has seen it touch beyond its swap (`blind::hold`), or the floor when
+        // that is unknown: its touched memory goes only in the last pass, with everyone's.
         working_set.clear();
         working_set.extend(obs.vms.iter().enumerate().map(|(i, vm)| {
             let floor = vm.floor();
-            let ws = self.policy.working_set(i).unwrap_or(WorkingSet {
-                anon: floor,
-                hot: floor,
+            let ws = self.policy.working_set(i).unwrap_or_else(|| {
+                let held = self.vms[i].blind_hold.unwrap_or(floor);
+                WorkingSet {
+                    anon: held,
+                    hot: held,
+                }
             });
             let anon = ws.anon.max(floor);
             WorkingSet {

@@ -295,6 +295,9 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
         .collect();
     // The model of the controller's memory: the last target sent (adoption: actual).
     let mut prev: Vec<Option<Bytes>> = vec![None; vms.len()];
+    // ... and, for a guest the policy has no estimate of, the most it has touched beyond its
+    // swap on any tick so far (its layers for the reserve guard).
+    let mut blind_hold: Vec<Option<Bytes>> = vec![None; vms.len()];
     let mut time = Millis::ZERO;
     for (k, (dt, ticks)) in case.ticks.iter().enumerate() {
         time = time + Millis(*dt);
@@ -336,6 +339,15 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
             .enumerate()
             .map(|(i, vm)| prev[i].unwrap_or(vm.actual))
             .collect();
+        for (i, vm) in vms.iter().enumerate() {
+            let touched = vm.rss.filter(|_| !vm.migrating).map(|rss| {
+                let t = rss.0.saturating_sub(vm.overhead.0).min(vm.configured.0);
+                Bytes(t.saturating_sub(vm.guest_swap.map_or(0, |s| s.0)))
+            });
+            if case.vms[i].working_set.is_none() {
+                blind_hold[i] = blind_hold[i].max(touched);
+            }
+        }
         let d = ctl.tick(&obs);
         let ctx = || format!("tick {k}, proposals {proposals:?}");
 
@@ -471,12 +483,14 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                         }
                 })
                 .sum();
-            // A guest's working set, the policy's estimate in two layers: floor ≤ anon ≤ hot.
+            // A guest's working set, the policy's estimate in two layers: floor ≤ anon ≤ hot;
+            // without one, both at the most it has touched beyond its swap.
             let anon_level = |i: usize| {
                 let floor = vms[i].floor();
-                case.vms[i]
-                    .working_set
-                    .map_or(floor, |(anon, _)| Bytes(anon).max(floor))
+                case.vms[i].working_set.map_or_else(
+                    || blind_hold[i].unwrap_or(floor).max(floor),
+                    |(anon, _)| Bytes(anon).max(floor),
+                )
             };
             let hot_level = |i: usize| {
                 let hot = case.vms[i]
@@ -1603,10 +1617,23 @@ fn reserve_tick(
     available: Bytes,
     vms: Vec<VmSample>,
 ) -> Decision {
+    reserve_tick_seeing(vec![], proposals, total, available, vms)
+}
+
+/// `reserve_tick` with the policy's working-set estimates (by VM index; a guest without one
+/// is blind, `blind::hold`).
+fn reserve_tick_seeing(
+    working_sets: Vec<Option<WorkingSet>>,
+    proposals: Vec<(usize, Bytes)>,
+    total: Bytes,
+    available: Bytes,
+    vms: Vec<VmSample>,
+) -> Decision {
     let next = Arc::new(Mutex::new(proposals));
     let mut ctl = Controller::with_guards(
         Box::new(Scripted {
             next,
+            working_sets,
             ..Scripted::default()
         }),
         aerostat_guards(Bytes::gib(2)),
@@ -1626,7 +1653,8 @@ fn reserve_tick(
 /// hold gigabytes they never touched but may give only a step per tick. (All of the same
 /// priority here: were the db more important, strict priority alone would spare it.)
 /// With the excess available on the host, the guard takes the untouched memory over the
-/// next ticks and leaves the db's cache alone; without it, it squeezes.
+/// next ticks and leaves the db's cache alone; without it, it squeezes. (The policy sees the
+/// db working in 11 GiB: a blind guest's touched memory would wait for the last pass.)
 #[test]
 fn reserve_waits_for_untouched_memory_only_while_the_host_has_room() {
     let vms = || {
@@ -1640,7 +1668,19 @@ fn reserve_waits_for_untouched_memory_only_while_the_host_has_room() {
         });
         std::iter::once(db).chain(webs).collect::<Vec<_>>()
     };
-    let tick = |available: Bytes| reserve_tick(vec![], Bytes::gib(32), available, vms());
+    let db_works_in = WorkingSet {
+        anon: Bytes::gib(11),
+        hot: Bytes::gib(11),
+    };
+    let tick = |available: Bytes| {
+        reserve_tick_seeing(
+            vec![Some(db_works_in)],
+            vec![],
+            Bytes::gib(32),
+            available,
+            vms(),
+        )
+    };
     // 36 GiB committed, 30 GiB capacity: the webs give 512 MiB each this tick (2 GiB);
     // 4 GiB are left, and the webs hold 8 GiB more untouched memory. The host has its
     // 2 GiB reserve available (not the whole 4 GiB excess): it waits.
@@ -2012,8 +2052,17 @@ fn touched_memory_is_taken_strictly_by_priority() {
         small.rss = Some(Bytes::gib(1));
         vec![big, small]
     };
-    let tick =
-        |big_actual: Bytes, total: Bytes| reserve_tick(vec![], total, Bytes::ZERO, vms(big_actual));
+    // The policy sees the big guest working in no more than its floor (a blind guest's
+    // touched memory would wait for the last pass, `blind::hold`).
+    let big_works_in = || {
+        vec![Some(WorkingSet {
+            anon: Bytes::gib(3),
+            hot: Bytes::gib(3),
+        })]
+    };
+    let tick = |big_actual: Bytes, total: Bytes| {
+        reserve_tick_seeing(big_works_in(), vec![], total, Bytes::ZERO, vms(big_actual))
+    };
     // 13 GiB on a 6 GiB capacity: the big guest gives its 512 MiB step, the small one
     // nothing, although the excess stays.
     let d = tick(Bytes::gib(12), Bytes::gib(8));
@@ -2026,11 +2075,14 @@ fn touched_memory_is_taken_strictly_by_priority() {
     // The same for a small guest whose RSS is unknown (its step would otherwise go).
     let mut blind = vms(Bytes::gib(12));
     blind[1].rss = None;
-    let d = reserve_tick(vec![], Bytes::gib(8), Bytes::ZERO, blind);
+    let d = reserve_tick_seeing(big_works_in(), vec![], Bytes::gib(8), Bytes::ZERO, blind);
     assert!(d.actions.iter().all(|a| a.vm != "small"), "{:?}", d.actions);
     // A big balloon that creeps (16 MiB a tick) holds the small guest back 30 s at most.
     let mut ctl = Controller::with_guards(
-        Box::new(Scripted::default()),
+        Box::new(Scripted {
+            working_sets: big_works_in(),
+            ..Scripted::default()
+        }),
         aerostat_guards(Bytes::gib(2)),
     );
     let mut squeezed_at = None;
@@ -2279,4 +2331,76 @@ fn a_lone_guest_settles_when_the_host_follows_its_balloon() {
         scan_stats: false,
     };
     assert_settles_on_a_following_host(&[guest], 66);
+}
+
+/// A guest without fresh stats keeps what the host saw it touch beyond its swap until the
+/// last pass: a sighted guest's anonymous memory goes first, and the squeeze's own fall in
+/// what the blind guest touches does not lower its hold. (Reviewer-2's `mixed-guest-agents`:
+/// a Windows guest without a stats service, its layers at its floor, was the first squeezed,
+/// below what its cold memory and its swap could hold: 164 OOM kills nobody could see.)
+#[test]
+fn a_blind_guest_keeps_what_it_touched_beyond_its_swap_until_the_last_pass() {
+    let vms = |win_actual: Bytes, web_actual: Bytes| {
+        let mut win = VmSample::new("win", Bytes::gib(6), win_actual);
+        win.min = Some(Bytes::mib(1536));
+        win.rss = Some(win_actual);
+        win.guest_swap = Some(Bytes::gib(1));
+        let mut web = VmSample::new("web", Bytes::gib(6), web_actual);
+        web.min = Some(Bytes::mib(1536));
+        web.rss = Some(web_actual);
+        vec![web, win]
+    };
+    // The policy sees the web guest work in 2 GiB, 1.5 GiB of it anon; the Windows guest is
+    // blind.
+    let web_works_in = Some(WorkingSet {
+        anon: Bytes::mib(1536),
+        hot: Bytes::gib(2),
+    });
+    let mut ctl = Controller::with_guards(
+        Box::new(Scripted {
+            working_sets: vec![web_works_in, None],
+            ..Scripted::default()
+        }),
+        aerostat_guards(Bytes::gib(2)),
+    );
+    let mut tick = |secs: u64, win: Bytes, web: Bytes, total_mib: u64| {
+        let d = ctl.tick(&Observation {
+            time: Millis::secs(secs),
+            host: HostSample {
+                total: Bytes::mib(total_mib),
+                ..HostSample::default()
+            },
+            vms: vms(win, web),
+        });
+        let target = |vm: &str| {
+            d.actions
+                .iter()
+                .find(|a| a.vm == vm)
+                .and_then(Action::balloon_target)
+        };
+        (target("win"), target("web"))
+    };
+    let mib = |m: u64| Some(Bytes::mib(m));
+    // Seen touching 4 GiB with 1 GiB of swap, it keeps 3 GiB; the web guest is at its hot
+    // layer. Each tick the host is 512 MiB short: the blind guest gives what it holds above
+    // 3 GiB ...
+    assert_eq!(
+        tick(0, Bytes::gib(4), Bytes::gib(2), 7680),
+        (mib(3584), None)
+    );
+    assert_eq!(
+        tick(1, Bytes::mib(3584), Bytes::gib(2), 7168),
+        (mib(3072), None)
+    );
+    // ... and then, touching 3 GiB (2 GiB beyond its swap), it still keeps 3 GiB: the web
+    // guest's hot cache goes first (at its floor as its layers were, the blind guest went) ...
+    assert_eq!(
+        tick(2, Bytes::gib(3), Bytes::gib(2), 6656),
+        (None, mib(1536))
+    );
+    // ... and once every other guest is at its floor, the blind guest gives toward its own.
+    assert_eq!(
+        tick(3, Bytes::gib(3), Bytes::mib(1536), 6144),
+        (mib(2560), None)
+    );
 }
