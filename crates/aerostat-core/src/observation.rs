@@ -181,6 +181,13 @@ pub struct VmSample {
     /// rate and the guest's (swap in memory, zram, never reaches the disk).
     #[serde(default)]
     pub swap_disk_read: Option<Bytes>,
+    /// Host-measured: bytes QEMU has written for the guest to that disk (`wr_bytes`,
+    /// cumulative): its swap-outs, the tick they happen. The `aerostat` policy counts them as
+    /// pressure when the guest swaps out on its own — its balloon did not just inflate and no
+    /// cold-anon squeeze runs — where the guest's stats, polled every few seconds, show the
+    /// growth that made it swap only later.
+    #[serde(default)]
+    pub swap_disk_written: Option<Bytes>,
     /// The guest's swap as the operator declares it (its image's swap device or file).
     /// Balloon statistics carry no swap totals: without this, only a swap-out already seen
     /// shows the guest has swap. `None`: not declared.
@@ -264,6 +271,7 @@ impl VmSample {
             migratable: true,
             host_swapped: None,
             swap_disk_read: None,
+            swap_disk_written: None,
             rss: None,
             guest_swap: None,
             coldness: None,

@@ -455,9 +455,11 @@ impl Simulation {
             vm.rss = Some(Bytes::from_f64(g.touched) + self.scenario.host.vm_overhead);
             // QEMU's `VmSwap`: a host-side fact a real controller reads too.
             vm.host_swapped = Some(Bytes::from_f64(g.host_swapped_cold + g.host_swapped_hot));
-            // QEMU's reads from the guest's swap disk: every swap-in, as it happens.
+            // QEMU's reads from the guest's swap disk and its writes to it: every swap-in and
+            // swap-out, as it happens.
             if g.spec.swap_disk {
                 vm.swap_disk_read = Some(Bytes::from_f64(g.swap_in_total()));
+                vm.swap_disk_written = Some(Bytes::from_f64(g.swap_out_total()));
             }
             // A guest polled every `stats_interval` reports the stats of its last poll
             // next to the live `actual`, as QEMU does.

@@ -474,6 +474,11 @@ impl Guest {
         self.swap_in_total
     }
 
+    /// Guest swap-outs so far, bytes: what QEMU writes to a swap disk of its own.
+    pub fn swap_out_total(&self) -> f64 {
+        self.swap_out_total
+    }
+
     /// The `actual` the balloon driver reports: the guest's size (with a virtio-mem device,
     /// blocks it is unplugging still count), or, from a driver that lies, the target it was
     /// asked for (it never inflates).

@@ -244,9 +244,10 @@ pub struct RawVm {
     /// on a real host. Default: every tick.
     #[serde(default, deserialize_with = "human_opt")]
     pub stats_interval: Option<Millis>,
-    /// The guest swaps on a virtual disk of its own whose reads the host sees (QEMU's
-    /// `query-blockstats`; the daemon's `vm.NAME.swap_disk`): its swap-ins reach the policy
-    /// as `VmSample::swap_disk_read`, fresh every tick whatever `stats_interval`.
+    /// The guest swaps on a virtual disk of its own whose reads and writes the host sees
+    /// (QEMU's `query-blockstats`; the daemon's `vm.NAME.swap_disk`): its swap-ins and
+    /// swap-outs reach the policy as `VmSample::swap_disk_read` and `swap_disk_written`,
+    /// fresh every tick whatever `stats_interval`.
     #[serde(default)]
     pub swap_disk: bool,
     /// Balloon inflation rate (default 1GiB/s, as measured on KVM).

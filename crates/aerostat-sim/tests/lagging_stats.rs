@@ -117,29 +117,35 @@ fn first_pressure_deflate(toml: &str) -> (Option<Millis>, aerostat_sim::Summary)
     (first, result.summary)
 }
 
-/// A swap disk the host reads (`swap_disk`, the daemon's `vm.NAME.swap_disk`) shows the
-/// guest's swap-ins the tick they happen, where its own stats show them up to a polling
-/// interval later: the policy gives memory back under pressure at once. The stalls are
-/// the same here — they come from the burst's swap-outs, before any swap-in could be read
-/// (docs/benchmarks.md, session 32) — so this checks the path, not a gain.
+/// A guest polled every 10 s is read between its polls: before session 33 its stats counted
+/// as stale after 5 policy intervals, so it was blind half the time, and each first reading
+/// after a blind spell had no counters to compare with — this burst into swap stalled it
+/// 12.7 s. A swap disk the host reads and writes (`swap_disk`, the daemon's
+/// `vm.NAME.swap_disk`) shows the burst's swap-outs the tick they happen, where the stats
+/// show the growth up to 10 s later: the policy gives memory back before any swap-in.
 #[test]
-fn a_swap_disk_shows_swap_ins_before_the_guests_stats_do() {
+fn a_guest_polled_every_10s_is_read_between_polls_and_its_swap_disk_shows_swap_outs_at_once() {
     let with_disk = SWAP_DISK.replace(
         "stats_interval = \"10s\"",
         "stats_interval = \"10s\"\nswap_disk = true",
     );
     let (stats_only, s0) = first_pressure_deflate(SWAP_DISK);
     let (disk, s1) = first_pressure_deflate(&with_disk);
-    let disk = disk.unwrap_or_else(|| panic!("no pressure deflate with the disk read: {s1:?}"));
+    let disk = disk.unwrap_or_else(|| panic!("no pressure deflate with the disk: {s1:?}"));
     assert!(
-        stats_only.is_none_or(|t| t.0 >= disk.0 + 5_000),
+        s0.guest_stall_seconds < 2.0,
+        "blind between polls again? {s0:?}"
+    );
+    // From the stats alone the growth shows (and is met) before any pressure does.
+    assert!(
+        stats_only.is_none_or(|t| disk.0 + 1_000 <= t.0),
         "the disk shows pressure at {disk:?}, the stats at {stats_only:?}"
     );
     assert!(
-        s1.guest_stall_seconds <= s0.guest_stall_seconds + 0.01,
-        "{s0:?}\n{s1:?}"
+        s1.guest_stall_seconds + 0.1 < s0.guest_stall_seconds,
+        "the swap-outs the disk shows spare the stall: {s0:?}\n{s1:?}"
     );
-    assert_eq!(s1.guest_oom_kills, 0, "{s1:?}");
+    assert_eq!(s0.guest_oom_kills + s1.guest_oom_kills, 0, "{s0:?}\n{s1:?}");
 }
 
 /// `swap_disk` on a guest without swap is refused, naming the key.

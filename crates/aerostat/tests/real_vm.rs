@@ -1436,23 +1436,27 @@ fn a_guest_swapping_in_shows_in_its_swap_disk_reads() {
         "{seen}"
     );
 
-    // Over a window, the disk's reads against the guest's own count of pages swapped in.
-    let disk_read = || -> u64 {
+    // Over a window, the disk's reads and writes against the guest's own count of pages
+    // swapped in and out.
+    let disk = |counter: &str| -> u64 {
         vm.qmp("query-blockstats", None)
             .as_array()
             .expect("blockstats")
             .iter()
             .find(|d| d["device"] == "swap0")
-            .and_then(|d| d["stats"]["rd_bytes"].as_u64())
-            .expect("swap0's rd_bytes")
+            .and_then(|d| d["stats"][counter].as_u64())
+            .unwrap_or_else(|| panic!("swap0's {counter}"))
     };
-    let pswpin = || -> u64 {
-        vm.run_ok("grep '^pswpin ' /proc/vmstat")
+    let disk_read = || disk("rd_bytes");
+    let disk_written = || disk("wr_bytes");
+    let vmstat = |name: &str| -> u64 {
+        vm.run_ok(&format!("grep '^{name} ' /proc/vmstat"))
             .split_whitespace()
             .nth(1)
             .and_then(|n| n.parse().ok())
-            .expect("pswpin")
+            .unwrap_or_else(|| panic!("{name}"))
     };
+    let pswpin = || vmstat("pswpin");
     // And what the guest reports through its balloon statistics (QEMU's last copy).
     let reported = || -> (u64, u64) {
         let st = vm.guest_stats();
@@ -1462,12 +1466,14 @@ fn a_guest_swapping_in_shows_in_its_swap_disk_reads() {
         )
     };
     let r0 = reported();
+    let (w0, o0) = (disk_written(), vmstat("pswpout"));
     let (d0, p0) = (disk_read(), pswpin());
     let t0 = Instant::now();
     wait_until(Duration::from_secs(120), "64 MiB of swap-ins", || {
         pswpin() - p0 > 64 * MIB / 4096
     });
     let (p1, d1) = (pswpin(), disk_read());
+    let (o1, w1) = (vmstat("pswpout"), disk_written());
     let r1 = reported();
     println!(
         "the guest's balloon statistics: stat-swap-in {} → {} ({} MiB), last-update {} → {}",
@@ -1492,6 +1498,22 @@ fn a_guest_swapping_in_shows_in_its_swap_disk_reads() {
     assert!(
         read as f64 >= 0.9 * swapped_in as f64,
         "read {read}, swapped in {swapped_in}"
+    );
+    // Every page it swaps out is a write QEMU makes for it: the counters the policy reads as
+    // the guest's swap-outs (`VmSample::swap_disk_written`). The disk's window holds the
+    // guest's, as for the reads.
+    let swapped_out = (o1 - o0) * 4096;
+    let written = w1 - w0;
+    println!(
+        "the guest swapped out {} MiB; QEMU wrote {} MiB to its swap disk ({:.2}×)",
+        swapped_out / MIB,
+        written / MIB,
+        written as f64 / swapped_out.max(1) as f64
+    );
+    assert!(swapped_out > 16 * MIB, "it swapped out: {swapped_out}");
+    assert!(
+        written as f64 >= 0.9 * swapped_out as f64,
+        "written {written}, swapped out {swapped_out}"
     );
     let m = parse_prometheus(&daemon.metrics()).expect("metrics");
     assert!(

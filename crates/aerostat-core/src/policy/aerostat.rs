@@ -54,13 +54,22 @@ use wish::{Detail, Explain, Need, Wish};
 const MIB: f64 = 1048576.0;
 const PAGE: f64 = 4096.0;
 
-/// Stats older than this many intervals are ignored (the guest stopped reporting).
+/// Stats older than this many intervals are ignored (the guest stopped reporting) — the
+/// policy's interval, or the guest's own polling period where that is longer
+/// (`Memo::stats_period`).
 const STALE_INTERVALS: u64 = 5;
+/// The longest polling period the staleness rule stretches to: a guest polled less often
+/// than this is blind between its polls, and one whose agent died is blind after
+/// STALE_INTERVALS of this at most.
+const STATS_PERIOD_MAX: Millis = Millis(30_000);
 /// A guest swapping in faster than this is under pressure (1 MiB/s, the line `/status`
 /// draws too).
 const SWAP_IN_PRESSURE_BPS: f64 = crate::swapping::SWAPPING_BYTES_PER_S as f64;
 /// A guest major-faulting faster than this (pages/s) is refaulting its working set.
 const REFAULT_PRESSURE_PPS: f64 = 256.0;
+/// Swap-outs within this long of an inflate are its doing, not pressure: the guest reclaims
+/// for a balloon over the tick it inflates and the next (`Reading::swap_out_bps`).
+const SWAP_OUT_AFTER_INFLATE: Millis = Millis(3_000);
 /// Reclaim efficiency below which the guest's LRU has only hot pages left: it scans ten
 /// hot pages for every cold one it frees. A last resort: the probe's bites shrink to half
 /// the cold cache it estimates is left and stop short of the bottom (`Memo::cache_bite`).
@@ -682,7 +691,8 @@ fn cache_step(
     let squeezing = memo.cold_anon.squeezing();
     if pressure {
         // Give back what the guest is missing, with margin, and stop probing.
-        let missing = r.swap_in_bps.max(r.refault_pps * PAGE) * interval_s * 10.0;
+        let missing =
+            r.swap_in_bps.max(r.swap_out_bps).max(r.refault_pps * PAGE) * interval_s * 10.0;
         // Pages coming back land in the guest's free memory first: only what its
         // free memory above the headroom cannot hold is added (a guest still faulting
         // in what the last boost made room for is not short again; the headroom
@@ -698,6 +708,7 @@ fn cache_step(
         rule = Rule::DeflatePressure;
         detail = Detail::Pressure {
             swap_in_bps: r.swap_in_bps,
+            swap_out_bps: r.swap_out_bps,
             refault_pps: r.refault_pps,
             new_ooms: r.new_ooms,
             self_deflated: r.self_deflated,

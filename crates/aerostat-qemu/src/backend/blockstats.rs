@@ -2,7 +2,8 @@
 //! the guest — a host-side fact, unlike anything the guest reports about itself.
 //!
 //! aerostat reads one disk per guest: the one the operator declares the guest swaps on
-//! (`vm.NAME.swap_disk`). Its reads are the guest's swap-ins seen from the host.
+//! (`vm.NAME.swap_disk`). Its reads are the guest's swap-ins seen from the host, its writes
+//! the guest's swap-outs.
 
 use aerostat_core::Bytes;
 use serde_json::Value;
@@ -24,6 +25,8 @@ pub struct DiskStats {
     /// Bytes the guest read from the disk since QEMU started.
     pub read: Bytes,
     pub read_operations: u64,
+    /// Bytes the guest wrote to the disk since QEMU started (`None`: not reported).
+    pub written: Option<Bytes>,
 }
 
 impl DiskStats {
@@ -51,7 +54,8 @@ impl QemuVm {
 }
 
 /// Decodes a `query-blockstats` reply. Entries without a device (a block node no device
-/// uses) are skipped; an entry without its read counters is an error, not a zero.
+/// uses) are skipped; an entry without its read counters is an error, not a zero, and so is
+/// a write counter that is there but not a count.
 pub fn parse_disk_stats(v: &Value) -> Result<Vec<DiskStats>, QmpError> {
     let list = v
         .as_array()
@@ -85,6 +89,10 @@ pub fn parse_disk_stats(v: &Value) -> Result<Vec<DiskStats>, QmpError> {
             qdev,
             read: Bytes(req_u64(stats, "rd_bytes", what)?),
             read_operations: req_u64(stats, "rd_operations", what)?,
+            written: stats
+                .get("wr_bytes")
+                .map(|_| req_u64(stats, "wr_bytes", what).map(Bytes))
+                .transpose()?,
         });
     }
     Ok(out)
@@ -103,7 +111,7 @@ mod tests {
         json!([
             {"device": "swap0", "node-name": "#block122",
              "qdev": "/machine/peripheral-anon/device[0]/virtio-backend",
-             "stats": {"rd_bytes": 4608, "rd_operations": 2, "wr_bytes": 0, "account_invalid": true},
+             "stats": {"rd_bytes": 4608, "rd_operations": 2, "wr_bytes": 8192, "account_invalid": true},
              "parent": {"stats": {"rd_bytes": 0, "rd_operations": 0}}},
             {"device": "drv3", "node-name": "#block337",
              "qdev": "/machine/peripheral/vd3/virtio-backend",
@@ -121,6 +129,8 @@ mod tests {
         assert!(disks[0].is("swap0"));
         assert_eq!(disks[0].read, Bytes(4608));
         assert_eq!(disks[0].read_operations, 2);
+        assert_eq!(disks[0].written, Some(Bytes(8192)));
+        assert_eq!(disks[1].written, None, "not reported");
         assert!(disks[1].is("drv3") && disks[1].is("vd3"));
         assert!(disks[2].is("vd2") && disks[2].is("d2"));
         assert!(!disks[2].is(""), "an empty drive name names nothing");
@@ -134,6 +144,7 @@ mod tests {
             json!({"device": "swap0"}),
             json!([{"device": "swap0", "stats": {"rd_operations": 1}}]),
             json!([{"device": "swap0", "stats": {"rd_bytes": -1, "rd_operations": 1}}]),
+            json!([{"device": "swap0", "stats": {"rd_bytes": 1, "rd_operations": 1, "wr_bytes": "8"}}]),
             json!([{"device": "swap0"}]),
         ] {
             assert!(parse_disk_stats(&bad).is_err(), "{bad}");

@@ -314,21 +314,23 @@ impl VmRegistry {
                 } else {
                     None
                 };
-                // What QEMU read from the declared swap disk: `None` when none is declared,
-                // QEMU did not answer, or no disk has that name.
-                let swap_disk_read = match (&swap_disk, &actual) {
-                    (Some(disk), Ok(_)) => qemu
-                        .query_disk_stats()
-                        .await
-                        .ok()
-                        .map(|disks| disks.into_iter().find(|d| d.is(disk)).map(|d| d.read)),
+                // What QEMU read from the declared swap disk and wrote to it: `None` when
+                // none is declared or QEMU did not answer, `Some(None)` when no disk has that
+                // name.
+                let swap_disk_io = match (&swap_disk, &actual) {
+                    (Some(disk), Ok(_)) => qemu.query_disk_stats().await.ok().map(|disks| {
+                        disks
+                            .into_iter()
+                            .find(|d| d.is(disk))
+                            .map(|d| (d.read, d.written))
+                    }),
                     _ => None,
                 };
                 (
                     name,
                     actual,
                     stats,
-                    (process, swap_disk_read),
+                    (process, swap_disk_io),
                     blockers,
                     pages,
                 )
@@ -351,7 +353,7 @@ impl VmRegistry {
             let settings = config.vm(name);
             let mut responsive = false;
             let sample = match results.remove(name) {
-                Some((Ok((balloon, devices)), stats, (process, swap_disk_read))) => {
+                Some((Ok((balloon, devices)), stats, (process, swap_disk_io))) => {
                     conn.balloon_actual = balloon;
                     let plugged = conn.note_devices(devices, now);
                     let Some(actual) = plugged.map(|p| balloon + p) else {
@@ -399,7 +401,9 @@ impl VmRegistry {
                     s.headroom = settings.headroom.map(|h| h.min(conn.configured));
                     s.rss = process.map(|m| m.touched);
                     s.host_swapped = process.and_then(|m| m.swapped);
-                    s.swap_disk_read = conn.note_swap_disk(name, settings, swap_disk_read);
+                    let io = conn.note_swap_disk(name, settings, swap_disk_io);
+                    s.swap_disk_read = io.map(|(read, _)| read);
+                    s.swap_disk_written = io.and_then(|(_, written)| written);
                     s.guest_swap = settings.swap;
                     // What QEMU says blocks a migration makes the guest unmovable, unless
                     // the operator says otherwise. Devices the escape unplugs first take their
@@ -731,16 +735,17 @@ impl VmConn {
         self.adopted_at
     }
 
-    /// The declared swap disk's reads of this tick (`read`: `None` when QEMU did not answer,
-    /// `Some(None)` when it has no disk of that name), warning once while the disk is missing.
+    /// The declared swap disk's reads and writes of this tick (`io`: `None` when QEMU did not
+    /// answer, `Some(None)` when it has no disk of that name), warning once while the disk is
+    /// missing.
     fn note_swap_disk(
         &mut self,
         vm: &str,
         settings: &VmSettings,
-        read: Option<Option<Bytes>>,
-    ) -> Option<Bytes> {
+        io: Option<Option<(Bytes, Option<Bytes>)>>,
+    ) -> Option<(Bytes, Option<Bytes>)> {
         let disk = settings.swap_disk.as_deref()?;
-        match read {
+        match io {
             Some(None) if !self.swap_disk_missing => {
                 self.swap_disk_missing = true;
                 tracing::warn!(
@@ -752,7 +757,7 @@ impl VmConn {
             Some(Some(_)) => self.swap_disk_missing = false,
             _ => {}
         }
-        read.flatten()
+        io.flatten()
     }
 
     /// Takes QEMU's migration blockers of this tick, logging when they change.

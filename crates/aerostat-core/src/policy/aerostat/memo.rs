@@ -12,8 +12,8 @@ use super::reading::Reading;
 use super::wish::Wish;
 use super::{
     BURST_HALF_LIFE, MIB, MIN_BAND, MIN_BITE, MIN_CHANGE, PROBE_PAUSE, RECLAIM_BITE, RESTART_HOLD,
-    SQUEEZE_EXPLAINS, STALL_AFTER, STALL_BLOCK, STALL_GAP, STALL_RATE_BPS, STOP_LEVEL_BAND,
-    STOP_LEVEL_HELD, STOP_MIN, STOP_SHARE,
+    SQUEEZE_EXPLAINS, STALL_AFTER, STALL_BLOCK, STALL_GAP, STALL_RATE_BPS, STATS_PERIOD_MAX,
+    STOP_LEVEL_BAND, STOP_LEVEL_HELD, STOP_MIN, STOP_SHARE,
 };
 
 /// What the policy remembers about one VM.
@@ -31,6 +31,9 @@ pub(super) struct Memo {
     /// guest took them (`actual_when_stats_taken`).
     pub(super) stats_at: Option<Millis>,
     pub(super) actual_then: f64,
+    /// How often the guest's stats arrive: the gap between the last two `last_update`s seen,
+    /// at most STATS_PERIOD_MAX (`None` until two were seen).
+    pub(super) stats_period: Option<Millis>,
     /// Memory the guest's kernel keeps out of MemTotal (`reading::read`), from the last
     /// reading whose balloon was known exactly.
     pub(super) hidden: f64,
@@ -90,6 +93,8 @@ pub(super) struct Memo {
     pub(super) used_level: Option<(f64, Millis)>,
     /// The squeeze of cold anonymous memory into guest swap.
     pub(super) cold_anon: ColdAnon,
+    /// When the balloon was last seen inflating (`Reading::swap_out_bps`).
+    pub(super) inflated_at: Option<Millis>,
 }
 
 impl Memo {
@@ -376,12 +381,20 @@ impl Memo {
         r: &Reading,
     ) {
         let stats = &vm.stats;
+        if actual + MIB < self.last_actual {
+            self.inflated_at = Some(now);
+        }
         self.last_time = Some(now);
         self.last_counters = Counters::of(vm);
         self.last_actual = actual;
         self.last_used = r.used;
         self.last_total = r.total;
         self.last_raised = r.unbacked.accessed.is_some();
+        if let (Some(new), Some(old)) = (stats.last_update, self.stats_at)
+            && new > old
+        {
+            self.stats_period = Some(new.saturating_sub(old).min(STATS_PERIOD_MAX));
+        }
         self.stats_at = stats.last_update;
         self.actual_then = r.actual_then;
         self.hidden = r.hidden;
@@ -464,6 +477,8 @@ pub(super) struct Counters {
     pub(super) swap_in: Option<u64>,
     /// What QEMU has read from the guest's declared swap disk (`VmSample::swap_disk_read`).
     pub(super) swap_disk_read: Option<u64>,
+    /// What QEMU has written to it (`VmSample::swap_disk_written`).
+    pub(super) swap_disk_written: Option<u64>,
     pub(super) major_faults: Option<u64>,
     pub(super) oom_kills: Option<u64>,
     pub(super) async_scans: Option<u64>,
@@ -478,6 +493,7 @@ impl Counters {
         Counters {
             swap_in: s.swap_in.map(|b| b.0),
             swap_disk_read: vm.swap_disk_read.map(|b| b.0),
+            swap_disk_written: vm.swap_disk_written.map(|b| b.0),
             major_faults: s.major_faults,
             oom_kills: s.oom_kills,
             async_scans: s.async_scans,

@@ -7,7 +7,9 @@ use crate::observation::VmSample;
 use crate::units::{Bytes, Millis};
 
 use super::memo::Memo;
-use super::{PAGE, REFAULT_PRESSURE_PPS, STALE_INTERVALS, SWAP_IN_PRESSURE_BPS};
+use super::{
+    MIB, PAGE, REFAULT_PRESSURE_PPS, STALE_INTERVALS, SWAP_IN_PRESSURE_BPS, SWAP_OUT_AFTER_INFLATE,
+};
 
 /// A coldness window older than this says nothing of what the guest holds now (the host
 /// measures one every 30 s).
@@ -34,6 +36,10 @@ pub(super) struct Reading {
     pub(super) new_stats: bool,
     pub(super) cache: f64,
     pub(super) swap_in_bps: f64,
+    /// Bytes/s the host saw the guest write to its swap disk since the last reading, when it
+    /// swapped out on its own: its balloon had not inflated within SWAP_OUT_AFTER_INFLATE
+    /// and no cold-anon squeeze ran (0 otherwise, and without a declared disk).
+    pub(super) swap_out_bps: f64,
     pub(super) refault_pps: f64,
     pub(super) new_ooms: u64,
     /// Reclaimed ÷ scanned over the last interval, when the guest reclaimed anything.
@@ -121,6 +127,7 @@ impl Reading {
     /// OOM-killing, or (deflate-on-oom) deflating its own balloon.
     pub(super) fn pressure(&self) -> bool {
         self.swap_in_bps > SWAP_IN_PRESSURE_BPS
+            || self.swap_out_bps > SWAP_IN_PRESSURE_BPS
             || self.refault_pps > REFAULT_PRESSURE_PPS
             || self.new_ooms > 0
             || self.self_deflated > 0.0
@@ -128,8 +135,8 @@ impl Reading {
 }
 
 /// Reads the guest's stats; `dt` is the time since the last reading (`memo.last_time`).
-/// `None` when the stats are older than STALE_INTERVALS intervals or do not say how much
-/// memory is available.
+/// `None` when the stats are older than STALE_INTERVALS intervals (of the policy, or of the
+/// guest's polling where that is longer) or do not say how much memory is available.
 pub(super) fn read(
     vm: &VmSample,
     memo: &Memo,
@@ -138,7 +145,12 @@ pub(super) fn read(
     interval: Millis,
 ) -> Option<Reading> {
     let s = &vm.stats;
-    let interval_ok = |t: Millis| now.saturating_sub(t).0 <= STALE_INTERVALS * interval.0.max(1000);
+    // A guest polled every 10 s has stats up to 10 s old between its polls: read against 5
+    // policy intervals alone, it was blind half the time, and each first reading after its
+    // blind spell had no counters to compare with — its swap-ins, refaults and OOM kills never
+    // counted, and a burst into swap between two polls stalled 12.7 s (session 33).
+    let period = memo.stats_period.unwrap_or(Millis::ZERO).max(interval);
+    let interval_ok = |t: Millis| now.saturating_sub(t).0 <= STALE_INTERVALS * period.0.max(1000);
     if s.last_update.is_some_and(|t| !interval_ok(t)) {
         return None;
     }
@@ -298,12 +310,33 @@ pub(super) fn read(
         // Where the guest's swap disk is read, its reads are swap-ins too: a host fact, a
         // stats interval sooner than the guest's own count, and there when the guest does not
         // report. The larger counts: swap-ins from swap in memory (zram) never reach the disk.
-        let reported = delta(s.swap_in.map(|b| b.0), p.swap_in) / dt;
+        // The guest's own counters moved over the time between its stats (new stats), which
+        // is longer than a tick when it is polled less often; the host's over the tick.
+        let stats_dt = match (s.last_update, memo.stats_at) {
+            (Some(new), Some(old)) if new > old => new.saturating_sub(old).as_secs_f64().max(dt),
+            _ => dt,
+        };
+        let reported = delta(s.swap_in.map(|b| b.0), p.swap_in) / stats_dt;
         r.swap_in_bps = match (vm.swap_disk_read, p.swap_disk_read) {
             (Some(now), Some(then)) => reported.max(now.0.saturating_sub(then) as f64 / dt),
             _ => reported,
         };
-        r.refault_pps = delta(s.major_faults, p.major_faults) / dt;
+        // Swap-outs the host saw, when nothing of ours made them: a guest whose balloon
+        // stands still swaps out because what it uses outgrew what it has — seen the tick it
+        // happens, where its stats, polled every few seconds, show the growth later. An
+        // inflate or a squeeze makes the guest reclaim, and part of that may go to swap:
+        // those are the squeeze's business (`cold_anon`), not pressure.
+        let ours = memo.cold_anon.squeezing()
+            || vm.actual.as_f64() + MIB < memo.last_actual
+            || memo
+                .inflated_at
+                .is_some_and(|t| now.saturating_sub(t) < SWAP_OUT_AFTER_INFLATE);
+        if let (Some(now_w), Some(then_w)) = (vm.swap_disk_written, p.swap_disk_written)
+            && !ours
+        {
+            r.swap_out_bps = now_w.0.saturating_sub(then_w) as f64 / dt;
+        }
+        r.refault_pps = delta(s.major_faults, p.major_faults) / stats_dt;
         r.new_ooms = delta(s.oom_kills, p.oom_kills) as u64;
         let scans = delta(s.async_scans, p.async_scans) + delta(s.direct_scans, p.direct_scans);
         let reclaims =
@@ -319,6 +352,7 @@ pub(super) fn read(
     // (no reclaim under pressure) and boost it every tick.
     if r.unbacked.free.is_some() {
         r.swap_in_bps = 0.0;
+        r.swap_out_bps = 0.0;
         r.refault_pps = 0.0;
         r.new_ooms = 0;
     }

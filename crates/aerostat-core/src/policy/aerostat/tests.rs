@@ -974,6 +974,66 @@ fn swap_ins_the_guests_swap_disk_shows_count_as_pressure() {
     assert_ne!(run(0, 0), Rule::DeflatePressure);
 }
 
+/// Writes to the guest's swap disk while its balloon stands still are the guest swapping out
+/// on its own — what it uses outgrew what it has — and count as pressure the tick they
+/// happen; within seconds of an inflate they are the inflate's doing and do not.
+#[test]
+fn swap_outs_the_guests_swap_disk_shows_count_as_pressure_unless_an_inflate_made_them() {
+    let a = 2 * GIB;
+    // The balloon at `actual_mib` for three ticks, `written_mib` more on the disk at the last.
+    let run = |actuals_mib: [u64; 3], written_mib: u64| {
+        let mut p = AerostatPolicy::new(settings());
+        let mut last = None;
+        for (t, actual) in actuals_mib.into_iter().enumerate() {
+            let mut v = vm("a", 8 * GIB, actual << 20, 1800, 100, t as u64);
+            v.swap_disk_written = Some(Bytes::mib(100 + if t == 2 { written_mib } else { 0 }));
+            last = p.propose(&obs(t as u64, vec![v]), &[]).pop();
+        }
+        last.map(|p| (p.rule, p.target))
+    };
+    let still = a >> 20;
+    let (rule, target) = run([still; 3], 40).expect("a proposal");
+    assert_eq!(rule, Rule::DeflatePressure, "swap-outs on its own");
+    assert!(target >= Bytes(a) + Bytes::mib(256), "{target}");
+    assert_ne!(
+        run([still; 3], 0).map(|p| p.0),
+        Some(Rule::DeflatePressure),
+        "no writes"
+    );
+    // The balloon inflated 256 MiB the tick before: its reclaim went partly to swap.
+    assert_ne!(
+        run([still + 256, still + 256, still], 40).map(|p| p.0),
+        Some(Rule::DeflatePressure),
+        "an inflate's swap-outs"
+    );
+}
+
+/// Stats polled every 10 s are read between polls, not taken for a dead agent's: the policy
+/// learns the guest's polling period from its `last_update`s. (Blind half the time, a guest
+/// polled every 10 s had no counters compared after each blind spell: 8.9 M stall-s and
+/// 35,231 OOM kills in 300 generated scenarios, session 33.) Stats that stop for five of
+/// those periods are stale.
+#[test]
+fn stats_polled_every_10s_are_read_between_polls() {
+    let mut p = AerostatPolicy::new(settings());
+    let at = |t: u64, polled: u64| {
+        let mut v = vm("a", 8 * GIB, 2 * GIB, 1800, 100, 0);
+        v.stats.last_update = Some(Millis::secs(polled));
+        obs(t, vec![v])
+    };
+    p.propose(&at(0, 0), &[]);
+    p.propose(&at(10, 10), &[]);
+    // 8 s after its last poll: read (the guest has a wish), not blind.
+    p.propose(&at(18, 10), &[]);
+    assert!(p.working_set(0).is_some(), "blind between polls");
+    // Five periods without a poll: blind.
+    p.propose(&at(61, 10), &[]);
+    assert!(
+        p.working_set(0).is_none(),
+        "a dead agent's stats still read"
+    );
+}
+
 #[test]
 fn pinned_memory_earns_no_headroom() {
     let need = |pinned: u64| {

@@ -90,6 +90,8 @@ pub(super) struct Need {
 pub(super) enum Detail {
     Pressure {
         swap_in_bps: f64,
+        /// What the host saw it write to its swap disk on its own (`Reading::swap_out_bps`).
+        swap_out_bps: f64,
         refault_pps: f64,
         new_ooms: u64,
         /// Taken back from the balloon by a deflate-on-oom guest (0: none).
@@ -225,14 +227,23 @@ impl Wish {
         let _ = match n.detail {
             Detail::Pressure {
                 swap_in_bps,
+                swap_out_bps,
                 refault_pps,
                 new_ooms,
                 self_deflated,
                 boost,
             } => write!(
                 text,
-                "guest under pressure (swap-in {:.1} MiB/s, major faults {:.0}/s, {} new OOM kills{}): +{:.0} MiB",
+                "guest under pressure (swap-in {:.1} MiB/s,{} major faults {:.0}/s, {} new OOM kills{}): +{:.0} MiB",
                 swap_in_bps / MIB,
+                if swap_out_bps > 0.0 {
+                    format!(
+                        " swap-out {:.1} MiB/s on its own (its swap disk's writes),",
+                        swap_out_bps / MIB
+                    )
+                } else {
+                    String::new()
+                },
                 refault_pps,
                 new_ooms,
                 if self_deflated > 0.0 {
