@@ -10,9 +10,11 @@
 //! Host facts bound what it may lose without harm: everything it has touched may be anon,
 //! and its swap (`VmSample::guest_swap`, the operator's word about the image) can hold at
 //! most that much of it. So the guard keeps the most it has seen the guest touch beyond
-//! its swap, over the ticks it stayed blind: a ratchet, because the guard's own squeeze
-//! lowers what the guest touches, and each squeeze would lower the next bound. Memory
-//! below that goes only in the guard's last pass, down to every guest's floor.
+//! its swap since the policy last had an estimate of it (checked once a minute, with the
+//! escape's trend: so up to a minute before its blind spell too): a ratchet, because the
+//! guard's own squeeze lowers what the guest touches, and each squeeze would lower the next
+//! bound. Memory below that goes only in the guard's last pass, down to every guest's
+//! floor.
 
 use crate::observation::VmSample;
 use crate::units::Bytes;
