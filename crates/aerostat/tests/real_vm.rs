@@ -1526,6 +1526,87 @@ fn a_guest_swapping_in_shows_in_its_swap_disk_reads() {
     );
 }
 
+/// The daemon's policy reads a swap disk's writes as the guest swapping out on its own. A
+/// guest whose stats QEMU polls every 10 s is reclaimed while idle (read between its polls:
+/// before session 33 such a guest was blind half the time); once its balloon has stood
+/// still, a workload larger than what it was left pushes pages into its swap disk, and the
+/// daemon gives memory back under pressure naming those writes — where the stats would
+/// show the growth up to 10 s later.
+#[test]
+fn a_guest_swapping_out_on_its_own_gets_memory_back_from_its_swap_disks_writes() {
+    const TEST: &str =
+        "a_guest_swapping_out_on_its_own_gets_memory_back_from_its_swap_disks_writes";
+    let _serial = serial_lock();
+    let Some(files) = prerequisites(TEST) else {
+        return;
+    };
+    let (_work_dir, work) = work_dir();
+    let qmp_dir = work.join("qmp");
+    std::fs::create_dir(&qmp_dir).expect("qmp dir");
+    let vm = TestVm::start(
+        &files,
+        &VmSpec::new("so", 768).daemon_dir(&qmp_dir).swap_disk(256),
+    );
+    vm.run_ok("mkswap /dev/vda >/dev/null && swapon /dev/vda");
+    let config = daemon_config(
+        &qmp_dir,
+        None,
+        "512MiB",
+        "[vm.so]\nswap = \"256MiB\"\nswap_disk = \"swap0\"\n",
+    )
+    .replace("stats_interval = \"1s\"", "stats_interval = \"10s\"");
+    let daemon = Daemon::start(&work, 1, &config);
+    // Reclaimed while idle, and then still for 5 s: no inflate's reclaim is left to excuse.
+    wait_until(
+        Duration::from_secs(180),
+        "the idle guest to be reclaimed and its balloon to stand still",
+        || {
+            let before = vm.balloon_actual();
+            std::thread::sleep(Duration::from_secs(5));
+            before < 512 << 20 && vm.balloon_actual() == before
+        },
+    );
+    let left = vm.balloon_actual();
+    let pressure_decisions = || {
+        daemon
+            .decisions()
+            .into_iter()
+            .filter(|d| d["vm"] == "so" && d["rule"] == "deflate_pressure")
+            .count()
+    };
+    let before = pressure_decisions();
+    let t0 = Instant::now();
+    // 200 MiB more than it was left: its first pass touches the pages, and the kernel
+    // writes the rest out to swap.
+    let size = (left >> 20) + 200;
+    vm.run_ok(&format!(
+        "memhog {size} --quiet --hold 600 >/tmp/memhog.log 2>&1 &"
+    ));
+    let mut why = String::new();
+    wait_until(
+        Duration::from_secs(60),
+        "a pressure deflate naming the swap disk's writes",
+        || {
+            why = daemon
+                .decisions()
+                .into_iter()
+                .filter(|d| d["vm"] == "so" && d["rule"] == "deflate_pressure")
+                .filter_map(|d| d["reason"].as_str().map(str::to_string))
+                .find(|r| r.contains("on its own (its swap disk's writes)"))
+                .unwrap_or_default();
+            !why.is_empty()
+        },
+    );
+    println!(
+        "balloon left at {} MiB; memhog {size} MiB; after {:.1} s ({} pressure deflates before): {why}",
+        left >> 20,
+        t0.elapsed().as_secs_f64(),
+        before
+    );
+    assert!(vm.balloon_actual() > left, "the balloon gave memory back");
+    vm.assert_no_oom_kill();
+}
+
 /// `aerostat admit` against a running daemon on a 1.5 GiB cgroup host with two 512 MiB
 /// guests: a guest that fits is admitted (exit 0), with the floors counted exactly as
 /// `/status` shows them; one whose floors would not fit, one whose expected need would not,
