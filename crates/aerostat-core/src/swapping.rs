@@ -73,6 +73,11 @@ pub struct Swapping {
     /// read on both readings): the guest's swap-ins as the host sees them.
     #[serde(default)]
     pub swap_disk_read_bps: Option<u64>,
+    /// What QEMU wrote to that disk (`None` likewise): the guest's swap-outs as the host sees
+    /// them — what the `aerostat` policy counts as pressure when the guest swaps out on its
+    /// own. Shown beside the verdict; the verdict itself is about swap-ins.
+    #[serde(default)]
+    pub swap_disk_write_bps: Option<u64>,
     /// The whole machine's swap-in (every process's, not only guests').
     pub machine_swap_in_bps: Option<u64>,
     /// This guest's memory in host swap now (`None`: not measured).
@@ -105,6 +110,9 @@ pub fn diagnose(prev: &Observation, now: &Observation) -> Vec<Swapping> {
             let disk_in = before
                 .and_then(|b| b.swap_disk_read.zip(vm.swap_disk_read))
                 .and_then(|(then, now)| per_s(then, now, host_dt));
+            let disk_out = before
+                .and_then(|b| b.swap_disk_written.zip(vm.swap_disk_written))
+                .and_then(|(then, now)| per_s(then, now, host_dt));
             // Either shows the guest swapping: the disk sooner and whatever the guest says,
             // the guest's report also what its swap in memory (zram) serves.
             let guest_swaps = disk_in
@@ -133,6 +141,7 @@ pub fn diagnose(prev: &Observation, now: &Observation) -> Vec<Swapping> {
                 source,
                 guest_swap_in_bps: guest_in,
                 swap_disk_read_bps: disk_in,
+                swap_disk_write_bps: disk_out,
                 host_swap_in_bps: host_in,
                 machine_swap_in_bps: machine_in,
                 host_swapped: vm.host_swapped.map(|b| b.0),
@@ -286,15 +295,18 @@ mod tests {
         let with_disk = |o: Observation, mib: u64| {
             let mut o = o;
             o.vms[0].swap_disk_read = Some(Bytes::mib(mib));
+            o.vms[0].swap_disk_written = Some(Bytes::mib(2 * mib));
             o
         };
-        // The guest reports nothing; its disk read 8 MiB in 2 s.
+        // The guest reports nothing; its disk read 8 MiB in 2 s (and took 16 MiB of writes,
+        // shown beside the verdict).
         let v = one(
             &with_disk(obs(10, 0, Some(0), Some(10), Some(0)), 100),
             &with_disk(obs(12, 0, Some(0), Some(12), Some(0)), 108),
         );
         assert_eq!(v.source, SwapSource::Guest, "{v:?}");
         assert_eq!(v.swap_disk_read_bps, Some(4 << 20));
+        assert_eq!(v.swap_disk_write_bps, Some(8 << 20));
         assert!(
             v.why.starts_with("its swap disk reads 4 MiB/s"),
             "{}",
@@ -319,6 +331,7 @@ mod tests {
             &with_disk(obs(12, 0, Some(10), Some(12), Some(0)), 100),
         );
         assert_eq!(v.swap_disk_read_bps, None);
+        assert_eq!(v.swap_disk_write_bps, None);
         assert_eq!(v.source, SwapSource::Guest, "{v:?}");
     }
 

@@ -1429,6 +1429,8 @@ fn a_guest_swapping_in_shows_in_its_swap_disk_reads() {
         },
     );
     println!("/status swapping: {seen:#}");
+    // Its writes are rated from the same two readings, beside the verdict.
+    assert!(seen["swap_disk_write_bps"].as_u64().is_some(), "{seen}");
     assert!(
         seen["why"]
             .as_str()

@@ -165,6 +165,7 @@ mod tests {
             source: SwapSource::Both,
             guest_swap_in_bps: Some(2 << 20),
             swap_disk_read_bps: None,
+            swap_disk_write_bps: None,
             host_swap_in_bps: Some(2 << 20),
             machine_swap_in_bps: Some(2 << 20),
             host_swapped: Some(300 << 20),
