@@ -1389,6 +1389,40 @@ fn the_daemon_resizes_each_numa_nodes_device_alike() {
     daemon.terminate(Duration::from_secs(5));
 }
 
+/// A guest that swaps on a 256 MiB virtio-blk disk of its own (`swap0`, swapped on), with the
+/// daemon's work directory and its config (aerostat, 1 s, 512 MiB reserve) declaring that disk.
+struct SwapDiskGuest {
+    _dir: tempfile::TempDir,
+    work: std::path::PathBuf,
+    vm: TestVm,
+    config: String,
+}
+
+impl SwapDiskGuest {
+    fn start(files: &GuestFiles, name: &str, mib: u64) -> SwapDiskGuest {
+        let (_dir, work) = work_dir();
+        let qmp_dir = work.join("qmp");
+        std::fs::create_dir(&qmp_dir).expect("qmp dir");
+        let vm = TestVm::start(
+            files,
+            &VmSpec::new(name, mib).daemon_dir(&qmp_dir).swap_disk(256),
+        );
+        vm.run_ok("mkswap /dev/vda >/dev/null && swapon /dev/vda");
+        let config = daemon_config(
+            &qmp_dir,
+            None,
+            "512MiB",
+            &format!("[vm.{name}]\nswap = \"256MiB\"\nswap_disk = \"swap0\"\n"),
+        );
+        SwapDiskGuest {
+            _dir,
+            work,
+            vm,
+            config,
+        }
+    }
+}
+
 /// A guest's swap-ins seen from the host: with `swap_disk` declared, the daemon reads QEMU's
 /// read counter of that disk every tick, and `/status` rates it next to the guest's own
 /// report. A guest rewriting more memory than it has swaps in from its virtio-blk swap disk;
@@ -1399,23 +1433,15 @@ fn a_guest_swapping_in_shows_in_its_swap_disk_reads() {
     let Some(files) = prerequisites("a_guest_swapping_in_shows_in_its_swap_disk_reads") else {
         return;
     };
-    let (_work_dir, work) = work_dir();
-    let qmp_dir = work.join("qmp");
-    std::fs::create_dir(&qmp_dir).expect("qmp dir");
-    let vm = TestVm::start(
-        &files,
-        &VmSpec::new("sw", 384).daemon_dir(&qmp_dir).swap_disk(256),
-    );
-    vm.run_ok("mkswap /dev/vda >/dev/null && swapon /dev/vda");
+    let SwapDiskGuest {
+        _dir,
+        work,
+        vm,
+        config,
+    } = SwapDiskGuest::start(&files, "sw", 384);
     // More than the guest has: it swaps out, and the rewrite loop brings pages back in.
     vm.run_ok("memhog 420 --dirty --quiet >/tmp/memhog.log 2>&1 &");
-    let config = daemon_config(
-        &qmp_dir,
-        None,
-        "512MiB",
-        "[vm.sw]\nswap = \"256MiB\"\nswap_disk = \"swap0\"\n",
-    )
-    .replace("name = \"aerostat\"", "name = \"static\"");
+    let config = config.replace("name = \"aerostat\"", "name = \"static\"");
     let daemon = Daemon::start(&work, 1, &config);
     let mut seen = Value::Null;
     wait_until(
@@ -1542,21 +1568,13 @@ fn a_guest_swapping_out_on_its_own_gets_memory_back_from_its_swap_disks_writes()
     let Some(files) = prerequisites(TEST) else {
         return;
     };
-    let (_work_dir, work) = work_dir();
-    let qmp_dir = work.join("qmp");
-    std::fs::create_dir(&qmp_dir).expect("qmp dir");
-    let vm = TestVm::start(
-        &files,
-        &VmSpec::new("so", 768).daemon_dir(&qmp_dir).swap_disk(256),
-    );
-    vm.run_ok("mkswap /dev/vda >/dev/null && swapon /dev/vda");
-    let config = daemon_config(
-        &qmp_dir,
-        None,
-        "512MiB",
-        "[vm.so]\nswap = \"256MiB\"\nswap_disk = \"swap0\"\n",
-    )
-    .replace("stats_interval = \"1s\"", "stats_interval = \"10s\"");
+    let SwapDiskGuest {
+        _dir,
+        work,
+        vm,
+        config,
+    } = SwapDiskGuest::start(&files, "so", 768);
+    let config = config.replace("stats_interval = \"1s\"", "stats_interval = \"10s\"");
     let daemon = Daemon::start(&work, 1, &config);
     // Reclaimed while idle, and then still for 5 s: no inflate's reclaim is left to excuse.
     wait_until(
