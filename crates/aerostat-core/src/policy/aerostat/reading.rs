@@ -307,15 +307,15 @@ pub(super) fn read(
             (Some(a), Some(b)) => a.saturating_sub(b) as f64,
             _ => 0.0,
         };
-        // Where the guest's swap disk is read, its reads are swap-ins too: a host fact, a
-        // stats interval sooner than the guest's own count, and there when the guest does not
-        // report. The larger counts: swap-ins from swap in memory (zram) never reach the disk.
         // The guest's own counters moved over the time between its stats (new stats), which
         // is longer than a tick when it is polled less often; the host's over the tick.
         let stats_dt = match (s.last_update, memo.stats_at) {
             (Some(new), Some(old)) if new > old => new.saturating_sub(old).as_secs_f64().max(dt),
             _ => dt,
         };
+        // Where the guest's swap disk is read, its reads are swap-ins too: a host fact, a
+        // stats interval sooner than the guest's own count, and there when the guest does not
+        // report. The larger counts: swap-ins from swap in memory (zram) never reach the disk.
         let reported = delta(s.swap_in.map(|b| b.0), p.swap_in) / stats_dt;
         r.swap_in_bps = match (vm.swap_disk_read, p.swap_disk_read) {
             (Some(now), Some(then)) => reported.max(now.0.saturating_sub(then) as f64 / dt),
