@@ -24,7 +24,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::observation::{Observation, VmSample};
+use crate::observation::{GuestStats, Observation, VmSample};
 use crate::units::Bytes;
 
 /// Swap-in per second above which a side counts as swapping; the `aerostat` policy's
@@ -64,6 +64,11 @@ pub struct Swapping {
     /// (`None`: no new statistics since the last reading, no timestamps to rate them by
     /// that differ, or a counter that went back).
     pub guest_swap_in_bps: Option<u64>,
+    /// The guest's swap-out by its own counters, rated the same way: shown and exported,
+    /// not part of the verdict (a guest swapping out is short of memory, which its swap-ins
+    /// or its swap disk's writes already tell the policy).
+    #[serde(default)]
+    pub guest_swap_out_bps: Option<u64>,
     /// This guest's memory the host swapped back in: the fall of its `host_swapped`, at
     /// most the machine's swap-in (the fall also counts swapped-out memory freed without a
     /// read, and misses pages swapped out again within the interval). `None`: not measured
@@ -97,7 +102,8 @@ pub fn diagnose(prev: &Observation, now: &Observation) -> Vec<Swapping> {
         .iter()
         .map(|vm| {
             let before = prev.vms.iter().find(|v| v.name == vm.name);
-            let guest_in = before.and_then(|b| guest_swap_in(b, vm, host_dt));
+            let guest_in = before.and_then(|b| guest_rate(b, vm, host_dt, |s| s.swap_in));
+            let guest_out = before.and_then(|b| guest_rate(b, vm, host_dt, |s| s.swap_out));
             // VmSwap also falls when swapped-out guest memory is freed rather than read back
             // (a balloon inflating, a virtio-mem unplug, free page reporting: the kernel
             // drops the swap entries), and a guest can cause that itself: its host swap-ins
@@ -140,6 +146,7 @@ pub fn diagnose(prev: &Observation, now: &Observation) -> Vec<Swapping> {
             Swapping {
                 source,
                 guest_swap_in_bps: guest_in,
+                guest_swap_out_bps: guest_out,
                 swap_disk_read_bps: disk_in,
                 swap_disk_write_bps: disk_out,
                 host_swap_in_bps: host_in,
@@ -157,11 +164,17 @@ fn per_s(then: Bytes, now: Bytes, dt_s: f64) -> Option<u64> {
     (dt_s > 0.0 && now >= then).then(|| ((now - then).as_f64() / dt_s) as u64)
 }
 
-/// The guest's swap-in rate over the time between its two statistics: QEMU refreshes them
-/// on its own timer, so a tick can see none or two refreshes, and rating by the tick would
-/// read 0 and then double. Without timestamps, the readings' time.
-fn guest_swap_in(before: &VmSample, now: &VmSample, reading_dt_s: f64) -> Option<u64> {
-    let (then, count) = before.stats.swap_in.zip(now.stats.swap_in)?;
+/// A guest counter's rate (its swap-ins or swap-outs, picked by `count`) over the time
+/// between its two statistics: QEMU refreshes them on its own timer, so a tick can see none
+/// or two refreshes, and rating by the tick would read 0 and then double. Without
+/// timestamps, the readings' time.
+fn guest_rate(
+    before: &VmSample,
+    now: &VmSample,
+    reading_dt_s: f64,
+    count: impl Fn(&GuestStats) -> Option<Bytes>,
+) -> Option<u64> {
+    let (then, count) = count(&before.stats).zip(count(&now.stats))?;
     let dt_s = match (before.stats.last_update, now.stats.last_update) {
         (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
         _ => reading_dt_s,
@@ -286,6 +299,30 @@ mod tests {
         assert_eq!(v.host_swap_in_bps, Some(3 << 20));
         assert_eq!(v.machine_swap_in_bps, Some(3 << 20));
         assert!(v.why.starts_with("double paging"), "{}", v.why);
+    }
+
+    /// The guest's swap-outs are rated over its statistics' own interval, like its swap-ins,
+    /// and do not change the verdict.
+    #[test]
+    fn the_guests_swap_outs_are_rated_over_its_stats_interval() {
+        let out = |o: Observation, mib: u64| {
+            let mut o = o;
+            o.vms[0].stats.swap_out = Some(Bytes::mib(mib));
+            o
+        };
+        // Readings 2 s apart, stats 4 s apart: 40 MiB in 4 s is 10 MiB/s, not 20.
+        let v = one(
+            &out(obs(10, 0, Some(0), Some(8), Some(0)), 100),
+            &out(obs(12, 0, Some(0), Some(12), Some(0)), 140),
+        );
+        assert_eq!(v.guest_swap_out_bps, Some(10 << 20));
+        assert_eq!(v.source, SwapSource::None, "{v:?}");
+        // A counter that went back (a rebooted guest) has no rate.
+        let v = one(
+            &out(obs(10, 0, Some(0), Some(8), Some(0)), 100),
+            &out(obs(12, 0, Some(0), Some(12), Some(0)), 40),
+        );
+        assert_eq!(v.guest_swap_out_bps, None);
     }
 
     /// Where the guest's swap disk is read, its reads show swapping the guest does not report;

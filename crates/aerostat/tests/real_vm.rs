@@ -664,6 +664,7 @@ fn metrics_status_and_sigterm() {
         ("aerostat_alert_active", "gauge"),
         ("aerostat_unmet_need_bytes", "gauge"),
         ("aerostat_vm_swap_in_bytes_per_second", "gauge"),
+        ("aerostat_vm_swap_out_bytes_per_second", "gauge"),
     ] {
         assert_eq!(m.type_of(family), Some(ty), "# TYPE of {family}");
         assert!(
@@ -1551,6 +1552,14 @@ fn a_guest_swapping_in_shows_in_its_swap_disk_reads() {
         )
         .is_some(),
         "the disk's rate is a metric"
+    );
+    assert!(
+        m.value(
+            "aerostat_vm_swap_out_bytes_per_second",
+            &[("vm", "sw"), ("side", "swap_disk")]
+        )
+        .is_some(),
+        "the disk's write rate is a metric"
     );
 }
 

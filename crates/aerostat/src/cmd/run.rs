@@ -164,6 +164,7 @@ mod tests {
         s.vms[0].swapping = Some(aerostat_core::swapping::Swapping {
             source: SwapSource::Both,
             guest_swap_in_bps: Some(2 << 20),
+            guest_swap_out_bps: None,
             swap_disk_read_bps: None,
             swap_disk_write_bps: None,
             host_swap_in_bps: Some(2 << 20),

@@ -30,7 +30,8 @@ pub struct AlertLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SwapLabels {
     pub vm: String,
-    /// `guest` (its own swap, as it reports it) or `host` (its QEMU's `VmSwap` falling).
+    /// `guest` (its own swap, as it reports it), `swap_disk` (QEMU's I/O on its declared swap
+    /// disk) or, for swap-ins, `host` (its QEMU's `VmSwap` falling).
     pub side: String,
 }
 
@@ -57,6 +58,7 @@ pub struct Metrics {
     pub alert_active: Family<AlertLabels, Gauge>,
     pub unmet_need: Gauge,
     pub swap_in: Family<SwapLabels, Gauge>,
+    pub swap_out: Family<SwapLabels, Gauge>,
     known_vms: Mutex<BTreeSet<String>>,
 }
 
@@ -83,6 +85,7 @@ impl Metrics {
             alert_active: Family::default(),
             unmet_need: Gauge::default(),
             swap_in: Family::default(),
+            swap_out: Family::default(),
             known_vms: Mutex::default(),
             registry: Registry::default(),
         };
@@ -151,6 +154,11 @@ impl Metrics {
             "Swap-in of a guest's memory by side, last tick: guest (its own swap, as it reports), swap_disk (QEMU's reads from its declared swap disk) or host (its QEMU's VmSwap falling)",
             m.swap_in.clone(),
         );
+        registry.register(
+            "aerostat_vm_swap_out_bytes_per_second",
+            "Swap-out of a guest's memory by side, last tick: guest (its own swap, as it reports) or swap_disk (QEMU's writes to its declared swap disk)",
+            m.swap_out.clone(),
+        );
         for kind in aerostat_core::Alert::KINDS {
             m.alert_active
                 .get_or_create(&AlertLabels { kind: kind.into() })
@@ -180,27 +188,36 @@ impl Metrics {
         }
     }
 
-    /// A guest's swap-in rates by side (`aerostat_core::swapping`); a side not measured this
-    /// tick has no sample.
+    /// A guest's swap-in and swap-out rates by side (`aerostat_core::swapping`); a side not
+    /// measured this tick has no sample.
     pub fn set_swapping(&self, vm: &str, s: Option<&aerostat_core::swapping::Swapping>) {
-        let sides = [
+        let swap_in = [
             ("guest", s.and_then(|s| s.guest_swap_in_bps)),
             ("swap_disk", s.and_then(|s| s.swap_disk_read_bps)),
             ("host", s.and_then(|s| s.host_swap_in_bps)),
         ];
-        for (side, rate) in sides {
-            let l = SwapLabels {
-                vm: vm.to_string(),
-                side: side.to_string(),
-            };
-            match rate {
-                Some(r) => {
-                    self.swap_in
-                        .get_or_create(&l)
-                        .set(i64::try_from(r).unwrap_or(i64::MAX));
-                }
-                None => {
-                    self.swap_in.remove(&l);
+        let swap_out = [
+            ("guest", s.and_then(|s| s.guest_swap_out_bps)),
+            ("swap_disk", s.and_then(|s| s.swap_disk_write_bps)),
+        ];
+        for (family, sides) in [
+            (&self.swap_in, &swap_in[..]),
+            (&self.swap_out, &swap_out[..]),
+        ] {
+            for &(side, rate) in sides {
+                let l = SwapLabels {
+                    vm: vm.to_string(),
+                    side: side.to_string(),
+                };
+                match rate {
+                    Some(r) => {
+                        family
+                            .get_or_create(&l)
+                            .set(i64::try_from(r).unwrap_or(i64::MAX));
+                    }
+                    None => {
+                        family.remove(&l);
+                    }
                 }
             }
         }
@@ -234,5 +251,58 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aerostat_core::swapping::{SwapSource, Swapping};
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        let mut out = String::new();
+        encode(&mut out, &m.registry).expect("encode");
+        out
+    }
+
+    /// Each measured side is a sample of its family; a side not measured, or a VM without a
+    /// verdict, has none (a stale rate would read as swapping that stopped long ago).
+    #[test]
+    fn swap_rates_are_samples_only_for_the_sides_measured() {
+        let m = Metrics::new();
+        let verdict = Swapping {
+            source: SwapSource::Guest,
+            guest_swap_in_bps: Some(3),
+            guest_swap_out_bps: Some(5),
+            host_swap_in_bps: None,
+            swap_disk_read_bps: None,
+            swap_disk_write_bps: Some(7),
+            machine_swap_in_bps: None,
+            host_swapped: None,
+            why: String::new(),
+        };
+        m.set_swapping("web", Some(&verdict));
+        let t = text(&m);
+        for line in [
+            r#"aerostat_vm_swap_in_bytes_per_second{vm="web",side="guest"} 3"#,
+            r#"aerostat_vm_swap_out_bytes_per_second{vm="web",side="guest"} 5"#,
+            r#"aerostat_vm_swap_out_bytes_per_second{vm="web",side="swap_disk"} 7"#,
+        ] {
+            assert!(t.lines().any(|l| l == line), "{line} in\n{t}");
+        }
+        assert!(!t.contains(r#"side="host""#), "{t}");
+        assert!(
+            !t.contains(r#"swap_in_bytes_per_second{vm="web",side="swap_disk"}"#),
+            "{t}"
+        );
+        m.set_swapping("web", None);
+        let t = text(&m);
+        assert!(!t.contains(r#"vm="web""#), "{t}");
+        assert!(
+            t.contains("# TYPE aerostat_vm_swap_out_bytes_per_second gauge"),
+            "{t}"
+        );
     }
 }
