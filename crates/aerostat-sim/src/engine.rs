@@ -110,6 +110,7 @@ struct VmAcc {
     actions: u64,
     seconds: f64,
     migrated_at: Option<f64>,
+    tlb_flushed: f64,
 }
 
 impl Simulation {
@@ -343,6 +344,9 @@ impl Simulation {
             let fx = g.step(now.saturating_sub(g.spec.start), now, dt_s, &mut shape);
             self.stalls[i] = fx.stall_s;
             self.vm[i].swap_in += fx.swap_in;
+            if let Some(tlb) = &self.scenario.tlb {
+                self.vm[i].tlb_flushed += tlb.flushed(fx.taken, g.true_working_set());
+            }
             if fx.oom_killed {
                 self.summary.guest_oom_kills += 1;
             }
@@ -567,7 +571,13 @@ impl Simulation {
                 actions: acc.actions,
                 lost: self.lost[i],
                 migrated_at: acc.migrated_at,
+                tlb_entries_flushed: self.scenario.tlb.map(|_| acc.tlb_flushed),
             });
+        }
+        if let Some(tlb) = &self.scenario.tlb {
+            let flushed = self.vm.iter().fold(0.0, |sum, acc| sum + acc.tlb_flushed);
+            s.tlb_entries_flushed = Some(flushed);
+            s.tlb_refill_seconds = Some(flushed * tlb.refill_s);
         }
         s.vm_hours = vm_seconds / H;
         s.oracle_ratio = if s.oracle_reclaimable_gib_hours > 0.0 {

@@ -42,6 +42,9 @@ pub struct TickEffects {
     pub stall_s: f64,
     pub swap_in: f64,
     pub oom_killed: bool,
+    /// Bytes the balloon or the device took from the guest this tick: their mappings are
+    /// gone from every vCPU's TLB ([`crate::tlb`]).
+    pub taken: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -277,6 +280,7 @@ impl Guest {
                 .min(self.inflate_rate * dt_s)
                 .min(reclaimable);
             self.actual -= take;
+            fx.taken = take;
             // The device's blocks are reported gone only next tick.
             if boot.is_some_and(|boot| down_to >= boot) {
                 self.unplugging = take;

@@ -22,6 +22,7 @@ pub mod input;
 pub mod metrics;
 pub mod migration;
 pub mod scenario;
+pub mod tlb;
 pub mod workload;
 
 pub use engine::{RunOptions, RunResult, Simulation, run};

@@ -43,6 +43,14 @@ pub struct Summary {
     /// Bytes sent by every migration started, cancelled ones included, in GiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migrated_gib: Option<f64>,
+    /// TLB entries the balloons' and devices' takings flushed, summed over guests and
+    /// vCPUs (`crate::tlb`). These two are present only when the scenario has a `[tlb]`
+    /// table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tlb_entries_flushed: Option<f64>,
+    /// Those entries × the refill time: CPU time, not counted in `guest_stall_seconds`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tlb_refill_seconds: Option<f64>,
     pub per_vm: Vec<VmSummary>,
 }
 
@@ -59,6 +67,9 @@ pub struct VmSummary {
     /// When it left the host by live migration, in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migrated_at: Option<f64>,
+    /// Its share of `Summary::tlb_entries_flushed`, with a `[tlb]` table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tlb_entries_flushed: Option<f64>,
 }
 
 impl Summary {
@@ -81,9 +92,14 @@ impl Summary {
         ] {
             r(v);
         }
-        for v in [&mut self.migration_downtime_seconds, &mut self.migrated_gib]
-            .into_iter()
-            .flatten()
+        for v in [
+            &mut self.migration_downtime_seconds,
+            &mut self.migrated_gib,
+            &mut self.tlb_entries_flushed,
+            &mut self.tlb_refill_seconds,
+        ]
+        .into_iter()
+        .flatten()
         {
             r(v);
         }
@@ -94,6 +110,9 @@ impl Summary {
                 &mut vm.stall_seconds,
                 &mut vm.swap_in_gib,
             ] {
+                r(v);
+            }
+            if let Some(v) = vm.tlb_entries_flushed.as_mut() {
                 r(v);
             }
         }

@@ -50,7 +50,7 @@ where
     s.parse().map_err(serde::de::Error::custom)
 }
 
-fn human_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn human_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: std::str::FromStr,
@@ -120,6 +120,9 @@ pub struct RawScenario {
     /// The host's live-migration escape (default: off).
     #[serde(default, deserialize_with = "table_opt")]
     pub migration: Option<RawMigration>,
+    /// Count the TLB shootdowns the balloons cause (default: not counted).
+    #[serde(default, deserialize_with = "table_opt")]
+    pub tlb: Option<crate::tlb::RawTlb>,
 }
 
 /// `[migration]`: when the guests' floors no longer fit, move one away to a peer.
@@ -448,6 +451,8 @@ pub struct Scenario {
     pub vms: Vec<VmSpec>,
     /// The live-migration escape; `None` when the scenario has no `[migration]` table.
     pub migration: Option<MigrationSpec>,
+    /// The TLB shootdown estimate; `None` when the scenario has no `[tlb]` table.
+    pub tlb: Option<crate::tlb::TlbSpec>,
 }
 
 /// The host's live-migration escape, validated.

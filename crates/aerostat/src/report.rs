@@ -75,6 +75,17 @@ pub fn summary_table(rows: &[Summary]) -> Table {
     t
 }
 
+/// The TLB shootdown estimate of a scenario's `[tlb]` table (`aerostat_sim::tlb`), one
+/// line, or `None` without one.
+pub fn tlb(summary: &Summary) -> Option<String> {
+    let flushed = summary.tlb_entries_flushed?;
+    let refill = summary.tlb_refill_seconds.unwrap_or(0.0);
+    Some(format!(
+        "TLB shootdowns (estimate, [tlb]): {flushed:.0} entries flushed, {refill:.4} s of refills \
+         (CPU time, not counted as stall)"
+    ))
+}
+
 /// The escape's migrations: a table (who, when, strategy, time, downtime, data) and each
 /// one's trigger, reason and note. `None` when the run started none.
 pub fn migrations(result: &RunResult) -> Option<String> {

@@ -39,6 +39,7 @@ impl RawScenario {
         };
         let host_line = text.find("[host]").map_or(1, |o| line_of(text, o));
         let migration_line = text.find("[migration]").map_or(1, |o| line_of(text, o));
+        let tlb_line = text.find("[tlb]").map_or(1, |o| line_of(text, o));
         let meta_line = text.find("[scenario]").map_or(1, |o| line_of(text, o));
         let h = &self.host;
         if self.scenario.duration == Millis::ZERO {
@@ -429,8 +430,16 @@ impl RawScenario {
                     .map_err(|(k, msg)| invalid(migration_line, format!("migration.{k}"), msg))?,
             ),
         };
+        let tlb = match &self.tlb {
+            None => None,
+            Some(t) => Some(
+                t.validate()
+                    .map_err(|(k, msg)| invalid(tlb_line, format!("tlb.{k}"), msg))?,
+            ),
+        };
         Ok(Scenario {
             migration,
+            tlb,
             name: self.scenario.name,
             description: self.scenario.description.unwrap_or_default(),
             duration: self.scenario.duration,

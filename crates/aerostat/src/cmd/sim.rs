@@ -129,6 +129,9 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
         "{}",
         report::summary_table(std::slice::from_ref(&result.summary))
     );
+    if let Some(line) = report::tlb(&result.summary) {
+        crate::say!("{line}");
+    }
     if let Some(text) = report::migrations(&result) {
         crate::say!("{text}");
     } else if args.no_escape && scenario.migration.as_ref().is_some_and(|m| m.escape) {
