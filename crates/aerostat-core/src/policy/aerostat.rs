@@ -121,6 +121,9 @@ const RAISE_CUT_HOLD: Millis = Millis(30_000);
 const RECLAIM_BITE: f64 = 64.0 * MIB;
 /// How long the room a workload held before an OOM kill is kept for its restart.
 const RESTART_HOLD: Millis = Millis(10 * 60 * 1000);
+/// A kill proves the guest was short of its size: its restart gets this share of what the
+/// balloon holds back on top of that size.
+const KILL_GROWTH_SHARE: f64 = 0.5;
 /// A fall of `used` between two readings by this share of the guest (and at least
 /// STOP_MIN) is a workload stopping, not shrinking.
 const STOP_SHARE: f64 = 0.25;
@@ -489,7 +492,7 @@ fn wish_for(
     memo.note_holds(current, now);
     let squeezed = memo.squeezed(now);
     memo.track_cold_cache(&r, now);
-    let (restart, restart_why) = memo.room_for_restart(&r, now, g.configured);
+    let (restart, restart_why) = memo.room_for_restart(&r, now, actual, g.configured);
     let cache = cache_step(host, memo, &g, &room, squeezed);
     let keep = cache.keep;
 

@@ -11,9 +11,9 @@ use super::cold_anon::ColdAnon;
 use super::reading::Reading;
 use super::wish::Wish;
 use super::{
-    BURST_HALF_LIFE, MIB, MIN_BAND, MIN_BITE, MIN_CHANGE, PROBE_PAUSE, RECLAIM_BITE, RESTART_HOLD,
-    SQUEEZE_EXPLAINS, STALL_AFTER, STALL_BLOCK, STALL_GAP, STALL_RATE_BPS, STATS_PERIOD_MAX,
-    STOP_LEVEL_BAND, STOP_LEVEL_HELD, STOP_MIN, STOP_SHARE,
+    BURST_HALF_LIFE, KILL_GROWTH_SHARE, MIB, MIN_BAND, MIN_BITE, MIN_CHANGE, PROBE_PAUSE,
+    RECLAIM_BITE, RESTART_HOLD, SQUEEZE_EXPLAINS, STALL_AFTER, STALL_BLOCK, STALL_GAP,
+    STALL_RATE_BPS, STATS_PERIOD_MAX, STOP_LEVEL_BAND, STOP_LEVEL_HELD, STOP_MIN, STOP_SHARE,
 };
 
 /// What the policy remembers about one VM.
@@ -239,6 +239,7 @@ impl Memo {
         &mut self,
         r: &Reading,
         now: Millis,
+        actual: f64,
         configured: f64,
     ) -> (f64, Restart) {
         // A service that frees a large part of the guest at once has stopped, and is likely
@@ -280,7 +281,7 @@ impl Memo {
             Some((before, until)) if now < until => (before - r.used).max(0.0),
             _ => 0.0,
         };
-        let killed = self.kill_room(r, now);
+        let killed = self.kill_room(r, now, actual, configured);
         if stopped > killed {
             (stopped, Restart::Stopped)
         } else {
@@ -289,16 +290,23 @@ impl Memo {
     }
 
     /// The room above `used` kept for a workload an OOM kill stopped (0 when there is none).
-    fn kill_room(&mut self, r: &Reading, now: Millis) -> f64 {
+    fn kill_room(&mut self, r: &Reading, now: Millis, actual: f64, configured: f64) -> f64 {
         // An OOM kill frees the workload's memory, and a restarted workload wants it back
         // at once: a guest that looks idle after a kill is not reclaimed below what it
         // used before it for RESTART_HOLD (`unseen-7372`: 1 GiB guests reclaimed to
         // their floor after a kill, OOM-killed again by every restart, 720 times in 6 h).
-        // Only the target keeps the room: `lowest` and the fit's idle floor do not, so a
-        // short host takes it first.
+        // What it used before is at least the size it was killed at — the kill proves it
+        // wanted more — and the restart gets KILL_GROWTH_SHARE of what the balloon holds
+        // back on top: the last reading's `used` alone is from before the burst when stats
+        // come every 10 s, and held the restart to the size that killed it (`unseen-1110`
+        // polled every 10 s: two 1 GiB guests killed 102 times each, the balloon never
+        // moved). Only the target keeps the room: `lowest` and the fit's idle floor do
+        // not, so a short host takes it first.
         if r.new_ooms > 0 && self.last_time.is_some() {
+            let short_of = actual + KILL_GROWTH_SHARE * (configured - actual).max(0.0);
             let before = self
                 .last_used
+                .max(short_of)
                 .max(self.restart_room.map_or(0.0, |(u, _)| u));
             self.restart_room = Some((before, now + RESTART_HOLD));
         }

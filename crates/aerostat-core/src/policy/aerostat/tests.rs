@@ -122,6 +122,28 @@ fn room_a_killed_workload_used_is_kept_for_its_restart() {
     assert!(after_hold < Bytes::mib(1000), "{after_hold}");
 }
 
+/// `unseen-1110` with stats every 10 s: the burst and the kill fall between two polls, so
+/// the last `used` is from before the burst and keeping it only held the restart to the
+/// size that killed it (two 1 GiB guests, 102 kills each, the balloon never moved). The kill
+/// proves the guest was short of its size: the restart gets half of what the balloon holds
+/// back on top.
+#[test]
+fn a_kill_between_polls_gives_the_restart_more_than_the_size_it_was_killed_at() {
+    let mut p = AerostatPolicy::new(settings());
+    let reading = |used_mib: u64, kills: u64, t: u64| {
+        let mut v = vm("a", GIB, 512 << 20, used_mib, 0, t);
+        v.stats.oom_kills = Some(kills);
+        obs(t, vec![v])
+    };
+    let target = |p: &mut AerostatPolicy, o: &Observation| {
+        let props = p.propose(o, &[Bytes::mib(512)]);
+        props.first().map_or(Bytes::mib(512), |x| x.target)
+    };
+    target(&mut p, &reading(300, 0, 0));
+    let after_kill = target(&mut p, &reading(100, 1, 10));
+    assert!(after_kill >= Bytes::mib(768), "{after_kill}");
+}
+
 /// A 1 GiB guest's class headroom is 128 MiB; on a roomy host it keeps 256 MiB — half a
 /// second of a 512 MiB/s allocator, what a 1 s loop misses of a burst on average — plus
 /// the guards' 16 MiB dead band, which would otherwise let `used` creep into it.
