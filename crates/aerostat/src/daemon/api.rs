@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -11,6 +12,10 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
 
 use serde_json::{Value, json};
 
@@ -31,6 +36,30 @@ pub struct Shared {
     pub config: Arc<Config>,
 }
 
+/// How many HTTP connections are served at once. More wait in the kernel's listen queue:
+/// each one open holds a file descriptor, and a daemon out of them cannot read
+/// `/proc/meminfo` or its QMP sockets — idle connections kept open by anyone on the host
+/// would blind the control loop (about 20,000 did, session 34).
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request's headers within this long ...
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// ... and a connection, kept alive or not, is closed after this long (a scraper reconnects).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// The bounds above, as one value so a test can shrink them.
+#[derive(Clone, Copy, Debug)]
+struct ConnectionLimits {
+    max: usize,
+    header_timeout: Duration,
+    lifetime: Duration,
+}
+
+const LIMITS: ConnectionLimits = ConnectionLimits {
+    max: MAX_CONNECTIONS,
+    header_timeout: HEADER_TIMEOUT,
+    lifetime: CONNECTION_LIFETIME,
+};
+
 /// Binds and serves in the background; the handle stops it.
 pub async fn serve(
     addr: SocketAddr,
@@ -45,11 +74,41 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding api.listen {addr}"))?;
     tracing::info!(%addr, "serving /metrics, /status and /admit");
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    }))
+    Ok(tokio::spawn(serve_bounded(listener, app, LIMITS)))
+}
+
+/// Serves `app` on `listener` with at most `limits.max` connections open, each bounded in
+/// time (`axum::serve` has neither bound: it accepts while descriptors last and keeps an
+/// idle connection forever). HTTP/1.1 only: what Prometheus and `aerostat status` speak.
+async fn serve_bounded(listener: tokio::net::TcpListener, app: Router, limits: ConnectionLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max));
+    loop {
+        // A slot first: past the bound, clients wait in the listen queue, not in the daemon.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors or a connection reset before accept: not the server's
+                // end. A pause keeps a persistent error from spinning.
+                tracing::warn!(error = %e, "accepting an HTTP connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            // An error is the client's (a bad request, a reset, a timeout): hyper has
+            // answered it where HTTP allows; nothing is left to do but close.
+            let _ = tokio::time::timeout(limits.lifetime, connection).await;
+            drop(slot);
+        });
+    }
 }
 
 async fn metrics_handler(State(s): State<Shared>) -> impl IntoResponse {
@@ -110,5 +169,72 @@ async fn admit_handler(
                 ),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn get_ok(addr: SocketAddr) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.expect("read");
+        reply
+    }
+
+    /// Clients that open connections and send nothing (or half a request) hold the
+    /// server's slots only until the header timeout: a real request behind twice as many
+    /// of them as there are slots is answered, and the server closes every idle one.
+    #[tokio::test]
+    async fn idle_connections_cannot_starve_the_api() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        let limits = ConnectionLimits {
+            max: 4,
+            header_timeout: Duration::from_millis(300),
+            lifetime: Duration::from_secs(5),
+        };
+        let server = tokio::spawn(serve_bounded(listener, app, limits));
+
+        // Eight idle clients, half of them with a request started and never finished.
+        let mut idle = Vec::new();
+        for i in 0..8 {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            if i % 2 == 0 {
+                s.write_all(b"GET / HTTP/1.1\r\nhost:")
+                    .await
+                    .expect("write");
+            }
+            idle.push(s);
+        }
+        let t0 = Instant::now();
+        let reply = tokio::time::timeout(Duration::from_secs(5), get_ok(addr))
+            .await
+            .expect("answered while the idle clients are still connected");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(reply.ends_with("ok"), "{reply}");
+        // It waited for two rounds of header timeouts at most (8 idle clients, 4 slots).
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        // The idle clients were closed by the server: each reads end-of-stream.
+        for mut s in idle {
+            let mut buf = [0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+                .await
+                .expect("closed by the server");
+            assert!(n.is_ok(), "{n:?}");
+        }
+        server.abort();
     }
 }
