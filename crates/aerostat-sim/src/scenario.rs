@@ -586,8 +586,9 @@ pub struct WorkloadSpec {
     pub leak_per_hour: Bytes,
     pub noise: f64,
     pub phase: Millis,
-    /// Phases, or trace points: (time, working set, page cache), sorted by time.
-    pub points: Vec<(Millis, Bytes, Bytes)>,
+    /// Phases, or trace points: (time, working set, page cache), sorted by time. Shared by
+    /// the replicas of a `[[vm]]`: a million-row trace held once, not once per replica.
+    pub points: std::sync::Arc<[(Millis, Bytes, Bytes)]>,
     /// Bytes per second; `None`: [`DEFAULT_DIRTY_FRACTION_PER_S`] of resident hot anon.
     pub dirty_rate: Option<Bytes>,
 }

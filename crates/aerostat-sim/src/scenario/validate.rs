@@ -820,7 +820,7 @@ fn validate_workload(
         leak_per_hour,
         noise,
         phase: w.phase.unwrap_or(Millis::ZERO),
-        points,
+        points: points.into(),
         dirty_rate: w.dirty_rate.map(|r| r.0),
     })
 }
