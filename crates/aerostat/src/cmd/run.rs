@@ -122,6 +122,15 @@ fn table(s: &Status) -> String {
         if s.dry_run { " (dry run)" } else { "" },
         s.ticks
     );
+    // Sockets whose VM is not driven: their memory is not counted either.
+    for u in &s.unadopted {
+        out.push_str(&format!(
+            "\nNOT ADOPTED: {} ({}): {}",
+            u.name,
+            u.socket,
+            u.error.as_deref().unwrap_or("adopting")
+        ));
+    }
     // What no balloon can fix, under the table where the eye ends.
     for alert in &s.alerts {
         out.push_str(&format!("\nALERT: {alert}"));

@@ -10,7 +10,7 @@ use aerostat_core::resize::{self, Pluggable, Resize};
 use aerostat_core::{Action, Blocks, Bytes, Coldness, Millis, VmSample};
 use aerostat_qemu::backend::{GuestRamPages, MAX_GUEST_MEMORY, VirtioMemDevice};
 use aerostat_qemu::{QemuVm, QmpError, QmpOptions};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::config::{Config, VmSettings};
 use super::metrics::Metrics;
@@ -109,25 +109,62 @@ const COLDNESS_WINDOW: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct VmRegistry {
     vms: BTreeMap<String, VmConn>,
+    /// Sockets being adopted in the background, by VM name.
+    adopting: BTreeMap<PathBuf, (String, JoinHandle<Result<VmConn, QmpError>>)>,
     /// Sockets that failed to connect, and when to try again.
     retry_at: BTreeMap<PathBuf, tokio::time::Instant>,
+    /// Why each of those failed last, by VM name (for `/status`).
+    failed: BTreeMap<PathBuf, (String, String)>,
     options: QmpOptions,
 }
 
 /// How long a socket that would not connect is left alone.
 const RECONNECT_AFTER: Duration = Duration::from_secs(5);
+/// How long a tick waits for the adoptions it started: a QEMU answers the handful of
+/// commands in milliseconds, so it is driven from this tick on; one that does not (no
+/// greeting: another client holds its socket; a stuck main loop) goes on adopting in the
+/// background, up to the command timeout, while the other VMs are driven. (Adopting inside
+/// the tick, one socket after another, a silent socket held every VM's control for the
+/// command timeout every 5 s: session 34.)
+const ADOPTION_WAIT: Duration = Duration::from_millis(500);
 
 impl VmRegistry {
     pub fn new(config: &Config) -> VmRegistry {
         let timeout = Duration::from_millis(config.command_timeout.0);
         VmRegistry {
             vms: BTreeMap::new(),
+            adopting: BTreeMap::new(),
             retry_at: BTreeMap::new(),
+            failed: BTreeMap::new(),
             options: QmpOptions {
                 handshake_timeout: timeout,
                 command_timeout: timeout,
             },
         }
+    }
+
+    /// The sockets found whose VM is not adopted: failed (with why) or being adopted.
+    pub fn unadopted(&self) -> Vec<super::Unadopted> {
+        let failed = self
+            .failed
+            .iter()
+            .map(|(path, (name, error))| super::Unadopted {
+                name: name.clone(),
+                socket: path.display().to_string(),
+                error: Some(error.clone()),
+            });
+        let adopting = self
+            .adopting
+            .iter()
+            .filter(|(path, _)| !self.failed.contains_key(*path))
+            .map(|(path, (name, _))| super::Unadopted {
+                name: name.clone(),
+                socket: path.display().to_string(),
+                error: None,
+            });
+        let mut all: Vec<_> = failed.chain(adopting).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     pub fn get(&self, name: &str) -> Option<&VmConn> {
@@ -161,111 +198,84 @@ impl VmRegistry {
             keep
         });
         let now = tokio::time::Instant::now();
-        for (name, path) in live {
-            if self.vms.contains_key(&name) || self.retry_at.get(&path).is_some_and(|t| *t > now) {
+        // Adoptions and failures of sockets that are gone are dropped.
+        self.failed
+            .retain(|path, (name, _)| live.get(name) == Some(path));
+        self.retry_at
+            .retain(|path, _| live.values().any(|p| p == path));
+        self.adopting.retain(|path, (name, task)| {
+            let keep = live.get(name) == Some(path);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        let mut started = Vec::new();
+        for (name, path) in &live {
+            if self.vms.contains_key(name)
+                || self.adopting.contains_key(path)
+                || self.retry_at.get(path).is_some_and(|t| *t > now)
+            {
                 continue;
             }
-            match self.connect(&name, &path, config, now_ms).await {
+            let task = tokio::spawn(connect(
+                name.clone(),
+                path.clone(),
+                self.options,
+                config.stats_interval_s,
+                now_ms,
+            ));
+            self.adopting.insert(path.clone(), (name.clone(), task));
+            started.push(path.clone());
+        }
+        // The adoptions started now get a moment to land this tick; older ones are only
+        // collected when done.
+        let deadline = now + ADOPTION_WAIT;
+        let mut landed = Vec::new();
+        for path in started {
+            let Some((_, task)) = self.adopting.get_mut(&path) else {
+                continue;
+            };
+            if let Ok(result) = tokio::time::timeout_at(deadline, &mut *task).await
+                && let Some((name, _)) = self.adopting.remove(&path)
+            {
+                landed.push((path, name, result));
+            }
+        }
+        let done: Vec<PathBuf> = self
+            .adopting
+            .iter()
+            .filter(|(_, (_, task))| task.is_finished())
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in done {
+            if let Some((name, task)) = self.adopting.remove(&path) {
+                let result = task.await;
+                landed.push((path, name, result));
+            }
+        }
+        for (path, name, result) in landed {
+            let result = result.unwrap_or_else(|e| {
+                Err(QmpError::Protocol {
+                    detail: format!("adoption task failed: {e}"),
+                })
+            });
+            match result {
                 Ok(conn) => {
                     tracing::info!(vm = %name, socket = %path.display(), configured = %conn.configured, "VM adopted");
                     self.retry_at.remove(&path);
+                    self.failed.remove(&path);
                     self.vms.insert(name, conn);
                 }
                 Err(e) => {
                     metrics.count_error(&name, "connect");
                     tracing::warn!(vm = %name, socket = %path.display(), error = %e, "cannot connect; will retry");
-                    self.retry_at.insert(path, now + RECONNECT_AFTER);
+                    self.retry_at
+                        .insert(path.clone(), tokio::time::Instant::now() + RECONNECT_AFTER);
+                    self.failed.insert(path, (name, e.to_string()));
                 }
             }
         }
-    }
-
-    async fn connect(
-        &self,
-        name: &str,
-        path: &PathBuf,
-        config: &Config,
-        adopted_at: Millis,
-    ) -> Result<VmConn, QmpError> {
-        let qemu = QemuVm::connect_with(path, self.options).await?;
-        // aerostat turns guest statistics on itself, whatever the VM was started with.
-        if let Err(e) = qemu.enable_stats_polling(config.stats_interval_s).await {
-            tracing::warn!(vm = %name, error = %e, "cannot enable guest statistics");
-        }
-        let summary = qemu
-            .client()
-            .execute("query-memory-size-summary", None)
-            .await?;
-        // A VM is adopted only with a believable size: every floor, step and share of the
-        // host is counted from it (a 2^64 − 1 reply had the policy "deflate" a guest by
-        // exabytes; 0 adopts a VM nothing can be decided for).
-        let boot = match summary.get("base-memory") {
-            None => Err("no base-memory".to_string()),
-            Some(v) => v
-                .as_u64()
-                .map(Bytes)
-                .ok_or_else(|| format!("base-memory {v} is not a byte count")),
-        }
-        .map_err(|why| QmpError::Protocol {
-            detail: format!("query-memory-size-summary: {why}"),
-        })?;
-        if boot == Bytes::ZERO || boot > MAX_GUEST_MEMORY {
-            return Err(QmpError::Protocol {
-                detail: format!(
-                    "query-memory-size-summary: base-memory {} is outside 1 B ..= {MAX_GUEST_MEMORY}",
-                    boot.0
-                ),
-            });
-        }
-        let devices = resizable_devices(name, qemu.query_memory_devices().await?);
-        let configured = devices
-            .iter()
-            .fold(boot, |a, d| a + pluggable(d).capacity());
-        if configured > MAX_GUEST_MEMORY {
-            return Err(QmpError::Protocol {
-                detail: format!(
-                    "boot memory and virtio-mem devices add up to {} bytes, over {MAX_GUEST_MEMORY}",
-                    configured.0
-                ),
-            });
-        }
-        let has_balloon = qemu.find_balloon_path().await?.is_some();
-        // Whether the balloon's pages stay in the guest's MemTotal: without it, a small
-        // guest's `used` would read as its use plus the balloon.
-        let deflate_on_oom = match qemu.balloon_deflates_on_oom().await {
-            Ok(on) => Some(on),
-            Err(QmpError::NoDevice { .. }) => None,
-            Err(e) => {
-                tracing::warn!(vm = %name, error = %e, "cannot read the balloon's deflate-on-oom; inferring it from MemTotal");
-                None
-            }
-        };
-        Ok(VmConn {
-            socket: path.clone(),
-            qemu: Arc::new(qemu),
-            boot,
-            configured,
-            has_balloon,
-            blockers: Vec::new(),
-            blockers_read: false,
-            swap_disk_missing: false,
-            devices,
-            balloon_after_devices: None,
-            devices_moved_at: adopted_at,
-            stall_logged: None,
-            balloon_sent: None,
-            balloon_actual: boot,
-            adopted_at,
-            last: None,
-            last_rule: None,
-            last_reason: None,
-            last_error: None,
-            errors: 0,
-            coldness_since: None,
-            coldness: None,
-            stats_usable: None,
-            deflate_on_oom,
-        })
     }
 
     /// Samples every VM concurrently. A VM that fails keeps its last sample, marked
@@ -802,6 +812,97 @@ impl VmConn {
             tracing::warn!(vm, what, error = %e, errors = self.errors, "VM error");
         }
     }
+}
+
+/// Adopts the VM behind `path`: connects, turns its statistics on, reads its sizes and
+/// devices. Owned arguments: it runs as a task of its own (`VmRegistry::discover`).
+async fn connect(
+    name: String,
+    path: PathBuf,
+    options: QmpOptions,
+    stats_interval_s: u32,
+    adopted_at: Millis,
+) -> Result<VmConn, QmpError> {
+    let name = name.as_str();
+    let qemu = QemuVm::connect_with(&path, options).await?;
+    // aerostat turns guest statistics on itself, whatever the VM was started with.
+    if let Err(e) = qemu.enable_stats_polling(stats_interval_s).await {
+        tracing::warn!(vm = %name, error = %e, "cannot enable guest statistics");
+    }
+    let summary = qemu
+        .client()
+        .execute("query-memory-size-summary", None)
+        .await?;
+    // A VM is adopted only with a believable size: every floor, step and share of the
+    // host is counted from it (a 2^64 − 1 reply had the policy "deflate" a guest by
+    // exabytes; 0 adopts a VM nothing can be decided for).
+    let boot = match summary.get("base-memory") {
+        None => Err("no base-memory".to_string()),
+        Some(v) => v
+            .as_u64()
+            .map(Bytes)
+            .ok_or_else(|| format!("base-memory {v} is not a byte count")),
+    }
+    .map_err(|why| QmpError::Protocol {
+        detail: format!("query-memory-size-summary: {why}"),
+    })?;
+    if boot == Bytes::ZERO || boot > MAX_GUEST_MEMORY {
+        return Err(QmpError::Protocol {
+            detail: format!(
+                "query-memory-size-summary: base-memory {} is outside 1 B ..= {MAX_GUEST_MEMORY}",
+                boot.0
+            ),
+        });
+    }
+    let devices = resizable_devices(name, qemu.query_memory_devices().await?);
+    let configured = devices
+        .iter()
+        .fold(boot, |a, d| a + pluggable(d).capacity());
+    if configured > MAX_GUEST_MEMORY {
+        return Err(QmpError::Protocol {
+            detail: format!(
+                "boot memory and virtio-mem devices add up to {} bytes, over {MAX_GUEST_MEMORY}",
+                configured.0
+            ),
+        });
+    }
+    let has_balloon = qemu.find_balloon_path().await?.is_some();
+    // Whether the balloon's pages stay in the guest's MemTotal: without it, a small
+    // guest's `used` would read as its use plus the balloon.
+    let deflate_on_oom = match qemu.balloon_deflates_on_oom().await {
+        Ok(on) => Some(on),
+        Err(QmpError::NoDevice { .. }) => None,
+        Err(e) => {
+            tracing::warn!(vm = %name, error = %e, "cannot read the balloon's deflate-on-oom; inferring it from MemTotal");
+            None
+        }
+    };
+    Ok(VmConn {
+        socket: path,
+        qemu: Arc::new(qemu),
+        boot,
+        configured,
+        has_balloon,
+        blockers: Vec::new(),
+        blockers_read: false,
+        swap_disk_missing: false,
+        devices,
+        balloon_after_devices: None,
+        devices_moved_at: adopted_at,
+        stall_logged: None,
+        balloon_sent: None,
+        balloon_actual: boot,
+        adopted_at,
+        last: None,
+        last_rule: None,
+        last_reason: None,
+        last_error: None,
+        errors: 0,
+        coldness_since: None,
+        coldness: None,
+        stats_usable: None,
+        deflate_on_oom,
+    })
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aerostat_core::{Action, ActionKind, Bytes, Millis, Rule};
 use aerostat_qemu::qmp::testing::{FakeQmp, Out, err, ok};
@@ -413,4 +414,53 @@ async fn a_migration_blocker_makes_a_guest_unmovable_unless_the_config_says_othe
         .observe(&rig.config, &rig.metrics, Millis::secs(3))
         .await;
     assert!(vms[0].sample.migratable);
+}
+
+/// A socket that accepts and never greets (another client holds that QEMU's QMP, or its main
+/// loop is stuck) is adopted in the background: the tick goes on after a short wait and the
+/// other VMs are adopted and driven meanwhile. (Adopted inside the tick, one socket after
+/// another, it held every VM's control for the command timeout every 5 s: session 34.)
+#[tokio::test]
+async fn a_silent_socket_does_not_hold_up_the_other_vms() {
+    let guest = Arc::new(Mutex::new(Guest::new(512, 512)));
+    let model = Arc::clone(&guest);
+    let fake = FakeQmp::qemu(move |cmd| answer(&mut model.lock().expect("guest"), cmd));
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(&fake.path, dir.path().join("good.qmp")).expect("symlink");
+    let _silent =
+        tokio::net::UnixListener::bind(dir.path().join("silent.qmp")).expect("bind silent");
+    let text = format!(
+        "[host]\nreserve = \"512MiB\"\n[qemu]\nqmp_glob = \"{}/*.qmp\"\ncommand_timeout = \"20s\"\n",
+        dir.path().display()
+    );
+    let config = Config::parse(&text, Path::new("a.toml")).expect("config");
+    let metrics = Metrics::new();
+    let mut registry = VmRegistry::new(&config);
+    let t0 = std::time::Instant::now();
+    registry.discover(&config, &metrics, Millis::secs(1)).await;
+    assert!(
+        registry.get("good").is_some(),
+        "the answering VM is adopted at once"
+    );
+    assert!(registry.get("silent").is_none());
+    // /status lists it as not adopted, so it is not simply missing.
+    let unadopted = registry.unadopted();
+    assert_eq!(unadopted.len(), 1, "{unadopted:?}");
+    assert_eq!(
+        (unadopted[0].name.as_str(), unadopted[0].error.as_deref()),
+        ("silent", None)
+    );
+    let vms = registry.observe(&config, &metrics, Millis::secs(2)).await;
+    assert_eq!(vms.len(), 1);
+    assert!(vms[0].responsive, "{:?}", vms[0]);
+    // Well under the 20 s the silent socket may take to fail.
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    // The next ticks do not wait for it either.
+    let t1 = std::time::Instant::now();
+    registry.discover(&config, &metrics, Millis::secs(3)).await;
+    assert!(
+        t1.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t1.elapsed()
+    );
 }
