@@ -26,6 +26,24 @@ pub fn run(args: &AdmitArgs) -> anyhow::Result<ExitCode> {
             return Err(InputError(format!("--{flag} `{v}`: {e}")).into());
         }
     }
+    let memory: aerostat_core::Bytes = args
+        .memory
+        .parse()
+        .map_err(|e| InputError(format!("--memory `{}`: {e}", args.memory)))?;
+    if memory < aerostat_core::Bytes::mib(1) {
+        return Err(InputError(format!("--memory `{}`: less than 1 MiB", args.memory)).into());
+    }
+    for (flag, value) in [("min", args.min.as_ref()), ("need", args.need.as_ref())] {
+        if let Some(v) = value
+            && v.parse::<aerostat_core::Bytes>().is_ok_and(|b| b > memory)
+        {
+            return Err(InputError(format!(
+                "--{flag} `{v}` is above --memory `{}`",
+                args.memory
+            ))
+            .into());
+        }
+    }
     let url = format!("http://{}/admit", args.api);
     let mut req = ureq::get(&url).query("memory", &args.memory);
     for (key, value) in [
@@ -42,7 +60,13 @@ pub fn run(args: &AdmitArgs) -> anyhow::Result<ExitCode> {
         req = req.query("resizable", "false");
     }
     // The daemon's 400 carries the reason: read the body whatever the status.
-    let reply = req.config().http_status_as_error(false).build().call();
+    // A hook must not hang a guest's start on a daemon that accepts and never answers.
+    let reply = req
+        .config()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .call();
     let (code, body) = match reply {
         Ok(mut r) => (
             r.status().as_u16(),
@@ -65,12 +89,20 @@ pub fn run(args: &AdmitArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(NO_ANSWER));
         }
     }
+    // A 200 without a yes or no is no answer, not a refusal: the hook decides what that means.
+    let Some(admit) = answer["admit"].as_bool() else {
+        eprintln!(
+            "error: {url} answered without `admit` true or false: {}",
+            body.trim()
+        );
+        return Ok(ExitCode::from(NO_ANSWER));
+    };
     if args.json {
         crate::say!("{body}");
     } else {
         crate::say!("{}", answer["reason"].as_str().unwrap_or("?"));
     }
-    Ok(if answer["admit"] == true {
+    Ok(if admit {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -32,6 +32,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let url = format!("http://{}/status", args.api);
     let body = ureq::get(&url)
+        .config()
+        .timeout_global(Some(CLIENT_TIMEOUT))
+        .build()
         .call()
         .with_context(|| format!("asking the daemon at {url} (is `aerostat run` running?)"))?
         .body_mut()
@@ -41,9 +44,39 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         crate::say!("{body}");
         return Ok(ExitCode::SUCCESS);
     }
-    let status: Status = serde_json::from_str(&body).context("parsing /status")?;
+    let (status, unknown) = parse_status(&body).context("parsing /status")?;
     crate::say!("{}", table(&status));
+    for alert in unknown {
+        crate::say!("ALERT: {alert}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `aerostat status` waits for the daemon: a daemon that accepts and never answers
+/// is not waited for forever.
+const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `/status`, with the alerts this build does not know kept as their JSON: a newer daemon's
+/// new kind of alert is shown, not a reason to show nothing.
+fn parse_status(body: &str) -> serde_json::Result<(Status, Vec<String>)> {
+    let mut value: serde_json::Value = serde_json::from_str(body)?;
+    let alerts = value
+        .get_mut("alerts")
+        .map(|a| std::mem::replace(a, serde_json::Value::Array(Vec::new())))
+        .and_then(|a| match a {
+            serde_json::Value::Array(items) => Some(items),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let mut status: Status = serde_json::from_value(value)?;
+    let mut unknown = Vec::new();
+    for alert in alerts {
+        match serde_json::from_value::<aerostat_core::Alert>(alert.clone()) {
+            Ok(a) => status.alerts.push(a),
+            Err(_) => unknown.push(alert.to_string()),
+        }
+    }
+    Ok((status, unknown))
 }
 
 fn mib(b: u64) -> Cell {
@@ -142,6 +175,21 @@ fn table(s: &Status) -> String {
 mod tests {
     use super::*;
     use aerostat_core::{Alert, Bytes};
+
+    /// A newer daemon's alert kind is shown as it came, and the rest of `/status` still is.
+    #[test]
+    fn an_unknown_alert_kind_does_not_hide_the_status() {
+        let body = r#"{"policy":"aerostat","interval_ms":1000,"dry_run":false,"ticks":3,
+            "time":0,"host":null,"capacity":0,"vms":[],
+            "alerts":[{"kind":"floors_do_not_fit","need":2,"capacity":1},
+                      {"kind":"new_kind_from_future","x":1}]}"#;
+        let (status, unknown) = parse_status(body).expect("parsed");
+        assert_eq!(status.ticks, 3);
+        assert_eq!(status.alerts.len(), 1);
+        assert_eq!(unknown.len(), 1);
+        assert!(unknown[0].contains("new_kind_from_future"), "{unknown:?}");
+        assert!(parse_status("[1]").is_err());
+    }
 
     #[test]
     fn the_status_table_ends_with_the_alerts() {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use aerostat_core::planner::admission::{Admission, NewGuest, admit};
 use aerostat_core::{Bytes, Observation};
+use aerostat_qemu::backend::MAX_GUEST_MEMORY;
 use serde::Serialize;
 
 use super::config::Config;
@@ -72,6 +73,25 @@ pub fn parse_request(
             "`memory`: {memory} is less than 1 MiB (a unit is needed: 8GiB, not 8)"
         ));
     }
+    if memory > MAX_GUEST_MEMORY {
+        return Err(format!(
+            "`memory`: {memory} is more than any guest can have ({MAX_GUEST_MEMORY})"
+        ));
+    }
+    for key in ["min", "need"] {
+        if let Some(v) = bytes(key)?
+            && v > memory
+        {
+            return Err(format!("`{key}`: {v} is above `memory` {memory}"));
+        }
+    }
+    if let Some(name) = query.get("name")
+        && (name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control))
+    {
+        return Err(format!(
+            "`name`: a VM name is 1 to {MAX_NAME_BYTES} bytes without control characters"
+        ));
+    }
     let settings = match query.get("name") {
         Some(n) => config.vm(n),
         None => &config.defaults,
@@ -95,6 +115,14 @@ pub fn parse_request(
 /// start that failed does not hold the room for long.
 pub const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// The most guests admitted by name and not running yet: each is held for PENDING_FOR, and
+/// without a bound any caller could grow the daemon's memory (3,000 distinct names: 8 →
+/// 75 MB, session 34). A placer past it is told to retry (429), not admitted blind.
+pub const MAX_PENDING: usize = 256;
+
+/// The longest VM name `/admit` takes (a socket file name's limit).
+const MAX_NAME_BYTES: usize = 255;
+
 /// Guests admitted by name (`name=`, as a libvirt hook asks) that the daemon has not seen
 /// running yet: each answer counts them, so two placers asking at once do not both get the
 /// same room. A question without a name is a question only, and reserves nothing.
@@ -104,6 +132,17 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Whether `name` is held already (asking again replaces it: no new entry).
+    pub fn holds(&self, name: &str) -> bool {
+        self.admitted.iter().any(|(_, n, _)| n == name)
+    }
+
+    /// Whether another guest may be held (after the ones running or expired are pruned).
+    pub fn full(&mut self, obs: &Observation) -> bool {
+        self.prune(obs);
+        self.admitted.len() >= MAX_PENDING
+    }
+
     /// Forgets the ones running now (a VM of that name is in the observation) and the ones
     /// admitted longer ago than [`PENDING_FOR`].
     fn prune(&mut self, obs: &Observation) {
@@ -185,14 +224,18 @@ mod tests {
         let g = parse_request(
             &q(&[
                 ("memory", "1GiB"),
-                ("min", "2GiB"),
+                ("name", "db"),
                 ("need", "700MiB"),
                 ("resizable", "false"),
             ]),
             &c,
         )
         .expect("valid");
-        assert_eq!(g.floor, Bytes::gib(1), "a floor is capped at the memory");
+        assert_eq!(
+            g.floor,
+            Bytes::gib(1),
+            "db's configured 2 GiB floor is capped at the memory"
+        );
         assert_eq!(g.need, Some(Bytes::mib(700)));
         assert!(!g.resizable);
     }
@@ -250,6 +293,24 @@ mod tests {
         assert!(a.admission.admit, "{}", a.reason);
     }
 
+    /// At most MAX_PENDING guests are held by name; asking again for one held is not new.
+    #[test]
+    fn the_guests_held_by_name_are_bounded() {
+        let c = config();
+        let g = parse_request(&q(&[("memory", "1MiB"), ("need", "1MiB")]), &c).expect("g");
+        let mut pending = Pending::default();
+        let mut none = inputs(&[]);
+        none.capacity = Bytes::gib(1024);
+        for i in 0..MAX_PENDING {
+            let name = format!("vm{i}");
+            assert!(!pending.full(&none.obs), "{i}");
+            let a = answer(&none, g.clone(), Some(&name), &mut pending, None);
+            assert!(a.admission.admit, "{i}: {}", a.reason);
+        }
+        assert!(pending.full(&none.obs));
+        assert!(pending.holds("vm0") && !pending.holds("vm-new"));
+    }
+
     #[test]
     fn a_bad_question_names_its_parameter() {
         let c = config();
@@ -266,6 +327,13 @@ mod tests {
                 &[("memory", "8GiB"), ("cpus", "4")][..],
                 "unknown parameter `cpus`",
             ),
+            // Asked outright, a floor or need above the memory is a contradiction, not a
+            // cap; sizes past any guest and names no socket can have are refused.
+            (&[("memory", "1GiB"), ("min", "2GiB")][..], "`min`"),
+            (&[("memory", "1GiB"), ("need", "2GiB")][..], "`need`"),
+            (&[("memory", "8388607TiB")][..], "more than any guest"),
+            (&[("memory", "1GiB"), ("name", "")][..], "`name`"),
+            (&[("memory", "1GiB"), ("name", "a\nb")][..], "`name`"),
         ] {
             let e = parse_request(&q(pairs), &c).expect_err("refused");
             assert!(e.contains(says), "{pairs:?}: {e}");

@@ -154,6 +154,15 @@ async fn admit_handler(
         ),
         Some(inputs) => {
             let mut pending = s.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let name = query.get("name");
+            if name.is_some_and(|n| !pending.holds(n)) && pending.full(&inputs.obs) {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({
+                        "error": format!("{} guests admitted by name are not running yet: ask again once some start (or in {} s)", super::admission::MAX_PENDING, super::admission::PENDING_FOR.as_secs())
+                    })),
+                );
+            }
             let a = answer(
                 &inputs,
                 guest,

@@ -495,5 +495,19 @@ fn warn_unmatched_vm_tables(config: &Config) {
 }
 
 pub fn vm_name(path: &std::path::Path) -> Option<String> {
-    path.file_stem()?.to_str().map(str::to_string)
+    // Control characters are written escaped: the name goes into logs, decision lines and
+    // `aerostat status`'s table, where a socket named with a newline or an ANSI escape
+    // forged log lines and cleared the terminal (session 34).
+    let stem = path.file_stem()?.to_str()?;
+    Some(
+        stem.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }

@@ -464,3 +464,16 @@ async fn a_silent_socket_does_not_hold_up_the_other_vms() {
         t1.elapsed()
     );
 }
+
+/// A socket's file name becomes the VM's name in logs, decision lines and the status
+/// table: control characters in it are written escaped, not passed to a terminal.
+#[test]
+fn control_characters_in_a_socket_name_are_escaped() {
+    let name = crate::daemon::vm_name(Path::new("/run/x\u{1b}[2J\nforged.qmp")).expect("a name");
+    assert_eq!(name, "x\\u{1b}[2J\\nforged");
+    assert!(!name.chars().any(char::is_control));
+    assert_eq!(
+        crate::daemon::vm_name(Path::new("/run/web-1.qmp")).as_deref(),
+        Some("web-1")
+    );
+}
