@@ -1231,3 +1231,33 @@ fn arrays_inside_tables_and_on_their_own_lines_are_named() {
         "`vm[0] (web).workload.phases[1]`: wanted a table, not an array",
     );
 }
+
+/// A scenario's name heads `bench.md`'s table and the plots: a control character or a `|`
+/// broke them (session 34's fuzzing); pinned memory and the guest kernel that leave the
+/// workload nothing were accepted.
+#[test]
+fn a_name_that_would_break_a_table_and_fixed_memory_past_the_guest_are_refused() {
+    for bad in ["web|diurnal", "web\\ndiurnal", "web\\u0000"] {
+        let text = replace_line(
+            ISSUE_SCHEMA,
+            "name = \"web-diurnal\"",
+            &format!("name = \"{bad}\""),
+        );
+        let err = error_of(&text, Path::new(PATH));
+        assert_names(
+            &err,
+            Path::new(PATH),
+            line_of(&text, "[scenario]"),
+            "scenario.name",
+        );
+    }
+    let text = replace_line(ISSUE_SCHEMA, "stagger =", "pinned = \"5.9GiB\"");
+    let err = error_of(&text, Path::new(PATH));
+    assert_names(
+        &err,
+        Path::new(PATH),
+        line_of(&text, "[[vm]]"),
+        "vm[0] (web).pinned",
+    );
+    assert!(err.contains("leave nothing"), "{err}");
+}

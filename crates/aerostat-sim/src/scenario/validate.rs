@@ -49,6 +49,30 @@ impl RawScenario {
                 "must be positive".into(),
             ));
         }
+        // The name heads tables (`bench.md`) and names files and plots: no control
+        // characters, no `|` (a bench.md table's cell separator), one line.
+        if let Some(c) = self
+            .scenario
+            .name
+            .chars()
+            .find(|c| c.is_control() || *c == '|')
+        {
+            return Err(invalid(
+                meta_line,
+                "scenario.name".into(),
+                format!(
+                    "{:?} is not allowed in a name (it heads tables and plots)",
+                    c
+                ),
+            ));
+        }
+        if self.scenario.name.chars().count() > 200 {
+            return Err(invalid(
+                meta_line,
+                "scenario.name".into(),
+                "is longer than 200 characters".into(),
+            ));
+        }
         if self.scenario.name.trim().is_empty() {
             return Err(invalid(
                 meta_line,
@@ -249,6 +273,17 @@ impl RawScenario {
             let pinned = v.pinned.unwrap_or(Bytes::ZERO);
             if pinned > v.memory {
                 return Err(invalid(line, key("pinned"), "is above memory".into()));
+            }
+            // What the workload may use is memory − kernel − pinned: nothing, or less.
+            if kernel + pinned >= v.memory {
+                return Err(invalid(
+                    line,
+                    key("pinned"),
+                    format!(
+                        "{pinned} pinned plus the guest kernel {kernel} leave nothing of memory {} for the workload",
+                        v.memory
+                    ),
+                ));
             }
             if let Some(h) = v.headroom
                 && h > v.memory
