@@ -131,8 +131,13 @@ fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
 /// refused, named by their path in the file. (A balloon `actual` above `configured` is
 /// accepted: QEMU can report it, and the controller clamps it.)
 fn check(settings: &PolicySettings, observations: &[Observation]) -> Result<(), String> {
-    if settings.interval == Millis::ZERO {
-        return Err("`settings.interval`: must be positive".into());
+    // The daemon's range (`policy.interval`): outside it the policy's rates and holds mean
+    // nothing (at 2^64 − 1 ms the aerostat policy never acted).
+    if settings.interval < Millis(100) || settings.interval > Millis::secs(600) {
+        return Err(format!(
+            "`settings.interval`: {} is outside 100ms – 10m",
+            settings.interval
+        ));
     }
     if settings.proxmox_ballooning_target > 100 {
         return Err(format!(

@@ -604,6 +604,15 @@ fn peer_problem(uri: &str) -> Option<String> {
     else {
         return Some("SCHEME:ADDRESS, e.g. tcp:HOST:PORT".into());
     };
+    // Schemes that reach a destination QEMU. `exec:` and `fd:` hand the stream to
+    // something else and `file:` writes it to disk: a "completed" escape to one of those
+    // leaves the guest paused here with nowhere running — a lost VM (session 34's fuzzing
+    // found them accepted).
+    if !["tcp", "unix", "rdma", "vsock"].contains(&scheme) {
+        return Some(format!(
+            "`{scheme}:` does not reach a destination QEMU (tcp:, unix:, rdma: or vsock:)"
+        ));
+    }
     if scheme == "tcp" {
         let port_ok = rest.rsplit_once(':').is_some_and(|(host, port)| {
             !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
@@ -781,6 +790,13 @@ mod tests {
             "{cgroup}"
         );
         assert!(err("escape = true\npeers = [\"host\"]\n").contains("not a migration URI"));
+        for uri in ["file:/tmp/x", "exec:rm", "fd:3"] {
+            let e = err(&format!("escape = true\npeers = [\"{uri}\"]\n"));
+            assert!(
+                e.contains("does not reach a destination QEMU"),
+                "{uri}: {e}"
+            );
+        }
         assert!(
             err("escape = true\npeers = [\"tcp:h:1\"]\nbandwidth = \"1GiB\"\n")
                 .contains("migration.bandwidth")
