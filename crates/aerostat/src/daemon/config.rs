@@ -264,6 +264,17 @@ impl Config {
         let bytes = |key: &str, v: &str| -> Result<Bytes, ConfigError> {
             v.parse().map_err(|e| invalid(format!("`{key}`: {e}")))
         };
+        // A guest's own sizes: no more than any guest can have (8,000,000 TiB was taken).
+        let guest_bytes = |key: &str, v: &str| -> Result<Bytes, ConfigError> {
+            let b = bytes(key, v)?;
+            if b > aerostat_qemu::backend::MAX_GUEST_MEMORY {
+                return Err(invalid(format!(
+                    "`{key}`: {b} is more than any guest can have ({})",
+                    aerostat_qemu::backend::MAX_GUEST_MEMORY
+                )));
+            }
+            Ok(b)
+        };
         let millis = |key: &str, v: &str| -> Result<Millis, ConfigError> {
             v.parse().map_err(|e| invalid(format!("`{key}`: {e}")))
         };
@@ -341,21 +352,21 @@ impl Config {
                 }
                 Ok(VmSettings {
                     min: match &raw.min {
-                        Some(v) => bytes(&format!("{key}.min"), v)?,
+                        Some(v) => guest_bytes(&format!("{key}.min"), v)?,
                         None => base.min,
                     },
                     overhead: match &raw.overhead {
-                        Some(v) => bytes(&format!("{key}.overhead"), v)?,
+                        Some(v) => guest_bytes(&format!("{key}.overhead"), v)?,
                         None => base.overhead,
                     },
                     priority,
                     class: raw.class.unwrap_or(base.class),
                     headroom: match &raw.headroom {
-                        Some(v) => Some(bytes(&format!("{key}.headroom"), v)?),
+                        Some(v) => Some(guest_bytes(&format!("{key}.headroom"), v)?),
                         None => base.headroom,
                     },
                     swap: match &raw.swap {
-                        Some(v) => Some(bytes(&format!("{key}.swap"), v)?),
+                        Some(v) => Some(guest_bytes(&format!("{key}.swap"), v)?),
                         None => base.swap,
                     },
                     swap_disk: match &raw.swap_disk {
@@ -428,6 +439,13 @@ impl Config {
                     None => None,
                 },
             };
+            // 0 s would move a guest at the first tick of any pressure; past a day, never.
+            if escape.grace < Millis::secs(1) || escape.grace > Millis::secs(86_400) {
+                return Err(invalid(format!(
+                    "`migration.grace`: {} is outside 1s – 24h",
+                    escape.grace
+                )));
+            }
             if let Some((key, why)) =
                 aerostat_core::planner::migration::timing_problem(escape.downtime, escape.max_time)
             {
@@ -477,6 +495,13 @@ impl Config {
             return Err(invalid(format!(
                 "`ksm.interval`: {ksm_interval} is outside 1s – 1h"
             )));
+        }
+        // An empty or relative directory would have the rule read and write KSM's files in
+        // whatever directory the daemon runs in (`ksm.dir = ""` read `./run`).
+        if raw.ksm.dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return Err(invalid(
+                "`ksm.dir`: must be an absolute path (KSM's sysfs directory)".into(),
+            ));
         }
         let ksm = if raw.ksm.control {
             Some(KsmConfig {
@@ -835,6 +860,25 @@ mod tests {
         assert_eq!(off.escape, None);
         // Checked even while off.
         assert!(err("grace = \"soon\"\n").contains("migration.grace"));
+        assert!(err("grace = \"0s\"\n").contains("outside 1s"));
+        assert!(err("grace = \"999999h\"\n").contains("outside 1s"));
+    }
+
+    /// Sizes past any guest and a KSM directory that is not absolute are refused, named.
+    #[test]
+    fn absurd_guest_sizes_and_a_relative_ksm_dir_are_refused() {
+        let base = "[host]\nreserve = \"512MiB\"\n[qemu]\nqmp_glob = \"/tmp/*.qmp\"\n";
+        for (extra, says) in [
+            ("[vm_defaults]\nmin = \"8000000TiB\"\n", "`vm_defaults.min`"),
+            ("[vm.db]\noverhead = \"17TiB\"\n", "`vm.db.overhead`"),
+            ("[ksm]\ndir = \"\"\n", "`ksm.dir`"),
+            ("[ksm]\ndir = \"run\"\n", "`ksm.dir`"),
+        ] {
+            let e = Config::parse(&format!("{base}{extra}"), Path::new("a.toml"))
+                .expect_err(extra)
+                .to_string();
+            assert!(e.contains(says), "{extra}: {e}");
+        }
     }
 
     #[test]
