@@ -20,6 +20,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use super::error::QmpError;
 use super::wire::{
@@ -140,9 +141,10 @@ impl QmpClient {
             })??;
 
         let shared = Arc::new(Shared::default());
-        let reader = tokio::spawn(read_loop(lines, Arc::clone(&shared)));
+        // The connection's tasks log under the caller's span (the daemon's names the VM).
+        let reader = tokio::spawn(read_loop(lines, Arc::clone(&shared)).in_current_span());
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
-        let writer = tokio::spawn(write_loop(write, queue, Arc::clone(&shared)));
+        let writer = tokio::spawn(write_loop(write, queue, Arc::clone(&shared)).in_current_span());
         let client = QmpClient {
             shared,
             writes,

@@ -11,6 +11,7 @@ use aerostat_core::{Action, Blocks, Bytes, Coldness, Millis, VmSample};
 use aerostat_qemu::backend::{GuestRamPages, MAX_GUEST_MEMORY, VirtioMemDevice};
 use aerostat_qemu::{QemuVm, QmpError, QmpOptions};
 use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument as _;
 
 use super::config::{Config, VmSettings};
 use super::metrics::Metrics;
@@ -218,13 +219,19 @@ impl VmRegistry {
             {
                 continue;
             }
-            let task = tokio::spawn(connect(
-                name.clone(),
-                path.clone(),
-                self.options,
-                config.stats_interval_s,
-                now_ms,
-            ));
+            // Under a span naming the VM: its QMP connection's warnings (a line that is not
+            // QMP, an over-long line) say which VM sent it.
+            let span = tracing::info_span!("vm", vm = %name);
+            let task = tokio::spawn(
+                connect(
+                    name.clone(),
+                    path.clone(),
+                    self.options,
+                    config.stats_interval_s,
+                    now_ms,
+                )
+                .instrument(span),
+            );
             self.adopting.insert(path.clone(), (name.clone(), task));
             started.push(path.clone());
         }
@@ -269,10 +276,16 @@ impl VmRegistry {
                 }
                 Err(e) => {
                     metrics.count_error(&name, "connect");
+                    let mut e = e.to_string();
+                    if e.contains("`greeting`") {
+                        e.push_str(
+                            " (QEMU serves one QMP client at a time: is another holding this socket?)",
+                        );
+                    }
                     tracing::warn!(vm = %name, socket = %path.display(), error = %e, "cannot connect; will retry");
                     self.retry_at
                         .insert(path.clone(), tokio::time::Instant::now() + RECONNECT_AFTER);
-                    self.failed.insert(path, (name, e.to_string()));
+                    self.failed.insert(path, (name, e));
                 }
             }
         }
