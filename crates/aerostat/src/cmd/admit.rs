@@ -31,17 +31,18 @@ pub fn run(args: &AdmitArgs) -> anyhow::Result<ExitCode> {
         .parse()
         .map_err(|e| InputError(format!("--memory `{}`: {e}", args.memory)))?;
     if memory < aerostat_core::Bytes::mib(1) {
-        return Err(InputError(format!("--memory `{}`: less than 1 MiB", args.memory)).into());
+        return Err(InputError(format!(
+            "`memory`: {memory} is less than 1 MiB (a unit is needed: 8GiB, not 8)"
+        ))
+        .into());
     }
     for (flag, value) in [("min", args.min.as_ref()), ("need", args.need.as_ref())] {
         if let Some(v) = value
             && v.parse::<aerostat_core::Bytes>().is_ok_and(|b| b > memory)
         {
-            return Err(InputError(format!(
-                "--{flag} `{v}` is above --memory `{}`",
-                args.memory
-            ))
-            .into());
+            return Err(
+                InputError(format!("`{flag}`: {v} is above `memory` {}", args.memory)).into(),
+            );
         }
     }
     let url = format!("http://{}/admit", args.api);
