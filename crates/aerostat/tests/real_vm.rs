@@ -1544,23 +1544,18 @@ fn a_guest_swapping_in_shows_in_its_swap_disk_reads() {
         written as f64 >= 0.9 * swapped_out as f64,
         "written {written}, swapped out {swapped_out}"
     );
+    // The disk's read and write rates are metrics.
     let m = parse_prometheus(&daemon.metrics()).expect("metrics");
-    assert!(
-        m.value(
-            "aerostat_vm_swap_in_bytes_per_second",
-            &[("vm", "sw"), ("side", "swap_disk")]
-        )
-        .is_some(),
-        "the disk's rate is a metric"
-    );
-    assert!(
-        m.value(
-            "aerostat_vm_swap_out_bytes_per_second",
-            &[("vm", "sw"), ("side", "swap_disk")]
-        )
-        .is_some(),
-        "the disk's write rate is a metric"
-    );
+    for family in [
+        "aerostat_vm_swap_in_bytes_per_second",
+        "aerostat_vm_swap_out_bytes_per_second",
+    ] {
+        assert!(
+            m.value(family, &[("vm", "sw"), ("side", "swap_disk")])
+                .is_some(),
+            "{family}"
+        );
+    }
 }
 
 /// The daemon's policy reads a swap disk's writes as the guest swapping out on its own. A

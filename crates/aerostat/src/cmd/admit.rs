@@ -13,36 +13,30 @@ use crate::cmd::InputError;
 const NO_ANSWER: u8 = 3;
 
 pub fn run(args: &AdmitArgs) -> anyhow::Result<ExitCode> {
-    // Sizes are checked here too, so that a typo is exit 2 even with no daemon to ask.
-    for (flag, value) in [
-        ("memory", Some(&args.memory)),
-        ("min", args.min.as_ref()),
-        ("overhead", args.overhead.as_ref()),
-        ("need", args.need.as_ref()),
-    ] {
-        if let Some(v) = value
-            && let Err(e) = v.parse::<aerostat_core::Bytes>()
-        {
-            return Err(InputError(format!("--{flag} `{v}`: {e}")).into());
-        }
-    }
-    let memory: aerostat_core::Bytes = args
-        .memory
-        .parse()
-        .map_err(|e| InputError(format!("--memory `{}`: {e}", args.memory)))?;
+    // Sizes are checked here too, so that a typo is exit 2 even with no daemon to ask, in
+    // the daemon's words.
+    let size = |flag: &str, v: &str| {
+        v.parse::<aerostat_core::Bytes>()
+            .map_err(|e| InputError(format!("--{flag} `{v}`: {e}")))
+    };
+    let parsed = |flag: &str, v: &Option<String>| v.as_deref().map(|v| size(flag, v)).transpose();
+    let memory = size("memory", &args.memory)?;
+    let (min, _, need) = (
+        parsed("min", &args.min)?,
+        parsed("overhead", &args.overhead)?,
+        parsed("need", &args.need)?,
+    );
     if memory < aerostat_core::Bytes::mib(1) {
         return Err(InputError(format!(
             "`memory`: {memory} is less than 1 MiB (a unit is needed: 8GiB, not 8)"
         ))
         .into());
     }
-    for (flag, value) in [("min", args.min.as_ref()), ("need", args.need.as_ref())] {
+    for (flag, value) in [("min", min), ("need", need)] {
         if let Some(v) = value
-            && v.parse::<aerostat_core::Bytes>().is_ok_and(|b| b > memory)
+            && v > memory
         {
-            return Err(
-                InputError(format!("`{flag}`: {v} is above `memory` {}", args.memory)).into(),
-            );
+            return Err(InputError(format!("`{flag}`: {v} is above `memory` {memory}")).into());
         }
     }
     let url = format!("http://{}/admit", args.api);

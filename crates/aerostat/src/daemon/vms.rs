@@ -112,11 +112,17 @@ pub struct VmRegistry {
     vms: BTreeMap<String, VmConn>,
     /// Sockets being adopted in the background, by VM name.
     adopting: BTreeMap<PathBuf, (String, JoinHandle<Result<VmConn, QmpError>>)>,
-    /// Sockets that failed to connect, and when to try again.
-    retry_at: BTreeMap<PathBuf, tokio::time::Instant>,
-    /// Why each of those failed last, by VM name (for `/status`).
-    failed: BTreeMap<PathBuf, (String, String)>,
+    /// Sockets that failed to connect: why, and when to try again.
+    failed: BTreeMap<PathBuf, Failed>,
     options: QmpOptions,
+}
+
+/// A socket whose adoption failed.
+#[derive(Debug)]
+struct Failed {
+    name: String,
+    error: String,
+    retry_at: tokio::time::Instant,
 }
 
 /// How long a socket that would not connect is left alone.
@@ -135,7 +141,6 @@ impl VmRegistry {
         VmRegistry {
             vms: BTreeMap::new(),
             adopting: BTreeMap::new(),
-            retry_at: BTreeMap::new(),
             failed: BTreeMap::new(),
             options: QmpOptions {
                 handshake_timeout: timeout,
@@ -146,14 +151,11 @@ impl VmRegistry {
 
     /// The sockets found whose VM is not adopted: failed (with why) or being adopted.
     pub fn unadopted(&self) -> Vec<super::Unadopted> {
-        let failed = self
-            .failed
-            .iter()
-            .map(|(path, (name, error))| super::Unadopted {
-                name: name.clone(),
-                socket: path.display().to_string(),
-                error: Some(error.clone()),
-            });
+        let failed = self.failed.iter().map(|(path, f)| super::Unadopted {
+            name: f.name.clone(),
+            socket: path.display().to_string(),
+            error: Some(f.error.clone()),
+        });
         let adopting = self
             .adopting
             .iter()
@@ -201,9 +203,7 @@ impl VmRegistry {
         let now = tokio::time::Instant::now();
         // Adoptions and failures of sockets that are gone are dropped.
         self.failed
-            .retain(|path, (name, _)| live.get(name) == Some(path));
-        self.retry_at
-            .retain(|path, _| live.values().any(|p| p == path));
+            .retain(|path, f| live.get(&f.name) == Some(path));
         self.adopting.retain(|path, (name, task)| {
             let keep = live.get(name) == Some(path);
             if !keep {
@@ -215,7 +215,7 @@ impl VmRegistry {
         for (name, path) in &live {
             if self.vms.contains_key(name)
                 || self.adopting.contains_key(path)
-                || self.retry_at.get(path).is_some_and(|t| *t > now)
+                || self.failed.get(path).is_some_and(|f| f.retry_at > now)
             {
                 continue;
             }
@@ -270,7 +270,6 @@ impl VmRegistry {
             match result {
                 Ok(conn) => {
                     tracing::info!(vm = %name, socket = %path.display(), configured = %conn.configured, "VM adopted");
-                    self.retry_at.remove(&path);
                     self.failed.remove(&path);
                     self.vms.insert(name, conn);
                 }
@@ -283,9 +282,15 @@ impl VmRegistry {
                         );
                     }
                     tracing::warn!(vm = %name, socket = %path.display(), error = %e, "cannot connect; will retry");
-                    self.retry_at
-                        .insert(path.clone(), tokio::time::Instant::now() + RECONNECT_AFTER);
-                    self.failed.insert(path, (name, e));
+                    let retry_at = tokio::time::Instant::now() + RECONNECT_AFTER;
+                    self.failed.insert(
+                        path,
+                        Failed {
+                            name,
+                            error: e,
+                            retry_at,
+                        },
+                    );
                 }
             }
         }
