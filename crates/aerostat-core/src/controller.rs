@@ -7,7 +7,8 @@
 //! 2. **step**: a target moves at most `max_inflate_step` below / `max_deflate_step` above
 //!    the balloon's `actual` per tick (so a restart or a lying balloon cannot cause a jump);
 //! 3. **reserve**: Σ targets + overheads ≤ host total − reserve (+ what KSM saves now,
-//!    `HostSample::capacity`) whenever the floors allow it —
+//!    `HostSample::capacity`; − what the host holds outside the balloons' claims that host
+//!    swap cannot, `kept_memory`) whenever the floors allow it —
 //!    memory guests never touched (host RSS) is taken first, then growth is cut, then
 //!    guests above their floor are shrunk, strictly by priority (a guest's touched memory
 //!    only once every lower-priority guest whose balloon follows is at its floor, even if
@@ -245,9 +246,10 @@ impl Controller {
         self.policy.unmet_need()
     }
 
-    /// Memory balloons claimed to have given back while the host still held it, as far as
-    /// the last tick counted it against the host's capacity (`kept_memory`): what guests can
-    /// be given is the host's capacity less this, for the escape as for the reserve guard.
+    /// Memory balloons claimed to have given back while the host still held it, and memory
+    /// of guests the controller does not drive (`HostSample::unmanaged`), as far as the last
+    /// tick counted it against the host's capacity (`kept_memory`): what guests can be given
+    /// is the host's capacity less this, for the escape as for the reserve guard.
     pub fn kept_memory(&self) -> Bytes {
         self.kept
     }
@@ -309,8 +311,9 @@ impl Controller {
             mut order,
             mut working_set,
         } = std::mem::take(&mut self.scratch);
-        // Memory balloons claim to have given back and the host still holds: used, as far
-        // as the policy's fit and the reserve guard are concerned.
+        // Memory balloons claim to have given back and the host still holds, and memory of
+        // guests no one here drives: used, as far as the policy's fit and the reserve guard
+        // are concerned, once host swap cannot hold it.
         let mut alerts = Vec::new();
         let mut kept_total = Bytes::ZERO;
         for (i, vm) in obs.vms.iter().enumerate() {
@@ -322,7 +325,7 @@ impl Controller {
                 });
             }
         }
-        self.kept = kept_memory::counted(kept_total, &obs.host);
+        self.kept = kept_memory::counted(kept_total + obs.host.unmanaged, &obs.host);
         self.policy.host_keeps(self.kept);
 
         current.clear();
@@ -598,13 +601,17 @@ impl Controller {
             }
             Why::Shrunk { from, to } => {
                 let vm = &obs.vms[i];
-                let kept = if self.kept > Bytes::ZERO {
-                    format!(
+                let kept = match (self.kept > Bytes::ZERO, obs.host.unmanaged > Bytes::ZERO) {
+                    (false, _) => String::new(),
+                    (true, false) => format!(
                         " − {} kept by balloons that claim to have given it",
                         self.kept
-                    )
-                } else {
-                    String::new()
+                    ),
+                    (true, true) => format!(
+                        " − {} held by guests aerostat does not drive and balloons that \
+                         claim to have given it, beyond what host swap holds",
+                        self.kept
+                    ),
                 };
                 format!(
                     "host total {} − reserve {}{kept} cannot hold every guest's target; {} shrunk \

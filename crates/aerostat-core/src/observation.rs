@@ -53,6 +53,14 @@ pub struct HostSample {
     /// Memory saved by same-page merging (KSM), when known: `pages_sharing` × page size.
     #[serde(default)]
     pub ksm_saved: Option<Bytes>,
+    /// Memory held by guests the controller does not drive: QEMUs whose QMP socket the
+    /// daemon found but could not adopt (another client holds it, the QEMU does not answer,
+    /// its replies were refused), measured on the host from their processes. The host
+    /// holds it whatever the balloons do: the controller counts it with the memory balloons
+    /// keep beyond their claims, as far as host swap cannot hold it
+    /// (`Controller::kept_memory`).
+    #[serde(default, skip_serializing_if = "Bytes::is_zero")]
+    pub unmanaged: Bytes,
 }
 
 impl HostSample {

@@ -66,6 +66,9 @@ impl Bytes {
     pub fn saturating_sub(self, rhs: Bytes) -> Bytes {
         Bytes(self.0.saturating_sub(rhs.0))
     }
+    pub fn is_zero(&self) -> bool {
+        self.0 == 0
+    }
     pub fn saturating_add(self, rhs: Bytes) -> Bytes {
         Bytes(self.0.saturating_add(rhs.0))
     }

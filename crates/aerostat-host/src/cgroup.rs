@@ -115,6 +115,13 @@ impl CgroupHost {
         self.version
     }
 
+    /// Whether process `pid`'s memory is charged here ([`charged_to`]); `false` when its
+    /// `/proc/PID/cgroup` cannot be read (it is gone).
+    pub fn charges(&self, pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|text| charged_to(&self.path, self.version, &text))
+    }
+
     fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
@@ -317,6 +324,22 @@ pub fn parse_proc_cgroup(text: &str) -> Option<(CgroupVersion, String)> {
     v2
 }
 
+/// Whether a process whose `/proc/PID/cgroup` reads `proc_cgroup` is charged to the memory
+/// cgroup at `dir` (of `version`): it runs there or in a cgroup below it.
+pub fn charged_to(dir: &Path, version: CgroupVersion, proc_cgroup: &str) -> bool {
+    let Some((v, rel)) = parse_proc_cgroup(proc_cgroup) else {
+        return false;
+    };
+    let mount = match v {
+        CgroupVersion::V1 => V1_MEMORY_MOUNT,
+        CgroupVersion::V2 => V2_MOUNT,
+    };
+    v == version
+        && Path::new(mount)
+            .join(rel.trim_start_matches('/'))
+            .starts_with(dir)
+}
+
 /// This process's own memory cgroup, if the memory controller is usable here. Creating test
 /// cgroups *below* it keeps them inside whatever limits the caller already runs under.
 pub fn own_memory_cgroup() -> Result<Option<CgroupHost>, HostError> {
@@ -348,6 +371,41 @@ pub fn running_as_root() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process is charged to its own cgroup and every one above it, not to a sibling or
+    /// to a cgroup of the other version.
+    #[test]
+    fn a_process_is_charged_to_its_cgroup_and_those_above() {
+        let v2 = "0::/machine.slice/vm-a.scope\n";
+        let under = |dir: &str, v| charged_to(Path::new(dir), v, v2);
+        assert!(under(
+            "/sys/fs/cgroup/machine.slice/vm-a.scope",
+            CgroupVersion::V2
+        ));
+        assert!(under("/sys/fs/cgroup/machine.slice", CgroupVersion::V2));
+        assert!(under("/sys/fs/cgroup/machine.slice/", CgroupVersion::V2));
+        assert!(!under(
+            "/sys/fs/cgroup/machine.slice/vm-b.scope",
+            CgroupVersion::V2
+        ));
+        // A prefix of the name is not a parent: paths compare by component.
+        assert!(!under(
+            "/sys/fs/cgroup/machine.slice/vm-a.sc",
+            CgroupVersion::V2
+        ));
+        assert!(!under("/sys/fs/cgroup/machine.slice", CgroupVersion::V1));
+        let v1 = "12:memory:/aerostat/host\n1:name=systemd:/user.slice\n";
+        assert!(charged_to(
+            Path::new("/sys/fs/cgroup/memory/aerostat"),
+            CgroupVersion::V1,
+            v1
+        ));
+        assert!(!charged_to(
+            Path::new("/sys/fs/cgroup/memory/aerostat"),
+            CgroupVersion::V1,
+            ""
+        ));
+    }
 
     /// cgroup v1 `memory.stat` from this project's machine (trimmed).
     const V1_STAT: &str = "cache 10321920

@@ -80,6 +80,8 @@ pub fn host_sample(mem: &Meminfo, swap: &SwapTraffic, psi: Option<&Pressure>) ->
         psi_some_us: psi.and_then(|p| p.some_total_us),
         psi_full_us: psi.and_then(|p| p.full_total_us),
         ksm_saved: None,
+        // The daemon knows which guests it drives; the host does not.
+        unmanaged: Bytes::ZERO,
     }
 }
 

@@ -87,6 +87,8 @@ pub struct Simulation {
     obs: Observation,
     /// Guest index of each entry in `obs.vms`.
     obs_index: Vec<usize>,
+    /// Guests no controller drives (`managed = false`).
+    unmanaged: Vec<usize>,
     membership_changed: bool,
     interval_ticks: u64,
     tick: u64,
@@ -186,6 +188,7 @@ impl Simulation {
                 vms: Vec::new(),
             },
             obs_index: Vec::new(),
+            unmanaged: (0..n).filter(|&i| !scenario.vms[i].managed).collect(),
             membership_changed: true,
             alive: vec![false; n],
             lost: vec![false; n],
@@ -219,6 +222,11 @@ impl Simulation {
     /// VM-ticks simulated so far (a VM-tick is one VM advanced by one tick).
     pub fn vm_ticks(&self) -> u64 {
         self.tick * self.guests.len() as u64
+    }
+
+    /// What the policy was given at the last control tick.
+    pub fn observation(&self) -> &Observation {
+        &self.obs
     }
 
     /// Virtual time now.
@@ -383,8 +391,13 @@ impl Simulation {
             if g.spec.resizable() {
                 acc.reclaimed += (g.configured() - g.actual) * dt_s;
             }
-            // No policy can take a virtio-mem guest without a balloon below its boot memory.
-            let reachable = g.configured() - g.spec.device_floor().as_f64();
+            // No policy can take a virtio-mem guest without a balloon below its boot memory,
+            // nor anything from a guest no controller drives.
+            let reachable = if g.spec.managed {
+                g.configured() - g.spec.device_floor().as_f64()
+            } else {
+                0.0
+            };
             acc.oracle += g.oracle_reclaimable().min(reachable) * dt_s;
             acc.stall += stall;
             acc.seconds += dt_s;
@@ -416,7 +429,7 @@ impl Simulation {
             self.obs.vms.clear();
             self.obs_index.clear();
             for (i, g) in self.guests.iter().enumerate() {
-                if !self.alive[i] {
+                if !self.alive[i] || !g.spec.managed {
                     continue;
                 }
                 let s = &g.spec;
@@ -443,6 +456,14 @@ impl Simulation {
         }
         self.obs.time = now;
         self.obs.host = self.host.sample();
+        // What the QEMUs of guests no controller drives hold (their RSS): all the policy
+        // knows of them, as the daemon knows an unadopted socket's QEMU.
+        self.obs.host.unmanaged = self
+            .unmanaged
+            .iter()
+            .filter(|&&i| self.alive[i])
+            .map(|&i| Bytes::from_f64(self.guests[i].touched) + self.scenario.host.vm_overhead)
+            .sum();
         // The host measures coldness once a window (clearing accessed bits every tick
         // would blind the host's own LRU): a sample stays until the next window closes.
         let window_closed = now.0.is_multiple_of(COLDNESS_WINDOW.0);

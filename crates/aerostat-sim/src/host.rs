@@ -311,6 +311,7 @@ impl Host {
             psi_full_us: None,
             // What the host's /sys/kernel/mm/ksm/pages_sharing says, as bytes.
             ksm_saved: Some(Bytes::from_f64(self.ksm_saved)),
+            unmanaged: Bytes::ZERO,
         }
     }
 }

@@ -266,6 +266,12 @@ pub struct RawVm {
     /// passthrough device QEMU will not migrate. Default `true`.
     #[serde(default)]
     pub migratable: Option<bool>,
+    /// Whether the controller drives the VM. `false`: it runs on the host and holds memory,
+    /// but no policy sees or resizes it (another tool holds its QMP socket; the daemon lists
+    /// such a socket as not adopted). The policy is told what its QEMU holds, as the daemon
+    /// tells it (`HostSample::unmanaged`). Default `true`.
+    #[serde(default)]
+    pub managed: Option<bool>,
     /// A guest kernel that keeps free memory as Linux does: `"linux"` (a common guest's
     /// `vm.min_free_kbytes`, [`Watermarks::typical`]) or that sysctl as a size. Left out,
     /// the guest keeps none: every free page is the balloon's at no cost.
@@ -539,6 +545,8 @@ pub struct VmSpec {
     pub pinned: Bytes,
     /// A live migration can move it (`VmSample::migratable`).
     pub migratable: bool,
+    /// A controller drives it (`managed`); else only its QEMU's memory reaches the policy.
+    pub managed: bool,
     /// The guest kernel's watermarks (from `min_free` and the guest's size), when it
     /// keeps them.
     pub watermarks: Option<Watermarks>,

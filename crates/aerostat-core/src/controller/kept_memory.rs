@@ -50,7 +50,11 @@ pub fn kept(vm: &VmSample, since: &mut Option<Millis>, now: Millis) -> Option<By
 }
 
 /// How much of the memory balloons keep (`kept`) the reserve guard counts as used: what
-/// host swap cannot hold. Held memory that host swap can take costs the host a little swap,
+/// host swap cannot hold. The daemon and the simulator add what guests the controller does
+/// not drive hold (`HostSample::unmanaged`): the same memory to the host, and the same
+/// measurement holds for it (session 35: an undriven guest ramping to 13 GiB beside eight
+/// driven ones, counted whole, squeezed them into 2,755 stall-s; left to host swap, 68).
+/// Held memory that host swap can take costs the host a little swap,
 /// spread over every guest's idle pages; counting it would squeeze honest guests' working
 /// sets into their own swap instead. Measured on a 16 GiB host where a lying 8 GiB guest
 /// used 6 GiB while claiming 1.7: counted whole, the two honest guests stalled 2,178 s

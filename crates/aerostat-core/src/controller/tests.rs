@@ -101,6 +101,8 @@ struct Case {
     available: u64,
     /// What KSM saves (`None`: unknown).
     ksm_saved: Option<u64>,
+    /// What guests the controller does not drive hold (`HostSample::unmanaged`).
+    unmanaged: u64,
     /// Host swap, all of it (the reserve guard leaves a sub-block excess to it).
     swap_total: u64,
     ticks: Vec<(u64, Vec<VmTick>)>,
@@ -196,6 +198,7 @@ fn case() -> impl Strategy<Value = Case> {
                 prop_oneof![Just(0u64), 0u64..=(64 * GIB)],
                 prop_oneof![Just(None), (0u64..=(16 * GIB)).prop_map(Some)],
                 prop_oneof![2 => Just(0u64), 1 => 0u64..=(4 * GIB), 1 => Just(u64::MAX / 4)],
+                prop_oneof![3 => Just(0u64), 1 => 0u64..=(8 * GIB)],
                 prop::collection::vec(
                     (0u64..=40_000, prop::collection::vec(vm_tick(), n..=n)),
                     1..=6,
@@ -203,12 +206,13 @@ fn case() -> impl Strategy<Value = Case> {
             )
         })
         .prop_map(
-            |(vms, total, reserve, available, ksm_saved, swap_total, ticks)| Case {
+            |(vms, total, reserve, available, ksm_saved, swap_total, unmanaged, ticks)| Case {
                 vms,
                 total,
                 reserve,
                 available,
                 ksm_saved,
+                unmanaged,
                 swap_total,
                 ticks,
             },
@@ -329,6 +333,7 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                 free: Bytes(case.total / 2),
                 available: Bytes(case.available),
                 ksm_saved: case.ksm_saved.map(Bytes),
+                unmanaged: Bytes(case.unmanaged),
                 swap_total: Bytes(case.swap_total),
                 ..HostSample::default()
             },
@@ -466,7 +471,9 @@ fn check_case(case: &Case, guards: GuardConfig) -> Result<(), TestCaseError> {
                     kept += *k;
                 }
             }
-            let capacity = Bytes(case.total) - reserve + Bytes(case.ksm_saved.unwrap_or(0)) - kept;
+            let capacity = Bytes(case.total) - reserve + Bytes(case.ksm_saved.unwrap_or(0))
+                - Bytes(case.unmanaged)
+                - kept;
             let floors: Bytes = vms
                 .iter()
                 .map(|vm| vm.overhead + if vm.balloon { vm.floor() } else { vm.actual })

@@ -98,7 +98,8 @@ impl fmt::Display for Admission {
 
 /// Whether `new` may start next to `obs`'s guests. `targets[i]`: the policy's target for
 /// `obs.vms[i]`, if it has one; `capacity`: host total − reserve (+ what KSM saves, − what
-/// balloons keep beyond their claims), as the controller counts it; `max_ratio`: the
+/// balloons keep beyond their claims and what guests it does not drive hold), as the
+/// controller counts it; `max_ratio`: the
 /// overcommit ratio the operator allows, if any. `pending`: guests admitted before and not
 /// running yet, counted as `new` is (so that two placers asking at once do not both get the
 /// same room).

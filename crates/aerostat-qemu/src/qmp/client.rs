@@ -99,6 +99,18 @@ impl Drop for QmpClient {
     }
 }
 
+/// The pid of the process that listens on `stream`'s other end (`SO_PEERCRED`: whoever
+/// called `listen`, i.e. QEMU when QEMU made its own socket); `None` when the kernel cannot
+/// say.
+pub fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|&p| p > 0)
+}
+
 impl QmpClient {
     /// Connects to a QMP unix socket, reads the greeting and leaves negotiation mode.
     pub async fn connect(path: impl AsRef<Path>) -> Result<QmpClient, QmpError> {
@@ -110,26 +122,26 @@ impl QmpClient {
         path: impl AsRef<Path>,
         options: QmpOptions,
     ) -> Result<QmpClient, QmpError> {
+        Self::handshake(Self::open(path, options).await?, options).await
+    }
+
+    /// Connects to a QMP unix socket without reading from it. The connection is accepted by
+    /// the kernel even while QEMU serves another client (it then waits in the backlog), so
+    /// [`peer_pid`] names the QEMU behind a socket that will not greet.
+    pub async fn open(path: impl AsRef<Path>, options: QmpOptions) -> Result<UnixStream, QmpError> {
         let path = path.as_ref();
-        let stream = tokio::time::timeout(options.handshake_timeout, UnixStream::connect(path))
+        tokio::time::timeout(options.handshake_timeout, UnixStream::connect(path))
             .await
             .map_err(|_| QmpError::Timeout {
                 command: format!("connect {}", path.display()),
                 after: options.handshake_timeout,
             })?
-            .map_err(QmpError::Io)?;
-        Self::handshake(stream, options).await
+            .map_err(QmpError::Io)
     }
 
     /// Runs the handshake on an already connected stream (e.g. a socket passed by a supervisor).
     pub async fn handshake(stream: UnixStream, options: QmpOptions) -> Result<QmpClient, QmpError> {
-        // SO_PEERCRED: the pid of the process that created the listening socket, i.e. QEMU.
-        let peer_pid = stream
-            .peer_cred()
-            .ok()
-            .and_then(|c| c.pid())
-            .and_then(|p| u32::try_from(p).ok())
-            .filter(|&p| p > 0);
+        let peer_pid = peer_pid(&stream);
         let (read, write) = stream.into_split();
         let mut lines = LineReader::new(BufReader::new(read), MAX_LINE_BYTES);
 

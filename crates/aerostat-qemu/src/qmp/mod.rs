@@ -26,7 +26,7 @@ mod wire;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use client::{MAX_BUFFERED_EVENTS, QmpClient, QmpOptions};
+pub use client::{MAX_BUFFERED_EVENTS, QmpClient, QmpOptions, peer_pid};
 pub use error::QmpError;
 pub use wire::{
     EventTimestamp, Line, LineReader, MAX_LINE_BYTES, Malformed, Message, QemuVersion, QmpEvent,

@@ -387,6 +387,7 @@ impl RawScenario {
                     balloon: v.balloon.unwrap_or(true),
                     deflate_on_oom: v.deflate_on_oom,
                     migratable: v.migratable.unwrap_or(true),
+                    managed: v.managed.unwrap_or(true),
                     balloon_lies: v.balloon_lies,
                     stats: v.stats.unwrap_or_default(),
                     stats_interval: v.stats_interval,

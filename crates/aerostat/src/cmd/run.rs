@@ -155,10 +155,14 @@ fn table(s: &Status) -> String {
         if s.dry_run { " (dry run)" } else { "" },
         s.ticks
     );
-    // Sockets whose VM is not driven: their memory is not counted either.
+    // Sockets whose VM is not driven, and what their QEMUs hold (the policy counts it as
+    // used once host swap cannot hold it: docs/status.md).
     for u in &s.unadopted {
+        let held = u.memory.map_or(String::new(), |m| {
+            format!(" — its QEMU holds {} MiB", m >> 20)
+        });
         out.push_str(&format!(
-            "\nNOT ADOPTED: {} ({}): {}",
+            "\nNOT ADOPTED: {} ({}): {}{held}",
             u.name,
             u.socket,
             u.error.as_deref().unwrap_or("adopting")

@@ -54,8 +54,8 @@ pub struct Status {
     pub room: Option<u64>,
     pub vms: Vec<VmStatus>,
     /// Sockets the glob finds whose VM is not adopted (yet): being adopted, or failed and
-    /// retried every 5 s. Their guests' memory is not in `capacity`'s accounting: a live
-    /// QEMU behind one holds memory the daemon does not count (docs/status.md).
+    /// retried every 5 s. What a live QEMU behind one holds is taken out of `capacity`
+    /// (docs/status.md).
     #[serde(default)]
     pub unadopted: Vec<Unadopted>,
     pub alerts: Vec<aerostat_core::Alert>,
@@ -68,6 +68,14 @@ pub struct Unadopted {
     pub socket: String,
     /// Why the last adoption failed; `None` while the first is under way.
     pub error: Option<String>,
+    /// The QEMU behind the socket (`SO_PEERCRED`), when the socket connected.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// What that QEMU holds (`VmRSS + VmSwap + HugetlbPages`), bytes, where the host charges
+    /// it: counted out of `capacity`. `None` without a pid, for a process outside the
+    /// daemon's cgroup, or one counted already.
+    #[serde(default)]
+    pub memory: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -135,6 +143,14 @@ impl HostProbe {
             HostProbe::Proc(p) => p.sample()?,
             HostProbe::Cgroup(c) => c.sample()?.host,
         })
+    }
+
+    /// Whether process `pid`'s memory is this host's.
+    fn charges(&self, pid: u32) -> bool {
+        match self {
+            HostProbe::Proc(_) => true,
+            HostProbe::Cgroup(c) => c.charges(pid),
+        }
     }
 }
 
@@ -290,7 +306,15 @@ async fn tick(
     clock: Clock,
 ) -> anyhow::Result<()> {
     registry.discover(config, metrics, clock.now()).await;
-    let host_sample = host.sample().context("reading host memory")?;
+    let mut host_sample = host.sample().context("reading host memory")?;
+    // Guests the daemon cannot drive hold memory all the same: the policy counts it out of
+    // what its own guests may hold (an unadopted 8 GiB guest was room the fit handed out).
+    let unadopted = registry.unadopted(|pid| host.charges(pid));
+    host_sample.unmanaged = unadopted
+        .iter()
+        .filter_map(|u| u.memory)
+        .map(aerostat_core::Bytes)
+        .sum();
     let now = clock.now();
     let samples = registry.observe(config, metrics, now).await;
     let mut obs = Observation {
@@ -450,7 +474,7 @@ async fn tick(
     st.capacity = capacity.0;
     st.host = Some(host_sample);
     st.vms = vms;
-    st.unadopted = registry.unadopted();
+    st.unadopted = unadopted;
     st.alerts = decision.alerts;
     st.room = Some(room.0);
     drop(st);

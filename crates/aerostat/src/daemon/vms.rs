@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aerostat_core::resize::{self, Pluggable, Resize};
 use aerostat_core::{Action, Blocks, Bytes, Coldness, Millis, VmSample};
 use aerostat_qemu::backend::{GuestRamPages, MAX_GUEST_MEMORY, VirtioMemDevice};
-use aerostat_qemu::{QemuVm, QmpError, QmpOptions};
+use aerostat_qemu::{QemuVm, QmpClient, QmpError, QmpOptions};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument as _;
 
@@ -110,11 +110,20 @@ const COLDNESS_WINDOW: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct VmRegistry {
     vms: BTreeMap<String, VmConn>,
-    /// Sockets being adopted in the background, by VM name.
-    adopting: BTreeMap<PathBuf, (String, JoinHandle<Result<VmConn, QmpError>>)>,
+    /// Sockets being adopted in the background.
+    adopting: BTreeMap<PathBuf, Adopting>,
     /// Sockets that failed to connect: why, and when to try again.
     failed: BTreeMap<PathBuf, Failed>,
     options: QmpOptions,
+}
+
+/// A socket being adopted in the background.
+#[derive(Debug)]
+struct Adopting {
+    name: String,
+    /// Its QEMU's pid, once the socket is connected (before QEMU greets, if it ever does).
+    pid: Arc<OnceLock<u32>>,
+    task: JoinHandle<Result<VmConn, QmpError>>,
 }
 
 /// A socket whose adoption failed.
@@ -122,6 +131,8 @@ pub struct VmRegistry {
 struct Failed {
     name: String,
     error: String,
+    /// The QEMU behind it, when the socket connected: it holds memory all the same.
+    pid: Option<u32>,
     retry_at: tokio::time::Instant,
 }
 
@@ -149,23 +160,41 @@ impl VmRegistry {
         }
     }
 
-    /// The sockets found whose VM is not adopted: failed (with why) or being adopted.
-    pub fn unadopted(&self) -> Vec<super::Unadopted> {
-        let failed = self.failed.iter().map(|(path, f)| super::Unadopted {
-            name: f.name.clone(),
-            socket: path.display().to_string(),
-            error: Some(f.error.clone()),
-        });
+    /// The sockets found whose VM is not adopted: failed (with why) or being adopted, each
+    /// with the memory its QEMU holds where the host charges it (`charged`: whether a pid's
+    /// memory is the host's, i.e. in the daemon's cgroup when one stands for the host).
+    /// A pid that is an adopted VM's too (one QEMU, two QMP sockets) or another unadopted
+    /// socket's is counted once.
+    pub fn unadopted(&self, charged: impl Fn(u32) -> bool) -> Vec<super::Unadopted> {
+        let failed = self
+            .failed
+            .iter()
+            .map(|(path, f)| (path, &f.name, Some(f.error.clone()), f.pid));
         let adopting = self
             .adopting
             .iter()
             .filter(|(path, _)| !self.failed.contains_key(*path))
-            .map(|(path, (name, _))| super::Unadopted {
-                name: name.clone(),
-                socket: path.display().to_string(),
-                error: None,
-            });
-        let mut all: Vec<_> = failed.chain(adopting).collect();
+            .map(|(path, a)| (path, &a.name, None, a.pid.get().copied()));
+        let mut counted: Vec<u32> = self.vms.values().filter_map(|c| c.qemu.pid()).collect();
+        let mut all: Vec<_> = failed
+            .chain(adopting)
+            .map(|(path, name, error, pid)| {
+                let memory = pid
+                    .filter(|&p| !counted.contains(&p) && charged(p))
+                    .and_then(|p| {
+                        let m = aerostat_qemu::backend::read_rss(p).ok()?;
+                        counted.push(p);
+                        Some(m.0)
+                    });
+                super::Unadopted {
+                    name: name.clone(),
+                    socket: path.display().to_string(),
+                    error,
+                    pid,
+                    memory,
+                }
+            })
+            .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -204,10 +233,10 @@ impl VmRegistry {
         // Adoptions and failures of sockets that are gone are dropped.
         self.failed
             .retain(|path, f| live.get(&f.name) == Some(path));
-        self.adopting.retain(|path, (name, task)| {
-            let keep = live.get(name) == Some(path);
+        self.adopting.retain(|path, a| {
+            let keep = live.get(&a.name) == Some(path);
             if !keep {
-                task.abort();
+                a.task.abort();
             }
             keep
         });
@@ -222,6 +251,7 @@ impl VmRegistry {
             // Under a span naming the VM: its QMP connection's warnings (a line that is not
             // QMP, an over-long line) say which VM sent it.
             let span = tracing::info_span!("vm", vm = %name);
+            let pid = Arc::new(OnceLock::new());
             let task = tokio::spawn(
                 connect(
                     name.clone(),
@@ -229,10 +259,18 @@ impl VmRegistry {
                     self.options,
                     config.stats_interval_s,
                     now_ms,
+                    Arc::clone(&pid),
                 )
                 .instrument(span),
             );
-            self.adopting.insert(path.clone(), (name.clone(), task));
+            self.adopting.insert(
+                path.clone(),
+                Adopting {
+                    name: name.clone(),
+                    pid,
+                    task,
+                },
+            );
             started.push(path.clone());
         }
         // The adoptions started now get a moment to land this tick; older ones are only
@@ -240,28 +278,28 @@ impl VmRegistry {
         let deadline = now + ADOPTION_WAIT;
         let mut landed = Vec::new();
         for path in started {
-            let Some((_, task)) = self.adopting.get_mut(&path) else {
+            let Some(a) = self.adopting.get_mut(&path) else {
                 continue;
             };
-            if let Ok(result) = tokio::time::timeout_at(deadline, &mut *task).await
-                && let Some((name, _)) = self.adopting.remove(&path)
+            if let Ok(result) = tokio::time::timeout_at(deadline, &mut a.task).await
+                && let Some(a) = self.adopting.remove(&path)
             {
-                landed.push((path, name, result));
+                landed.push((path, a.name, a.pid.get().copied(), result));
             }
         }
         let done: Vec<PathBuf> = self
             .adopting
             .iter()
-            .filter(|(_, (_, task))| task.is_finished())
+            .filter(|(_, a)| a.task.is_finished())
             .map(|(path, _)| path.clone())
             .collect();
         for path in done {
-            if let Some((name, task)) = self.adopting.remove(&path) {
-                let result = task.await;
-                landed.push((path, name, result));
+            if let Some(a) = self.adopting.remove(&path) {
+                let result = a.task.await;
+                landed.push((path, a.name, a.pid.get().copied(), result));
             }
         }
-        for (path, name, result) in landed {
+        for (path, name, pid, result) in landed {
             let result = result.unwrap_or_else(|e| {
                 Err(QmpError::Protocol {
                     detail: format!("adoption task failed: {e}"),
@@ -288,6 +326,7 @@ impl VmRegistry {
                         Failed {
                             name,
                             error: e,
+                            pid,
                             retry_at,
                         },
                     );
@@ -840,9 +879,15 @@ async fn connect(
     options: QmpOptions,
     stats_interval_s: u32,
     adopted_at: Millis,
+    pid: Arc<OnceLock<u32>>,
 ) -> Result<VmConn, QmpError> {
     let name = name.as_str();
-    let qemu = QemuVm::connect_with(&path, options).await?;
+    let stream = QmpClient::open(&path, options).await?;
+    // Known before the greeting: a QEMU that never greets holds memory all the same.
+    if let Some(p) = aerostat_qemu::qmp::peer_pid(&stream) {
+        let _ = pid.set(p);
+    }
+    let qemu = QemuVm::new(QmpClient::handshake(stream, options).await?);
     // aerostat turns guest statistics on itself, whatever the VM was started with.
     if let Err(e) = qemu.enable_stats_polling(stats_interval_s).await {
         tracing::warn!(vm = %name, error = %e, "cannot enable guest statistics");

@@ -443,13 +443,17 @@ async fn a_silent_socket_does_not_hold_up_the_other_vms() {
         "the answering VM is adopted at once"
     );
     assert!(registry.get("silent").is_none());
-    // /status lists it as not adopted, so it is not simply missing.
-    let unadopted = registry.unadopted();
+    // /status lists it as not adopted, so it is not simply missing. The process behind it
+    // is this test's, which the adopted `good` VM's socket also names: one process with two
+    // sockets is counted once, as the adopted VM.
+    let unadopted = registry.unadopted(|_| true);
     assert_eq!(unadopted.len(), 1, "{unadopted:?}");
     assert_eq!(
         (unadopted[0].name.as_str(), unadopted[0].error.as_deref()),
         ("silent", None)
     );
+    assert_eq!(unadopted[0].pid, Some(std::process::id()));
+    assert_eq!(unadopted[0].memory, None);
     let vms = registry.observe(&config, &metrics, Millis::secs(2)).await;
     assert_eq!(vms.len(), 1);
     assert!(vms[0].responsive, "{:?}", vms[0]);
@@ -462,6 +466,47 @@ async fn a_silent_socket_does_not_hold_up_the_other_vms() {
         t1.elapsed() < Duration::from_millis(100),
         "{:?}",
         t1.elapsed()
+    );
+}
+
+/// The QEMU behind a socket that never greets is known from the socket itself
+/// (`SO_PEERCRED`), and what it holds is counted, once per process, where the host charges
+/// it: the policy takes it out of capacity (an unadopted guest's memory was room the fit
+/// handed out to the others: session 35).
+#[tokio::test]
+async fn a_silent_sockets_process_is_counted_by_what_it_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _a = tokio::net::UnixListener::bind(dir.path().join("a.qmp")).expect("bind a");
+    let _b = tokio::net::UnixListener::bind(dir.path().join("b.qmp")).expect("bind b");
+    let text = format!(
+        "[host]\nreserve = \"512MiB\"\n[qemu]\nqmp_glob = \"{}/*.qmp\"\ncommand_timeout = \"20s\"\n",
+        dir.path().display()
+    );
+    let config = Config::parse(&text, Path::new("a.toml")).expect("config");
+    let metrics = Metrics::new();
+    let mut registry = VmRegistry::new(&config);
+    registry.discover(&config, &metrics, Millis::secs(1)).await;
+    let unadopted = registry.unadopted(|_| true);
+    assert_eq!(unadopted.len(), 2, "{unadopted:?}");
+    assert!(
+        unadopted.iter().all(|u| u.pid == Some(std::process::id())),
+        "{unadopted:?}"
+    );
+    let own = aerostat_qemu::backend::read_rss(std::process::id()).expect("own rss");
+    let held: Vec<u64> = unadopted.iter().filter_map(|u| u.memory).collect();
+    assert_eq!(held.len(), 1, "one process, counted once: {unadopted:?}");
+    assert!(
+        held[0] > own.0 / 2 && held[0] < own.0 * 2,
+        "{} vs {}",
+        held[0],
+        own.0
+    );
+    // A process the host does not charge (outside the daemon's cgroup) is not counted.
+    assert!(
+        registry
+            .unadopted(|_| false)
+            .iter()
+            .all(|u| u.memory.is_none())
     );
 }
 
