@@ -1842,3 +1842,104 @@ fn the_daemon_answers_whether_one_more_guest_may_start() {
         v.kill();
     }
 }
+
+/// A guest whose QMP socket another client holds is not adopted, but its QEMU is known from
+/// the socket (`SO_PEERCRED`, before any greeting) and what it holds is counted: listed in
+/// `/status` and `aerostat status`, and taken out of `capacity` beyond what host swap can
+/// hold, exactly as the tick counted it. Released, the guest is adopted and nothing is
+/// counted twice. (Before session 35 such a guest was listed and its memory was room the
+/// policy handed out.)
+#[test]
+fn a_guest_whose_qmp_another_client_holds_is_counted_by_what_its_qemu_holds() {
+    const TEST: &str = "unadopted";
+    let _serial = serial_lock();
+    let Some(files) = prerequisites(TEST) else {
+        return;
+    };
+    let Some(cg) = TestCgroup::create(TEST, Bytes::mib(1536)) else {
+        return;
+    };
+    let (work, qmp_dir) = work_dir();
+    let spec = VmSpec::new("held", 512)
+        .daemon_dir(&qmp_dir)
+        .in_cgroup(cg.path());
+    let vm = TestVm::start(&files, &spec);
+    // Another client: greeted and negotiated, then holding the socket.
+    let socket = qmp_dir.join("held.qmp");
+    let holder = std::os::unix::net::UnixStream::connect(&socket).expect("hold the socket");
+    holder
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = std::io::BufReader::new(holder.try_clone().expect("clone"));
+    let mut greeting = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut greeting).expect("greeting");
+    assert!(greeting.contains("\"QMP\""), "{greeting}");
+    std::io::Write::write_all(&mut &holder, b"{\"execute\": \"qmp_capabilities\"}\n")
+        .expect("negotiate");
+
+    let config = daemon_config(&qmp_dir, Some(cg.path()), "64MiB", "");
+    let daemon = Daemon::start(work.path(), 1, &config);
+    let mut seen = Value::Null;
+    wait_until(
+        Duration::from_secs(60),
+        "the held socket listed with what its QEMU holds",
+        || {
+            let st = daemon.status();
+            let listed = st["unadopted"]
+                .as_array()
+                .and_then(|u| u.iter().find(|u| u["name"] == "held"))
+                .is_some_and(|u| u["memory"].as_u64().is_some());
+            if listed {
+                seen = st;
+            }
+            listed
+        },
+    );
+    let u = seen["unadopted"]
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["name"] == "held"))
+        .expect("listed")
+        .clone();
+    println!("unadopted: {u}");
+    assert_eq!(u["pid"].as_u64(), Some(u64::from(vm.pid())), "{u}");
+    let held = u["memory"].as_u64().expect("memory");
+    let rss = vm_rss(vm.pid()).expect("QEMU's rss").0;
+    assert!(
+        held > rss / 2 && held < rss * 2 && held > 64 * MIB,
+        "counted {} MiB, QEMU holds {} MiB",
+        held >> 20,
+        rss >> 20
+    );
+    assert!(
+        seen["vms"].as_array().is_some_and(|v| v.is_empty()),
+        "{seen}"
+    );
+    // Counted as the tick counted it: nothing else is kept, and the cgroup has no KSM.
+    let host = &seen["host"];
+    let total = host["total"].as_u64().expect("total");
+    let swap_free = host["swap_free"].as_u64().expect("swap_free");
+    assert_eq!(
+        seen["capacity"].as_u64(),
+        Some((total - 64 * MIB).saturating_sub(held.saturating_sub(swap_free))),
+        "{seen}"
+    );
+    let table = daemon.status_table();
+    println!("{table}");
+    assert!(
+        table.contains("NOT ADOPTED: held") && table.contains("its QEMU holds"),
+        "{table}"
+    );
+
+    // Released: adopted, and no longer counted beside its balloon.
+    drop(reader);
+    drop(holder);
+    wait_until(
+        Duration::from_secs(60),
+        "the released guest adopted",
+        || {
+            let st = daemon.status();
+            daemon.vm_status("held").is_some()
+                && st["unadopted"].as_array().is_some_and(|u| u.is_empty())
+        },
+    );
+}
