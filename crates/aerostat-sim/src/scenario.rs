@@ -556,9 +556,10 @@ pub struct VmSpec {
 }
 
 impl VmSpec {
-    /// Whether a policy can change the guest's memory: a balloon, or a virtio-mem device.
+    /// Whether a policy can change the guest's memory: a controller drives it, through a
+    /// balloon or a virtio-mem device.
     pub fn resizable(&self) -> bool {
-        self.balloon || self.virtio_mem.is_some()
+        self.managed && (self.balloon || self.virtio_mem.is_some())
     }
 
     /// The lowest memory the guest's devices can reach: boot memory for a virtio-mem guest

@@ -657,6 +657,7 @@ fn metrics_status_and_sigterm() {
         ("aerostat_vm_configured_bytes", "gauge"),
         ("aerostat_host_available_bytes", "gauge"),
         ("aerostat_host_total_bytes", "gauge"),
+        ("aerostat_host_unmanaged_bytes", "gauge"),
         ("aerostat_decisions", "counter"),
         ("aerostat_vm_errors", "counter"),
         ("aerostat_tick_errors", "counter"),
@@ -1929,6 +1930,17 @@ fn a_guest_whose_qmp_another_client_holds_is_counted_by_what_its_qemu_holds() {
         table.contains("NOT ADOPTED: held") && table.contains("its QEMU holds"),
         "{table}"
     );
+    let unmanaged = || {
+        let text = daemon.metrics();
+        parse_prometheus(&text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+            .value("aerostat_host_unmanaged_bytes", &[])
+    };
+    assert!(
+        unmanaged().is_some_and(|m| m > (64 * MIB) as f64),
+        "{:?}",
+        unmanaged()
+    );
 
     // Released: adopted, and no longer counted beside its balloon.
     drop(reader);
@@ -1940,6 +1952,7 @@ fn a_guest_whose_qmp_another_client_holds_is_counted_by_what_its_qemu_holds() {
             let st = daemon.status();
             daemon.vm_status("held").is_some()
                 && st["unadopted"].as_array().is_some_and(|u| u.is_empty())
+                && unmanaged() == Some(0.0)
         },
     );
 }

@@ -90,7 +90,7 @@ impl NeedBasis {
             NeedBasis::Peak => "its peak (working set + hot cache + kernel) + overhead",
             NeedBasis::Floor => "its floor (`min`, or boot memory without a balloon) + overhead",
             NeedBasis::NotResizable => {
-                "all its memory + overhead: no balloon or virtio-mem device takes any back"
+                "all its memory + overhead: nothing takes any back (no balloon or virtio-mem device, or no controller drives it)"
             }
         }
     }

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub host_available: Gauge,
     pub host_total: Gauge,
     pub host_room: Gauge,
+    pub host_unmanaged: Gauge,
     pub decisions: Family<DecisionLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub tick_errors: Counter,
@@ -78,6 +79,7 @@ impl Metrics {
             host_available: Gauge::default(),
             host_total: Gauge::default(),
             host_room: Gauge::default(),
+            host_unmanaged: Gauge::default(),
             decisions: Family::default(),
             errors: Family::default(),
             tick_errors: Counter::default(),
@@ -118,6 +120,11 @@ impl Metrics {
             "aerostat_host_room_bytes",
             "Room for one more guest: capacity less the running guests' targets and overheads, bytes",
             m.host_room.clone(),
+        );
+        registry.register(
+            "aerostat_host_unmanaged_bytes",
+            "What the QEMUs behind QMP sockets the daemon could not adopt hold, bytes",
+            m.host_unmanaged.clone(),
         );
         registry.register(
             "aerostat_decisions",

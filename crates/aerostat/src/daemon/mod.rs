@@ -428,6 +428,9 @@ async fn tick(
         .host_room
         .set(i64::try_from(room.0).unwrap_or(i64::MAX));
     metrics.host_total.set(host_sample.total.0 as i64);
+    metrics
+        .host_unmanaged
+        .set(i64::try_from(host_sample.unmanaged.0).unwrap_or(i64::MAX));
     metrics.set_alerts(&decision.alerts, controller.unmet_need());
     // Whose swap-ins, from the last tick's readings to this one's.
     let swapping = swap_rates::verdicts(previous.as_mut(), &obs, &samples, |name| {
