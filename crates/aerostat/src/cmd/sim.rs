@@ -94,6 +94,14 @@ pub fn sample_every(
         "a sample is taken at most every tick",
     )?;
     let samples = scenario.duration.0 / d.0;
+    // A sample is taken once `every` has passed: none in a shorter run, and the CSV would
+    // hold its header alone.
+    if samples == 0 {
+        return Err(InputError(format!(
+            "--every {text} is longer than the run ({}): no sample would be taken",
+            scenario.duration
+        )));
+    }
     if samples > MAX_SAMPLES {
         return Err(InputError(format!(
             "--every {text} takes {samples} samples over {}; at most {MAX_SAMPLES}: end the run sooner with --duration",
@@ -185,6 +193,7 @@ mod tests {
         for (bad, why) in [
             ("500ms", "shorter than one simulator tick"),
             ("ten", "--every"),
+            ("2h", "longer than the run"),
         ] {
             let e = sample_every(&short, Some(bad)).expect_err(bad);
             assert!(e.0.contains(why), "{}", e.0);

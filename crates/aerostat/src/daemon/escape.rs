@@ -330,7 +330,14 @@ impl EscapeRunner {
         // What QEMU says now, whatever the report says: a watch that gave up may have left a
         // migration that completed (or is still going) behind it.
         let source = match registry.qemu(&r.vm) {
-            Some(q) => q.query_migrate().await.ok().map(|i| i.status),
+            Some(q) => match q.query_migrate().await {
+                Ok(i) => Some(i.status),
+                Err(e) => {
+                    // Then the task's report decides, and an operator should know why.
+                    tracing::warn!(vm = %r.vm, error = %e, "query-migrate after the escape failed; going by the migration's own report");
+                    None
+                }
+            },
             None => None,
         };
         let gone = match (&result, &source) {
