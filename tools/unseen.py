@@ -167,6 +167,10 @@ def main():
     ap.add_argument("--min-free", metavar="VALUE",
                     help="every guest keeps free memory as Linux does: \"linux\" (a common "
                          "guest's min_free_kbytes) or a size; the same scenarios otherwise")
+    ap.add_argument("--unmanaged-first", action="store_true",
+                    help="the first [[vm]] of every scenario with two or more runs undriven "
+                         "(managed = false: a guest whose QMP socket another tool holds); "
+                         "the same scenarios otherwise")
     a = ap.parse_args()
     sdir = os.path.join(a.out, "scenarios")
     os.makedirs(sdir, exist_ok=True)
@@ -180,6 +184,8 @@ def main():
             text = text.replace("[[vm]]\n", f'[[vm]]\nstats_interval = "{a.stats_interval}"\n')
         if a.min_free:
             text = text.replace("[[vm]]\n", f'[[vm]]\nmin_free = "{a.min_free}"\n')
+        if a.unmanaged_first and text.count("[[vm]]\n") >= 2:
+            text = text.replace("[[vm]]\n", "[[vm]]\nmanaged = false\n", 1)
         path = os.path.join(sdir, f"unseen-{k}.toml")
         with open(path, "w") as f:
             f.write(text)
