@@ -416,6 +416,16 @@ async fn a_migration_blocker_makes_a_guest_unmovable_unless_the_config_says_othe
     assert!(vms[0].sample.migratable);
 }
 
+/// A config that adopts every `*.qmp` socket in `dir`, with a 20 s command timeout (longer
+/// than any tick may wait for a socket).
+fn sockets_in(dir: &Path) -> Config {
+    let text = format!(
+        "[host]\nreserve = \"512MiB\"\n[qemu]\nqmp_glob = \"{}/*.qmp\"\ncommand_timeout = \"20s\"\n",
+        dir.display()
+    );
+    Config::parse(&text, Path::new("a.toml")).expect("config")
+}
+
 /// A socket that accepts and never greets (another client holds that QEMU's QMP, or its main
 /// loop is stuck) is adopted in the background: the tick goes on after a short wait and the
 /// other VMs are adopted and driven meanwhile. (Adopted inside the tick, one socket after
@@ -429,11 +439,7 @@ async fn a_silent_socket_does_not_hold_up_the_other_vms() {
     std::os::unix::fs::symlink(&fake.path, dir.path().join("good.qmp")).expect("symlink");
     let _silent =
         tokio::net::UnixListener::bind(dir.path().join("silent.qmp")).expect("bind silent");
-    let text = format!(
-        "[host]\nreserve = \"512MiB\"\n[qemu]\nqmp_glob = \"{}/*.qmp\"\ncommand_timeout = \"20s\"\n",
-        dir.path().display()
-    );
-    let config = Config::parse(&text, Path::new("a.toml")).expect("config");
+    let config = sockets_in(dir.path());
     let metrics = Metrics::new();
     let mut registry = VmRegistry::new(&config);
     let t0 = std::time::Instant::now();
@@ -478,11 +484,7 @@ async fn a_silent_sockets_process_is_counted_by_what_it_holds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _a = tokio::net::UnixListener::bind(dir.path().join("a.qmp")).expect("bind a");
     let _b = tokio::net::UnixListener::bind(dir.path().join("b.qmp")).expect("bind b");
-    let text = format!(
-        "[host]\nreserve = \"512MiB\"\n[qemu]\nqmp_glob = \"{}/*.qmp\"\ncommand_timeout = \"20s\"\n",
-        dir.path().display()
-    );
-    let config = Config::parse(&text, Path::new("a.toml")).expect("config");
+    let config = sockets_in(dir.path());
     let metrics = Metrics::new();
     let mut registry = VmRegistry::new(&config);
     registry.discover(&config, &metrics, Millis::secs(1)).await;
