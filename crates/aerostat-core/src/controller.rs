@@ -608,9 +608,9 @@ impl Controller {
                         self.kept
                     ),
                     (true, true) => format!(
-                        " − {} held by guests aerostat does not drive and balloons that \
-                         claim to have given it, beyond what host swap holds",
-                        self.kept
+                        " − {} held outside the balloons' claims (by guests aerostat does \
+                         not drive: {}, by balloons that kept it), beyond what host swap holds",
+                        self.kept, obs.host.unmanaged
                     ),
                 };
                 format!(

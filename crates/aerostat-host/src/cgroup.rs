@@ -118,8 +118,11 @@ impl CgroupHost {
     /// Whether process `pid`'s memory is charged here ([`charged_to`]); `false` when its
     /// `/proc/PID/cgroup` cannot be read (it is gone).
     pub fn charges(&self, pid: u32) -> bool {
+        // `host.cgroup` as configured may be relative or pass through a symlink; /proc
+        // names the cgroup by its own path.
+        let dir = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
         std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .is_ok_and(|text| charged_to(&self.path, self.version, &text))
+            .is_ok_and(|text| charged_to(&dir, self.version, &text))
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -330,6 +333,14 @@ pub fn charged_to(dir: &Path, version: CgroupVersion, proc_cgroup: &str) -> bool
     let Some((v, rel)) = parse_proc_cgroup(proc_cgroup) else {
         return false;
     };
+    // A path seen from another cgroup namespace climbs out with `..`: where it lands is not
+    // known here, and `Path::starts_with` would not resolve it.
+    if Path::new(&rel)
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return false;
+    }
     let mount = match v {
         CgroupVersion::V1 => V1_MEMORY_MOUNT,
         CgroupVersion::V2 => V2_MOUNT,
@@ -404,6 +415,12 @@ mod tests {
             Path::new("/sys/fs/cgroup/memory/aerostat"),
             CgroupVersion::V1,
             ""
+        ));
+        // Seen from another cgroup namespace: not known to be here.
+        assert!(!charged_to(
+            Path::new("/sys/fs/cgroup"),
+            CgroupVersion::V2,
+            "0::/../../system.slice/x.scope\n"
         ));
     }
 

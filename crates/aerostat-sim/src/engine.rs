@@ -462,7 +462,12 @@ impl Simulation {
             .unmanaged
             .iter()
             .filter(|&&i| self.alive[i])
-            .map(|&i| Bytes::from_f64(self.guests[i].touched) + self.scenario.host.vm_overhead)
+            .map(|&i| {
+                // In RAM: what the host swapped of it is already out of swap free.
+                let g = &self.guests[i];
+                Bytes::from_f64(g.touched - g.host_swapped_cold - g.host_swapped_hot)
+                    + self.scenario.host.vm_overhead
+            })
             .sum();
         // The host measures coldness once a window (clearing accessed bits every tick
         // would blind the host's own LRU): a sample stays until the next window closes.
@@ -548,7 +553,10 @@ impl Simulation {
             if alive {
                 guests_mem += g.touched - g.host_swapped_cold - g.host_swapped_hot;
                 reclaimed += g.configured() - g.actual;
-                oracle += g.oracle_reclaimable();
+                // As the summary counts it: nothing of a guest no controller drives.
+                if g.spec.managed {
+                    oracle += g.oracle_reclaimable();
+                }
             }
             stall += self.window_stall[i];
             self.series.vm_rows.push(VmRow {

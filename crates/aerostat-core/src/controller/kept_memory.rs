@@ -53,7 +53,10 @@ pub fn kept(vm: &VmSample, since: &mut Option<Millis>, now: Millis) -> Option<By
 /// host swap cannot hold. The daemon and the simulator add what guests the controller does
 /// not drive hold (`HostSample::unmanaged`): the same memory to the host, and the same
 /// measurement holds for it (session 35: an undriven guest ramping to 13 GiB beside eight
-/// driven ones, counted whole, squeezed them into 2,755 stall-s; left to host swap, 68).
+/// driven ones with 16 GiB of host swap at 400 MiB/s, counted whole, squeezed them into
+/// 2,755 stall-s; left to host swap, 68, as `static`). The undriven guest's part is what it
+/// holds in RAM: pages the host swapped are already out of swap free (counted with them, a
+/// guest swapped out cost the driven ones 11,913 stall-s in a reviewer's case).
 /// Held memory that host swap can take costs the host a little swap,
 /// spread over every guest's idle pages; counting it would squeeze honest guests' working
 /// sets into their own swap instead. Measured on a 16 GiB host where a lying 8 GiB guest

@@ -786,6 +786,58 @@ fn unmet_need_is_an_alert_that_working_sets_do_not_fit() {
     assert_eq!(alerts(None), vec![]);
 }
 
+/// What guests the controller does not drive hold (`HostSample::unmanaged`, in RAM) is
+/// counted at once, beyond what host swap can take: all of it without swap free, the rest
+/// past swap free, none when swap holds it all. With a balloon that keeps memory beyond its
+/// claim, the two share the one swap allowance. The guard then shrinks the driven guest to
+/// make the room, and says who holds it.
+#[test]
+fn an_undriven_guests_memory_is_counted_beyond_host_swap_free() {
+    let kept_and_target = |unmanaged: u64, swap_free: u64, liar: bool| {
+        let mut ctl = Controller::with_guards(
+            Box::new(Scripted::default()),
+            aerostat_guards(Bytes::gib(1)),
+        );
+        let mut actions = Vec::new();
+        // Two ticks a minute apart: a balloon's kept memory counts once it has lasted.
+        for t in [0, 61] {
+            let mut vm = VmSample::new("a", Bytes::gib(8), Bytes::gib(6));
+            vm.overhead = Bytes::mib(128);
+            vm.rss = Some(vm.overhead + if liar { Bytes::gib(8) } else { Bytes::gib(6) });
+            let d = ctl.tick(&Observation {
+                time: Millis::secs(100 + t),
+                host: HostSample {
+                    total: Bytes::gib(12),
+                    swap_total: Bytes::gib(16),
+                    swap_free: Bytes::gib(swap_free),
+                    unmanaged: Bytes::gib(unmanaged),
+                    ..HostSample::default()
+                },
+                vms: vec![vm],
+            });
+            actions.extend(d.actions);
+        }
+        (ctl.kept_memory(), ctl.target_of("a"), actions)
+    };
+    assert_eq!(kept_and_target(5, 0, false).0, Bytes::gib(5));
+    assert_eq!(kept_and_target(5, 2, false).0, Bytes::gib(3));
+    assert_eq!(kept_and_target(5, 8, false).0, Bytes::ZERO);
+    // 2 GiB kept by the balloon + 5 GiB undriven − 4 GiB of swap free.
+    assert_eq!(kept_and_target(5, 4, true).0, Bytes::gib(3));
+    // 12 − 1 reserve − 5 counted leaves 6 GiB for the driven guest and its overhead.
+    let (_, target, actions) = kept_and_target(5, 0, false);
+    assert!(
+        target.is_some_and(|t| t <= Bytes::gib(6) - Bytes::mib(128)),
+        "{target:?} {actions:?}"
+    );
+    assert!(
+        actions.iter().any(|a| a
+            .reason
+            .contains("by guests aerostat does not drive: 5.00 GiB")),
+        "{actions:?}"
+    );
+}
+
 /// A balloon that claims 2 GiB while its QEMU holds 8 GiB: after a minute the reserve guard
 /// counts the 6 GiB as used (shrinking the other guest to keep the reserve) and says so.
 /// An honest guest, within the margin of its overhead estimate, never is.

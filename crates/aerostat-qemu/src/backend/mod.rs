@@ -34,8 +34,9 @@ pub use migration::{
     MigrationStatus, RamStats, parse_dirty_rate, parse_migration_info,
 };
 pub use process::{
-    GuestRamPages, ProcessMemory, clear_referenced, parse_process_memory, parse_smaps_ram,
-    parse_vm_rss, read_guest_ram_pages, read_guest_ram_rss, read_process_memory, read_rss,
+    GuestRamPages, ProcessMemory, clear_referenced, is_qemu, is_qemu_comm, parse_process_memory,
+    parse_smaps_ram, parse_vm_rss, read_guest_ram_pages, read_guest_ram_rss, read_process_memory,
+    read_rss,
 };
 pub use status::{RunState, VmStatus};
 pub use virtio_mem::{VirtioMemDevice, parse_memory_devices};

@@ -26,6 +26,20 @@ pub fn read_process_memory(pid: u32) -> Result<ProcessMemory, QmpError> {
     })
 }
 
+/// Whether process `pid` is a QEMU, by its `comm` ([`is_qemu_comm`]); `false` when it is
+/// gone. A socket's `SO_PEERCRED` names whoever listens on it: a supervisor that made the
+/// socket and passed it to QEMU (libvirt can), or another daemon a broad glob catches, is
+/// not a guest, and its memory is not a guest's.
+pub fn is_qemu(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| is_qemu_comm(c.trim()))
+}
+
+/// A QEMU's `comm`: `qemu-system-x86` (the kernel keeps 15 bytes of the name), `qemu-kvm`
+/// (RHEL's), or `kvm` (older Debian's).
+pub fn is_qemu_comm(comm: &str) -> bool {
+    comm.starts_with("qemu") || comm == "kvm"
+}
+
 /// Reads what process `pid` has touched ([`ProcessMemory::touched`]).
 pub fn read_rss(pid: u32) -> Result<Bytes, QmpError> {
     read_process_memory(pid).map(|m| m.touched)

@@ -68,12 +68,13 @@ pub struct Unadopted {
     pub socket: String,
     /// Why the last adoption failed; `None` while the first is under way.
     pub error: Option<String>,
-    /// The QEMU behind the socket (`SO_PEERCRED`), when the socket connected.
+    /// The process listening on the socket (`SO_PEERCRED`), once an attempt connected; kept
+    /// while it lives when later attempts cannot connect.
     #[serde(default)]
     pub pid: Option<u32>,
-    /// What that QEMU holds (`VmRSS + VmSwap + HugetlbPages`), bytes, where the host charges
-    /// it: counted out of `capacity`. `None` without a pid, for a process outside the
-    /// daemon's cgroup, or one counted already.
+    /// What that QEMU holds in RAM (`VmRSS + HugetlbPages`), bytes, where the host charges
+    /// it: `host.unmanaged`. `None` without a pid, for a process that is not a QEMU or is
+    /// outside the daemon's cgroup, or one counted already.
     #[serde(default)]
     pub memory: Option<u64>,
 }
@@ -309,7 +310,8 @@ async fn tick(
     let mut host_sample = host.sample().context("reading host memory")?;
     // Guests the daemon cannot drive hold memory all the same: the policy counts it out of
     // what its own guests may hold (an unadopted 8 GiB guest was room the fit handed out).
-    let unadopted = registry.unadopted(|pid| host.charges(pid));
+    let unadopted =
+        registry.unadopted(|pid| host.charges(pid) && aerostat_qemu::backend::is_qemu(pid));
     host_sample.unmanaged = unadopted
         .iter()
         .filter_map(|u| u.memory)
@@ -423,7 +425,13 @@ async fn tick(
         .iter()
         .map(|vm| controller.target_of(&vm.name))
         .collect();
-    let room = aerostat_core::planner::admission::room(&obs, &targets, capacity);
+    // A new guest is placed in RAM, not in host swap: what undriven guests hold counts
+    // whole here, where the running guests' squeeze leaves host swap to take it.
+    let placing = capacity
+        - host_sample
+            .unmanaged
+            .saturating_sub(controller.kept_memory());
+    let room = aerostat_core::planner::admission::room(&obs, &targets, placing);
     metrics
         .host_room
         .set(i64::try_from(room.0).unwrap_or(i64::MAX));
@@ -484,7 +492,7 @@ async fn tick(
     *admission.write().unwrap_or_else(|p| p.into_inner()) = Some(admission::AdmissionInputs {
         obs: obs.clone(),
         targets,
-        capacity,
+        capacity: placing,
         taken: std::time::Instant::now(),
     });
     *previous = Some(swap_rates::next_previous(obs, &samples));

@@ -2,7 +2,7 @@
 //! connection each, observed concurrently with per-command timeouts.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -166,10 +166,16 @@ impl VmRegistry {
     /// A pid that is an adopted VM's too (one QEMU, two QMP sockets) or another unadopted
     /// socket's is counted once.
     pub fn unadopted(&self, charged: impl Fn(u32) -> bool) -> Vec<super::Unadopted> {
-        let failed = self
-            .failed
-            .iter()
-            .map(|(path, f)| (path, &f.name, Some(f.error.clone()), f.pid));
+        // A retry under way that has connected names the process behind the socket now.
+        let retrying = |path: &PathBuf| self.adopting.get(path).and_then(|a| a.pid.get().copied());
+        let failed = self.failed.iter().map(|(path, f)| {
+            (
+                path,
+                &f.name,
+                Some(f.error.clone()),
+                retrying(path).or(f.pid),
+            )
+        });
         let adopting = self
             .adopting
             .iter()
@@ -182,9 +188,11 @@ impl VmRegistry {
                 let memory = pid
                     .filter(|&p| !counted.contains(&p) && charged(p))
                     .and_then(|p| {
-                        let m = aerostat_qemu::backend::read_rss(p).ok()?;
+                        let m = aerostat_qemu::backend::read_process_memory(p).ok()?;
                         counted.push(p);
-                        Some(m.0)
+                        // What it holds in RAM: what the host swapped of it is already out
+                        // of swap free, against which the controller weighs this.
+                        Some((m.touched - m.swapped.unwrap_or(Bytes::ZERO)).0)
                     });
                 super::Unadopted {
                     name: name.clone(),
@@ -321,6 +329,18 @@ impl VmRegistry {
                     }
                     tracing::warn!(vm = %name, socket = %path.display(), error = %e, "cannot connect; will retry");
                     let retry_at = tokio::time::Instant::now() + RECONNECT_AFTER;
+                    // A retry that could not connect at all learns no pid, though the QEMU
+                    // behind the socket may still be there: QEMU's listen backlog is one,
+                    // and the connections of earlier attempts fill it until QEMU accepts
+                    // them, so a socket another client holds refuses every connect from the
+                    // third attempt on (EAGAIN). The pid learned before stands while that
+                    // process lives.
+                    let pid = pid.or_else(|| {
+                        self.failed
+                            .get(&path)
+                            .and_then(|f| f.pid)
+                            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+                    });
                     self.failed.insert(
                         path,
                         Failed {
