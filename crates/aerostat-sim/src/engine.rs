@@ -462,10 +462,9 @@ impl Simulation {
             .unmanaged
             .iter()
             .filter(|&&i| self.alive[i])
+            // In RAM: what the host swapped of it is already out of swap free.
             .map(|&i| {
-                // In RAM: what the host swapped of it is already out of swap free.
-                let g = &self.guests[i];
-                Bytes::from_f64(g.touched - g.host_swapped_cold - g.host_swapped_hot)
+                Bytes::from_f64(Host::guest_backed(&self.guests[i]))
                     + self.scenario.host.vm_overhead
             })
             .sum();

@@ -141,7 +141,7 @@ impl Host {
     }
 
     /// Guest memory the host holds, before KSM merges it.
-    fn guest_backed(g: &Guest) -> f64 {
+    pub(crate) fn guest_backed(g: &Guest) -> f64 {
         (g.touched - g.host_swapped_cold - g.host_swapped_hot).max(0.0)
     }
 
